@@ -1,0 +1,3 @@
+from exeunit.cli import main
+
+raise SystemExit(main())

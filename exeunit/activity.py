@@ -1,0 +1,310 @@
+"""One activity: a container standing in for a Golem VM, driven through New -> Deployed -> Ready ->
+Terminated by batches of commands that run one after another."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from collections.abc import AsyncIterator
+
+from exeunit import errors
+from exeunit.batch import Batch, BatchEvent, EventKind, event_size
+from exeunit.commands import TRANSITIONS, Command, Deploy, Run, Start, Terminate, check_sequence, name_of, validate
+from exeunit.docker_runtime import (
+    LABEL_ACTIVITY,
+    LABEL_AGREEMENT,
+    LABEL_PROVIDER,
+    STDOUT,
+    ContainerSpec,
+    DockerRuntime,
+    ImageInfo,
+)
+from exeunit.event_log import EventLog
+from exeunit.images import ImageResolver
+from exeunit.market import Agreement, utcnow
+from exeunit.states import ActivityState
+from exeunit.threads import iterate_in_thread
+
+log = logging.getLogger(__name__)
+
+BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class ActivityLimits:
+    """Per-activity limits set by the operator."""
+
+    pids_limit: int = 512
+    tmp_bytes: int = 64 << 20
+    result_output_cap: int = 1 << 20
+    replay_window_bytes: int = 32 << 20
+    replay_grace_seconds: float = 10.0
+    stop_timeout_seconds: int = 5
+
+
+@dataclass(frozen=True)
+class ActivityStatus:
+    activity_id: str
+    agreement_id: str
+    state: ActivityState
+    reason: str
+    message: str
+    changed: datetime
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_seconds: float
+    duration_seconds: float
+    cost: float
+    memory_bytes: int
+    measured: datetime
+
+
+class Activity:
+    def __init__(
+        self,
+        activity_id: str,
+        agreement: Agreement,
+        runtime: DockerRuntime,
+        images: ImageResolver,
+        limits: ActivityLimits,
+    ) -> None:
+        self.activity_id = activity_id
+        self.agreement = agreement
+        self._runtime = runtime
+        self._images = images
+        self._limits = limits
+        self.state = ActivityState.NEW
+        self.reason = ""
+        self.message = ""
+        self.changed = utcnow()
+        self.container_id: str | None = None
+        self.image: ImageInfo | None = None
+        self._projected = ActivityState.NEW  # state once every queued batch has run
+        self._batches: dict[str, Batch] = {}
+        self._queue: asyncio.Queue[Batch] = asyncio.Queue()
+        self._changes = asyncio.Condition()
+        self._started_at: datetime | None = None
+        self._ended_at: datetime | None = None
+        self._last_usage: tuple[float, int] = (0.0, 0)
+        self._terminating: asyncio.Task[None] | None = None
+        self._worker = asyncio.create_task(self._run_batches(), name=f"activity-{activity_id}")
+
+    @property
+    def log_ids(self) -> str:
+        return f"agreement={self.agreement.agreement_id} activity={self.activity_id}"
+
+    def status(self) -> ActivityStatus:
+        return ActivityStatus(
+            self.activity_id, self.agreement.agreement_id, self.state, self.reason, self.message, self.changed
+        )
+
+    async def _set_state(self, state: ActivityState, reason: str = "", message: str = "") -> None:
+        async with self._changes:
+            self.state = state
+            self.reason, self.message = reason, message
+            self.changed = utcnow()
+            self._changes.notify_all()
+        log.info("event=activity_state %s state=%s reason=%s", self.log_ids, state.value, reason or "-")
+
+    async def watch(self) -> AsyncIterator[ActivityStatus]:
+        """The current status, then each change, ending after Terminated."""
+        last = None
+        while True:
+            async with self._changes:
+                await self._changes.wait_for(lambda: self.status() != last)
+                last = self.status()
+            yield last
+            if last.state is ActivityState.TERMINATED:
+                return
+
+    # Batches
+
+    def submit(self, commands: list[Command], batch_id: str = "") -> tuple[Batch, bool]:
+        """Queues a batch; returns it and whether it is new (False for a resubmitted batch_id)."""
+        if batch_id:
+            if not BATCH_ID_PATTERN.match(batch_id):
+                raise errors.InvalidArgument(f"batch_id {batch_id!r} must be 1-64 of [A-Za-z0-9._-]")
+            existing = self._batches.get(batch_id)
+            if existing is not None:
+                if existing.commands != commands:
+                    raise errors.AlreadyExists(
+                        f"batch {batch_id!r} already exists with other commands; choose a new batch_id"
+                    )
+                return existing, False
+        validate(commands)
+        check_sequence(commands, self._projected if self.state is not ActivityState.TERMINATED else self.state)
+        batch_id = batch_id or f"b{len(self._batches) + 1}-{self.activity_id[:8]}"
+        while batch_id in self._batches:
+            batch_id += "x"
+        events: EventLog[BatchEvent] = EventLog(
+            self._limits.replay_window_bytes, event_size, self._limits.replay_grace_seconds
+        )
+        batch = Batch(batch_id, commands, self._limits.result_output_cap, events)
+        self._batches[batch_id] = batch
+        for command in commands:
+            self._projected = TRANSITIONS[type(command)][1]
+        self._queue.put_nowait(batch)
+        log.info("event=batch_queued %s batch=%s commands=%s", self.log_ids, batch_id,
+                 ",".join(name_of(c) for c in commands))
+        return batch, True
+
+    def batch(self, batch_id: str) -> Batch:
+        try:
+            return self._batches[batch_id]
+        except KeyError:
+            raise errors.NotFound(f"batch {batch_id!r} not found in activity {self.activity_id}") from None
+
+    async def _run_batches(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            try:
+                await self._run_batch(batch)
+            except Exception:  # never let one batch kill the worker and strand the rest
+                log.exception("event=batch_crashed %s batch=%s", self.log_ids, batch.batch_id)
+            self._queue.task_done()
+            if self._queue.empty():
+                self._projected = self.state
+
+    async def _run_batch(self, batch: Batch) -> None:
+        for index, command in enumerate(batch.commands):
+            await batch.command_started(index)
+            try:
+                return_code, message = await self._execute(batch, index, command)
+            except errors.ExeUnitError as exc:
+                return_code, message = -1, str(exc)
+            except Exception as exc:
+                log.exception("event=command_crashed %s batch=%s index=%d", self.log_ids, batch.batch_id, index)
+                return_code, message = -1, f"internal error: {exc.__class__.__name__}: {exc}"
+            success = return_code == 0 and not message
+            await batch.command_finished(index, return_code, success, message)
+            if not success:
+                log.info("event=command_failed %s batch=%s index=%d message=%r",
+                         self.log_ids, batch.batch_id, index, message)
+                break
+        await batch.finish()
+        log.info("event=batch_finished %s batch=%s state=%s", self.log_ids, batch.batch_id, batch.state.value)
+
+    async def _execute(self, batch: Batch, index: int, command: Command) -> tuple[int, str]:
+        """Runs one command; returns (return code, failure message or "")."""
+        check_sequence([command], self.state)
+        if isinstance(command, Deploy):
+            await self._deploy()
+        elif isinstance(command, Start):
+            await self._start()
+        elif isinstance(command, Run):
+            return await self._run(batch, index, command)
+        elif isinstance(command, Terminate):
+            await self.terminate("Requested", "terminated by the requestor's script")
+        return 0, ""
+
+    async def _deploy(self) -> None:
+        self.image = await self._images.resolve(self.agreement.demand.image)
+        reserved = self.agreement.reserved
+        spec = ContainerSpec(
+            name=f"exeunit-{self.activity_id}",
+            image_id=self.image.id,
+            labels={
+                LABEL_ACTIVITY: self.activity_id,
+                LABEL_AGREEMENT: self.agreement.agreement_id,
+                LABEL_PROVIDER: self.agreement.provider_id,
+            },
+            memory_bytes=reserved.memory_bytes,
+            cpu_threads=reserved.cpu_threads,
+            pids_limit=self._limits.pids_limit,
+            tmp_bytes=self._limits.tmp_bytes,
+        )
+        self.container_id = await asyncio.to_thread(self._runtime.create_container, spec)
+        if self.state is ActivityState.TERMINATED:  # terminated while deploying: leave nothing behind
+            await asyncio.to_thread(self._runtime.remove_container, self.container_id)
+            raise errors.FailedPrecondition("the activity was terminated while deploying")
+        await self._set_state(ActivityState.DEPLOYED)
+
+    async def _start(self) -> None:
+        assert self.container_id
+        await asyncio.to_thread(self._runtime.start_container, self.container_id)
+        self._started_at = utcnow()
+        await self._set_state(ActivityState.READY)
+
+    async def _run(self, batch: Batch, index: int, run: Run) -> tuple[int, str]:
+        assert self.container_id
+        process = await asyncio.to_thread(
+            self._runtime.exec_start,
+            self.container_id,
+            run.argv,
+            run.env,
+            run.workdir or None,
+            run.timeout_seconds or None,
+        )
+        try:
+            async for stream, data in iterate_in_thread(process.frames):
+                kind = EventKind.STDOUT if stream == STDOUT else EventKind.STDERR
+                await batch.output(index, kind, data)
+        finally:
+            process.close()
+        if process.timed_out:
+            return -1, f"timed out after {run.timeout_seconds:g}s and was killed"
+        return_code = await asyncio.to_thread(process.exit_code)
+        if return_code is None:
+            return -1, "the command's exit code could not be read (the container may have stopped)"
+        if return_code != 0:
+            return return_code, f"exit code {return_code}" + _exit_hint(return_code)
+        return 0, ""
+
+    # Ending
+
+    async def terminate(self, reason: str, message: str) -> None:
+        """Stops and removes the container. Idempotent; the first reason is kept."""
+        if self._terminating is None:
+            self._terminating = asyncio.create_task(self._terminate(reason, message))
+        await asyncio.shield(self._terminating)
+
+    async def _terminate(self, reason: str, message: str) -> None:
+        self._ended_at = utcnow()
+        await self._refresh_usage()
+        await self._set_state(ActivityState.TERMINATED, reason, message)
+        self._projected = ActivityState.TERMINATED
+        if self.container_id:
+            await asyncio.to_thread(
+                self._runtime.remove_container, self.container_id, self._limits.stop_timeout_seconds
+            )
+
+    async def close(self) -> None:
+        """Terminate (if needed) and let the batch worker finish what was queued."""
+        await self.terminate("Destroyed", "the activity was destroyed")
+        await self._queue.join()  # queued batches fail fast once terminated
+        self._worker.cancel()
+
+    # Usage
+
+    async def _refresh_usage(self) -> None:
+        if self.container_id and self.state in (ActivityState.READY, ActivityState.DEPLOYED):
+            try:
+                usage = await asyncio.to_thread(self._runtime.usage, self.container_id)
+            except errors.ExeUnitError:
+                return
+            self._last_usage = (usage.cpu_seconds, usage.memory_bytes)
+
+    async def usage(self) -> Usage:
+        await self._refresh_usage()
+        now = utcnow()
+        duration = 0.0
+        if self._started_at:
+            duration = ((self._ended_at or now) - self._started_at).total_seconds()
+        cpu, memory = self._last_usage
+        cost = self.agreement.pricing.cost(cpu, duration)
+        return Usage(cpu_seconds=cpu, duration_seconds=duration, cost=cost, memory_bytes=memory, measured=now)
+
+
+def _exit_hint(return_code: int) -> str:
+    if return_code == 126:
+        return " (the entry point is not executable)"
+    if return_code == 127:
+        return " (the entry point was not found in the container)"
+    if return_code == 137:
+        return " (killed: out of memory, or the container was stopped)"
+    return ""

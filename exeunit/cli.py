@@ -1,0 +1,181 @@
+"""`exeunit`: the provider daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import socket
+import sys
+from pathlib import Path
+
+import psutil
+
+from exeunit import __version__, errors, logs
+from exeunit.activity import ActivityLimits
+from exeunit.docker_runtime import DockerRuntime
+from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
+from exeunit.provider import Provider
+from exeunit.server import serve_until_signalled
+
+log = logging.getLogger("exeunit")
+
+DESCRIPTION = """\
+ExeUnit provider daemon: offers this host's capacity to requestors over gRPC and runs each
+activity as one hardened Docker container standing in for a Golem VM.
+"""
+
+SERVE_EPILOG = """\
+examples:
+  exeunit serve --name provider-a --subnet public
+  exeunit serve --listen 127.0.0.1:50052 --name cheap --price-duration-sec 0.0001
+  exeunit serve --listen 0.0.0.0:50051 --auth-token-file /etc/exeunit/token
+
+Requestors identify themselves with the 'x-requestor-id' call metadata. Listening on a
+non-loopback address needs --auth-token-file (or --insecure-allow-remote, to accept anyone).
+SIGTERM or Ctrl-C terminates every activity and removes its container before exiting.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="exeunit", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"exeunit {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the provider daemon",
+        description="Run the provider daemon until SIGTERM or Ctrl-C.",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ident = serve.add_argument_group("identity and network")
+    ident.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT",
+                       help="address to serve gRPC on (default: %(default)s; port 0 picks a free one)")
+    ident.add_argument("--name", default=socket.gethostname(), help="provider name shown in the offer (default: host name)")
+    ident.add_argument("--subnet", default="public", help="subnet tag; only demands for it match (default: %(default)s)")
+    ident.add_argument("--provider-id", default="",
+                       help="stable provider id (default: derived from host name and --name)")
+    ident.add_argument("--auth-token-file", type=Path, metavar="FILE",
+                       help="file holding a shared secret callers must send as 'authorization: Bearer <secret>'")
+    ident.add_argument("--insecure-allow-remote", action="store_true",
+                       help="allow a non-loopback --listen without a token (anyone reaching the port can run containers)")
+
+    cap = serve.add_argument_group("capacity offered (defaults: measured on this host)")
+    cap.add_argument("--max-cpu-threads", type=int, metavar="N", help="cap on cpu threads offered")
+    cap.add_argument("--max-memory-gib", type=float, metavar="GIB", help="cap on memory offered")
+    cap.add_argument("--max-storage-gib", type=float, metavar="GIB", help="cap on storage offered")
+    cap.add_argument("--default-memory-gib", type=float, default=0.5, metavar="GIB",
+                     help="memory reserved for a demand that asks for none (default: %(default)s)")
+    cap.add_argument("--default-storage-gib", type=float, default=2.0, metavar="GIB",
+                     help="storage reserved for a demand that asks for none (default: %(default)s)")
+    cap.add_argument("--capability", action="append", default=[], metavar="NAME",
+                     help="advertise a runtime capability (repeatable)")
+
+    price = serve.add_argument_group("linear pricing (cost = start + cpu_sec * cpu + duration_sec * duration)")
+    price.add_argument("--price-start", type=float, default=0.0, metavar="AMOUNT", help="start fee (default: %(default)s)")
+    price.add_argument("--price-cpu-sec", type=float, default=0.0001, metavar="AMOUNT",
+                       help="per cpu second (default: %(default)s)")
+    price.add_argument("--price-duration-sec", type=float, default=0.00002, metavar="AMOUNT",
+                       help="per second of activity duration (default: %(default)s)")
+    price.add_argument("--currency", default="GLM", help="currency name shown in the offer (default: %(default)s)")
+
+    limits = serve.add_argument_group("per-activity limits")
+    limits.add_argument("--pids-limit", type=int, default=512, metavar="N",
+                        help="max processes in one container (default: %(default)s)")
+    limits.add_argument("--result-output-cap-kib", type=int, default=1024, metavar="KIB",
+                        help="stdout/stderr kept per command for its result; the stream has all (default: %(default)s)")
+    limits.add_argument("--replay-window-mib", type=int, default=32, metavar="MIB",
+                        help="output retained per batch for clients that reconnect (default: %(default)s)")
+
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                       help="log verbosity (default: %(default)s)")
+    return parser
+
+
+def is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def provider_settings(args: argparse.Namespace, runtime: DockerRuntime) -> ProviderSettings:
+    measured = Resources(
+        cpu_threads=psutil.cpu_count(logical=True) or 1,
+        memory_bytes=psutil.virtual_memory().total,
+        storage_bytes=psutil.disk_usage(_existing(runtime.data_root())).free,
+    )
+    capacity = Resources(
+        cpu_threads=min(measured.cpu_threads, args.max_cpu_threads or measured.cpu_threads),
+        memory_bytes=min(measured.memory_bytes, int((args.max_memory_gib or 1e9) * GIB)),
+        storage_bytes=min(measured.storage_bytes, int((args.max_storage_gib or 1e9) * GIB)),
+    )
+    provider_id = args.provider_id or hashlib.sha256(f"{socket.gethostname()}/{args.name}".encode()).hexdigest()[:16]
+    return ProviderSettings(
+        provider_id=provider_id,
+        name=args.name,
+        subnet_tag=args.subnet,
+        pricing=LinearPricing(args.price_start, args.price_cpu_sec, args.price_duration_sec, args.currency),
+        capacity=capacity,
+        default_allotment=Resources(1, int(args.default_memory_gib * GIB), int(args.default_storage_gib * GIB)),
+        capabilities=tuple(args.capability),
+    )
+
+
+def _existing(path: str) -> str:
+    return path if Path(path).exists() else "/"
+
+
+def serve(args: argparse.Namespace) -> int:
+    logs.configure(args.log_level)
+    token = None
+    if args.auth_token_file:
+        try:
+            token = args.auth_token_file.read_text().strip()
+        except OSError as exc:
+            print(f"exeunit: cannot read --auth-token-file: {exc}", file=sys.stderr)
+            return 2
+        if not token:
+            print(f"exeunit: {args.auth_token_file} is empty; put a secret in it", file=sys.stderr)
+            return 2
+    if not is_loopback(args.listen) and token is None and not args.insecure_allow_remote:
+        print(
+            f"exeunit: refusing to listen on {args.listen} without a token: anyone reaching it could run "
+            "containers. Pass --auth-token-file FILE, or --insecure-allow-remote if you mean it.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        runtime = DockerRuntime()
+        settings = provider_settings(args, runtime)
+        limits = ActivityLimits(
+            pids_limit=args.pids_limit,
+            result_output_cap=args.result_output_cap_kib * 1024,
+            replay_window_bytes=args.replay_window_mib << 20,
+        )
+        asyncio.run(serve_until_signalled(Provider(settings, runtime, limits), args.listen, token))
+    except errors.ExeUnitError as exc:
+        print(f"exeunit: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"exeunit: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

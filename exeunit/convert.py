@@ -1,0 +1,238 @@
+"""Conversions between the contract's messages (exeunit.v1) and the domain objects."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from exeunit import __version__, commands, errors
+from exeunit.activity import ActivityStatus, Usage
+from exeunit.batch import Batch, BatchEvent, BatchState, CommandState, EventKind
+from exeunit.market import (
+    RUNTIME_NAME,
+    Agreement,
+    AgreementState,
+    Demand,
+    ImageRef,
+    LinearPricing,
+    Offer,
+    Refusal,
+    RefusalReason,
+)
+from exeunit.states import ActivityState
+from exeunit.v1 import activity_pb2 as act
+from exeunit.v1 import market_pb2 as mkt
+
+
+def timestamp(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value.astimezone(timezone.utc))
+    return ts
+
+
+def pricing_to_proto(pricing: LinearPricing) -> mkt.LinearPricing:
+    return mkt.LinearPricing(
+        start_fee=pricing.start_fee,
+        per_cpu_second=pricing.per_cpu_second,
+        per_duration_second=pricing.per_duration_second,
+        currency=pricing.currency,
+    )
+
+
+def offer_to_proto(offer: Offer) -> mkt.Offer:
+    s = offer.settings
+    return mkt.Offer(
+        provider_id=s.provider_id,
+        provider_name=s.name,
+        subnet_tag=s.subnet_tag,
+        runtime_name=RUNTIME_NAME,
+        runtime_version=__version__,
+        cpu_threads=max(offer.free.cpu_threads, 0),
+        memory_bytes=max(offer.free.memory_bytes, 0),
+        storage_bytes=max(offer.free.storage_bytes, 0),
+        total_cpu_threads=s.capacity.cpu_threads,
+        total_memory_bytes=s.capacity.memory_bytes,
+        total_storage_bytes=s.capacity.storage_bytes,
+        pricing=pricing_to_proto(s.pricing),
+        images=list(offer.images),
+        accepts_image_urls=s.accepts_image_urls,
+        capabilities=list(s.capabilities),
+    )
+
+
+def demand_from_proto(demand: mkt.Demand) -> Demand:
+    if not demand.HasField("expiration"):
+        raise errors.InvalidArgument("demand.expiration is required (when the agreement ends by itself)")
+    return Demand(
+        image=ImageRef(hash=demand.image.hash, tag=demand.image.tag, url=demand.image.url),
+        min_memory_bytes=demand.min_memory_bytes,
+        min_storage_bytes=demand.min_storage_bytes,
+        min_cpu_threads=demand.min_cpu_threads,
+        capabilities=tuple(demand.capabilities),
+        subnet_tag=demand.subnet_tag,
+        expiration=demand.expiration.ToDatetime(tzinfo=timezone.utc),
+    )
+
+
+def demand_to_proto(demand: Demand) -> mkt.Demand:
+    return mkt.Demand(
+        image=mkt.ImageRef(hash=demand.image.hash, tag=demand.image.tag, url=demand.image.url),
+        min_memory_bytes=demand.min_memory_bytes,
+        min_storage_bytes=demand.min_storage_bytes,
+        min_cpu_threads=demand.min_cpu_threads,
+        capabilities=list(demand.capabilities),
+        subnet_tag=demand.subnet_tag,
+        expiration=timestamp(demand.expiration),
+    )
+
+
+AGREEMENT_STATES = {
+    AgreementState.APPROVED: mkt.AGREEMENT_STATE_APPROVED,
+    AgreementState.TERMINATED: mkt.AGREEMENT_STATE_TERMINATED,
+}
+
+
+def agreement_to_proto(agreement: Agreement) -> mkt.Agreement:
+    return mkt.Agreement(
+        agreement_id=agreement.agreement_id,
+        provider_id=agreement.provider_id,
+        requestor_id=agreement.requestor_id,
+        demand=demand_to_proto(agreement.demand),
+        pricing=pricing_to_proto(agreement.pricing),
+        state=AGREEMENT_STATES[agreement.state],
+        created=timestamp(agreement.created),
+        expiration=timestamp(agreement.expiration),
+        cpu_threads=agreement.reserved.cpu_threads,
+        memory_bytes=agreement.reserved.memory_bytes,
+        storage_bytes=agreement.reserved.storage_bytes,
+        termination_reason=agreement.termination_reason,
+        termination_message=agreement.termination_message,
+    )
+
+
+REFUSAL_REASONS = {
+    RefusalReason.SUBNET_MISMATCH: mkt.REFUSAL_REASON_SUBNET_MISMATCH,
+    RefusalReason.INSUFFICIENT_RESOURCES: mkt.REFUSAL_REASON_INSUFFICIENT_RESOURCES,
+    RefusalReason.MISSING_CAPABILITY: mkt.REFUSAL_REASON_MISSING_CAPABILITY,
+    RefusalReason.IMAGE_UNAVAILABLE: mkt.REFUSAL_REASON_IMAGE_UNAVAILABLE,
+}
+
+
+def refusal_to_proto(refusal: Refusal) -> mkt.Refusal:
+    return mkt.Refusal(reason=REFUSAL_REASONS[refusal.reason], message=refusal.message)
+
+
+def commands_from_proto(messages: list[act.Command]) -> list[commands.Command]:
+    result: list[commands.Command] = []
+    for index, message in enumerate(messages):
+        kind = message.WhichOneof("command")
+        if kind == "deploy":
+            result.append(commands.Deploy())
+        elif kind == "start":
+            result.append(commands.Start(args=tuple(message.start.args)))
+        elif kind == "run":
+            run = message.run
+            timeout = run.timeout.ToTimedelta().total_seconds() if run.HasField("timeout") else None
+            result.append(
+                commands.Run(
+                    entry_point=run.entry_point,
+                    args=tuple(run.args),
+                    env=dict(run.env),
+                    workdir=run.workdir,
+                    timeout_seconds=timeout or None,
+                )
+            )
+        elif kind == "terminate":
+            result.append(commands.Terminate())
+        else:
+            raise errors.InvalidArgument(
+                f"command {index} sets none of deploy, start, run, terminate (empty or unknown command)"
+            )
+    return result
+
+
+ACTIVITY_STATES = {
+    ActivityState.NEW: act.ACTIVITY_STATE_NEW,
+    ActivityState.DEPLOYED: act.ACTIVITY_STATE_DEPLOYED,
+    ActivityState.READY: act.ACTIVITY_STATE_READY,
+    ActivityState.TERMINATED: act.ACTIVITY_STATE_TERMINATED,
+}
+
+
+def status_to_proto(status: ActivityStatus) -> act.ActivityStatus:
+    return act.ActivityStatus(
+        activity_id=status.activity_id,
+        agreement_id=status.agreement_id,
+        state=ACTIVITY_STATES[status.state],
+        reason=status.reason,
+        message=status.message,
+        changed=timestamp(status.changed),
+    )
+
+
+BATCH_STATES = {
+    BatchState.QUEUED: act.BATCH_STATE_QUEUED,
+    BatchState.RUNNING: act.BATCH_STATE_RUNNING,
+    BatchState.SUCCEEDED: act.BATCH_STATE_SUCCEEDED,
+    BatchState.FAILED: act.BATCH_STATE_FAILED,
+}
+
+COMMAND_STATES = {
+    CommandState.PENDING: act.COMMAND_STATE_PENDING,
+    CommandState.RUNNING: act.COMMAND_STATE_RUNNING,
+    CommandState.SUCCEEDED: act.COMMAND_STATE_SUCCEEDED,
+    CommandState.FAILED: act.COMMAND_STATE_FAILED,
+    CommandState.SKIPPED: act.COMMAND_STATE_SKIPPED,
+}
+
+
+def event_to_proto(event: BatchEvent) -> act.BatchEvent:
+    message = act.BatchEvent(sequence=event.sequence, time=timestamp(event.time), command_index=event.command_index)
+    if event.kind is EventKind.STARTED:
+        message.started.SetInParent()
+    elif event.kind is EventKind.STDOUT:
+        message.stdout.data = event.data
+    elif event.kind is EventKind.STDERR:
+        message.stderr.data = event.data
+    elif event.kind is EventKind.FINISHED:
+        message.finished.return_code = event.return_code
+        message.finished.success = event.success
+        message.finished.message = event.message
+    else:
+        assert event.batch_state is not None
+        message.batch_finished.state = BATCH_STATES[event.batch_state]
+    return message
+
+
+def batch_to_proto(batch: Batch) -> act.GetBatchResponse:
+    response = act.GetBatchResponse(batch_id=batch.batch_id, state=BATCH_STATES[batch.state])
+    for r in batch.results:
+        result = response.results.add(
+            index=r.index,
+            state=COMMAND_STATES[r.state],
+            return_code=r.return_code,
+            message=r.message,
+            stdout=bytes(r.stdout.data),
+            stderr=bytes(r.stderr.data),
+            stdout_truncated=r.stdout.truncated,
+            stderr_truncated=r.stderr.truncated,
+        )
+        if r.started:
+            result.started.CopyFrom(timestamp(r.started))
+        if r.finished:
+            result.finished.CopyFrom(timestamp(r.finished))
+    return response
+
+
+def usage_to_proto(usage: Usage) -> act.GetActivityUsageResponse:
+    duration = Duration()
+    duration.FromNanoseconds(int(usage.duration_seconds * 1e9))
+    return act.GetActivityUsageResponse(
+        cpu_seconds=usage.cpu_seconds,
+        duration=duration,
+        cost=usage.cost,
+        memory_bytes=usage.memory_bytes,
+        measured=timestamp(usage.measured),
+    )

@@ -1,0 +1,406 @@
+"""The one module that talks to Docker: a small, blocking interface over the docker SDK.
+
+Everything here blocks; callers run it in worker threads (asyncio.to_thread), never on the event
+loop. Docker's exceptions are translated to `exeunit.errors` here and nowhere else. A second
+backend (a cluster engine) would implement the same methods.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from exeunit import errors
+
+log = logging.getLogger(__name__)
+
+LABEL_ACTIVITY = "io.exeunit.activity"
+LABEL_AGREEMENT = "io.exeunit.agreement"
+LABEL_PROVIDER = "io.exeunit.provider"
+
+STDOUT = 1
+STDERR = 2
+
+# Keeps a container alive like a booted VM whatever its image's CMD: a shell reading commands from
+# a stdin that stays open and never receives any. Needs only /bin/sh in the image.
+KEEPALIVE_ENTRYPOINT = ["/bin/sh"]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the daemon needs to know of an image."""
+
+    id: str
+    tags: tuple[str, ...]
+    volumes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything needed to create one hardened activity container."""
+
+    name: str
+    image_id: str
+    labels: dict[str, str]
+    memory_bytes: int
+    cpu_threads: int
+    pids_limit: int
+    tmp_bytes: int
+
+
+@dataclass(frozen=True)
+class ContainerUsage:
+    cpu_seconds: float
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class PathStat:
+    """A path inside a container as the engine reports it (`docker cp` stat)."""
+
+    name: str
+    size: int
+    mode: int
+    is_regular_file: bool
+    is_directory: bool
+    is_symlink: bool
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Turns docker SDK and transport exceptions into domain errors, naming what was attempted."""
+    try:
+        yield
+    except docker.errors.ImageNotFound as exc:
+        raise errors.NotFound(f"{what}: image not found ({_explain(exc)})") from exc
+    except docker.errors.NotFound as exc:
+        raise errors.NotFound(f"{what}: {_explain(exc)}") from exc
+    except docker.errors.APIError as exc:
+        if exc.status_code == 409:
+            raise errors.FailedPrecondition(f"{what}: {_explain(exc)}") from exc
+        if exc.status_code == 400:
+            raise errors.InvalidArgument(f"{what}: {_explain(exc)}") from exc
+        raise errors.RuntimeFailure(f"{what}: Docker engine error: {_explain(exc)}") from exc
+    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+        raise errors.RuntimeFailure(
+            f"{what}: cannot talk to the Docker engine ({exc}); is dockerd running?"
+        ) from exc
+
+
+def _explain(exc: docker.errors.APIError) -> str:
+    explanation = exc.explanation
+    if isinstance(explanation, bytes):
+        explanation = explanation.decode(errors="replace")
+    return str(explanation or exc)
+
+
+class ExecProcess:
+    """A command running in a container through `docker exec`, read frame by frame.
+
+    `frames()` yields (stream, data) in the order produced and returns when all output is read.
+    A command whose main process exits while a background child keeps its stdout open ends once
+    the output has been idle for `drain_idle` seconds, so `cmd &` in a service's start works.
+    """
+
+    def __init__(self, api: Any, exec_id: str, sock: Any, timeout: float | None) -> None:
+        self._api = api
+        self.exec_id = exec_id
+        self._sock = sock
+        self._raw: socket.socket = getattr(sock, "_sock", sock)
+        self._deadline = time.monotonic() + timeout if timeout else None
+        self.timed_out = False
+        self.drain_idle = 0.2
+
+    def frames(self) -> Iterator[tuple[int, bytes]]:
+        buf = bytearray()
+        idle_check = 0.05
+        main_exited = False
+        while True:
+            wait = self.drain_idle if main_exited else idle_check
+            if self._deadline is not None:
+                wait = max(0.0, min(wait, self._deadline - time.monotonic()))
+            readable, _, _ = select.select([self._raw], [], [], wait)
+            if readable:
+                data = self._raw.recv(1 << 20)
+                if not data:
+                    break
+                buf += data
+                yield from self._split_frames(buf)
+                continue
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                self.timed_out = True
+                self.kill()
+                self._deadline = None
+                main_exited = True
+                continue
+            if main_exited:
+                break  # main process gone and output idle: a background child holds the pipe
+            main_exited = not self._inspect().get("Running", False)
+            idle_check = min(idle_check * 2, 1.0)
+        self.close()
+
+    @staticmethod
+    def _split_frames(buf: bytearray) -> Iterator[tuple[int, bytes]]:
+        """Yields complete multiplexed frames (8-byte header: stream, 0, 0, 0, size) from buf."""
+        offset = 0
+        while len(buf) - offset >= 8:
+            size = int.from_bytes(buf[offset + 4 : offset + 8], "big")
+            end = offset + 8 + size
+            if len(buf) < end:
+                break
+            stream = buf[offset]
+            if size:
+                yield (STDERR if stream == 2 else STDOUT), bytes(buf[offset + 8 : end])
+            offset = end
+        del buf[:offset]
+
+    def exit_code(self) -> int | None:
+        """The exit code, waiting briefly for the engine to record it after the stream ends."""
+        for _ in range(50):
+            info = self._inspect()
+            if not info.get("Running", False) and info.get("ExitCode") is not None:
+                return int(info["ExitCode"])
+            time.sleep(0.01)
+        return None
+
+    def kill(self) -> None:
+        """Kills the command's main process (SIGKILL)."""
+        pid = self._inspect().get("Pid") or 0
+        if pid <= 0:
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            log.warning("event=exec_kill_denied exec=%s pid=%d", self.exec_id, pid)
+
+    def close(self) -> None:
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+    def _inspect(self) -> dict[str, Any]:
+        with _translated("inspect exec"):
+            return self._api.exec_inspect(self.exec_id)
+
+
+class DockerRuntime:
+    """Blocking operations on one Docker engine, for the daemon's activities."""
+
+    def __init__(self, client: docker.DockerClient | None = None, pool_size: int = 64) -> None:
+        with _translated("connect to Docker"):
+            self._client = client or docker.from_env(max_pool_size=pool_size, timeout=120)
+        self._api = self._client.api
+
+    def ping(self) -> None:
+        with _translated("ping Docker"):
+            self._api.ping()
+
+    def data_root(self) -> str:
+        with _translated("read Docker info"):
+            return str(self._api.info().get("DockerRootDir") or "/var/lib/docker")
+
+    # Images
+
+    def image(self, ref: str) -> ImageInfo:
+        """Looks up an image by id or tag; NotFound names the ref."""
+        try:
+            with _translated(f"image {ref!r}"):
+                attrs = self._api.inspect_image(ref)
+        except errors.NotFound:
+            raise errors.NotFound(f"image {ref!r} is not on this provider") from None
+        volumes = tuple(sorted((attrs.get("Config") or {}).get("Volumes") or {}))
+        return ImageInfo(id=attrs["Id"], tags=tuple(attrs.get("RepoTags") or ()), volumes=volumes)
+
+    def image_names(self) -> list[str]:
+        """Tags of every image on the engine (ids for untagged ones)."""
+        with _translated("list images"):
+            images = self._api.images()
+        names: list[str] = []
+        for image in images:
+            tags = [t for t in image.get("RepoTags") or () if t != "<none>:<none>"]
+            names.extend(tags or [image["Id"]])
+        return sorted(names)
+
+    def load_image(self, archive_path: str) -> None:
+        with _translated("load image archive"), open(archive_path, "rb") as archive:
+            for _ in self._api.load_image(archive):
+                pass
+
+    # Containers
+
+    def create_container(self, spec: ContainerSpec) -> str:
+        """Creates a hardened container; returns its id."""
+        host_config = self._api.create_host_config(
+            init=True,
+            network_mode="none",
+            read_only=True,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            pids_limit=spec.pids_limit,
+            mem_limit=spec.memory_bytes,
+            memswap_limit=spec.memory_bytes,
+            nano_cpus=spec.cpu_threads * 1_000_000_000,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={spec.tmp_bytes}"},
+        )
+        with _translated(f"create container {spec.name}"):
+            created = self._api.create_container(
+                spec.image_id,
+                name=spec.name,
+                entrypoint=KEEPALIVE_ENTRYPOINT,
+                command=[],
+                stdin_open=True,
+                labels=spec.labels,
+                host_config=host_config,
+                network_disabled=True,
+            )
+        return str(created["Id"])
+
+    def start_container(self, container_id: str) -> None:
+        with _translated("start container"):
+            self._api.start(container_id)
+
+    def is_running(self, container_id: str) -> bool:
+        with _translated("inspect container"):
+            return bool(self._api.inspect_container(container_id)["State"]["Running"])
+
+    def remove_container(self, container_id: str, stop_timeout: int = 5) -> None:
+        """Stops and removes a container and its anonymous volumes. Already gone is success."""
+        try:
+            with _translated("stop container"):
+                self._api.stop(container_id, timeout=stop_timeout)
+        except errors.NotFound:
+            return
+        except errors.ExeUnitError as exc:
+            log.warning("event=container_stop_failed container=%s error=%s", container_id[:12], exc)
+        try:
+            with _translated("remove container"):
+                self._api.remove_container(container_id, v=True, force=True)
+        except errors.NotFound:
+            pass
+        except errors.FailedPrecondition:
+            pass  # removal already in progress
+
+    def containers_with_label(self, key: str, value: str) -> list[str]:
+        """Ids of all containers (running or not) labelled key=value."""
+        with _translated("list containers"):
+            found = self._api.containers(all=True, filters={"label": f"{key}={value}"})
+        return [str(c["Id"]) for c in found]
+
+    def usage(self, container_id: str) -> ContainerUsage:
+        with _translated("read container stats"):
+            stats = self._api.stats(container_id, stream=False, one_shot=True)
+        cpu_ns = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage") or 0
+        memory = (stats.get("memory_stats") or {}).get("usage") or 0
+        return ContainerUsage(cpu_seconds=cpu_ns / 1e9, memory_bytes=int(memory))
+
+    def container_deaths(self, provider_id: str) -> "DeathWatch":
+        """A blocking stream of ids of this provider's containers that died."""
+        with _translated("watch Docker events"):
+            stream = self._api.events(
+                decode=True,
+                filters={"type": "container", "event": "die", "label": f"{LABEL_PROVIDER}={provider_id}"},
+            )
+        return DeathWatch(stream)
+
+    # Commands
+
+    def exec_start(
+        self,
+        container_id: str,
+        argv: list[str],
+        env: dict[str, str],
+        workdir: str | None,
+        timeout: float | None,
+    ) -> ExecProcess:
+        """Starts a command in a running container; read its output from the returned process."""
+        with _translated(f"exec {argv[0]!r}"):
+            exec_id = self._api.exec_create(
+                container_id, argv, stdout=True, stderr=True, environment=env, workdir=workdir
+            )["Id"]
+            sock = self._api.exec_start(exec_id, socket=True)
+        return ExecProcess(self._api, exec_id, sock, timeout)
+
+    # Files
+
+    def stat_path(self, container_id: str, path: str) -> PathStat:
+        """Stats a path in the container (a symlink itself, not its target); NotFound when absent."""
+        with _translated(f"stat {path}"):
+            response = self._api.head(
+                self._api._url("/containers/{0}/archive", container_id), params={"path": path}
+            )
+            if response.status_code == 404:
+                raise errors.NotFound(f"{path} does not exist in the container")
+            self._api._raise_for_status(response)
+        header = response.headers.get("X-Docker-Container-Path-Stat", "")
+        return _path_stat(json.loads(base64.b64decode(header)) if header else {})
+
+    def put_archive(self, container_id: str, directory: str, tar_stream: Iterable[bytes]) -> None:
+        """Extracts a tar stream (read lazily, chunk by chunk) into a directory of the container."""
+        with _translated(f"write into {directory}"):
+            self._api.put_archive(container_id, directory, tar_stream)
+
+    def get_archive(self, container_id: str, path: str, chunk_size: int) -> tuple[PathStat, Iterator[bytes]]:
+        """A tar stream of one path of the container, with its stat."""
+        with _translated(f"read {path}"):
+            try:
+                stream, stat = self._api.get_archive(container_id, path, chunk_size=chunk_size)
+            except docker.errors.NotFound:
+                raise errors.NotFound(f"{path} does not exist in the container") from None
+        return _path_stat(stat), stream
+
+
+def _path_stat(stat: dict[str, Any]) -> PathStat:
+    mode = int(stat.get("mode", 0))
+    # Go's os.FileMode: the type bits sit high (dir 1<<31, symlink 1<<27, ...); a regular file has none.
+    type_bits = mode & ~0o7777 & 0xFFFFFFFF
+    return PathStat(
+        name=str(stat.get("name", "")),
+        size=int(stat.get("size", 0)),
+        mode=mode & 0o7777,
+        is_regular_file=type_bits == 0,
+        is_directory=bool(mode & _GO_MODE_DIR),
+        is_symlink=bool(mode & _GO_MODE_SYMLINK),
+    )
+
+
+_GO_MODE_DIR = 1 << 31
+_GO_MODE_SYMLINK = 1 << 27
+
+
+@dataclass
+class DeathWatch:
+    """Iterates container ids as their containers die; `close()` from any thread ends it."""
+
+    _stream: Any
+    _closed: bool = field(default=False)
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for event in self._stream:
+                container_id = event.get("id") or (event.get("Actor") or {}).get("ID")
+                if container_id:
+                    yield str(container_id)
+        except Exception as exc:  # the engine went away, or close() cut the stream
+            if not self._closed:
+                log.warning("event=death_watch_ended error=%s", exc)
+
+    def close(self) -> None:
+        self._closed = True
+        self._stream.close()

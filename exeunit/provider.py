@@ -1,0 +1,216 @@
+"""The provider: market, activities and transfers of one host, behind one facade.
+
+This is what the gRPC servicers call. It owns ownership checks (a requestor reaches only its own
+agreements and activities), agreement expiry, noticing containers that die, and a shutdown that
+leaves no container behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from exeunit import errors
+from exeunit.activity import Activity, ActivityLimits, ActivityStatus, Usage
+from exeunit.batch import Batch, BatchEvent
+from exeunit.commands import Command
+from exeunit.docker_runtime import LABEL_PROVIDER, DockerRuntime
+from exeunit.images import ImageResolver
+from exeunit.market import Agreement, AgreementState, Demand, Market, Offer, ProviderSettings, Refusal, utcnow
+from exeunit.states import ActivityState
+from exeunit.threads import iterate_in_thread
+from exeunit.transfer import DownloadHeader, Upload, confine, download
+
+log = logging.getLogger(__name__)
+
+
+class Provider:
+    def __init__(self, settings: ProviderSettings, runtime: DockerRuntime, limits: ActivityLimits) -> None:
+        self.settings = settings
+        self.market = Market(settings)
+        self._runtime = runtime
+        self._images = ImageResolver(runtime)
+        self._limits = limits
+        self._activities: dict[str, Activity] = {}
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._death_watch_task: asyncio.Task[None] | None = None
+        self._death_watch = None
+
+    # Life of the daemon
+
+    async def open(self) -> None:
+        """Checks the engine, removes containers a previous run of this provider left behind, and
+        starts watching for containers that die."""
+        await asyncio.to_thread(self._runtime.ping)
+        leftovers = await asyncio.to_thread(
+            self._runtime.containers_with_label, LABEL_PROVIDER, self.settings.provider_id
+        )
+        for container_id in leftovers:
+            log.warning("event=dangling_container_removed container=%s provider=%s",
+                        container_id[:12], self.settings.provider_id)
+            await asyncio.to_thread(self._runtime.remove_container, container_id, 1)
+        self._death_watch = await asyncio.to_thread(self._runtime.container_deaths, self.settings.provider_id)
+        self._death_watch_task = asyncio.create_task(self._watch_deaths())
+
+    async def close(self) -> None:
+        """Terminates every activity and agreement; no container of this provider survives."""
+        for handle in self._expiry.values():
+            handle.cancel()
+        agreements = [a for a in self.market.all() if a.state is AgreementState.APPROVED]
+        await asyncio.gather(
+            *(self._terminate_agreement(a, "ProviderShutdown", "the provider daemon is shutting down")
+              for a in agreements)
+        )
+        await asyncio.gather(*(a.close() for a in self._activities.values()))
+        if self._death_watch is not None:
+            self._death_watch.close()
+        if self._death_watch_task is not None:
+            self._death_watch_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _watch_deaths(self) -> None:
+        by_container = lambda cid: next(  # noqa: E731
+            (a for a in self._activities.values() if a.container_id == cid), None
+        )
+        assert self._death_watch is not None
+        async for container_id in iterate_in_thread(lambda: iter(self._death_watch)):
+            activity = by_container(container_id)
+            if activity and activity.state is not ActivityState.TERMINATED:
+                self._spawn(activity.terminate("ContainerDied", "the activity's container stopped unexpectedly"))
+
+    def _spawn(self, coroutine: object) -> None:
+        task = asyncio.ensure_future(coroutine)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # Market
+
+    async def offer(self) -> Offer:
+        images = await asyncio.to_thread(self._runtime.image_names)
+        return Offer(self.settings, self.market.free(), tuple(images))
+
+    async def propose(self, requestor_id: str, demand: Demand) -> Agreement | Refusal:
+        now = utcnow()
+        demand.validate(now)
+        present = await self._images.find_local(demand.image) is not None
+        outcome = self.market.propose(requestor_id, demand, present, now)
+        if isinstance(outcome, Agreement):
+            delay = (outcome.expiration - now).total_seconds()
+            self._expiry[outcome.agreement_id] = asyncio.get_running_loop().call_later(
+                delay, lambda: self._spawn(self._expire(outcome))
+            )
+        return outcome
+
+    async def _expire(self, agreement: Agreement) -> None:
+        await self._terminate_agreement(agreement, "Expired", f"the agreement expired at {agreement.expiration.isoformat()}")
+
+    def agreement(self, requestor_id: str, agreement_id: str) -> Agreement:
+        agreement = self.market.get(agreement_id)
+        if agreement.requestor_id != requestor_id:
+            raise errors.PermissionDenied(f"agreement {agreement_id} belongs to another requestor")
+        return agreement
+
+    async def terminate_agreement(self, requestor_id: str, agreement_id: str, reason: str, message: str) -> Agreement:
+        agreement = self.agreement(requestor_id, agreement_id)
+        await self._terminate_agreement(agreement, reason or "Requested", message or "terminated by the requestor")
+        return agreement
+
+    async def _terminate_agreement(self, agreement: Agreement, reason: str, message: str) -> None:
+        handle = self._expiry.pop(agreement.agreement_id, None)
+        if handle:
+            handle.cancel()
+        if not self.market.mark_terminated(agreement, reason, message):
+            return
+        activity_reason = "AgreementExpired" if reason == "Expired" else (
+            reason if reason == "ProviderShutdown" else "AgreementTerminated")
+        await asyncio.gather(*(
+            self._activities[a].terminate(activity_reason, message)
+            for a in agreement.activity_ids if a in self._activities
+        ))
+
+    # Activities
+
+    async def create_activity(self, requestor_id: str, agreement_id: str) -> Activity:
+        agreement = self.agreement(requestor_id, agreement_id)
+        if agreement.state is not AgreementState.APPROVED:
+            raise errors.FailedPrecondition(
+                f"agreement {agreement_id} is terminated ({agreement.termination_reason}); make a new agreement"
+            )
+        live = [a for a in agreement.activity_ids if self._activities[a].state is not ActivityState.TERMINATED]
+        if live:
+            raise errors.FailedPrecondition(
+                f"agreement {agreement_id} already has a live activity {live[0]}; destroy it first"
+            )
+        activity = Activity(uuid.uuid4().hex, agreement, self._runtime, self._images, self._limits)
+        self._activities[activity.activity_id] = activity
+        agreement.activity_ids.append(activity.activity_id)
+        log.info("event=activity_created %s", activity.log_ids)
+        return activity
+
+    def activity(self, requestor_id: str, activity_id: str) -> Activity:
+        activity = self._activities.get(activity_id)
+        if activity is None:
+            raise errors.NotFound(f"activity {activity_id!r} not found")
+        if activity.agreement.requestor_id != requestor_id:
+            raise errors.PermissionDenied(f"activity {activity_id} belongs to another requestor")
+        return activity
+
+    def exec(self, requestor_id: str, activity_id: str, commands: list[Command], batch_id: str) -> tuple[Batch, bool]:
+        return self.activity(requestor_id, activity_id).submit(commands, batch_id)
+
+    def batch_events(self, requestor_id: str, activity_id: str, batch_id: str, from_sequence: int) -> AsyncIterator[BatchEvent]:
+        batch = self.activity(requestor_id, activity_id).batch(batch_id)
+        return batch.events.read(from_sequence)
+
+    def batch(self, requestor_id: str, activity_id: str, batch_id: str) -> Batch:
+        return self.activity(requestor_id, activity_id).batch(batch_id)
+
+    def status(self, requestor_id: str, activity_id: str) -> ActivityStatus:
+        return self.activity(requestor_id, activity_id).status()
+
+    def watch(self, requestor_id: str, activity_id: str) -> AsyncIterator[ActivityStatus]:
+        return self.activity(requestor_id, activity_id).watch()
+
+    async def usage(self, requestor_id: str, activity_id: str) -> Usage:
+        return await self.activity(requestor_id, activity_id).usage()
+
+    async def destroy(self, requestor_id: str, activity_id: str) -> ActivityStatus:
+        activity = self.activity(requestor_id, activity_id)
+        await activity.close()
+        return activity.status()
+
+    # Transfers
+
+    def _ready_container(self, activity: Activity, what: str) -> str:
+        if activity.state is not ActivityState.READY or not activity.container_id:
+            raise errors.FailedPrecondition(
+                f"{what} needs the activity Ready, but it is {activity.state.value}; deploy and start it first"
+            )
+        return activity.container_id
+
+    async def begin_upload(self, requestor_id: str, activity_id: str, path: str, size: int, mode: int) -> Upload:
+        activity = self.activity(requestor_id, activity_id)
+        container_id = self._ready_container(activity, "upload")
+        assert activity.image is not None
+        dest = confine(path, activity.image.volumes)
+        limit = activity.agreement.reserved.storage_bytes
+        if size > limit:
+            raise errors.ResourceExhausted(
+                f"file of {size} bytes exceeds the agreement's storage of {limit} bytes; demand more storage"
+            )
+        upload = Upload(self._runtime, container_id, dest, size, mode)
+        await upload.begin()
+        log.info("event=upload_started %s path=%s size=%d", activity.log_ids, dest.path, size)
+        return upload
+
+    async def download(self, requestor_id: str, activity_id: str, path: str) -> tuple[DownloadHeader, AsyncIterator[bytes]]:
+        activity = self.activity(requestor_id, activity_id)
+        container_id = self._ready_container(activity, "download")
+        assert activity.image is not None
+        dest = confine(path, activity.image.volumes)
+        log.info("event=download_started %s path=%s", activity.log_ids, dest.path)
+        return await download(self._runtime, container_id, dest)

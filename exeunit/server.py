@@ -1,0 +1,85 @@
+"""Builds and runs the gRPC server around a Provider."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from exeunit.provider import Provider
+from exeunit.servicers import ActivityServicer, MarketServicer, TransferServicer
+from exeunit.status import Caller
+from exeunit.v1 import activity_pb2, activity_pb2_grpc, market_pb2, market_pb2_grpc, transfer_pb2, transfer_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# Upload chunks are at most 1 MiB; anything much larger is a client bug, refused RESOURCE_EXHAUSTED.
+MAX_MESSAGE_BYTES = 4 << 20
+SERVICE_NAMES = (
+    market_pb2.DESCRIPTOR.services_by_name["Market"].full_name,
+    activity_pb2.DESCRIPTOR.services_by_name["Activity"].full_name,
+    transfer_pb2.DESCRIPTOR.services_by_name["Transfer"].full_name,
+)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    provider: Provider
+    health: health.HealthServicer
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stops taking calls, then terminates every activity (no container survives)."""
+        self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.provider.close()
+
+
+async def create_server(provider: Provider, address: str, token: str | None = None) -> RunningServer:
+    """Opens the provider and starts serving on address ("host:port"; port 0 picks one)."""
+    await provider.open()
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    caller = Caller(token)
+    market_pb2_grpc.add_MarketServicer_to_server(MarketServicer(provider, caller), server)
+    activity_pb2_grpc.add_ActivityServicer_to_server(ActivityServicer(provider, caller), server)
+    transfer_pb2_grpc.add_TransferServicer_to_server(TransferServicer(provider, caller), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in (*SERVICE_NAMES, ""):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        await provider.close()
+        raise OSError(f"cannot listen on {address}: the address is in use or invalid")
+    await server.start()
+    log.info("event=listening address=%s port=%d provider=%s name=%s", address, port,
+             provider.settings.provider_id, provider.settings.name)
+    return RunningServer(server, port, provider, health_servicer)
+
+
+async def serve_until_signalled(provider: Provider, address: str, token: str | None) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down cleanly."""
+    running = await create_server(provider, address, token)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("event=shutting_down")
+    finally:
+        await running.stop()
+        log.info("event=stopped")

@@ -1,0 +1,186 @@
+"""The gRPC skin: validate, call the provider, convert. No domain logic lives here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import hashlib
+
+import grpc
+
+from exeunit import convert, errors
+from exeunit.market import Agreement
+from exeunit.provider import Provider
+from exeunit.status import Caller, streaming, unary
+from exeunit.transfer import CHUNK_SIZE
+from exeunit.v1 import activity_pb2 as act
+from exeunit.v1 import activity_pb2_grpc as act_grpc
+from exeunit.v1 import market_pb2 as mkt
+from exeunit.v1 import market_pb2_grpc as mkt_grpc
+from exeunit.v1 import transfer_pb2 as xfer
+from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
+
+Context = grpc.aio.ServicerContext
+
+
+def _required(value: str, name: str) -> str:
+    if not value:
+        raise errors.InvalidArgument(f"{name} is required")
+    return value
+
+
+class MarketServicer(mkt_grpc.MarketServicer):
+    def __init__(self, provider: Provider, caller: Caller) -> None:
+        self.provider = provider
+        self.caller = caller
+
+    @unary
+    async def GetOffer(self, request: mkt.GetOfferRequest, context: Context, requestor_id: str) -> mkt.GetOfferResponse:
+        return mkt.GetOfferResponse(offer=convert.offer_to_proto(await self.provider.offer()))
+
+    @unary
+    async def ProposeAgreement(
+        self, request: mkt.ProposeAgreementRequest, context: Context, requestor_id: str
+    ) -> mkt.ProposeAgreementResponse:
+        if not request.HasField("demand"):
+            raise errors.InvalidArgument("demand is required")
+        outcome = await self.provider.propose(requestor_id, convert.demand_from_proto(request.demand))
+        if isinstance(outcome, Agreement):
+            return mkt.ProposeAgreementResponse(agreement=convert.agreement_to_proto(outcome))
+        return mkt.ProposeAgreementResponse(refusal=convert.refusal_to_proto(outcome))
+
+    @unary
+    async def GetAgreement(self, request: mkt.GetAgreementRequest, context: Context, requestor_id: str) -> mkt.GetAgreementResponse:
+        agreement = self.provider.agreement(requestor_id, _required(request.agreement_id, "agreement_id"))
+        return mkt.GetAgreementResponse(agreement=convert.agreement_to_proto(agreement))
+
+    @unary
+    async def TerminateAgreement(
+        self, request: mkt.TerminateAgreementRequest, context: Context, requestor_id: str
+    ) -> mkt.TerminateAgreementResponse:
+        agreement = await self.provider.terminate_agreement(
+            requestor_id, _required(request.agreement_id, "agreement_id"), request.reason, request.message
+        )
+        return mkt.TerminateAgreementResponse(agreement=convert.agreement_to_proto(agreement))
+
+
+class ActivityServicer(act_grpc.ActivityServicer):
+    def __init__(self, provider: Provider, caller: Caller) -> None:
+        self.provider = provider
+        self.caller = caller
+
+    @unary
+    async def CreateActivity(
+        self, request: act.CreateActivityRequest, context: Context, requestor_id: str
+    ) -> act.CreateActivityResponse:
+        activity = await self.provider.create_activity(requestor_id, _required(request.agreement_id, "agreement_id"))
+        return act.CreateActivityResponse(
+            activity_id=activity.activity_id, status=convert.status_to_proto(activity.status())
+        )
+
+    @unary
+    async def Exec(self, request: act.ExecRequest, context: Context, requestor_id: str) -> act.ExecResponse:
+        commands = convert.commands_from_proto(list(request.commands))
+        batch, created = self.provider.exec(
+            requestor_id, _required(request.activity_id, "activity_id"), commands, request.batch_id
+        )
+        return act.ExecResponse(batch_id=batch.batch_id, created=created)
+
+    @streaming
+    async def StreamBatchEvents(
+        self, request: act.StreamBatchEventsRequest, context: Context, requestor_id: str
+    ) -> AsyncIterator[act.BatchEvent]:
+        events = self.provider.batch_events(
+            requestor_id,
+            _required(request.activity_id, "activity_id"),
+            _required(request.batch_id, "batch_id"),
+            request.from_sequence,
+        )
+        async for event in events:
+            yield convert.event_to_proto(event)
+
+    @unary
+    async def GetBatch(self, request: act.GetBatchRequest, context: Context, requestor_id: str) -> act.GetBatchResponse:
+        batch = self.provider.batch(
+            requestor_id, _required(request.activity_id, "activity_id"), _required(request.batch_id, "batch_id")
+        )
+        return convert.batch_to_proto(batch)
+
+    @unary
+    async def GetActivityState(
+        self, request: act.GetActivityStateRequest, context: Context, requestor_id: str
+    ) -> act.GetActivityStateResponse:
+        status = self.provider.status(requestor_id, _required(request.activity_id, "activity_id"))
+        return act.GetActivityStateResponse(status=convert.status_to_proto(status))
+
+    @streaming
+    async def WatchActivity(
+        self, request: act.WatchActivityRequest, context: Context, requestor_id: str
+    ) -> AsyncIterator[act.ActivityStatus]:
+        async for status in self.provider.watch(requestor_id, _required(request.activity_id, "activity_id")):
+            yield convert.status_to_proto(status)
+
+    @unary
+    async def GetActivityUsage(
+        self, request: act.GetActivityUsageRequest, context: Context, requestor_id: str
+    ) -> act.GetActivityUsageResponse:
+        usage = await self.provider.usage(requestor_id, _required(request.activity_id, "activity_id"))
+        return convert.usage_to_proto(usage)
+
+    @unary
+    async def DestroyActivity(
+        self, request: act.DestroyActivityRequest, context: Context, requestor_id: str
+    ) -> act.DestroyActivityResponse:
+        status = await self.provider.destroy(requestor_id, _required(request.activity_id, "activity_id"))
+        return act.DestroyActivityResponse(status=convert.status_to_proto(status))
+
+
+class TransferServicer(xfer_grpc.TransferServicer):
+    def __init__(self, provider: Provider, caller: Caller) -> None:
+        self.provider = provider
+        self.caller = caller
+
+    @unary
+    async def Upload(
+        self, request_iterator: AsyncIterator[xfer.UploadRequest], context: Context, requestor_id: str
+    ) -> xfer.UploadResponse:
+        parts = aiter(request_iterator)
+        first = await anext(parts, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise errors.InvalidArgument("an upload starts with a header message (activity_id, path, size)")
+        header = first.header
+        upload = await self.provider.begin_upload(
+            requestor_id, _required(header.activity_id, "header.activity_id"),
+            _required(header.path, "header.path"), header.size, header.mode,
+        )
+        try:
+            async for part in parts:
+                kind = part.WhichOneof("part")
+                if kind == "chunk":
+                    if len(part.chunk) > CHUNK_SIZE:
+                        raise errors.InvalidArgument(f"chunks are at most {CHUNK_SIZE} bytes")
+                    await upload.write(part.chunk)
+                elif kind == "trailer":
+                    result = await upload.finish(part.trailer.sha256)
+                    return xfer.UploadResponse(size=result.size, sha256=result.sha256)
+                else:
+                    raise errors.InvalidArgument("after the header, an upload sends only chunks and one trailer")
+            raise errors.DataLoss("the upload stream ended without a trailer; the file was emptied")
+        except BaseException as exc:
+            await upload.abort(exc)
+            raise
+
+    @streaming
+    async def Download(
+        self, request: xfer.DownloadRequest, context: Context, requestor_id: str
+    ) -> AsyncIterator[xfer.DownloadResponse]:
+        header, chunks = await self.provider.download(
+            requestor_id, _required(request.activity_id, "activity_id"), _required(request.path, "path")
+        )
+
+        digest = hashlib.sha256()
+        yield xfer.DownloadResponse(header=xfer.DownloadHeader(size=header.size, mode=header.mode))
+        async for chunk in chunks:
+            digest.update(chunk)
+            yield xfer.DownloadResponse(chunk=chunk)
+        yield xfer.DownloadResponse(trailer=xfer.DownloadTrailer(sha256=digest.hexdigest()))

@@ -1,0 +1,237 @@
+"""Files in and out of an activity's container, streamed through tar without holding them in memory.
+
+Only the image's declared VOLUMEs are writable (the root filesystem is read-only), so transfers are
+confined to them; paths are checked here before the engine sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import posixpath
+import queue
+import tarfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+from exeunit import errors
+from exeunit.docker_runtime import DockerRuntime
+from exeunit.threads import iterate_in_thread
+
+CHUNK_SIZE = 1 << 20
+_END = object()
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a path lands: the volume holding it and the path relative to that volume."""
+
+    volume: str
+    relative: str
+
+    @property
+    def path(self) -> str:
+        return posixpath.join(self.volume, self.relative)
+
+
+def confine(path: str, volumes: tuple[str, ...]) -> Destination:
+    """Checks that a path is a file path inside one of the volumes; names the cause when not."""
+    writable = ", ".join(volumes) or "none (the image declares no VOLUME)"
+    if not path.startswith("/"):
+        raise errors.InvalidArgument(f"path {path!r} must be absolute, for example /golem/input/data.bin")
+    if "\x00" in path:
+        raise errors.InvalidArgument("path cannot contain NUL bytes")
+    if ".." in path.split("/"):
+        raise errors.InvalidArgument(f"path {path!r} contains '..'; give the plain absolute path inside a volume")
+    normalized = posixpath.normpath(path)
+    for volume in sorted(volumes, key=len, reverse=True):
+        if normalized.startswith(volume.rstrip("/") + "/"):
+            return Destination(volume, posixpath.relpath(normalized, volume))
+        if normalized == volume.rstrip("/"):
+            raise errors.InvalidArgument(f"path {path!r} is a volume's root directory; name a file inside it")
+    raise errors.FailedPrecondition(
+        f"path {path!r} is not under a writable volume: the container's root filesystem is read-only "
+        f"and only the image's volumes can be transferred to or from ({writable})"
+    )
+
+
+def walk_volume_path(runtime: DockerRuntime, container_id: str, dest: Destination) -> list[str]:
+    """Checks every component below the volume; returns the directories still to be created.
+
+    Refuses a symbolic link anywhere on the way: the engine would follow it out of the volume
+    (for example into the read-only root filesystem, which it writes regardless).
+    """
+    parts = dest.relative.split("/")
+    missing: list[str] = []
+    for depth in range(1, len(parts) + 1):
+        relative = "/".join(parts[:depth])
+        full = posixpath.join(dest.volume, relative)
+        if missing:
+            missing.append(relative)
+            continue
+        try:
+            stat = runtime.stat_path(container_id, full)
+        except errors.NotFound:
+            missing.append(relative)
+            continue
+        if stat.is_symlink:
+            raise errors.FailedPrecondition(
+                f"{full} is a symbolic link; transfers do not follow links, which could lead out of the "
+                "volume (into the read-only root filesystem)"
+            )
+        if depth < len(parts) and not stat.is_directory:
+            raise errors.FailedPrecondition(f"{full} is not a directory")
+    return missing[:-1] if missing and missing[-1] == dest.relative else missing
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    size: int
+    sha256: str
+
+
+class Upload:
+    """Streams one file into a container while its chunks arrive; verifies size and checksum.
+
+    Feed chunks with `write`, then `finish(sha256)`. The file is written under a volume through a
+    lazily-read tar stream, so memory holds only a few chunks whatever the file size.
+    """
+
+    def __init__(self, runtime: DockerRuntime, container_id: str, dest: Destination, size: int, mode: int) -> None:
+        self._runtime = runtime
+        self._container = container_id
+        self._dest = dest
+        self._size = size
+        self._mode = mode or 0o644
+        self._received = 0
+        self._digest = hashlib.sha256()
+        self._chunks: queue.Queue[object] = queue.Queue(maxsize=8)
+        self._writer: asyncio.Future[None] | None = None
+
+    async def begin(self) -> None:
+        missing_dirs = await asyncio.to_thread(walk_volume_path, self._runtime, self._container, self._dest)
+        self._writer = asyncio.ensure_future(
+            asyncio.to_thread(self._runtime.put_archive, self._container, self._dest.volume, self._tar(missing_dirs))
+        )
+
+    def _tar(self, missing_dirs: list[str]) -> Iterator[bytes]:
+        now = time.time()
+        for directory in missing_dirs:
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
+            yield info.tobuf(format=tarfile.PAX_FORMAT)
+        info = tarfile.TarInfo(self._dest.relative)
+        info.size, info.mode, info.mtime = self._size, self._mode, now
+        yield info.tobuf(format=tarfile.PAX_FORMAT)
+        while (chunk := self._chunks.get()) is not _END:
+            if isinstance(chunk, BaseException):
+                raise chunk  # aborts the request; the engine rejects the truncated archive
+            yield chunk  # type: ignore[misc]
+        padding = -self._size % tarfile.BLOCKSIZE
+        yield b"\0" * (padding + 2 * tarfile.BLOCKSIZE)
+
+    async def _put(self, item: object) -> None:
+        try:
+            self._chunks.put_nowait(item)
+        except queue.Full:
+            await asyncio.to_thread(self._chunks.put, item)
+
+    async def write(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received > self._size:
+            raise errors.DataLoss(f"received more than the declared {self._size} bytes")
+        self._digest.update(chunk)
+        if self._writer is not None and self._writer.done():
+            self._writer.result()  # the engine failed: report its error now
+        await self._put(chunk)
+
+    async def finish(self, sha256: str) -> UploadResult:
+        if self._received != self._size:
+            raise errors.DataLoss(f"received {self._received} bytes, the header declared {self._size}")
+        await self._put(_END)
+        assert self._writer is not None
+        await self._writer
+        actual = self._digest.hexdigest()
+        if sha256 and sha256.lower() != actual:
+            await self._replace_with_empty()
+            raise errors.DataLoss(
+                f"checksum mismatch for {self._dest.path}: sent data hashes to {actual}, the trailer says "
+                f"{sha256}; the file was emptied"
+            )
+        return UploadResult(self._received, actual)
+
+    async def abort(self, reason: BaseException) -> None:
+        """Ends a failed upload: stops the engine's write and leaves an empty file, never a partial one."""
+        if self._writer is None:
+            return
+        if not self._writer.done():
+            await self._put(reason)
+        try:
+            await self._writer
+        except errors.ExeUnitError:
+            pass
+        except Exception:  # the engine saw a broken stream; nothing more to report
+            pass
+        await self._replace_with_empty()
+
+    async def _replace_with_empty(self) -> None:
+        info = tarfile.TarInfo(self._dest.relative)
+        info.mode, info.mtime = self._mode, time.time()
+        empty = info.tobuf(format=tarfile.PAX_FORMAT) + b"\0" * (2 * tarfile.BLOCKSIZE)
+        try:
+            await asyncio.to_thread(self._runtime.put_archive, self._container, self._dest.volume, iter([empty]))
+        except errors.ExeUnitError:
+            pass
+
+
+@dataclass(frozen=True)
+class DownloadHeader:
+    size: int
+    mode: int
+
+
+async def download(runtime: DockerRuntime, container_id: str, dest: Destination) -> tuple[DownloadHeader, AsyncIterator[bytes]]:
+    """The file's header and an iterator of its chunks (read lazily from the engine's tar stream)."""
+    path = dest.path
+    if await asyncio.to_thread(walk_volume_path, runtime, container_id, dest):
+        raise errors.NotFound(f"{path} does not exist in the container")
+    stat = await asyncio.to_thread(runtime.stat_path, container_id, path)
+    if not stat.is_regular_file:
+        raise errors.FailedPrecondition(f"{path} is not a regular file; only files can be downloaded")
+    stat, tar_stream = await asyncio.to_thread(runtime.get_archive, container_id, path, CHUNK_SIZE)
+
+    def file_chunks() -> Iterator[bytes]:
+        with tarfile.open(fileobj=_IterReader(tar_stream), mode="r|") as tar:
+            member = tar.next()
+            if member is None or not member.isfile():
+                raise errors.FailedPrecondition(f"{path} is not a regular file; only files can be downloaded")
+            source = tar.extractfile(member)
+            assert source is not None
+            while chunk := source.read(CHUNK_SIZE):
+                yield chunk
+
+    return DownloadHeader(stat.size, stat.mode), iterate_in_thread(file_chunks, max_pending=4)
+
+
+class _IterReader(io.RawIOBase):
+    """A read-only file over an iterator of byte chunks (the engine's tar stream)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._pending:
+            try:
+                self._pending = memoryview(next(self._chunks))
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n

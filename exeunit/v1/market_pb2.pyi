@@ -1,0 +1,197 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AgreementState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AGREEMENT_STATE_UNSPECIFIED: _ClassVar[AgreementState]
+    AGREEMENT_STATE_APPROVED: _ClassVar[AgreementState]
+    AGREEMENT_STATE_TERMINATED: _ClassVar[AgreementState]
+
+class RefusalReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REFUSAL_REASON_UNSPECIFIED: _ClassVar[RefusalReason]
+    REFUSAL_REASON_SUBNET_MISMATCH: _ClassVar[RefusalReason]
+    REFUSAL_REASON_INSUFFICIENT_RESOURCES: _ClassVar[RefusalReason]
+    REFUSAL_REASON_MISSING_CAPABILITY: _ClassVar[RefusalReason]
+    REFUSAL_REASON_IMAGE_UNAVAILABLE: _ClassVar[RefusalReason]
+AGREEMENT_STATE_UNSPECIFIED: AgreementState
+AGREEMENT_STATE_APPROVED: AgreementState
+AGREEMENT_STATE_TERMINATED: AgreementState
+REFUSAL_REASON_UNSPECIFIED: RefusalReason
+REFUSAL_REASON_SUBNET_MISMATCH: RefusalReason
+REFUSAL_REASON_INSUFFICIENT_RESOURCES: RefusalReason
+REFUSAL_REASON_MISSING_CAPABILITY: RefusalReason
+REFUSAL_REASON_IMAGE_UNAVAILABLE: RefusalReason
+
+class LinearPricing(_message.Message):
+    __slots__ = ("start_fee", "per_cpu_second", "per_duration_second", "currency")
+    START_FEE_FIELD_NUMBER: _ClassVar[int]
+    PER_CPU_SECOND_FIELD_NUMBER: _ClassVar[int]
+    PER_DURATION_SECOND_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    start_fee: float
+    per_cpu_second: float
+    per_duration_second: float
+    currency: str
+    def __init__(self, start_fee: _Optional[float] = ..., per_cpu_second: _Optional[float] = ..., per_duration_second: _Optional[float] = ..., currency: _Optional[str] = ...) -> None: ...
+
+class Offer(_message.Message):
+    __slots__ = ("provider_id", "provider_name", "subnet_tag", "runtime_name", "runtime_version", "cpu_threads", "memory_bytes", "storage_bytes", "total_cpu_threads", "total_memory_bytes", "total_storage_bytes", "pricing", "images", "accepts_image_urls", "capabilities")
+    PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_NAME_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_TAG_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_NAME_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CPU_THREADS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_CPU_THREADS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STORAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PRICING_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTS_IMAGE_URLS_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    provider_id: str
+    provider_name: str
+    subnet_tag: str
+    runtime_name: str
+    runtime_version: str
+    cpu_threads: int
+    memory_bytes: int
+    storage_bytes: int
+    total_cpu_threads: int
+    total_memory_bytes: int
+    total_storage_bytes: int
+    pricing: LinearPricing
+    images: _containers.RepeatedScalarFieldContainer[str]
+    accepts_image_urls: bool
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., subnet_tag: _Optional[str] = ..., runtime_name: _Optional[str] = ..., runtime_version: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., total_cpu_threads: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., total_storage_bytes: _Optional[int] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., accepts_image_urls: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ImageRef(_message.Message):
+    __slots__ = ("hash", "tag", "url")
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    hash: str
+    tag: str
+    url: str
+    def __init__(self, hash: _Optional[str] = ..., tag: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
+
+class Demand(_message.Message):
+    __slots__ = ("image", "min_memory_bytes", "min_storage_bytes", "min_cpu_threads", "capabilities", "subnet_tag", "expiration")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MIN_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MIN_STORAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MIN_CPU_THREADS_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_TAG_FIELD_NUMBER: _ClassVar[int]
+    EXPIRATION_FIELD_NUMBER: _ClassVar[int]
+    image: ImageRef
+    min_memory_bytes: int
+    min_storage_bytes: int
+    min_cpu_threads: int
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    subnet_tag: str
+    expiration: _timestamp_pb2.Timestamp
+    def __init__(self, image: _Optional[_Union[ImageRef, _Mapping]] = ..., min_memory_bytes: _Optional[int] = ..., min_storage_bytes: _Optional[int] = ..., min_cpu_threads: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., subnet_tag: _Optional[str] = ..., expiration: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Agreement(_message.Message):
+    __slots__ = ("agreement_id", "provider_id", "requestor_id", "demand", "pricing", "state", "created", "expiration", "cpu_threads", "memory_bytes", "storage_bytes", "termination_reason", "termination_message")
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    DEMAND_FIELD_NUMBER: _ClassVar[int]
+    PRICING_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRATION_FIELD_NUMBER: _ClassVar[int]
+    CPU_THREADS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TERMINATION_REASON_FIELD_NUMBER: _ClassVar[int]
+    TERMINATION_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    agreement_id: str
+    provider_id: str
+    requestor_id: str
+    demand: Demand
+    pricing: LinearPricing
+    state: AgreementState
+    created: _timestamp_pb2.Timestamp
+    expiration: _timestamp_pb2.Timestamp
+    cpu_threads: int
+    memory_bytes: int
+    storage_bytes: int
+    termination_reason: str
+    termination_message: str
+    def __init__(self, agreement_id: _Optional[str] = ..., provider_id: _Optional[str] = ..., requestor_id: _Optional[str] = ..., demand: _Optional[_Union[Demand, _Mapping]] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., state: _Optional[_Union[AgreementState, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expiration: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., termination_reason: _Optional[str] = ..., termination_message: _Optional[str] = ...) -> None: ...
+
+class Refusal(_message.Message):
+    __slots__ = ("reason", "message")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    reason: RefusalReason
+    message: str
+    def __init__(self, reason: _Optional[_Union[RefusalReason, str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetOfferRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetOfferResponse(_message.Message):
+    __slots__ = ("offer",)
+    OFFER_FIELD_NUMBER: _ClassVar[int]
+    offer: Offer
+    def __init__(self, offer: _Optional[_Union[Offer, _Mapping]] = ...) -> None: ...
+
+class ProposeAgreementRequest(_message.Message):
+    __slots__ = ("demand",)
+    DEMAND_FIELD_NUMBER: _ClassVar[int]
+    demand: Demand
+    def __init__(self, demand: _Optional[_Union[Demand, _Mapping]] = ...) -> None: ...
+
+class ProposeAgreementResponse(_message.Message):
+    __slots__ = ("agreement", "refusal")
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    agreement: Agreement
+    refusal: Refusal
+    def __init__(self, agreement: _Optional[_Union[Agreement, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
+
+class GetAgreementRequest(_message.Message):
+    __slots__ = ("agreement_id",)
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    agreement_id: str
+    def __init__(self, agreement_id: _Optional[str] = ...) -> None: ...
+
+class GetAgreementResponse(_message.Message):
+    __slots__ = ("agreement",)
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    agreement: Agreement
+    def __init__(self, agreement: _Optional[_Union[Agreement, _Mapping]] = ...) -> None: ...
+
+class TerminateAgreementRequest(_message.Message):
+    __slots__ = ("agreement_id", "reason", "message")
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    agreement_id: str
+    reason: str
+    message: str
+    def __init__(self, agreement_id: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class TerminateAgreementResponse(_message.Message):
+    __slots__ = ("agreement",)
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    agreement: Agreement
+    def __init__(self, agreement: _Optional[_Union[Agreement, _Mapping]] = ...) -> None: ...

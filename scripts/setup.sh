@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Sets up everything on a fresh Debian machine (run as root; there is no systemd):
+#   1. the Python packages (this project, editable, with its test extra),
+#   2. a Docker engine: installs Debian's docker.io when dockerd is missing, starts dockerd when
+#      none answers, and waits for it,
+#   3. debootstrap and the images (images/build.py; images that exist are not rebuilt).
+# Safe to run again: each step skips what is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+DOCKERD_LOG=${DOCKERD_LOG:-/var/log/exeunit-dockerd.log}
+export DEBIAN_FRONTEND=noninteractive
+
+step() { printf '\n==> %s\n' "$*"; }
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    apt-get update -q >/dev/null
+    apt_updated=1
+  fi
+  apt-get install -y -q "$@" >/dev/null
+}
+
+engine_answers() {
+  "$PYTHON" -c 'import docker; docker.from_env(timeout=5).ping()' >/dev/null 2>&1
+}
+
+step "Python packages"
+"$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+
+step "Docker engine"
+if engine_answers; then
+  echo "a Docker engine answers"
+else
+  if ! command -v dockerd >/dev/null 2>&1; then
+    echo "installing Debian's docker.io..."
+    apt_install docker.io
+  fi
+  echo "starting dockerd (log: $DOCKERD_LOG)..."
+  setsid nohup dockerd >"$DOCKERD_LOG" 2>&1 < /dev/null &
+  for _ in $(seq 1 60); do
+    engine_answers && break
+    sleep 1
+  done
+  if ! engine_answers; then
+    echo "dockerd did not come up within 60s; last lines of $DOCKERD_LOG:" >&2
+    tail -n 20 "$DOCKERD_LOG" >&2
+    exit 1
+  fi
+  echo "dockerd is up"
+fi
+
+step "Images"
+if ! command -v debootstrap >/dev/null 2>&1; then
+  echo "installing debootstrap..."
+  apt_install debootstrap
+fi
+"$PYTHON" images/build.py

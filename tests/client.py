@@ -1,0 +1,190 @@
+"""A small client of the contract for tests: raw stubs with the caller's metadata, plus helpers
+that run a batch and collect its events. Errors surface as grpc.aio.AioRpcError, so tests can
+assert exact status codes and messages."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from types import TracebackType
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from exeunit.v1 import activity_pb2 as act
+from exeunit.v1 import activity_pb2_grpc as act_grpc
+from exeunit.v1 import market_pb2 as mkt
+from exeunit.v1 import market_pb2_grpc as mkt_grpc
+from exeunit.v1 import transfer_pb2 as xfer
+from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
+
+CHUNK = 1 << 20
+
+
+@dataclass
+class BatchRun:
+    batch_id: str
+    events: list[act.BatchEvent] = field(default_factory=list)
+
+    def of_kind(self, kind: str) -> list[act.BatchEvent]:
+        return [e for e in self.events if e.WhichOneof("kind") == kind]
+
+    def stdout(self, index: int | None = None) -> bytes:
+        return b"".join(e.stdout.data for e in self.of_kind("stdout") if index is None or e.command_index == index)
+
+    def stderr(self, index: int | None = None) -> bytes:
+        return b"".join(e.stderr.data for e in self.of_kind("stderr") if index is None or e.command_index == index)
+
+    @property
+    def finished(self) -> list[act.CommandFinished]:
+        return [e.finished for e in self.of_kind("finished")]
+
+    @property
+    def succeeded(self) -> bool:
+        last = self.events[-1]
+        return last.batch_finished.state == act.BATCH_STATE_SUCCEEDED
+
+
+def expiration(minutes: float = 10) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(datetime.now(timezone.utc) + timedelta(minutes=minutes))
+    return ts
+
+
+class ContractClient:
+    def __init__(self, address: str, requestor_id: str, token: str | None = None) -> None:
+        self.channel = grpc.aio.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 64 << 20)]
+        )
+        self.metadata: tuple[tuple[str, str], ...] = (("x-requestor-id", requestor_id),)
+        if token is not None:
+            self.metadata += (("authorization", f"Bearer {token}"),)
+        self.market = mkt_grpc.MarketStub(self.channel)
+        self.activity = act_grpc.ActivityStub(self.channel)
+        self.transfer = xfer_grpc.TransferStub(self.channel)
+
+    async def __aenter__(self) -> ContractClient:
+        return self
+
+    async def __aexit__(self, *exc: object | TracebackType) -> None:
+        await self.channel.close()
+
+    # Market
+
+    def demand(self, tag: str = "", hash: str = "", url: str = "", **fields: object) -> mkt.Demand:
+        fields.setdefault("subnet_tag", "public")
+        fields.setdefault("expiration", expiration())
+        return mkt.Demand(image=mkt.ImageRef(tag=tag, hash=hash, url=url), **fields)  # type: ignore[arg-type]
+
+    async def propose(self, demand: mkt.Demand) -> mkt.ProposeAgreementResponse:
+        return await self.market.ProposeAgreement(mkt.ProposeAgreementRequest(demand=demand), metadata=self.metadata)
+
+    async def agreement(self, tag: str = "", **demand: object) -> str:
+        response = await self.propose(self.demand(tag, **demand))  # type: ignore[arg-type]
+        assert response.WhichOneof("outcome") == "agreement", response
+        return response.agreement.agreement_id
+
+    async def new_activity(self, tag: str = "", **demand: object) -> str:
+        agreement_id = await self.agreement(tag, **demand)
+        created = await self.activity.CreateActivity(
+            act.CreateActivityRequest(agreement_id=agreement_id), metadata=self.metadata
+        )
+        return created.activity_id
+
+    # Commands
+
+    @staticmethod
+    def deploy() -> act.Command:
+        return act.Command(deploy=act.DeployCommand())
+
+    @staticmethod
+    def start() -> act.Command:
+        return act.Command(start=act.StartCommand())
+
+    @staticmethod
+    def terminate() -> act.Command:
+        return act.Command(terminate=act.TerminateCommand())
+
+    @staticmethod
+    def run(*argv: str, env: dict[str, str] | None = None, workdir: str = "", timeout: float = 0) -> act.Command:
+        command = act.RunCommand(entry_point=argv[0], args=list(argv[1:]), env=env or {}, workdir=workdir)
+        if timeout:
+            command.timeout.CopyFrom(Duration(seconds=int(timeout), nanos=int((timeout % 1) * 1e9)))
+        return act.Command(run=command)
+
+    @staticmethod
+    def sh(script: str, **kw: object) -> act.Command:
+        return ContractClient.run("/bin/sh", "-c", script, **kw)  # type: ignore[arg-type]
+
+    # Batches
+
+    async def exec(self, activity_id: str, commands: list[act.Command], batch_id: str = "") -> act.ExecResponse:
+        return await self.activity.Exec(
+            act.ExecRequest(activity_id=activity_id, commands=commands, batch_id=batch_id), metadata=self.metadata
+        )
+
+    def events(self, activity_id: str, batch_id: str, from_sequence: int = 0) -> AsyncIterator[act.BatchEvent]:
+        return self.activity.StreamBatchEvents(
+            act.StreamBatchEventsRequest(activity_id=activity_id, batch_id=batch_id, from_sequence=from_sequence),
+            metadata=self.metadata,
+        )
+
+    async def run_batch(self, activity_id: str, commands: list[act.Command]) -> BatchRun:
+        batch_id = (await self.exec(activity_id, commands)).batch_id
+        run = BatchRun(batch_id)
+        async for event in self.events(activity_id, batch_id):
+            run.events.append(event)
+        return run
+
+    async def get_batch(self, activity_id: str, batch_id: str) -> act.GetBatchResponse:
+        return await self.activity.GetBatch(
+            act.GetBatchRequest(activity_id=activity_id, batch_id=batch_id), metadata=self.metadata
+        )
+
+    async def state(self, activity_id: str) -> act.ActivityStatus:
+        response = await self.activity.GetActivityState(
+            act.GetActivityStateRequest(activity_id=activity_id), metadata=self.metadata
+        )
+        return response.status
+
+    async def destroy(self, activity_id: str) -> act.ActivityStatus:
+        response = await self.activity.DestroyActivity(
+            act.DestroyActivityRequest(activity_id=activity_id), metadata=self.metadata
+        )
+        return response.status
+
+    # Transfers
+
+    async def upload(self, activity_id: str, path: str, chunks: Iterable[bytes], size: int, sha256: str = "") -> xfer.UploadResponse:
+        async def requests() -> AsyncIterator[xfer.UploadRequest]:
+            digest = hashlib.sha256()
+            yield xfer.UploadRequest(header=xfer.UploadHeader(activity_id=activity_id, path=path, size=size))
+            for chunk in chunks:
+                digest.update(chunk)
+                yield xfer.UploadRequest(chunk=chunk)
+            yield xfer.UploadRequest(trailer=xfer.UploadTrailer(sha256=sha256 or digest.hexdigest()))
+
+        return await self.transfer.Upload(requests(), metadata=self.metadata)
+
+    async def upload_bytes(self, activity_id: str, path: str, data: bytes) -> xfer.UploadResponse:
+        chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
+        return await self.upload(activity_id, path, chunks, len(data))
+
+    async def download(self, activity_id: str, path: str) -> tuple[xfer.DownloadHeader, list[bytes], str]:
+        """Header, chunks and trailer sha256 of a download."""
+        header, chunks, trailer = None, [], ""
+        async for part in self.transfer.Download(
+            xfer.DownloadRequest(activity_id=activity_id, path=path), metadata=self.metadata
+        ):
+            kind = part.WhichOneof("part")
+            if kind == "header":
+                header = part.header
+            elif kind == "chunk":
+                chunks.append(part.chunk)
+            else:
+                trailer = part.trailer.sha256
+        assert header is not None
+        return header, chunks, trailer

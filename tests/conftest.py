@@ -1,0 +1,121 @@
+"""Fixtures: a real Docker engine, real daemons on loopback ports, and a small contract client.
+
+A missing Docker engine is a failure, not a skip: run scripts/setup.sh, which starts one.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import docker
+import pytest
+import pytest_asyncio
+
+from exeunit.activity import ActivityLimits
+from exeunit.docker_runtime import LABEL_PROVIDER, DockerRuntime
+from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
+from exeunit.provider import Provider
+from exeunit.server import RunningServer, create_server
+from tests.client import ContractClient
+
+BASE_IMAGE = "exeunit-base:latest"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow") or os.environ.get("RUN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow or RUN_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def engine() -> docker.DockerClient:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"no Docker engine answers ({exc}); run scripts/setup.sh first")
+    try:
+        client.images.get(BASE_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"{BASE_IMAGE} is missing; run python images/build.py")
+    return client
+
+
+def settings_for(name: str, **overrides: object) -> ProviderSettings:
+    fields: dict[str, object] = dict(
+        provider_id=f"test-{name}-{uuid.uuid4().hex[:8]}",
+        name=name,
+        subnet_tag="public",
+        pricing=LinearPricing(start_fee=0.01, per_cpu_second=0.1, per_duration_second=0.001),
+        capacity=Resources(cpu_threads=2, memory_bytes=8 * GIB, storage_bytes=20 * GIB),
+        default_allotment=Resources(1, GIB // 2, 2 * GIB),
+    )
+    fields.update(overrides)
+    return ProviderSettings(**fields)  # type: ignore[arg-type]
+
+
+class Daemons:
+    """Starts real providers on loopback port 0 and stops them (and checks no container is left)."""
+
+    def __init__(self, engine: docker.DockerClient) -> None:
+        self._engine = engine
+        self._running: list[RunningServer] = []
+
+    async def start(
+        self, name: str = "provider-a", token: str | None = None, limits: ActivityLimits | None = None,
+        **settings: object,
+    ) -> RunningServer:
+        provider = Provider(settings_for(name, **settings), DockerRuntime(), limits or ActivityLimits())
+        running = await create_server(provider, "127.0.0.1:0", token)
+        self._running.append(running)
+        return running
+
+    def containers_of(self, running: RunningServer) -> list[str]:
+        label = f"{LABEL_PROVIDER}={running.provider.settings.provider_id}"
+        return [c.id for c in self._engine.containers.list(all=True, filters={"label": label})]
+
+    async def stop_all(self) -> None:
+        for running in self._running:
+            await running.stop(grace=1)
+            left = self.containers_of(running)
+            assert not left, f"containers left behind by {running.provider.settings.name}: {left}"
+        self._running.clear()
+
+
+@pytest_asyncio.fixture
+async def daemons(engine: docker.DockerClient) -> AsyncIterator[Daemons]:
+    pool = Daemons(engine)
+    try:
+        yield pool
+    finally:
+        await pool.stop_all()
+
+
+@pytest_asyncio.fixture
+async def provider(daemons: Daemons) -> RunningServer:
+    return await daemons.start()
+
+
+@pytest_asyncio.fixture
+async def client(provider: RunningServer) -> AsyncIterator[ContractClient]:
+    async with ContractClient(f"127.0.0.1:{provider.port}", "requestor-1") as c:
+        yield c
+
+
+@pytest_asyncio.fixture
+async def ready(client: ContractClient) -> str:
+    """An activity deployed and started on the base image; returns its id."""
+    activity_id = await client.new_activity(BASE_IMAGE)
+    result = await client.run_batch(activity_id, [client.deploy(), client.start()])
+    assert result.succeeded, result
+    return activity_id
+

@@ -1,0 +1,172 @@
+"""The activity lifecycle against a real daemon and real containers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from exeunit.v1 import activity_pb2 as act
+from tests.client import ContractClient
+from tests.conftest import BASE_IMAGE, Daemons
+
+
+async def test_whole_lifecycle_deploy_start_run_terminate(client: ContractClient, daemons: Daemons, provider) -> None:
+    activity_id = await client.new_activity(BASE_IMAGE)
+    assert (await client.state(activity_id)).state == act.ACTIVITY_STATE_NEW
+
+    run = await client.run_batch(activity_id, [client.deploy()])
+    assert run.succeeded
+    assert (await client.state(activity_id)).state == act.ACTIVITY_STATE_DEPLOYED
+    assert len(daemons.containers_of(provider)) == 1
+
+    run = await client.run_batch(activity_id, [client.start(), client.run("/bin/echo", "hello", "world")])
+    assert run.succeeded
+    assert run.stdout(1) == b"hello world\n"
+    assert (await client.state(activity_id)).state == act.ACTIVITY_STATE_READY
+
+    run = await client.run_batch(activity_id, [client.terminate()])
+    assert run.succeeded
+    status = await client.state(activity_id)
+    assert status.state == act.ACTIVITY_STATE_TERMINATED
+    assert status.reason == "Requested"
+    assert daemons.containers_of(provider) == []
+
+
+async def test_events_come_in_order_started_output_finished(client: ContractClient, ready: str) -> None:
+    run = await client.run_batch(ready, [client.sh("echo out; echo err >&2"), client.run("/bin/true")])
+    kinds = [(e.command_index, e.WhichOneof("kind")) for e in run.events]
+    assert kinds[0] == (0, "started")
+    assert kinds[-1][1] == "batch_finished"
+    assert [e.sequence for e in run.events] == list(range(len(run.events)))
+    first_finished = kinds.index((0, "finished"))
+    assert {(0, "stdout"), (0, "stderr")} <= set(kinds[:first_finished])
+    assert kinds[first_finished + 1 :] == [(1, "started"), (1, "finished"), (1, "batch_finished")]
+    assert run.stdout(0) == b"out\n" and run.stderr(0) == b"err\n"
+
+
+async def test_env_and_workdir_reach_the_process(client: ContractClient, ready: str) -> None:
+    run = await client.run_batch(
+        ready,
+        [client.sh('printf "%s|%s|" "$GREETING" "$EMPTY"; pwd', env={"GREETING": "hi there", "EMPTY": ""},
+                   workdir="/golem/output")],
+    )
+    assert run.succeeded
+    assert run.stdout() == b"hi there||/golem/output\n"
+
+
+async def test_batch_stops_at_first_failure(client: ContractClient, ready: str) -> None:
+    run = await client.run_batch(ready, [client.run("/bin/true"), client.sh("exit 3"), client.run("/bin/echo", "never")])
+    assert not run.succeeded
+    assert [f.success for f in run.finished] == [True, False]
+    assert run.finished[1].return_code == 3
+    assert run.finished[1].message == "exit code 3"
+    assert b"never" not in run.stdout()
+    result = await client.get_batch(ready, run.batch_id)
+    assert [r.state for r in result.results] == [
+        act.COMMAND_STATE_SUCCEEDED, act.COMMAND_STATE_FAILED, act.COMMAND_STATE_SKIPPED,
+    ]
+    assert result.state == act.BATCH_STATE_FAILED
+
+
+async def test_missing_entry_point_fails_with_a_message(client: ContractClient, ready: str) -> None:
+    run = await client.run_batch(ready, [client.run("/no/such/program")])
+    assert not run.succeeded
+    assert run.finished[0].return_code == 127 or run.finished[0].return_code == 126
+    assert "not found" in run.finished[0].message or "not executable" in run.finished[0].message
+
+
+async def test_timeout_kills_the_command(client: ContractClient, ready: str) -> None:
+    run = await client.run_batch(ready, [client.sh("echo before; sleep 30", timeout=1)])
+    assert not run.succeeded
+    assert run.finished[0].message == "timed out after 1s and was killed"
+    assert run.stdout() == b"before\n"
+
+
+async def test_background_child_holding_stdout_does_not_hang_the_command(client: ContractClient, ready: str) -> None:
+    run = await client.run_batch(ready, [client.sh("(while true; do date > /golem/work/d; sleep 1; done) & echo started")])
+    assert run.succeeded
+    assert run.stdout() == b"started\n"
+    check = await client.run_batch(ready, [client.run("/bin/cat", "/golem/work/d")])
+    assert check.succeeded and check.stdout()
+
+
+async def test_same_batch_id_does_not_run_twice(client: ContractClient, ready: str) -> None:
+    commands = [client.sh("echo x >> /golem/work/count")]
+    first = await client.exec(ready, commands, batch_id="once-1")
+    again = await client.exec(ready, commands, batch_id="once-1")
+    assert (first.batch_id, first.created) == ("once-1", True)
+    assert (again.batch_id, again.created) == ("once-1", False)
+    async for _ in client.events(ready, "once-1"):
+        pass
+    count = await client.run_batch(ready, [client.run("/bin/cat", "/golem/work/count")])
+    assert count.stdout() == b"x\n"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.exec(ready, [client.run("/bin/true")], batch_id="once-1")
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_replay_from_a_sequence_number_after_disconnect(client: ContractClient, ready: str) -> None:
+    batch_id = (await client.exec(ready, [client.sh("for i in 1 2 3 4 5; do echo line$i; sleep 0.2; done")])).batch_id
+    seen = []
+    async for event in client.events(ready, batch_id):
+        seen.append(event)
+        if event.WhichOneof("kind") == "stdout":
+            break  # the client drops the stream mid-command
+    resumed = [e async for e in client.events(ready, batch_id, from_sequence=seen[-1].sequence + 1)]
+    whole = seen + resumed
+    assert [e.sequence for e in whole] == list(range(len(whole)))
+    output = b"".join(e.stdout.data for e in whole if e.WhichOneof("kind") == "stdout")
+    assert output == b"".join(b"line%d\n" % i for i in range(1, 6))
+    # and from the very start, once finished
+    again = [e async for e in client.events(ready, batch_id, from_sequence=0)]
+    assert [e.sequence for e in again] == list(range(len(whole)))
+
+
+async def test_two_activities_run_side_by_side(client: ContractClient, daemons: Daemons, provider) -> None:
+    first, second = await asyncio.gather(client.new_activity(BASE_IMAGE), client.new_activity(BASE_IMAGE))
+    setup = [client.deploy(), client.start()]
+    assert all(r.succeeded for r in await asyncio.gather(client.run_batch(first, setup), client.run_batch(second, setup)))
+    assert len(daemons.containers_of(provider)) == 2
+    # A long command in the first activity does not hold up the second one.
+    long_batch = (await client.exec(first, [client.sh("echo busy > /golem/work/mine; echo up; sleep 60")])).batch_id
+    async for event in client.events(first, long_batch):
+        if event.WhichOneof("kind") == "stdout":
+            break
+    other = await client.run_batch(second, [client.sh("cat /golem/work/mine 2>/dev/null || echo separate")])
+    assert other.succeeded and other.stdout() == b"separate\n"  # volumes are per activity
+    assert (await client.get_batch(first, long_batch)).state == act.BATCH_STATE_RUNNING
+    await asyncio.gather(client.destroy(first), client.destroy(second))
+    assert (await client.get_batch(first, long_batch)).state == act.BATCH_STATE_FAILED
+    assert daemons.containers_of(provider) == []
+
+
+async def test_destroy_is_idempotent_and_removes_the_container(client: ContractClient, ready: str, daemons: Daemons, provider) -> None:
+    assert len(daemons.containers_of(provider)) == 1
+    first = await client.destroy(ready)
+    second = await client.destroy(ready)
+    assert first.state == second.state == act.ACTIVITY_STATE_TERMINATED
+    assert daemons.containers_of(provider) == []
+
+
+async def test_container_death_is_noticed(client: ContractClient, ready: str, engine, daemons: Daemons, provider) -> None:
+    watch = client.activity.WatchActivity(act.WatchActivityRequest(activity_id=ready), metadata=client.metadata)
+    first = await anext(aiter(watch))
+    assert first.state == act.ACTIVITY_STATE_READY
+    engine.containers.get(daemons.containers_of(provider)[0]).kill()
+    last = None
+    async for status in watch:
+        last = status
+    assert last is not None and last.state == act.ACTIVITY_STATE_TERMINATED
+    assert last.reason == "ContainerDied"
+
+
+async def test_usage_counts_cpu_and_duration(client: ContractClient, ready: str) -> None:
+    await client.run_batch(ready, [client.sh("i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done")])
+    usage = await client.activity.GetActivityUsage(act.GetActivityUsageRequest(activity_id=ready), metadata=client.metadata)
+    assert usage.cpu_seconds > 0.05
+    assert usage.duration.ToTimedelta().total_seconds() > 0
+    # linear pricing of the test provider: 0.01 + 0.1 * cpu + 0.001 * duration
+    expected = 0.01 + 0.1 * usage.cpu_seconds + 0.001 * usage.duration.ToTimedelta().total_seconds()
+    assert usage.cost == pytest.approx(expected, rel=1e-6)

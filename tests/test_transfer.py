@@ -1,0 +1,136 @@
+"""Uploads and downloads: streamed, checksummed, confined to the image's volumes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import grpc
+import pytest
+
+from exeunit.v1 import transfer_pb2 as xfer
+from tests.client import CHUNK, ContractClient
+
+
+async def test_upload_then_download_round_trip(client: ContractClient, ready: str) -> None:
+    data = os.urandom(3 * CHUNK + 12345)
+    response = await client.upload_bytes(ready, "/golem/input/data.bin", data)
+    assert response.size == len(data)
+    assert response.sha256 == hashlib.sha256(data).hexdigest()
+    inside = await client.run_batch(ready, [client.run("/usr/bin/sha256sum", "/golem/input/data.bin")])
+    assert inside.stdout().split()[0].decode() == response.sha256
+    header, chunks, trailer = await client.download(ready, "/golem/input/data.bin")
+    assert header.size == len(data)
+    assert b"".join(chunks) == data
+    assert trailer == hashlib.sha256(data).hexdigest()
+
+
+async def test_upload_creates_missing_directories_and_sets_mode(client: ContractClient, ready: str) -> None:
+    await client.upload_bytes(ready, "/golem/work/a/b/c.txt", b"nested\n")
+    run = await client.run_batch(ready, [client.sh("cat /golem/work/a/b/c.txt; stat -c %a /golem/work/a/b/c.txt")])
+    assert run.stdout() == b"nested\n644\n"
+
+
+async def test_empty_file_round_trip(client: ContractClient, ready: str) -> None:
+    await client.upload_bytes(ready, "/golem/output/empty", b"")
+    header, chunks, trailer = await client.download(ready, "/golem/output/empty")
+    assert (header.size, b"".join(chunks), trailer) == (0, b"", hashlib.sha256(b"").hexdigest())
+
+
+async def test_wrong_checksum_is_data_loss_and_leaves_an_empty_file(client: ContractClient, ready: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.upload(ready, "/golem/input/bad", [b"hello"], 5, sha256="0" * 64)
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS
+    assert "checksum mismatch" in err.value.details()
+    run = await client.run_batch(ready, [client.run("/usr/bin/stat", "-c", "%s", "/golem/input/bad")])
+    assert run.stdout() == b"0\n"
+
+
+async def test_size_mismatch_is_data_loss(client: ContractClient, ready: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.upload(ready, "/golem/input/short", [b"abc"], 10)
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS
+    assert "received 3 bytes, the header declared 10" in err.value.details()
+
+
+@pytest.mark.parametrize(
+    ("path", "code", "fragment"),
+    [
+        ("/golem/input/../../etc/passwd", grpc.StatusCode.INVALID_ARGUMENT, "contains '..'"),
+        ("relative/file", grpc.StatusCode.INVALID_ARGUMENT, "must be absolute"),
+        ("/etc/passwd", grpc.StatusCode.FAILED_PRECONDITION, "root filesystem is read-only"),
+        ("/golem/inputs/x", grpc.StatusCode.FAILED_PRECONDITION, "/golem/input, /golem/output, /golem/work"),
+        ("/golem/input", grpc.StatusCode.INVALID_ARGUMENT, "volume's root directory"),
+    ],
+)
+async def test_paths_outside_the_volumes_are_refused(client: ContractClient, ready: str, path: str, code, fragment: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as up:
+        await client.upload_bytes(ready, path, b"x")
+    assert up.value.code() == code and fragment in up.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as down:
+        await client.download(ready, path)
+    assert down.value.code() == code and fragment in down.value.details()
+
+
+async def test_symlink_out_of_a_volume_cannot_be_written_through(client: ContractClient, ready: str) -> None:
+    await client.run_batch(ready, [client.run("/bin/ln", "-s", "/etc", "/golem/work/etc")])
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.upload_bytes(ready, "/golem/work/etc/evil", b"x")
+    assert err.value.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INVALID_ARGUMENT)
+    assert "read-only" in err.value.details()
+
+
+async def test_download_of_missing_file_and_directory(client: ContractClient, ready: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await client.download(ready, "/golem/output/nothing-here")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "/golem/output/nothing-here does not exist" in missing.value.details()
+    await client.run_batch(ready, [client.run("/bin/mkdir", "/golem/output/dir")])
+    with pytest.raises(grpc.aio.AioRpcError) as directory:
+        await client.download(ready, "/golem/output/dir")
+    assert directory.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not a regular file" in directory.value.details()
+
+
+async def test_transfers_need_a_ready_activity(client: ContractClient) -> None:
+    activity_id = await client.new_activity("exeunit-base:latest")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.upload_bytes(activity_id, "/golem/input/x", b"x")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "needs the activity Ready, but it is New" in err.value.details()
+
+
+async def test_upload_must_start_with_a_header(client: ContractClient, ready: str) -> None:
+    async def chunks_only():
+        yield xfer.UploadRequest(chunk=b"data")
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.transfer.Upload(chunks_only(), metadata=client.metadata)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_256_mib_round_trip(client: ContractClient, ready: str) -> None:
+    size = 256 << 20
+    block = os.urandom(CHUNK)
+    chunks = (block[i % 7 :] + block[: i % 7] for i in range(size // CHUNK))  # distinct, cheap chunks
+    expected = hashlib.sha256()
+    sent = []
+
+    def tracked():
+        for chunk in chunks:
+            expected.update(chunk)
+            yield chunk
+
+    response = await client.upload(client_activity := ready, "/golem/work/big.bin", tracked(), size)
+    assert response.size == size and response.sha256 == expected.hexdigest()
+    digest, total = hashlib.sha256(), 0
+    async for part in client.transfer.Download(
+        xfer.DownloadRequest(activity_id=client_activity, path="/golem/work/big.bin"), metadata=client.metadata
+    ):
+        if part.WhichOneof("part") == "chunk":
+            digest.update(part.chunk)
+            total += len(part.chunk)
+        elif part.WhichOneof("part") == "trailer":
+            sent.append(part.trailer.sha256)
+    assert total == size
+    assert digest.hexdigest() == expected.hexdigest() == sent[0]
