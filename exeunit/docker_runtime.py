@@ -229,13 +229,13 @@ class DockerRuntime:
         return ImageInfo(id=attrs["Id"], tags=tuple(attrs.get("RepoTags") or ()), volumes=volumes)
 
     def image_names(self) -> list[str]:
-        """Tags of every image on the engine (ids for untagged ones)."""
+        """Every image on the engine, by its tags and by its id."""
         with _translated("list images"):
             images = self._api.images()
         names: list[str] = []
         for image in images:
-            tags = [t for t in image.get("RepoTags") or () if t != "<none>:<none>"]
-            names.extend(tags or [image["Id"]])
+            names.extend(t for t in image.get("RepoTags") or () if t != "<none>:<none>")
+            names.append(image["Id"])
         return sorted(names)
 
     def load_image(self, archive_path: str) -> None:

@@ -1,0 +1,187 @@
+"""The work context of one service instance: its activity, and how its scripts are executed.
+
+A script runs as a sequence of segments: consecutive provider-side commands (deploy, start, run,
+terminate) go as one batch; uploads and downloads go through the Transfer service between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from requestor import events
+from requestor.errors import CommandExecutionError, RequestorError
+from requestor.provider_client import Offer, ProviderClient
+from requestor.script import Command, RemoteCommand, Script, Transfer
+
+log = logging.getLogger(__name__)
+
+RESULT_TEXT_CAP = 16 << 20  # characters of stdout / stderr kept in a CommandExecuted
+
+
+@dataclass(frozen=True)
+class ActivityHandle:
+    """An activity on a provider, with the agreement it runs under."""
+
+    client: ProviderClient
+    offer: Offer
+    agreement: events.Agreement
+    activity: events.Activity
+
+
+class _Output:
+    """Decodes one command's stream as it arrives and keeps the text for its result."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._parts: list[str] = []
+        self._kept = 0
+
+    def feed(self, data: bytes, final: bool = False) -> str:
+        text = self._decoder.decode(data, final)
+        if text and self._kept < RESULT_TEXT_CAP:
+            self._parts.append(text[: RESULT_TEXT_CAP - self._kept])
+            self._kept += len(self._parts[-1])
+        return text
+
+    def text(self) -> str:
+        return "".join(self._parts)
+
+
+class WorkContext:
+    """What a service handler reaches as `self._ctx`: the activity and a script factory."""
+
+    def __init__(self, handle: ActivityHandle, job: events.Job, emit: Callable[[events.Event], None]) -> None:
+        self.handle = handle
+        self._job = job
+        self._emit = emit
+
+    @property
+    def id(self) -> str:
+        return self.handle.activity.id
+
+    @property
+    def provider_name(self) -> str:
+        return self.handle.agreement.provider_name
+
+    @property
+    def provider_id(self) -> str:
+        return self.handle.agreement.provider_id
+
+    def __repr__(self) -> str:
+        return f"WorkContext(activity={self.id}, provider={self.provider_name})"
+
+    def new_script(self, timeout: timedelta | None = None, wait_for_results: bool = True) -> Script:
+        """A new, empty script for this activity."""
+        return Script(self, timeout=timeout, wait_for_results=wait_for_results)
+
+    def emit(self, event_class: type[events.Event], **fields: Any) -> None:
+        """Emits an event of this activity (custom event classes included)."""
+        self._emit(event_class(job=self._job, agreement=self.handle.agreement, activity=self.handle.activity, **fields))
+
+    async def execute(self, script: Script) -> list[events.CommandExecuted]:
+        """Runs a script to the end; raises CommandExecutionError at the first failed command."""
+        if script._ctx is not self:
+            raise RequestorError("a script can only be run by the work context that created it")
+        self.emit(events.ScriptSent, script=script)
+        timeout = script.timeout.total_seconds() if script.timeout else None
+        try:
+            results = await asyncio.wait_for(self._execute(script), timeout)
+        except TimeoutError:
+            error = CommandExecutionError(repr(script), f"script timed out after {timeout:g}s")
+            for command in script.commands:
+                command._fail(error)
+            raise error from None
+        self.emit(events.ScriptFinished, script=script)
+        return results
+
+    async def _execute(self, script: Script) -> list[events.CommandExecuted]:
+        commands = script.commands
+        results: list[events.CommandExecuted] = []
+        position = 0
+        try:
+            while position < len(commands):
+                if isinstance(commands[position], Transfer):
+                    results.append(await self._transfer(script, position, commands[position]))  # type: ignore[arg-type]
+                    position += 1
+                    continue
+                end = position
+                while end < len(commands) and isinstance(commands[end], RemoteCommand):
+                    end += 1
+                results.extend(await self._batch(script, position, commands[position:end]))  # type: ignore[arg-type]
+                position = end
+        except CommandExecutionError as error:
+            for command in commands[len(results):]:
+                command._fail(error)
+            raise
+        return results
+
+    def _executed(self, script: Script, index: int, command: Command, **fields: Any) -> events.CommandExecuted:
+        event = events.CommandExecuted(
+            job=self._job, agreement=self.handle.agreement, activity=self.handle.activity,
+            script=script, command=command, command_index=index, **fields,
+        )
+        self._emit(event)
+        return event
+
+    async def _transfer(self, script: Script, index: int, command: Transfer) -> events.CommandExecuted:
+        self.emit(events.CommandStarted, script=script, command=command)
+        is_download = "download" in type(command).__name__.lower()
+        if is_download:
+            self.emit(events.DownloadStarted, script=script, command=command)
+        try:
+            message = await command.perform(self.handle.client, self.id)
+        except CommandExecutionError as exc:
+            self._executed(script, index, command, success=False, message=exc.message, return_code=-1)
+            raise
+        except (RequestorError, OSError, ValueError) as exc:
+            self._executed(script, index, command, success=False, message=str(exc), return_code=-1)
+            raise CommandExecutionError(repr(command), str(exc)) from exc
+        if is_download:
+            self.emit(events.DownloadFinished, script=script, command=command)
+        event = self._executed(script, index, command, success=True, message=message)
+        command._resolve(event)
+        return event
+
+    async def _batch(self, script: Script, first: int, commands: list[RemoteCommand]) -> list[events.CommandExecuted]:
+        client = self.handle.client
+        batch_id = f"s{script.id}-{first}-{uuid.uuid4().hex[:8]}"
+        await client.exec(self.id, [c.to_proto() for c in commands], batch_id)
+        outputs = [(_Output(), _Output()) for _ in commands]
+        results: list[events.CommandExecuted] = []
+        async for event in client.batch_events(self.id, batch_id):
+            local = event.command_index
+            kind = event.WhichOneof("kind")
+            if kind == "batch_finished":
+                break
+            command = commands[local]
+            stdout, stderr = outputs[local]
+            if kind == "started":
+                self.emit(events.CommandStarted, script=script, command=command)
+            elif kind == "stdout":
+                if text := stdout.feed(event.stdout.data):
+                    self.emit(events.CommandStdOut, script=script, command=command, output=text)
+            elif kind == "stderr":
+                if text := stderr.feed(event.stderr.data):
+                    self.emit(events.CommandStdErr, script=script, command=command, output=text)
+            elif kind == "finished":
+                done = event.finished
+                stdout.feed(b"", final=True)
+                stderr.feed(b"", final=True)
+                executed = self._executed(
+                    script, first + local, command, success=done.success, message=done.message or None,
+                    stdout=stdout.text(), stderr=stderr.text(), return_code=done.return_code,
+                )
+                results.append(executed)
+                if not done.success:
+                    raise CommandExecutionError(repr(command), done.message, stderr.text())
+                command._resolve(executed)
+        if len(results) != len(commands):
+            raise CommandExecutionError(repr(commands[len(results)]), "the batch ended before this command finished")
+        return results

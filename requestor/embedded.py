@@ -1,0 +1,52 @@
+"""An ExeUnit provider started inside the requestor's process, on loopback, against the local
+Docker engine: what `Golem` uses when no providers are configured."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import socket
+
+import psutil
+
+from exeunit.activity import ActivityLimits
+from exeunit.docker_runtime import DockerRuntime
+from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
+from exeunit.provider import Provider
+from exeunit.server import RunningServer, create_server
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_NAME = "local-provider"
+
+
+class EmbeddedProvider:
+    """`async with EmbeddedProvider(subnet) as address:` serves a provider on 127.0.0.1."""
+
+    def __init__(self, subnet_tag: str, name: str = EMBEDDED_NAME) -> None:
+        self._subnet_tag = subnet_tag
+        self._name = name
+        self._running: RunningServer | None = None
+
+    async def start(self) -> str:
+        runtime = await asyncio.to_thread(DockerRuntime)
+        data_root = await asyncio.to_thread(runtime.data_root)
+        storage = await asyncio.to_thread(lambda: psutil.disk_usage(data_root).free)
+        settings = ProviderSettings(
+            provider_id=hashlib.sha256(f"{socket.gethostname()}/{self._name}".encode()).hexdigest()[:16],
+            name=self._name,
+            subnet_tag=self._subnet_tag,
+            pricing=LinearPricing(start_fee=0.0, per_cpu_second=0.0001, per_duration_second=0.00002),
+            capacity=Resources(psutil.cpu_count() or 1, psutil.virtual_memory().total, storage),
+            default_allotment=Resources(1, GIB // 2, 2 * GIB),
+        )
+        self._running = await create_server(Provider(settings, runtime, ActivityLimits()), "127.0.0.1:0")
+        address = f"127.0.0.1:{self._running.port}"
+        log.info("event=embedded_provider_started address=%s name=%s", address, self._name)
+        return address
+
+    async def stop(self) -> None:
+        if self._running is not None:
+            await self._running.stop(grace=1)
+            self._running = None

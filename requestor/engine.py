@@ -1,0 +1,212 @@
+"""The engine behind `Golem`: talks to the providers for every cluster.
+
+It gathers offers, keeps the ones that match a payload, tries them cheapest first within the
+budget, signs agreements, creates activities, and at the end settles each agreement's real cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import grpc
+
+from requestor import events
+from requestor.budget import Budget, worst_case_cost
+from requestor.ctx import ActivityHandle
+from requestor.errors import (
+    BudgetExceededError,
+    NoMatchingProviderError,
+    ProviderCallError,
+    RequestorError,
+)
+from requestor.payload.vm import GIB, VmPackage
+from requestor.provider_client import AgreementInfo, DemandSpec, Offer, ProviderClient, Refusal
+from requestor.strategy import MarketStrategy, mismatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Attempt:
+    """What happened with each provider while looking for one."""
+
+    reasons: dict[str, str]
+    capacity_busy: bool = False
+    budget_error: BudgetExceededError | None = None
+
+
+class Engine:
+    def __init__(
+        self,
+        clients: list[ProviderClient],
+        subnet_tag: str,
+        budget: Budget,
+        strategy: MarketStrategy,
+        emit: Callable[[events.Event], None],
+        unresponsive_after: float = 5.0,
+    ) -> None:
+        self.clients = clients
+        self.subnet_tag = subnet_tag
+        self.budget = budget
+        self.strategy = strategy
+        self.emit = emit
+        self.unresponsive_after = unresponsive_after
+
+    async def offers(self, job: events.Job, reasons: dict[str, str]) -> list[Offer]:
+        """Current offers of every reachable provider; unreachable ones get a reason."""
+        results = await asyncio.gather(*(c.offer() for c in self.clients), return_exceptions=True)
+        offers = []
+        for client, result in zip(self.clients, results):
+            if isinstance(result, Offer):
+                offers.append(result)
+                self.emit(events.ProposalReceived(job=job, proposal=result))
+            elif isinstance(result, RequestorError):
+                reasons[client.address] = f"unreachable ({result})"
+                self.emit(events.ProposalRejected(job=job, address=client.address, reason=reasons[client.address]))
+            else:
+                raise result
+        return offers
+
+    async def acquire(self, job: events.Job, exclude: set[str], stop: asyncio.Event) -> ActivityHandle:
+        """An activity on the best provider for the job's payload.
+
+        Waits while matching providers are only busy; raises NoMatchingProviderError when none
+        can ever take it, BudgetExceededError when the budget is what stands in the way.
+        """
+        payload: VmPackage = job.payload
+        delay = 0.5
+        while True:
+            attempt = _Attempt(reasons={})
+            handle = await self._try_providers(job, payload, exclude, attempt)
+            if handle is not None:
+                return handle
+            if attempt.capacity_busy:
+                log.info("event=waiting_for_capacity job=%s retry_in=%.1fs", job.id, delay)
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    pass
+                if stop.is_set():
+                    raise NoMatchingProviderError("stopped while waiting for a provider with free capacity")
+                delay = min(delay * 2, 5.0)
+                continue
+            if attempt.budget_error is not None and all("budget" in r for r in attempt.reasons.values()):
+                raise attempt.budget_error
+            details = "; ".join(f"{where}: {why}" for where, why in attempt.reasons.items()) or "no providers configured"
+            raise NoMatchingProviderError(f"no provider can run {payload}: {details}")
+
+    async def _try_providers(self, job: events.Job, payload: VmPackage, exclude: set[str], attempt: _Attempt) -> ActivityHandle | None:
+        candidates: list[tuple[float, Offer]] = []
+        for offer in await self.offers(job, attempt.reasons):
+            where = f"{offer.provider_name} ({offer.address})"
+            why = None
+            if offer.provider_id in exclude:
+                why = "already failed to start this instance"
+            else:
+                why = mismatch(offer, payload, self.subnet_tag)
+            score = None if why else self.strategy.score_offer(offer)
+            if why is None and score is None:
+                why = "rejected by the market strategy"
+            if why:
+                attempt.reasons[where] = why
+                self.emit(events.ProposalRejected(job=job, proposal=offer, address=offer.address, reason=why))
+                continue
+            assert score is not None
+            candidates.append((score, offer))
+        for _, offer in sorted(candidates, key=lambda pair: pair[0]):
+            handle = await self._agree(job, payload, offer, attempt)
+            if handle is not None:
+                return handle
+        return None
+
+    def _client(self, address: str) -> ProviderClient:
+        return next(c for c in self.clients if c.address == address)
+
+    async def _agree(self, job: events.Job, payload: VmPackage, offer: Offer, attempt: _Attempt) -> ActivityHandle | None:
+        where = f"{offer.provider_name} ({offer.address})"
+        client = self._client(offer.address)
+        now = datetime.now(timezone.utc)
+        cost = worst_case_cost(offer.pricing, payload.min_cpu_threads, now, job.expiration)
+        try:
+            self.budget.check(cost, where)
+        except BudgetExceededError as exc:
+            attempt.reasons[where] = f"over budget: {exc}"
+            attempt.budget_error = exc
+            return None
+        try:
+            outcome = await client.propose(_demand(payload, self.subnet_tag, job))
+        except ProviderCallError as exc:
+            if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                attempt.capacity_busy = True
+            attempt.reasons[where] = exc.details
+            return None
+        except RequestorError as exc:
+            attempt.reasons[where] = str(exc)
+            return None
+        if isinstance(outcome, Refusal):
+            attempt.reasons[where] = f"refused ({outcome.reason}): {outcome.message}"
+            self.emit(events.ProposalRejected(job=job, proposal=offer, address=offer.address, reason=outcome.message))
+            return None
+        return await self._activate(job, offer, outcome, cost, attempt)
+
+    async def _activate(self, job: events.Job, offer: Offer, agreement_info: AgreementInfo, cost: float,
+                        attempt: _Attempt) -> ActivityHandle | None:
+        client = self._client(offer.address)
+        agreement = events.Agreement(agreement_info.agreement_id, offer.provider_id, offer.provider_name, offer.address)
+        self.budget.reserve(agreement.id, cost)
+        self.emit(events.AgreementCreated(job=job, agreement=agreement))
+        self.emit(events.AgreementConfirmed(job=job, agreement=agreement))
+        try:
+            activity_id = await client.create_activity(agreement.id)
+        except RequestorError as exc:
+            attempt.reasons[f"{offer.provider_name} ({offer.address})"] = f"cannot create an activity: {exc}"
+            self.emit(events.ActivityCreateFailed(job=job, agreement=agreement, exc_info=(type(exc), exc, exc.__traceback__)))
+            await self._end_agreement(client, agreement, job, "ActivityCreateFailed", 0.0)
+            return None
+        activity = events.Activity(activity_id)
+        self.emit(events.ActivityCreated(job=job, agreement=agreement, activity=activity))
+        log.info("event=activity_ready job=%s provider=%s agreement=%s activity=%s",
+                 job.id, offer.provider_name, agreement.id, activity_id)
+        return ActivityHandle(client, offer, agreement, activity)
+
+    async def release(self, handle: ActivityHandle, job: events.Job, error: BaseException | None) -> None:
+        """Reads the final cost, destroys the activity and ends the agreement. Never raises."""
+        client = handle.client
+        try:
+            cost = (await client.usage(handle.activity.id)).cost
+        except RequestorError as exc:
+            cost = self.budget.reserved_for(handle.agreement.id)
+            log.warning("event=usage_unknown agreement=%s error=%s counted=%.6f", handle.agreement.id, exc, cost)
+        try:
+            await client.destroy(handle.activity.id)
+        except RequestorError as exc:
+            log.warning("event=destroy_failed activity=%s error=%s", handle.activity.id, exc)
+        reason = "Failure" if error is not None else "Finished"
+        await self._end_agreement(client, handle.agreement, job, reason, cost)
+
+    async def _end_agreement(self, client: ProviderClient, agreement: events.Agreement, job: events.Job,
+                             reason: str, cost: float) -> None:
+        try:
+            await client.terminate_agreement(agreement.id, reason)
+        except RequestorError as exc:
+            log.warning("event=terminate_agreement_failed agreement=%s error=%s", agreement.id, exc)
+        self.budget.settle(agreement.id, cost)
+        self.emit(events.AgreementTerminated(job=job, agreement=agreement, reason={"message": reason, "cost": f"{cost:.6f}"}))
+
+
+def _demand(payload: VmPackage, subnet_tag: str, job: events.Job) -> DemandSpec:
+    return DemandSpec(
+        image_hash=payload.image_hash,
+        image_tag=payload.image_tag,
+        image_url=payload.image_url,
+        min_memory_bytes=int(payload.min_mem_gib * GIB),
+        min_storage_bytes=int(payload.min_storage_gib * GIB),
+        min_cpu_threads=payload.min_cpu_threads,
+        capabilities=payload.capabilities,
+        subnet_tag=subnet_tag,
+        expiration=job.expiration,
+    )

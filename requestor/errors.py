@@ -1,0 +1,72 @@
+"""The requestor's exceptions: one root, and the one place where gRPC errors become them."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class RequestorError(Exception):
+    """Root of every error this library raises on purpose."""
+
+
+class CommandExecutionError(RequestorError):
+    """A command of a script failed on the provider; raised into the handler at its `yield`.
+
+    `command` describes the command, `message` says why it failed, `stderr` holds what it printed.
+    """
+
+    def __init__(self, command: str, message: str | None = None, stderr: str | None = None) -> None:
+        self.command = command
+        self.message = message
+        self.stderr = stderr
+        detail = f"Command '{command}' failed on provider"
+        if message:
+            detail += f"; message: '{message}'"
+        if stderr:
+            detail += f"; stderr: '{stderr.strip()[-2000:]}'"
+        super().__init__(detail)
+
+
+class PackageException(RequestorError):
+    """A payload definition is inconsistent (for example an image_url without its image_hash)."""
+
+
+class NoMatchingProviderError(RequestorError):
+    """No configured provider can serve the demand; the message lists each one's reason."""
+
+
+class BudgetExceededError(RequestorError):
+    """The remaining budget cannot cover another agreement."""
+
+
+class ActivityTerminatedError(RequestorError):
+    """The provider ended the activity (agreement terminated or expired, container died)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(f"the provider terminated the activity ({reason}): {message}")
+
+
+class ProviderUnreachableError(RequestorError):
+    """The provider stopped answering."""
+
+
+class ProviderCallError(RequestorError):
+    """A call to a provider failed; `code` is the gRPC status code name, `details` its message."""
+
+    def __init__(self, method: str, address: str, code: grpc.StatusCode, details: str) -> None:
+        self.method = method
+        self.address = address
+        self.code = code
+        self.details = details
+        super().__init__(f"{method} on provider {address} failed: {code.name}: {details}")
+
+
+UNREACHABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def from_rpc_error(method: str, address: str, exc: grpc.aio.AioRpcError) -> RequestorError:
+    """Translates a failed gRPC call into this library's exceptions."""
+    if exc.code() in UNREACHABLE_CODES:
+        return ProviderUnreachableError(f"provider {address} did not answer {method}: {exc.details()}")
+    return ProviderCallError(method, address, exc.code(), exc.details() or "")

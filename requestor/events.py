@@ -1,0 +1,259 @@
+"""Events of a Golem computation, with yapapi's names and fields.
+
+Every important step emits an event to the consumers given to `Golem(event_consumer=...)` or
+`golem.add_event_consumer(...)`. Events are read-only records; only leaf classes are emitted.
+Where yapapi carries its REST objects (agreement, activity), these carry the small records below.
+
+    Event
+        JobEvent: JobStarted, JobFinished, ProposalReceived, ProposalRejected, NoProposalsConfirmed
+            AgreementEvent: AgreementCreated, AgreementConfirmed, AgreementRejected,
+                            AgreementTerminated, ActivityCreateFailed
+                ActivityEvent: ActivityCreated
+                    ServiceEvent: ServiceStateChanged, ServiceFinished
+                    ScriptEvent: ScriptSent, GettingResults, ScriptFinished
+                        CommandEvent: CommandStarted, CommandStdOut, CommandStdErr,
+                                      CommandExecuted, DownloadStarted, DownloadFinished
+        ShutdownFinished, ExecutionInterrupted
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from requestor.provider_client import Offer
+    from requestor.script import Command, Script
+    from requestor.services.service import Service
+    from requestor.services.state import ServiceState
+
+ExcInfo = tuple[type[BaseException], BaseException, Optional[TracebackType]]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One `run_service` call: its id, payload and agreement expiration."""
+
+    id: str
+    payload: Any
+    expiration: datetime
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """An agreement with one provider."""
+
+    id: str
+    provider_id: str
+    provider_name: str
+    address: str
+
+
+@dataclass(frozen=True)
+class Activity:
+    id: str
+
+
+@dataclass(kw_only=True, repr=False)
+class Event:
+    exc_info: ExcInfo | None = None
+    timestamp: datetime = field(default_factory=datetime.now)
+
+    @property
+    def exception(self) -> BaseException | None:
+        return self.exc_info[1] if self.exc_info else None
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "exc_info":
+                if value:
+                    parts.append(f"exception={value[1]!r}")
+            elif f.name != "timestamp":
+                parts.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    __str__ = __repr__
+
+
+@dataclass(kw_only=True, repr=False)
+class JobEvent(Event):
+    job: Job
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+
+@dataclass(kw_only=True, repr=False)
+class AgreementEvent(JobEvent):
+    agreement: Agreement
+
+    @property
+    def agr_id(self) -> str:
+        return self.agreement.id
+
+    @property
+    def provider_id(self) -> str:
+        return self.agreement.provider_id
+
+    @property
+    def provider_name(self) -> str:
+        return self.agreement.provider_name
+
+
+@dataclass(kw_only=True, repr=False)
+class ActivityEvent(AgreementEvent):
+    activity: Activity
+
+
+@dataclass(kw_only=True, repr=False)
+class ServiceEvent(JobEvent):
+    """An event of a service instance; agreement and activity are None while it has none."""
+
+    service: "Service"
+    agreement: Agreement | None = None
+    activity: Activity | None = None
+
+
+@dataclass(kw_only=True, repr=False)
+class ScriptEvent(ActivityEvent):
+    script: "Script"
+
+    @property
+    def script_id(self) -> int:
+        return self.script.id
+
+
+@dataclass(kw_only=True, repr=False)
+class CommandEvent(ScriptEvent):
+    command: "Command"
+
+
+class JobStarted(JobEvent):
+    pass
+
+
+class JobFinished(JobEvent):
+    """The job is done; it failed when `exception` is set."""
+
+
+@dataclass(kw_only=True, repr=False)
+class ProposalReceived(JobEvent):
+    proposal: "Offer"
+
+    @property
+    def provider_id(self) -> str:
+        return self.proposal.provider_id
+
+
+@dataclass(kw_only=True, repr=False)
+class ProposalRejected(JobEvent):
+    """An offer was not taken, because of `reason`."""
+
+    proposal: "Offer | None" = None
+    address: str = ""
+    reason: str | None = None
+
+
+@dataclass(kw_only=True, repr=False)
+class NoProposalsConfirmed(JobEvent):
+    timeout: timedelta
+    reason: str = ""
+
+
+class AgreementCreated(AgreementEvent):
+    pass
+
+
+class AgreementConfirmed(AgreementEvent):
+    pass
+
+
+@dataclass(kw_only=True, repr=False)
+class AgreementRejected(AgreementEvent):
+    reason: str = ""
+
+
+@dataclass(kw_only=True, repr=False)
+class AgreementTerminated(AgreementEvent):
+    reason: dict[str, str]
+
+
+class ActivityCreateFailed(AgreementEvent):
+    pass
+
+
+class ActivityCreated(ActivityEvent):
+    pass
+
+
+@dataclass(kw_only=True, repr=False)
+class ServiceStateChanged(ServiceEvent):
+    old: "ServiceState"
+    new: "ServiceState"
+
+
+class ServiceFinished(ServiceEvent):
+    pass
+
+
+class ScriptSent(ScriptEvent):
+    pass
+
+
+class GettingResults(ScriptEvent):
+    pass
+
+
+class ScriptFinished(ScriptEvent):
+    pass
+
+
+class CommandStarted(CommandEvent):
+    pass
+
+
+@dataclass(kw_only=True, repr=False)
+class CommandStdOut(CommandEvent):
+    output: str
+
+
+@dataclass(kw_only=True, repr=False)
+class CommandStdErr(CommandEvent):
+    output: str
+
+
+@dataclass(kw_only=True, repr=False)
+class CommandExecuted(CommandEvent):
+    """A command's result: what the script's awaitables resolve to."""
+
+    success: bool
+    message: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    return_code: int = 0
+    command_index: int = 0
+
+
+class DownloadStarted(CommandEvent):
+    @property
+    def path(self) -> str:
+        return str(getattr(self.command, "src_path", ""))
+
+
+class DownloadFinished(CommandEvent):
+    @property
+    def path(self) -> str:
+        return str(getattr(self.command, "dst_path", ""))
+
+
+class ShutdownFinished(Event):
+    """Golem completed its shutdown."""
+
+
+class ExecutionInterrupted(Event):
+    """Golem was stopped by an exception raised outside of its own code."""

@@ -1,0 +1,207 @@
+"""`Golem`: the requestor's entry point, as yapapi's, over ExeUnit provider daemons."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
+from types import TracebackType
+from typing import Any
+
+from requestor import events
+from requestor.budget import Budget
+from requestor.embedded import EmbeddedProvider
+from requestor.engine import Engine
+from requestor.errors import RequestorError
+from requestor.log import log_summary
+from requestor.payload import Payload
+from requestor.payload.vm import VmPackage
+from requestor.provider_client import ProviderClient
+from requestor.services.cluster import Cluster
+from requestor.services.runner import ServiceRunner
+from requestor.services.service import ServiceType
+from requestor.strategy import LeastExpensiveLinearPayuMS, MarketStrategy
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SUBNET = "public"
+DEFAULT_SERVICE_EXPIRATION = timedelta(minutes=180)
+PROVIDERS_ENV = "GOLEM_PROVIDERS"
+TOKEN_ENV = "GOLEM_PROVIDER_TOKEN"
+
+EventConsumer = Callable[[events.Event], Any]
+
+
+class Golem:
+    """Runs services on ExeUnit providers. An async context manager (or `start()` / `stop()`).
+
+    Example::
+
+        async with Golem(budget=1.0, subnet_tag="public", providers=["127.0.0.1:50051"]) as golem:
+            cluster = await golem.run_service(DateService, num_instances=2)
+            ...
+
+    `providers` lists `host:port` of provider daemons; without it, `GOLEM_PROVIDERS`
+    (comma-separated) is used; without either, an embedded provider is started on loopback
+    against the local Docker engine and stopped on exit.
+    """
+
+    def __init__(
+        self,
+        *,
+        budget: float,
+        strategy: MarketStrategy | None = None,
+        subnet_tag: str | None = None,
+        providers: Iterable[str] | None = None,
+        event_consumer: EventConsumer | None = None,
+        stream_output: bool = False,
+        requestor_id: str | None = None,
+        auth_token: str | None = None,
+        unresponsive_after: float = 5.0,
+        payment_driver: str | None = None,
+        payment_network: str | None = None,
+        app_key: str | None = None,
+    ) -> None:
+        if budget <= 0:
+            raise ValueError(f"budget must be positive, got {budget}")
+        self.budget = Budget(budget)
+        self.subnet_tag = subnet_tag or DEFAULT_SUBNET
+        self.strategy = strategy or LeastExpensiveLinearPayuMS()
+        self.requestor_id = requestor_id or f"requestor-{uuid.uuid4().hex[:12]}"
+        self._auth_token = auth_token if auth_token is not None else os.environ.get(TOKEN_ENV) or None
+        self._unresponsive_after = unresponsive_after
+        self._provider_addresses = _configured_providers(providers)
+        self._consumers: list[tuple[EventConsumer, tuple[type[events.Event], ...]]] = []
+        self.add_event_consumer(event_consumer or log_summary(stream_output))
+        self._embedded: EmbeddedProvider | None = None
+        self._engine: Engine | None = None
+        self._clusters: list[Cluster[Any]] = []
+        self._pending_consumers: set[asyncio.Task[Any]] = set()
+
+    # Life
+
+    @property
+    def operative(self) -> bool:
+        return self._engine is not None
+
+    @property
+    def providers(self) -> list[str]:
+        """Addresses of the providers in use (the embedded one's once started)."""
+        return [c.address for c in self._engine.clients] if self._engine else list(self._provider_addresses)
+
+    async def start(self) -> None:
+        if self._engine is not None:
+            return
+        addresses = list(self._provider_addresses)
+        if not addresses:
+            self._embedded = EmbeddedProvider(self.subnet_tag)
+            addresses = [await self._embedded.start()]
+        clients = [ProviderClient(a, self.requestor_id, self._auth_token) for a in addresses]
+        self._engine = Engine(clients, self.subnet_tag, self.budget, self.strategy, self.emit, self._unresponsive_after)
+
+    async def stop(self) -> None:
+        """Stops every cluster (running instances go through shutdown), then the providers' links."""
+        for cluster in self._clusters:
+            await cluster.terminate()
+        self._clusters.clear()
+        if self._engine is not None:
+            for client in self._engine.clients:
+                await client.close()
+            self._engine = None
+        if self._embedded is not None:
+            await self._embedded.stop()
+            self._embedded = None
+        if self._pending_consumers:
+            await asyncio.gather(*self._pending_consumers, return_exceptions=True)
+        self.emit(events.ShutdownFinished())
+
+    async def __aenter__(self) -> Golem:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if exc is not None and not isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+            self.emit(events.ExecutionInterrupted(exc_info=(type(exc), exc, tb)))
+        await self.stop()
+
+    # Events
+
+    def add_event_consumer(self, event_consumer: EventConsumer,
+                           event_classes_or_names: Iterable[type[events.Event] | str] = (events.Event,)) -> None:
+        """Calls `event_consumer(event)` for every event of the given classes (or class names)."""
+        classes = tuple(
+            getattr(events, c) if isinstance(c, str) else c for c in event_classes_or_names
+        )
+        self._consumers.append((event_consumer, classes))
+
+    def emit(self, event: events.Event) -> None:
+        for consumer, classes in self._consumers:
+            if not isinstance(event, classes):
+                continue
+            try:
+                outcome = consumer(event)
+                if inspect.isawaitable(outcome):
+                    task = asyncio.ensure_future(outcome)
+                    self._pending_consumers.add(task)
+                    task.add_done_callback(self._pending_consumers.discard)
+            except Exception:
+                log.exception("event consumer %r failed on %r", consumer, event)
+
+    # Services
+
+    async def run_service(
+        self,
+        service_class: type[ServiceType],
+        num_instances: int | None = None,
+        instance_params: Iterable[dict[str, Any]] | None = None,
+        payload: Payload | None = None,
+        expiration: datetime | None = None,
+        respawn_unstarted_instances: bool = True,
+        network: Any = None,
+        network_addresses: list[str] | None = None,
+    ) -> Cluster[ServiceType]:
+        """Starts instances of `service_class`; returns their Cluster at once (instances pending).
+
+        Each instance's handlers run on a provider whose offer matches the payload, cheapest first.
+        An instance whose `start` fails is restarted on another provider when
+        `respawn_unstarted_instances` is true and its `restart_condition` holds.
+        """
+        if self._engine is None:
+            raise RequestorError("Golem is not started: use `async with Golem(...) as golem:` or `await golem.start()`")
+        if network is not None:
+            raise NotImplementedError("VPN networks are not supported: activity containers have no network")
+        payload = payload or await service_class.get_payload()
+        if payload is None:
+            raise ValueError(
+                f"No payload returned from {service_class.__name__}.get_payload() nor given in the `payload` argument."
+            )
+        if not isinstance(payload, VmPackage):
+            raise TypeError(f"payload must come from requestor.payload.vm.repo(...), got {payload!r}")
+        expiration = expiration or datetime.now(timezone.utc) + DEFAULT_SERVICE_EXPIRATION
+        if expiration.tzinfo is None:
+            expiration = expiration.astimezone(timezone.utc)
+        job = events.Job(id=uuid.uuid4().hex, payload=payload, expiration=expiration)
+        runner = ServiceRunner(self._engine, job, respawn_unstarted_instances)
+        cluster: Cluster[ServiceType] = Cluster(runner, job, service_class)
+        self._clusters.append(cluster)
+        cluster.spawn_instances(num_instances, instance_params, network_addresses)
+        return cluster
+
+
+def _configured_providers(providers: Iterable[str] | None) -> list[str]:
+    if providers is not None:
+        addresses = [p.strip() for p in providers if p.strip()]
+        if not addresses:
+            raise ValueError("providers is empty: give host:port addresses, or leave it out to use an embedded provider")
+    else:
+        addresses = [p.strip() for p in os.environ.get(PROVIDERS_ENV, "").split(",") if p.strip()]
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"provider address {address!r} is not host:port")
+    return addresses

@@ -1,0 +1,1 @@
+"""Compatibility with yapapi's module layout (`yapapi.rest.activity.CommandExecutionError`)."""

@@ -1,0 +1,5 @@
+"""Where yapapi keeps CommandExecutionError; the class itself lives in requestor.errors."""
+
+from requestor.errors import CommandExecutionError
+
+__all__ = ["CommandExecutionError"]

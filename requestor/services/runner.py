@@ -1,0 +1,270 @@
+"""Drives each service instance through its states: finds it a provider, runs its handlers,
+notices a provider that ends the activity or stops answering, and releases what it held."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from requestor import events
+from requestor.ctx import ActivityHandle, WorkContext
+from requestor.errors import (
+    ActivityTerminatedError,
+    CommandExecutionError,
+    ProviderUnreachableError,
+    RequestorError,
+)
+from requestor.script import Script
+from requestor.services.service import Service
+from requestor.services.state import ServiceState, next_state
+
+if TYPE_CHECKING:
+    from requestor.engine import Engine
+
+log = logging.getLogger(__name__)
+
+# Activity termination reasons that come from this requestor, not from the provider.
+OWN_REASONS = frozenset({"Requested", "Destroyed"})
+
+
+class Outcome(Enum):
+    DONE = "done"  # the handler returned
+    ERROR = "error"  # the handler raised
+    STOPPED = "stopped"  # the requestor stopped the instance
+    GONE = "gone"  # the provider ended the activity
+    UNRESPONSIVE = "unresponsive"  # the provider stopped answering
+
+
+@dataclass
+class Result:
+    outcome: Outcome
+    error: BaseException | None = None
+
+
+class ActivityWatch:
+    """Follows the activity's state on the provider; `ended` resolves with the reason the
+    provider ended it or stopped answering. Within seconds, not at the next script."""
+
+    def __init__(self, handle: ActivityHandle, unresponsive_after: float) -> None:
+        self._handle = handle
+        self._unresponsive_after = unresponsive_after
+        self.ended: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._follow(), name=f"watch-{handle.activity.id}")
+
+    def _end(self, error: BaseException) -> None:
+        if not self.ended.done():
+            self.ended.set_result(error)
+
+    async def _follow(self) -> None:
+        loop = asyncio.get_running_loop()
+        give_up_at: float | None = None
+        client, activity_id = self._handle.client, self._handle.activity.id
+        while True:
+            try:
+                async for status in client.watch(activity_id):
+                    give_up_at = None
+                    if status.state == "Terminated":
+                        if status.reason not in OWN_REASONS:
+                            self._end(ActivityTerminatedError(status.reason, status.message))
+                        return
+            except ProviderUnreachableError as exc:
+                give_up_at = give_up_at or loop.time() + self._unresponsive_after
+                if loop.time() >= give_up_at:
+                    self._end(exc)
+                    return
+                await asyncio.sleep(0.5)
+            except RequestorError as exc:
+                self._end(ActivityTerminatedError("Lost", f"the provider no longer knows the activity ({exc})"))
+                return
+
+    async def close(self) -> None:
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+
+class ServiceRunner:
+    """Runs the instances of one cluster."""
+
+    def __init__(self, engine: Engine, job: events.Job, respawn_unstarted_instances: bool) -> None:
+        self._engine = engine
+        self._job = job
+        self._respawn = respawn_unstarted_instances
+        self.instances: list[Service] = []
+        self._stop_requests: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def add_instance(self, service: Service) -> None:
+        self.instances.append(service)
+        self._stop_requests[service.id] = asyncio.Event()
+        task = asyncio.create_task(self._lifecycle(service), name=f"service-{service.id}")
+        self._tasks.append(task)
+
+    def stop_instance(self, service: Service) -> None:
+        self._stop_requests[service.id].set()
+
+    async def wait(self) -> None:
+        """Waits until every instance is terminated."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # One instance
+
+    def _transition(self, service: Service, transition: str, handle: ActivityHandle | None = None) -> None:
+        old = service.state
+        new = next_state(old, transition)
+        service._set_state(new)
+        agreement = handle.agreement if handle else None
+        activity = handle.activity if handle else None
+        log.debug("event=service_state service=%s %s->%s", service.id, old.value, new.value)
+        self._engine.emit(events.ServiceStateChanged(
+            job=self._job, service=service, agreement=agreement, activity=activity, old=old, new=new,
+            exc_info=service.exc_info if service.exc_info[1] is not None else None,  # type: ignore[arg-type]
+        ))
+
+    async def _lifecycle(self, service: Service) -> None:
+        stop = self._stop_requests[service.id]
+        failed_providers: set[str] = set()
+        try:
+            while True:
+                handle = await self._place(service, stop, failed_providers)
+                if handle is None:
+                    self._transition(service, "terminate")
+                    return
+                restart = await self._run_on(service, handle, stop)
+                if not restart:
+                    return
+                failed_providers.add(handle.offer.provider_id)
+                await service.reset()
+                service._set_exc_info(None)
+                self._transition(service, "restart")
+        except Exception as exc:  # a bug here must not leave the instance hanging
+            log.exception("event=service_runner_crashed service=%s", service.id)
+            service._set_exc_info(exc)
+            if service.state is not ServiceState.terminated:
+                self._transition(service, "terminate")
+        finally:
+            self._engine.emit(events.ServiceFinished(job=self._job, service=service))
+
+    async def _place(self, service: Service, stop: asyncio.Event, exclude: set[str]) -> ActivityHandle | None:
+        """An activity for the instance, or None when stopped or when no provider can take it."""
+        acquiring = asyncio.create_task(self._engine.acquire(self._job, exclude, stop))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({acquiring, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not acquiring.done():
+            acquiring.cancel()
+            try:
+                await acquiring
+            except (asyncio.CancelledError, RequestorError):
+                pass
+            return None
+        try:
+            return acquiring.result()
+        except RequestorError as exc:
+            log.error("event=service_not_placed service=%s error=%s", service.id, exc)
+            service._set_exc_info(exc)
+            return None
+
+    async def _run_on(self, service: Service, handle: ActivityHandle, stop: asyncio.Event) -> bool:
+        """Runs the handlers on one activity; returns whether to restart elsewhere."""
+        ctx = WorkContext(handle, self._job, self._engine.emit)
+        service._set_ctx(ctx)
+        watch = ActivityWatch(handle, self._engine.unresponsive_after)
+        restart = False
+        try:
+            self._transition(service, "start", handle)
+            result = await self._drive(service.start(), ctx, watch, stop)
+            if result.outcome is Outcome.DONE:
+                self._transition(service, "ready", handle)
+                result = await self._drive(service.run(), ctx, watch, stop)
+                if result.outcome in (Outcome.DONE, Outcome.ERROR, Outcome.STOPPED):
+                    service._set_exc_info(result.error)
+                    self._transition(service, "stop", handle)
+                    shutdown = await self._drive(service.shutdown(), ctx, watch, None)
+                    if shutdown.error is not None and result.error is None:
+                        service._set_exc_info(shutdown.error)
+                    result = shutdown if shutdown.outcome in (Outcome.GONE, Outcome.UNRESPONSIVE) else result
+            service._set_exc_info(result.error or service.exc_info[1])
+            if result.outcome is Outcome.UNRESPONSIVE:
+                self._transition(service, "mark_unresponsive", handle)
+            restart = (
+                self._respawn and result.outcome is not Outcome.STOPPED and not stop.is_set()
+                and service.restart_condition
+            )
+        finally:
+            await watch.close()
+            await self._engine.release(handle, self._job, service.exc_info[1])
+            self._transition(service, "terminate", handle)
+        return restart
+
+    async def _drive(self, handler: AsyncGenerator[Script, Any], ctx: WorkContext, watch: ActivityWatch,
+                     stop: asyncio.Event | None) -> Result:
+        """Runs one handler until it returns, fails, is stopped, or loses its provider."""
+        pump = asyncio.create_task(self._pump(handler, ctx))
+        waiters: set[asyncio.Future[Any]] = {pump, watch.ended}
+        stopped = asyncio.create_task(stop.wait()) if stop else None
+        if stopped:
+            waiters.add(stopped)
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if watch.ended.done() and not (pump.done() and pump.exception() is None):
+                return self._lost(watch.ended.result())
+            if pump.done():
+                error = pump.exception()
+                if error is None:
+                    return Result(Outcome.DONE)
+                if isinstance(error, ProviderUnreachableError):
+                    return Result(Outcome.UNRESPONSIVE, error)
+                return Result(Outcome.ERROR, error)
+            return Result(Outcome.STOPPED)
+        finally:
+            if stopped:
+                stopped.cancel()
+            if not pump.done():
+                pump.cancel()
+                try:
+                    await pump
+                except BaseException:  # the handler's own reaction to cancellation
+                    pass
+            await handler.aclose()
+
+    @staticmethod
+    def _lost(error: BaseException) -> Result:
+        if isinstance(error, ProviderUnreachableError):
+            return Result(Outcome.UNRESPONSIVE, error)
+        return Result(Outcome.GONE, error)
+
+    @staticmethod
+    async def _pump(handler: AsyncGenerator[Script, Any], ctx: WorkContext) -> None:
+        """Feeds the handler's scripts to the activity and their results back to the handler."""
+        to_send: Any = None
+        to_throw: BaseException | None = None
+        while True:
+            try:
+                script = await (handler.athrow(to_throw) if to_throw else handler.asend(to_send))
+            except StopAsyncIteration:
+                return
+            to_send, to_throw = None, None
+            if script is None:
+                continue
+            if not isinstance(script, Script):
+                raise TypeError(f"service handlers yield Scripts from self._ctx.new_script(), not {script!r}")
+            if not script.wait_for_results:
+                to_send = asyncio.ensure_future(ctx.execute(script))
+                to_send.add_done_callback(lambda f: f.cancelled() or f.exception())
+                continue
+            try:
+                results = await ctx.execute(script)
+            except CommandExecutionError as exc:
+                to_throw = exc
+                continue
+            done: asyncio.Future[list[events.CommandExecuted]] = asyncio.get_running_loop().create_future()
+            done.set_result(results)
+            to_send = done

@@ -1,0 +1,208 @@
+"""`Service`: what a requestor subclasses to describe a service and drive its instances."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncGenerator, Awaitable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
+
+from requestor.events import CommandExecuted
+from requestor.payload import Payload
+from requestor.script import Script
+from requestor.services.state import AVAILABLE, ServiceState
+
+if TYPE_CHECKING:
+    from requestor.ctx import WorkContext
+    from requestor.services.cluster import Cluster
+
+ExcInfo = tuple[Optional[type[BaseException]], Optional[BaseException], Optional[TracebackType]]
+NO_EXC: ExcInfo = (None, None, None)
+Handler = AsyncGenerator[Script, Awaitable[list[CommandExecuted]]]
+
+
+@dataclass
+class ServiceSignal:
+    """A message between the requestor's code and a service instance."""
+
+    message: Any
+    response_to: Optional["ServiceSignal"] = None
+
+
+class Service:
+    """Base class of services. Override `get_payload` and the handlers you need.
+
+    Example::
+
+        class DateService(Service):
+            @staticmethod
+            async def get_payload():
+                return await vm.repo(image_tag="exeunit-base:latest")
+
+            async def start(self):
+                async for script in super().start():   # deploy + start
+                    yield script
+                script = self._ctx.new_script()
+                script.run("/bin/sh", "-c", "date > /golem/work/started")
+                yield script
+
+            async def run(self):
+                while True:
+                    await asyncio.sleep(5)
+                    script = self._ctx.new_script()
+                    result = script.run("/bin/cat", "/golem/work/started")
+                    yield script
+                    print((await result).stdout)
+
+    Each handler is an async generator yielding Scripts; `yield` returns once the script ran, and
+    a failed command raises CommandExecutionError there.
+    """
+
+    def __init__(self) -> None:
+        self._id = str(uuid.uuid4())
+        self._ctx: WorkContext | None = None
+        self._cluster: Cluster[Any] | None = None
+        self._inqueue: asyncio.Queue[ServiceSignal] = asyncio.Queue()
+        self._outqueue: asyncio.Queue[ServiceSignal] = asyncio.Queue()
+        self._exc_info: ExcInfo = NO_EXC
+        self._state = ServiceState.pending
+        self._started_successfully = False
+
+    # What the engine sets
+
+    @property
+    def ctx(self) -> WorkContext | None:
+        """The work context of the activity this instance runs on (also as `self._ctx`)."""
+        return self._ctx
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def cluster(self) -> Cluster[Any] | None:
+        return self._cluster
+
+    @property
+    def state(self) -> ServiceState:
+        return self._state
+
+    @property
+    def is_available(self) -> bool:
+        """True while starting, running or stopping (bound to an activity)."""
+        return self._state in AVAILABLE
+
+    @property
+    def provider_name(self) -> str | None:
+        return self._ctx.provider_name if self._ctx else None
+
+    @property
+    def provider_id(self) -> str | None:
+        return self._ctx.provider_id if self._ctx else None
+
+    @property
+    def exc_info(self) -> ExcInfo:
+        """The exception that caused the last state transition, as sys.exc_info(); or Nones."""
+        return self._exc_info
+
+    @property
+    def network(self) -> None:
+        """VPN networks are not supported: containers have no network."""
+        return None
+
+    def __repr__(self) -> str:
+        where = f" on {self.provider_name} [ {self.provider_id} ]" if self.provider_id else ""
+        return f"<{type(self).__name__} {self._state.value}{where}>"
+
+    # Messages between the requestor's code and the instance
+
+    async def send_message(self, message: Any = None) -> None:
+        await self._inqueue.put(ServiceSignal(message=message))
+
+    def send_message_nowait(self, message: Any = None) -> None:
+        self._inqueue.put_nowait(ServiceSignal(message=message))
+
+    async def receive_message(self) -> ServiceSignal:
+        return await self._outqueue.get()
+
+    def receive_message_nowait(self) -> ServiceSignal | None:
+        try:
+            return self._outqueue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    async def _listen(self) -> ServiceSignal:
+        return await self._inqueue.get()
+
+    def _listen_nowait(self) -> ServiceSignal | None:
+        try:
+            return self._inqueue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    async def _respond(self, message: Any, response_to: ServiceSignal | None = None) -> None:
+        await self._outqueue.put(ServiceSignal(message=message, response_to=response_to))
+
+    def _respond_nowait(self, message: Any, response_to: ServiceSignal | None = None) -> None:
+        self._outqueue.put_nowait(ServiceSignal(message=message, response_to=response_to))
+
+    # What a subclass overrides
+
+    @staticmethod
+    async def get_payload() -> Payload | None:
+        """The payload to run; or None, and `run_service(payload=...)` gives it."""
+        return None
+
+    def get_deploy_args(self) -> dict[str, Any]:
+        """Keyword arguments of the default start's `deploy` (none are needed here)."""
+        return {}
+
+    async def start(self) -> Handler:
+        """Handler of `starting`: by default deploys and starts the activity."""
+        assert self._ctx is not None
+        script = self._ctx.new_script()
+        script.deploy(**self.get_deploy_args())
+        script.start()
+        yield script
+
+    async def run(self) -> Handler:
+        """Handler of `running`: by default idles until the instance is stopped."""
+        await asyncio.Future()
+        yield  # type: ignore[misc]  # unreachable: makes this an async generator
+
+    async def shutdown(self) -> Handler:
+        """Handler of `stopping`: by default terminates the activity."""
+        assert self._ctx is not None
+        script = self._ctx.new_script()
+        script.terminate()
+        yield script
+
+    async def reset(self) -> None:
+        """Called before a failed instance is restarted on another provider; undo per-run state here."""
+
+    @property
+    def restart_condition(self) -> bool:
+        """Whether a terminated instance is restarted: by default, when an error ended it before
+        it ever reached `running`."""
+        return self._exc_info != NO_EXC and not self._started_successfully
+
+    # Used by the engine
+
+    def _set_cluster(self, cluster: Cluster[Any]) -> None:
+        self._cluster = cluster
+
+    def _set_ctx(self, ctx: WorkContext | None) -> None:
+        self._ctx = ctx
+
+    def _set_state(self, state: ServiceState) -> None:
+        self._state = state
+        if state is ServiceState.running:
+            self._started_successfully = True
+
+    def _set_exc_info(self, exc: BaseException | None) -> None:
+        self._exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else NO_EXC
+
+
+ServiceType = TypeVar("ServiceType", bound=Service)
