@@ -29,7 +29,7 @@ DEBIAN_BASE = "exeunit-debian:bookworm"
 SUITE = "bookworm"
 BASE_PACKAGES = ["python3"]
 # Dockerfiles in build order; each is tagged exeunit-<folder>:latest.
-IMAGES = ["base"]
+IMAGES = ["base", "simple-service"]
 
 
 def say(message: str) -> None:

@@ -37,7 +37,7 @@ class EmbeddedProvider:
             provider_id=hashlib.sha256(f"{socket.gethostname()}/{self._name}".encode()).hexdigest()[:16],
             name=self._name,
             subnet_tag=self._subnet_tag,
-            pricing=LinearPricing(start_fee=0.0, per_cpu_second=0.0001, per_duration_second=0.00002),
+            pricing=LinearPricing(start_fee=0.0, per_cpu_second=0.00001, per_duration_second=0.000002),
             capacity=Resources(psutil.cpu_count() or 1, psutil.virtual_memory().total, storage),
             default_allotment=Resources(1, GIB // 2, 2 * GIB),
         )

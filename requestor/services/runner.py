@@ -81,6 +81,21 @@ class ActivityWatch:
                 self._end(ActivityTerminatedError("Lost", f"the provider no longer knows the activity ({exc})"))
                 return
 
+    async def check(self) -> BaseException | None:
+        """Asks the provider now (a handler just failed): the reason it ended the activity, if it did."""
+        if self.ended.done():
+            return self.ended.result()
+        try:
+            status = await self._handle.client.state(self._handle.activity.id)
+        except ProviderUnreachableError as exc:
+            return exc
+        except RequestorError:
+            return None
+        if status.state == "Terminated" and status.reason not in OWN_REASONS:
+            self._end(ActivityTerminatedError(status.reason, status.message))
+            return self.ended.result()
+        return None
+
     async def close(self) -> None:
         self._task.cancel()
         try:
@@ -222,7 +237,8 @@ class ServiceRunner:
                     return Result(Outcome.DONE)
                 if isinstance(error, ProviderUnreachableError):
                     return Result(Outcome.UNRESPONSIVE, error)
-                return Result(Outcome.ERROR, error)
+                lost = await watch.check()  # did the handler fail because the provider ended it?
+                return self._lost(lost) if lost is not None else Result(Outcome.ERROR, error)
             return Result(Outcome.STOPPED)
         finally:
             if stopped:

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""The service's interface: set up the database, report statistics, draw plots."""
+
+import argparse
+import json
+import sqlite3
+import statistics
+import sys
+import time
+
+sys.path.insert(0, "/golem/run")
+import pngplot  # noqa: E402
+
+DB = "/golem/work/service.db"
+
+
+def connect() -> sqlite3.Connection:
+    return sqlite3.connect(DB)
+
+
+def init() -> None:
+    with connect() as connection:
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS observations (id INTEGER PRIMARY KEY, val REAL NOT NULL, time_added REAL NOT NULL)"
+        )
+    print("database ready")
+
+
+def observations() -> list[tuple[float, float]]:
+    with connect() as connection:
+        return connection.execute("SELECT time_added, val FROM observations ORDER BY id").fetchall()
+
+
+def stats() -> None:
+    values = [v for _, v in observations()]
+    if len(values) < 2:
+        print(json.dumps({"count": len(values)}))
+        return
+    print(json.dumps({
+        "count": len(values),
+        "min": min(values),
+        "max": max(values),
+        "median": statistics.median(values),
+        "mean": statistics.fmean(values),
+        "variance": statistics.variance(values),
+    }))
+
+
+def plot(kind: str) -> None:
+    rows = observations()
+    path = f"/golem/output/plot_{kind}_{int(time.time() * 1000)}.png"
+    if kind == "time":
+        image = pngplot.line_chart([t for t, _ in rows], [v for _, v in rows])
+    else:
+        image = pngplot.histogram([v for _, v in rows], bins=20)
+    with open(path, "wb") as out:
+        out.write(image)
+    print(json.dumps(path))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--init", action="store_true")
+    group.add_argument("--stats", action="store_true")
+    group.add_argument("--plot", choices=["time", "dist"])
+    group.add_argument("--dump", action="store_true")
+    args = parser.parse_args()
+    if args.init:
+        init()
+    elif args.stats:
+        stats()
+    elif args.plot:
+        plot(args.plot)
+    else:
+        print(json.dumps(observations()))

@@ -1,0 +1,112 @@
+"""Unit tests of the requestor's pure logic: the state table, offer matching, budget, payloads."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from requestor.budget import Budget, worst_case_cost
+from requestor.errors import BudgetExceededError, PackageException
+from requestor.payload import vm
+from requestor.provider_client import Offer, Pricing
+from requestor.services.cluster import _resolve_instance_params
+from requestor.services.state import TRANSITIONS, InvalidTransition, ServiceState, next_state
+from requestor.strategy import LeastExpensiveLinearPayuMS, mismatch
+
+S = ServiceState
+GIB = 1 << 30
+
+
+@pytest.mark.parametrize(
+    ("state", "transition", "target"),
+    [
+        (S.pending, "start", S.starting),
+        (S.starting, "ready", S.running),
+        (S.running, "stop", S.stopping),
+        (S.starting, "terminate", S.terminated),
+        (S.stopping, "terminate", S.terminated),
+        (S.pending, "terminate", S.terminated),
+        (S.running, "mark_unresponsive", S.unresponsive),
+        (S.unresponsive, "terminate", S.terminated),
+        (S.terminated, "restart", S.pending),
+    ],
+)
+def test_allowed_transitions(state, transition, target) -> None:
+    assert next_state(state, transition) is target
+
+
+@pytest.mark.parametrize(
+    ("state", "transition"),
+    [(S.running, "start"), (S.pending, "ready"), (S.starting, "stop"), (S.terminated, "mark_unresponsive")],
+)
+def test_refused_transitions(state, transition) -> None:
+    with pytest.raises(InvalidTransition, match=f"cannot {transition} a service instance that is {state.value}"):
+        next_state(state, transition)
+
+
+def test_state_names_and_availability() -> None:
+    assert [s.value for s in S] == ["pending", "starting", "running", "stopping", "terminated", "unresponsive"]
+    assert S.AVAILABLE == (S.starting, S.running, S.stopping)  # type: ignore[attr-defined]
+    assert set(TRANSITIONS) == {"start", "ready", "stop", "terminate", "mark_unresponsive", "restart"}
+
+
+def offer(**fields: object) -> Offer:
+    values: dict[str, object] = dict(
+        address="127.0.0.1:1", provider_id="p", provider_name="p", subnet_tag="public", runtime_name="docker-vm",
+        cpu_threads=2, memory_bytes=4 * GIB, storage_bytes=10 * GIB, total_cpu_threads=2,
+        total_memory_bytes=4 * GIB, total_storage_bytes=10 * GIB, pricing=Pricing(0.0, 0.001, 0.0001, "GLM"),
+        images=("img:1", "sha256:" + "a" * 64), accepts_image_urls=True, capabilities=(),
+    )
+    values.update(fields)
+    return Offer(**values)  # type: ignore[arg-type]
+
+
+async def test_matching() -> None:
+    payload = await vm.repo(image_tag="img:1", min_mem_gib=1)
+    assert mismatch(offer(), payload, "public") is None
+    assert mismatch(offer(subnet_tag="x"), payload, "public") == "subnet 'x', not 'public'"
+    assert mismatch(offer(total_memory_bytes=GIB // 2), payload, "public") == "only 0.5 GiB memory"
+    assert "does not have image img:2" in mismatch(offer(), await vm.repo(image_tag="img:2"), "public")
+    by_hash = await vm.repo(image_hash="a" * 64)
+    assert by_hash.image_hash == "sha256:" + "a" * 64 and mismatch(offer(), by_hash, "public") is None
+    by_url = await vm.repo(image_hash="b" * 64, image_url="http://127.0.0.1/x.tar")
+    assert mismatch(offer(), by_url, "public") is None
+    assert mismatch(offer(accepts_image_urls=False), by_url, "public") is not None
+
+
+def test_strategy_prefers_cheapest_and_honours_caps() -> None:
+    strategy = LeastExpensiveLinearPayuMS(expected_time_secs=100, max_price_for={"cpu": 0.01})
+    cheap, dear = offer(pricing=Pricing(0, 0.001, 0, "")), offer(pricing=Pricing(1, 0.001, 0, ""))
+    assert strategy.score_offer(cheap) < strategy.score_offer(dear)
+    assert strategy.score_offer(offer(pricing=Pricing(0, 0.02, 0, ""))) is None
+
+
+def test_budget_reserves_worst_case_and_settles_real_cost() -> None:
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    cost = worst_case_cost(Pricing(0.5, 0.001, 0.002, ""), 2, now, now + timedelta(seconds=100))
+    assert cost == pytest.approx(0.5 + 0.001 * 200 + 0.002 * 100)
+    budget = Budget(1.0)
+    budget.check(cost, "p")
+    budget.reserve("a1", cost)
+    with pytest.raises(BudgetExceededError, match="only 0.100000 of the budget 1 remains"):
+        budget.check(0.2, "p")
+    budget.settle("a1", 0.25)
+    assert budget.spent == 0.25 and budget.remaining == pytest.approx(0.75)
+
+
+async def test_payload_errors_name_the_fix() -> None:
+    with pytest.raises(PackageException, match="image_hash is required"):
+        await vm.repo(image_url="http://127.0.0.1/x.tar")
+    with pytest.raises(PackageException, match="needs an image_hash, an image_tag or an image_url"):
+        await vm.repo()
+    with pytest.raises(PackageException, match="not a sha256"):
+        await vm.repo(image_hash="xyz")
+
+
+def test_instance_params_resolution() -> None:
+    assert list(_resolve_instance_params(None, None)) == [{}]
+    assert list(_resolve_instance_params(3, None)) == [{}, {}, {}]
+    assert list(_resolve_instance_params(None, [{"a": 1}, {"a": 2}])) == [{"a": 1}, {"a": 2}]
+    with pytest.raises(ValueError, match="depleted after 1 spawned instances"):
+        list(_resolve_instance_params(2, [{"a": 1}]))
