@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--max-cpu-threads", type=int, metavar="N", help="cap on cpu threads offered")
     cap.add_argument("--max-memory-gib", type=float, metavar="GIB", help="cap on memory offered")
     cap.add_argument("--max-storage-gib", type=float, metavar="GIB", help="cap on storage offered")
+    cap.add_argument("--cpu-overcommit", type=float, default=1.0, metavar="FACTOR",
+                     help="offer FACTOR times the cpu threads (each container stays limited to its own "
+                          "threads); for hosts of mostly idle services (default: %(default)s)")
     cap.add_argument("--default-memory-gib", type=float, default=0.5, metavar="GIB",
                      help="memory reserved for a demand that asks for none (default: %(default)s)")
     cap.add_argument("--default-storage-gib", type=float, default=2.0, metavar="GIB",
@@ -111,7 +114,7 @@ def provider_settings(args: argparse.Namespace, runtime: DockerRuntime) -> Provi
         storage_bytes=psutil.disk_usage(_existing(runtime.data_root())).free,
     )
     capacity = Resources(
-        cpu_threads=min(measured.cpu_threads, args.max_cpu_threads or measured.cpu_threads),
+        cpu_threads=int(min(measured.cpu_threads, args.max_cpu_threads or measured.cpu_threads) * args.cpu_overcommit),
         memory_bytes=min(measured.memory_bytes, int((args.max_memory_gib or 1e9) * GIB)),
         storage_bytes=min(measured.storage_bytes, int((args.max_storage_gib or 1e9) * GIB)),
     )
@@ -133,6 +136,9 @@ def _existing(path: str) -> str:
 
 def serve(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
+    if args.cpu_overcommit < 1:
+        print("exeunit: --cpu-overcommit must be at least 1", file=sys.stderr)
+        return 2
     token = None
     if args.auth_token_file:
         try:

@@ -34,6 +34,7 @@ LABEL_PROVIDER = "io.exeunit.provider"
 
 STDOUT = 1
 STDERR = 2
+READ_BATCH = 1 << 20  # output is read and forwarded in chunks of up to this many bytes
 
 # Keeps a container alive like a booted VM whatever its image's CMD: a shell reading commands from
 # a stdin that stays open and never receives any. Needs only /bin/sh in the image.
@@ -108,6 +109,40 @@ def _explain(exc: docker.errors.APIError) -> str:
     return str(explanation or exc)
 
 
+class FrameDecoder:
+    """Splits Docker's multiplexed exec stream (frames of an 8-byte header: stream, 0, 0, 0,
+    big-endian size; then the data) into runs of one stream's data, without copying it."""
+
+    def __init__(self) -> None:
+        self._header = bytearray()
+        self._stream = STDOUT
+        self._remaining = 0
+
+    def feed(self, data: bytes) -> list[tuple[int, list[memoryview]]]:
+        view = memoryview(data)
+        position, end = 0, len(data)
+        runs: list[tuple[int, list[memoryview]]] = []
+        while position < end:
+            if self._remaining == 0:
+                needed = 8 - len(self._header)
+                self._header += view[position : position + needed]
+                position += min(needed, end - position)
+                if len(self._header) == 8:
+                    self._stream = STDERR if self._header[0] == 2 else STDOUT
+                    self._remaining = int.from_bytes(self._header[4:8], "big")
+                    self._header.clear()
+                continue
+            take = min(self._remaining, end - position)
+            part = view[position : position + take]
+            position += take
+            self._remaining -= take
+            if runs and runs[-1][0] == self._stream:
+                runs[-1][1].append(part)
+            else:
+                runs.append((self._stream, [part]))
+        return runs
+
+
 class ExecProcess:
     """A command running in a container through `docker exec`, read frame by frame.
 
@@ -126,7 +161,7 @@ class ExecProcess:
         self.drain_idle = 0.2
 
     def frames(self) -> Iterator[tuple[int, bytes]]:
-        buf = bytearray()
+        decoder = FrameDecoder()
         idle_check = 0.05
         main_exited = False
         while True:
@@ -135,11 +170,11 @@ class ExecProcess:
                 wait = max(0.0, min(wait, self._deadline - time.monotonic()))
             readable, _, _ = select.select([self._raw], [], [], wait)
             if readable:
-                data = self._raw.recv(1 << 20)
-                if not data:
+                runs, eof = self._read_available(decoder)
+                for stream, parts in runs:
+                    yield stream, b"".join(parts)
+                if eof:
                     break
-                buf += data
-                yield from self._split_frames(buf)
                 continue
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 self.timed_out = True
@@ -153,20 +188,24 @@ class ExecProcess:
             idle_check = min(idle_check * 2, 1.0)
         self.close()
 
-    @staticmethod
-    def _split_frames(buf: bytearray) -> Iterator[tuple[int, bytes]]:
-        """Yields complete multiplexed frames (8-byte header: stream, 0, 0, 0, size) from buf."""
-        offset = 0
-        while len(buf) - offset >= 8:
-            size = int.from_bytes(buf[offset + 4 : offset + 8], "big")
-            end = offset + 8 + size
-            if len(buf) < end:
+    def _read_available(self, decoder: FrameDecoder) -> tuple[list[tuple[int, list[memoryview]]], bool]:
+        """Reads what the socket has (up to about READ_BATCH bytes) as runs of one stream's data;
+        and whether the stream ended."""
+        runs: list[tuple[int, list[memoryview]]] = []
+        total = 0
+        while total < READ_BATCH:
+            data = self._raw.recv(READ_BATCH)
+            if not data:
+                return runs, True
+            total += len(data)
+            for stream, parts in decoder.feed(data):
+                if runs and runs[-1][0] == stream:
+                    runs[-1][1].extend(parts)
+                else:
+                    runs.append((stream, parts))
+            if not select.select([self._raw], [], [], 0)[0]:
                 break
-            stream = buf[offset]
-            if size:
-                yield (STDERR if stream == 2 else STDOUT), bytes(buf[offset + 8 : end])
-            offset = end
-        del buf[:offset]
+        return runs, False
 
     def exit_code(self) -> int | None:
         """The exit code, waiting briefly for the engine to record it after the stream ends."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import posixpath
 import queue
 import tarfile
@@ -203,35 +202,64 @@ async def download(runtime: DockerRuntime, container_id: str, dest: Destination)
     stat, tar_stream = await asyncio.to_thread(runtime.get_archive, container_id, path, CHUNK_SIZE)
 
     def file_chunks() -> Iterator[bytes]:
-        with tarfile.open(fileobj=_IterReader(tar_stream), mode="r|") as tar:
-            member = tar.next()
-            if member is None or not member.isfile():
-                raise errors.FailedPrecondition(f"{path} is not a regular file; only files can be downloaded")
-            source = tar.extractfile(member)
-            assert source is not None
-            while chunk := source.read(CHUNK_SIZE):
-                yield chunk
+        yield from file_in_tar(_Blocks(tar_stream), path)
 
     return DownloadHeader(stat.size, stat.mode), iterate_in_thread(file_chunks, max_pending=4)
 
 
-class _IterReader(io.RawIOBase):
-    """A read-only file over an iterator of byte chunks (the engine's tar stream)."""
+class _Blocks:
+    """Reads exact byte counts from an iterator of chunks (the engine's tar stream)."""
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = iter(chunks)
         self._pending = memoryview(b"")
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def read_up_to(self, limit: int) -> bytes | memoryview:
+        """At most `limit` bytes, as soon as some are there; empty at the end."""
         while not self._pending:
             try:
                 self._pending = memoryview(next(self._chunks))
             except StopIteration:
-                return 0
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
+                return b""
+        piece, self._pending = self._pending[:limit], self._pending[limit:]
+        return piece
+
+    def read_exactly(self, count: int) -> bytes:
+        parts, missing = [], count
+        while missing:
+            piece = self.read_up_to(missing)
+            if not piece:
+                raise errors.RuntimeFailure(f"the engine's archive ended {missing} bytes early")
+            parts.append(piece)
+            missing -= len(piece)
+        return b"".join(parts)
+
+
+def file_in_tar(blocks: _Blocks, path: str) -> Iterator[bytes]:
+    """The data of the first regular file of a tar stream, in chunks, without tarfile's small reads.
+
+    Long names and PAX attributes come as extra header entries before the file's own; they are
+    skipped (the daemon asked for one path and knows its name)."""
+    while True:
+        header = blocks.read_exactly(tarfile.BLOCKSIZE)
+        if header == bytes(tarfile.BLOCKSIZE):
+            raise errors.NotFound(f"{path} is not in the engine's archive")
+        info = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
+        padded = info.size + (-info.size % tarfile.BLOCKSIZE)
+        if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
+            blocks.read_exactly(padded)
+            continue
+        if not info.isfile():
+            raise errors.FailedPrecondition(f"{path} is not a regular file; only files can be downloaded")
+        remaining = info.size
+        while remaining:  # the engine sends 32 KiB pieces; forward them gathered into CHUNK_SIZE ones
+            parts, gathered = [], 0
+            while gathered < CHUNK_SIZE and remaining:
+                piece = blocks.read_up_to(min(remaining, CHUNK_SIZE - gathered))
+                if not piece:
+                    raise errors.RuntimeFailure(f"the engine's archive of {path} ended {remaining} bytes early")
+                parts.append(piece)
+                gathered += len(piece)
+                remaining -= len(piece)
+            yield b"".join(parts)
+        return

@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""How close to raw Docker the whole stack runs, as ratios measured in one run.
+
+    python bench/run.py            # every case, full sizes (a few minutes)
+    python bench/run.py --quick    # smaller sizes, under two minutes
+
+Each case runs our stack (requestor -> `exeunit serve` in its own process -> container) and the
+raw docker SDK doing the same work, alternating A, B, A, B, and compares medians. The daemon's
+resident memory is sampled with psutil throughout. Prints one table and writes bench/latest.json.
+Never asserts: the machine is noisy, read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import docker
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from requestor import Golem, events  # noqa: E402
+from requestor.payload import vm  # noqa: E402
+from requestor.services import Service, ServiceState  # noqa: E402
+
+IMAGE = "exeunit-base:latest"
+MIB = 1 << 20
+
+
+@dataclass
+class Row:
+    case: str
+    ours: float
+    raw: float
+    unit: str
+    ratio: float
+    target: str
+    met: bool
+    notes: dict[str, float | str] = field(default_factory=dict)
+
+
+# The daemon under test, in its own process
+
+
+class Daemon:
+    """`exeunit serve` on a loopback port, with its RSS sampled every 20 ms."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "exeunit", "serve", "--listen", "127.0.0.1:0", "--name", "bench-provider",
+             "--cpu-overcommit", "40", "--provider-id", f"bench-{os.getpid()}",
+             "--price-cpu-sec", "0.000001", "--price-duration-sec", "0.000001"],
+            stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        self.port = 0
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            if match := re.search(r"event=listening .* port=(\d+)", line):
+                self.port = int(match.group(1))
+                break
+        if not self.port:
+            raise SystemExit("the daemon did not start; run scripts/setup.sh first")
+        threading.Thread(target=lambda: [None for _ in self.process.stderr], daemon=True).start()  # type: ignore[union-attr]
+        self._ps = psutil.Process(self.process.pid)
+        self.peak = self.rss()
+        self._sampling = True
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def rss(self) -> int:
+        return int(self._ps.memory_info().rss)
+
+    def _sample(self) -> None:
+        while self._sampling:
+            try:
+                self.peak = max(self.peak, self.rss())
+            except psutil.Error:
+                return
+            time.sleep(0.02)
+
+    def reset_peak(self) -> int:
+        self.peak = self.rss()
+        return self.peak
+
+    def stop(self) -> None:
+        self._sampling = False
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=120)
+
+
+# Timing helpers
+
+
+async def alternate(rounds: int, ours: Callable[[], Awaitable[float]], raw: Callable[[], Awaitable[float]]) -> tuple[float, float]:
+    """Medians of `rounds` alternating measurements (each callable returns seconds or a rate)."""
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(await ours())
+        b.append(await raw())
+    return statistics.median(a), statistics.median(b)
+
+
+def stopwatch() -> Callable[[], float]:
+    start = time.perf_counter()
+    return lambda: time.perf_counter() - start
+
+
+class States:
+    """Event consumer that wakes waiters on every state change."""
+
+    def __init__(self) -> None:
+        self.changed = asyncio.Event()
+
+    def __call__(self, event: events.Event) -> None:
+        if isinstance(event, events.ServiceStateChanged):
+            self.changed.set()
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            self.changed.clear()
+            await self.changed.wait()
+
+
+async def base_payload() -> vm.VmPackage:
+    return await vm.repo(image_tag=IMAGE, min_mem_gib=0.25, min_storage_gib=0.5)
+
+
+class Worker(Service):
+    """Runs whatever work the benchmark hands it, one job at a time, in its `run` handler."""
+
+    get_payload = staticmethod(base_payload)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs: asyncio.Queue[tuple[Callable[..., object], asyncio.Future[object]]] = asyncio.Queue()
+
+    async def run(self):
+        while True:
+            make, done = await self.jobs.get()
+            try:
+                result = yield make(self._ctx)
+                done.set_result(result)
+            except Exception as exc:  # noqa: BLE001 - handed to the benchmark
+                done.set_exception(exc)
+
+    async def submit(self, make: Callable[..., object]) -> None:
+        """Runs the script `make(ctx)` builds; returns when its results are in."""
+        done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        await self.jobs.put((make, done))
+        await done
+
+
+def raw_container(client: docker.DockerClient):
+    return client.containers.run(IMAGE, entrypoint=["/bin/sh"], command=[], stdin_open=True, detach=True,
+                                 init=True, network_mode="none", labels={"io.exeunit.bench": "1"})
+
+
+# Cases
+
+
+async def case_exec(golem: Golem, client: docker.DockerClient, states: States, rounds: int) -> Row:
+    cluster = await golem.run_service(Worker)
+    [worker] = cluster.instances
+    await states.until(lambda: worker.state is ServiceState.running)
+    container = raw_container(client)
+
+    def true_script(ctx):
+        script = ctx.new_script()
+        script.run("/bin/true")
+        return script
+
+    async def ours() -> float:
+        elapsed = stopwatch()
+        await worker.submit(true_script)
+        return elapsed()
+
+    async def raw() -> float:
+        elapsed = stopwatch()
+        await asyncio.to_thread(container.exec_run, ["true"])
+        return elapsed()
+
+    for _ in range(3):  # warm up both paths
+        await ours()
+        await raw()
+    a, b = await alternate(rounds, ours, raw)
+    container.remove(force=True)
+    await cluster.terminate()
+    return Row("exec round trip", a * 1000, b * 1000, "ms", a / b, "ratio <= 1.15", a / b <= 1.15)
+
+
+async def case_start(golem: Golem, client: docker.DockerClient, states: States, rounds: int) -> Row:
+    async def ours() -> float:
+        elapsed = stopwatch()
+        cluster = await golem.run_service(Worker)
+        [worker] = cluster.instances
+        await states.until(lambda: worker.state is ServiceState.running)
+        took = elapsed()
+        await cluster.terminate()
+        return took
+
+    def raw_start() -> float:
+        elapsed = stopwatch()
+        container = raw_container(client)
+        container.exec_run(["true"])
+        took = elapsed()
+        container.remove(force=True)
+        return took
+
+    async def raw() -> float:
+        return await asyncio.to_thread(raw_start)
+
+    a, b = await alternate(rounds, ours, raw)
+    return Row("service start", a * 1000, b * 1000, "ms", a / b, "ratio <= 1.3", a / b <= 1.3)
+
+
+async def case_scale(golem: Golem, client: docker.DockerClient, states: States, daemon: Daemon, count: int) -> Row:
+    before = daemon.reset_peak()
+    elapsed = stopwatch()
+    cluster = await golem.run_service(Worker, num_instances=count)
+    await states.until(lambda: all(i.state is ServiceState.running for i in cluster.instances))
+    ours = elapsed()
+    live_rss = daemon.rss()
+    await cluster.terminate()
+
+    def one() -> object:
+        container = raw_container(client)
+        container.exec_run(["true"])
+        return container
+
+    elapsed = stopwatch()
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        containers = list(pool.map(lambda _: one(), range(count)))
+    raw = elapsed()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda c: c.remove(force=True), containers))
+    per_activity = (live_rss - before) / count / MIB
+    ratio = ours / raw
+    return Row(f"scale-out ({count} instances)", ours, raw, "s", ratio, "ratio <= 1.5; <= 2 MiB/activity",
+               ratio <= 1.5 and per_activity <= 2.0,
+               {"daemon_mib_per_live_activity": round(per_activity, 3), "daemon_rss_before_mib": round(before / MIB, 1)})
+
+
+async def case_output(golem: Golem, client: docker.DockerClient, states: States, size: int, rounds: int) -> Row:
+    cluster = await golem.run_service(Worker)
+    [worker] = cluster.instances
+    await states.until(lambda: worker.state is ServiceState.running)
+    container = raw_container(client)
+    received = {"bytes": 0}
+
+    def count(event: events.Event) -> None:
+        if isinstance(event, events.CommandStdOut):
+            received["bytes"] += len(event.output)
+
+    golem.add_event_consumer(count, (events.CommandStdOut,))
+
+    def flood(ctx):
+        script = ctx.new_script()
+        script.run("/usr/bin/head", "-c", str(size), "/dev/zero")
+        return script
+
+    async def ours() -> float:
+        received["bytes"] = 0
+        elapsed = stopwatch()
+        await worker.submit(flood)
+        took = elapsed()
+        if received["bytes"] != size:
+            raise SystemExit(f"output lost: {received['bytes']} of {size} bytes arrived")
+        return size / took / MIB
+
+    def raw_flood() -> float:
+        elapsed = stopwatch()
+        exec_id = client.api.exec_create(container.id, ["head", "-c", str(size), "/dev/zero"])["Id"]
+        got = sum(len(chunk) for chunk in client.api.exec_start(exec_id, stream=True))
+        took = elapsed()
+        if got != size:
+            raise SystemExit(f"raw output lost: {got} of {size}")
+        return size / took / MIB
+
+    async def raw() -> float:
+        return await asyncio.to_thread(raw_flood)
+
+    await ours()  # warm up both paths
+    await raw()
+    a, b = await alternate(rounds, ours, raw)
+    container.remove(force=True)
+    await cluster.terminate()
+    return Row(f"output stream ({size // MIB} MiB)", a, b, "MiB/s", a / b, "ratio >= 0.8", a / b >= 0.8)
+
+
+async def case_transfer(golem: Golem, client: docker.DockerClient, states: States, daemon: Daemon, size: int,
+                        rounds: int, scratch: Path) -> list[Row]:
+    cluster = await golem.run_service(Worker)
+    [worker] = cluster.instances
+    await states.until(lambda: worker.state is ServiceState.running)
+    container = raw_container(client)
+    source = scratch / "payload.bin"
+    with open(source, "wb") as out:
+        block = os.urandom(MIB)
+        for _ in range(size // MIB):
+            out.write(block)
+    tar_path = scratch / "payload.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(source, arcname="payload.bin")
+    target = scratch / "back.bin"
+    growth = {"up": 0.0, "down": 0.0}
+
+    def upload(ctx):
+        script = ctx.new_script()
+        script.upload_file(source, "/golem/work/payload.bin")
+        return script
+
+    def download(ctx):
+        script = ctx.new_script()
+        script.download_file("/golem/work/payload.bin", target)
+        return script
+
+    async def ours_up() -> float:
+        before = daemon.reset_peak()
+        elapsed = stopwatch()
+        await worker.submit(upload)
+        rate = size / elapsed() / MIB
+        growth["up"] = max(growth["up"], (daemon.peak - before) / MIB)
+        return rate
+
+    async def ours_down() -> float:
+        before = daemon.reset_peak()
+        elapsed = stopwatch()
+        await worker.submit(download)
+        rate = size / elapsed() / MIB
+        growth["down"] = max(growth["down"], (daemon.peak - before) / MIB)
+        return rate
+
+    def raw_up_sync() -> float:
+        elapsed = stopwatch()
+        with open(tar_path, "rb") as data:
+            client.api.put_archive(container.id, "/tmp", data)
+        return size / elapsed() / MIB
+
+    def raw_down_sync() -> float:
+        elapsed = stopwatch()
+        stream, _ = client.api.get_archive(container.id, "/tmp/payload.bin", chunk_size=MIB)
+        with open(scratch / "raw-back.tar", "wb") as out:
+            for chunk in stream:
+                out.write(chunk)
+        return size / elapsed() / MIB
+
+    async def raw_up() -> float:
+        return await asyncio.to_thread(raw_up_sync)
+
+    async def raw_down() -> float:
+        return await asyncio.to_thread(raw_down_sync)
+
+    await ours_up()  # warm up both paths
+    await raw_up()
+    up = await alternate(rounds, ours_up, raw_up)
+    down = await alternate(rounds, ours_down, raw_down)
+    container.remove(force=True)
+    await cluster.terminate()
+    rows = []
+    for name, (a, b) in (("upload", up), ("download", down)):
+        grown = growth["up" if name == "upload" else "down"]
+        ratio = a / b
+        rows.append(Row(f"{name} ({size // MIB} MiB)", a, b, "MiB/s", ratio, "ratio >= 0.8; daemon +<= 64 MiB",
+                        ratio >= 0.8 and grown <= 64, {"daemon_rss_growth_mib": round(grown, 1)}))
+    return rows
+
+
+# Output
+
+
+def print_table(rows: list[Row]) -> None:
+    header = f"{'case':<30} {'ours':>12} {'raw docker':>12} {'unit':>6} {'ratio':>7}  {'target':<34} met"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r.case:<30} {r.ours:>12.2f} {r.raw:>12.2f} {r.unit:>6} {r.ratio:>7.3f}  {r.target:<34} "
+              f"{'yes' if r.met else 'NO'}" + (f"  {r.notes}" if r.notes else ""))
+
+
+CASES = ("exec", "start", "scale", "output", "transfer")
+
+
+async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list[Row]:
+    client = docker.from_env()
+    daemon = Daemon()
+    states = States()
+    rows: list[Row] = []
+    sizes = dict(rounds=7 if quick else 25, start_rounds=3 if quick else 9, scale=10 if quick else 50,
+                 output=(20 if quick else 100) * 1000 * 1000, transfer=(64 if quick else 256) * MIB,
+                 transfer_rounds=2 if quick else 3)
+    try:
+        async with Golem(budget=100.0, subnet_tag="public", providers=[f"127.0.0.1:{daemon.port}"],
+                         event_consumer=states) as golem:
+            steps = {
+                "exec": lambda: case_exec(golem, client, states, sizes["rounds"]),
+                "start": lambda: case_start(golem, client, states, sizes["start_rounds"]),
+                "scale": lambda: case_scale(golem, client, states, daemon, sizes["scale"]),
+                "output": lambda: case_output(golem, client, states, sizes["output"], max(3, sizes["rounds"] // 3)),
+            }
+            for name in only:
+                print(f"[bench] {name}...", file=sys.stderr, flush=True)
+                if name in steps:
+                    rows.append(await steps[name]())
+                    continue
+                with tempfile.TemporaryDirectory(prefix="exeunit-bench-") as scratch:
+                    rows.extend(await case_transfer(golem, client, states, daemon, sizes["transfer"],
+                                                    sizes["transfer_rounds"], Path(scratch)))
+    finally:
+        daemon.stop()
+        for leftover in client.containers.list(all=True, filters={"label": "io.exeunit.bench=1"}):
+            leftover.remove(force=True)
+    print_table(rows)
+    machine = {
+        "cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1),
+        "python": platform.python_version(), "docker": client.version().get("Version"),
+        "kernel": platform.release(), "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mode": "quick" if quick else "full",
+    }
+    output.write_text(json.dumps({"machine": machine, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+    print(f"\nwritten to {output}; machine: {machine}")
+    return rows
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, under two minutes")
+    parser.add_argument("--output", type=Path, default=REPO / "bench" / "latest.json", help="where the JSON goes")
+    parser.add_argument("--only", nargs="+", choices=CASES, default=list(CASES), help="run only these cases")
+    args = parser.parse_args()
+    asyncio.run(main(args.quick, args.output, tuple(args.only)))
