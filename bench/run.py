@@ -399,7 +399,7 @@ CASES = ("exec", "start", "scale", "output", "transfer")
 
 
 async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list[Row]:
-    client = docker.from_env()
+    client = docker.from_env(max_pool_size=64)  # the scale-out case opens 50 connections at once
     daemon = Daemon()
     states = States()
     rows: list[Row] = []

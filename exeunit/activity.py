@@ -8,7 +8,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from exeunit import errors
 from exeunit.batch import Batch, BatchEvent, EventKind, event_size
@@ -20,6 +20,7 @@ from exeunit.docker_runtime import (
     STDOUT,
     ContainerSpec,
     DockerRuntime,
+    ExecProcess,
     ImageInfo,
 )
 from exeunit.event_log import EventLog
@@ -232,27 +233,29 @@ class Activity:
 
     async def _run(self, batch: Batch, index: int, run: Run) -> tuple[int, str]:
         assert self.container_id
-        process = await asyncio.to_thread(
-            self._runtime.exec_start,
-            self.container_id,
-            run.argv,
-            run.env,
-            run.workdir or None,
-            run.timeout_seconds or None,
-        )
-        try:
-            async for stream, data in iterate_in_thread(process.frames):
-                kind = EventKind.STDOUT if stream == STDOUT else EventKind.STDERR
-                await batch.output(index, kind, data)
-        finally:
-            process.close()
+        container_id = self.container_id
+        started: list[ExecProcess] = []
+
+        def output() -> Iterator[tuple[int, bytes]]:
+            """Starts the command and reads it through, all in one worker thread."""
+            process = self._runtime.exec_start(
+                container_id, run.argv, run.env, run.workdir or None, run.timeout_seconds or None
+            )
+            started.append(process)
+            try:
+                yield from process.frames()
+            finally:
+                process.close()
+
+        async for stream, data in iterate_in_thread(output):
+            await batch.output(index, EventKind.STDOUT if stream == STDOUT else EventKind.STDERR, data)
+        process = started[0]
         if process.timed_out:
             return -1, f"timed out after {run.timeout_seconds:g}s and was killed"
-        return_code = await asyncio.to_thread(process.exit_code)
-        if return_code is None:
+        if process.return_code is None:
             return -1, "the command's exit code could not be read (the container may have stopped)"
-        if return_code != 0:
-            return return_code, f"exit code {return_code}" + _exit_hint(return_code)
+        if process.return_code != 0:
+            return process.return_code, f"exit code {process.return_code}" + _exit_hint(process.return_code)
         return 0, ""
 
     # Ending

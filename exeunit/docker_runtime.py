@@ -146,7 +146,8 @@ class FrameDecoder:
 class ExecProcess:
     """A command running in a container through `docker exec`, read frame by frame.
 
-    `frames()` yields (stream, data) in the order produced and returns when all output is read.
+    `frames()` yields (stream, data) in the order produced and returns when all output is read;
+    `return_code` is then set (None when the engine could not say).
     A command whose main process exits while a background child keeps its stdout open ends once
     the output has been idle for `drain_idle` seconds, so `cmd &` in a service's start works.
     """
@@ -159,6 +160,7 @@ class ExecProcess:
         self._deadline = time.monotonic() + timeout if timeout else None
         self.timed_out = False
         self.drain_idle = 0.2
+        self.return_code: int | None = None  # set once frames() is read through
 
     def frames(self) -> Iterator[tuple[int, bytes]]:
         decoder = FrameDecoder()
@@ -187,6 +189,7 @@ class ExecProcess:
             main_exited = not self._inspect().get("Running", False)
             idle_check = min(idle_check * 2, 1.0)
         self.close()
+        self.return_code = self.exit_code()
 
     def _read_available(self, decoder: FrameDecoder) -> tuple[list[tuple[int, list[memoryview]]], bool]:
         """Reads what the socket has (up to about READ_BATCH bytes) as runs of one stream's data;

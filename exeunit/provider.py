@@ -16,7 +16,7 @@ from exeunit import errors
 from exeunit.activity import Activity, ActivityLimits, ActivityStatus, Usage
 from exeunit.batch import Batch, BatchEvent
 from exeunit.commands import Command
-from exeunit.docker_runtime import LABEL_PROVIDER, DockerRuntime
+from exeunit.docker_runtime import LABEL_PROVIDER, DeathWatch, DockerRuntime
 from exeunit.images import ImageResolver
 from exeunit.market import Agreement, AgreementState, Demand, Market, Offer, ProviderSettings, Refusal, utcnow
 from exeunit.states import ActivityState
@@ -37,7 +37,7 @@ class Provider:
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._death_watch_task: asyncio.Task[None] | None = None
-        self._death_watch = None
+        self._death_watch: DeathWatch | None = None
 
     # Life of the daemon
 
@@ -73,12 +73,10 @@ class Provider:
             task.cancel()
 
     async def _watch_deaths(self) -> None:
-        by_container = lambda cid: next(  # noqa: E731
-            (a for a in self._activities.values() if a.container_id == cid), None
-        )
         assert self._death_watch is not None
-        async for container_id in iterate_in_thread(lambda: iter(self._death_watch)):
-            activity = by_container(container_id)
+        watch = self._death_watch
+        async for container_id in iterate_in_thread(lambda: iter(watch)):
+            activity = next((a for a in self._activities.values() if a.container_id == container_id), None)
             if activity and activity.state is not ActivityState.TERMINATED:
                 self._spawn(activity.terminate("ContainerDied", "the activity's container stopped unexpectedly"))
 

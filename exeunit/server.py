@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -18,6 +19,7 @@ from exeunit.v1 import activity_pb2, activity_pb2_grpc, market_pb2, market_pb2_g
 
 log = logging.getLogger(__name__)
 
+DOCKER_CALL_THREADS = 64
 # Upload chunks are at most 1 MiB; anything much larger is a client bug, refused RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = 4 << 20
 SERVICE_NAMES = (
@@ -72,9 +74,11 @@ async def create_server(provider: Provider, address: str, token: str | None = No
 
 async def serve_until_signalled(provider: Provider, address: str, token: str | None) -> None:
     """Serves until SIGTERM or SIGINT, then shuts down cleanly."""
+    loop = asyncio.get_running_loop()
+    # Every Docker call runs in a worker thread: enough of them for many activities at once.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=DOCKER_CALL_THREADS, thread_name_prefix="docker-call"))
     running = await create_server(provider, address, token)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:

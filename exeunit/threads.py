@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# Streams can run for as long as a command does, so they get their own, large pool of reusable
+# threads instead of asyncio's small default executor (which short Docker calls use).
+_STREAM_THREADS = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="docker-stream")
 
 _ITEM, _DONE, _ERROR = range(3)
 
@@ -44,8 +49,7 @@ async def iterate_in_thread(make_iterator: Callable[[], Iterator[T]], max_pendin
         else:
             deliver(_DONE, None)
 
-    worker = threading.Thread(target=pump, name="docker-stream", daemon=True)
-    worker.start()
+    _STREAM_THREADS.submit(pump)
     try:
         while True:
             kind, value = await queue.get()

@@ -15,6 +15,7 @@ import docker
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from exeunit.docker_runtime import LABEL_PROVIDER
 from tests.client import ContractClient
@@ -37,6 +38,18 @@ def test_remote_listen_without_token_is_refused() -> None:
     assert done.returncode == 2
     assert "refusing to listen on 0.0.0.0:0 without a token" in done.stderr
     assert "--auth-token-file" in done.stderr
+
+
+async def reflected_services(channel: grpc.aio.Channel) -> list[str]:
+    """Service names as `grpcurl list` sees them, through server reflection."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+    async def one_request():
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    async for response in stub.ServerReflectionInfo(one_request()):
+        return [service.name for service in response.list_services_response.service]
+    return []
 
 
 class Daemon:
@@ -79,6 +92,9 @@ async def test_sigterm_terminates_activities_and_leaves_no_container(daemon: Dae
     async with ContractClient(f"127.0.0.1:{daemon.port}", "r") as client:
         health = health_pb2_grpc.HealthStub(client.channel)
         assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+        assert set(await reflected_services(client.channel)) >= {
+            "exeunit.v1.Market", "exeunit.v1.Activity", "exeunit.v1.Transfer", "grpc.health.v1.Health",
+        }
         ids = [await client.new_activity(BASE_IMAGE) for _ in range(2)]
         for activity_id in ids:
             assert (await client.run_batch(activity_id, [client.deploy(), client.start()])).succeeded
