@@ -142,12 +142,18 @@ async def test_two_activities_run_side_by_side(client: ContractClient, daemons: 
     assert daemons.containers_of(provider) == []
 
 
-async def test_destroy_is_idempotent_and_removes_the_container(client: ContractClient, ready: str, daemons: Daemons, provider) -> None:
-    assert len(daemons.containers_of(provider)) == 1
+async def test_destroy_is_idempotent_and_removes_the_container_and_its_volumes(
+    client: ContractClient, ready: str, daemons: Daemons, provider, engine
+) -> None:
+    [container_id] = daemons.containers_of(provider)
+    volumes = [m["Name"] for m in engine.containers.get(container_id).attrs["Mounts"] if m["Type"] == "volume"]
+    assert len(volumes) == 3  # /golem/input, /golem/output, /golem/work
     first = await client.destroy(ready)
     second = await client.destroy(ready)
     assert first.state == second.state == act.ACTIVITY_STATE_TERMINATED
     assert daemons.containers_of(provider) == []
+    remaining = {v.name for v in engine.volumes.list()}
+    assert not remaining & set(volumes)
 
 
 async def test_container_death_is_noticed(client: ContractClient, ready: str, engine, daemons: Daemons, provider) -> None:
