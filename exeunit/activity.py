@@ -17,13 +17,13 @@ from exeunit.docker_runtime import (
     LABEL_ACTIVITY,
     LABEL_AGREEMENT,
     LABEL_PROVIDER,
-    STDOUT,
     ContainerSpec,
     DockerRuntime,
     ExecProcess,
     ImageInfo,
 )
 from exeunit.event_log import EventLog
+from exeunit.frames import STDOUT
 from exeunit.images import ImageResolver
 from exeunit.market import Agreement, utcnow
 from exeunit.states import ActivityState

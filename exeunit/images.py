@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import shutil
 import tarfile
 import tempfile
 import urllib.error

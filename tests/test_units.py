@@ -10,6 +10,7 @@ import pytest
 from exeunit import errors
 from exeunit.commands import Deploy, Run, Start, Terminate, check_sequence, validate
 from exeunit.event_log import EventLog
+from exeunit.frames import STDERR, STDOUT, FrameDecoder
 from exeunit.market import GIB, Demand, ImageRef, LinearPricing, Market, Refusal, RefusalReason, Resources
 from exeunit.states import ActivityState
 from exeunit.transfer import confine
@@ -146,3 +147,23 @@ class TestEventLog:
         with pytest.raises(errors.OutOfRange, match="events before 2 are no longer retained"):
             async for _ in log.read(0):
                 pass
+
+
+class TestFrameDecoder:
+    @staticmethod
+    def frame(stream: int, data: bytes) -> bytes:
+        return bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+
+    def test_runs_of_one_stream_are_merged_and_streams_kept_apart(self) -> None:
+        wire = self.frame(1, b"a") + self.frame(1, b"b") + self.frame(2, b"err") + self.frame(1, b"c")
+        runs = [(stream, b"".join(parts)) for stream, parts in FrameDecoder().feed(wire)]
+        assert runs == [(STDOUT, b"ab"), (STDERR, b"err"), (STDOUT, b"c")]
+
+    def test_frames_split_anywhere_across_reads(self) -> None:
+        wire = self.frame(1, b"hello") + self.frame(2, b"") + self.frame(2, b"world")
+        for cut in range(1, len(wire)):
+            decoder = FrameDecoder()
+            runs = decoder.feed(wire[:cut]) + decoder.feed(wire[cut:])
+            out = b"".join(b"".join(p) for s, p in runs if s == STDOUT)
+            err = b"".join(b"".join(p) for s, p in runs if s == STDERR)
+            assert (out, err) == (b"hello", b"world"), cut
