@@ -8,7 +8,8 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 
 from exeunit import errors
 from exeunit.batch import Batch, BatchEvent, EventKind, event_size
@@ -93,6 +94,7 @@ class Activity:
         self._ended_at: datetime | None = None
         self._last_usage: tuple[float, int] = (0.0, 0)
         self._terminating: asyncio.Task[None] | None = None
+        self._transfers: set[Callable[[], None]] = set()  # cancel callbacks of transfers in flight
         self._worker = asyncio.create_task(self._run_batches(), name=f"activity-{activity_id}")
 
     @property
@@ -258,6 +260,16 @@ class Activity:
             return process.return_code, f"exit code {process.return_code}" + _exit_hint(process.return_code)
         return 0, ""
 
+    @contextmanager
+    def transfer(self, cancel: Callable[[], None]) -> Iterator[None]:
+        """Registers a transfer in flight; terminating the activity calls its `cancel` first, so the
+        engine never waits on a transfer to remove the container."""
+        self._transfers.add(cancel)
+        try:
+            yield
+        finally:
+            self._transfers.discard(cancel)
+
     # Ending
 
     async def terminate(self, reason: str, message: str) -> None:
@@ -268,9 +280,13 @@ class Activity:
 
     async def _terminate(self, reason: str, message: str) -> None:
         self._ended_at = utcnow()
+        for cancel in list(self._transfers):  # first: the engine locks the container while a transfer runs
+            cancel()
         await self._refresh_usage()
         await self._set_state(ActivityState.TERMINATED, reason, message)
         self._projected = ActivityState.TERMINATED
+        for batch in self._batches.values():
+            await batch.events.stop_holding()
         if self.container_id:
             await asyncio.to_thread(
                 self._runtime.remove_container, self.container_id, self._limits.stop_timeout_seconds

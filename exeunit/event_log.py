@@ -31,6 +31,7 @@ class EventLog(Generic[T]):
         self._first = 0  # sequence number of self._events[0]
         self._bytes = 0
         self._closed = False
+        self._holding = True
         self._cond = asyncio.Condition()
         self._cursors: dict[int, int] = {}  # reader id -> next sequence it reads
         self._reader_ids = itertools.count()
@@ -70,7 +71,16 @@ class EventLog(Generic[T]):
             except TimeoutError:
                 pass
 
+    async def stop_holding(self) -> None:
+        """From now on the producer never waits: old events go as the window needs (used once the
+        activity is terminated, so that no reader can hold up its shutdown)."""
+        async with self._cond:
+            self._holding = False
+            self._cond.notify_all()
+
     def _may_drop_oldest(self) -> bool:
+        if not self._holding:
+            return True
         if self._cursors:
             return min(self._cursors.values()) > self._first
         return time.monotonic() - self._last_reader_seen >= self._grace

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from exeunit import errors
 from exeunit.activity import Activity, ActivityLimits, ActivityStatus, Usage
@@ -21,7 +22,7 @@ from exeunit.images import ImageResolver
 from exeunit.market import Agreement, AgreementState, Demand, Market, Offer, ProviderSettings, Refusal, utcnow
 from exeunit.states import ActivityState
 from exeunit.threads import iterate_in_thread
-from exeunit.transfer import DownloadHeader, Upload, confine, download
+from exeunit.transfer import Download, Upload, confine, download
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,9 @@ class Provider:
             )
         return activity.container_id
 
-    async def begin_upload(self, requestor_id: str, activity_id: str, path: str, size: int, mode: int) -> Upload:
+    @asynccontextmanager
+    async def upload(self, requestor_id: str, activity_id: str, path: str, size: int, mode: int) -> AsyncIterator[Upload]:
+        """An upload into the activity's container, cut short if the activity ends meanwhile."""
         activity = self.activity(requestor_id, activity_id)
         container_id = self._ready_container(activity, "upload")
         assert activity.image is not None
@@ -203,12 +206,17 @@ class Provider:
         upload = Upload(self._runtime, container_id, dest, size, mode)
         await upload.begin()
         log.info("event=upload_started %s path=%s size=%d", activity.log_ids, dest.path, size)
-        return upload
+        with activity.transfer(upload.cancel):
+            yield upload
 
-    async def download(self, requestor_id: str, activity_id: str, path: str) -> tuple[DownloadHeader, AsyncIterator[bytes]]:
+    @asynccontextmanager
+    async def download(self, requestor_id: str, activity_id: str, path: str) -> AsyncIterator[Download]:
+        """A download out of the activity's container, cut short if the activity ends meanwhile."""
         activity = self.activity(requestor_id, activity_id)
         container_id = self._ready_container(activity, "download")
         assert activity.image is not None
         dest = confine(path, activity.image.volumes)
         log.info("event=download_started %s path=%s", activity.log_ids, dest.path)
-        return await download(self._runtime, container_id, dest)
+        opened = await download(self._runtime, container_id, dest)
+        with activity.transfer(opened.cancel):
+            yield opened

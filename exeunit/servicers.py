@@ -149,38 +149,37 @@ class TransferServicer(xfer_grpc.TransferServicer):
         if first is None or first.WhichOneof("part") != "header":
             raise errors.InvalidArgument("an upload starts with a header message (activity_id, path, size)")
         header = first.header
-        upload = await self.provider.begin_upload(
+        async with self.provider.upload(
             requestor_id, _required(header.activity_id, "header.activity_id"),
             _required(header.path, "header.path"), header.size, header.mode,
-        )
-        try:
-            async for part in parts:
-                kind = part.WhichOneof("part")
-                if kind == "chunk":
-                    if len(part.chunk) > CHUNK_SIZE:
-                        raise errors.InvalidArgument(f"chunks are at most {CHUNK_SIZE} bytes")
-                    await upload.write(part.chunk)
-                elif kind == "trailer":
-                    result = await upload.finish(part.trailer.sha256)
-                    return xfer.UploadResponse(size=result.size, sha256=result.sha256)
-                else:
-                    raise errors.InvalidArgument("after the header, an upload sends only chunks and one trailer")
-            raise errors.DataLoss("the upload stream ended without a trailer; the file was emptied")
-        except BaseException as exc:
-            await upload.abort(exc)
-            raise
+        ) as upload:
+            try:
+                async for part in parts:
+                    kind = part.WhichOneof("part")
+                    if kind == "chunk":
+                        if len(part.chunk) > CHUNK_SIZE:
+                            raise errors.InvalidArgument(f"chunks are at most {CHUNK_SIZE} bytes")
+                        await upload.write(part.chunk)
+                    elif kind == "trailer":
+                        result = await upload.finish(part.trailer.sha256)
+                        return xfer.UploadResponse(size=result.size, sha256=result.sha256)
+                    else:
+                        raise errors.InvalidArgument("after the header, an upload sends only chunks and one trailer")
+                raise errors.DataLoss("the upload stream ended without a trailer; the file was emptied")
+            except BaseException as exc:
+                await upload.abort(exc)
+                raise
 
     @streaming
     async def Download(
         self, request: xfer.DownloadRequest, context: Context, requestor_id: str
     ) -> AsyncIterator[xfer.DownloadResponse]:
-        header, chunks = await self.provider.download(
+        async with self.provider.download(
             requestor_id, _required(request.activity_id, "activity_id"), _required(request.path, "path")
-        )
-
-        digest = hashlib.sha256()
-        yield xfer.DownloadResponse(header=xfer.DownloadHeader(size=header.size, mode=header.mode))
-        async for chunk in chunks:
-            digest.update(chunk)
-            yield xfer.DownloadResponse(chunk=chunk)
-        yield xfer.DownloadResponse(trailer=xfer.DownloadTrailer(sha256=digest.hexdigest()))
+        ) as download:
+            digest = hashlib.sha256()
+            yield xfer.DownloadResponse(header=xfer.DownloadHeader(size=download.header.size, mode=download.header.mode))
+            async for chunk in download.chunks():
+                digest.update(chunk)
+                yield xfer.DownloadResponse(chunk=chunk)
+            yield xfer.DownloadResponse(trailer=xfer.DownloadTrailer(sha256=digest.hexdigest()))

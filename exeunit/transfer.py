@@ -108,6 +108,11 @@ class Upload:
         self._digest = hashlib.sha256()
         self._chunks: queue.Queue[object] = queue.Queue(maxsize=8)
         self._writer: asyncio.Future[None] | None = None
+        self._cancelled: BaseException | None = None
+
+    def cancel(self) -> None:
+        """Makes the engine's write fail at once (the activity is ending); callable from any thread."""
+        self._cancelled = errors.FailedPrecondition(f"the upload to {self._dest.path} was cut: the activity ended")
 
     async def begin(self) -> None:
         missing_dirs = await asyncio.to_thread(walk_volume_path, self._runtime, self._container, self._dest)
@@ -124,26 +129,44 @@ class Upload:
         info = tarfile.TarInfo(self._dest.relative)
         info.size, info.mode, info.mtime = self._size, self._mode, now
         yield info.tobuf(format=tarfile.PAX_FORMAT)
-        while (chunk := self._chunks.get()) is not _END:
+        while (chunk := self._next_chunk()) is not _END:
             if isinstance(chunk, BaseException):
                 raise chunk  # aborts the request; the engine rejects the truncated archive
             yield chunk  # type: ignore[misc]
         padding = -self._size % tarfile.BLOCKSIZE
         yield b"\0" * (padding + 2 * tarfile.BLOCKSIZE)
 
+    def _next_chunk(self) -> object:
+        while True:
+            if self._cancelled is not None:
+                raise self._cancelled
+            try:
+                return self._chunks.get(timeout=0.2)
+            except queue.Empty:
+                continue
+
     async def _put(self, item: object) -> None:
-        try:
-            self._chunks.put_nowait(item)
-        except queue.Full:
-            await asyncio.to_thread(self._chunks.put, item)
+        """Hands an item to the engine's writer; raises the writer's error if it stopped reading."""
+        while True:
+            if self._writer is not None and self._writer.done():
+                self._writer.result()
+                raise errors.RuntimeFailure(f"the engine stopped reading the upload to {self._dest.path}")
+            try:
+                self._chunks.put_nowait(item)
+                return
+            except queue.Full:
+                pass
+            try:
+                await asyncio.to_thread(self._chunks.put, item, True, 0.2)
+                return
+            except queue.Full:
+                continue
 
     async def write(self, chunk: bytes) -> None:
         self._received += len(chunk)
         if self._received > self._size:
             raise errors.DataLoss(f"received more than the declared {self._size} bytes")
         self._digest.update(chunk)
-        if self._writer is not None and self._writer.done():
-            self._writer.result()  # the engine failed: report its error now
         await self._put(chunk)
 
     async def finish(self, sha256: str) -> UploadResult:
@@ -165,13 +188,11 @@ class Upload:
         """Ends a failed upload: stops the engine's write and leaves an empty file, never a partial one."""
         if self._writer is None:
             return
-        if not self._writer.done():
-            await self._put(reason)
         try:
+            if not self._writer.done():
+                await self._put(reason)
             await self._writer
-        except errors.ExeUnitError:
-            pass
-        except Exception:  # the engine saw a broken stream; nothing more to report
+        except Exception:  # the engine saw a broken stream or failed on its own; the caller has the cause
             pass
         await self._replace_with_empty()
 
@@ -191,8 +212,26 @@ class DownloadHeader:
     mode: int
 
 
-async def download(runtime: DockerRuntime, container_id: str, dest: Destination) -> tuple[DownloadHeader, AsyncIterator[bytes]]:
-    """The file's header and an iterator of its chunks (read lazily from the engine's tar stream)."""
+class Download:
+    """One file streamed out of a container: its header, then its chunks via `chunks()`."""
+
+    def __init__(self, header: DownloadHeader, tar_stream: Iterator[bytes], path: str) -> None:
+        self.header = header
+        self._tar_stream = tar_stream
+        self._path = path
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return iterate_in_thread(lambda: file_in_tar(_Blocks(self._tar_stream), self._path), max_pending=4)
+
+    def cancel(self) -> None:
+        """Stops reading from the engine (the activity is ending); callable from any thread."""
+        close = getattr(self._tar_stream, "close", None)
+        if close:
+            close()
+
+
+async def download(runtime: DockerRuntime, container_id: str, dest: Destination) -> Download:
+    """Opens the file at dest for reading, checking that it is a regular file inside the volume."""
     path = dest.path
     if await asyncio.to_thread(walk_volume_path, runtime, container_id, dest):
         raise errors.NotFound(f"{path} does not exist in the container")
@@ -200,11 +239,7 @@ async def download(runtime: DockerRuntime, container_id: str, dest: Destination)
     if not stat.is_regular_file:
         raise errors.FailedPrecondition(f"{path} is not a regular file; only files can be downloaded")
     stat, tar_stream = await asyncio.to_thread(runtime.get_archive, container_id, path, CHUNK_SIZE)
-
-    def file_chunks() -> Iterator[bytes]:
-        yield from file_in_tar(_Blocks(tar_stream), path)
-
-    return DownloadHeader(stat.size, stat.mode), iterate_in_thread(file_chunks, max_pending=4)
+    return Download(DownloadHeader(stat.size, stat.mode), tar_stream, path)
 
 
 class _Blocks:

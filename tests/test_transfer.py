@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import signal
 
 import grpc
 import pytest
 
 from exeunit.v1 import transfer_pb2 as xfer
 from tests.client import CHUNK, ContractClient
+from tests.test_daemon_process import Daemon
 
 
 async def test_upload_then_download_round_trip(client: ContractClient, ready: str) -> None:
@@ -134,3 +137,34 @@ async def test_256_mib_round_trip(client: ContractClient, ready: str) -> None:
             sent.append(part.trailer.sha256)
     assert total == size
     assert digest.hexdigest() == expected.hexdigest() == sent[0]
+
+
+async def test_upload_into_an_activity_destroyed_midway_fails_instead_of_hanging(engine) -> None:
+    # The daemon runs in its own process here: client and server sharing one event loop would
+    # make the request stream wait on the destroy call in ways no real client does.
+    daemon = Daemon("--name", "cut-provider")
+    address = f"127.0.0.1:{daemon.port}"
+    try:
+        async with ContractClient(address, "requestor-1") as client:
+            activity_id = await client.new_activity("exeunit-base:latest")
+            assert (await client.run_batch(activity_id, [client.deploy(), client.start()])).succeeded
+            block = os.urandom(CHUNK)
+
+            async def requests():
+                header = xfer.UploadHeader(activity_id=activity_id, path="/golem/work/cut.bin", size=64 * CHUNK)
+                yield xfer.UploadRequest(header=header)
+                for index in range(64):
+                    if index == 4:  # the container goes away under the upload; the client pauses meanwhile
+                        async with ContractClient(address, "requestor-1") as other:
+                            await asyncio.wait_for(other.destroy(activity_id), 30)
+                    yield xfer.UploadRequest(chunk=block)
+                yield xfer.UploadRequest(trailer=xfer.UploadTrailer(sha256="0" * 64))
+
+            call = client.transfer.Upload(requests(), metadata=client.metadata)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await asyncio.wait_for(call, 60)
+            assert await call.code() == grpc.StatusCode.FAILED_PRECONDITION, await call.details()
+            assert "was cut: the activity ended" in await call.details()
+    finally:
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=60) == 0

@@ -148,6 +148,18 @@ class TestEventLog:
             async for _ in log.read(0):
                 pass
 
+    async def test_a_terminated_activity_stops_holding_the_producer(self) -> None:
+        log = self.make_log(window=10)
+        reader = log.read(0)
+        await log.append(lambda seq: b"x" * 8)
+        assert await anext(reader) == b"x" * 8
+        blocked = asyncio.ensure_future(log.append(lambda seq: b"y" * 8))
+        await asyncio.sleep(0)
+        assert not blocked.done()
+        await log.stop_holding()
+        await blocked  # went through although the reader never read on
+        await reader.aclose()
+
 
 class TestFrameDecoder:
     @staticmethod
@@ -167,3 +179,4 @@ class TestFrameDecoder:
             out = b"".join(b"".join(p) for s, p in runs if s == STDOUT)
             err = b"".join(b"".join(p) for s, p in runs if s == STDERR)
             assert (out, err) == (b"hello", b"world"), cut
+
