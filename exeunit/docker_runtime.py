@@ -363,14 +363,41 @@ class DockerRuntime:
         with _translated(f"write into {directory}"):
             self._api.put_archive(container_id, directory, tar_stream)
 
-    def get_archive(self, container_id: str, path: str, chunk_size: int) -> tuple[PathStat, Iterator[bytes]]:
+    def get_archive(self, container_id: str, path: str, chunk_size: int) -> tuple[PathStat, ArchiveStream]:
         """A tar stream of one path of the container, with its stat."""
         with _translated(f"read {path}"):
-            try:
-                stream, stat = self._api.get_archive(container_id, path, chunk_size=chunk_size)
-            except docker.errors.NotFound:
-                raise errors.NotFound(f"{path} does not exist in the container") from None
-        return _path_stat(stat), stream
+            response = self._api._get(
+                self._api._url("/containers/{0}/archive", container_id),
+                params={"path": path},
+                stream=True,
+                headers={"Accept-Encoding": "identity"},  # the raw tar, not a gzip of it
+            )
+            if response.status_code == 404:
+                response.close()
+                raise errors.NotFound(f"{path} does not exist in the container")
+            self._api._raise_for_status(response)
+        header = response.headers.get("X-Docker-Container-Path-Stat", "")
+        stat = _path_stat(json.loads(base64.b64decode(header)) if header else {})
+        return stat, ArchiveStream(response, chunk_size)
+
+
+class ArchiveStream:
+    """The engine's tar stream of a path; `close()` from any thread ends it (and frees the
+    container, which the engine keeps locked while the archive is read)."""
+
+    def __init__(self, response: Any, chunk_size: int) -> None:
+        self._response = response
+        self._chunk_size = chunk_size
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _translated("read archive"):
+            yield from self._response.raw.stream(self._chunk_size, decode_content=False)
+
+    def close(self) -> None:
+        try:
+            self._response.raw.close()
+        except (OSError, ValueError):
+            pass
 
 
 def _path_stat(stat: dict[str, Any]) -> PathStat:
