@@ -391,7 +391,8 @@ class ArchiveStream:
 
     def __iter__(self) -> Iterator[bytes]:
         with _translated("read archive"):
-            yield from self._response.raw.stream(self._chunk_size, decode_content=False)
+            while chunk := self._response.raw.read(self._chunk_size, decode_content=False):
+                yield chunk
 
     def close(self) -> None:
         try:
