@@ -25,7 +25,7 @@ import docker.errors
 import requests.exceptions
 
 from exeunit import errors
-from exeunit.frames import STDERR, STDOUT, FrameDecoder
+from exeunit.frames import FrameDecoder
 
 log = logging.getLogger(__name__)
 

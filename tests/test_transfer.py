@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import signal
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -140,59 +141,60 @@ async def test_256_mib_round_trip(client: ContractClient, ready: str) -> None:
     assert digest.hexdigest() == expected.hexdigest() == sent[0]
 
 
-async def test_upload_into_an_activity_destroyed_midway_fails_instead_of_hanging(engine) -> None:
-    # The daemon runs in its own process here: client and server sharing one event loop would
-    # make the request stream wait on the destroy call in ways no real client does.
-    daemon = Daemon("--name", "cut-provider")
-    address = f"127.0.0.1:{daemon.port}"
-    try:
-        async with ContractClient(address, "requestor-1") as client:
-            activity_id = await client.new_activity("exeunit-base:latest")
-            assert (await client.run_batch(activity_id, [client.deploy(), client.start()])).succeeded
-            block = os.urandom(CHUNK)
-
-            async def requests():
-                header = xfer.UploadHeader(activity_id=activity_id, path="/golem/work/cut.bin", size=64 * CHUNK)
-                yield xfer.UploadRequest(header=header)
-                for index in range(64):
-                    if index == 4:  # the container goes away under the upload; the client pauses meanwhile
-                        async with ContractClient(address, "requestor-1") as other:
-                            await asyncio.wait_for(other.destroy(activity_id), 30)
-                    yield xfer.UploadRequest(chunk=block)
-                yield xfer.UploadRequest(trailer=xfer.UploadTrailer(sha256="0" * 64))
-
-            call = client.transfer.Upload(requests(), metadata=client.metadata)
-            with pytest.raises(grpc.aio.AioRpcError):
-                await asyncio.wait_for(call, 60)
-            # A destroy that hung would time out in `requests` and cancel the call locally (CANCELLED).
-            # The daemon ends the upload with FAILED_PRECONDITION; grpc's client may instead report
-            # INTERNAL when that end races with its own next write of the request stream.
-            code, details = await call.code(), await call.details()
-            assert code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INTERNAL), (code, details)
-            if code == grpc.StatusCode.FAILED_PRECONDITION:
-                assert "was cut: the activity ended" in details
-    finally:
-        daemon.process.send_signal(signal.SIGTERM)
-        assert daemon.process.wait(timeout=60) == 0
+@pytest.fixture
+def own_process_daemon(engine) -> Iterator[str]:
+    """A daemon in its own process; returns its address. Client and server sharing one event loop
+    would make a request stream wait on another call in ways no real client does."""
+    daemon = Daemon("--name", "own-process-provider")
+    yield f"127.0.0.1:{daemon.port}"
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(timeout=60) == 0
 
 
-async def test_a_stalled_download_does_not_hold_up_destroy(engine) -> None:
-    daemon = Daemon("--name", "stall-provider")
-    address = f"127.0.0.1:{daemon.port}"
-    try:
-        async with ContractClient(address, "requestor-1") as client:
-            activity_id = await client.new_activity("exeunit-base:latest")
-            setup = [client.deploy(), client.start(), client.sh("head -c 268435456 /dev/zero > /golem/work/big")]
-            assert (await client.run_batch(activity_id, setup)).succeeded
-            stream = client.transfer.Download(
-                xfer.DownloadRequest(activity_id=activity_id, path="/golem/work/big"), metadata=client.metadata
-            )
-            first = await anext(aiter(stream))
-            assert first.WhichOneof("part") == "header"  # ...and then the client stops reading
-            async with ContractClient(address, "requestor-1") as other:
-                status = await asyncio.wait_for(other.destroy(activity_id), 30)
-            assert status.state == act.ACTIVITY_STATE_TERMINATED
-            stream.cancel()
-    finally:
-        daemon.process.send_signal(signal.SIGTERM)
-        assert daemon.process.wait(timeout=60) == 0
+async def ready_activity(client: ContractClient, *extra: act.Command) -> str:
+    activity_id = await client.new_activity("exeunit-base:latest")
+    assert (await client.run_batch(activity_id, [client.deploy(), client.start(), *extra])).succeeded
+    return activity_id
+
+
+async def test_upload_into_an_activity_destroyed_midway_fails_instead_of_hanging(own_process_daemon: str) -> None:
+    address = own_process_daemon
+    async with ContractClient(address, "requestor-1") as client:
+        activity_id = await ready_activity(client)
+        block = os.urandom(CHUNK)
+
+        async def requests():
+            header = xfer.UploadHeader(activity_id=activity_id, path="/golem/work/cut.bin", size=64 * CHUNK)
+            yield xfer.UploadRequest(header=header)
+            for index in range(64):
+                if index == 4:  # the container goes away under the upload; the client pauses meanwhile
+                    async with ContractClient(address, "requestor-1") as other:
+                        await asyncio.wait_for(other.destroy(activity_id), 30)
+                yield xfer.UploadRequest(chunk=block)
+            yield xfer.UploadRequest(trailer=xfer.UploadTrailer(sha256="0" * 64))
+
+        call = client.transfer.Upload(requests(), metadata=client.metadata)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await asyncio.wait_for(call, 60)
+        # A destroy that hung would time out in `requests` and cancel the call locally (CANCELLED).
+        # The daemon ends the upload with FAILED_PRECONDITION; grpc's client may instead report
+        # INTERNAL when that end races with its own next write of the request stream.
+        code, details = await call.code(), await call.details()
+        assert code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INTERNAL), (code, details)
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            assert "was cut: the activity ended" in details
+
+
+async def test_a_stalled_download_does_not_hold_up_destroy(own_process_daemon: str) -> None:
+    address = own_process_daemon
+    async with ContractClient(address, "requestor-1") as client:
+        activity_id = await ready_activity(client, client.sh("head -c 268435456 /dev/zero > /golem/work/big"))
+        stream = client.transfer.Download(
+            xfer.DownloadRequest(activity_id=activity_id, path="/golem/work/big"), metadata=client.metadata
+        )
+        first = await anext(aiter(stream))
+        assert first.WhichOneof("part") == "header"  # ...and then the client stops reading
+        async with ContractClient(address, "requestor-1") as other:
+            status = await asyncio.wait_for(other.destroy(activity_id), 30)
+        assert status.state == act.ACTIVITY_STATE_TERMINATED
+        stream.cancel()
