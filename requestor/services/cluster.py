@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from types import TracebackType
@@ -125,9 +124,5 @@ def _count_states(instances: list[Any]) -> dict[Any, int]:
     for instance in instances:
         counts[instance.state] = counts.get(instance.state, 0) + 1
     return counts
-
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex
 
 
