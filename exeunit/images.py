@@ -40,12 +40,12 @@ class ImageResolver:
             info = await asyncio.to_thread(self._runtime.image, key)
         except errors.NotFound:
             return None
-        if ref.tag and ref.hash and info.id != ref.hash and not ref.url:
+        if ref.tag and ref.hash and info.id != ref.hash:
+            if ref.url:
+                return None  # the tag points elsewhere; the url's archive is the truth
             raise errors.FailedPrecondition(
                 f"image tag {ref.tag!r} is {info.id} on this provider, but the demand asks for {ref.hash}"
             )
-        if ref.tag and ref.hash and info.id != ref.hash:
-            return None  # the tag points elsewhere; the url's archive is the truth
         return info
 
     async def resolve(self, ref: ImageRef) -> ImageInfo:

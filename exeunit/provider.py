@@ -162,8 +162,7 @@ class Provider:
         return self.activity(requestor_id, activity_id).submit(commands, batch_id)
 
     def batch_events(self, requestor_id: str, activity_id: str, batch_id: str, from_sequence: int) -> AsyncIterator[BatchEvent]:
-        batch = self.activity(requestor_id, activity_id).batch(batch_id)
-        return batch.events.read(from_sequence)
+        return self.batch(requestor_id, activity_id, batch_id).events.read(from_sequence)
 
     def batch(self, requestor_id: str, activity_id: str, batch_id: str) -> Batch:
         return self.activity(requestor_id, activity_id).batch(batch_id)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from exeunit import errors
-from exeunit.docker_runtime import DockerRuntime
+from exeunit.docker_runtime import DockerRuntime, PathStat
 from exeunit.threads import iterate_in_thread
 
 CHUNK_SIZE = 1 << 20
@@ -56,17 +56,20 @@ def confine(path: str, volumes: tuple[str, ...]) -> Destination:
     )
 
 
-def walk_volume_path(runtime: DockerRuntime, container_id: str, dest: Destination) -> list[str]:
-    """Checks every component below the volume; returns the directories still to be created.
+def walk_volume_path(runtime: DockerRuntime, container_id: str, dest: Destination) -> tuple[list[str], PathStat | None]:
+    """Checks every component below the volume; returns the directories still to be created and
+    the stat of the path itself (None when it does not exist).
 
     Refuses a symbolic link anywhere on the way: the engine would follow it out of the volume
     (for example into the read-only root filesystem, which it writes regardless).
     """
     parts = dest.relative.split("/")
     missing: list[str] = []
+    stat: PathStat | None = None
     for depth in range(1, len(parts) + 1):
         relative = "/".join(parts[:depth])
         full = posixpath.join(dest.volume, relative)
+        stat = None
         if missing:
             missing.append(relative)
             continue
@@ -82,7 +85,7 @@ def walk_volume_path(runtime: DockerRuntime, container_id: str, dest: Destinatio
             )
         if depth < len(parts) and not stat.is_directory:
             raise errors.FailedPrecondition(f"{full} is not a directory")
-    return missing[:-1] if missing and missing[-1] == dest.relative else missing
+    return [d for d in missing if d != dest.relative], stat
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ class Upload:
         self._cancelled = errors.FailedPrecondition(f"the upload to {self._dest.path} was cut: the activity ended")
 
     async def begin(self) -> None:
-        missing_dirs = await asyncio.to_thread(walk_volume_path, self._runtime, self._container, self._dest)
+        missing_dirs, _ = await asyncio.to_thread(walk_volume_path, self._runtime, self._container, self._dest)
         self._writer = asyncio.ensure_future(
             asyncio.to_thread(self._runtime.put_archive, self._container, self._dest.volume, self._tar(missing_dirs))
         )
@@ -233,9 +236,9 @@ class Download:
 async def download(runtime: DockerRuntime, container_id: str, dest: Destination) -> Download:
     """Opens the file at dest for reading, checking that it is a regular file inside the volume."""
     path = dest.path
-    if await asyncio.to_thread(walk_volume_path, runtime, container_id, dest):
+    _, stat = await asyncio.to_thread(walk_volume_path, runtime, container_id, dest)
+    if stat is None:
         raise errors.NotFound(f"{path} does not exist in the container")
-    stat = await asyncio.to_thread(runtime.stat_path, container_id, path)
     if not stat.is_regular_file:
         raise errors.FailedPrecondition(f"{path} is not a regular file; only files can be downloaded")
     stat, tar_stream = await asyncio.to_thread(runtime.get_archive, container_id, path, CHUNK_SIZE)

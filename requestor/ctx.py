@@ -18,7 +18,7 @@ from typing import Any
 from requestor import events
 from requestor.errors import CommandExecutionError, RequestorError
 from requestor.provider_client import Offer, ProviderClient
-from requestor.script import Command, RemoteCommand, Script, Transfer
+from requestor.script import Command, Receive, RemoteCommand, Script, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class WorkContext:
 
     async def _transfer(self, script: Script, index: int, command: Transfer) -> events.CommandExecuted:
         self.emit(events.CommandStarted, script=script, command=command)
-        is_download = "download" in type(command).__name__.lower()
+        is_download = isinstance(command, Receive)
         if is_download:
             self.emit(events.DownloadStarted, script=script, command=command)
         try:

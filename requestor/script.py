@@ -153,7 +153,9 @@ class SendFile(_Send):
         return size, _read_file(self.src_path)
 
 
-class _Receive(Transfer):
+class Receive(Transfer):
+    """A file brought from the activity to the requestor."""
+
     def __init__(self, src_path: str) -> None:
         super().__init__()
         self.src_path = src_path
@@ -162,7 +164,7 @@ class _Receive(Transfer):
         return f"{type(self).__name__.lower()} <- {self.src_path}"
 
 
-class DownloadFile(_Receive):
+class DownloadFile(Receive):
     def __init__(self, src_path: str, dst_path: str | os.PathLike[str]) -> None:
         super().__init__(src_path)
         self.dst_path = Path(dst_path)
@@ -178,7 +180,7 @@ class DownloadFile(_Receive):
         return f"downloaded {size} bytes from {self.src_path} to {self.dst_path}"
 
 
-class DownloadBytes(_Receive):
+class DownloadBytes(Receive):
     def __init__(self, src_path: str, on_download: Callable[[bytes], Awaitable[Any]],
                  limit: int = DOWNLOAD_BYTES_LIMIT_DEFAULT) -> None:
         super().__init__(src_path)
