@@ -26,6 +26,33 @@ from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
 
 
+# The range google.protobuf.Timestamp and Duration define (0001-01-01 to 9999-12-31; +-10,000 years).
+TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)
+MAX_DURATION_SECONDS = 315_576_000_000
+MAX_NANOS = 999_999_999
+
+
+def datetime_from_proto(value: Timestamp, name: str) -> datetime:
+    """A Timestamp as an aware UTC datetime; INVALID_ARGUMENT naming the field when out of range."""
+    low, high = TIMESTAMP_SECONDS
+    if not (low <= value.seconds <= high and 0 <= value.nanos <= MAX_NANOS):
+        raise errors.InvalidArgument(
+            f"{name} is not a valid timestamp (seconds must be within [{low}, {high}], nanos within "
+            f"[0, {MAX_NANOS}]; got seconds={value.seconds}, nanos={value.nanos})"
+        )
+    return value.ToDatetime(tzinfo=timezone.utc)
+
+
+def seconds_from_proto(value: Duration, name: str) -> float:
+    """A non-negative Duration in seconds; INVALID_ARGUMENT naming the field otherwise."""
+    if not (0 <= value.seconds <= MAX_DURATION_SECONDS and 0 <= value.nanos <= MAX_NANOS):
+        raise errors.InvalidArgument(
+            f"{name} must be a non-negative duration of at most {MAX_DURATION_SECONDS} seconds with nanos "
+            f"within [0, {MAX_NANOS}] (got seconds={value.seconds}, nanos={value.nanos})"
+        )
+    return value.seconds + value.nanos / 1e9
+
+
 def timestamp(value: datetime) -> Timestamp:
     ts = Timestamp()
     ts.FromDatetime(value.astimezone(timezone.utc))
@@ -72,7 +99,7 @@ def demand_from_proto(demand: mkt.Demand) -> Demand:
         min_cpu_threads=demand.min_cpu_threads,
         capabilities=tuple(demand.capabilities),
         subnet_tag=demand.subnet_tag,
-        expiration=demand.expiration.ToDatetime(tzinfo=timezone.utc),
+        expiration=datetime_from_proto(demand.expiration, "demand.expiration"),
     )
 
 
@@ -134,7 +161,7 @@ def commands_from_proto(messages: list[act.Command]) -> list[commands.Command]:
             result.append(commands.Start(args=tuple(message.start.args)))
         elif kind == "run":
             run = message.run
-            timeout = run.timeout.ToTimedelta().total_seconds() if run.HasField("timeout") else None
+            timeout = seconds_from_proto(run.timeout, f"command {index} (run): timeout") if run.HasField("timeout") else None
             result.append(
                 commands.Run(
                     entry_point=run.entry_point,

@@ -100,6 +100,11 @@ class EventLog(Generic[T]):
                     f"events before {self._first} are no longer retained (asked from {from_sequence}); "
                     "keep a reader attached to receive all output"
                 )
+            if from_sequence > self.next_sequence:
+                raise errors.OutOfRange(
+                    f"event {from_sequence} does not exist yet: the next event is {self.next_sequence}; "
+                    "resume from the sequence after the last event received"
+                )
             self._cursors[reader] = from_sequence
         try:
             cursor = from_sequence

@@ -12,21 +12,21 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from exeunit.handlers import add_service
 from exeunit.provider import Provider
 from exeunit.servicers import ActivityServicer, MarketServicer, TransferServicer
-from exeunit.status import Caller
-from exeunit.v1 import activity_pb2, activity_pb2_grpc, market_pb2, market_pb2_grpc, transfer_pb2, transfer_pb2_grpc
+from exeunit.status import Caller, TokenCheck
+from exeunit.v1 import activity_pb2, market_pb2, transfer_pb2
 
 log = logging.getLogger(__name__)
 
 DOCKER_CALL_THREADS = 64
 # Upload chunks are at most 1 MiB; anything much larger is a client bug, refused RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = 4 << 20
-SERVICE_NAMES = (
-    market_pb2.DESCRIPTOR.services_by_name["Market"].full_name,
-    activity_pb2.DESCRIPTOR.services_by_name["Activity"].full_name,
-    transfer_pb2.DESCRIPTOR.services_by_name["Transfer"].full_name,
-)
+MARKET = market_pb2.DESCRIPTOR.services_by_name["Market"]
+ACTIVITY = activity_pb2.DESCRIPTOR.services_by_name["Activity"]
+TRANSFER = transfer_pb2.DESCRIPTOR.services_by_name["Transfer"]
+SERVICE_NAMES = (MARKET.full_name, ACTIVITY.full_name, TRANSFER.full_name)
 
 
 @dataclass
@@ -47,16 +47,17 @@ async def create_server(provider: Provider, address: str, token: str | None = No
     """Opens the provider and starts serving on address ("host:port"; port 0 picks one)."""
     await provider.open()
     server = grpc.aio.server(
+        interceptors=[TokenCheck(token)] if token is not None else [],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ]
     )
-    caller = Caller(token)
-    market_pb2_grpc.add_MarketServicer_to_server(MarketServicer(provider, caller), server)
-    activity_pb2_grpc.add_ActivityServicer_to_server(ActivityServicer(provider, caller), server)
-    transfer_pb2_grpc.add_TransferServicer_to_server(TransferServicer(provider, caller), server)
+    caller = Caller()
+    add_service(server, MARKET, MarketServicer(provider, caller))
+    add_service(server, ACTIVITY, ActivityServicer(provider, caller))
+    add_service(server, TRANSFER, TransferServicer(provider, caller))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*SERVICE_NAMES, ""):

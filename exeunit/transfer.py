@@ -20,6 +20,8 @@ from exeunit.docker_runtime import DockerRuntime, PathStat
 from exeunit.threads import iterate_in_thread
 
 CHUNK_SIZE = 1 << 20
+MAX_PATH_BYTES = 4095  # Linux's PATH_MAX, less the terminating NUL
+MAX_NAME_BYTES = 255  # Linux's NAME_MAX
 _END = object()
 
 
@@ -42,6 +44,14 @@ def confine(path: str, volumes: tuple[str, ...]) -> Destination:
         raise errors.InvalidArgument(f"path {path!r} must be absolute, for example /golem/input/data.bin")
     if "\x00" in path:
         raise errors.InvalidArgument("path cannot contain NUL bytes")
+    if len(path.encode()) > MAX_PATH_BYTES:
+        raise errors.InvalidArgument(f"path is {len(path.encode())} bytes long; at most {MAX_PATH_BYTES} are allowed")
+    longest = max(path.split("/"), key=lambda part: len(part.encode()))
+    if len(longest.encode()) > MAX_NAME_BYTES:
+        raise errors.InvalidArgument(
+            f"path component {longest[:40]!r}... is {len(longest.encode())} bytes long; a file or directory "
+            f"name is at most {MAX_NAME_BYTES} bytes"
+        )
     if ".." in path.split("/"):
         raise errors.InvalidArgument(f"path {path!r} contains '..'; give the plain absolute path inside a volume")
     normalized = posixpath.normpath(path)
@@ -106,7 +116,7 @@ class Upload:
         self._container = container_id
         self._dest = dest
         self._size = size
-        self._mode = mode or 0o644
+        self._mode = (mode & 0o777) or 0o644  # permission bits only: no setuid, setgid or sticky
         self._received = 0
         self._digest = hashlib.sha256()
         self._chunks: queue.Queue[object] = queue.Queue(maxsize=8)

@@ -170,3 +170,43 @@ async def test_agreement_expiry_ends_the_activity(client: ContractClient) -> Non
     statuses = [s async for s in watch]
     assert statuses[-1].state == act.ACTIVITY_STATE_TERMINATED
     assert statuses[-1].reason == "AgreementExpired"
+
+
+async def test_out_of_range_values_are_invalid_or_out_of_range(client: ContractClient, ready: str) -> None:
+    for seconds, nanos in ((10**12, 0), (0, -1), (2**62, 0)):
+        demand = client.demand(BASE_IMAGE)
+        demand.expiration.seconds, demand.expiration.nanos = seconds, nanos
+        err = await rpc_error(client.propose(demand))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.details().startswith("demand.expiration is not a valid timestamp")
+    run = client.run("/bin/true")
+    run.run.timeout.seconds = 2**62
+    err = await rpc_error(client.exec(ready, [run]))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "command 0 (run): timeout must be" in err.details()
+    batch_id = (await client.run_batch(ready, [client.run("/bin/true")])).batch_id
+    err = await rpc_error(anext(aiter(client.events(ready, batch_id, from_sequence=2**63 - 1))))
+    assert err.code() == grpc.StatusCode.OUT_OF_RANGE and "does not exist yet" in err.details()
+
+
+async def test_overlong_paths_are_invalid_and_long_echoes_are_cut(client: ContractClient, ready: str) -> None:
+    err = await rpc_error(client.upload_bytes(ready, "/golem/work/" + "a" * 300, b"x"))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 255 bytes" in err.details()
+    err = await rpc_error(client.download(ready, "/golem/work/" + "b/" * 3000))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 4095" in err.details()
+    err = await rpc_error(client.state("x" * 100_000))  # echoed in NOT_FOUND, cut to fit gRPC's trailers
+    assert err.code() == grpc.StatusCode.NOT_FOUND and len(err.details()) <= 1000
+
+
+async def test_reflection_needs_the_token_and_health_does_not(daemons: Daemons) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.test_daemon_process import reflected_services
+
+    server = await daemons.start(token="s3cret")
+    async with ContractClient(f"127.0.0.1:{server.port}", "r") as anonymous:
+        err = await rpc_error(reflected_services(anonymous.channel))
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        health = health_pb2_grpc.HealthStub(anonymous.channel)
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+    async with ContractClient(f"127.0.0.1:{server.port}", "r", token="s3cret") as right:
+        assert "exeunit.v1.Market" in await reflected_services(right.channel, right.metadata)

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
-import sys
-import threading
-import uuid
 from collections.abc import Iterator
 
 import docker
@@ -20,9 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from exeunit.docker_runtime import LABEL_PROVIDER
 from tests.client import ContractClient
 from tests.conftest import BASE_IMAGE
-
-EXEUNIT = [sys.executable, "-m", "exeunit"]
-
+from tests.daemon_process import EXEUNIT, Daemon
 
 def test_help_explains_every_flag() -> None:
     top = subprocess.run([*EXEUNIT, "--help"], capture_output=True, text=True, check=True).stdout
@@ -40,43 +34,16 @@ def test_remote_listen_without_token_is_refused() -> None:
     assert "--auth-token-file" in done.stderr
 
 
-async def reflected_services(channel: grpc.aio.Channel) -> list[str]:
+async def reflected_services(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...] = ()) -> list[str]:
     """Service names as `grpcurl list` sees them, through server reflection."""
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
 
     async def one_request():
         yield reflection_pb2.ServerReflectionRequest(list_services="")
 
-    async for response in stub.ServerReflectionInfo(one_request()):
+    async for response in stub.ServerReflectionInfo(one_request(), metadata=metadata):
         return [service.name for service in response.list_services_response.service]
     return []
-
-
-class Daemon:
-    """`exeunit serve` in a subprocess; learns its port from the `event=listening` log line."""
-
-    def __init__(self, *args: str) -> None:
-        self.provider_id = f"proc-{uuid.uuid4().hex[:8]}"
-        self.process = subprocess.Popen(
-            [*EXEUNIT, "serve", "--listen", "127.0.0.1:0", "--provider-id", self.provider_id, *args],
-            stderr=subprocess.PIPE, text=True,
-        )
-        self.lines: list[str] = []
-        self.port = 0
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-            if match := re.search(r"event=listening .* port=(\d+)", line):
-                self.port = int(match.group(1))
-                break
-        assert self.port, "".join(self.lines)
-        self._drain = threading.Thread(target=self._read_rest, daemon=True)
-        self._drain.start()
-
-    def _read_rest(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
 
 
 @pytest.fixture

@@ -1,0 +1,50 @@
+"""`exeunit serve` run as a user runs it: in its own process, with its log captured."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+
+EXEUNIT = [sys.executable, "-m", "exeunit"]
+
+
+class Daemon:
+    """`exeunit serve` in a subprocess; learns its port from the `event=listening` log line."""
+
+    def __init__(self, *args: str) -> None:
+        self.provider_id = f"proc-{uuid.uuid4().hex[:8]}"
+        self.process = subprocess.Popen(
+            [*EXEUNIT, "serve", "--listen", "127.0.0.1:0", "--provider-id", self.provider_id, *args],
+            stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: list[str] = []
+        self.port = 0
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+            if match := re.search(r"event=listening .* port=(\d+)", line):
+                self.port = int(match.group(1))
+                break
+        assert self.port, "".join(self.lines)
+        self._drain = threading.Thread(target=self._read_rest, daemon=True)
+        self._drain.start()
+
+    def _read_rest(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def stop(self) -> int:
+        """SIGTERM, as an operator stops it; kills it if it does not exit within a minute."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
