@@ -74,8 +74,10 @@ class Activity:
         runtime: DockerRuntime,
         images: ImageResolver,
         limits: ActivityLimits,
+        on_terminated: Callable[[], None] = lambda: None,
     ) -> None:
         self.activity_id = activity_id
+        self._on_terminated = on_terminated
         self.agreement = agreement
         self._runtime = runtime
         self._images = images
@@ -285,6 +287,7 @@ class Activity:
         await self._refresh_usage()
         await self._set_state(ActivityState.TERMINATED, reason, message)
         self._projected = ActivityState.TERMINATED
+        self._on_terminated()
         for batch in self._batches.values():
             await batch.events.stop_holding()
         if self.container_id:

@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -84,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="per second of activity duration (default: %(default)s)")
     price.add_argument("--currency", default="GLM", help="currency name shown in the offer (default: %(default)s)")
 
+    terms = serve.add_argument_group("agreement terms (capacity held by an agreement comes back)")
+    terms.add_argument("--max-agreement-hours", type=positive(float), default=24.0, metavar="HOURS",
+                       help="refuse demands whose expiration is further away than this (default: %(default)s)")
+    terms.add_argument("--agreement-idle-seconds", type=positive(float), default=300.0, metavar="SECONDS",
+                       help="end an agreement that has had no live activity for this long (default: %(default)s)")
+
     limits = serve.add_argument_group("per-activity limits")
     limits.add_argument("--pids-limit", type=int, default=512, metavar="N",
                         help="max processes in one container (default: %(default)s)")
@@ -95,6 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                        help="log verbosity (default: %(default)s)")
     return parser
+
+
+def positive(kind: type) -> Callable[[str], float]:
+    """An argparse type: a number of `kind` greater than zero."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+
+    return parse
 
 
 def is_loopback(listen: str) -> bool:
@@ -127,6 +149,8 @@ def provider_settings(args: argparse.Namespace, runtime: DockerRuntime) -> Provi
         capacity=capacity,
         default_allotment=Resources(1, int(args.default_memory_gib * GIB), int(args.default_storage_gib * GIB)),
         capabilities=tuple(args.capability),
+        max_agreement_seconds=args.max_agreement_hours * 3600,
+        agreement_idle_seconds=args.agreement_idle_seconds,
     )
 
 

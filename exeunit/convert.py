@@ -53,6 +53,12 @@ def seconds_from_proto(value: Duration, name: str) -> float:
     return value.seconds + value.nanos / 1e9
 
 
+def duration(seconds: float) -> Duration:
+    value = Duration()
+    value.FromNanoseconds(int(seconds * 1e9))
+    return value
+
+
 def timestamp(value: datetime) -> Timestamp:
     ts = Timestamp()
     ts.FromDatetime(value.astimezone(timezone.utc))
@@ -86,6 +92,8 @@ def offer_to_proto(offer: Offer) -> mkt.Offer:
         images=list(offer.images),
         accepts_image_urls=s.accepts_image_urls,
         capabilities=list(s.capabilities),
+        max_agreement_duration=duration(s.max_agreement_seconds),
+        agreement_idle_timeout=duration(s.agreement_idle_seconds),
     )
 
 
@@ -144,6 +152,7 @@ REFUSAL_REASONS = {
     RefusalReason.INSUFFICIENT_RESOURCES: mkt.REFUSAL_REASON_INSUFFICIENT_RESOURCES,
     RefusalReason.MISSING_CAPABILITY: mkt.REFUSAL_REASON_MISSING_CAPABILITY,
     RefusalReason.IMAGE_UNAVAILABLE: mkt.REFUSAL_REASON_IMAGE_UNAVAILABLE,
+    RefusalReason.EXPIRATION_TOO_FAR: mkt.REFUSAL_REASON_EXPIRATION_TOO_FAR,
 }
 
 
@@ -254,11 +263,9 @@ def batch_to_proto(batch: Batch) -> act.GetBatchResponse:
 
 
 def usage_to_proto(usage: Usage) -> act.GetActivityUsageResponse:
-    duration = Duration()
-    duration.FromNanoseconds(int(usage.duration_seconds * 1e9))
     return act.GetActivityUsageResponse(
         cpu_seconds=usage.cpu_seconds,
-        duration=duration,
+        duration=duration(usage.duration_seconds),
         cost=usage.cost,
         memory_bytes=usage.memory_bytes,
         measured=timestamp(usage.measured),

@@ -121,6 +121,10 @@ class ProviderSettings:
     default_allotment: Resources
     capabilities: tuple[str, ...] = ()
     accepts_image_urls: bool = True
+    # Capacity comes back: no agreement outlives this, and one without a live activity ends after
+    # `agreement_idle_seconds` (a requestor cannot hold the host by signing and never running).
+    max_agreement_seconds: float = 24 * 3600.0
+    agreement_idle_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,7 @@ class RefusalReason(Enum):
     INSUFFICIENT_RESOURCES = "InsufficientResources"
     MISSING_CAPABILITY = "MissingCapability"
     IMAGE_UNAVAILABLE = "ImageUnavailable"
+    EXPIRATION_TOO_FAR = "ExpirationTooFar"
 
 
 @dataclass(frozen=True)
@@ -167,8 +172,15 @@ class Agreement:
         return self.demand.expiration
 
 
-def match(demand: Demand, settings: ProviderSettings, image_present: bool) -> Refusal | None:
+def match(demand: Demand, settings: ProviderSettings, image_present: bool, now: datetime) -> Refusal | None:
     """Why this provider cannot ever serve the demand, or None when it can (capacity aside)."""
+    lifetime = (demand.expiration - now).total_seconds()
+    if lifetime > settings.max_agreement_seconds:
+        return Refusal(
+            RefusalReason.EXPIRATION_TOO_FAR,
+            f"demand.expiration is {lifetime / 3600:.2f} h away; this provider signs agreements of at most "
+            f"{settings.max_agreement_seconds / 3600:.2f} h",
+        )
     if demand.subnet_tag != settings.subnet_tag:
         return Refusal(
             RefusalReason.SUBNET_MISMATCH,
@@ -235,7 +247,7 @@ class Market:
         Raises ResourceExhausted when it matches but the capacity is taken by other agreements.
         """
         demand.validate(now)
-        refusal = match(demand, self.settings, image_present)
+        refusal = match(demand, self.settings, image_present, now)
         if refusal:
             log.info("event=demand_refused requestor=%s reason=%s", requestor_id, refusal.reason.value)
             return refusal

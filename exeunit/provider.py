@@ -36,6 +36,7 @@ class Provider:
         self._limits = limits
         self._activities: dict[str, Activity] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._idle: dict[str, asyncio.TimerHandle] = {}  # agreements with no live activity
         self._tasks: set[asyncio.Task[None]] = set()
         self._death_watch_task: asyncio.Task[None] | None = None
         self._death_watch: DeathWatch | None = None
@@ -58,7 +59,7 @@ class Provider:
 
     async def close(self) -> None:
         """Terminates every activity and agreement; no container of this provider survives."""
-        for handle in self._expiry.values():
+        for handle in (*self._expiry.values(), *self._idle.values()):
             handle.cancel()
         agreements = [a for a in self.market.all() if a.state is AgreementState.APPROVED]
         await asyncio.gather(
@@ -102,10 +103,27 @@ class Provider:
             self._expiry[outcome.agreement_id] = asyncio.get_running_loop().call_later(
                 delay, lambda: self._spawn(self._expire(outcome))
             )
+            self._arm_idle(outcome)
         return outcome
 
     async def _expire(self, agreement: Agreement) -> None:
         await self._terminate_agreement(agreement, "Expired", f"the agreement expired at {agreement.expiration.isoformat()}")
+
+    def _arm_idle(self, agreement: Agreement) -> None:
+        """Ends the agreement if no activity is created under it within the idle time."""
+        if agreement.state is not AgreementState.APPROVED:
+            return
+        self._disarm_idle(agreement)
+        idle = self.settings.agreement_idle_seconds
+        message = f"no activity ran under the agreement for {idle:g}s; capacity returned to the offer"
+        self._idle[agreement.agreement_id] = asyncio.get_running_loop().call_later(
+            idle, lambda: self._spawn(self._terminate_agreement(agreement, "Idle", message))
+        )
+
+    def _disarm_idle(self, agreement: Agreement) -> None:
+        handle = self._idle.pop(agreement.agreement_id, None)
+        if handle:
+            handle.cancel()
 
     def agreement(self, requestor_id: str, agreement_id: str) -> Agreement:
         agreement = self.market.get(agreement_id)
@@ -122,6 +140,7 @@ class Provider:
         handle = self._expiry.pop(agreement.agreement_id, None)
         if handle:
             handle.cancel()
+        self._disarm_idle(agreement)
         if not self.market.mark_terminated(agreement, reason, message):
             return
         activity_reason = "AgreementExpired" if reason == "Expired" else (
@@ -144,7 +163,9 @@ class Provider:
             raise errors.FailedPrecondition(
                 f"agreement {agreement_id} already has a live activity {live[0]}; destroy it first"
             )
-        activity = Activity(uuid.uuid4().hex, agreement, self._runtime, self._images, self._limits)
+        activity = Activity(uuid.uuid4().hex, agreement, self._runtime, self._images, self._limits,
+                            on_terminated=lambda: self._arm_idle(agreement))
+        self._disarm_idle(agreement)
         self._activities[activity.activity_id] = activity
         agreement.activity_ids.append(activity.activity_id)
         log.info("event=activity_created %s", activity.log_ids)

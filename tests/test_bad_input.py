@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -210,3 +212,43 @@ async def test_reflection_needs_the_token_and_health_does_not(daemons: Daemons) 
         assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
     async with ContractClient(f"127.0.0.1:{server.port}", "r", token="s3cret") as right:
         assert "exeunit.v1.Market" in await reflected_services(right.channel, right.metadata)
+
+
+async def test_agreements_longer_than_the_providers_maximum_are_refused(daemons: Daemons) -> None:
+    server = await daemons.start(max_agreement_seconds=3600.0)
+    async with ContractClient(f"127.0.0.1:{server.port}", "r") as client:
+        offer = (await client.market.GetOffer(mkt.GetOfferRequest(), metadata=client.metadata)).offer
+        assert offer.max_agreement_duration.seconds == 3600
+        response = await client.propose(client.demand(BASE_IMAGE, expiration=expiration(minutes=60 * 24 * 365 * 7900)))
+        assert response.refusal.reason == mkt.REFUSAL_REASON_EXPIRATION_TOO_FAR
+        assert "at most 1.00 h" in response.refusal.message
+        assert (await client.propose(client.demand(BASE_IMAGE, expiration=expiration(minutes=59)))).HasField("agreement")
+
+
+async def test_an_agreement_without_a_live_activity_gives_its_capacity_back(daemons: Daemons) -> None:
+    server = await daemons.start(agreement_idle_seconds=0.5,
+                                 capacity=Resources(cpu_threads=1, memory_bytes=GIB, storage_bytes=4 * GIB))
+    async with ContractClient(f"127.0.0.1:{server.port}", "r") as client:
+        idle = await client.agreement(BASE_IMAGE)
+        err = await rpc_error(client.propose(client.demand(BASE_IMAGE)))
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # the idle agreement holds the only thread
+        await wait_for_agreement_state(client, idle, mkt.AGREEMENT_STATE_TERMINATED)
+        ended = await client.market.GetAgreement(mkt.GetAgreementRequest(agreement_id=idle), metadata=client.metadata)
+        assert ended.agreement.termination_reason == "Idle"
+        # an agreement with a live activity is not idle; once its activity ends, it is again
+        activity_id = await client.new_activity(BASE_IMAGE)
+        agreement_id = (await client.state(activity_id)).agreement_id
+        await asyncio.sleep(1.0)  # twice the idle time: the live activity keeps the agreement
+        agreement = await client.market.GetAgreement(mkt.GetAgreementRequest(agreement_id=agreement_id), metadata=client.metadata)
+        assert agreement.agreement.state == mkt.AGREEMENT_STATE_APPROVED
+        await client.destroy(activity_id)
+        await wait_for_agreement_state(client, agreement_id, mkt.AGREEMENT_STATE_TERMINATED)
+
+
+async def wait_for_agreement_state(client: ContractClient, agreement_id: str, state: int) -> None:
+    request = mkt.GetAgreementRequest(agreement_id=agreement_id)
+    for _ in range(100):
+        if (await client.market.GetAgreement(request, metadata=client.metadata)).agreement.state == state:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"agreement {agreement_id} never reached state {state}")

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -23,6 +24,7 @@ class RefusalReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REFUSAL_REASON_INSUFFICIENT_RESOURCES: _ClassVar[RefusalReason]
     REFUSAL_REASON_MISSING_CAPABILITY: _ClassVar[RefusalReason]
     REFUSAL_REASON_IMAGE_UNAVAILABLE: _ClassVar[RefusalReason]
+    REFUSAL_REASON_EXPIRATION_TOO_FAR: _ClassVar[RefusalReason]
 AGREEMENT_STATE_UNSPECIFIED: AgreementState
 AGREEMENT_STATE_APPROVED: AgreementState
 AGREEMENT_STATE_TERMINATED: AgreementState
@@ -31,6 +33,7 @@ REFUSAL_REASON_SUBNET_MISMATCH: RefusalReason
 REFUSAL_REASON_INSUFFICIENT_RESOURCES: RefusalReason
 REFUSAL_REASON_MISSING_CAPABILITY: RefusalReason
 REFUSAL_REASON_IMAGE_UNAVAILABLE: RefusalReason
+REFUSAL_REASON_EXPIRATION_TOO_FAR: RefusalReason
 
 class LinearPricing(_message.Message):
     __slots__ = ("start_fee", "per_cpu_second", "per_duration_second", "currency")
@@ -45,7 +48,7 @@ class LinearPricing(_message.Message):
     def __init__(self, start_fee: _Optional[float] = ..., per_cpu_second: _Optional[float] = ..., per_duration_second: _Optional[float] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class Offer(_message.Message):
-    __slots__ = ("provider_id", "provider_name", "subnet_tag", "runtime_name", "runtime_version", "cpu_threads", "memory_bytes", "storage_bytes", "total_cpu_threads", "total_memory_bytes", "total_storage_bytes", "pricing", "images", "accepts_image_urls", "capabilities")
+    __slots__ = ("provider_id", "provider_name", "subnet_tag", "runtime_name", "runtime_version", "cpu_threads", "memory_bytes", "storage_bytes", "total_cpu_threads", "total_memory_bytes", "total_storage_bytes", "pricing", "images", "accepts_image_urls", "capabilities", "max_agreement_duration", "agreement_idle_timeout")
     PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_NAME_FIELD_NUMBER: _ClassVar[int]
     SUBNET_TAG_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +64,8 @@ class Offer(_message.Message):
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     ACCEPTS_IMAGE_URLS_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_AGREEMENT_DURATION_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_IDLE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     provider_id: str
     provider_name: str
     subnet_tag: str
@@ -76,7 +81,9 @@ class Offer(_message.Message):
     images: _containers.RepeatedScalarFieldContainer[str]
     accepts_image_urls: bool
     capabilities: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., subnet_tag: _Optional[str] = ..., runtime_name: _Optional[str] = ..., runtime_version: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., total_cpu_threads: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., total_storage_bytes: _Optional[int] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., accepts_image_urls: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_agreement_duration: _duration_pb2.Duration
+    agreement_idle_timeout: _duration_pb2.Duration
+    def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., subnet_tag: _Optional[str] = ..., runtime_name: _Optional[str] = ..., runtime_version: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., total_cpu_threads: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., total_storage_bytes: _Optional[int] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., accepts_image_urls: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ..., max_agreement_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., agreement_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ImageRef(_message.Message):
     __slots__ = ("hash", "tag", "url")
