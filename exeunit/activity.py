@@ -37,7 +37,7 @@ BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 @dataclass(frozen=True)
 class ActivityLimits:
-    """Per-activity limits set by the operator."""
+    """Limits the operator sets on what an activity, and the requestor behind it, may hold."""
 
     pids_limit: int = 512
     tmp_bytes: int = 64 << 20
@@ -45,6 +45,9 @@ class ActivityLimits:
     replay_window_bytes: int = 32 << 20
     replay_grace_seconds: float = 10.0
     stop_timeout_seconds: int = 5
+    transfers_per_activity: int = 4
+    transfers_per_requestor: int = 16
+    transfer_idle_seconds: float = 60.0
 
 
 @dataclass(frozen=True)

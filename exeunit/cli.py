@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     limits = serve.add_argument_group("per-activity limits")
     limits.add_argument("--pids-limit", type=int, default=512, metavar="N",
                         help="max processes in one container (default: %(default)s)")
+    limits.add_argument("--transfers-per-activity", type=positive(int), default=4, metavar="N",
+                        help="uploads and downloads one activity may have in flight; more are refused (default: %(default)s)")
+    limits.add_argument("--transfers-per-requestor", type=positive(int), default=16, metavar="N",
+                        help="uploads and downloads one requestor may have in flight (default: %(default)s)")
+    limits.add_argument("--transfer-idle-seconds", type=positive(float), default=60.0, metavar="SECONDS",
+                        help="cut a transfer whose client sends or reads nothing for this long (default: %(default)s)")
     limits.add_argument("--result-output-cap-kib", type=int, default=1024, metavar="KIB",
                         help="stdout/stderr kept per command for its result; the stream has all (default: %(default)s)")
     limits.add_argument("--replay-window-mib", type=int, default=32, metavar="MIB",
@@ -187,6 +193,9 @@ def serve(args: argparse.Namespace) -> int:
             pids_limit=args.pids_limit,
             result_output_cap=args.result_output_cap_kib * 1024,
             replay_window_bytes=args.replay_window_mib << 20,
+            transfers_per_activity=args.transfers_per_activity,
+            transfers_per_requestor=args.transfers_per_requestor,
+            transfer_idle_seconds=args.transfer_idle_seconds,
         )
         asyncio.run(serve_until_signalled(Provider(settings, runtime, limits), args.listen, token))
     except errors.ExeUnitError as exc:

@@ -43,6 +43,10 @@ class OutOfRange(ExeUnitError):
     """A sequence number or offset outside what is available."""
 
 
+class TimedOut(ExeUnitError):
+    """The caller let a transfer or fetch stand still for longer than the provider waits."""
+
+
 class DataLoss(ExeUnitError):
     """Transferred data did not match its declared size or checksum."""
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from exeunit import errors
 from exeunit.docker_runtime import DockerRuntime, ImageInfo
 from exeunit.market import ImageRef
+from exeunit.threads import in_data_thread
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class ImageResolver:
             return info
         if not ref.url:
             raise errors.NotFound(f"image {ref.describe()!r} is not on this provider")
-        return await asyncio.to_thread(self._fetch_and_load, ref)
+        return await in_data_thread(self._fetch_and_load, ref)
 
     def _fetch_and_load(self, ref: ImageRef) -> ImageInfo:
         with tempfile.TemporaryDirectory(prefix="exeunit-image-") as scratch:

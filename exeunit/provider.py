@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from exeunit import errors
 from exeunit.activity import Activity, ActivityLimits, ActivityStatus, Usage
 from exeunit.batch import Batch, BatchEvent
 from exeunit.commands import Command
 from exeunit.docker_runtime import LABEL_PROVIDER, DeathWatch, DockerRuntime
+from exeunit.fairness import ConcurrencyQuota, IdleWatchdog, idle_timeout
 from exeunit.images import ImageResolver
 from exeunit.market import Agreement, AgreementState, Demand, Market, Offer, ProviderSettings, Refusal, utcnow
 from exeunit.states import ActivityState
@@ -34,6 +35,8 @@ class Provider:
         self._runtime = runtime
         self._images = ImageResolver(runtime)
         self._limits = limits
+        self._transfers_by_activity = ConcurrencyQuota(limits.transfers_per_activity, "transfers")
+        self._transfers_by_requestor = ConcurrencyQuota(limits.transfers_per_requestor, "transfers")
         self._activities: dict[str, Activity] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._idle: dict[str, asyncio.TimerHandle] = {}  # agreements with no live activity
@@ -211,9 +214,19 @@ class Provider:
             )
         return activity.container_id
 
+    @contextmanager
+    def _transfer_slot(self, requestor_id: str, activity: Activity) -> Iterator[None]:
+        """Counts a transfer against its activity's and its requestor's quotas."""
+        with (
+            self._transfers_by_activity.hold(activity.activity_id, f"activity {activity.activity_id}"),
+            self._transfers_by_requestor.hold(requestor_id, f"requestor {requestor_id!r}"),
+        ):
+            yield
+
     @asynccontextmanager
     async def upload(self, requestor_id: str, activity_id: str, path: str, size: int, mode: int) -> AsyncIterator[Upload]:
-        """An upload into the activity's container, cut short if the activity ends meanwhile."""
+        """An upload into the activity's container, cut short if the activity ends meanwhile or the
+        client stops sending for the transfer idle time."""
         activity = self.activity(requestor_id, activity_id)
         container_id = self._ready_container(activity, "upload")
         assert activity.image is not None
@@ -223,20 +236,38 @@ class Provider:
             raise errors.ResourceExhausted(
                 f"file of {size} bytes exceeds the agreement's storage of {limit} bytes; demand more storage"
             )
-        upload = Upload(self._runtime, container_id, dest, size, mode)
-        await upload.begin()
-        log.info("event=upload_started %s path=%s size=%d", activity.log_ids, dest.path, size)
-        with activity.transfer(upload.cancel):
-            yield upload
+        idle = self._limits.transfer_idle_seconds
+        with self._transfer_slot(requestor_id, activity):
+            async with idle_timeout(idle, f"the upload to {dest.path}") as progress:
+                upload = Upload(self._runtime, container_id, dest, size, mode)
+                upload.on_progress = progress
+                await upload.begin()
+                log.info("event=upload_started %s path=%s size=%d", activity.log_ids, dest.path, size)
+                with activity.transfer(upload.cancel):
+                    yield upload
 
     @asynccontextmanager
     async def download(self, requestor_id: str, activity_id: str, path: str) -> AsyncIterator[Download]:
-        """A download out of the activity's container, cut short if the activity ends meanwhile."""
+        """A download out of the activity's container, cut short if the activity ends meanwhile or
+        the client stops reading for the transfer idle time."""
         activity = self.activity(requestor_id, activity_id)
         container_id = self._ready_container(activity, "download")
         assert activity.image is not None
         dest = confine(path, activity.image.volumes)
-        log.info("event=download_started %s path=%s", activity.log_ids, dest.path)
-        opened = await download(self._runtime, container_id, dest)
-        with activity.transfer(opened.cancel):
-            yield opened
+        idle = self._limits.transfer_idle_seconds
+        with self._transfer_slot(requestor_id, activity):
+            log.info("event=download_started %s path=%s", activity.log_ids, dest.path)
+            opened = await download(self._runtime, container_id, dest)
+            # The handler waits in gRPC's write while a client does not read, where cancelling it
+            # would leave the call hanging: the watchdog lets go of the engine instead, and the
+            # client gets the reason when it reads on.
+            watchdog = IdleWatchdog(idle, lambda: opened.cut(
+                errors.TimedOut(f"the download of {dest.path} stood still for {idle:g}s and was cut")))
+            opened.on_progress = watchdog.progress
+            ended = errors.FailedPrecondition(f"the download of {dest.path} was cut: the activity ended")
+            try:
+                with activity.transfer(lambda: opened.cut(ended)):
+                    yield opened
+            finally:
+                watchdog.close()
+                opened.close()

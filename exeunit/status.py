@@ -42,6 +42,7 @@ CODES: dict[type[errors.ExeUnitError], grpc.StatusCode] = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
+    errors.TimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.RuntimeFailure: grpc.StatusCode.UNAVAILABLE,
 }
 

@@ -1,18 +1,67 @@
-"""Bridges blocking iterators (Docker streams) onto the event loop without blocking it."""
+"""Blocking data-plane work (Docker streams, transfers, image fetches) kept off the event loop and
+off the pool that control calls use.
+
+Short Docker calls (inspect, create, start, remove) run on the loop's default executor. Anything
+that can last as long as a caller wants (a stream a client reads slowly, an upload whose client
+stalls, an archive fetched from a slow server) runs on `DATA_THREADS` instead, so that however much
+of it is in flight, GetOffer, ProposeAgreement, Destroy and the rest still find a thread at once.
+How much of it one caller may hold is bounded elsewhere (`exeunit.fairness`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-# Streams can run for as long as a command does, so they get their own, large pool of reusable
-# threads instead of asyncio's small default executor (which short Docker calls use).
-_STREAM_THREADS = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="docker-stream")
+DATA_THREADS = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="data-plane")
+
+
+async def in_data_thread(function: Callable[..., T], *args: Any) -> T:
+    """Runs a blocking call that may take long on the data-plane pool."""
+    return await asyncio.get_running_loop().run_in_executor(DATA_THREADS, functools.partial(function, *args))
+
+
+class LoopToThread(Generic[T]):
+    """A bounded queue from the event loop to one consumer thread. The loop side awaits room
+    without holding a thread; the thread side blocks as a queue.Queue does."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._queue: queue.Queue[T] = queue.Queue(maxsize)
+        self._loop = asyncio.get_running_loop()
+        self._room = asyncio.Event()
+
+    async def put(self, item: T, wait: float) -> bool:
+        """Queues the item; False when there was no room within `wait` seconds."""
+        try:
+            self._queue.put_nowait(item)
+            return True
+        except queue.Full:
+            pass
+        self._room.clear()  # cleared before looking again, so a get() from now on wakes us
+        if not self._queue.full():
+            self._queue.put_nowait(item)
+            return True
+        try:
+            await asyncio.wait_for(self._room.wait(), wait)
+        except TimeoutError:
+            return False
+        return await self.put(item, 0)
+
+    def get(self, timeout: float) -> T:
+        """Thread side: the next item; queue.Empty after `timeout` seconds without one."""
+        item = self._queue.get(timeout=timeout)
+        try:
+            self._loop.call_soon_threadsafe(self._room.set)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is putting any more
+        return item
 
 _ITEM, _DONE, _ERROR = range(3)
 
@@ -49,7 +98,7 @@ async def iterate_in_thread(make_iterator: Callable[[], Iterator[T]], max_pendin
         else:
             deliver(_DONE, None)
 
-    _STREAM_THREADS.submit(pump)
+    DATA_THREADS.submit(pump)
     try:
         while True:
             kind, value = await queue.get()

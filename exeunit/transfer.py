@@ -12,12 +12,12 @@ import posixpath
 import queue
 import tarfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from exeunit import errors
 from exeunit.docker_runtime import DockerRuntime, PathStat
-from exeunit.threads import iterate_in_thread
+from exeunit.threads import LoopToThread, in_data_thread, iterate_in_thread
 
 CHUNK_SIZE = 1 << 20
 MAX_PATH_BYTES = 4095  # Linux's PATH_MAX, less the terminating NUL
@@ -119,9 +119,10 @@ class Upload:
         self._mode = (mode & 0o777) or 0o644  # permission bits only: no setuid, setgid or sticky
         self._received = 0
         self._digest = hashlib.sha256()
-        self._chunks: queue.Queue[object] = queue.Queue(maxsize=8)
+        self._chunks: LoopToThread[object] = LoopToThread(maxsize=8)
         self._writer: asyncio.Future[None] | None = None
         self._cancelled: BaseException | None = None
+        self.on_progress: Callable[[], None] = lambda: None  # called as each chunk arrives
 
     def cancel(self) -> None:
         """Makes the engine's write fail at once (the activity is ending); callable from any thread."""
@@ -130,7 +131,7 @@ class Upload:
     async def begin(self) -> None:
         missing_dirs, _ = await asyncio.to_thread(walk_volume_path, self._runtime, self._container, self._dest)
         self._writer = asyncio.ensure_future(
-            asyncio.to_thread(self._runtime.put_archive, self._container, self._dest.volume, self._tar(missing_dirs))
+            in_data_thread(self._runtime.put_archive, self._container, self._dest.volume, self._tar(missing_dirs))
         )
 
     def _tar(self, missing_dirs: list[str]) -> Iterator[bytes]:
@@ -164,21 +165,14 @@ class Upload:
             if self._writer is not None and self._writer.done():
                 self._writer.result()
                 raise errors.RuntimeFailure(f"the engine stopped reading the upload to {self._dest.path}")
-            try:
-                self._chunks.put_nowait(item)
+            if await self._chunks.put(item, wait=0.2):
                 return
-            except queue.Full:
-                pass
-            try:
-                await asyncio.to_thread(self._chunks.put, item, True, 0.2)
-                return
-            except queue.Full:
-                continue
 
     async def write(self, chunk: bytes) -> None:
         self._received += len(chunk)
         if self._received > self._size:
             raise errors.DataLoss(f"received more than the declared {self._size} bytes")
+        self.on_progress()
         self._digest.update(chunk)
         await self._put(chunk)
 
@@ -214,7 +208,7 @@ class Upload:
         info.mode, info.mtime = self._mode, time.time()
         empty = info.tobuf(format=tarfile.PAX_FORMAT) + b"\0" * (2 * tarfile.BLOCKSIZE)
         try:
-            await asyncio.to_thread(self._runtime.put_archive, self._container, self._dest.volume, iter([empty]))
+            await in_data_thread(self._runtime.put_archive, self._container, self._dest.volume, iter([empty]))
         except errors.ExeUnitError:
             pass
 
@@ -232,12 +226,29 @@ class Download:
         self.header = header
         self._tar_stream = tar_stream
         self._path = path
+        self._cut: errors.ExeUnitError | None = None
+        self.on_progress: Callable[[], None] = lambda: None  # called as each chunk is handed on
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        return iterate_in_thread(lambda: file_in_tar(_Blocks(self._tar_stream), self._path), max_pending=4)
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The file's data; raises the reason if the download was cut meanwhile."""
+        try:
+            async for chunk in iterate_in_thread(lambda: file_in_tar(_Blocks(self._tar_stream), self._path), max_pending=4):
+                if self._cut is not None:
+                    raise self._cut
+                self.on_progress()
+                yield chunk
+        except Exception:
+            if self._cut is not None:
+                raise self._cut from None
+            raise
 
-    def cancel(self) -> None:
-        """Stops reading from the engine (the activity is ending); callable from any thread."""
+    def cut(self, reason: errors.ExeUnitError) -> None:
+        """Stops reading from the engine; the reader gets `reason` at its next chunk. Any thread."""
+        self._cut = self._cut or reason
+        self.close()
+
+    def close(self) -> None:
+        """Lets go of the engine's archive stream (the engine locks the container while it is open)."""
         close = getattr(self._tar_stream, "close", None)
         if close:
             close()
@@ -251,7 +262,7 @@ async def download(runtime: DockerRuntime, container_id: str, dest: Destination)
         raise errors.NotFound(f"{path} does not exist in the container")
     if not stat.is_regular_file:
         raise errors.FailedPrecondition(f"{path} is not a regular file; only files can be downloaded")
-    stat, tar_stream = await asyncio.to_thread(runtime.get_archive, container_id, path, CHUNK_SIZE)
+    stat, tar_stream = await in_data_thread(runtime.get_archive, container_id, path, CHUNK_SIZE)
     return Download(DownloadHeader(stat.size, stat.mode), tar_stream, path)
 
 

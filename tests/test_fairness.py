@@ -1,0 +1,116 @@
+"""Nobody starves anybody: one requestor's stalled transfers neither hold up another requestor's
+control calls nor outlive the provider's idle timeout, and what one requestor holds is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from exeunit.activity import ActivityLimits
+from exeunit.market import GIB, Resources
+from exeunit.v1 import activity_pb2 as act
+from exeunit.v1 import market_pb2 as mkt
+from exeunit.v1 import transfer_pb2 as xfer
+from tests.client import ContractClient
+from tests.conftest import BASE_IMAGE, Daemons
+
+LIMITS = ActivityLimits(transfers_per_activity=3, transfers_per_requestor=4, transfer_idle_seconds=60.0)
+PROMPT = 10.0  # a control call that needs longer than this is stuck behind someone else's work
+
+
+def stalled_upload(client: ContractClient, activity_id: str, release: asyncio.Event) -> grpc.aio.StreamUnaryCall:
+    """An upload that sends its header and then nothing until `release` is set."""
+
+    async def requests() -> AsyncIterator[xfer.UploadRequest]:
+        yield xfer.UploadRequest(header=xfer.UploadHeader(activity_id=activity_id, path="/golem/input/f", size=10))
+        await release.wait()
+
+    return client.transfer.Upload(requests(), metadata=client.metadata)
+
+
+async def ready_activity(client: ContractClient) -> str:
+    activity_id = await client.new_activity(BASE_IMAGE)
+    assert (await client.run_batch(activity_id, [client.deploy(), client.start()])).succeeded
+    return activity_id
+
+
+OPEN: list[asyncio.Future] = []
+
+
+async def refused_once_full(client: ContractClient, activity_id: str, release: asyncio.Event) -> grpc.aio.AioRpcError:
+    """Opens uploads until the provider refuses one; the ones before it are held open."""
+    for _ in range(20):
+        OPEN.append(asyncio.ensure_future(stalled_upload(client, activity_id, release)))
+        done, _ = await asyncio.wait([OPEN[-1]], timeout=0.2)
+        if done:
+            err = done.pop().exception()
+            assert isinstance(err, grpc.aio.AioRpcError), err
+            return err
+    raise AssertionError("the provider never refused an upload")
+
+
+async def test_stalled_transfers_of_one_requestor_leave_others_control_calls_prompt(daemons: Daemons) -> None:
+    server = await daemons.start(limits=LIMITS, capacity=Resources(cpu_threads=8, memory_bytes=8 * GIB, storage_bytes=40 * GIB))
+    address = f"127.0.0.1:{server.port}"
+    release = asyncio.Event()
+    async with ContractClient(address, "hostile-1") as h1, ContractClient(address, "hostile-2") as h2, \
+            ContractClient(address, "victim") as victim:
+        held = []
+        for hostile in (h1, h2):
+            first, second = await ready_activity(hostile), await ready_activity(hostile)
+            err = await refused_once_full(hostile, first, release)
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert f"activity {first} already has 3 transfers in flight" in err.details()
+            err = await refused_once_full(hostile, second, release)
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "requestor " in err.details() and "already has 4 transfers in flight" in err.details()
+            held.append(first)
+        # 8 uploads stand still, more than the event loop's default pool (6 threads here) has
+        meta = victim.metadata
+        offer = await victim.market.GetOffer(mkt.GetOfferRequest(), metadata=meta, timeout=PROMPT)
+        assert offer.offer.total_cpu_threads == 8
+        proposed = await victim.market.ProposeAgreement(
+            mkt.ProposeAgreementRequest(demand=victim.demand(BASE_IMAGE)), metadata=meta, timeout=PROMPT
+        )
+        created = await victim.activity.CreateActivity(
+            act.CreateActivityRequest(agreement_id=proposed.agreement.agreement_id), metadata=meta, timeout=PROMPT
+        )
+        activity_id = created.activity_id
+        batch = await asyncio.wait_for(victim.run_batch(activity_id, [victim.deploy(), victim.start(), victim.run("/bin/true")]), PROMPT)
+        assert batch.succeeded
+        state = await victim.activity.GetActivityState(
+            act.GetActivityStateRequest(activity_id=activity_id), metadata=meta, timeout=PROMPT
+        )
+        assert state.status.state == act.ACTIVITY_STATE_READY
+        await victim.activity.DestroyActivity(act.DestroyActivityRequest(activity_id=activity_id), metadata=meta, timeout=PROMPT)
+        release.set()  # the hostile uploads end without a trailer
+        outcomes = await asyncio.gather(*OPEN, return_exceptions=True)
+        assert {o.code() for o in outcomes} == {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DATA_LOSS}
+
+
+async def test_transfers_that_stand_still_are_cut(daemons: Daemons) -> None:
+    server = await daemons.start(limits=ActivityLimits(transfer_idle_seconds=1.0))
+    async with ContractClient(f"127.0.0.1:{server.port}", "slow") as client:
+        activity_id = await ready_activity(client)
+        release = asyncio.Event()
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await stalled_upload(client, activity_id, release)
+        assert cut.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert cut.value.details() == "the upload to /golem/input/f stood still for 1s and was cut"
+        big = await client.run_batch(activity_id, [client.sh("head -c 67108864 /dev/zero > /golem/output/big")])
+        assert big.succeeded
+        unread = client.transfer.Download(xfer.DownloadRequest(activity_id=activity_id, path="/golem/output/big"),
+                                          metadata=client.metadata)
+        await asyncio.sleep(3)  # the client reads nothing: the provider must give up on it
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            async for _ in unread:
+                pass
+        assert cut.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert cut.value.details() == "the download of /golem/output/big stood still for 1s and was cut"
+        # the container is not left locked by the abandoned archive: a new download works at once
+        header, chunks, _ = await client.download(activity_id, "/golem/output/big")
+        assert header.size == 64 << 20 and sum(map(len, chunks)) == 64 << 20
+        release.set()
