@@ -26,7 +26,7 @@ from exeunit.docker_runtime import (
 from exeunit.event_log import EventLog
 from exeunit.frames import STDOUT
 from exeunit.images import ImageResolver
-from exeunit.market import Agreement, utcnow
+from exeunit.market import Agreement, AgreementState, utcnow
 from exeunit.states import ActivityState
 from exeunit.threads import iterate_in_thread
 
@@ -211,7 +211,18 @@ class Activity:
         return 0, ""
 
     async def _deploy(self) -> None:
-        self.image = await self._images.resolve(self.agreement.demand.image)
+        fetching: list[Callable[[], None]] = []
+
+        def on_fetch(cancel: Callable[[], None]) -> None:  # ending the activity cuts the fetch
+            fetching.append(cancel)
+            self._transfers.add(cancel)
+
+        try:
+            self.image = await self._images.resolve(self.agreement, on_fetch)
+        finally:
+            self._transfers.difference_update(fetching)
+        if self.agreement.state is AgreementState.TERMINATED:  # ended while loading: let the image go
+            await self._images.release(self.agreement)
         reserved = self.agreement.reserved
         spec = ContainerSpec(
             name=f"exeunit-{self.activity_id}",

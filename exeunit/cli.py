@@ -17,6 +17,8 @@ import psutil
 from exeunit import __version__, errors, logs
 from exeunit.activity import ActivityLimits
 from exeunit.docker_runtime import DockerRuntime
+from exeunit.fetch import FetchPolicy
+from exeunit.images import DEFAULT_OFFERED_IMAGES, ImagePolicy
 from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
 from exeunit.provider import Provider
 from exeunit.server import serve_until_signalled
@@ -76,6 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="storage reserved for a demand that asks for none (default: %(default)s)")
     cap.add_argument("--capability", action="append", default=[], metavar="NAME",
                      help="advertise a runtime capability (repeatable)")
+
+    images = serve.add_argument_group("images (what requestors may run)")
+    images.add_argument("--offer-image", action="append", default=[], metavar="PATTERN",
+                        help="offer images whose 'repository:tag' matches PATTERN (fnmatch; repeatable); "
+                             f"{', '.join(DEFAULT_OFFERED_IMAGES)} (what images/build.py builds) is always offered")
+    images.add_argument("--no-image-urls", action="store_true",
+                        help="refuse demands that bring their own image as a url to a `docker save` archive")
+    images.add_argument("--image-dir", metavar="DIR",
+                        help="accept file:// image urls, only for regular files beneath DIR (default: refuse them)")
+    images.add_argument("--allow-private-image-hosts", action="store_true",
+                        help="let http(s) image urls reach loopback, private and link-local addresses "
+                             "(default: only public addresses, checked after every redirect)")
+    images.add_argument("--max-image-gib", type=positive(float), default=4.0, metavar="GIB",
+                        help="largest archive, and largest unpacked image, fetched for a requestor; the "
+                             "agreement's storage caps it too (default: %(default)s)")
 
     price = serve.add_argument_group("linear pricing (cost = start + cpu_sec * cpu + duration_sec * duration)")
     price.add_argument("--price-start", type=float, default=0.0, metavar="AMOUNT", help="start fee (default: %(default)s)")
@@ -155,6 +172,15 @@ def provider_settings(args: argparse.Namespace, runtime: DockerRuntime) -> Provi
         capacity=capacity,
         default_allotment=Resources(1, int(args.default_memory_gib * GIB), int(args.default_storage_gib * GIB)),
         capabilities=tuple(args.capability),
+        images=ImagePolicy(
+            offered=(*DEFAULT_OFFERED_IMAGES, *args.offer_image),
+            fetch=FetchPolicy(
+                enabled=not args.no_image_urls,
+                file_root=args.image_dir,
+                allow_private_hosts=args.allow_private_image_hosts,
+                max_bytes=int(args.max_image_gib * GIB),
+            ),
+        ),
         max_agreement_seconds=args.max_agreement_hours * 3600,
         agreement_idle_seconds=args.agreement_idle_seconds,
     )

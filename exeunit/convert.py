@@ -90,7 +90,7 @@ def offer_to_proto(offer: Offer) -> mkt.Offer:
         total_storage_bytes=s.capacity.storage_bytes,
         pricing=pricing_to_proto(s.pricing),
         images=list(offer.images),
-        accepts_image_urls=s.accepts_image_urls,
+        accepts_image_urls=s.images.fetch.enabled,
         capabilities=list(s.capabilities),
         max_agreement_duration=duration(s.max_agreement_seconds),
         agreement_idle_timeout=duration(s.agreement_idle_seconds),

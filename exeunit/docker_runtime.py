@@ -235,20 +235,31 @@ class DockerRuntime:
         volumes = tuple(sorted((attrs.get("Config") or {}).get("Volumes") or {}))
         return ImageInfo(id=attrs["Id"], tags=tuple(attrs.get("RepoTags") or ()), volumes=volumes)
 
-    def image_names(self) -> list[str]:
-        """Every image on the engine, by its tags and by its id."""
+    def images(self) -> list[ImageInfo]:
+        """Every image on the engine with its tags (volumes are not listed; `image()` has them)."""
         with _translated("list images"):
-            images = self._api.images()
-        names: list[str] = []
-        for image in images:
-            names.extend(t for t in image.get("RepoTags") or () if t != "<none>:<none>")
-            names.append(image["Id"])
-        return sorted(names)
+            listed = self._api.images()
+        return [
+            ImageInfo(id=str(i["Id"]), tags=tuple(t for t in i.get("RepoTags") or () if t != "<none>:<none>"), volumes=())
+            for i in listed
+        ]
+
+    def has_image(self, image_id: str) -> bool:
+        try:
+            self.image(image_id)
+        except errors.NotFound:
+            return False
+        return True
 
     def load_image(self, archive_path: str) -> None:
         with _translated("load image archive"), open(archive_path, "rb") as archive:
             for _ in self._api.load_image(archive):
                 pass
+
+    def remove_image(self, image_id: str) -> None:
+        """Removes an image by id; FailedPrecondition while a container uses it."""
+        with _translated(f"remove image {image_id}"):
+            self._api.remove_image(image_id)
 
     # Containers
 

@@ -1,121 +1,153 @@
-"""Finds the image a demand names: by Docker image id, by tag, or from a `docker save` archive url.
+"""Which images a requestor may run: those the operator offers, and those it brought itself.
 
-An archive is verified before anything is loaded: its hash must be either the sha256 of the
-archive file or the id of the image inside it (the sha256 of the image's config, read from the
-archive's manifest). On a mismatch nothing is loaded and the downloaded file is deleted.
+The operator offers images by tag pattern (`exeunit-*` by default: what `images/build.py` builds);
+nothing else on the host is listed or deployable. An image a requestor brings as a url to a
+`docker save` archive is fetched (fenced, see `exeunit.fetch`), checked against the demanded hash,
+sized, and loaded without any name (see `exeunit.archive`). It then belongs to the agreements that
+loaded it: it is not in anyone's offer, only its owner can deploy it again by hash, and it is removed
+when its last agreement ends, unless the operator offers it too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
+import fnmatch
 import logging
-import tarfile
 import tempfile
-import urllib.error
-import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from exeunit import errors
+from exeunit import archive, errors
 from exeunit.docker_runtime import DockerRuntime, ImageInfo
-from exeunit.market import ImageRef
+from exeunit.fairness import ConcurrencyQuota
+from exeunit.fetch import ArchiveFetch, FetchPolicy
 from exeunit.threads import in_data_thread
+
+if TYPE_CHECKING:
+    from exeunit.market import Agreement, ImageRef
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
+DEFAULT_OFFERED_IMAGES = ("exeunit-*",)
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """The operator's rules for images: which tags are offered, and how urls are fetched."""
+
+    offered: tuple[str, ...] = DEFAULT_OFFERED_IMAGES  # fnmatch patterns of "repository:tag"
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    fetches_per_requestor: int = 2
+
+    def offers_tag(self, tag: str) -> bool:
+        return any(fnmatch.fnmatchcase(tag, pattern) for pattern in self.offered)
 
 
 class ImageResolver:
-    def __init__(self, runtime: DockerRuntime, download_timeout: float = 120.0) -> None:
+    def __init__(self, runtime: DockerRuntime, policy: ImagePolicy) -> None:
         self._runtime = runtime
-        self._download_timeout = download_timeout
+        self.policy = policy
+        self._owners: dict[str, dict[str, str]] = {}  # loaded image id -> {agreement id: requestor id}
+        self._fetches = ConcurrencyQuota(policy.fetches_per_requestor, "image fetches")
+        self._preexisting: set[str] = set()
 
-    async def find_local(self, ref: ImageRef) -> ImageInfo | None:
-        """The image if the engine has it (by tag, else by hash), checked against the hash."""
-        key = ref.tag or ref.hash
-        if not key:
-            return None
-        try:
-            info = await asyncio.to_thread(self._runtime.image, key)
-        except errors.NotFound:
-            return None
-        if ref.tag and ref.hash and info.id != ref.hash:
-            if ref.url:
-                return None  # the tag points elsewhere; the url's archive is the truth
-            raise errors.FailedPrecondition(
-                f"image tag {ref.tag!r} is {info.id} on this provider, but the demand asks for {ref.hash}"
-            )
-        return info
+    # What is offered
 
-    async def resolve(self, ref: ImageRef) -> ImageInfo:
-        """The image to run, fetching and loading the archive when it is given by url."""
-        info = await self.find_local(ref)
-        if info:
-            return info
-        if not ref.url:
-            raise errors.NotFound(f"image {ref.describe()!r} is not on this provider")
-        return await in_data_thread(self._fetch_and_load, ref)
+    async def offered(self) -> list[ImageInfo]:
+        """The operator's images present on the engine, with only their offered tags."""
+        offered = []
+        for image in await asyncio.to_thread(self._runtime.images):
+            tags = tuple(t for t in image.tags if self.policy.offers_tag(t))
+            if tags:
+                offered.append(ImageInfo(image.id, tags, image.volumes))
+        return offered
 
-    def _fetch_and_load(self, ref: ImageRef) -> ImageInfo:
+    async def _offered_id(self, ref: ImageRef) -> str | None:
+        """The id of the offered image a demand names by tag or hash, checked against both when both
+        are given."""
+        offered = await self.offered()
+        if ref.tag:
+            info = next((i for i in offered if ref.tag in i.tags), None)
+            if info and ref.hash and info.id != ref.hash:
+                if ref.url:
+                    return None  # the url's archive is the truth
+                raise errors.FailedPrecondition(
+                    f"image tag {ref.tag!r} is {info.id} on this provider, but the demand asks for {ref.hash}"
+                )
+            return info.id if info else None
+        return next((i.id for i in offered if i.id == ref.hash), None) if ref.hash else None
+
+    def _owned_by(self, requestor_id: str, image_id: str) -> bool:
+        return requestor_id in self._owners.get(image_id, {}).values()
+
+    async def available(self, requestor_id: str, ref: ImageRef) -> bool:
+        """Whether the demand's image is here for this requestor without fetching anything."""
+        if await self._offered_id(ref) is not None:
+            return True
+        return bool(ref.hash) and self._owned_by(requestor_id, ref.hash)
+
+    # Deploying
+
+    async def resolve(self, agreement: Agreement, on_fetch: Callable[[Callable[[], None]], object]) -> ImageInfo:
+        """The image to run for the agreement, fetching and loading the archive a url names.
+
+        `on_fetch(cancel)` is told how to cancel a fetch while it runs (the activity calls it
+        when it ends)."""
+        ref = agreement.demand.image
+        image_id = await self._offered_id(ref)
+        if image_id is not None:
+            return await asyncio.to_thread(self._runtime.image, image_id)
+        if ref.hash and self._owned_by(agreement.requestor_id, ref.hash):
+            image_id = ref.hash
+        elif ref.url:
+            with self._fetches.hold(agreement.requestor_id, f"requestor {agreement.requestor_id!r}"):
+                image_id = await self._fetch_and_load(ref, agreement, on_fetch)
+        else:
+            raise errors.NotFound(f"image {ref.describe()!r} is not offered by this provider")
+        self._owners.setdefault(image_id, {})[agreement.agreement_id] = agreement.requestor_id
+        return await asyncio.to_thread(self._runtime.image, image_id)
+
+    async def _fetch_and_load(
+        self, ref: ImageRef, agreement: Agreement, on_fetch: Callable[[Callable[[], None]], object]
+    ) -> str:
+        limit = min(agreement.reserved.storage_bytes, self.policy.fetch.max_bytes)
         with tempfile.TemporaryDirectory(prefix="exeunit-image-") as scratch:
-            archive, file_hash = self._fetch(ref.url, Path(scratch))
-            image_id = _verify_archive(archive, ref.hash, file_hash)
-            log.info("event=image_loading url=%s image=%s", ref.url, image_id)
-            self._runtime.load_image(str(archive))
-        return self._runtime.image(image_id)
+            fetch = ArchiveFetch(ref.url, self.policy.fetch, limit, Path(scratch) / "fetched.tar")
+            on_fetch(fetch.cancel)
+            log.info("event=image_fetching agreement=%s url=%s", agreement.agreement_id, ref.url)
+            file_hash = await in_data_thread(fetch.run)
+            image_id = await in_data_thread(self._check_and_load, Path(scratch), ref.hash, file_hash, limit)
+        log.info("event=image_loaded agreement=%s image=%s", agreement.agreement_id, image_id)
+        return image_id
 
-    def _fetch(self, url: str, scratch: Path) -> tuple[Path, str]:
-        """Copies the archive into scratch, hashing it on the way; returns path and sha256."""
-        target = scratch / "image.tar"
-        digest = hashlib.sha256()
-        try:
-            if url.startswith("file://"):
-                source = open(urllib.request.url2pathname(url[len("file://") :]), "rb")
-            else:
-                source = urllib.request.urlopen(url, timeout=self._download_timeout)  # noqa: S310
-        except (OSError, urllib.error.URLError) as exc:
-            raise errors.FailedPrecondition(f"cannot fetch image archive {url}: {exc}") from exc
-        with source, open(target, "wb") as out:
-            while chunk := source.read(CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-        return target, "sha256:" + digest.hexdigest()
+    def _check_and_load(self, scratch: Path, wanted: str, file_hash: str, limit: int) -> str:
+        fetched, nameless = scratch / "fetched.tar", scratch / "nameless.tar"
+        image_id = archive.verify(fetched, wanted, file_hash)
+        if image_id not in self._owners and self._runtime.has_image(image_id):
+            self._preexisting.add(image_id)  # the host had it before any requestor: never ours to remove
+            return image_id
+        archive.check_unpacked_size(fetched, limit)
+        archive.write_nameless_copy(fetched, nameless)
+        fetched.unlink()
+        self._runtime.load_image(str(nameless))
+        return image_id
 
+    # Ending
 
-def _verify_archive(archive: Path, wanted: str, file_hash: str) -> str:
-    """Returns the id of the image in the archive that `wanted` names, or raises."""
-    ids = _image_ids_in_archive(archive)
-    if wanted in ids:
-        return wanted
-    if wanted == file_hash and len(ids) == 1:
-        return ids[0]
-    raise errors.FailedPrecondition(
-        f"image archive does not match the demanded hash {wanted}: the file's sha256 is {file_hash} "
-        f"and it holds image(s) {', '.join(ids) or 'none'}; nothing was loaded"
-    )
-
-
-def _image_ids_in_archive(archive: Path) -> list[str]:
-    try:
-        with tarfile.open(archive) as tar:
-            manifest_member = tar.extractfile("manifest.json")
-            if manifest_member is None:
-                raise KeyError("manifest.json")
-            manifest = json.load(manifest_member)
-            ids = []
-            for entry in manifest:
-                config = tar.extractfile(entry["Config"])
-                if config is None:
-                    raise KeyError(entry["Config"])
-                digest = hashlib.sha256()
-                while chunk := config.read(CHUNK):
-                    digest.update(chunk)
-                ids.append("sha256:" + digest.hexdigest())
-            return ids
-    except (tarfile.TarError, KeyError, ValueError, TypeError, OSError) as exc:
-        raise errors.FailedPrecondition(
-            f"image archive is not a `docker save` archive ({exc.__class__.__name__}: {exc}); nothing was loaded"
-        ) from exc
-
+    async def release(self, agreement: Agreement) -> None:
+        """Forgets the agreement's claim on images it loaded; removes those nobody else holds."""
+        for image_id in [i for i, owners in self._owners.items() if agreement.agreement_id in owners]:
+            owners = self._owners[image_id]
+            del owners[agreement.agreement_id]
+            if owners:
+                continue
+            del self._owners[image_id]
+            if image_id in self._preexisting or any(i.id == image_id for i in await self.offered()):
+                continue  # the operator's: it stays
+            try:
+                await asyncio.to_thread(self._runtime.remove_image, image_id)
+                log.info("event=image_removed image=%s agreement=%s", image_id, agreement.agreement_id)
+            except errors.ExeUnitError as exc:
+                log.warning("event=image_remove_failed image=%s error=%s", image_id, exc)

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from enum import Enum
 
 from exeunit import errors
+from exeunit.images import ImagePolicy
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class ProviderSettings:
     capacity: Resources
     default_allotment: Resources
     capabilities: tuple[str, ...] = ()
-    accepts_image_urls: bool = True
+    images: ImagePolicy = field(default_factory=ImagePolicy)
     # Capacity comes back: no agreement outlives this, and one without a live activity ends after
     # `agreement_idle_seconds` (a requestor cannot hold the host by signing and never running).
     max_agreement_seconds: float = 24 * 3600.0
@@ -172,7 +173,7 @@ class Agreement:
         return self.demand.expiration
 
 
-def match(demand: Demand, settings: ProviderSettings, image_present: bool, now: datetime) -> Refusal | None:
+def match(demand: Demand, settings: ProviderSettings, image_available: bool, now: datetime) -> Refusal | None:
     """Why this provider cannot ever serve the demand, or None when it can (capacity aside)."""
     lifetime = (demand.expiration - now).total_seconds()
     if lifetime > settings.max_agreement_seconds:
@@ -199,10 +200,11 @@ def match(demand: Demand, settings: ProviderSettings, image_present: bool, now: 
             RefusalReason.MISSING_CAPABILITY,
             f"demand needs capabilities {', '.join(missing)}; this provider offers {offered}",
         )
-    if not image_present and not (demand.image.url and settings.accepts_image_urls):
+    if not image_available and not (demand.image.url and settings.images.fetch.enabled):
+        how = "no url to fetch it was given" if not demand.image.url else "this provider does not fetch image urls"
         return Refusal(
             RefusalReason.IMAGE_UNAVAILABLE,
-            f"image {demand.image.describe()!r} is not on this provider and no url to fetch it was given",
+            f"image {demand.image.describe()!r} is not offered by this provider and {how}",
         )
     return None
 
@@ -241,13 +243,13 @@ class Market:
     def free(self) -> Resources:
         return self.settings.capacity - self.reserved()
 
-    def propose(self, requestor_id: str, demand: Demand, image_present: bool, now: datetime) -> Agreement | Refusal:
+    def propose(self, requestor_id: str, demand: Demand, image_available: bool, now: datetime) -> Agreement | Refusal:
         """Signs an agreement for a matching demand; refuses one that cannot match.
 
         Raises ResourceExhausted when it matches but the capacity is taken by other agreements.
         """
         demand.validate(now)
-        refusal = match(demand, self.settings, image_present, now)
+        refusal = match(demand, self.settings, image_available, now)
         if refusal:
             log.info("event=demand_refused requestor=%s reason=%s", requestor_id, refusal.reason.value)
             return refusal

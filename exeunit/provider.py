@@ -33,7 +33,7 @@ class Provider:
         self.settings = settings
         self.market = Market(settings)
         self._runtime = runtime
-        self._images = ImageResolver(runtime)
+        self._images = ImageResolver(runtime, settings.images)
         self._limits = limits
         self._transfers_by_activity = ConcurrencyQuota(limits.transfers_per_activity, "transfers")
         self._transfers_by_requestor = ConcurrencyQuota(limits.transfers_per_requestor, "transfers")
@@ -93,14 +93,14 @@ class Provider:
     # Market
 
     async def offer(self) -> Offer:
-        images = await asyncio.to_thread(self._runtime.image_names)
-        return Offer(self.settings, self.market.free(), tuple(images))
+        names = sorted({name for image in await self._images.offered() for name in (*image.tags, image.id)})
+        return Offer(self.settings, self.market.free(), tuple(names))
 
     async def propose(self, requestor_id: str, demand: Demand) -> Agreement | Refusal:
         now = utcnow()
         demand.validate(now)
-        present = await self._images.find_local(demand.image) is not None
-        outcome = self.market.propose(requestor_id, demand, present, now)
+        available = await self._images.available(requestor_id, demand.image)
+        outcome = self.market.propose(requestor_id, demand, available, now)
         if isinstance(outcome, Agreement):
             delay = (outcome.expiration - now).total_seconds()
             self._expiry[outcome.agreement_id] = asyncio.get_running_loop().call_later(
@@ -152,6 +152,7 @@ class Provider:
             self._activities[a].terminate(activity_reason, message)
             for a in agreement.activity_ids if a in self._activities
         ))
+        await self._images.release(agreement)
 
     # Activities
 

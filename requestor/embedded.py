@@ -12,6 +12,8 @@ import psutil
 
 from exeunit.activity import ActivityLimits
 from exeunit.docker_runtime import DockerRuntime
+from exeunit.fetch import FetchPolicy
+from exeunit.images import ImagePolicy
 from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
 from exeunit.provider import Provider
 from exeunit.server import RunningServer, create_server
@@ -40,6 +42,9 @@ class EmbeddedProvider:
             pricing=LinearPricing(start_fee=0.0, per_cpu_second=0.00001, per_duration_second=0.000002),
             capacity=Resources(psutil.cpu_count() or 1, psutil.virtual_memory().total, storage),
             default_allotment=Resources(1, GIB // 2, 2 * GIB),
+            # The script's user owns this host: every local image is theirs to run, and their own
+            # files and local servers are theirs to fetch image archives from.
+            images=ImagePolicy(offered=("*",), fetch=FetchPolicy(file_root="/", allow_private_hosts=True)),
         )
         self._running = await create_server(Provider(settings, runtime, ActivityLimits()), "127.0.0.1:0")
         address = f"127.0.0.1:{self._running.port}"

@@ -68,7 +68,7 @@ async def test_missing_image_is_refused_naming_it(client: ContractClient) -> Non
     response = await client.propose(client.demand("no-such-image:1.0"))
     assert response.WhichOneof("outcome") == "refusal"
     assert response.refusal.reason == mkt.REFUSAL_REASON_IMAGE_UNAVAILABLE
-    assert "'no-such-image:1.0' is not on this provider" in response.refusal.message
+    assert "'no-such-image:1.0' is not offered by this provider" in response.refusal.message
 
 
 async def test_demands_that_do_not_match_are_refused_with_the_reason(client: ContractClient) -> None:

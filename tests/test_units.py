@@ -58,11 +58,11 @@ class TestCommands:
 class TestMarket:
     def test_matching_demand_reserves_capacity_until_terminated(self) -> None:
         market = Market(settings_for("m", capacity=Resources(2, 2 * GIB, 10 * GIB)))
-        agreement = market.propose("r", demand(min_memory_bytes=GIB), image_present=True, now=NOW)
+        agreement = market.propose("r", demand(min_memory_bytes=GIB), image_available=True, now=NOW)
         assert not isinstance(agreement, Refusal)
         assert market.free() == Resources(1, GIB, 8 * GIB)
         with pytest.raises(errors.ResourceExhausted, match="no free capacity"):
-            market.propose("r", demand(min_memory_bytes=GIB + 1), image_present=True, now=NOW)
+            market.propose("r", demand(min_memory_bytes=GIB + 1), image_available=True, now=NOW)
         assert market.mark_terminated(agreement, "Requested", "")
         assert not market.mark_terminated(agreement, "Other", "")
         assert market.free() == Resources(2, 2 * GIB, 10 * GIB)
@@ -77,12 +77,12 @@ class TestMarket:
         ],
     )
     def test_refusals(self, fields, present, reason) -> None:
-        outcome = Market(settings_for("m")).propose("r", demand(**fields), image_present=present, now=NOW)
+        outcome = Market(settings_for("m")).propose("r", demand(**fields), image_available=present, now=NOW)
         assert isinstance(outcome, Refusal) and outcome.reason is reason
 
     def test_url_images_need_no_local_copy(self) -> None:
         image = ImageRef(hash="sha256:" + "a" * 64, url="http://127.0.0.1/x.tar")
-        outcome = Market(settings_for("m")).propose("r", demand(image=image), image_present=False, now=NOW)
+        outcome = Market(settings_for("m")).propose("r", demand(image=image), image_available=False, now=NOW)
         assert not isinstance(outcome, Refusal)
 
     def test_linear_pricing(self) -> None:
