@@ -28,6 +28,7 @@ from exeunit.frames import STDOUT
 from exeunit.images import ImageResolver
 from exeunit.market import Agreement, AgreementState, utcnow
 from exeunit.states import ActivityState
+from exeunit.storage import LoopStorage, VolumeDirs
 from exeunit.threads import iterate_in_thread
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class Activity:
         runtime: DockerRuntime,
         images: ImageResolver,
         limits: ActivityLimits,
+        storage: LoopStorage,
         on_terminated: Callable[[], None] = lambda: None,
     ) -> None:
         self.activity_id = activity_id
@@ -91,6 +93,8 @@ class Activity:
         self.changed = utcnow()
         self.container_id: str | None = None
         self.image: ImageInfo | None = None
+        self.volumes: VolumeDirs | None = None  # the host side of the image's VOLUMEs, once deployed
+        self._storage = storage
         self._projected = ActivityState.NEW  # state once every queued batch has run
         self._batches: dict[str, Batch] = {}
         self._queue: asyncio.Queue[Batch] = asyncio.Queue()
@@ -224,6 +228,12 @@ class Activity:
         if self.agreement.state is AgreementState.TERMINATED:  # ended while loading: let the image go
             await self._images.release(self.agreement)
         reserved = self.agreement.reserved
+        self.volumes = await asyncio.to_thread(
+            self._storage.create, self.activity_id, reserved.storage_bytes, self.image.volumes
+        )
+        if self.state is ActivityState.TERMINATED:  # terminated meanwhile: leave nothing behind
+            await asyncio.to_thread(self._storage.destroy, self.activity_id)
+            raise errors.FailedPrecondition("the activity was terminated while deploying")
         spec = ContainerSpec(
             name=f"exeunit-{self.activity_id}",
             image_id=self.image.id,
@@ -236,6 +246,7 @@ class Activity:
             cpu_threads=reserved.cpu_threads,
             pids_limit=self._limits.pids_limit,
             tmp_bytes=self._limits.tmp_bytes,
+            binds={volume: str(path) for volume, path in self.volumes.dirs.items()},
         )
         self.container_id = await asyncio.to_thread(self._runtime.create_container, spec)
         if self.state is ActivityState.TERMINATED:  # terminated while deploying: leave nothing behind
@@ -308,6 +319,8 @@ class Activity:
             await asyncio.to_thread(
                 self._runtime.remove_container, self.container_id, self._limits.stop_timeout_seconds
             )
+        if self.volumes is not None:
+            await asyncio.to_thread(self._storage.destroy, self.activity_id)
 
     async def close(self) -> None:
         """Terminate (if needed) and let the batch worker finish what was queued."""

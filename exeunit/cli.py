@@ -21,6 +21,7 @@ from exeunit.fetch import FetchPolicy
 from exeunit.images import DEFAULT_OFFERED_IMAGES, ImagePolicy
 from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
 from exeunit.provider import Provider
+from exeunit.storage import DirectoryStorage, LoopStorage
 from exeunit.server import serve_until_signalled
 
 log = logging.getLogger("exeunit")
@@ -108,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     terms.add_argument("--agreement-idle-seconds", type=positive(float), default=300.0, metavar="SECONDS",
                        help="end an agreement that has had no live activity for this long (default: %(default)s)")
 
+    store = serve.add_argument_group("storage (each activity's volumes: a filesystem of its agreement's size)")
+    store.add_argument("--storage-dir", type=Path, default=Path("/var/lib/exeunit/storage"), metavar="DIR",
+                       help="where activities' filesystems live; the offered storage is what is free here "
+                            "(default: %(default)s)")
+    store.add_argument("--unenforced-storage", action="store_true",
+                       help="where loop-mounting is impossible (no root, no loop devices), keep volumes in plain "
+                            "directories with NO size limit instead of refusing to start")
+
     limits = serve.add_argument_group("per-activity limits")
     limits.add_argument("--pids-limit", type=int, default=512, metavar="N",
                         help="max processes in one container (default: %(default)s)")
@@ -152,11 +161,11 @@ def is_loopback(listen: str) -> bool:
         return False
 
 
-def provider_settings(args: argparse.Namespace, runtime: DockerRuntime) -> ProviderSettings:
+def provider_settings(args: argparse.Namespace) -> ProviderSettings:
     measured = Resources(
         cpu_threads=psutil.cpu_count(logical=True) or 1,
         memory_bytes=psutil.virtual_memory().total,
-        storage_bytes=psutil.disk_usage(_existing(runtime.data_root())).free,
+        storage_bytes=psutil.disk_usage(_existing(str(args.storage_dir))).free,
     )
     capacity = Resources(
         cpu_threads=int(min(measured.cpu_threads, args.max_cpu_threads or measured.cpu_threads) * args.cpu_overcommit),
@@ -187,7 +196,26 @@ def provider_settings(args: argparse.Namespace, runtime: DockerRuntime) -> Provi
 
 
 def _existing(path: str) -> str:
-    return path if Path(path).exists() else "/"
+    """The path, or the nearest directory above it that exists (whose filesystem it will be on)."""
+    candidate = Path(path)
+    while not candidate.exists():
+        candidate = candidate.parent
+    return str(candidate)
+
+
+def activity_storage(args: argparse.Namespace, provider_id: str) -> LoopStorage:
+    """Loop-mounted storage, or plain directories when the operator accepts no size limit."""
+    base = args.storage_dir / provider_id
+    why_not = LoopStorage.available()
+    if why_not is None:
+        return LoopStorage(base)
+    if not args.unenforced_storage:
+        raise errors.FailedPrecondition(
+            f"cannot enforce activities' storage: {why_not}. Run as root on a host with loop devices, or pass "
+            "--unenforced-storage to run with volumes of unlimited size"
+        )
+    log.warning("event=storage_unenforced reason=%r", why_not)
+    return DirectoryStorage(base)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -214,7 +242,8 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     try:
         runtime = DockerRuntime()
-        settings = provider_settings(args, runtime)
+        settings = provider_settings(args)
+        storage = activity_storage(args, settings.provider_id)
         limits = ActivityLimits(
             pids_limit=args.pids_limit,
             result_output_cap=args.result_output_cap_kib * 1024,
@@ -223,7 +252,7 @@ def serve(args: argparse.Namespace) -> int:
             transfers_per_requestor=args.transfers_per_requestor,
             transfer_idle_seconds=args.transfer_idle_seconds,
         )
-        asyncio.run(serve_until_signalled(Provider(settings, runtime, limits), args.listen, token))
+        asyncio.run(serve_until_signalled(Provider(settings, runtime, limits, storage), args.listen, token))
     except errors.ExeUnitError as exc:
         print(f"exeunit: {exc}", file=sys.stderr)
         return 1

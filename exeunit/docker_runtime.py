@@ -7,15 +7,13 @@ backend (a cluster engine) would implement the same methods.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import os
 import select
 import signal
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,24 +58,13 @@ class ContainerSpec:
     cpu_threads: int
     pids_limit: int
     tmp_bytes: int
+    binds: dict[str, str]  # container path -> host directory (the activity's volumes)
 
 
 @dataclass(frozen=True)
 class ContainerUsage:
     cpu_seconds: float
     memory_bytes: int
-
-
-@dataclass(frozen=True)
-class PathStat:
-    """A path inside a container as the engine reports it (`docker cp` stat)."""
-
-    name: str
-    size: int
-    mode: int
-    is_regular_file: bool
-    is_directory: bool
-    is_symlink: bool
 
 
 @contextmanager
@@ -219,10 +206,6 @@ class DockerRuntime:
         with _translated("ping Docker"):
             self._api.ping()
 
-    def data_root(self) -> str:
-        with _translated("read Docker info"):
-            return str(self._api.info().get("DockerRootDir") or "/var/lib/docker")
-
     # Images
 
     def image(self, ref: str) -> ImageInfo:
@@ -275,7 +258,14 @@ class DockerRuntime:
             mem_limit=spec.memory_bytes,
             memswap_limit=spec.memory_bytes,
             nano_cpus=spec.cpu_threads * 1_000_000_000,
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={spec.tmp_bytes}"},
+            # Nothing writable is executable but the volumes: /tmp and /dev/shm are small and noexec,
+            # and /dev is remounted noexec (and tiny: it only holds the device nodes).
+            tmpfs={
+                "/tmp": f"rw,nosuid,nodev,noexec,size={spec.tmp_bytes}",
+                "/dev": "rw,nosuid,dev,noexec,size=64k,mode=755",
+                "/dev/shm": f"rw,nosuid,nodev,noexec,size={spec.tmp_bytes}",
+            },
+            binds={host: {"bind": inside, "mode": "rw"} for inside, host in spec.binds.items()},
         )
         with _translated(f"create container {spec.name}"):
             created = self._api.create_container(
@@ -354,81 +344,6 @@ class DockerRuntime:
             )["Id"]
             sock = self._api.exec_start(exec_id, socket=True)
         return ExecProcess(self._api, exec_id, sock, timeout)
-
-    # Files
-
-    def stat_path(self, container_id: str, path: str) -> PathStat:
-        """Stats a path in the container (a symlink itself, not its target); NotFound when absent."""
-        with _translated(f"stat {path}"):
-            response = self._api.head(
-                self._api._url("/containers/{0}/archive", container_id), params={"path": path}
-            )
-            if response.status_code == 404:
-                raise errors.NotFound(f"{path} does not exist in the container")
-            self._api._raise_for_status(response)
-        header = response.headers.get("X-Docker-Container-Path-Stat", "")
-        return _path_stat(json.loads(base64.b64decode(header)) if header else {})
-
-    def put_archive(self, container_id: str, directory: str, tar_stream: Iterable[bytes]) -> None:
-        """Extracts a tar stream (read lazily, chunk by chunk) into a directory of the container."""
-        with _translated(f"write into {directory}"):
-            self._api.put_archive(container_id, directory, tar_stream)
-
-    def get_archive(self, container_id: str, path: str, chunk_size: int) -> tuple[PathStat, ArchiveStream]:
-        """A tar stream of one path of the container, with its stat."""
-        with _translated(f"read {path}"):
-            response = self._api._get(
-                self._api._url("/containers/{0}/archive", container_id),
-                params={"path": path},
-                stream=True,
-                headers={"Accept-Encoding": "identity"},  # the raw tar, not a gzip of it
-            )
-            if response.status_code == 404:
-                response.close()
-                raise errors.NotFound(f"{path} does not exist in the container")
-            self._api._raise_for_status(response)
-        header = response.headers.get("X-Docker-Container-Path-Stat", "")
-        stat = _path_stat(json.loads(base64.b64decode(header)) if header else {})
-        return stat, ArchiveStream(response, chunk_size)
-
-
-class ArchiveStream:
-    """The engine's tar stream of a path; `close()` from any thread ends it (and frees the
-    container, which the engine keeps locked while the archive is read)."""
-
-    def __init__(self, response: Any, chunk_size: int) -> None:
-        self._response = response
-        self._chunk_size = chunk_size
-
-    def __iter__(self) -> Iterator[bytes]:
-        with _translated("read archive"):
-            while chunk := self._response.raw.read(self._chunk_size, decode_content=False):
-                yield chunk
-
-    def close(self) -> None:
-        try:
-            self._response.raw.close()
-        except (OSError, ValueError):
-            pass
-
-
-def _path_stat(stat: dict[str, Any]) -> PathStat:
-    mode = int(stat.get("mode", 0))
-    # Go's os.FileMode: the type bits sit high (dir 1<<31, symlink 1<<27, ...); a regular file has none.
-    type_bits = mode & ~0o7777 & 0xFFFFFFFF
-    return PathStat(
-        name=str(stat.get("name", "")),
-        size=int(stat.get("size", 0)),
-        mode=mode & 0o7777,
-        is_regular_file=type_bits == 0,
-        is_directory=bool(mode & _GO_MODE_DIR),
-        is_symlink=bool(mode & _GO_MODE_SYMLINK),
-    )
-
-
-_GO_MODE_DIR = 1 << 31
-_GO_MODE_SYMLINK = 1 << 27
-
 
 @dataclass
 class DeathWatch:

@@ -22,6 +22,7 @@ from exeunit.fairness import ConcurrencyQuota, IdleWatchdog, idle_timeout
 from exeunit.images import ImageResolver
 from exeunit.market import Agreement, AgreementState, Demand, Market, Offer, ProviderSettings, Refusal, utcnow
 from exeunit.states import ActivityState
+from exeunit.storage import LoopStorage, VolumeDirs
 from exeunit.threads import iterate_in_thread
 from exeunit.transfer import Download, Upload, confine, download
 
@@ -29,8 +30,10 @@ log = logging.getLogger(__name__)
 
 
 class Provider:
-    def __init__(self, settings: ProviderSettings, runtime: DockerRuntime, limits: ActivityLimits) -> None:
+    def __init__(self, settings: ProviderSettings, runtime: DockerRuntime, limits: ActivityLimits,
+                 storage: LoopStorage) -> None:
         self.settings = settings
+        self.storage = storage
         self.market = Market(settings)
         self._runtime = runtime
         self._images = ImageResolver(runtime, settings.images)
@@ -57,6 +60,9 @@ class Provider:
             log.warning("event=dangling_container_removed container=%s provider=%s",
                         container_id[:12], self.settings.provider_id)
             await asyncio.to_thread(self._runtime.remove_container, container_id, 1)
+        for activity_id in await asyncio.to_thread(self.storage.leftovers):
+            log.warning("event=dangling_storage_removed activity=%s", activity_id)
+            await asyncio.to_thread(self.storage.destroy, activity_id)
         self._death_watch = await asyncio.to_thread(self._runtime.container_deaths, self.settings.provider_id)
         self._death_watch_task = asyncio.create_task(self._watch_deaths())
 
@@ -167,7 +173,7 @@ class Provider:
             raise errors.FailedPrecondition(
                 f"agreement {agreement_id} already has a live activity {live[0]}; destroy it first"
             )
-        activity = Activity(uuid.uuid4().hex, agreement, self._runtime, self._images, self._limits,
+        activity = Activity(uuid.uuid4().hex, agreement, self._runtime, self._images, self._limits, self.storage,
                             on_terminated=lambda: self._arm_idle(agreement))
         self._disarm_idle(agreement)
         self._activities[activity.activity_id] = activity
@@ -208,12 +214,12 @@ class Provider:
 
     # Transfers
 
-    def _ready_container(self, activity: Activity, what: str) -> str:
-        if activity.state is not ActivityState.READY or not activity.container_id:
+    def _ready_volumes(self, activity: Activity, what: str) -> VolumeDirs:
+        if activity.state is not ActivityState.READY or activity.volumes is None:
             raise errors.FailedPrecondition(
                 f"{what} needs the activity Ready, but it is {activity.state.value}; deploy and start it first"
             )
-        return activity.container_id
+        return activity.volumes
 
     @contextmanager
     def _transfer_slot(self, requestor_id: str, activity: Activity) -> Iterator[None]:
@@ -229,18 +235,22 @@ class Provider:
         """An upload into the activity's container, cut short if the activity ends meanwhile or the
         client stops sending for the transfer idle time."""
         activity = self.activity(requestor_id, activity_id)
-        container_id = self._ready_container(activity, "upload")
-        assert activity.image is not None
-        dest = confine(path, activity.image.volumes)
+        volumes = self._ready_volumes(activity, "upload")
+        dest = confine(path, tuple(volumes.dirs))
         limit = activity.agreement.reserved.storage_bytes
         if size > limit:
             raise errors.ResourceExhausted(
                 f"file of {size} bytes exceeds the agreement's storage of {limit} bytes; demand more storage"
             )
+        free = await asyncio.to_thread(volumes.free_bytes)
+        if volumes.enforced and size > free:
+            raise errors.ResourceExhausted(
+                f"file of {size} bytes does not fit: the activity's storage has {free} bytes free"
+            )
         idle = self._limits.transfer_idle_seconds
         with self._transfer_slot(requestor_id, activity):
             async with idle_timeout(idle, f"the upload to {dest.path}") as progress:
-                upload = Upload(self._runtime, container_id, dest, size, mode)
+                upload = Upload(volumes.host_dir(dest.volume), dest, size, mode, self.storage.owner)
                 upload.on_progress = progress
                 await upload.begin()
                 log.info("event=upload_started %s path=%s size=%d", activity.log_ids, dest.path, size)
@@ -252,13 +262,12 @@ class Provider:
         """A download out of the activity's container, cut short if the activity ends meanwhile or
         the client stops reading for the transfer idle time."""
         activity = self.activity(requestor_id, activity_id)
-        container_id = self._ready_container(activity, "download")
-        assert activity.image is not None
-        dest = confine(path, activity.image.volumes)
+        volumes = self._ready_volumes(activity, "download")
+        dest = confine(path, tuple(volumes.dirs))
         idle = self._limits.transfer_idle_seconds
         with self._transfer_slot(requestor_id, activity):
             log.info("event=download_started %s path=%s", activity.log_ids, dest.path)
-            opened = await download(self._runtime, container_id, dest)
+            opened = await download(volumes.host_dir(dest.volume), dest)
             # The handler waits in gRPC's write while a client does not read, where cancelling it
             # would leave the call hanging: the watchdog lets go of the engine instead, and the
             # client gets the reason when it reads on.

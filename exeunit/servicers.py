@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
+import asyncio
 import hashlib
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -21,6 +21,25 @@ from exeunit.v1 import transfer_pb2 as xfer
 from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
 
 Context = grpc.aio.ServicerContext
+
+
+# A refused upload is read to its end (up to this much, discarded) before the refusal is sent:
+# grpc-python's client reports a refusal that arrives while it is still sending as INTERNAL
+# ("Failed execute_batch") and loses the real status and message.
+DRAIN_LIMIT_BYTES = 64 << 20
+DRAIN_IDLE_SECONDS = 5.0
+
+
+async def _drain(parts: AsyncIterator[xfer.UploadRequest]) -> None:
+    drained = 0
+    try:
+        while drained < DRAIN_LIMIT_BYTES:
+            part = await asyncio.wait_for(anext(parts, None), DRAIN_IDLE_SECONDS)
+            if part is None:
+                return
+            drained += part.ByteSize()
+    except (TimeoutError, errors.ExeUnitError):
+        return
 
 
 def _required(value: str, name: str) -> str:
@@ -149,6 +168,16 @@ class TransferServicer(xfer_grpc.TransferServicer):
         if first is None or first.WhichOneof("part") != "header":
             raise errors.InvalidArgument("an upload starts with a header message (activity_id, path, size)")
         header = first.header
+        try:
+            return await self._receive(parts, requestor_id, header)
+        except errors.TimedOut:
+            raise  # the client sends nothing more
+        except errors.ExeUnitError:
+            await _drain(parts)
+            raise
+
+    async def _receive(self, parts: AsyncIterator[xfer.UploadRequest], requestor_id: str,
+                       header: xfer.UploadHeader) -> xfer.UploadResponse:
         async with self.provider.upload(
             requestor_id, _required(header.activity_id, "header.activity_id"),
             _required(header.path, "header.path"), header.size, header.mode,

@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import shutil
 import socket
+import tempfile
+from pathlib import Path
 
 import psutil
 
@@ -17,6 +20,7 @@ from exeunit.images import ImagePolicy
 from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
 from exeunit.provider import Provider
 from exeunit.server import RunningServer, create_server
+from exeunit.storage import DirectoryStorage, LoopStorage
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +34,12 @@ class EmbeddedProvider:
         self._subnet_tag = subnet_tag
         self._name = name
         self._running: RunningServer | None = None
+        self._storage_dir: Path | None = None
 
     async def start(self) -> str:
         runtime = await asyncio.to_thread(DockerRuntime)
-        data_root = await asyncio.to_thread(runtime.data_root)
-        storage = await asyncio.to_thread(lambda: psutil.disk_usage(data_root).free)
+        self._storage_dir = Path(tempfile.mkdtemp(prefix="exeunit-embedded-"))
+        storage = await asyncio.to_thread(lambda: psutil.disk_usage(self._storage_dir).free)
         settings = ProviderSettings(
             provider_id=hashlib.sha256(f"{socket.gethostname()}/{self._name}".encode()).hexdigest()[:16],
             name=self._name,
@@ -46,7 +51,11 @@ class EmbeddedProvider:
             # files and local servers are theirs to fetch image archives from.
             images=ImagePolicy(offered=("*",), fetch=FetchPolicy(file_root="/", allow_private_hosts=True)),
         )
-        self._running = await create_server(Provider(settings, runtime, ActivityLimits()), "127.0.0.1:0")
+        why_not = LoopStorage.available()
+        if why_not is not None:
+            log.warning("event=storage_unenforced reason=%r (volumes have no size limit)", why_not)
+        volumes = (LoopStorage if why_not is None else DirectoryStorage)(self._storage_dir)
+        self._running = await create_server(Provider(settings, runtime, ActivityLimits(), volumes), "127.0.0.1:0")
         address = f"127.0.0.1:{self._running.port}"
         log.info("event=embedded_provider_started address=%s name=%s", address, self._name)
         return address
@@ -55,3 +64,6 @@ class EmbeddedProvider:
         if self._running is not None:
             await self._running.stop(grace=1)
             self._running = None
+        if self._storage_dir is not None:
+            shutil.rmtree(self._storage_dir, ignore_errors=True)
+            self._storage_dir = None

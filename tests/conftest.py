@@ -6,7 +6,10 @@ A missing Docker engine is a failure, not a skip: run scripts/setup.sh, which st
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 from collections.abc import AsyncIterator
 
 import docker
@@ -18,6 +21,7 @@ from exeunit.docker_runtime import LABEL_PROVIDER, DockerRuntime
 from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
 from exeunit.provider import Provider
 from exeunit.server import RunningServer, create_server
+from exeunit.storage import LoopStorage
 from tests.client import ContractClient
 
 BASE_IMAGE = "exeunit-base:latest"
@@ -74,7 +78,8 @@ class Daemons:
         self, name: str = "provider-a", token: str | None = None, limits: ActivityLimits | None = None,
         **settings: object,
     ) -> RunningServer:
-        provider = Provider(settings_for(name, **settings), DockerRuntime(), limits or ActivityLimits())
+        storage = LoopStorage(Path(tempfile.mkdtemp(prefix="exeunit-test-storage-")))
+        provider = Provider(settings_for(name, **settings), DockerRuntime(), limits or ActivityLimits(), storage)
         running = await create_server(provider, "127.0.0.1:0", token)
         self._running.append(running)
         return running
@@ -88,6 +93,9 @@ class Daemons:
             await running.stop(grace=1)
             left = self.containers_of(running)
             assert not left, f"containers left behind by {running.provider.settings.name}: {left}"
+            storage = running.provider.storage
+            assert storage.leftovers() == [], f"activity storage left behind in {storage.base}"
+            shutil.rmtree(storage.base)
         self._running.clear()
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import docker
+import grpc
+import pytest
 
 from exeunit.docker_runtime import LABEL_ACTIVITY, LABEL_AGREEMENT
 from tests.client import ContractClient
 from tests.conftest import Daemons
+
+MIB = 1 << 20
 
 
 async def test_root_filesystem_is_read_only_but_volumes_and_tmp_are_writable(client: ContractClient, ready: str) -> None:
@@ -57,3 +61,42 @@ async def test_container_stays_up_like_a_booted_vm(client: ContractClient, ready
     run = await client.run_batch(ready, [client.run("/bin/true")])
     container.reload()
     assert run.succeeded and container.status == "running"
+
+
+async def test_only_the_volumes_are_both_writable_and_executable(client: ContractClient, ready: str) -> None:
+    for place in ("/tmp", "/dev/shm", "/dev"):
+        run = await client.run_batch(ready, [client.sh(f"cp /bin/true {place}/t && {place}/t; echo rc=$?")])
+        assert b"rc=126" in run.stdout(), (place, run.stdout(), run.stderr())
+    run = await client.run_batch(ready, [client.sh("cp /bin/true /golem/work/t && /golem/work/t; echo rc=$?")])
+    assert run.stdout() == b"rc=0\n"
+
+
+async def test_storage_is_a_hard_limit_of_the_agreements_size(daemons: Daemons) -> None:
+    server = await daemons.start()
+    async with ContractClient(f"127.0.0.1:{server.port}", "r") as client:
+        activity_id = await client.new_activity("exeunit-base:latest", min_storage_bytes=64 * MIB)
+        assert (await client.run_batch(activity_id, [client.deploy(), client.start()])).succeeded
+        # writes inside stop at the agreement's size, whichever volume they go to
+        fill = await client.run_batch(activity_id, [client.sh(
+            "head -c 200000000 /dev/zero > /golem/work/big; echo rc=$?; "
+            "head -c 10000000 /dev/zero > /golem/output/more; echo rc=$?; "
+            "du -sb /golem/work/big | cut -f1"
+        )])
+        lines = fill.stdout().split()
+        assert lines[:2] == [b"rc=1", b"rc=1"], fill.stderr()
+        assert int(lines[2]) <= 64 * MIB
+        assert b"No space left on device" in fill.stderr()
+        # uploads are refused before writing when they cannot fit
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.upload_bytes(activity_id, "/golem/input/x", b"x" * MIB)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "does not fit: the activity's storage has" in refused.value.details()
+        await client.run_batch(activity_id, [client.run("/bin/rm", "/golem/work/big", "/golem/output/more")])
+        accepted = []
+        for index in range(4):
+            try:
+                await client.upload_bytes(activity_id, f"/golem/input/part{index}", b"y" * (30 * MIB))
+                accepted.append(index)
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert accepted == [0]  # a second 30 MiB no longer fits in what is left of 64 MiB

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import grpc
 import pytest
@@ -146,14 +147,18 @@ async def test_destroy_is_idempotent_and_removes_the_container_and_its_volumes(
     client: ContractClient, ready: str, daemons: Daemons, provider, engine
 ) -> None:
     [container_id] = daemons.containers_of(provider)
-    volumes = [m["Name"] for m in engine.containers.get(container_id).attrs["Mounts"] if m["Type"] == "volume"]
-    assert len(volumes) == 3  # /golem/input, /golem/output, /golem/work
+    mounts = engine.containers.get(container_id).attrs["Mounts"]
+    assert sorted(m["Destination"] for m in mounts) == ["/golem/input", "/golem/output", "/golem/work"]
+    assert all(m["Type"] == "bind" and m["Source"].startswith(str(provider.provider.storage.base)) for m in mounts)
+    filesystem = str(provider.provider.storage.base / ready / "fs")
+    assert os.path.ismount(filesystem)
     first = await client.destroy(ready)
     second = await client.destroy(ready)
     assert first.state == second.state == act.ACTIVITY_STATE_TERMINATED
     assert daemons.containers_of(provider) == []
-    remaining = {v.name for v in engine.volumes.list()}
-    assert not remaining & set(volumes)
+    assert not os.path.exists(filesystem) and provider.provider.storage.leftovers() == []
+    with open("/proc/self/mountinfo") as mountinfo:
+        assert filesystem not in mountinfo.read()
 
 
 async def test_container_death_is_noticed(client: ContractClient, ready: str, engine, daemons: Daemons, provider) -> None:

@@ -14,7 +14,7 @@ import pytest
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import transfer_pb2 as xfer
 from tests.client import CHUNK, ContractClient
-from tests.test_daemon_process import Daemon
+from tests.daemon_process import Daemon
 
 
 async def test_upload_then_download_round_trip(client: ContractClient, ready: str) -> None:
@@ -81,8 +81,48 @@ async def test_symlink_out_of_a_volume_cannot_be_written_through(client: Contrac
     await client.run_batch(ready, [client.run("/bin/ln", "-s", "/etc", "/golem/work/etc")])
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.upload_bytes(ready, "/golem/work/etc/evil", b"x")
-    assert err.value.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INVALID_ARGUMENT)
-    assert "read-only" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == (
+        "/golem/work/etc is a symbolic link; transfers do not follow links, which could lead out of the volume"
+    )
+    await client.run_batch(ready, [client.run("/bin/ln", "-s", "/etc/passwd", "/golem/work/passwd")])
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.download(ready, "/golem/work/passwd")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "is a symbolic link" in err.value.details()
+
+
+async def test_a_container_swapping_links_under_transfers_never_moves_them(client: ContractClient, ready: str) -> None:
+    """The container flips /golem/work/d between a directory and a link to /etc as fast as it can,
+    while transfers go through d: none may read or write outside the volume, whatever the timing."""
+    swapper = client.sh(
+        "end=$(($(date +%s)+10)); while [ $(date +%s) -lt $end ]; do "
+        "mkdir -p /golem/work/d; echo inside > /golem/work/d/shadow; rm -rf /golem/work/d; "
+        "ln -s /etc /golem/work/d; rm -f /golem/work/d; done"
+    )
+    await client.exec(ready, [swapper])
+    host_shadow = open("/etc/shadow", "rb").read() if os.path.exists("/etc/shadow") else b"no-shadow"
+    outcomes = set()
+    for attempt in range(60):
+        try:
+            _, chunks, _ = await client.download(ready, "/golem/work/d/shadow")
+            data = b"".join(chunks)
+            assert data in (b"inside\n", b""), data[:40]
+            assert data != host_shadow
+            outcomes.add("read inside")
+        except grpc.aio.AioRpcError as err:
+            assert err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION), err.details()
+            outcomes.add(err.code().name)
+        try:
+            await client.upload_bytes(ready, f"/golem/work/d/planted-{attempt}", b"x")
+            outcomes.add("written inside")
+        except grpc.aio.AioRpcError as err:
+            assert err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION), err.details()
+    assert not any(name.startswith("planted-") for name in os.listdir("/etc"))
+    check = await client.run_batch(ready, [client.sh("ls /etc | grep -c planted- || true")])
+    assert check.stdout().strip() == b"0"
+    assert "FAILED_PRECONDITION" in outcomes or "NOT_FOUND" in outcomes
+    await client.activity.DestroyActivity(act.DestroyActivityRequest(activity_id=ready), metadata=client.metadata)
+
 
 
 async def test_download_of_missing_file_and_directory(client: ContractClient, ready: str) -> None:
