@@ -27,7 +27,7 @@ Context = grpc.aio.ServicerContext
 # grpc-python's client reports a refusal that arrives while it is still sending as INTERNAL
 # ("Failed execute_batch") and loses the real status and message.
 DRAIN_LIMIT_BYTES = 64 << 20
-DRAIN_IDLE_SECONDS = 5.0
+DRAIN_IDLE_SECONDS = 2.0
 
 
 async def _drain(parts: AsyncIterator[xfer.UploadRequest]) -> None:
