@@ -203,19 +203,21 @@ def _existing(path: str) -> str:
     return str(candidate)
 
 
-def activity_storage(args: argparse.Namespace, provider_id: str) -> LoopStorage:
-    """Loop-mounted storage, or plain directories when the operator accepts no size limit."""
+def activity_storage(args: argparse.Namespace, provider_id: str, runtime: DockerRuntime) -> LoopStorage:
+    """Loop-mounted storage, or plain directories when the operator accepts no size limit; owned
+    by whoever root in a container is on this host."""
     base = args.storage_dir / provider_id
+    owner = runtime.container_root_owner()
     why_not = LoopStorage.available()
     if why_not is None:
-        return LoopStorage(base)
+        return LoopStorage(base, *owner)
     if not args.unenforced_storage:
         raise errors.FailedPrecondition(
             f"cannot enforce activities' storage: {why_not}. Run as root on a host with loop devices, or pass "
             "--unenforced-storage to run with volumes of unlimited size"
         )
     log.warning("event=storage_unenforced reason=%r", why_not)
-    return DirectoryStorage(base)
+    return DirectoryStorage(base, *owner)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -243,7 +245,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         runtime = DockerRuntime()
         settings = provider_settings(args)
-        storage = activity_storage(args, settings.provider_id)
+        storage = activity_storage(args, settings.provider_id, runtime)
         limits = ActivityLimits(
             pids_limit=args.pids_limit,
             result_output_cap=args.result_output_cap_kib * 1024,

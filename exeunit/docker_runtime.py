@@ -206,6 +206,21 @@ class DockerRuntime:
         with _translated("ping Docker"):
             self._api.ping()
 
+    def container_root_owner(self) -> tuple[int, int]:
+        """Host uid and gid of root inside containers: (0, 0) unless the engine remaps user
+        namespaces (`dockerd --userns-remap`), whose image store is then named "UID.GID"."""
+        with _translated("read Docker info"):
+            info = self._api.info()
+        if not any("name=userns" in option for option in info.get("SecurityOptions") or ()):
+            return 0, 0
+        uid, _, gid = os.path.basename(str(info.get("DockerRootDir", ""))).partition(".")
+        if not (uid.isdigit() and gid.isdigit()):
+            raise errors.RuntimeFailure(
+                f"the engine remaps user namespaces but its root dir {info.get('DockerRootDir')!r} does not say to "
+                "which uid; cannot tell who owns the volumes"
+            )
+        return int(uid), int(gid)
+
     # Images
 
     def image(self, ref: str) -> ImageInfo:

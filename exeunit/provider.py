@@ -53,6 +53,9 @@ class Provider:
         """Checks the engine, removes containers a previous run of this provider left behind, and
         starts watching for containers that die."""
         await asyncio.to_thread(self._runtime.ping)
+        if self.storage.owner == (0, 0):
+            log.warning("event=engine_without_userns_remap message=%r", "root in a container is root on this host; "
+                        "start dockerd with --userns-remap=default so that it is not")
         leftovers = await asyncio.to_thread(
             self._runtime.containers_with_label, LABEL_PROVIDER, self.settings.provider_id
         )

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything on a fresh Debian machine (run as root; there is no systemd):
 #   1. the Python packages (this project, editable, with its test extra),
-#   2. a Docker engine: installs Debian's docker.io when dockerd is missing, starts dockerd when
-#      none answers, and waits for it,
+#   2. a Docker engine: installs Debian's docker.io when dockerd is missing, starts dockerd (with
+#      --userns-remap=default, so container root is not host root) when none answers, and waits,
 #   3. debootstrap and the images (images/build.py; images that exist are not rebuilt).
 # Safe to run again: each step skips what is already done.
 set -euo pipefail
@@ -27,19 +27,29 @@ engine_answers() {
   "$PYTHON" -c 'import docker; docker.from_env(timeout=5).ping()' >/dev/null 2>&1
 }
 
+engine_remaps_users() {
+  "$PYTHON" -c 'import docker, sys; o = docker.from_env(timeout=5).info().get("SecurityOptions") or []; sys.exit(0 if any("name=userns" in x for x in o) else 1)'
+}
+
 step "Python packages"
 "$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 
 step "Docker engine"
 if engine_answers; then
   echo "a Docker engine answers"
+  if ! engine_remaps_users; then
+    echo "WARNING: it runs without --userns-remap: root in a container is root on this host." >&2
+    echo "         Stop it and run this script again to start one with --userns-remap=default." >&2
+  fi
 else
   if ! command -v dockerd >/dev/null 2>&1; then
     echo "installing Debian's docker.io..."
     apt_install docker.io
   fi
-  echo "starting dockerd (log: $DOCKERD_LOG)..."
-  setsid nohup dockerd >"$DOCKERD_LOG" 2>&1 < /dev/null &
+  # --userns-remap=default: root in a container is an unprivileged uid on the host (dockerd creates
+  # the `dockremap` user and its subordinate id range); the engine keeps a separate image store.
+  echo "starting dockerd with user-namespace remapping (log: $DOCKERD_LOG)..."
+  setsid nohup dockerd --userns-remap=default >"$DOCKERD_LOG" 2>&1 < /dev/null &
   for _ in $(seq 1 60); do
     engine_answers && break
     sleep 1

@@ -78,8 +78,9 @@ class Daemons:
         self, name: str = "provider-a", token: str | None = None, limits: ActivityLimits | None = None,
         **settings: object,
     ) -> RunningServer:
-        storage = LoopStorage(Path(tempfile.mkdtemp(prefix="exeunit-test-storage-")))
-        provider = Provider(settings_for(name, **settings), DockerRuntime(), limits or ActivityLimits(), storage)
+        runtime = DockerRuntime()
+        storage = LoopStorage(Path(tempfile.mkdtemp(prefix="exeunit-test-storage-")), *runtime.container_root_owner())
+        provider = Provider(settings_for(name, **settings), runtime, limits or ActivityLimits(), storage)
         running = await create_server(provider, "127.0.0.1:0", token)
         self._running.append(running)
         return running

@@ -100,3 +100,18 @@ async def test_storage_is_a_hard_limit_of_the_agreements_size(daemons: Daemons) 
             except grpc.aio.AioRpcError as err:
                 assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert accepted == [0]  # a second 30 MiB no longer fits in what is left of 64 MiB
+
+
+async def test_container_root_is_not_host_root(client: ContractClient, ready: str, engine: docker.DockerClient) -> None:
+    """The set-up starts dockerd with --userns-remap=default: root inside maps to an unprivileged
+    host uid, which also owns the volumes (so they stay writable)."""
+    security = engine.info().get("SecurityOptions") or []
+    assert any("name=userns" in option for option in security), (
+        "the Docker engine runs without user-namespace remapping (container root is host root); "
+        "stop it and run scripts/setup.sh, which starts dockerd with --userns-remap=default"
+    )
+    run = await client.run_batch(ready, [client.run("/bin/cat", "/proc/self/uid_map")])
+    inside, host, count = (int(field) for field in run.stdout().split())
+    assert inside == 0 and host >= 1000 and count <= 65536
+    run = await client.run_batch(ready, [client.sh("echo ok > /golem/work/owned && stat -c %u /golem/work/owned")])
+    assert run.stdout() == b"0\n"
