@@ -19,6 +19,7 @@ from exeunit.docker_runtime import (
     LABEL_AGREEMENT,
     LABEL_PROVIDER,
     ContainerSpec,
+    ContainerUsage,
     DockerRuntime,
     ExecProcess,
     ImageInfo,
@@ -33,6 +34,7 @@ from exeunit.threads import iterate_in_thread
 
 log = logging.getLogger(__name__)
 
+USAGE_FRESH_SECONDS = 1.0  # usage counters read from the engine at most this often
 BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -102,6 +104,8 @@ class Activity:
         self._started_at: datetime | None = None
         self._ended_at: datetime | None = None
         self._last_usage: tuple[float, int] = (0.0, 0)
+        self._usage_read_at = float("-inf")
+        self._usage_reading: asyncio.Future[ContainerUsage] | None = None
         self._terminating: asyncio.Task[None] | None = None
         self._transfers: set[Callable[[], None]] = set()  # cancel callbacks of transfers in flight
         self._worker = asyncio.create_task(self._run_batches(), name=f"activity-{activity_id}")
@@ -309,7 +313,7 @@ class Activity:
         self._ended_at = utcnow()
         for cancel in list(self._transfers):  # first: the engine locks the container while a transfer runs
             cancel()
-        await self._refresh_usage()
+        await self._refresh_usage(fresh_within=0)
         await self._set_state(ActivityState.TERMINATED, reason, message)
         self._projected = ActivityState.TERMINATED
         self._on_terminated()
@@ -330,13 +334,22 @@ class Activity:
 
     # Usage
 
-    async def _refresh_usage(self) -> None:
-        if self.container_id and self.state in (ActivityState.READY, ActivityState.DEPLOYED):
-            try:
-                usage = await asyncio.to_thread(self._runtime.usage, self.container_id)
-            except errors.ExeUnitError:
-                return
-            self._last_usage = (usage.cpu_seconds, usage.memory_bytes)
+    async def _refresh_usage(self, fresh_within: float = USAGE_FRESH_SECONDS) -> None:
+        """Reads the container's counters, at most once per `fresh_within` seconds and once at a
+        time however many callers ask, so that a flood of usage calls costs the engine nothing more."""
+        if not (self.container_id and self.state in (ActivityState.READY, ActivityState.DEPLOYED)):
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._usage_read_at < fresh_within:
+            return
+        if self._usage_reading is None or self._usage_reading.done():
+            self._usage_reading = asyncio.ensure_future(asyncio.to_thread(self._runtime.usage, self.container_id))
+        try:
+            usage = await asyncio.shield(self._usage_reading)
+        except errors.ExeUnitError:
+            return
+        self._usage_read_at = loop.time()
+        self._last_usage = (usage.cpu_seconds, usage.memory_bytes)
 
     async def usage(self) -> Usage:
         await self._refresh_usage()

@@ -79,6 +79,7 @@ class Provider:
               for a in agreements)
         )
         await asyncio.gather(*(a.close() for a in self._activities.values()))
+        await asyncio.to_thread(self.storage.close)
         if self._death_watch is not None:
             self._death_watch.close()
         if self._death_watch_task is not None:

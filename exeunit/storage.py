@@ -95,6 +95,13 @@ class LoopStorage:
                 _run("umount", "--lazy", str(mountpoint))  # busy: detach now, freed when released
         shutil.rmtree(home, ignore_errors=True)
 
+    def close(self) -> None:
+        """Removes the storage directory once no activity has anything left in it."""
+        try:
+            self.base.rmdir()
+        except OSError:
+            pass  # not empty (an activity kept on purpose, or a failed unmount), or already gone
+
     def leftovers(self) -> list[str]:
         """Activity ids that have a filesystem here (a daemon that died left them)."""
         return sorted(p.name for p in self.base.iterdir()) if self.base.is_dir() else []

@@ -6,7 +6,6 @@ A missing Docker engine is a failure, not a skip: run scripts/setup.sh, which st
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -96,7 +95,7 @@ class Daemons:
             assert not left, f"containers left behind by {running.provider.settings.name}: {left}"
             storage = running.provider.storage
             assert storage.leftovers() == [], f"activity storage left behind in {storage.base}"
-            shutil.rmtree(storage.base)
+            assert not storage.base.exists()
         self._running.clear()
 
 

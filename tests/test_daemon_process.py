@@ -71,6 +71,7 @@ async def test_sigterm_terminates_activities_and_leaves_no_container(daemon: Dae
         daemon.process.send_signal(signal.SIGTERM)
         assert daemon.process.wait(timeout=60) == 0
         assert engine.containers.list(all=True, filters=label) == []
+        assert not os.path.exists(f"/var/lib/exeunit/storage/{daemon.provider_id}")  # volumes unmounted, gone
         log = "".join(daemon.lines)
         assert "event=shutting_down" in log and "event=stopped" in log
         assert f"activity={ids[0]}" in log and "reason=ProviderShutdown" in log
@@ -99,6 +100,7 @@ async def test_leftover_containers_of_a_killed_daemon_are_removed_on_restart(eng
             if "event=listening" in line:
                 break
         assert engine.containers.list(all=True, filters=label) == []
+        assert not os.path.exists(f"/var/lib/exeunit/storage/{first.provider_id}/{activity_id}")  # unmounted
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=60)
