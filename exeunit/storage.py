@@ -1,7 +1,8 @@
 """Where an activity's writable volumes live on the host, and what bounds them.
 
 Each activity gets its own filesystem of exactly its agreement's storage: a sparse file under the
-provider's storage directory, formatted ext4 and loop-mounted (`mount -o loop`, which frees the
+provider's storage directory, formatted ext4 (without a journal: a filesystem outlives a daemon
+crash mounted, and its activity does not outlive a host crash) and loop-mounted (`mount -o loop`, which frees the
 loop device again at unmount). Every VOLUME the image declares is a directory in it, bind-mounted
 into the container, so writes inside stop at the agreement's size whatever the container does, and
 the daemon moves files through the same directories (see `exeunit.transfer`) without the engine.
@@ -25,6 +26,10 @@ from exeunit import errors
 log = logging.getLogger(__name__)
 
 MOUNT_OPTIONS = "loop,nosuid,nodev"
+# ext4 keeps 1-2% of a small filesystem for itself (no journal, one inode per MiB): the file is made
+# this much larger, and what is left over beyond the agreement's size is held by RESERVE_FILE.
+FILESYSTEM_SLACK = 1.03
+RESERVE_FILE = ".exeunit-reserved"
 
 
 @dataclass(frozen=True)
@@ -75,11 +80,13 @@ class LoopStorage:
         image, mountpoint = home / "disk.ext4", home / "fs"
         mountpoint.mkdir(parents=True, exist_ok=True)
         try:
-            with open(image, "wb") as disk:
-                disk.truncate(size_bytes)
-            _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", f"root_owner={self._uid}:{self._gid}", str(image))
+            with open(image, "wb") as disk:  # sparse: room for ext4's own metadata on top
+                disk.truncate(int(size_bytes * FILESYSTEM_SLACK) + (8 << 20))
+            _run("mkfs.ext4", "-q", "-F", "-m", "0", "-T", "largefile", "-O", "^has_journal",
+                 "-E", f"root_owner={self._uid}:{self._gid}", str(image))
             _run("mount", "-o", MOUNT_OPTIONS, str(image), str(mountpoint))
-        except errors.ExeUnitError:
+            _reserve_beyond(mountpoint, size_bytes)
+        except (errors.ExeUnitError, OSError):
             self.destroy(activity_id)
             raise
         return VolumeDirs(mountpoint, _make_volume_dirs(mountpoint, volumes, self._uid, self._gid), enforced=True)
@@ -116,6 +123,19 @@ class DirectoryStorage(LoopStorage):
         root = self.base / activity_id / "fs"
         root.mkdir(parents=True, exist_ok=True)
         return VolumeDirs(root, _make_volume_dirs(root, volumes, self._uid, self._gid), enforced=False)
+
+
+def _reserve_beyond(mountpoint: Path, size_bytes: int) -> None:
+    """Takes what the filesystem has beyond `size_bytes` into a file at its root, which no container
+    sees (only the volume directories are mounted), so exactly the agreement's storage is free."""
+    stats = os.statvfs(mountpoint)
+    excess = stats.f_bavail * stats.f_frsize - size_bytes
+    if excess > 0:
+        fd = os.open(mountpoint / RESERVE_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, excess)
+        finally:
+            os.close(fd)
 
 
 def _make_volume_dirs(root: Path, volumes: tuple[str, ...], uid: int, gid: int) -> dict[str, Path]:

@@ -95,11 +95,11 @@ async def test_storage_is_a_hard_limit_of_the_agreements_size(daemons: Daemons) 
         accepted = []
         for index in range(4):
             try:
-                await client.upload_bytes(activity_id, f"/golem/input/part{index}", b"y" * (30 * MIB))
+                await client.upload_bytes(activity_id, f"/golem/input/part{index}", b"y" * (40 * MIB))
                 accepted.append(index)
             except grpc.aio.AioRpcError as err:
                 assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert accepted == [0]  # a second 30 MiB no longer fits in what is left of 64 MiB
+        assert accepted == [0]  # a second 40 MiB no longer fits in what is left of 64 MiB
 
 
 async def test_container_root_is_not_host_root(client: ContractClient, ready: str, engine: docker.DockerClient) -> None:
