@@ -23,8 +23,8 @@ from exeunit.images import ImageResolver
 from exeunit.market import Agreement, AgreementState, Demand, Market, Offer, ProviderSettings, Refusal, utcnow
 from exeunit.states import ActivityState
 from exeunit.storage import LoopStorage, VolumeDirs
-from exeunit.threads import iterate_in_thread
-from exeunit.transfer import Download, Upload, confine, download
+from exeunit.threads import in_data_thread, iterate_in_thread
+from exeunit.transfer import Download, Upload, confine, download, existing_size
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +247,8 @@ class Provider:
                 f"file of {size} bytes exceeds the agreement's storage of {limit} bytes; demand more storage"
             )
         free = await asyncio.to_thread(volumes.free_bytes)
+        if volumes.enforced and size > free:  # an upload replaces the file at its path: that space comes back
+            free += await in_data_thread(existing_size, volumes.host_dir(dest.volume), dest)
         if volumes.enforced and size > free:
             raise errors.ResourceExhausted(
                 f"file of {size} bytes does not fit: the activity's storage has {free} bytes free"

@@ -85,11 +85,12 @@ class LoopStorage:
             _run("mkfs.ext4", "-q", "-F", "-m", "0", "-T", "largefile", "-O", "^has_journal",
                  "-E", f"root_owner={self._uid}:{self._gid}", str(image))
             _run("mount", "-o", MOUNT_OPTIONS, str(image), str(mountpoint))
+            dirs = _make_volume_dirs(mountpoint, volumes, self._uid, self._gid)
             _reserve_beyond(mountpoint, size_bytes)
         except (errors.ExeUnitError, OSError):
             self.destroy(activity_id)
             raise
-        return VolumeDirs(mountpoint, _make_volume_dirs(mountpoint, volumes, self._uid, self._gid), enforced=True)
+        return VolumeDirs(mountpoint, dirs, enforced=True)
 
     def destroy(self, activity_id: str) -> None:
         """Unmounts and deletes the activity's filesystem. Already gone is success. Blocks."""

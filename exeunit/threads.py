@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -27,41 +26,6 @@ async def in_data_thread(function: Callable[..., T], *args: Any) -> T:
     """Runs a blocking call that may take long on the data-plane pool."""
     return await asyncio.get_running_loop().run_in_executor(DATA_THREADS, functools.partial(function, *args))
 
-
-class LoopToThread(Generic[T]):
-    """A bounded queue from the event loop to one consumer thread. The loop side awaits room
-    without holding a thread; the thread side blocks as a queue.Queue does."""
-
-    def __init__(self, maxsize: int) -> None:
-        self._queue: queue.Queue[T] = queue.Queue(maxsize)
-        self._loop = asyncio.get_running_loop()
-        self._room = asyncio.Event()
-
-    async def put(self, item: T, wait: float) -> bool:
-        """Queues the item; False when there was no room within `wait` seconds."""
-        try:
-            self._queue.put_nowait(item)
-            return True
-        except queue.Full:
-            pass
-        self._room.clear()  # cleared before looking again, so a get() from now on wakes us
-        if not self._queue.full():
-            self._queue.put_nowait(item)
-            return True
-        try:
-            await asyncio.wait_for(self._room.wait(), wait)
-        except TimeoutError:
-            return False
-        return await self.put(item, 0)
-
-    def get(self, timeout: float) -> T:
-        """Thread side: the next item; queue.Empty after `timeout` seconds without one."""
-        item = self._queue.get(timeout=timeout)
-        try:
-            self._loop.call_soon_threadsafe(self._room.set)
-        except RuntimeError:
-            pass  # the loop is closed: nobody is putting any more
-        return item
 
 _ITEM, _DONE, _ERROR = range(3)
 

@@ -101,6 +101,18 @@ def open_beneath(root: Path, dest: Destination, flags: int, mode: int = 0o644,
         os.close(directory)
 
 
+def existing_size(root: Path, dest: Destination) -> int:
+    """Bytes of the regular file at dest now (what an upload there frees first), 0 when none."""
+    try:
+        fd = open_beneath(root, dest, os.O_RDONLY)
+    except errors.ExeUnitError:
+        return 0
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
 def _open_component(name: str, flags: int, mode: int, directory: int, where: str) -> int:
     try:
         fd = os.open(name, flags, mode, dir_fd=directory)

@@ -115,3 +115,14 @@ async def test_container_root_is_not_host_root(client: ContractClient, ready: st
     assert inside == 0 and host >= 1000 and count <= 65536
     run = await client.run_batch(ready, [client.sh("echo ok > /golem/work/owned && stat -c %u /golem/work/owned")])
     assert run.stdout() == b"0\n"
+
+
+async def test_replacing_a_file_counts_the_space_it_frees(daemons: Daemons) -> None:
+    server = await daemons.start()
+    async with ContractClient(f"127.0.0.1:{server.port}", "r") as client:
+        activity_id = await client.new_activity("exeunit-base:latest", min_storage_bytes=64 * MIB)
+        assert (await client.run_batch(activity_id, [client.deploy(), client.start()])).succeeded
+        for _ in range(3):  # 40 MiB over the same 40 MiB file, in 64 MiB of storage
+            await client.upload_bytes(activity_id, "/golem/input/same", b"z" * (40 * MIB))
+        free = await client.run_batch(activity_id, [client.sh("df -B1 --output=avail /golem/input | tail -1")])
+        assert int(free.stdout()) == 24 * MIB  # exactly the agreement's storage, less the file
