@@ -194,12 +194,13 @@ class Upload:
         if self._received > self._size:
             raise errors.DataLoss(f"received more than the declared {self._size} bytes")
         self.on_progress()
-        self._digest.update(chunk)
         self._writing = asyncio.ensure_future(in_data_thread(self._write_all, chunk))
         await self._writing
 
     def _write_all(self, chunk: bytes) -> None:
+        """Hashes and writes one chunk, off the event loop (one chunk at a time, in order)."""
         assert self._fd is not None
+        self._digest.update(chunk)
         view = memoryview(chunk)
         try:
             while view:

@@ -62,6 +62,16 @@ else
   echo "dockerd is up"
 fi
 
+step "Activity storage tools"
+# Each activity's volumes are a loop-mounted ext4 file (exeunit/storage.py).
+if ! command -v mkfs.ext4 >/dev/null 2>&1 || ! command -v losetup >/dev/null 2>&1; then
+  echo "installing e2fsprogs and mount..."
+  apt_install e2fsprogs mount
+fi
+if [ ! -e /dev/loop-control ]; then
+  echo "WARNING: this kernel offers no loop devices; exeunit serve needs --unenforced-storage here" >&2
+fi
+
 step "Images"
 if ! command -v debootstrap >/dev/null 2>&1; then
   echo "installing debootstrap..."

@@ -94,6 +94,13 @@ class ContractClient:
         )
         return created.activity_id
 
+    async def ready_activity(self, tag: str, **demand: object) -> str:
+        """A new activity for the demand, deployed and started; returns its id."""
+        activity_id = await self.new_activity(tag, **demand)
+        run = await self.run_batch(activity_id, [self.deploy(), self.start()])
+        assert run.succeeded, run.finished
+        return activity_id
+
     # Commands
 
     @staticmethod

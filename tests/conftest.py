@@ -122,8 +122,5 @@ async def client(provider: RunningServer) -> AsyncIterator[ContractClient]:
 @pytest_asyncio.fixture
 async def ready(client: ContractClient) -> str:
     """An activity deployed and started on the base image; returns its id."""
-    activity_id = await client.new_activity(BASE_IMAGE)
-    result = await client.run_batch(activity_id, [client.deploy(), client.start()])
-    assert result.succeeded, result
-    return activity_id
+    return await client.ready_activity(BASE_IMAGE)
 

@@ -31,12 +31,6 @@ def stalled_upload(client: ContractClient, activity_id: str, release: asyncio.Ev
     return client.transfer.Upload(requests(), metadata=client.metadata)
 
 
-async def ready_activity(client: ContractClient) -> str:
-    activity_id = await client.new_activity(BASE_IMAGE)
-    assert (await client.run_batch(activity_id, [client.deploy(), client.start()])).succeeded
-    return activity_id
-
-
 OPEN: list[asyncio.Future] = []
 
 
@@ -67,7 +61,7 @@ async def test_stalled_transfers_of_one_requestor_leave_others_control_calls_pro
             ContractClient(address, "victim") as victim:
         held = []
         for hostile in (h1, h2):
-            first, second = await ready_activity(hostile), await ready_activity(hostile)
+            first, second = await hostile.ready_activity(BASE_IMAGE), await hostile.ready_activity(BASE_IMAGE)
             err = await refused_once_full(hostile, first, release)
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert f"activity {first} already has 3 transfers in flight" in err.details()
@@ -102,7 +96,7 @@ async def test_stalled_transfers_of_one_requestor_leave_others_control_calls_pro
 async def test_transfers_that_stand_still_are_cut(daemons: Daemons) -> None:
     server = await daemons.start(limits=ActivityLimits(transfer_idle_seconds=1.0))
     async with ContractClient(f"127.0.0.1:{server.port}", "slow") as client:
-        activity_id = await ready_activity(client)
+        activity_id = await client.ready_activity(BASE_IMAGE)
         release = asyncio.Event()
         with pytest.raises(grpc.aio.AioRpcError) as cut:
             await stalled_upload(client, activity_id, release)

@@ -8,7 +8,7 @@ import pytest
 
 from exeunit.docker_runtime import LABEL_ACTIVITY, LABEL_AGREEMENT
 from tests.client import ContractClient
-from tests.conftest import Daemons
+from tests.conftest import BASE_IMAGE, Daemons
 
 MIB = 1 << 20
 
@@ -71,35 +71,32 @@ async def test_only_the_volumes_are_both_writable_and_executable(client: Contrac
     assert run.stdout() == b"rc=0\n"
 
 
-async def test_storage_is_a_hard_limit_of_the_agreements_size(daemons: Daemons) -> None:
-    server = await daemons.start()
-    async with ContractClient(f"127.0.0.1:{server.port}", "r") as client:
-        activity_id = await client.new_activity("exeunit-base:latest", min_storage_bytes=64 * MIB)
-        assert (await client.run_batch(activity_id, [client.deploy(), client.start()])).succeeded
-        # writes inside stop at the agreement's size, whichever volume they go to
-        fill = await client.run_batch(activity_id, [client.sh(
-            "head -c 200000000 /dev/zero > /golem/work/big; echo rc=$?; "
-            "head -c 10000000 /dev/zero > /golem/output/more; echo rc=$?; "
-            "du -sb /golem/work/big | cut -f1"
-        )])
-        lines = fill.stdout().split()
-        assert lines[:2] == [b"rc=1", b"rc=1"], fill.stderr()
-        assert int(lines[2]) <= 64 * MIB
-        assert b"No space left on device" in fill.stderr()
-        # uploads are refused before writing when they cannot fit
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await client.upload_bytes(activity_id, "/golem/input/x", b"x" * MIB)
-        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "does not fit: the activity's storage has" in refused.value.details()
-        await client.run_batch(activity_id, [client.run("/bin/rm", "/golem/work/big", "/golem/output/more")])
-        accepted = []
-        for index in range(4):
-            try:
-                await client.upload_bytes(activity_id, f"/golem/input/part{index}", b"y" * (40 * MIB))
-                accepted.append(index)
-            except grpc.aio.AioRpcError as err:
-                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert accepted == [0]  # a second 40 MiB no longer fits in what is left of 64 MiB
+async def test_storage_is_a_hard_limit_of_the_agreements_size(client: ContractClient) -> None:
+    activity_id = await client.ready_activity(BASE_IMAGE, min_storage_bytes=64 * MIB)
+    # writes inside stop at the agreement's size, whichever volume they go to
+    fill = await client.run_batch(activity_id, [client.sh(
+        "head -c 200000000 /dev/zero > /golem/work/big; echo rc=$?; "
+        "head -c 10000000 /dev/zero > /golem/output/more; echo rc=$?; "
+        "du -sb /golem/work/big | cut -f1"
+    )])
+    lines = fill.stdout().split()
+    assert lines[:2] == [b"rc=1", b"rc=1"], fill.stderr()
+    assert int(lines[2]) <= 64 * MIB
+    assert b"No space left on device" in fill.stderr()
+    # uploads are refused before writing when they cannot fit
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await client.upload_bytes(activity_id, "/golem/input/x", b"x" * MIB)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "does not fit: the activity's storage has" in refused.value.details()
+    await client.run_batch(activity_id, [client.run("/bin/rm", "/golem/work/big", "/golem/output/more")])
+    accepted = []
+    for index in range(4):
+        try:
+            await client.upload_bytes(activity_id, f"/golem/input/part{index}", b"y" * (40 * MIB))
+            accepted.append(index)
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert accepted == [0]  # a second 40 MiB no longer fits in what is left of 64 MiB
 
 
 async def test_container_root_is_not_host_root(client: ContractClient, ready: str, engine: docker.DockerClient) -> None:
@@ -117,12 +114,9 @@ async def test_container_root_is_not_host_root(client: ContractClient, ready: st
     assert run.stdout() == b"0\n"
 
 
-async def test_replacing_a_file_counts_the_space_it_frees(daemons: Daemons) -> None:
-    server = await daemons.start()
-    async with ContractClient(f"127.0.0.1:{server.port}", "r") as client:
-        activity_id = await client.new_activity("exeunit-base:latest", min_storage_bytes=64 * MIB)
-        assert (await client.run_batch(activity_id, [client.deploy(), client.start()])).succeeded
-        for _ in range(3):  # 40 MiB over the same 40 MiB file, in 64 MiB of storage
-            await client.upload_bytes(activity_id, "/golem/input/same", b"z" * (40 * MIB))
-        free = await client.run_batch(activity_id, [client.sh("df -B1 --output=avail /golem/input | tail -1")])
-        assert int(free.stdout()) == 24 * MIB  # exactly the agreement's storage, less the file
+async def test_replacing_a_file_counts_the_space_it_frees(client: ContractClient) -> None:
+    activity_id = await client.ready_activity(BASE_IMAGE, min_storage_bytes=64 * MIB)
+    for _ in range(3):  # 40 MiB over the same 40 MiB file, in 64 MiB of storage
+        await client.upload_bytes(activity_id, "/golem/input/same", b"z" * (40 * MIB))
+    free = await client.run_batch(activity_id, [client.sh("df -B1 --output=avail /golem/input | tail -1")])
+    assert int(free.stdout()) == 24 * MIB  # exactly the agreement's storage, less the file
