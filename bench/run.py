@@ -201,7 +201,7 @@ async def case_exec(golem: Golem, client: docker.DockerClient, states: States, r
         await ours()
         await raw()
     a, b = await alternate(rounds, ours, raw)
-    container.remove(force=True)
+    container.remove(force=True, v=True)
     await cluster.terminate()
     return Row("exec round trip", a * 1000, b * 1000, "ms", a / b, "ratio <= 1.15", a / b <= 1.15)
 
@@ -221,7 +221,7 @@ async def case_start(golem: Golem, client: docker.DockerClient, states: States, 
         container = raw_container(client)
         container.exec_run(["true"])
         took = elapsed()
-        container.remove(force=True)
+        container.remove(force=True, v=True)
         return took
 
     async def raw() -> float:
@@ -250,7 +250,7 @@ async def case_scale(golem: Golem, client: docker.DockerClient, states: States, 
         containers = list(pool.map(lambda _: one(), range(count)))
     raw = elapsed()
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda c: c.remove(force=True), containers))
+        list(pool.map(lambda c: c.remove(force=True, v=True), containers))
     per_activity = (live_rss - before) / count / MIB
     ratio = ours / raw
     return Row(f"scale-out ({count} instances)", ours, raw, "s", ratio, "ratio <= 1.5; <= 2 MiB/activity",
@@ -300,7 +300,7 @@ async def case_output(golem: Golem, client: docker.DockerClient, states: States,
     await ours()  # warm up both paths
     await raw()
     a, b = await alternate(rounds, ours, raw)
-    container.remove(force=True)
+    container.remove(force=True, v=True)
     await cluster.terminate()
     return Row(f"output stream ({size // MIB} MiB)", a, b, "MiB/s", a / b, "ratio >= 0.8", a / b >= 0.8)
 
@@ -372,7 +372,7 @@ async def case_transfer(golem: Golem, client: docker.DockerClient, states: State
     await raw_up()
     up = await alternate(rounds, ours_up, raw_up)
     down = await alternate(rounds, ours_down, raw_down)
-    container.remove(force=True)
+    container.remove(force=True, v=True)
     await cluster.terminate()
     rows = []
     for name, (a, b) in (("upload", up), ("download", down)):
@@ -426,7 +426,7 @@ async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list
     finally:
         daemon.stop()
         for leftover in client.containers.list(all=True, filters={"label": "io.exeunit.bench=1"}):
-            leftover.remove(force=True)
+            leftover.remove(force=True, v=True)
     print_table(rows)
     machine = {
         "cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1),

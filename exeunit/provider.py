@@ -275,8 +275,9 @@ class Provider:
             log.info("event=download_started %s path=%s", activity.log_ids, dest.path)
             opened = await download(volumes.host_dir(dest.volume), dest)
             # The handler waits in gRPC's write while a client does not read, where cancelling it
-            # would leave the call hanging: the watchdog lets go of the engine instead, and the
-            # client gets the reason when it reads on.
+            # would leave the call hanging: the watchdog marks the download cut instead, the client
+            # gets the reason when it reads on, and until it leaves it holds one descriptor and a
+            # slot of its own requestor's quota.
             watchdog = IdleWatchdog(idle, lambda: opened.cut(
                 errors.TimedOut(f"the download of {dest.path} stood still for {idle:g}s and was cut")))
             opened.on_progress = watchdog.progress
