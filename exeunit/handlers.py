@@ -36,7 +36,8 @@ def tolerant_parser(message_class: type[Message]) -> Callable[[bytes], Message |
     return parse
 
 
-_HANDLER_KINDS = {
+# (request streaming, response streaming) -> how a handler of that shape is made
+HANDLER_KINDS = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
     (True, False): grpc.stream_unary_rpc_method_handler,
@@ -50,7 +51,7 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: A
     for method in service.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
-        make = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
+        make = HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=tolerant_parser(request_class),

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from exeunit import errors
-from exeunit.handlers import MalformedRequest
+from exeunit.handlers import HANDLER_KINDS, MalformedRequest
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +102,7 @@ def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         await refuse(request, context)
         yield  # pragma: no cover - abort raises
 
-    kinds = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }
-    make = kinds[(handler.request_streaming, handler.response_streaming)]
+    make = HANDLER_KINDS[(handler.request_streaming, handler.response_streaming)]
     behaviour = refuse_streaming if handler.response_streaming else refuse
     return make(
         behaviour,
