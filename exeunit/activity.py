@@ -14,23 +14,22 @@ from contextlib import contextmanager
 from exeunit import errors
 from exeunit.batch import Batch, BatchEvent, EventKind, event_size
 from exeunit.commands import TRANSITIONS, Command, Deploy, Run, Start, Terminate, check_sequence, name_of, validate
-from exeunit.docker_runtime import (
+from exeunit.runtime import (
     LABEL_ACTIVITY,
     LABEL_AGREEMENT,
     LABEL_PROVIDER,
+    STDOUT,
+    CommandOutcome,
     ContainerSpec,
     ContainerUsage,
-    DockerRuntime,
-    ExecProcess,
     ImageInfo,
+    Runtime,
 )
 from exeunit.event_log import EventLog
-from exeunit.frames import STDOUT
 from exeunit.images import ImageResolver
 from exeunit.market import Agreement, AgreementState, utcnow
 from exeunit.states import ActivityState
 from exeunit.storage import LoopStorage, VolumeDirs
-from exeunit.threads import iterate_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ class Activity:
         self,
         activity_id: str,
         agreement: Agreement,
-        runtime: DockerRuntime,
+        runtime: Runtime,
         images: ImageResolver,
         limits: ActivityLimits,
         storage: LoopStorage,
@@ -87,6 +86,7 @@ class Activity:
         self._on_terminated = on_terminated
         self.agreement = agreement
         self._runtime = runtime
+        self._executor = runtime.executor()
         self._images = images
         self._limits = limits
         self.state = ActivityState.NEW
@@ -252,43 +252,32 @@ class Activity:
             tmp_bytes=self._limits.tmp_bytes,
             binds={volume: str(path) for volume, path in self.volumes.dirs.items()},
         )
-        self.container_id = await asyncio.to_thread(self._runtime.create_container, spec)
+        self.container_id = await self._runtime.create_container(spec)
         if self.state is ActivityState.TERMINATED:  # terminated while deploying: leave nothing behind
-            await asyncio.to_thread(self._runtime.remove_container, self.container_id)
+            await self._runtime.remove_container(self.container_id)
             raise errors.FailedPrecondition("the activity was terminated while deploying")
         await self._set_state(ActivityState.DEPLOYED)
 
     async def _start(self) -> None:
         assert self.container_id
-        await asyncio.to_thread(self._runtime.start_container, self.container_id)
+        await self._runtime.start_container(self.container_id)
         self._started_at = utcnow()
         await self._set_state(ActivityState.READY)
 
     async def _run(self, batch: Batch, index: int, run: Run) -> tuple[int, str]:
         assert self.container_id
-        container_id = self.container_id
-        started: list[ExecProcess] = []
-
-        def output() -> Iterator[tuple[int, bytes]]:
-            """Starts the command and reads it through, all in one worker thread."""
-            process = self._runtime.exec_start(
-                container_id, run.argv, run.env, run.workdir or None, run.timeout_seconds or None
-            )
-            started.append(process)
-            try:
-                yield from process.frames()
-            finally:
-                process.close()
-
-        async for stream, data in iterate_in_thread(output):
+        command = self._executor.run(
+            self.container_id, run.argv, run.env, run.workdir or None, run.timeout_seconds or None
+        )
+        async for stream, data in command:
             await batch.output(index, EventKind.STDOUT if stream == STDOUT else EventKind.STDERR, data)
-        process = started[0]
-        if process.timed_out:
+        outcome = command.outcome or CommandOutcome(return_code=None, timed_out=False)
+        if outcome.timed_out:
             return -1, f"timed out after {run.timeout_seconds:g}s and was killed"
-        if process.return_code is None:
+        if outcome.return_code is None:
             return -1, "the command's exit code could not be read (the container may have stopped)"
-        if process.return_code != 0:
-            return process.return_code, f"exit code {process.return_code}" + _exit_hint(process.return_code)
+        if outcome.return_code != 0:
+            return outcome.return_code, f"exit code {outcome.return_code}" + _exit_hint(outcome.return_code)
         return 0, ""
 
     @contextmanager
@@ -320,9 +309,7 @@ class Activity:
         for batch in self._batches.values():
             await batch.events.stop_holding()
         if self.container_id:
-            await asyncio.to_thread(
-                self._runtime.remove_container, self.container_id, self._limits.stop_timeout_seconds
-            )
+            await self._runtime.remove_container(self.container_id, self._limits.stop_timeout_seconds)
         if self.volumes is not None:
             await asyncio.to_thread(self._storage.destroy, self.activity_id)
 
@@ -343,7 +330,7 @@ class Activity:
         if loop.time() - self._usage_read_at < fresh_within:
             return
         if self._usage_reading is None or self._usage_reading.done():
-            self._usage_reading = asyncio.ensure_future(asyncio.to_thread(self._runtime.usage, self.container_id))
+            self._usage_reading = asyncio.ensure_future(self._runtime.usage(self.container_id))
         try:
             usage = await asyncio.shield(self._usage_reading)
         except errors.ExeUnitError:

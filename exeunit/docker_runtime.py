@@ -1,22 +1,25 @@
-"""The one module that talks to Docker: a small, blocking interface over the docker SDK.
+"""The one module that talks to Docker: the `Runtime` and `Executor` of `exeunit.runtime` over the
+docker SDK.
 
-Everything here blocks; callers run it in worker threads (asyncio.to_thread), never on the event
-loop. Docker's exceptions are translated to `exeunit.errors` here and nowhere else. A second
-backend (a cluster engine) would implement the same methods.
+The SDK blocks; each public method runs its call in a worker thread (short calls on the loop's
+default executor, long ones such as loading an image on the data-plane pool), so callers just
+await. Docker's exceptions are translated to `exeunit.errors` here and nowhere else.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import os
 import select
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -24,47 +27,23 @@ import requests.exceptions
 
 from exeunit import errors
 from exeunit.frames import FrameDecoder
+from exeunit.runtime import (
+    LABEL_PROVIDER,
+    CommandOutcome,
+    ContainerSpec,
+    ContainerUsage,
+    ImageInfo,
+)
+from exeunit.threads import in_data_thread, iterate_in_thread
 
 log = logging.getLogger(__name__)
-
-LABEL_ACTIVITY = "io.exeunit.activity"
-LABEL_AGREEMENT = "io.exeunit.agreement"
-LABEL_PROVIDER = "io.exeunit.provider"
+T = TypeVar("T")
 
 READ_BATCH = 1 << 20  # output is read and forwarded in chunks of up to this many bytes
 
 # Keeps a container alive like a booted VM whatever its image's CMD: a shell reading commands from
 # a stdin that stays open and never receives any. Needs only /bin/sh in the image.
 KEEPALIVE_ENTRYPOINT = ["/bin/sh"]
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """What the daemon needs to know of an image."""
-
-    id: str
-    tags: tuple[str, ...]
-    volumes: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ContainerSpec:
-    """Everything needed to create one hardened activity container."""
-
-    name: str
-    image_id: str
-    labels: dict[str, str]
-    memory_bytes: int
-    cpu_threads: int
-    pids_limit: int
-    tmp_bytes: int
-    binds: dict[str, str]  # container path -> host directory (the activity's volumes)
-
-
-@dataclass(frozen=True)
-class ContainerUsage:
-    cpu_seconds: float
-    memory_bytes: int
 
 
 @contextmanager
@@ -194,14 +173,25 @@ class ExecProcess:
             return self._api.exec_inspect(self.exec_id)
 
 
+def _in_thread(method: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """Makes a blocking method awaitable, run on the loop's default executor (short calls)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(method, self, *args, **kwargs)
+
+    return wrapper
+
+
 class DockerRuntime:
-    """Blocking operations on one Docker engine, for the daemon's activities."""
+    """Containers and images on one Docker engine, for the daemon's activities (a `Runtime`)."""
 
     def __init__(self, client: docker.DockerClient | None = None, pool_size: int = 64) -> None:
         with _translated("connect to Docker"):
             self._client = client or docker.from_env(max_pool_size=pool_size, timeout=120)
         self._api = self._client.api
 
+    @_in_thread
     def ping(self) -> None:
         with _translated("ping Docker"):
             self._api.ping()
@@ -223,8 +213,12 @@ class DockerRuntime:
 
     # Images
 
+    @_in_thread
     def image(self, ref: str) -> ImageInfo:
         """Looks up an image by id or tag; NotFound names the ref."""
+        return self._inspect_image(ref)
+
+    def _inspect_image(self, ref: str) -> ImageInfo:
         try:
             with _translated(f"image {ref!r}"):
                 attrs = self._api.inspect_image(ref)
@@ -233,6 +227,7 @@ class DockerRuntime:
         volumes = tuple(sorted((attrs.get("Config") or {}).get("Volumes") or {}))
         return ImageInfo(id=attrs["Id"], tags=tuple(attrs.get("RepoTags") or ()), volumes=volumes)
 
+    @_in_thread
     def images(self) -> list[ImageInfo]:
         """Every image on the engine with its tags (volumes are not listed; `image()` has them)."""
         with _translated("list images"):
@@ -242,18 +237,24 @@ class DockerRuntime:
             for i in listed
         ]
 
+    @_in_thread
     def has_image(self, image_id: str) -> bool:
         try:
-            self.image(image_id)
+            self._inspect_image(image_id)
         except errors.NotFound:
             return False
         return True
 
-    def load_image(self, archive_path: str) -> None:
+    async def load_image(self, archive_path: str) -> None:
+        """Loads a `docker save` archive (on the data-plane pool: it takes as long as it is big)."""
+        await in_data_thread(self._load_image, archive_path)
+
+    def _load_image(self, archive_path: str) -> None:
         with _translated("load image archive"), open(archive_path, "rb") as archive:
             for _ in self._api.load_image(archive):
                 pass
 
+    @_in_thread
     def remove_image(self, image_id: str) -> None:
         """Removes an image by id; FailedPrecondition while a container uses it."""
         with _translated(f"remove image {image_id}"):
@@ -261,6 +262,7 @@ class DockerRuntime:
 
     # Containers
 
+    @_in_thread
     def create_container(self, spec: ContainerSpec) -> str:
         """Creates a hardened container; returns its id."""
         host_config = self._api.create_host_config(
@@ -295,6 +297,7 @@ class DockerRuntime:
             )
         return str(created["Id"])
 
+    @_in_thread
     def start_container(self, container_id: str) -> None:
         with _translated("start container"):
             self._api.start(container_id)
@@ -303,6 +306,7 @@ class DockerRuntime:
         with _translated("inspect container"):
             return bool(self._api.inspect_container(container_id)["State"]["Running"])
 
+    @_in_thread
     def remove_container(self, container_id: str, stop_timeout: int = 5) -> None:
         """Stops and removes a container and its anonymous volumes. Already gone is success."""
         try:
@@ -320,12 +324,14 @@ class DockerRuntime:
         except errors.FailedPrecondition:
             pass  # removal already in progress
 
+    @_in_thread
     def containers_with_label(self, key: str, value: str) -> list[str]:
         """Ids of all containers (running or not) labelled key=value."""
         with _translated("list containers"):
             found = self._api.containers(all=True, filters={"label": f"{key}={value}"})
         return [str(c["Id"]) for c in found]
 
+    @_in_thread
     def usage(self, container_id: str) -> ContainerUsage:
         with _translated("read container stats"):
             stats = self._api.stats(container_id, stream=False, one_shot=True)
@@ -333,32 +339,75 @@ class DockerRuntime:
         memory = (stats.get("memory_stats") or {}).get("usage") or 0
         return ContainerUsage(cpu_seconds=cpu_ns / 1e9, memory_bytes=int(memory))
 
-    def container_deaths(self, provider_id: str) -> "DeathWatch":
-        """A blocking stream of ids of this provider's containers that died."""
+    async def container_deaths(self, provider_id: str) -> AsyncIterator[str]:
+        """Ids of this provider's containers as they die, for as long as it is iterated. When the
+        engine's event stream breaks (the engine restarts, a proxy drops it), it is opened again."""
+        pause = 0.5
+        while True:
+            try:
+                watch = DeathWatch(await asyncio.to_thread(self._death_events, provider_id))
+            except errors.ExeUnitError as exc:
+                log.warning("event=death_watch_failed error=%s retry_in=%.1fs", exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 30.0)
+                continue
+            try:
+                async for container_id in iterate_in_thread(lambda: iter(watch)):
+                    pause = 0.5
+                    yield container_id
+            finally:
+                watch.close()
+            await asyncio.sleep(pause)  # the stream ended: open it again
+
+    def _death_events(self, provider_id: str) -> Any:
         with _translated("watch Docker events"):
-            stream = self._api.events(
+            return self._api.events(
                 decode=True,
                 filters={"type": "container", "event": "die", "label": f"{LABEL_PROVIDER}={provider_id}"},
             )
-        return DeathWatch(stream)
 
-    # Commands
+    def executor(self) -> DockerExec:
+        return DockerExec(self._api)
 
-    def exec_start(
-        self,
-        container_id: str,
-        argv: list[str],
-        env: dict[str, str],
-        workdir: str | None,
-        timeout: float | None,
-    ) -> ExecProcess:
-        """Starts a command in a running container; read its output from the returned process."""
+class DockerExec:
+    """Runs commands with `docker exec` (an `Executor`); each command holds one data-plane thread."""
+
+    name = "docker-exec"
+
+    def __init__(self, api: Any) -> None:
+        self._api = api
+
+    def run(self, container_id: str, argv: list[str], env: dict[str, str], workdir: str | None,
+            timeout: float | None) -> ExecRun:
+        return ExecRun(self._api, container_id, argv, env, workdir, timeout)
+
+
+class ExecRun:
+    """One `docker exec`: started and read through in one worker thread as it is iterated."""
+
+    def __init__(self, api: Any, container_id: str, argv: list[str], env: dict[str, str],
+                 workdir: str | None, timeout: float | None) -> None:
+        self._api = api
+        self._args = (container_id, argv, env, workdir, timeout)
+        self.outcome: CommandOutcome | None = None
+
+    def __aiter__(self) -> AsyncIterator[tuple[int, bytes]]:
+        return iterate_in_thread(self._frames)
+
+    def _frames(self) -> Iterator[tuple[int, bytes]]:
+        container_id, argv, env, workdir, timeout = self._args
         with _translated(f"exec {argv[0]!r}"):
             exec_id = self._api.exec_create(
                 container_id, argv, stdout=True, stderr=True, environment=env, workdir=workdir
             )["Id"]
             sock = self._api.exec_start(exec_id, socket=True)
-        return ExecProcess(self._api, exec_id, sock, timeout)
+        process = ExecProcess(self._api, exec_id, sock, timeout)
+        try:
+            yield from process.frames()
+        finally:
+            process.close()
+        self.outcome = CommandOutcome(process.return_code, process.timed_out)
+
 
 @dataclass
 class DeathWatch:

@@ -10,7 +10,6 @@ when its last agreement ends, unless the operator offers it too.
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import logging
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exeunit import archive, errors
-from exeunit.docker_runtime import DockerRuntime, ImageInfo
+from exeunit.runtime import ImageInfo, Runtime
 from exeunit.fairness import ConcurrencyQuota
 from exeunit.fetch import ArchiveFetch, FetchPolicy
 from exeunit.threads import in_data_thread
@@ -46,7 +45,7 @@ class ImagePolicy:
 
 
 class ImageResolver:
-    def __init__(self, runtime: DockerRuntime, policy: ImagePolicy) -> None:
+    def __init__(self, runtime: Runtime, policy: ImagePolicy) -> None:
         self._runtime = runtime
         self.policy = policy
         self._owners: dict[str, dict[str, str]] = {}  # loaded image id -> {agreement id: requestor id}
@@ -58,7 +57,7 @@ class ImageResolver:
     async def offered(self) -> list[ImageInfo]:
         """The operator's images present on the engine, with only their offered tags."""
         offered = []
-        for image in await asyncio.to_thread(self._runtime.images):
+        for image in await self._runtime.images():
             tags = tuple(t for t in image.tags if self.policy.offers_tag(t))
             if tags:
                 offered.append(ImageInfo(image.id, tags, image.volumes))
@@ -98,7 +97,7 @@ class ImageResolver:
         ref = agreement.demand.image
         image_id = await self._offered_id(ref)
         if image_id is not None:
-            return await asyncio.to_thread(self._runtime.image, image_id)
+            return await self._runtime.image(image_id)
         if ref.hash and self._owned_by(agreement.requestor_id, ref.hash):
             image_id = ref.hash
         elif ref.url:
@@ -107,32 +106,32 @@ class ImageResolver:
         else:
             raise errors.NotFound(f"image {ref.describe()!r} is not offered by this provider")
         self._owners.setdefault(image_id, {})[agreement.agreement_id] = agreement.requestor_id
-        return await asyncio.to_thread(self._runtime.image, image_id)
+        return await self._runtime.image(image_id)
 
     async def _fetch_and_load(
         self, ref: ImageRef, agreement: Agreement, on_fetch: Callable[[Callable[[], None]], object]
     ) -> str:
         limit = min(agreement.reserved.storage_bytes, self.policy.fetch.max_bytes)
         with tempfile.TemporaryDirectory(prefix="exeunit-image-") as scratch:
-            fetch = ArchiveFetch(ref.url, self.policy.fetch, limit, Path(scratch) / "fetched.tar")
+            fetched, nameless = Path(scratch) / "fetched.tar", Path(scratch) / "nameless.tar"
+            fetch = ArchiveFetch(ref.url, self.policy.fetch, limit, fetched)
             on_fetch(fetch.cancel)
             log.info("event=image_fetching agreement=%s url=%s", agreement.agreement_id, ref.url)
             file_hash = await in_data_thread(fetch.run)
-            image_id = await in_data_thread(self._check_and_load, Path(scratch), ref.hash, file_hash, limit)
+            image_id = await in_data_thread(archive.verify, fetched, ref.hash, file_hash)
+            if image_id not in self._owners and await self._runtime.has_image(image_id):
+                self._preexisting.add(image_id)  # the host had it before any requestor: never ours to remove
+                return image_id
+            await in_data_thread(self._unpack_check_and_strip, fetched, nameless, limit)
+            await self._runtime.load_image(str(nameless))
         log.info("event=image_loaded agreement=%s image=%s", agreement.agreement_id, image_id)
         return image_id
 
-    def _check_and_load(self, scratch: Path, wanted: str, file_hash: str, limit: int) -> str:
-        fetched, nameless = scratch / "fetched.tar", scratch / "nameless.tar"
-        image_id = archive.verify(fetched, wanted, file_hash)
-        if image_id not in self._owners and self._runtime.has_image(image_id):
-            self._preexisting.add(image_id)  # the host had it before any requestor: never ours to remove
-            return image_id
+    @staticmethod
+    def _unpack_check_and_strip(fetched: Path, nameless: Path, limit: int) -> None:
         archive.check_unpacked_size(fetched, limit)
         archive.write_nameless_copy(fetched, nameless)
         fetched.unlink()
-        self._runtime.load_image(str(nameless))
-        return image_id
 
     # Ending
 
@@ -147,7 +146,7 @@ class ImageResolver:
             if image_id in self._preexisting or any(i.id == image_id for i in await self.offered()):
                 continue  # the operator's: it stays
             try:
-                await asyncio.to_thread(self._runtime.remove_image, image_id)
+                await self._runtime.remove_image(image_id)
                 log.info("event=image_removed image=%s agreement=%s", image_id, agreement.agreement_id)
             except errors.ExeUnitError as exc:
                 log.warning("event=image_remove_failed image=%s error=%s", image_id, exc)

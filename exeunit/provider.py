@@ -17,20 +17,20 @@ from exeunit import errors
 from exeunit.activity import Activity, ActivityLimits, ActivityStatus, Usage
 from exeunit.batch import Batch, BatchEvent
 from exeunit.commands import Command
-from exeunit.docker_runtime import LABEL_PROVIDER, DeathWatch, DockerRuntime
 from exeunit.fairness import ConcurrencyQuota, IdleWatchdog, idle_timeout
 from exeunit.images import ImageResolver
+from exeunit.runtime import LABEL_PROVIDER, Runtime
 from exeunit.market import Agreement, AgreementState, Demand, Market, Offer, ProviderSettings, Refusal, utcnow
 from exeunit.states import ActivityState
 from exeunit.storage import LoopStorage, VolumeDirs
-from exeunit.threads import in_data_thread, iterate_in_thread
+from exeunit.threads import in_data_thread
 from exeunit.transfer import Download, Upload, confine, download, existing_size
 
 log = logging.getLogger(__name__)
 
 
 class Provider:
-    def __init__(self, settings: ProviderSettings, runtime: DockerRuntime, limits: ActivityLimits,
+    def __init__(self, settings: ProviderSettings, runtime: Runtime, limits: ActivityLimits,
                  storage: LoopStorage) -> None:
         self.settings = settings
         self.storage = storage
@@ -45,28 +45,24 @@ class Provider:
         self._idle: dict[str, asyncio.TimerHandle] = {}  # agreements with no live activity
         self._tasks: set[asyncio.Task[None]] = set()
         self._death_watch_task: asyncio.Task[None] | None = None
-        self._death_watch: DeathWatch | None = None
 
     # Life of the daemon
 
     async def open(self) -> None:
         """Checks the engine, removes containers a previous run of this provider left behind, and
         starts watching for containers that die."""
-        await asyncio.to_thread(self._runtime.ping)
+        await self._runtime.ping()
         if self.storage.owner == (0, 0):
             log.warning("event=engine_without_userns_remap message=%r", "root in a container is root on this host; "
                         "start dockerd with --userns-remap=default so that it is not")
-        leftovers = await asyncio.to_thread(
-            self._runtime.containers_with_label, LABEL_PROVIDER, self.settings.provider_id
-        )
+        leftovers = await self._runtime.containers_with_label(LABEL_PROVIDER, self.settings.provider_id)
         for container_id in leftovers:
             log.warning("event=dangling_container_removed container=%s provider=%s",
                         container_id[:12], self.settings.provider_id)
-            await asyncio.to_thread(self._runtime.remove_container, container_id, 1)
+            await self._runtime.remove_container(container_id, 1)
         for activity_id in await asyncio.to_thread(self.storage.leftovers):
             log.warning("event=dangling_storage_removed activity=%s", activity_id)
             await asyncio.to_thread(self.storage.destroy, activity_id)
-        self._death_watch = await asyncio.to_thread(self._runtime.container_deaths, self.settings.provider_id)
         self._death_watch_task = asyncio.create_task(self._watch_deaths())
 
     async def close(self) -> None:
@@ -80,17 +76,13 @@ class Provider:
         )
         await asyncio.gather(*(a.close() for a in self._activities.values()))
         await asyncio.to_thread(self.storage.close)
-        if self._death_watch is not None:
-            self._death_watch.close()
         if self._death_watch_task is not None:
             self._death_watch_task.cancel()
         for task in list(self._tasks):
             task.cancel()
 
     async def _watch_deaths(self) -> None:
-        assert self._death_watch is not None
-        watch = self._death_watch
-        async for container_id in iterate_in_thread(lambda: iter(watch)):
+        async for container_id in self._runtime.container_deaths(self.settings.provider_id):
             activity = next((a for a in self._activities.values() if a.container_id == container_id), None)
             if activity and activity.state is not ActivityState.TERMINATED:
                 self._spawn(activity.terminate("ContainerDied", "the activity's container stopped unexpectedly"))

@@ -16,7 +16,8 @@ import pytest
 import pytest_asyncio
 
 from exeunit.activity import ActivityLimits
-from exeunit.docker_runtime import LABEL_PROVIDER, DockerRuntime
+from exeunit.docker_runtime import DockerRuntime
+from exeunit.runtime import LABEL_PROVIDER
 from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
 from exeunit.provider import Provider
 from exeunit.server import RunningServer, create_server

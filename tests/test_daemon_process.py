@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from exeunit.docker_runtime import LABEL_PROVIDER
+from exeunit.runtime import LABEL_PROVIDER
 from tests.client import ContractClient
 from tests.conftest import BASE_IMAGE
 from tests.daemon_process import EXEUNIT, Daemon
