@@ -7,6 +7,7 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 from datetime import datetime
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from exeunit import errors
 from exeunit.batch import Batch, BatchEvent, EventKind, event_size
 from exeunit.commands import TRANSITIONS, Command, Deploy, Run, Start, Terminate, check_sequence, name_of, validate
+from exeunit.agent import AgentChannel, AgentExecutor, guest_binds, guest_entrypoint
 from exeunit.runtime import (
     LABEL_ACTIVITY,
     LABEL_AGREEMENT,
@@ -22,6 +24,7 @@ from exeunit.runtime import (
     CommandOutcome,
     ContainerSpec,
     ContainerUsage,
+    Executor,
     ImageInfo,
     Runtime,
 )
@@ -47,6 +50,7 @@ class ActivityLimits:
     replay_window_bytes: int = 32 << 20
     replay_grace_seconds: float = 10.0
     stop_timeout_seconds: int = 5
+    agent_start_seconds: float = 3.0  # how long `start` waits for the resident agent to connect
     transfers_per_activity: int = 4
     transfers_per_requestor: int = 16
     transfer_idle_seconds: float = 60.0
@@ -60,6 +64,7 @@ class ActivityStatus:
     reason: str
     message: str
     changed: datetime
+    executor: str = ""  # how commands run once Ready: "agent" or "docker-exec"
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,8 @@ class Activity:
         self._on_terminated = on_terminated
         self.agreement = agreement
         self._runtime = runtime
-        self._executor = runtime.executor()
+        self._executor: Executor = runtime.executor()
+        self._channel: AgentChannel | None = None
         self._images = images
         self._limits = limits
         self.state = ActivityState.NEW
@@ -115,8 +121,10 @@ class Activity:
         return f"agreement={self.agreement.agreement_id} activity={self.activity_id}"
 
     def status(self) -> ActivityStatus:
+        executor = self._executor.name if self.state is ActivityState.READY else ""
         return ActivityStatus(
-            self.activity_id, self.agreement.agreement_id, self.state, self.reason, self.message, self.changed
+            self.activity_id, self.agreement.agreement_id, self.state, self.reason, self.message, self.changed,
+            executor,
         )
 
     async def _set_state(self, state: ActivityState, reason: str = "", message: str = "") -> None:
@@ -251,6 +259,7 @@ class Activity:
             pids_limit=self._limits.pids_limit,
             tmp_bytes=self._limits.tmp_bytes,
             binds={volume: str(path) for volume, path in self.volumes.dirs.items()},
+            **await self._guest_agent(),
         )
         self.container_id = await self._runtime.create_container(spec)
         if self.state is ActivityState.TERMINATED:  # terminated while deploying: leave nothing behind
@@ -258,9 +267,25 @@ class Activity:
             raise errors.FailedPrecondition("the activity was terminated while deploying")
         await self._set_state(ActivityState.DEPLOYED)
 
+    async def _guest_agent(self) -> dict[str, Any]:
+        """The container's entrypoint and mounts for the resident agent; none when its socket
+        cannot be made (then commands go through the engine's exec)."""
+        channel_dir = await asyncio.to_thread(self._storage.channel_dir, self.activity_id)
+        channel = AgentChannel(channel_dir)
+        try:
+            await channel.open()
+        except OSError as exc:
+            log.warning("event=agent_channel_failed %s error=%s", self.log_ids, exc)
+            return {}
+        self._channel = channel
+        return {"entrypoint": guest_entrypoint(), "read_only_binds": guest_binds(channel_dir)}
+
     async def _start(self) -> None:
         assert self.container_id
         await self._runtime.start_container(self.container_id)
+        if self._channel is not None and await self._channel.link(wait=self._limits.agent_start_seconds):
+            self._executor = AgentExecutor(self._channel, self._executor)
+        log.info("event=executor_chosen %s executor=%s", self.log_ids, self._executor.name)
         self._started_at = utcnow()
         await self._set_state(ActivityState.READY)
 
@@ -302,6 +327,8 @@ class Activity:
         self._ended_at = utcnow()
         for cancel in list(self._transfers):  # first: the engine locks the container while a transfer runs
             cancel()
+        if self._channel is not None:
+            self._channel.close()
         await self._refresh_usage(fresh_within=0)
         await self._set_state(ActivityState.TERMINATED, reason, message)
         self._projected = ActivityState.TERMINATED

@@ -205,6 +205,7 @@ def status_to_proto(status: ActivityStatus) -> act.ActivityStatus:
         reason=status.reason,
         message=status.message,
         changed=timestamp(status.changed),
+        executor=status.executor,
     )
 
 

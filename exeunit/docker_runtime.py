@@ -282,13 +282,16 @@ class DockerRuntime:
                 "/dev": "rw,nosuid,dev,noexec,size=64k,mode=755",
                 "/dev/shm": f"rw,nosuid,nodev,noexec,size={spec.tmp_bytes}",
             },
-            binds={host: {"bind": inside, "mode": "rw"} for inside, host in spec.binds.items()},
+            binds={
+                **{host: {"bind": inside, "mode": "rw"} for inside, host in spec.binds.items()},
+                **{host: {"bind": inside, "mode": "ro"} for inside, host in spec.read_only_binds.items()},
+            },
         )
         with _translated(f"create container {spec.name}"):
             created = self._api.create_container(
                 spec.image_id,
                 name=spec.name,
-                entrypoint=KEEPALIVE_ENTRYPOINT,
+                entrypoint=list(spec.entrypoint) or KEEPALIVE_ENTRYPOINT,
                 command=[],
                 stdin_open=True,
                 labels=spec.labels,

@@ -10,7 +10,7 @@ would be one new module implementing these, and the domain modules would not cha
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 LABEL_ACTIVITY = "io.exeunit.activity"
@@ -41,6 +41,10 @@ class ContainerSpec:
     pids_limit: int
     tmp_bytes: int
     binds: dict[str, str]  # container path -> host directory (the activity's volumes)
+    read_only_binds: dict[str, str] = field(default_factory=dict)  # container path -> host path
+    # What the container runs, with stdin kept open; empty: a shell reading that stdin, which keeps
+    # it alive like a booted VM whatever the image's CMD.
+    entrypoint: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,13 @@ class LoopStorage:
             raise
         return VolumeDirs(mountpoint, dirs, enforced=True)
 
+    def channel_dir(self, activity_id: str) -> Path:
+        """A directory beside the activity's filesystem for its agent's socket (removed with it)."""
+        channel = self.base / activity_id / "channel"
+        channel.mkdir(parents=True, exist_ok=True)
+        channel.chmod(0o755)
+        return channel
+
     def destroy(self, activity_id: str) -> None:
         """Unmounts and deletes the activity's filesystem. Already gone is success. Blocks."""
         home = self.base / activity_id

@@ -53,20 +53,22 @@ COMMAND_STATE_FAILED: CommandState
 COMMAND_STATE_SKIPPED: CommandState
 
 class ActivityStatus(_message.Message):
-    __slots__ = ("activity_id", "agreement_id", "state", "reason", "message", "changed")
+    __slots__ = ("activity_id", "agreement_id", "state", "reason", "message", "changed", "executor")
     ACTIVITY_ID_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CHANGED_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     activity_id: str
     agreement_id: str
     state: ActivityState
     reason: str
     message: str
     changed: _timestamp_pb2.Timestamp
-    def __init__(self, activity_id: _Optional[str] = ..., agreement_id: _Optional[str] = ..., state: _Optional[_Union[ActivityState, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., changed: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    executor: str
+    def __init__(self, activity_id: _Optional[str] = ..., agreement_id: _Optional[str] = ..., state: _Optional[_Union[ActivityState, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., changed: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., executor: _Optional[str] = ...) -> None: ...
 
 class DeployCommand(_message.Message):
     __slots__ = ()

@@ -1,0 +1,99 @@
+"""The resident agent: commands through it, fallback to `docker exec`, and an agent that lies."""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+
+import docker
+
+from exeunit.v1 import activity_pb2 as act
+from tests.client import ContractClient
+from tests.conftest import BASE_IMAGE
+
+IMPOSTOR = r'''
+import json, socket, struct, sys, time
+mode = sys.argv[1]
+s = socket.socket(socket.AF_UNIX)
+s.connect("/.exeunit/channel/agent.sock")
+def send(kind, payload=b""):
+    s.sendall(struct.pack(">I", len(payload) + 1) + kind + payload)
+send(b"H", json.dumps({"version": 1}).encode())
+header = s.recv(4)  # the daemon's next RUN
+s.recv(struct.unpack(">I", header)[0])
+if mode == "huge":
+    s.sendall(struct.pack(">I", 1 << 30) + b"O")
+elif mode == "flood":
+    while True:
+        send(b"O", b"x" * 65536)
+elif mode == "badcode":
+    send(b"X", json.dumps({"code": "zero"}).encode())
+elif mode == "unknown":
+    send(b"Z", b"?")
+time.sleep(60)
+'''
+
+
+async def test_commands_run_through_the_agent(client: ContractClient, ready: str) -> None:
+    status = await client.state(ready)
+    assert status.executor == "agent"
+    run = await client.run_batch(ready, [client.run("/bin/sh", "-c", "echo out; echo err >&2; exit 3")])
+    assert run.stdout() == b"out\n" and run.stderr() == b"err\n"
+    assert run.finished[0].return_code == 3 and run.finished[0].message == "exit code 3"
+    started = time.monotonic()
+    run = await client.run_batch(ready, [client.sh("sleep 30 & echo bg"), client.run("/bin/true")])
+    assert run.succeeded and time.monotonic() - started < 5, "a background child delayed the next command"
+
+
+async def test_an_image_without_python_falls_back_to_docker_exec(client: ContractClient, engine: docker.DockerClient) -> None:
+    tag = f"exeunit-test-nopython:{uuid.uuid4().hex[:8]}"
+    dockerfile = f"FROM {BASE_IMAGE}\nRUN rm -f /usr/bin/python3*\n".encode()
+    engine.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True)
+    try:
+        activity_id = await client.ready_activity(tag)
+        assert (await client.state(activity_id)).executor == "docker-exec"
+        run = await client.run_batch(activity_id, [client.run("/bin/echo", "hi")])
+        assert run.succeeded and run.stdout() == b"hi\n"
+        await client.destroy(activity_id)
+    finally:
+        engine.images.remove(tag, force=True)
+
+
+async def impostor_takes_over(client: ContractClient, activity_id: str, mode: str) -> None:
+    upload = IMPOSTOR.encode()
+    await client.upload_bytes(activity_id, "/golem/work/impostor.py", upload)
+    run = await client.run_batch(activity_id, [client.sh(
+        f"python3 /golem/work/impostor.py {mode} >/dev/null 2>&1 & sleep 0.5"
+    )])
+    assert run.succeeded, run.finished
+
+
+async def test_a_lying_agent_fails_only_its_own_command(client: ContractClient, ready: str) -> None:
+    bystander = await client.ready_activity(BASE_IMAGE)
+    cases = {
+        "huge": "the command's agent failed: the agent sent a frame of 1073741824 bytes",
+        "badcode": "the command's agent failed: it reported an exit code that is not a 32-bit integer",
+        "unknown": "the command's agent failed: it sent a frame of unknown kind",
+    }
+    for mode, reason in cases.items():
+        await impostor_takes_over(client, ready, mode)
+        run = await client.run_batch(ready, [client.run("/bin/true")])
+        assert not run.succeeded and run.finished[0].message.startswith(reason), (mode, run.finished)
+        # the activity goes on (through docker exec once no agent is connected), as does another one
+        assert (await client.run_batch(ready, [client.run("/bin/true")])).succeeded
+        assert (await client.run_batch(bystander, [client.run("/bin/echo", "fine")])).stdout() == b"fine\n"
+
+
+async def test_a_flooding_agent_that_ignores_the_kill_is_cut_at_the_timeout(client: ContractClient, ready: str) -> None:
+    await impostor_takes_over(client, ready, "flood")
+    batch_id = (await client.exec(ready, [client.run("/bin/true", timeout=1)])).batch_id
+    seen = 0
+    async for event in client.events(ready, batch_id):
+        seen += len(event.stdout.data)
+        if event.WhichOneof("kind") == "finished":
+            assert event.finished.message == (
+                "the command's agent failed: it did not report the exit of a killed command"
+            )
+    assert seen > 0
+    assert (await client.state(ready)).state == act.ACTIVITY_STATE_READY
