@@ -29,6 +29,7 @@ HELLO, RUN, KILL, OUT, ERR, EXIT = b"H", b"R", b"K", b"O", b"E", b"X"
 HEADER = struct.Struct(">I")
 MAX_FRAME = (1 << 20) + 1  # the agent sends output in pieces of at most 256 KiB
 HELLO_SECONDS = 2.0  # a connection that does not say hello in time is dropped
+MAX_GREETING = 4  # connections waiting to say hello at once; more are closed at once
 KILL_GRACE_SECONDS = 2.0  # after a kill, how long the agent has to report the exit
 GUEST_AGENT = Path(__file__).parent / "guest" / "agent.py"
 GUEST_DIR = "/.exeunit"  # where the container sees the agent and its channel (read-only)
@@ -84,6 +85,7 @@ class AgentChannel:
         self._server: asyncio.AbstractServer | None = None
         self._link: _Link | None = None
         self._pending: _Link | None = None  # connected since the last command began
+        self._greeting = 0  # connections not yet past their hello
         self._connected = asyncio.Event()
         self.busy = asyncio.Lock()  # one command at a time
 
@@ -93,6 +95,10 @@ class AgentChannel:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         link = _Link(reader, writer)
+        if self._greeting >= MAX_GREETING:  # a flood of connections costs the daemon nothing more
+            link.close()
+            return
+        self._greeting += 1
         try:
             kind, payload = await asyncio.wait_for(link.receive(), HELLO_SECONDS)
             if kind != HELLO or _json(payload).get("version") != 1:
@@ -100,6 +106,8 @@ class AgentChannel:
         except (AgentFailure, asyncio.IncompleteReadError, TimeoutError, OSError):
             link.close()
             return
+        finally:
+            self._greeting -= 1
         if self._pending is not None:
             self._pending.close()
         self._pending = link  # takes over at the next command, never in the middle of one

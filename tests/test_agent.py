@@ -7,6 +7,7 @@ import time
 import uuid
 
 import docker
+import psutil
 
 from exeunit.v1 import activity_pb2 as act
 from tests.client import ContractClient
@@ -97,3 +98,27 @@ async def test_a_flooding_agent_that_ignores_the_kill_is_cut_at_the_timeout(clie
             )
     assert seen > 0
     assert (await client.state(ready)).state == act.ACTIVITY_STATE_READY
+
+
+async def test_a_flood_of_connections_to_the_agent_socket_holds_nothing(client: ContractClient, ready: str) -> None:
+    before = psutil.Process().num_fds()  # the daemon runs in this process
+    flood = (
+        "import socket, time\n"
+        "held = []\n"
+        "for _ in range(300):\n"
+        "    s = socket.socket(socket.AF_UNIX)\n"
+        "    try:\n"
+        "        s.connect('/.exeunit/channel/agent.sock')\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "    held.append(s)\n"
+        "print('opened', len(held), flush=True)\n"
+        "time.sleep(3)\n"
+    )
+    await client.upload_bytes(ready, "/golem/work/flood.py", flood.encode())
+    batch_id = (await client.exec(ready, [client.run("/usr/bin/python3", "/golem/work/flood.py")])).batch_id
+    async for event in client.events(ready, batch_id):
+        if event.stdout.data.startswith(b"opened"):
+            assert psutil.Process().num_fds() < before + 20
+    run = await client.run_batch(ready, [client.run("/bin/echo", "still here")])
+    assert run.stdout() == b"still here\n" and (await client.state(ready)).executor == "agent"
