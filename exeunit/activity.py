@@ -231,7 +231,7 @@ class Activity:
 
         def on_fetch(cancel: Callable[[], None]) -> None:  # ending the activity cuts the fetch
             fetching.append(cancel)
-            self._transfers.add(cancel)
+            self._track(cancel)
 
         try:
             self.image = await self._images.resolve(self.agreement, on_fetch)
@@ -309,11 +309,17 @@ class Activity:
     def transfer(self, cancel: Callable[[], None]) -> Iterator[None]:
         """Registers a transfer in flight; terminating the activity calls its `cancel` first, so the
         engine never waits on a transfer to remove the container."""
-        self._transfers.add(cancel)
+        self._track(cancel)
         try:
             yield
         finally:
             self._transfers.discard(cancel)
+
+    def _track(self, cancel: Callable[[], None]) -> None:
+        """Keeps `cancel` for when the activity ends; calls it at once if it is ending already."""
+        self._transfers.add(cancel)
+        if self._terminating is not None:
+            cancel()
 
     # Ending
 

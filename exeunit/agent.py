@@ -120,7 +120,8 @@ class AgentChannel:
             if self._link is not None:
                 self._link.close()
             self._link, self._pending = self._pending, None
-        if self._link is not None and self._link.writer.is_closing():
+        if self._link is not None and (self._link.writer.is_closing() or self._link.reader.at_eof()):
+            self._link.close()  # the agent went away between commands (killed, or it exited)
             self._link = None
         if self._link is None:
             self._connected.clear()
@@ -144,22 +145,23 @@ class AgentChannel:
 
 
 class AgentExecutor:
-    """Runs commands through the agent on `channel`, or through `fallback` while none is connected."""
-
-    name = "agent"
+    """Runs commands through the agent on `channel`, or through `fallback` while none is connected.
+    `name` says which one ran the last command."""
 
     def __init__(self, channel: AgentChannel, fallback: Executor) -> None:
         self._channel = channel
         self._fallback = fallback
+        self.name = "agent"
 
     def run(self, container_id: str, argv: list[str], env: dict[str, str], workdir: str | None,
             timeout: float | None) -> CommandRun:
-        return _AgentRun(self._channel, self._fallback, container_id, argv, env, workdir, timeout)
+        return _AgentRun(self, self._channel, self._fallback, container_id, argv, env, workdir, timeout)
 
 
 class _AgentRun:
-    def __init__(self, channel: AgentChannel, fallback: Executor, container_id: str, argv: list[str],
-                 env: dict[str, str], workdir: str | None, timeout: float | None) -> None:
+    def __init__(self, executor: AgentExecutor, channel: AgentChannel, fallback: Executor, container_id: str,
+                 argv: list[str], env: dict[str, str], workdir: str | None, timeout: float | None) -> None:
+        self._executor = executor
         self._channel, self._fallback = channel, fallback
         self._args = (container_id, argv, env, workdir, timeout)
         self.outcome: CommandOutcome | None = None
@@ -171,6 +173,7 @@ class _AgentRun:
         container_id, argv, env, workdir, timeout = self._args
         async with self._channel.busy:
             link = await self._channel.link(wait=0.5)
+            self._executor.name = "agent" if link is not None else self._fallback.name
             if link is None:
                 fallback = self._fallback.run(container_id, argv, env, workdir, timeout)
                 async for item in fallback:
