@@ -2,7 +2,7 @@
 
 The generated `add_*Servicer_to_server` functions parse requests with `FromString`; bytes that do
 not parse (truncated, invalid UTF-8 in a string, nonsense) then fail inside gRPC's own machinery
-with INTERNAL and a traceback in the log. Here a request that does not parse becomes a
+with UNKNOWN and a traceback in the log. Here a request that does not parse becomes a
 `MalformedRequest`, which the status decorators (`exeunit.status`) answer with INVALID_ARGUMENT.
 """
 
