@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -206,9 +205,7 @@ class TransferServicer(xfer_grpc.TransferServicer):
         async with self.provider.download(
             requestor_id, _required(request.activity_id, "activity_id"), _required(request.path, "path")
         ) as download:
-            digest = hashlib.sha256()
             yield xfer.DownloadResponse(header=xfer.DownloadHeader(size=download.header.size, mode=download.header.mode))
             async for chunk in download.chunks():
-                digest.update(chunk)
                 yield xfer.DownloadResponse(chunk=chunk)
-            yield xfer.DownloadResponse(trailer=xfer.DownloadTrailer(sha256=digest.hexdigest()))
+            yield xfer.DownloadResponse(trailer=xfer.DownloadTrailer(sha256=download.sha256()))

@@ -251,7 +251,12 @@ class Download:
         self._fd: int | None = fd
         self._path = path
         self._cut: errors.ExeUnitError | None = None
+        self._digest = hashlib.sha256()
         self.on_progress: Callable[[], None] = lambda: None  # called as each chunk is handed on
+
+    def sha256(self) -> str:
+        """Hex sha256 of what `chunks()` has yielded."""
+        return self._digest.hexdigest()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The file's first `header.size` bytes; raises the reason if the download was cut meanwhile."""
@@ -267,10 +272,13 @@ class Download:
             yield chunk
 
     def _read(self, offset: int, count: int) -> bytes:
+        """Reads and hashes the next chunk, off the event loop."""
         fd = self._fd
         if fd is None:
             raise self._cut or errors.FailedPrecondition(f"the download of {self._path} was closed")
-        return os.pread(fd, count, offset)
+        chunk = os.pread(fd, count, offset)
+        self._digest.update(chunk)
+        return chunk
 
     def cut(self, reason: errors.ExeUnitError) -> None:
         """Stops the download; the reader gets `reason` at its next chunk. Any thread."""
