@@ -21,6 +21,7 @@ s.connect("/.exeunit/channel/agent.sock")
 def send(kind, payload=b""):
     s.sendall(struct.pack(">I", len(payload) + 1) + kind + payload)
 send(b"H", json.dumps({"version": 1}).encode())
+open("/golem/work/impostor.ready", "w").close()
 header = s.recv(4)  # the daemon's next RUN
 s.recv(struct.unpack(">I", header)[0])
 if mode == "huge":
@@ -65,7 +66,8 @@ async def impostor_takes_over(client: ContractClient, activity_id: str, mode: st
     upload = IMPOSTOR.encode()
     await client.upload_bytes(activity_id, "/golem/work/impostor.py", upload)
     run = await client.run_batch(activity_id, [client.sh(
-        f"python3 /golem/work/impostor.py {mode} >/dev/null 2>&1 & sleep 0.5"
+        f"rm -f /golem/work/impostor.ready; python3 /golem/work/impostor.py {mode} >/dev/null 2>&1 & "
+        "for i in $(seq 100); do [ -e /golem/work/impostor.ready ] && break; sleep 0.1; done; sleep 0.2"
     )])
     assert run.succeeded, run.finished
 
