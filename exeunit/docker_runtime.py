@@ -305,10 +305,6 @@ class DockerRuntime:
         with _translated("start container"):
             self._api.start(container_id)
 
-    def is_running(self, container_id: str) -> bool:
-        with _translated("inspect container"):
-            return bool(self._api.inspect_container(container_id)["State"]["Running"])
-
     @_in_thread
     def remove_container(self, container_id: str, stop_timeout: int = 5) -> None:
         """Stops and removes a container and its anonymous volumes. Already gone is success."""

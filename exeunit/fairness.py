@@ -39,9 +39,6 @@ class ConcurrencyQuota:
             if not self._in_flight[key]:
                 del self._in_flight[key]
 
-    def in_flight(self, key: str) -> int:
-        return self._in_flight[key]
-
 
 class IdleWatchdog:
     """Calls `on_idle()` once when `progress()` has not been called for `seconds`.

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-STDOUT = 1
-STDERR = 2
+from exeunit.runtime import STDERR, STDOUT  # Docker's stream ids are the runtime's
+
+__all__ = ["STDERR", "STDOUT", "FrameDecoder"]
 
 
 class FrameDecoder:

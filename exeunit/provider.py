@@ -238,13 +238,14 @@ class Provider:
             raise errors.ResourceExhausted(
                 f"file of {size} bytes exceeds the agreement's storage of {limit} bytes; demand more storage"
             )
-        free = await asyncio.to_thread(volumes.free_bytes)
-        if volumes.enforced and size > free:  # an upload replaces the file at its path: that space comes back
-            free += await in_data_thread(existing_size, volumes.host_dir(dest.volume), dest)
-        if volumes.enforced and size > free:
-            raise errors.ResourceExhausted(
-                f"file of {size} bytes does not fit: the activity's storage has {free} bytes free"
-            )
+        if volumes.enforced:
+            free = await asyncio.to_thread(volumes.free_bytes)
+            if size > free:  # an upload replaces the file at its path: that space comes back
+                free += await in_data_thread(existing_size, volumes.host_dir(dest.volume), dest)
+            if size > free:
+                raise errors.ResourceExhausted(
+                    f"file of {size} bytes does not fit: the activity's storage has {free} bytes free"
+                )
         idle = self._limits.transfer_idle_seconds
         with self._transfer_slot(requestor_id, activity):
             async with idle_timeout(idle, f"the upload to {dest.path}") as progress:

@@ -2,8 +2,8 @@
 
 Each activity gets its own filesystem of exactly its agreement's storage: a sparse file under the
 provider's storage directory, formatted ext4 (without a journal: a filesystem outlives a daemon
-crash mounted, and its activity does not outlive a host crash) and loop-mounted (`mount -o loop`, which frees the
-loop device again at unmount). Every VOLUME the image declares is a directory in it, bind-mounted
+crash mounted, and its activity does not outlive a host crash) and loop-mounted (`mount -o loop`,
+which frees the loop device again at unmount). Every VOLUME the image declares is a directory in it, bind-mounted
 into the container, so writes inside stop at the agreement's size whatever the container does, and
 the daemon moves files through the same directories (see `exeunit.transfer`) without the engine.
 Being its own filesystem also means no hard link from the container can reach a file outside it.
