@@ -50,7 +50,7 @@ class ActivityLimits:
     replay_window_bytes: int = 32 << 20
     replay_grace_seconds: float = 10.0
     stop_timeout_seconds: int = 5
-    agent_start_seconds: float = 3.0  # how long `start` waits for the resident agent to connect
+    agent_start_seconds: float = 3.0  # how long after the start the first command waits for the agent
     transfers_per_activity: int = 4
     transfers_per_requestor: int = 16
     transfer_idle_seconds: float = 60.0
@@ -278,24 +278,27 @@ class Activity:
             log.warning("event=agent_channel_failed %s error=%s", self.log_ids, exc)
             return {}
         self._channel = channel
+        self._executor = AgentExecutor(channel, self._executor, self._limits.agent_start_seconds)
         return {"entrypoint": guest_entrypoint(), "read_only_binds": guest_binds(channel_dir)}
 
     async def _start(self) -> None:
         assert self.container_id
         await self._runtime.start_container(self.container_id)
-        if self._channel is not None and await self._channel.link(wait=self._limits.agent_start_seconds):
-            self._executor = AgentExecutor(self._channel, self._executor)
-        log.info("event=executor_chosen %s executor=%s", self.log_ids, self._executor.name)
+        if isinstance(self._executor, AgentExecutor):
+            self._executor.container_started()  # the first command waits for the agent, not `start`
         self._started_at = utcnow()
         await self._set_state(ActivityState.READY)
 
     async def _run(self, batch: Batch, index: int, run: Run) -> tuple[int, str]:
         assert self.container_id
+        executor = self._executor.name
         command = self._executor.run(
             self.container_id, run.argv, run.env, run.workdir or None, run.timeout_seconds or None
         )
         async for stream, data in command:
             await batch.output(index, EventKind.STDOUT if stream == STDOUT else EventKind.STDERR, data)
+        if self._executor.name != executor:
+            log.info("event=executor_changed %s executor=%s", self.log_ids, self._executor.name)
         outcome = command.outcome or CommandOutcome(return_code=None, timed_out=False)
         if outcome.timed_out:
             return -1, f"timed out after {run.timeout_seconds:g}s and was killed"

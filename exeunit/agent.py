@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
+import secrets
 import struct
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from exeunit import errors
@@ -25,9 +26,18 @@ from exeunit.runtime import STDERR, STDOUT, CommandOutcome, CommandRun, Executor
 
 log = logging.getLogger(__name__)
 
-HELLO, RUN, KILL, OUT, ERR, EXIT = b"H", b"R", b"K", b"O", b"E", b"X"
+VERSION = 2
+HELLO, RUN, KILL, ACK, RESUME, OUT, ERR, EXIT = b"H", b"R", b"K", b"A", b"U", b"O", b"E", b"X"
 HEADER = struct.Struct(">I")
-MAX_FRAME = (1 << 20) + 1  # the agent sends output in pieces of at most 256 KiB
+RUN_HEAD = struct.Struct(">QII")
+ID = struct.Struct(">Q")
+ID_OFFSET = struct.Struct(">QQ")
+ACK_BODY = struct.Struct(">QQB")
+HELLO_BODY = struct.Struct(">HQQ")
+CODE = struct.Struct(">i")
+MAX_FRAME = (1 << 20) + 1  # the agent sends output in frames of at most 1 MiB
+MAX_UNREAD = 8 << 20  # bytes sent to the agent that it has not read yet (a RUN is at most ~4 MiB)
+ACK_EVERY = 1 << 20  # output acknowledged to the agent (freeing its spool) after this many bytes
 HELLO_SECONDS = 2.0  # a connection that does not say hello in time is dropped
 MAX_GREETING = 4  # connections waiting to say hello at once; more are closed at once
 KILL_GRACE_SECONDS = 2.0  # after a kill, how long the agent has to report the exit
@@ -56,9 +66,19 @@ class AgentFailure(errors.ExeUnitError):
     """The agent broke the protocol or went away; the command fails with this reason."""
 
 
+@dataclass(frozen=True)
+class HeldCommand:
+    """What an agent said it holds when it connected: a command it ran for a daemon before this one
+    (or this one before a restart), and how much of its output was acknowledged."""
+
+    command_id: int
+    acked: int
+
+
 class _Link:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.held: HeldCommand | None = None
 
     async def receive(self) -> tuple[bytes, bytes]:
         header = await self.reader.readexactly(HEADER.size)
@@ -68,9 +88,12 @@ class _Link:
         frame = await self.reader.readexactly(length)
         return frame[:1], frame[1:]
 
-    async def send(self, kind: bytes, payload: bytes = b"") -> None:
+    def send(self, kind: bytes, payload: bytes = b"") -> None:
+        """Queues a frame without waiting for the agent to read it (a waiting send would be a wait
+        the agent controls); an agent that leaves too much unread fails instead."""
         self.writer.write(HEADER.pack(len(payload) + 1) + kind + payload)
-        await self.writer.drain()
+        if self.writer.transport.get_write_buffer_size() > MAX_UNREAD:
+            raise AgentFailure("it does not read what the daemon sends")
 
     def close(self) -> None:
         self.writer.close()
@@ -101,8 +124,12 @@ class AgentChannel:
         self._greeting += 1
         try:
             kind, payload = await asyncio.wait_for(link.receive(), HELLO_SECONDS)
-            if kind != HELLO or _json(payload).get("version") != 1:
+            if kind != HELLO or len(payload) != HELLO_BODY.size:
                 raise AgentFailure("no hello")
+            version, held_id, acked = HELLO_BODY.unpack(payload)
+            if version != VERSION:
+                raise AgentFailure(f"agent protocol version {version}, expected {VERSION}")
+            link.held = HeldCommand(held_id, acked) if held_id else None
         except (AgentFailure, asyncio.IncompleteReadError, TimeoutError, OSError):
             link.close()
             return
@@ -131,6 +158,14 @@ class AgentChannel:
                 self._link, self._pending = self._pending, None
         return self._link
 
+    @property
+    def connected(self) -> bool:
+        """Whether an agent is connected (or has said hello and waits to take over)."""
+        if self._pending is not None:
+            return True
+        link = self._link
+        return link is not None and not (link.writer.is_closing() or link.reader.at_eof())
+
     def drop(self, link: _Link) -> None:
         link.close()
         if self._link is link:
@@ -146,24 +181,64 @@ class AgentChannel:
 
 class AgentExecutor:
     """Runs commands through the agent on `channel`, or through `fallback` while none is connected.
-    `name` says which one ran the last command."""
 
-    def __init__(self, channel: AgentChannel, fallback: Executor) -> None:
+    The agent is waited for lazily: `start` does not wait for it, the first command waits until
+    `agent_start_seconds` after the container started, and later commands never wait (nothing
+    restarts an agent that went away)."""
+
+    def __init__(self, channel: AgentChannel, fallback: Executor, agent_start_seconds: float) -> None:
         self._channel = channel
         self._fallback = fallback
-        self.name = "agent"
+        self._start_seconds = agent_start_seconds
+        self._agent_due: float | None = None  # loop time after which no agent is waited for
+        self._last = ""  # which executor ran the last command
+
+    def container_started(self) -> None:
+        self._agent_due = asyncio.get_running_loop().time() + self._start_seconds
+
+    def agent_wait(self) -> float:
+        """How long the next command may wait for an agent to connect."""
+        if self._agent_due is None:
+            return self._start_seconds
+        return max(self._agent_due - asyncio.get_running_loop().time(), 0.0)
+
+    @property
+    def name(self) -> str:
+        """The executor of the last command; before the first, the one the next would use, or ""
+        while the agent may still be starting."""
+        if self._last:
+            return self._last
+        if self._channel.connected:
+            return "agent"
+        return self._fallback.name if self.agent_wait() == 0 else ""
+
+    def ran_with(self, name: str) -> None:
+        self._last = name
 
     def run(self, container_id: str, argv: list[str], env: dict[str, str], workdir: str | None,
             timeout: float | None) -> CommandRun:
         return _AgentRun(self, self._channel, self._fallback, container_id, argv, env, workdir, timeout)
 
+    def resume(self, container_id: str, command_id: int, offset: int, timeout: float | None) -> CommandRun:
+        """Picks up command `command_id`, which the agent ran on while no daemon was connected
+        (a daemon restart), from output byte `offset` on. Fails with AgentFailure when the agent no
+        longer holds it (the agent or the container restarted)."""
+        return _AgentRun(self, self._channel, self._fallback, container_id, [], {}, None, timeout,
+                         command_id=command_id, resume_from=offset)
+
 
 class _AgentRun:
+    """One command through the agent (or the fallback). `resume_from`, when set, picks up command
+    `command_id` that the agent ran on for a daemon that died, from that output offset."""
+
     def __init__(self, executor: AgentExecutor, channel: AgentChannel, fallback: Executor, container_id: str,
-                 argv: list[str], env: dict[str, str], workdir: str | None, timeout: float | None) -> None:
+                 argv: list[str], env: dict[str, str], workdir: str | None, timeout: float | None,
+                 command_id: int | None = None, resume_from: int | None = None) -> None:
         self._executor = executor
         self._channel, self._fallback = channel, fallback
         self._args = (container_id, argv, env, workdir, timeout)
+        self.command_id = command_id if command_id is not None else secrets.randbits(63) + 1
+        self._resume_from = resume_from
         self.outcome: CommandOutcome | None = None
 
     def __aiter__(self) -> AsyncIterator[tuple[int, bytes]]:
@@ -172,8 +247,16 @@ class _AgentRun:
     async def _output(self) -> AsyncIterator[tuple[int, bytes]]:
         container_id, argv, env, workdir, timeout = self._args
         async with self._channel.busy:
-            link = await self._channel.link(wait=0.5)
-            self._executor.name = "agent" if link is not None else self._fallback.name
+            link = await self._channel.link(wait=self._executor.agent_wait())
+            if self._resume_from is not None:
+                if link is None or link.held is None or link.held.command_id != self.command_id:
+                    raise AgentFailure("the command was lost: its agent no longer holds it")
+                if link.held.acked > self._resume_from:
+                    raise AgentFailure(
+                        f"the agent holds the command's output from byte {link.held.acked} on, "
+                        f"not from {self._resume_from}"
+                    )
+            self._executor.ran_with("agent" if link is not None else self._fallback.name)
             if link is None:
                 fallback = self._fallback.run(container_id, argv, env, workdir, timeout)
                 async for item in fallback:
@@ -181,18 +264,25 @@ class _AgentRun:
                 self.outcome = fallback.outcome
                 return
             try:
-                async for item in self._through(link, argv, env, workdir, timeout):
+                async for item in self._through(link, timeout):
                     yield item
             except (AgentFailure, asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
                 self._channel.drop(link)
                 reason = exc if isinstance(exc, AgentFailure) else "the agent's connection was lost"
                 raise AgentFailure(f"the command's agent failed: {reason}") from None
 
-    async def _through(self, link: _Link, argv: list[str], env: dict[str, str], workdir: str | None,
-                       timeout: float | None) -> AsyncIterator[tuple[int, bytes]]:
+    async def _through(self, link: _Link, timeout: float | None) -> AsyncIterator[tuple[int, bytes]]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout if timeout else None
-        await link.send(RUN, json.dumps({"argv": argv, "env": env, "workdir": workdir or ""}).encode())
+        command_id = self.command_id
+        link.held = None  # what it held at hello is replaced (RUN) or taken up (RESUME) now
+        if self._resume_from is None:
+            offset = 0
+            link.send(RUN, _run_frame(command_id, *self._args[1:4]))
+        else:
+            offset = self._resume_from
+            link.send(RESUME, ID_OFFSET.pack(command_id, offset))
+        acked = offset
         timed_out = False
         while True:
             wait = None if deadline is None else max(deadline - loop.time(), 0.0)
@@ -202,28 +292,28 @@ class _AgentRun:
                 if timed_out:
                     raise AgentFailure("it did not report the exit of a killed command") from None
                 timed_out = True
-                await link.send(KILL)
+                link.send(KILL, ID.pack(command_id))
                 deadline = loop.time() + KILL_GRACE_SECONDS
                 continue
-            if kind == OUT:
-                yield STDOUT, payload
-            elif kind == ERR:
-                yield STDERR, payload
+            if kind == OUT or kind == ERR:
+                yield (STDOUT if kind == OUT else STDERR), payload
+                offset += len(payload)  # handed on (and kept by the batch) once the consumer resumes us
+                if offset - acked >= ACK_EVERY:
+                    link.send(ACK, ACK_BODY.pack(command_id, offset, 0))
+                    acked = offset
             elif kind == EXIT:
-                code = _json(payload).get("code")
-                if not isinstance(code, int) or isinstance(code, bool) or not -(2**31) <= code < 2**31:
-                    raise AgentFailure(f"it reported an exit code that is not a 32-bit integer: {code!r:.40}")
+                if len(payload) != CODE.size:
+                    raise AgentFailure(f"it reported an exit in {len(payload)} bytes instead of {CODE.size}")
+                (code,) = CODE.unpack(payload)
+                link.send(ACK, ACK_BODY.pack(command_id, offset, 1))  # the agent may forget it
                 self.outcome = CommandOutcome(code, timed_out)
                 return
             else:
                 raise AgentFailure(f"it sent a frame of unknown kind {kind!r}")
 
 
-def _json(payload: bytes) -> dict[str, object]:
-    try:
-        value = json.loads(payload)
-    except ValueError:
-        raise AgentFailure("it sent a frame that is not JSON") from None
-    if not isinstance(value, dict):
-        raise AgentFailure("it sent JSON that is not an object")
-    return value
+def _run_frame(command_id: int, argv: list[str], env: dict[str, str], workdir: str | None) -> bytes:
+    """RUN's payload: NUL-terminated fields (the contract already refuses NUL in any of them)."""
+    fields = [workdir or "", *argv, *(f"{key}={value}" for key, value in env.items())]
+    body = b"".join(field.encode("utf-8", "surrogateescape") + b"\0" for field in fields)
+    return RUN_HEAD.pack(command_id, len(argv), len(env)) + body

@@ -1,24 +1,31 @@
 """The resident agent: runs inside an activity's container and spawns its commands.
 
 The daemon mounts this one file read-only into the container and starts it with the image's own
-python3 (standard library only, Python 3.6 or newer). It connects to a unix socket the daemon
-listens on (in a directory mounted read-only, so nothing in the container can replace it) and
-serves one command at a time:
+python3 (standard library only, Python 3.6 or newer, and only modules that start fast: no json,
+no re). It connects to a unix socket the daemon listens on (in a directory mounted read-only, so
+nothing in the container can replace it) and serves one command at a time. Frames:
 
-    frame   = length (4 bytes, big endian, of kind + payload) | kind (1 byte) | payload
-    daemon  -> agent: RUN  (JSON {"argv": [...], "env": {...}, "workdir": "..."})
-                      KILL (empty: SIGKILL the command's process group)
-    agent -> daemon:  HELLO (JSON {"version": 1}) once, on connecting
-                      OUT / ERR (raw bytes of the command's stdout / stderr)
-                      EXIT (JSON {"code": int}) when the command is over
+    frame  = length (u32, of kind + payload) | kind (1 byte) | payload; integers big endian
+    daemon -> agent
+      RUN    u64 id | u32 argc | u32 envc | NUL-terminated: workdir, argv..., "KEY=value"...
+      KILL   u64 id                      SIGKILL the command's process group
+      ACK    u64 id | u64 offset | u8 done   output up to offset is safe; done: EXIT was received
+      RESUME u64 id | u64 offset         send the command's output again from offset, then go on
+    agent -> daemon
+      HELLO  u16 version | u64 id | u64 acked   the command it holds (id 0: none)
+      OUT / ERR  raw bytes of the command's stdout / stderr
+      EXIT   i32 code, once the command is over
 
-A command is over when its process has exited and its output pipes are drained, or idle for
-DRAIN_IDLE seconds after the exit: a background child that keeps the pipes open keeps running,
-but does not hold up the next command. The agent runs with exactly the container's privileges;
-the daemon trusts nothing it says.
+Output is kept in a bounded spool until the daemon acknowledges it, and commands do not depend on
+the connection: when the daemon dies, the command runs on, its output fills the spool (then the
+command blocks on its pipe, nothing is dropped), and the agent connects again and waits for a
+RESUME from the daemon that comes back. A command is over when its process has exited and its
+pipes are drained, or idle for DRAIN_IDLE seconds after the exit: a background child that keeps
+the pipes open keeps running, but does not hold up the next command. The agent runs with exactly
+the container's privileges; the daemon trusts nothing it says.
 """
 
-import json
+import bisect
 import os
 import signal
 import socket
@@ -28,10 +35,21 @@ import sys
 import threading
 import time
 
-HELLO, RUN, KILL, OUT, ERR, EXIT = b"H", b"R", b"K", b"O", b"E", b"X"
+VERSION = 2
+HELLO, RUN, KILL, ACK, RESUME, OUT, ERR, EXIT = b"H", b"R", b"K", b"A", b"U", b"O", b"E", b"X"
 HEADER = struct.Struct(">I")
+RUN_HEAD = struct.Struct(">QII")
+ID = struct.Struct(">Q")
+ID_OFFSET = struct.Struct(">QQ")
+ACK_BODY = struct.Struct(">QQB")
+HELLO_BODY = struct.Struct(">HQQ")
+CODE = struct.Struct(">i")
 MAX_FRAME = 16 << 20
 READ_CHUNK = 256 << 10
+SPOOL_BYTES = 8 << 20  # output not yet acknowledged; beyond it the command waits on its pipe
+PIECE_BYTES = 256 << 10  # reads of one stream are joined into spool pieces up to this size
+PIECE_COST = 128  # what a spool piece costs beyond its bytes (counted against SPOOL_BYTES)
+SEND_BYTES = 1 << 20  # at most this much output per frame
 DRAIN_IDLE = 0.2
 
 
@@ -45,8 +63,7 @@ class Link:
             self.sock.sendall(HEADER.pack(len(payload) + 1) + kind + payload)
 
     def receive(self):
-        header = self._exactly(HEADER.size)
-        (length,) = HEADER.unpack(header)
+        (length,) = HEADER.unpack(self._exactly(HEADER.size))
         if not 1 <= length <= MAX_FRAME:
             raise ValueError("bad frame length")
         frame = self._exactly(length)
@@ -64,23 +81,55 @@ class Link:
 
 
 class Command:
-    def __init__(self, link, request):
-        self.link = link
-        env = dict(os.environ)
-        env.update(request.get("env") or {})
-        self.process = None
+    """One command: its process, and its output from the last acknowledged byte on."""
+
+    def __init__(self, command_id, argv, env, workdir):
+        self.id = command_id
+        self.cond = threading.Condition()
+        self.starts = []  # output offset where each spool piece begins, ascending
+        self.pieces = []  # (kind, bytearray) in order: the output from about `acked` on
+        self.acked = 0
+        self.total = 0
+        self.code = None  # set once the command is over
+        self.abandoned = False
         self.last_output = time.monotonic()
+        self.process = None
+        environment = dict(os.environ)
+        environment.update(env)
         try:
             self.process = subprocess.Popen(
-                request["argv"], env=env, cwd=request.get("workdir") or None, stdin=subprocess.DEVNULL,
+                argv, env=environment, cwd=workdir or None, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
             )
         except OSError as exc:
-            code = 127 if isinstance(exc, FileNotFoundError) else 126
-            link.send(ERR, ("%s: %s\n" % (request["argv"][0], exc.strerror)).encode())
-            link.send(EXIT, json.dumps({"code": code}).encode())
+            self._append(ERR, ("%s: %s\n" % (argv[0] if argv else "", exc.strerror)).encode())
+            self._finish(127 if isinstance(exc, FileNotFoundError) else 126)
             return
         threading.Thread(target=self._wait, daemon=True).start()
+
+    def _append(self, kind, data):
+        with self.cond:
+            while self._pressure() >= SPOOL_BYTES and not self.abandoned and self.code is None:
+                self.cond.wait()
+            if self.abandoned or self.code is not None:
+                return  # a background child's output after the end is dropped
+            last = self.pieces[-1] if self.pieces else None
+            if last is not None and last[0] == kind and len(last[1]) < PIECE_BYTES:
+                last[1].extend(data)
+            else:
+                self.starts.append(self.total)
+                self.pieces.append((kind, bytearray(data)))
+            self.total += len(data)
+            self.cond.notify_all()
+
+    def _pressure(self):
+        return self.total - self.acked + PIECE_COST * len(self.pieces)
+
+    def _finish(self, code):
+        """The command is over: what the spool holds is all its output."""
+        with self.cond:
+            self.code = code
+            self.cond.notify_all()
 
     def _pump(self, pipe, kind, done):
         try:
@@ -89,7 +138,7 @@ class Command:
                 if not data:
                     break
                 self.last_output = time.monotonic()
-                self.link.send(kind, data)
+                self._append(kind, data)
         except OSError:
             pass
         done.set()
@@ -99,11 +148,57 @@ class Command:
         for pipe, kind, done in ((self.process.stdout, OUT, finished[0]), (self.process.stderr, ERR, finished[1])):
             threading.Thread(target=self._pump, args=(pipe, kind, done), daemon=True).start()
         code = self.process.wait()
-        while not all(done.is_set() for done in finished):
-            if time.monotonic() - self.last_output > DRAIN_IDLE:
-                break  # a background child holds the pipes: leave it running
-            time.sleep(0.01)
-        self.link.send(EXIT, json.dumps({"code": code if code >= 0 else 128 - code}).encode())
+        for done in finished:
+            while not done.is_set():
+                idle = time.monotonic() - self.last_output
+                if idle > DRAIN_IDLE:
+                    break  # a background child holds the pipes: leave it running
+                done.wait(DRAIN_IDLE - idle + 0.001)
+        self._finish(code if code >= 0 else 128 - code)
+
+    def acknowledge(self, offset, done):
+        with self.cond:
+            if offset > self.acked:
+                self.acked = min(offset, self.total)
+                # pieces wholly acknowledged go; the one the offset falls in stays
+                gone = max(bisect.bisect_right(self.starts, self.acked) - 1, 0)
+                del self.starts[:gone], self.pieces[:gone]
+                self.cond.notify_all()
+            return done and self.code is not None and self.acked == self.total
+
+    def stream(self, link, offset, stopped):
+        """Sends output from `offset` (at least what was acknowledged), then EXIT; returns when the
+        command is over or abandoned, or `stopped` is set (the connection went away)."""
+        offset = max(offset, self.acked)
+        while not stopped.is_set():
+            with self.cond:
+                while not (stopped.is_set() or self.abandoned) and offset >= self.total and self.code is None:
+                    self.cond.wait(0.5)
+                if self.abandoned:
+                    return
+                frames = self._frames(offset)
+                code = self.code if offset + sum(len(data) for _, data in frames) >= self.total else None
+            for kind, data in frames:
+                link.send(kind, data)
+                offset += len(data)
+            if code is not None:
+                link.send(EXIT, CODE.pack(code))
+                return
+
+    def _frames(self, offset):
+        """Spooled output from `offset`, at most SEND_BYTES per frame and 4 frames at a time."""
+        frames = []
+        index = max(bisect.bisect_right(self.starts, offset) - 1, 0)
+        while index < len(self.pieces) and len(frames) < 4:
+            kind, data = self.pieces[index]
+            skip = max(offset - self.starts[index], 0)
+            chunk = bytes(data[skip:skip + SEND_BYTES])
+            if chunk:
+                frames.append((kind, chunk))
+                offset += len(chunk)
+            if skip + len(chunk) >= len(data):
+                index += 1
+        return frames
 
     def kill(self):
         if self.process is not None:
@@ -112,27 +207,80 @@ class Command:
             except OSError:
                 pass
 
+    def abandon(self):
+        """The daemon moved on: stop keeping output (the pipes are still drained)."""
+        with self.cond:
+            self.abandoned = True
+            self.starts, self.pieces = [], []
+            self.cond.notify_all()
 
-def serve(path):
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(path)
-    link = Link(sock)
-    link.send(HELLO, json.dumps({"version": 1}).encode())
-    current = None
-    while True:
-        kind, payload = link.receive()
-        if kind == RUN:
-            current = Command(link, json.loads(payload.decode()))
-        elif kind == KILL and current is not None:
-            current.kill()
+
+def parse_run(payload):
+    command_id, argc, envc = RUN_HEAD.unpack_from(payload)
+    fields = payload[RUN_HEAD.size:].split(b"\0")
+    if len(fields) != 1 + argc + envc + 1 or fields[-1] or argc < 1:
+        raise ValueError("bad run frame")
+    workdir = fields[0].decode("utf-8", "surrogateescape")
+    argv = [field.decode("utf-8", "surrogateescape") for field in fields[1:1 + argc]]
+    env = {}
+    for field in fields[1 + argc:-1]:
+        key, _, value = field.decode("utf-8", "surrogateescape").partition("=")
+        env[key] = value
+    return command_id, argv, env, workdir
+
+
+class Agent:
+    def __init__(self):
+        self.command = None  # the command being run or not yet fully acknowledged
+
+    def serve(self, path):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        link = Link(sock)
+        held = self.command
+        link.send(HELLO, HELLO_BODY.pack(VERSION, held.id if held else 0, held.acked if held else 0))
+        stopped = threading.Event()
+        try:
+            while True:
+                kind, payload = link.receive()
+                if kind == RUN:
+                    if self.command is not None:
+                        self.command.abandon()
+                    self.command = Command(*parse_run(payload))
+                    self._stream(link, self.command, 0, stopped)
+                elif kind == RESUME and self.command is not None:
+                    command_id, offset = ID_OFFSET.unpack(payload)
+                    if command_id == self.command.id:
+                        self._stream(link, self.command, offset, stopped)
+                elif kind == ACK and self.command is not None:
+                    command_id, offset, done = ACK_BODY.unpack(payload)
+                    if command_id == self.command.id and self.command.acknowledge(offset, done):
+                        self.command = None
+                elif kind == KILL and self.command is not None:
+                    if ID.unpack(payload)[0] == self.command.id:
+                        self.command.kill()
+        finally:
+            stopped.set()
+            sock.close()
+
+    @staticmethod
+    def _stream(link, command, offset, stopped):
+        def send():
+            try:
+                command.stream(link, offset, stopped)
+            except OSError:
+                pass
+
+        threading.Thread(target=send, daemon=True).start()
 
 
 def main():
     path = sys.argv[1]
-    while True:  # the daemon may restart: connect again
+    agent = Agent()
+    while True:  # the daemon may restart: connect again; commands run on meanwhile
         try:
-            serve(path)
-        except (OSError, EOFError, ValueError):
+            agent.serve(path)
+        except (OSError, EOFError, ValueError, struct.error):
             time.sleep(0.5)
 
 
