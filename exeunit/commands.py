@@ -80,6 +80,8 @@ def _validate_run(index: int, run: Run) -> None:
             raise errors.InvalidArgument(
                 f"{where}: environment variable name {name!r} is invalid (empty, or contains '=' or NUL)"
             )
+    if "\x00" in run.workdir:
+        raise errors.InvalidArgument(f"{where}: workdir cannot contain NUL bytes")
     if run.workdir and not run.workdir.startswith("/"):
         raise errors.InvalidArgument(f"{where}: workdir {run.workdir!r} must be an absolute path")
     if run.timeout_seconds is not None and run.timeout_seconds < 0:

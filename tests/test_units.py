@@ -53,6 +53,8 @@ class TestCommands:
             validate([Run("")])
         with pytest.raises(errors.InvalidArgument, match="NUL"):
             validate([Run("/bin/echo", ("a\x00b",))])
+        with pytest.raises(errors.InvalidArgument, match="workdir cannot contain NUL"):
+            validate([Run("/bin/echo", workdir="/golem\x00")])
 
 
 class TestMarket:
