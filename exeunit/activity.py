@@ -173,8 +173,7 @@ class Activity:
         for command in commands:
             self._projected = TRANSITIONS[type(command)][1]
         self._queue.put_nowait(batch)
-        log.info("event=batch_queued %s batch=%s commands=%s", self.log_ids, batch_id,
-                 ",".join(name_of(c) for c in commands))
+        log.debug("event=batch_queued %s batch=%s", self.log_ids, batch_id)
         return batch, True
 
     def batch(self, batch_id: str) -> Batch:
@@ -211,7 +210,8 @@ class Activity:
                          self.log_ids, batch.batch_id, index, message)
                 break
         await batch.finish()
-        log.info("event=batch_finished %s batch=%s state=%s", self.log_ids, batch.batch_id, batch.state.value)
+        log.info("event=batch_finished %s batch=%s state=%s commands=%s", self.log_ids, batch.batch_id,
+                 batch.state.value, ",".join(name_of(c) for c in batch.commands))
 
     async def _execute(self, batch: Batch, index: int, command: Command) -> tuple[int, str]:
         """Runs one command; returns (return code, failure message or "")."""

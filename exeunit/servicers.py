@@ -117,6 +117,14 @@ class ActivityServicer(act_grpc.ActivityServicer):
         async for event in events:
             yield convert.event_to_proto(event)
 
+    @streaming
+    async def ExecStream(self, request: act.ExecRequest, context: Context, requestor_id: str) -> AsyncIterator[act.BatchEvent]:
+        activity_id = _required(request.activity_id, "activity_id")
+        commands = convert.commands_from_proto(list(request.commands))
+        batch, _ = self.provider.exec(requestor_id, activity_id, commands, request.batch_id)
+        async for event in self.provider.batch_events(requestor_id, activity_id, batch.batch_id, 0):
+            yield convert.event_to_proto(event)
+
     @unary
     async def GetBatch(self, request: act.GetBatchRequest, context: Context, requestor_id: str) -> act.GetBatchResponse:
         batch = self.provider.batch(

@@ -152,10 +152,9 @@ class WorkContext:
     async def _batch(self, script: Script, first: int, commands: list[RemoteCommand]) -> list[events.CommandExecuted]:
         client = self.handle.client
         batch_id = f"s{script.id}-{first}-{uuid.uuid4().hex[:8]}"
-        await client.exec(self.id, [c.to_proto() for c in commands], batch_id)
         outputs = [(_Output(), _Output()) for _ in commands]
         results: list[events.CommandExecuted] = []
-        async for event in client.batch_events(self.id, batch_id):
+        async for event in client.run_batch(self.id, [c.to_proto() for c in commands], batch_id):
             local = event.command_index
             kind = event.WhichOneof("kind")
             if kind == "batch_finished":

@@ -210,19 +210,27 @@ class ProviderClient:
         )
         return response.activity_id
 
-    async def exec(self, activity_id: str, commands: list[act.Command], batch_id: str) -> str:
-        request = act.ExecRequest(activity_id=activity_id, commands=commands, batch_id=batch_id)
-        return (await self._call("Exec", self._activity.Exec, request)).batch_id
+    async def run_batch(self, activity_id: str, commands: list[act.Command], batch_id: str) -> AsyncIterator[act.BatchEvent]:
+        """Submits a batch and yields all its events, in one call (ExecStream)."""
+        async for event in self.batch_events(activity_id, batch_id, commands=commands):
+            yield event
 
-    async def batch_events(self, activity_id: str, batch_id: str, reconnect_for: float = 10.0) -> AsyncIterator[act.BatchEvent]:
-        """All events of a batch, in order, resuming after a dropped connection."""
+    async def batch_events(self, activity_id: str, batch_id: str, reconnect_for: float = 10.0,
+                           commands: list[act.Command] | None = None) -> AsyncIterator[act.BatchEvent]:
+        """All events of a batch, in order, resuming after a dropped connection. With `commands`,
+        the batch is submitted by the same call (and again, idempotently, until an event came)."""
         next_sequence = 0
         deadline: float | None = None
         loop = asyncio.get_running_loop()
         while True:
-            request = act.StreamBatchEventsRequest(activity_id=activity_id, batch_id=batch_id, from_sequence=next_sequence)
+            if commands is not None and next_sequence == 0:
+                exec_request = act.ExecRequest(activity_id=activity_id, commands=commands, batch_id=batch_id)
+                method, stream = "ExecStream", self._activity.ExecStream(exec_request, metadata=self._metadata)
+            else:
+                request = act.StreamBatchEventsRequest(activity_id=activity_id, batch_id=batch_id, from_sequence=next_sequence)
+                method, stream = "StreamBatchEvents", self._activity.StreamBatchEvents(request, metadata=self._metadata)
             try:
-                async for event in self._activity.StreamBatchEvents(request, metadata=self._metadata):
+                async for event in stream:
                     deadline = None
                     next_sequence = event.sequence + 1
                     yield event
@@ -231,10 +239,10 @@ class ProviderClient:
                 return
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in errors.UNREACHABLE_CODES:
-                    raise errors.from_rpc_error("StreamBatchEvents", self.address, exc) from exc
+                    raise errors.from_rpc_error(method, self.address, exc) from exc
                 deadline = deadline or loop.time() + reconnect_for
                 if loop.time() >= deadline:
-                    raise errors.from_rpc_error("StreamBatchEvents", self.address, exc) from exc
+                    raise errors.from_rpc_error(method, self.address, exc) from exc
                 log.info("event=stream_reconnect provider=%s batch=%s from=%d", self.address, batch_id, next_sequence)
                 await asyncio.sleep(0.5)
 

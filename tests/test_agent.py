@@ -47,6 +47,17 @@ async def test_commands_run_through_the_agent(client: ContractClient, ready: str
     assert run.succeeded and time.monotonic() - started < 5, "a background child delayed the next command"
 
 
+async def test_a_chatty_background_child_is_drained_after_its_command_ended(client: ContractClient, ready: str) -> None:
+    """Its output after the end is dropped, but read: it never blocks on a full pipe (a service
+    started with `&` and logging to stdout keeps running)."""
+    run = await client.run_batch(ready, [client.sh("(sleep 0.5; head -c 20000000 /dev/zero; touch /golem/work/done) &")])
+    assert run.succeeded and run.stdout() == b""
+    waited = await client.run_batch(ready, [client.sh(
+        "for i in $(seq 100); do [ -e /golem/work/done ] && exit 0; sleep 0.1; done; exit 1"
+    )])
+    assert waited.succeeded, "the background child blocked writing to its inherited stdout"
+
+
 async def test_an_image_without_python_falls_back_to_docker_exec(client: ContractClient, engine: docker.DockerClient) -> None:
     tag = f"exeunit-test-nopython:{uuid.uuid4().hex[:8]}"
     dockerfile = f"FROM {BASE_IMAGE}\nRUN rm -f /usr/bin/python3*\n".encode()

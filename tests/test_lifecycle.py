@@ -108,6 +108,21 @@ async def test_same_batch_id_does_not_run_twice(client: ContractClient, ready: s
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
+async def test_exec_stream_submits_and_streams_in_one_call(client: ContractClient, ready: str) -> None:
+    request = act.ExecRequest(activity_id=ready, commands=[client.sh("echo once >> /golem/work/n; cat /golem/work/n")],
+                              batch_id="stream-1")
+    events = [e async for e in client.activity.ExecStream(request, metadata=client.metadata)]
+    assert [e.sequence for e in events] == list(range(len(events)))
+    assert [e.WhichOneof("kind") for e in events] == ["started", "stdout", "finished", "batch_finished"]
+    # idempotent like Exec: the same batch_id streams the same batch again, without running it
+    again = [e async for e in client.activity.ExecStream(request, metadata=client.metadata)]
+    assert again == events
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        bad = act.ExecRequest(activity_id=ready, commands=[client.run("/bin/true", workdir="relative")])
+        [e async for e in client.activity.ExecStream(bad, metadata=client.metadata)]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "absolute path" in err.value.details()
+
+
 async def test_replay_from_a_sequence_number_after_disconnect(client: ContractClient, ready: str) -> None:
     batch_id = (await client.exec(ready, [client.sh("for i in 1 2 3 4 5; do echo line$i; sleep 0.2; done")])).batch_id
     seen = []

@@ -20,19 +20,24 @@ Output is kept in a bounded spool until the daemon acknowledges it, and commands
 the connection: when the daemon dies, the command runs on, its output fills the spool (then the
 command blocks on its pipe, nothing is dropped), and the agent connects again and waits for a
 RESUME from the daemon that comes back. A command is over when its process has exited and its
-pipes are drained, or idle for DRAIN_IDLE seconds after the exit: a background child that keeps
-the pipes open keeps running, but does not hold up the next command. The agent runs with exactly
-the container's privileges; the daemon trusts nothing it says.
+pipes are closed, or idle for DRAIN_IDLE seconds after the exit: a background child that keeps
+the pipes open keeps running, does not hold up the next command, and what it writes later is read
+and dropped (it never blocks on a full pipe).
+
+One thread does everything (a poll loop over the socket, the pipes and a pidfd per process), so
+a command costs no thread hand-off. The agent runs with exactly the container's privileges; the
+daemon trusts nothing it says.
 """
 
 import bisect
+import errno
 import os
+import select
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 
 VERSION = 2
@@ -49,170 +54,138 @@ READ_CHUNK = 256 << 10
 SPOOL_BYTES = 8 << 20  # output not yet acknowledged; beyond it the command waits on its pipe
 PIECE_BYTES = 256 << 10  # reads of one stream are joined into spool pieces up to this size
 PIECE_COST = 128  # what a spool piece costs beyond its bytes (counted against SPOOL_BYTES)
-SEND_BYTES = 1 << 20  # at most this much output per frame
+SEND_BYTES = 1 << 20  # output queued to the socket at a time
 DRAIN_IDLE = 0.2
-
-
-class Link:
-    def __init__(self, sock):
-        self.sock = sock
-        self.lock = threading.Lock()
-
-    def send(self, kind, payload=b""):
-        with self.lock:
-            self.sock.sendall(HEADER.pack(len(payload) + 1) + kind + payload)
-
-    def receive(self):
-        (length,) = HEADER.unpack(self._exactly(HEADER.size))
-        if not 1 <= length <= MAX_FRAME:
-            raise ValueError("bad frame length")
-        frame = self._exactly(length)
-        return frame[:1], frame[1:]
-
-    def _exactly(self, count):
-        parts = []
-        while count:
-            part = self.sock.recv(min(count, 1 << 20))
-            if not part:
-                raise EOFError
-            parts.append(part)
-            count -= len(part)
-        return b"".join(parts)
+RECONNECT_SECONDS = 0.5
+EXIT_POLL = 0.05  # how often an exit is looked for where pidfds are missing
 
 
 class Command:
-    """One command: its process, and its output from the last acknowledged byte on."""
+    """One command: its process, its open pipes, and its output from the last acknowledged byte."""
 
     def __init__(self, command_id, argv, env, workdir):
         self.id = command_id
-        self.cond = threading.Condition()
         self.starts = []  # output offset where each spool piece begins, ascending
         self.pieces = []  # (kind, bytearray) in order: the output from about `acked` on
         self.acked = 0
         self.total = 0
         self.code = None  # set once the command is over
-        self.abandoned = False
+        self.status = None  # the process's exit status, once reaped
         self.last_output = time.monotonic()
+        self.pipes = {}  # fd -> OUT or ERR, while open
+        self.pidfd = None
         self.process = None
         environment = dict(os.environ)
         environment.update(env)
+        if workdir and not os.path.isdir(workdir):
+            self._append(ERR, ("workdir %s: no such directory in the container\n" % workdir).encode())
+            self.finish(126)
+            return
         try:
             self.process = subprocess.Popen(
                 argv, env=environment, cwd=workdir or None, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
             )
         except OSError as exc:
-            self._append(ERR, ("%s: %s\n" % (argv[0] if argv else "", exc.strerror)).encode())
-            self._finish(127 if isinstance(exc, FileNotFoundError) else 126)
+            self._append(ERR, ("%s: %s\n" % (argv[0], exc.strerror)).encode())
+            self.finish(127 if isinstance(exc, FileNotFoundError) else 126)
             return
-        threading.Thread(target=self._wait, daemon=True).start()
+        self.pipes = {self.process.stdout.fileno(): OUT, self.process.stderr.fileno(): ERR}
+        self.files = {self.process.stdout.fileno(): self.process.stdout, self.process.stderr.fileno(): self.process.stderr}
+        if hasattr(os, "pidfd_open"):
+            try:
+                self.pidfd = os.pidfd_open(self.process.pid)
+            except OSError:
+                pass
+
+    # Output
 
     def _append(self, kind, data):
-        with self.cond:
-            while self._pressure() >= SPOOL_BYTES and not self.abandoned and self.code is None:
-                self.cond.wait()
-            if self.abandoned or self.code is not None:
-                return  # a background child's output after the end is dropped
-            last = self.pieces[-1] if self.pieces else None
-            if last is not None and last[0] == kind and len(last[1]) < PIECE_BYTES:
-                last[1].extend(data)
-            else:
-                self.starts.append(self.total)
-                self.pieces.append((kind, bytearray(data)))
-            self.total += len(data)
-            self.cond.notify_all()
+        last = self.pieces[-1] if self.pieces else None
+        if last is not None and last[0] == kind and len(last[1]) < PIECE_BYTES:
+            last[1].extend(data)
+        else:
+            self.starts.append(self.total)
+            self.pieces.append((kind, bytearray(data)))
+        self.total += len(data)
 
-    def _pressure(self):
-        return self.total - self.acked + PIECE_COST * len(self.pieces)
+    def wants_output(self):
+        """Whether to read its pipes now: while the spool has room, and always once it is over
+        (then what comes is dropped)."""
+        return self.code is not None or self.total - self.acked + PIECE_COST * len(self.pieces) < SPOOL_BYTES
 
-    def _finish(self, code):
-        """The command is over: what the spool holds is all its output."""
-        with self.cond:
-            self.code = code
-            self.cond.notify_all()
-
-    def _pump(self, pipe, kind, done):
+    def read(self, fd):
         try:
-            while True:
-                data = os.read(pipe.fileno(), READ_CHUNK)
-                if not data:
-                    break
-                self.last_output = time.monotonic()
-                self._append(kind, data)
+            data = os.read(fd, READ_CHUNK)
         except OSError:
-            pass
-        done.set()
+            data = b""
+        if not data:
+            del self.pipes[fd]
+            self.files.pop(fd).close()
+            return
+        self.last_output = time.monotonic()
+        if self.code is None:
+            self._append(self.pipes[fd], data)
 
-    def _wait(self):
-        finished = [threading.Event(), threading.Event()]
-        for pipe, kind, done in ((self.process.stdout, OUT, finished[0]), (self.process.stderr, ERR, finished[1])):
-            threading.Thread(target=self._pump, args=(pipe, kind, done), daemon=True).start()
-        code = self.process.wait()
-        for done in finished:
-            while not done.is_set():
-                idle = time.monotonic() - self.last_output
-                if idle > DRAIN_IDLE:
-                    break  # a background child holds the pipes: leave it running
-                done.wait(DRAIN_IDLE - idle + 0.001)
-        self._finish(code if code >= 0 else 128 - code)
+    def piece_at(self, offset):
+        """(kind, piece, skip): the spool piece holding output byte `offset`, or None."""
+        index = max(bisect.bisect_right(self.starts, offset) - 1, 0)
+        if index >= len(self.pieces):
+            return None
+        kind, data = self.pieces[index]
+        skip = offset - self.starts[index]
+        return (kind, data, skip) if 0 <= skip < len(data) else None
 
     def acknowledge(self, offset, done):
-        with self.cond:
-            if offset > self.acked:
-                self.acked = min(offset, self.total)
-                # pieces wholly acknowledged go; the one the offset falls in stays
-                gone = max(bisect.bisect_right(self.starts, self.acked) - 1, 0)
-                del self.starts[:gone], self.pieces[:gone]
-                self.cond.notify_all()
-            return done and self.code is not None and self.acked == self.total
+        """Frees the spool up to `offset`; True when the daemon has all of it, EXIT included."""
+        if offset > self.acked:
+            self.acked = min(offset, self.total)
+            gone = max(bisect.bisect_right(self.starts, self.acked) - 1, 0)
+            del self.starts[:gone], self.pieces[:gone]
+        return bool(done) and self.code is not None and self.acked == self.total
 
-    def stream(self, link, offset, stopped):
-        """Sends output from `offset` (at least what was acknowledged), then EXIT; returns when the
-        command is over or abandoned, or `stopped` is set (the connection went away)."""
-        offset = max(offset, self.acked)
-        while not stopped.is_set():
-            with self.cond:
-                while not (stopped.is_set() or self.abandoned) and offset >= self.total and self.code is None:
-                    self.cond.wait(0.5)
-                if self.abandoned:
-                    return
-                frames = self._frames(offset)
-                code = self.code if offset + sum(len(data) for _, data in frames) >= self.total else None
-            for kind, data in frames:
-                link.send(kind, data)
-                offset += len(data)
-            if code is not None:
-                link.send(EXIT, CODE.pack(code))
-                return
+    # Ending
 
-    def _frames(self, offset):
-        """Spooled output from `offset`, at most SEND_BYTES per frame and 4 frames at a time."""
-        frames = []
-        index = max(bisect.bisect_right(self.starts, offset) - 1, 0)
-        while index < len(self.pieces) and len(frames) < 4:
-            kind, data = self.pieces[index]
-            skip = max(offset - self.starts[index], 0)
-            chunk = bytes(data[skip:skip + SEND_BYTES])
-            if chunk:
-                frames.append((kind, chunk))
-                offset += len(chunk)
-            if skip + len(chunk) >= len(data):
-                index += 1
-        return frames
+    def check_exit(self):
+        """Ends the command once its process exited and its pipes are closed or idle."""
+        if self.code is not None or self.process is None:
+            return
+        if self.status is None:
+            self.status = self.process.poll()
+            if self.status is not None and self.pidfd is not None:
+                os.close(self.pidfd)
+                self.pidfd = None
+        if self.status is not None and (not self.pipes or time.monotonic() - self.last_output > DRAIN_IDLE):
+            self.finish(self.status)
+
+    def wait_seconds(self):
+        """How long the poll may sleep before `check_exit` has something new to decide."""
+        if self.code is not None or self.process is None:
+            return None
+        if self.status is None:
+            return None if self.pidfd is not None else EXIT_POLL
+        if not self.pipes:
+            return 0
+        return max(DRAIN_IDLE - (time.monotonic() - self.last_output), 0) + 0.001
+
+    def finish(self, code):
+        self.code = code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as shells say
 
     def kill(self):
-        if self.process is not None:
+        if self.process is not None and self.code is None:
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except OSError:
                 pass
 
     def abandon(self):
-        """The daemon moved on: stop keeping output (the pipes are still drained)."""
-        with self.cond:
-            self.abandoned = True
-            self.starts, self.pieces = [], []
-            self.cond.notify_all()
+        """The daemon moved on: keep nothing more (its pipes are still drained)."""
+        if self.code is None:
+            self.code = -1
+        self.starts, self.pieces = [], []
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 def parse_run(payload):
@@ -229,59 +202,191 @@ def parse_run(payload):
     return command_id, argv, env, workdir
 
 
+def frame(kind, payload=b""):
+    return HEADER.pack(len(payload) + 1) + kind + payload
+
+
 class Agent:
-    def __init__(self):
-        self.command = None  # the command being run or not yet fully acknowledged
+    def __init__(self, path):
+        self.path = path
+        self.sock = None
+        self.inbox = bytearray()
+        self.outbox = bytearray()  # bytes for the socket, not yet written
+        self.command = None  # the command being run, or over but not yet fully acknowledged
+        self.draining = []  # earlier commands whose pipes a background child still holds
+        self.sending = None  # output offset of `command` to send next, or None
+        self.next_connect = 0.0
 
-    def serve(self, path):
+    # Connection
+
+    def connect(self):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(path)
-        link = Link(sock)
-        held = self.command
-        link.send(HELLO, HELLO_BODY.pack(VERSION, held.id if held else 0, held.acked if held else 0))
-        stopped = threading.Event()
         try:
-            while True:
-                kind, payload = link.receive()
-                if kind == RUN:
-                    if self.command is not None:
-                        self.command.abandon()
-                    self.command = Command(*parse_run(payload))
-                    self._stream(link, self.command, 0, stopped)
-                elif kind == RESUME and self.command is not None:
-                    command_id, offset = ID_OFFSET.unpack(payload)
-                    if command_id == self.command.id:
-                        self._stream(link, self.command, offset, stopped)
-                elif kind == ACK and self.command is not None:
-                    command_id, offset, done = ACK_BODY.unpack(payload)
-                    if command_id == self.command.id and self.command.acknowledge(offset, done):
-                        self.command = None
-                elif kind == KILL and self.command is not None:
-                    if ID.unpack(payload)[0] == self.command.id:
-                        self.command.kill()
-        finally:
-            stopped.set()
+            sock.connect(self.path)
+        except OSError:
             sock.close()
+            self.next_connect = time.monotonic() + RECONNECT_SECONDS
+            return
+        sock.setblocking(False)
+        self.sock, self.inbox, self.sending = sock, bytearray(), None
+        held = self.command
+        self.outbox = bytearray(frame(HELLO, HELLO_BODY.pack(VERSION, held.id if held else 0, held.acked if held else 0)))
 
-    @staticmethod
-    def _stream(link, command, offset, stopped):
-        def send():
+    def disconnect(self):
+        self.sock.close()
+        self.sock, self.sending = None, None
+        self.next_connect = time.monotonic() + RECONNECT_SECONDS
+
+    def receive(self):
+        try:
+            data = self.sock.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.disconnect()
+            return
+        self.inbox += data
+        while len(self.inbox) >= HEADER.size:
+            (length,) = HEADER.unpack_from(self.inbox)
+            if not 1 <= length <= MAX_FRAME:
+                self.disconnect()
+                return
+            if len(self.inbox) < HEADER.size + length:
+                return
+            kind = bytes(self.inbox[HEADER.size:HEADER.size + 1])
+            payload = bytes(self.inbox[HEADER.size + 1:HEADER.size + length])
+            del self.inbox[:HEADER.size + length]
             try:
-                command.stream(link, offset, stopped)
-            except OSError:
-                pass
+                self.handle(kind, payload)
+            except (ValueError, struct.error):
+                self.disconnect()
+                return
 
-        threading.Thread(target=send, daemon=True).start()
+    def handle(self, kind, payload):
+        command = self.command
+        if kind == RUN:
+            if command is not None:
+                command.abandon()
+                if command.pipes:
+                    self.draining.append(command)
+            self.command = Command(*parse_run(payload))
+            self.sending = 0
+        elif kind == RESUME and command is not None:
+            command_id, offset = ID_OFFSET.unpack(payload)
+            if command_id == command.id:
+                self.sending = max(offset, command.acked)
+        elif kind == ACK and command is not None:
+            command_id, offset, done = ACK_BODY.unpack(payload)
+            if command_id == command.id and command.acknowledge(offset, done):
+                self.command = None
+                if command.pipes:
+                    self.draining.append(command)
+        elif kind == KILL and command is not None:
+            if ID.unpack(payload)[0] == command.id:
+                command.kill()
+
+    def flush(self):
+        """Writes what the daemon should get next, as much as the socket takes. Output goes from
+        the spool to the socket without a copy; only what the socket refuses is copied aside."""
+        if self.outbox and not self._write():
+            return
+        command = self.command
+        while self.sending is not None and command is not None and self.sock is not None:
+            found = command.piece_at(self.sending)
+            if found is not None:
+                kind, data, skip = found
+                length = min(len(data) - skip, SEND_BYTES)
+                with memoryview(data) as whole, whole[skip:skip + length] as view:
+                    done = self._write(HEADER.pack(length + 1) + kind, view)
+                if self.sock is None:
+                    return
+                self.sending += length
+                if not done:
+                    return
+            elif command.code is not None and self.sending >= command.total:
+                self.sending = None
+                self._write(frame(EXIT, CODE.pack(command.code)))
+            else:
+                return
+
+    def _write(self, *parts):
+        """Sends the outbox, then `parts`; what the socket does not take is copied into the
+        outbox (sent first next time). True when everything went."""
+        if self.outbox:
+            for part in parts:
+                self.outbox += part
+            parts = (self.outbox,)
+        try:
+            sent = self.sock.sendmsg(parts)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.disconnect()
+            return False
+        if parts[0] is self.outbox:
+            del self.outbox[:sent]
+            return not self.outbox
+        for part in parts:
+            if sent < len(part):
+                self.outbox += part[sent:]
+            sent = max(sent - len(part), 0)
+        return not self.outbox
+
+    # The loop
+
+    def run(self):
+        while True:
+            if self.sock is None and time.monotonic() >= self.next_connect:
+                self.connect()
+            if self.sock is not None:
+                self.flush()
+            poller = select.poll()
+            timeout = None
+            if self.sock is not None:
+                poller.register(self.sock, select.POLLIN | (select.POLLOUT if self.outbox else 0))
+            else:
+                timeout = max(self.next_connect - time.monotonic(), 0)
+            readers = {}
+            for command in [self.command] + self.draining if self.command else self.draining:
+                if command.wants_output():
+                    for fd in command.pipes:
+                        readers[fd] = command
+                        poller.register(fd, select.POLLIN)
+                if command.pidfd is not None and command.status is None:
+                    readers[command.pidfd] = command
+                    poller.register(command.pidfd, select.POLLIN)
+                wait = command.wait_seconds()
+                if wait is not None:
+                    timeout = wait if timeout is None else min(timeout, wait)
+            try:
+                ready = poller.poll(None if timeout is None else int(timeout * 1000) + 1)
+            except InterruptedError:
+                continue
+            for fd, events in ready:
+                if self.sock is not None and fd == self.sock.fileno():
+                    if events & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                        self.receive()
+                elif fd in readers:
+                    command = readers[fd]
+                    if fd == command.pidfd:
+                        command.check_exit()
+                    elif fd in command.pipes:
+                        command.read(fd)
+            for command in [self.command] + self.draining if self.command else self.draining:
+                command.check_exit()
+            self.draining = [command for command in self.draining if command.pipes]
 
 
 def main():
-    path = sys.argv[1]
-    agent = Agent()
-    while True:  # the daemon may restart: connect again; commands run on meanwhile
+    agent = Agent(sys.argv[1])
+    while True:
         try:
-            agent.serve(path)
-        except (OSError, EOFError, ValueError, struct.error):
-            time.sleep(0.5)
+            agent.run()
+        except OSError as exc:  # never let the agent die over one bad moment
+            if exc.errno not in (errno.EINTR, errno.EAGAIN):
+                time.sleep(0.1)
 
 
 if __name__ == "__main__":
