@@ -17,6 +17,7 @@ import hashlib
 import os
 import posixpath
 import stat
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +168,7 @@ class Upload:
         self._mode = (mode & 0o777) or 0o644  # permission bits only: no setuid, setgid or sticky
         self._owner = owner
         self._fd: int | None = None
-        self._writing: asyncio.Future[None] | None = None  # the write in a data thread, if any
+        self._writing: asyncio.Future[Any] | None = None  # the hash and write of the last chunk, if running
         self._received = 0
         self._digest = hashlib.sha256()
         self._cancelled: errors.ExeUnitError | None = None
@@ -194,13 +195,14 @@ class Upload:
         if self._received > self._size:
             raise errors.DataLoss(f"received more than the declared {self._size} bytes")
         self.on_progress()
-        self._writing = asyncio.ensure_future(in_data_thread(self._write_all, chunk))
-        await self._writing
+        if self._writing is not None:  # one chunk in flight: the next one arrives while it is written
+            await self._writing
+        # hashing and writing both let go of the GIL: in two threads they take the time of the slower
+        self._writing = asyncio.gather(in_data_thread(self._digest.update, chunk), in_data_thread(self._write_all, chunk))
 
     def _write_all(self, chunk: bytes) -> None:
-        """Hashes and writes one chunk, off the event loop (one chunk at a time, in order)."""
+        """Writes one chunk, off the event loop (one chunk at a time, in order)."""
         assert self._fd is not None
-        self._digest.update(chunk)
         view = memoryview(chunk)
         try:
             while view:
@@ -209,6 +211,8 @@ class Upload:
             raise _refusal(exc, self._dest.path) from None
 
     async def finish(self, sha256: str) -> UploadResult:
+        if self._writing is not None:
+            await self._writing
         if self._received != self._size:
             raise errors.DataLoss(f"received {self._received} bytes, the header declared {self._size}")
         actual = self._digest.hexdigest()
@@ -252,6 +256,7 @@ class Download:
         self._path = path
         self._cut: errors.ExeUnitError | None = None
         self._digest = hashlib.sha256()
+        self._lock = threading.Lock()
         self.on_progress: Callable[[], None] = lambda: None  # called as each chunk is handed on
 
     def sha256(self) -> str:
@@ -259,33 +264,46 @@ class Download:
         return self._digest.hexdigest()
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The file's first `header.size` bytes; raises the reason if the download was cut meanwhile."""
+        """The file's first `header.size` bytes; raises the reason if the download was cut meanwhile.
+        The next chunk is read while the current one is sent."""
         offset = 0
-        while offset < self.header.size:
-            if self._cut is not None:
-                raise self._cut
-            chunk = await in_data_thread(self._read, offset, min(CHUNK_SIZE, self.header.size - offset))
-            if not chunk:
-                raise errors.FailedPrecondition(f"{self._path} shrank while it was downloaded")
-            offset += len(chunk)
-            self.on_progress()
-            yield chunk
+        size = self.header.size
+        reading = self._read_at(offset) if size else None
+        try:
+            while reading is not None:
+                chunk = await reading
+                if not chunk:
+                    raise errors.FailedPrecondition(f"{self._path} shrank while it was downloaded")
+                offset += len(chunk)
+                reading = self._read_at(offset) if offset < size else None
+                self.on_progress()
+                yield chunk
+        finally:
+            if reading is not None and not reading.done():  # abandoned: nobody wants its outcome
+                reading.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    def _read_at(self, offset: int) -> asyncio.Future[bytes]:
+        if self._cut is not None:
+            raise self._cut
+        return asyncio.ensure_future(in_data_thread(self._read, offset, min(CHUNK_SIZE, self.header.size - offset)))
 
     def _read(self, offset: int, count: int) -> bytes:
-        """Reads and hashes the next chunk, off the event loop."""
-        fd = self._fd
-        if fd is None:
-            raise self._cut or errors.FailedPrecondition(f"the download of {self._path} was closed")
-        chunk = os.pread(fd, count, offset)
-        self._digest.update(chunk)
-        return chunk
+        """Reads and hashes the next chunk, off the event loop (never while `close` runs)."""
+        with self._lock:
+            fd = self._fd
+            if fd is None:
+                raise self._cut or errors.FailedPrecondition(f"the download of {self._path} was closed")
+            chunk = os.pread(fd, count, offset)
+            self._digest.update(chunk)
+            return chunk
 
     def cut(self, reason: errors.ExeUnitError) -> None:
         """Stops the download; the reader gets `reason` at its next chunk. Any thread."""
         self._cut = self._cut or reason
 
     def close(self) -> None:
-        fd, self._fd = self._fd, None
+        with self._lock:  # a read ahead may still be running in a data thread
+            fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
 

@@ -31,6 +31,7 @@ from requestor import errors
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
+UPLOAD_AHEAD = 4  # chunks read and hashed ahead of the one being sent
 T = TypeVar("T")
 
 
@@ -275,31 +276,55 @@ class ProviderClient:
     async def upload(self, activity_id: str, path: str, size: int, chunks: AsyncIterator[bytes]) -> str:
         """Streams `size` bytes to `path`; returns the sha256 both sides agreed on."""
         digest = hashlib.sha256()
+        ahead: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(UPLOAD_AHEAD)
+
+        async def read_ahead() -> None:
+            """Reads and hashes (in a thread) the next chunks while earlier ones are sent."""
+            try:
+                async for chunk in chunks:
+                    for start in range(0, len(chunk), CHUNK_SIZE):
+                        piece = chunk if len(chunk) <= CHUNK_SIZE else chunk[start : start + CHUNK_SIZE]
+                        await asyncio.to_thread(digest.update, piece)
+                        await ahead.put(piece)
+                await ahead.put(None)
+            except Exception as exc:  # handed to the sender, which raises it
+                await ahead.put(exc)
 
         async def requests() -> AsyncIterator[xfer.UploadRequest]:
             yield xfer.UploadRequest(header=xfer.UploadHeader(activity_id=activity_id, path=path, size=size))
-            async for chunk in chunks:
-                for start in range(0, len(chunk), CHUNK_SIZE):
-                    piece = chunk[start : start + CHUNK_SIZE]
-                    digest.update(piece)
-                    yield xfer.UploadRequest(chunk=piece)
+            while (piece := await ahead.get()) is not None:
+                if isinstance(piece, BaseException):
+                    raise piece
+                yield xfer.UploadRequest(chunk=piece)
             yield xfer.UploadRequest(trailer=xfer.UploadTrailer(sha256=digest.hexdigest()))
 
-        async with self._translated("Upload"):
-            response = await self._transfer.Upload(requests(), metadata=self._metadata)
+        reader = asyncio.create_task(read_ahead())
+        try:
+            async with self._translated("Upload"):
+                response = await self._transfer.Upload(requests(), metadata=self._metadata)
+        finally:
+            reader.cancel()
         return response.sha256
 
     async def download(self, activity_id: str, path: str) -> AsyncIterator[bytes]:
         """The file's chunks; raises at the end when the checksum does not match."""
         digest = hashlib.sha256()
+        hashing: asyncio.Future[None] | None = None  # one chunk hashed in a thread while the next arrives
         async with self._translated("Download"):
             async for part in self._transfer.Download(xfer.DownloadRequest(activity_id=activity_id, path=path), metadata=self._metadata):
                 kind = part.WhichOneof("part")
                 if kind == "chunk":
-                    digest.update(part.chunk)
+                    if hashing is not None:
+                        await hashing
+                    hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, part.chunk))
                     yield part.chunk
-                elif kind == "trailer" and part.trailer.sha256 != digest.hexdigest():
-                    raise errors.RequestorError(f"download of {path} from {self.address} arrived corrupted (checksum mismatch)")
+                elif kind == "trailer":
+                    if hashing is not None:
+                        await hashing
+                    if part.trailer.sha256 != digest.hexdigest():
+                        raise errors.RequestorError(
+                            f"download of {path} from {self.address} arrived corrupted (checksum mismatch)"
+                        )
 
 
 # ExeScript commands as the contract spells them
