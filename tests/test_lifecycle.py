@@ -55,6 +55,9 @@ async def test_env_and_workdir_reach_the_process(client: ContractClient, ready: 
     )
     assert run.succeeded
     assert run.stdout() == b"hi there||/golem/output\n"
+    # the next command without a workdir starts where the image says (its WORKDIR), as before
+    again = await client.run_batch(ready, [client.run("/bin/pwd")])
+    assert again.stdout() == b"/golem/work\n"
 
 
 async def test_batch_stops_at_first_failure(client: ContractClient, ready: str) -> None:

@@ -1,9 +1,10 @@
 """The resident agent: runs inside an activity's container and spawns its commands.
 
 The daemon mounts this one file read-only into the container and starts it with the image's own
-python3 (standard library only, Python 3.6 or newer, and only modules that start fast: no json,
-no re). It connects to a unix socket the daemon listens on (in a directory mounted read-only, so
-nothing in the container can replace it) and serves one command at a time. Frames:
+python3 (standard library only, Python 3.8 or newer, and only modules that start fast: no json,
+re, enum, socket or subprocess, which would more than double its start-up in every container).
+It connects to a unix socket the daemon listens on (in a directory mounted read-only, so nothing
+in the container can replace it) and serves one command at a time. Frames:
 
     frame  = length (u32, of kind + payload) | kind (1 byte) | payload; integers big endian
     daemon -> agent
@@ -29,14 +30,13 @@ a command costs no thread hand-off. The agent runs with exactly the container's 
 daemon trusts nothing it says.
 """
 
+import _signal
+import _socket
 import bisect
 import errno
 import os
 import select
-import signal
-import socket
 import struct
-import subprocess
 import sys
 import time
 
@@ -70,11 +70,11 @@ class Command:
         self.acked = 0
         self.total = 0
         self.code = None  # set once the command is over
-        self.status = None  # the process's exit status, once reaped
+        self.status = None  # the process's exit code, once reaped
         self.last_output = time.monotonic()
         self.pipes = {}  # fd -> OUT or ERR, while open
         self.pidfd = None
-        self.process = None
+        self.pid = None
         environment = dict(os.environ)
         environment.update(env)
         if workdir and not os.path.isdir(workdir):
@@ -82,19 +82,15 @@ class Command:
             self.finish(126)
             return
         try:
-            self.process = subprocess.Popen(
-                argv, env=environment, cwd=workdir or None, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            )
+            self.pid, out, err = spawn(argv, environment, workdir)
         except OSError as exc:
             self._append(ERR, ("%s: %s\n" % (argv[0], exc.strerror)).encode())
             self.finish(127 if isinstance(exc, FileNotFoundError) else 126)
             return
-        self.pipes = {self.process.stdout.fileno(): OUT, self.process.stderr.fileno(): ERR}
-        self.files = {self.process.stdout.fileno(): self.process.stdout, self.process.stderr.fileno(): self.process.stderr}
+        self.pipes = {out: OUT, err: ERR}
         if hasattr(os, "pidfd_open"):
             try:
-                self.pidfd = os.pidfd_open(self.process.pid)
+                self.pidfd = os.pidfd_open(self.pid)
             except OSError:
                 pass
 
@@ -121,7 +117,7 @@ class Command:
             data = b""
         if not data:
             del self.pipes[fd]
-            self.files.pop(fd).close()
+            os.close(fd)
             return
         self.last_output = time.monotonic()
         if self.code is None:
@@ -147,34 +143,40 @@ class Command:
     # Ending
 
     def check_exit(self):
-        """Ends the command once its process exited and its pipes are closed or idle."""
-        if self.code is not None or self.process is None:
-            return
-        if self.status is None:
-            self.status = self.process.poll()
+        """Reaps the process once it ended; ends the command once, besides, its pipes are closed
+        or idle."""
+        if self.pid is not None and self.status is None:
+            self.status = reap(self.pid)
             if self.status is not None and self.pidfd is not None:
                 os.close(self.pidfd)
                 self.pidfd = None
-        if self.status is not None and (not self.pipes or time.monotonic() - self.last_output > DRAIN_IDLE):
-            self.finish(self.status)
+        if self.code is None and self.status is not None:
+            if not self.pipes or time.monotonic() - self.last_output > DRAIN_IDLE:
+                self.finish(self.status)
+
+    def lingers(self):
+        """Whether anything of it is left to drain or reap after the daemon is done with it."""
+        return bool(self.pipes) or (self.pid is not None and self.status is None)
 
     def wait_seconds(self):
         """How long the poll may sleep before `check_exit` has something new to decide."""
-        if self.code is not None or self.process is None:
+        if self.pid is None:
             return None
         if self.status is None:
             return None if self.pidfd is not None else EXIT_POLL
+        if self.code is not None:
+            return None
         if not self.pipes:
             return 0
         return max(DRAIN_IDLE - (time.monotonic() - self.last_output), 0) + 0.001
 
     def finish(self, code):
-        self.code = code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as shells say
+        self.code = code
 
     def kill(self):
-        if self.process is not None and self.code is None:
+        if self.pid is not None and self.code is None:
             try:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                os.killpg(self.pid, _signal.SIGKILL)  # its own session: the whole group
             except OSError:
                 pass
 
@@ -183,9 +185,47 @@ class Command:
         if self.code is None:
             self.code = -1
         self.starts, self.pieces = [], []
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
+
+
+def spawn(argv, env, workdir):
+    """Starts argv in a session of its own, stdin from /dev/null, stdout and stderr into new pipes;
+    returns (pid, stdout read end, stderr read end). Raises OSError when it cannot be started."""
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, out_write, 1),
+        (os.POSIX_SPAWN_DUP2, err_write, 2),
+    ]
+    home = os.getcwd()  # the image's WORKDIR, where the agent was started
+    try:
+        if workdir:  # posix_spawn has no working directory; the agent is single-threaded, so lend it ours
+            os.chdir(workdir)
+        pid = os.posix_spawnp(argv[0], argv, env, file_actions=actions, setsid=True,
+                              setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ))  # Python ignores these
+    except OSError:
+        os.close(out_read)
+        os.close(err_read)
+        raise
+    finally:
+        os.close(out_write)
+        os.close(err_write)
+        if workdir:
+            os.chdir(home)
+    return pid, out_read, err_read
+
+
+def reap(pid):
+    """The exit code of `pid` if it has ended (128 + N when killed by signal N), else None."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return -1
+    if done == 0:
+        return None
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
 
 
 def parse_run(payload):
@@ -220,7 +260,7 @@ class Agent:
     # Connection
 
     def connect(self):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.connect(self.path)
         except OSError:
@@ -269,7 +309,7 @@ class Agent:
         if kind == RUN:
             if command is not None:
                 command.abandon()
-                if command.pipes:
+                if command.lingers():
                     self.draining.append(command)
             self.command = Command(*parse_run(payload))
             self.sending = 0
@@ -281,7 +321,7 @@ class Agent:
             command_id, offset, done = ACK_BODY.unpack(payload)
             if command_id == command.id and command.acknowledge(offset, done):
                 self.command = None
-                if command.pipes:
+                if command.lingers():
                     self.draining.append(command)
         elif kind == KILL and command is not None:
             if ID.unpack(payload)[0] == command.id:
@@ -376,7 +416,7 @@ class Agent:
                         command.read(fd)
             for command in [self.command] + self.draining if self.command else self.draining:
                 command.check_exit()
-            self.draining = [command for command in self.draining if command.pipes]
+            self.draining = [command for command in self.draining if command.lingers()]
 
 
 def main():
