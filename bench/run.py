@@ -231,8 +231,19 @@ async def case_exec(golem: Golem, client: docker.DockerClient, states: States, r
     a, b = await alternate(rounds, ours, raw)
     container.remove(force=True, v=True)
     await cluster.terminate()
-    target, limit = ("ratio <= 0.1 (spawn floor 0.6 ms)", 0.1) if executor == "agent" else ("ratio <= 1.15", 1.15)
-    return Row(f"exec round trip ({executor})", a * 1000, b * 1000, "ms", a / b, target, a / b <= limit)
+    target, limit = ("ratio <= 0.1", 0.1) if executor == "agent" else ("ratio <= 1.15", 1.15)
+    extra = {"spawn_floor_ms": round(spawn_floor() * 1000, 2)} if executor == "agent" else {}
+    return Row(f"exec round trip ({executor})", a * 1000, b * 1000, "ms", a / b, target, a / b <= limit, extra)
+
+
+def spawn_floor(rounds: int = 50) -> float:
+    """Median time to start `/bin/true` and reap it, directly on this host: what no executor beats."""
+    times = []
+    for _ in range(rounds):
+        elapsed = stopwatch()
+        os.waitpid(os.posix_spawn("/bin/true", ["true"], os.environ), 0)
+        times.append(elapsed())
+    return statistics.median(times)
 
 
 async def case_background(golem: Golem, client: docker.DockerClient, states: States) -> Row:
@@ -282,7 +293,7 @@ async def case_start(golem: Golem, client: docker.DockerClient, states: States, 
         return await asyncio.to_thread(raw_start)
 
     a, b = await alternate(rounds, ours, raw)
-    return Row("service start", a * 1000, b * 1000, "ms", a / b, "ratio <= 1.3", a / b <= 1.3)
+    return Row("service start", a * 1000, b * 1000, "ms", a / b, "ratio <= 0.52 (before the agent)", a / b <= 0.52)
 
 
 async def case_scale(golem: Golem, client: docker.DockerClient, states: States, daemon: Daemon, count: int) -> Row:
@@ -307,8 +318,8 @@ async def case_scale(golem: Golem, client: docker.DockerClient, states: States, 
         list(pool.map(lambda c: c.remove(force=True, v=True), containers))
     per_activity = (live_rss - before) / count / MIB
     ratio = ours / raw
-    return Row(f"scale-out ({count} instances)", ours, raw, "s", ratio, "ratio <= 1.5; <= 2 MiB/activity",
-               ratio <= 1.5 and per_activity <= 2.0,
+    return Row(f"scale-out ({count} instances)", ours, raw, "s", ratio, "ratio <= 0.39 (before the agent); <= 2 MiB/activity",
+               ratio <= 0.39 and per_activity <= 2.0,
                {"daemon_mib_per_live_activity": round(per_activity, 3), "daemon_rss_before_mib": round(before / MIB, 1)})
 
 
@@ -356,7 +367,7 @@ async def case_output(golem: Golem, client: docker.DockerClient, states: States,
     a, b = await alternate(rounds, ours, raw)
     container.remove(force=True, v=True)
     await cluster.terminate()
-    return Row(f"output stream ({size // MIB} MiB)", a, b, "MiB/s", a / b, "ratio >= 0.8", a / b >= 0.8)
+    return Row(f"output stream ({size // MIB} MiB)", a, b, "MiB/s", a / b, "ratio >= 1.0", a / b >= 1.0)
 
 
 async def case_transfer(golem: Golem, client: docker.DockerClient, states: States, daemon: Daemon, size: int,
@@ -432,8 +443,8 @@ async def case_transfer(golem: Golem, client: docker.DockerClient, states: State
     for name, (a, b) in (("upload", up), ("download", down)):
         grown = growth["up" if name == "upload" else "down"]
         ratio = a / b
-        rows.append(Row(f"{name} ({size // MIB} MiB)", a, b, "MiB/s", ratio, "ratio >= 0.8; daemon +<= 64 MiB",
-                        ratio >= 0.8 and grown <= 64, {"daemon_rss_growth_mib": round(grown, 1)}))
+        rows.append(Row(f"{name} ({size // MIB} MiB)", a, b, "MiB/s", ratio, "ratio >= 1.0; daemon +<= 64 MiB",
+                        ratio >= 1.0 and grown <= 64, {"daemon_rss_growth_mib": round(grown, 1)}))
     return rows
 
 
