@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -66,9 +67,10 @@ class Daemon:
     """`exeunit serve` on a loopback port, with its RSS sampled every 20 ms."""
 
     def __init__(self) -> None:
+        self.home = tempfile.mkdtemp(prefix="exeunit-bench-home-")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "exeunit", "serve", "--listen", "127.0.0.1:0", "--name", "bench-provider",
-             "--cpu-overcommit", "40", "--provider-id", f"bench-{os.getpid()}",
+             "--cpu-overcommit", "40", "--state-dir", self.home,
              "--price-cpu-sec", "0.000001", "--price-duration-sec", "0.000001"],
             stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
         )
@@ -105,6 +107,7 @@ class Daemon:
         self._sampling = False
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=120)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 # Timing helpers

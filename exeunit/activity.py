@@ -19,6 +19,8 @@ from exeunit.agent import AgentChannel, AgentExecutor, guest_binds, guest_entryp
 from exeunit.runtime import (
     LABEL_ACTIVITY,
     LABEL_AGREEMENT,
+    LABEL_EXPIRES,
+    LABEL_HOME,
     LABEL_PROVIDER,
     STDOUT,
     CommandOutcome,
@@ -85,9 +87,11 @@ class Activity:
         images: ImageResolver,
         limits: ActivityLimits,
         storage: LoopStorage,
+        home_id: str,
         on_terminated: Callable[[], None] = lambda: None,
     ) -> None:
         self.activity_id = activity_id
+        self._home_id = home_id
         self._on_terminated = on_terminated
         self.agreement = agreement
         self._runtime = runtime
@@ -253,6 +257,8 @@ class Activity:
                 LABEL_ACTIVITY: self.activity_id,
                 LABEL_AGREEMENT: self.agreement.agreement_id,
                 LABEL_PROVIDER: self.agreement.provider_id,
+                LABEL_HOME: self._home_id,
+                LABEL_EXPIRES: str(int(self.agreement.expiration.timestamp())),
             },
             memory_bytes=reserved.memory_bytes,
             cpu_threads=reserved.cpu_threads,

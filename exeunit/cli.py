@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import ipaddress
 import logging
 import socket
@@ -18,11 +17,14 @@ from exeunit import __version__, errors, logs
 from exeunit.activity import ActivityLimits
 from exeunit.docker_runtime import DockerRuntime
 from exeunit.fetch import FetchPolicy
+from exeunit.home import Identity, ProviderHome
 from exeunit.images import DEFAULT_OFFERED_IMAGES, ImagePolicy
 from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
 from exeunit.provider import Provider
 from exeunit.storage import DirectoryStorage, LoopStorage
 from exeunit.server import serve_until_signalled
+
+DEFAULT_HOMES = Path("/var/lib/exeunit")  # a provider's home is DEFAULT_HOMES/NAME unless --state-dir
 
 log = logging.getLogger("exeunit")
 
@@ -59,8 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to serve gRPC on (default: %(default)s; port 0 picks a free one)")
     ident.add_argument("--name", default=socket.gethostname(), help="provider name shown in the offer (default: host name)")
     ident.add_argument("--subnet", default="public", help="subnet tag; only demands for it match (default: %(default)s)")
+    ident.add_argument("--state-dir", type=Path, metavar="DIR",
+                       help="the provider's home: its identity, its lock (one daemon per directory) and its "
+                            "activities' storage (default: /var/lib/exeunit/NAME)")
     ident.add_argument("--provider-id", default="",
-                       help="stable provider id (default: derived from host name and --name)")
+                       help="provider id for a new --state-dir (default: a random one, kept in the directory)")
     ident.add_argument("--auth-token-file", type=Path, metavar="FILE",
                        help="file holding a shared secret callers must send as 'authorization: Bearer <secret>'")
     ident.add_argument("--insecure-allow-remote", action="store_true",
@@ -110,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="end an agreement that has had no live activity for this long (default: %(default)s)")
 
     store = serve.add_argument_group("storage (each activity's volumes: a filesystem of its agreement's size)")
-    store.add_argument("--storage-dir", type=Path, default=Path("/var/lib/exeunit/storage"), metavar="DIR",
-                       help="where activities' filesystems live; the offered storage is what is free here "
-                            "(default: %(default)s)")
+    store.add_argument("--storage-dir", type=Path, metavar="DIR",
+                       help="where activities' filesystems live (in DIR/PROVIDER_ID); the offered storage is what "
+                            "is free here (default: STATE_DIR/storage)")
     store.add_argument("--unenforced-storage", action="store_true",
                        help="where loop-mounting is impossible (no root, no loop devices), keep volumes in plain "
                             "directories with NO size limit instead of refusing to start")
@@ -161,20 +166,20 @@ def is_loopback(listen: str) -> bool:
         return False
 
 
-def provider_settings(args: argparse.Namespace) -> ProviderSettings:
+def provider_settings(args: argparse.Namespace, identity: Identity, storage_dir: Path) -> ProviderSettings:
     measured = Resources(
         cpu_threads=psutil.cpu_count(logical=True) or 1,
         memory_bytes=psutil.virtual_memory().total,
-        storage_bytes=psutil.disk_usage(_existing(str(args.storage_dir))).free,
+        storage_bytes=psutil.disk_usage(_existing(str(storage_dir))).free,
     )
     capacity = Resources(
         cpu_threads=int(min(measured.cpu_threads, args.max_cpu_threads or measured.cpu_threads) * args.cpu_overcommit),
         memory_bytes=min(measured.memory_bytes, int((args.max_memory_gib or 1e9) * GIB)),
         storage_bytes=min(measured.storage_bytes, int((args.max_storage_gib or 1e9) * GIB)),
     )
-    provider_id = args.provider_id or hashlib.sha256(f"{socket.gethostname()}/{args.name}".encode()).hexdigest()[:16]
     return ProviderSettings(
-        provider_id=provider_id,
+        provider_id=identity.provider_id,
+        home_id=identity.home_id,
         name=args.name,
         subnet_tag=args.subnet,
         pricing=LinearPricing(args.price_start, args.price_cpu_sec, args.price_duration_sec, args.currency),
@@ -203,10 +208,15 @@ def _existing(path: str) -> str:
     return str(candidate)
 
 
-def activity_storage(args: argparse.Namespace, provider_id: str, runtime: DockerRuntime) -> LoopStorage:
+def storage_dir(args: argparse.Namespace, home: ProviderHome) -> Path:
+    """Where this provider's activity filesystems go: under its home, or its own directory in the
+    operator's --storage-dir."""
+    return args.storage_dir / home.identity.provider_id if args.storage_dir else home.path / "storage"
+
+
+def activity_storage(args: argparse.Namespace, base: Path, runtime: DockerRuntime) -> LoopStorage:
     """Loop-mounted storage, or plain directories when the operator accepts no size limit; owned
     by whoever root in a container is on this host."""
-    base = args.storage_dir / provider_id
     owner = runtime.container_root_owner()
     why_not = LoopStorage.available()
     if why_not is None:
@@ -242,10 +252,13 @@ def serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    home = None
     try:
+        home = ProviderHome.open(args.state_dir or DEFAULT_HOMES / args.name, args.provider_id)  # before anything else
         runtime = DockerRuntime()
-        settings = provider_settings(args)
-        storage = activity_storage(args, settings.provider_id, runtime)
+        base = storage_dir(args, home)
+        settings = provider_settings(args, home.identity, base)
+        storage = activity_storage(args, base, runtime)
         limits = ActivityLimits(
             pids_limit=args.pids_limit,
             result_output_cap=args.result_output_cap_kib * 1024,
@@ -261,6 +274,9 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"exeunit: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if home is not None:
+            home.close()
     return 0
 
 

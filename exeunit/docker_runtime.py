@@ -28,7 +28,7 @@ import requests.exceptions
 from exeunit import errors
 from exeunit.frames import FrameDecoder
 from exeunit.runtime import (
-    LABEL_PROVIDER,
+    LABEL_HOME,
     CommandOutcome,
     ContainerSpec,
     ContainerUsage,
@@ -331,6 +331,13 @@ class DockerRuntime:
         return [str(c["Id"]) for c in found]
 
     @_in_thread
+    def labelled_containers(self, key: str) -> dict[str, dict[str, str]]:
+        """Every container (running or not) with a label `key`, whatever its value: id -> labels."""
+        with _translated("list containers"):
+            found = self._api.containers(all=True, filters={"label": key})
+        return {str(c["Id"]): dict(c.get("Labels") or {}) for c in found}
+
+    @_in_thread
     def usage(self, container_id: str) -> ContainerUsage:
         with _translated("read container stats"):
             stats = self._api.stats(container_id, stream=False, one_shot=True)
@@ -338,13 +345,13 @@ class DockerRuntime:
         memory = (stats.get("memory_stats") or {}).get("usage") or 0
         return ContainerUsage(cpu_seconds=cpu_ns / 1e9, memory_bytes=int(memory))
 
-    async def container_deaths(self, provider_id: str) -> AsyncIterator[str]:
-        """Ids of this provider's containers as they die, for as long as it is iterated. When the
+    async def container_deaths(self, home_id: str) -> AsyncIterator[str]:
+        """Ids of this home's containers as they die, for as long as it is iterated. When the
         engine's event stream breaks (the engine restarts, a proxy drops it), it is opened again."""
         pause = 0.5
         while True:
             try:
-                watch = DeathWatch(await asyncio.to_thread(self._death_events, provider_id))
+                watch = DeathWatch(await asyncio.to_thread(self._death_events, home_id))
             except errors.ExeUnitError as exc:
                 log.warning("event=death_watch_failed error=%s retry_in=%.1fs", exc, pause)
                 await asyncio.sleep(pause)
@@ -358,11 +365,11 @@ class DockerRuntime:
                 watch.close()
             await asyncio.sleep(pause)  # the stream ended: open it again
 
-    def _death_events(self, provider_id: str) -> Any:
+    def _death_events(self, home_id: str) -> Any:
         with _translated("watch Docker events"):
             return self._api.events(
                 decode=True,
-                filters={"type": "container", "event": "die", "label": f"{LABEL_PROVIDER}={provider_id}"},
+                filters={"type": "container", "event": "die", "label": f"{LABEL_HOME}={home_id}"},
             )
 
     def executor(self) -> DockerExec:

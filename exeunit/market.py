@@ -126,6 +126,9 @@ class ProviderSettings:
     # `agreement_idle_seconds` (a requestor cannot hold the host by signing and never running).
     max_agreement_seconds: float = 24 * 3600.0
     agreement_idle_seconds: float = 300.0
+    # Labels every container of this provider's home (exeunit.home); a fresh one unless the
+    # home's identity gives it, so two providers never claim each other's containers.
+    home_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass(frozen=True)

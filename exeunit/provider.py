@@ -19,7 +19,7 @@ from exeunit.batch import Batch, BatchEvent
 from exeunit.commands import Command
 from exeunit.fairness import ConcurrencyQuota, IdleWatchdog, idle_timeout
 from exeunit.images import ImageResolver
-from exeunit.runtime import LABEL_PROVIDER, Runtime
+from exeunit.runtime import LABEL_EXPIRES, LABEL_HOME, Runtime
 from exeunit.market import Agreement, AgreementState, Demand, Market, Offer, ProviderSettings, Refusal, utcnow
 from exeunit.states import ActivityState
 from exeunit.storage import LoopStorage, VolumeDirs
@@ -27,6 +27,9 @@ from exeunit.threads import in_data_thread
 from exeunit.transfer import Download, Upload, confine, download, existing_size
 
 log = logging.getLogger(__name__)
+
+EXPIRED_GRACE_SECONDS = 60.0  # an expired agreement's own daemon gets this long to end it itself
+REAP_INTERVAL_SECONDS = 300.0  # how often the host is swept for containers of expired agreements
 
 
 class Provider:
@@ -45,17 +48,19 @@ class Provider:
         self._idle: dict[str, asyncio.TimerHandle] = {}  # agreements with no live activity
         self._tasks: set[asyncio.Task[None]] = set()
         self._death_watch_task: asyncio.Task[None] | None = None
+        self._reaper_task: asyncio.Task[None] | None = None
 
     # Life of the daemon
 
     async def open(self) -> None:
-        """Checks the engine, removes containers a previous run of this provider left behind, and
-        starts watching for containers that die."""
+        """Checks the engine, removes what a previous run of this home left behind and any
+        container whose agreement expired, and starts watching for containers that die."""
         await self._runtime.ping()
         if self.storage.owner == (0, 0):
             log.warning("event=engine_without_userns_remap message=%r", "root in a container is root on this host; "
                         "start dockerd with --userns-remap=default so that it is not")
-        leftovers = await self._runtime.containers_with_label(LABEL_PROVIDER, self.settings.provider_id)
+        # Only this home's: its lock (exeunit.home) proves no other daemon runs them.
+        leftovers = await self._runtime.containers_with_label(LABEL_HOME, self.settings.home_id)
         for container_id in leftovers:
             log.warning("event=dangling_container_removed container=%s provider=%s",
                         container_id[:12], self.settings.provider_id)
@@ -63,7 +68,34 @@ class Provider:
         for activity_id in await asyncio.to_thread(self.storage.leftovers):
             log.warning("event=dangling_storage_removed activity=%s", activity_id)
             await asyncio.to_thread(self.storage.destroy, activity_id)
+        await self.reap_expired()
         self._death_watch_task = asyncio.create_task(self._watch_deaths())
+        self._reaper_task = asyncio.create_task(self._reap_periodically())
+
+    async def reap_expired(self) -> int:
+        """Removes every container, whichever provider started it, whose agreement expired more
+        than EXPIRED_GRACE_SECONDS ago: its daemon is gone or stuck, and nothing runs for ever."""
+        now = utcnow().timestamp()
+        reaped = 0
+        for container_id, labels in (await self._runtime.labelled_containers(LABEL_EXPIRES)).items():
+            try:
+                expires = float(labels[LABEL_EXPIRES])
+            except ValueError:
+                continue
+            if expires + EXPIRED_GRACE_SECONDS < now:
+                log.warning("event=expired_container_reaped container=%s home=%s expired=%d",
+                            container_id[:12], labels.get(LABEL_HOME, "-"), expires)
+                await self._runtime.remove_container(container_id, 1)
+                reaped += 1
+        return reaped
+
+    async def _reap_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_SECONDS)
+            try:
+                await self.reap_expired()
+            except errors.ExeUnitError as exc:
+                log.warning("event=reap_failed error=%s", exc)
 
     async def close(self) -> None:
         """Terminates every activity and agreement; no container of this provider survives."""
@@ -76,13 +108,14 @@ class Provider:
         )
         await asyncio.gather(*(a.close() for a in self._activities.values()))
         await asyncio.to_thread(self.storage.close)
-        if self._death_watch_task is not None:
-            self._death_watch_task.cancel()
+        for task in (self._death_watch_task, self._reaper_task):
+            if task is not None:
+                task.cancel()
         for task in list(self._tasks):
             task.cancel()
 
     async def _watch_deaths(self) -> None:
-        async for container_id in self._runtime.container_deaths(self.settings.provider_id):
+        async for container_id in self._runtime.container_deaths(self.settings.home_id):
             activity = next((a for a in self._activities.values() if a.container_id == container_id), None)
             if activity and activity.state is not ActivityState.TERMINATED:
                 self._spawn(activity.terminate("ContainerDied", "the activity's container stopped unexpectedly"))
@@ -170,7 +203,7 @@ class Provider:
                 f"agreement {agreement_id} already has a live activity {live[0]}; destroy it first"
             )
         activity = Activity(uuid.uuid4().hex, agreement, self._runtime, self._images, self._limits, self.storage,
-                            on_terminated=lambda: self._arm_idle(agreement))
+                            home_id=self.settings.home_id, on_terminated=lambda: self._arm_idle(agreement))
         self._disarm_idle(agreement)
         self._activities[activity.activity_id] = activity
         agreement.activity_ids.append(activity.activity_id)

@@ -44,8 +44,8 @@ class RunningServer:
 
 
 async def create_server(provider: Provider, address: str, token: str | None = None) -> RunningServer:
-    """Opens the provider and starts serving on address ("host:port"; port 0 picks one)."""
-    await provider.open()
+    """Binds address ("host:port"; port 0 picks one), then opens the provider and starts serving.
+    A port that cannot be bound fails before the provider touches anything."""
     server = grpc.aio.server(
         interceptors=[TokenCheck(token)] if token is not None else [],
         options=[
@@ -63,10 +63,13 @@ async def create_server(provider: Provider, address: str, token: str | None = No
     for name in (*SERVICE_NAMES, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # how newer grpc says it could not bind
+        port = 0
     if port == 0:
-        await provider.close()
         raise OSError(f"cannot listen on {address}: the address is in use or invalid")
+    await provider.open()
     await server.start()
     log.info("event=listening address=%s port=%d provider=%s name=%s", address, port,
              provider.settings.provider_id, provider.settings.name)

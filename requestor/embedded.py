@@ -1,14 +1,16 @@
 """An ExeUnit provider started inside the requestor's process, on loopback, against the local
-Docker engine: what `Golem` uses when no providers are configured."""
+Docker engine: what `Golem` uses when no providers are configured.
+
+Each one is a provider of its own (its own id, home id and storage directory), so two scripts
+running at once on one host never take each other's containers for leftovers."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import shutil
-import socket
 import tempfile
+import uuid
 from pathlib import Path
 
 import psutil
@@ -41,7 +43,7 @@ class EmbeddedProvider:
         self._storage_dir = Path(tempfile.mkdtemp(prefix="exeunit-embedded-"))
         storage = await asyncio.to_thread(lambda: psutil.disk_usage(self._storage_dir).free)
         settings = ProviderSettings(
-            provider_id=hashlib.sha256(f"{socket.gethostname()}/{self._name}".encode()).hexdigest()[:16],
+            provider_id=f"embedded-{uuid.uuid4().hex[:12]}",
             name=self._name,
             subnet_tag=self._subnet_tag,
             pricing=LinearPricing(start_fee=0.0, per_cpu_second=0.00001, per_duration_second=0.000002),

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
+from pathlib import Path
 
 EXEUNIT = [sys.executable, "-m", "exeunit"]
 
 
 class Daemon:
-    """`exeunit serve` in a subprocess; learns its port from the `event=listening` log line."""
+    """`exeunit serve` in a subprocess; learns its port from the `event=listening` log line. Its
+    home is a new temporary directory (removed by `stop`) unless `state_dir` names one."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, state_dir: Path | None = None) -> None:
         self.provider_id = f"proc-{uuid.uuid4().hex[:8]}"
+        self.own_home = state_dir is None
+        self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="exeunit-test-home-"))
         self.process = subprocess.Popen(
-            [*EXEUNIT, "serve", "--listen", "127.0.0.1:0", "--provider-id", self.provider_id, *args],
+            [*EXEUNIT, "serve", "--listen", "127.0.0.1:0", "--state-dir", str(self.state_dir),
+             *(("--provider-id", self.provider_id) if self.own_home else ()), *args],
             stderr=subprocess.PIPE, text=True,
         )
         self.lines: list[str] = []
@@ -47,4 +54,6 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.own_home:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
         return self.process.returncode

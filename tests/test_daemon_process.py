@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 
 import docker
@@ -13,10 +18,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from exeunit.runtime import LABEL_PROVIDER
+from exeunit.runtime import LABEL_EXPIRES, LABEL_HOME, LABEL_PROVIDER
 from tests.client import ContractClient
 from tests.conftest import BASE_IMAGE
 from tests.daemon_process import EXEUNIT, Daemon
+
 
 def test_help_explains_every_flag() -> None:
     top = subprocess.run([*EXEUNIT, "--help"], capture_output=True, text=True, check=True).stdout
@@ -50,9 +56,7 @@ async def reflected_services(channel: grpc.aio.Channel, metadata: tuple[tuple[st
 def daemon() -> Iterator[Daemon]:
     d = Daemon("--name", "process-provider")
     yield d
-    if d.process.poll() is None:
-        d.process.kill()
-        d.process.wait()
+    d.stop()
 
 
 async def test_sigterm_terminates_activities_and_leaves_no_container(daemon: Daemon, engine: docker.DockerClient) -> None:
@@ -71,7 +75,7 @@ async def test_sigterm_terminates_activities_and_leaves_no_container(daemon: Dae
         daemon.process.send_signal(signal.SIGTERM)
         assert daemon.process.wait(timeout=60) == 0
         assert engine.containers.list(all=True, filters=label) == []
-        assert not os.path.exists(f"/var/lib/exeunit/storage/{daemon.provider_id}")  # volumes unmounted, gone
+        assert not (daemon.state_dir / "storage").exists()  # volumes unmounted, gone
         log = "".join(daemon.lines)
         assert "event=shutting_down" in log and "event=stopped" in log
         assert f"activity={ids[0]}" in log and "reason=ProviderShutdown" in log
@@ -79,31 +83,96 @@ async def test_sigterm_terminates_activities_and_leaves_no_container(daemon: Dae
             await client.get_batch(ids[0], long_batch)
 
 
+async def ready_activity_on(daemon: Daemon) -> str:
+    async with ContractClient(f"127.0.0.1:{daemon.port}", "r") as client:
+        return await client.ready_activity(BASE_IMAGE)
+
+
+def containers_of_home(engine: docker.DockerClient, daemon: Daemon) -> list[str]:
+    home_id = json.loads((daemon.state_dir / "identity.json").read_text())["home_id"]
+    return [c.id for c in engine.containers.list(all=True, filters={"label": f"{LABEL_HOME}={home_id}"})]
+
+
+def refused(*args: str) -> str:
+    """Runs `exeunit serve` expecting it to refuse to start; returns what it said."""
+    done = subprocess.run([*EXEUNIT, "serve", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0, done.stderr
+    return done.stderr
+
+
 async def test_leftover_containers_of_a_killed_daemon_are_removed_on_restart(engine: docker.DockerClient) -> None:
     first = Daemon("--name", "crashy")
     try:
-        async with ContractClient(f"127.0.0.1:{first.port}", "r") as client:
-            activity_id = await client.new_activity(BASE_IMAGE)
-            assert (await client.run_batch(activity_id, [client.deploy(), client.start()])).succeeded
+        activity_id = await ready_activity_on(first)
     finally:
         first.process.kill()
         first.process.wait()
-    label = {"label": f"{LABEL_PROVIDER}={first.provider_id}"}
-    assert len(engine.containers.list(all=True, filters=label)) == 1
-    second = subprocess.Popen(
-        [*EXEUNIT, "serve", "--listen", "127.0.0.1:0", "--provider-id", first.provider_id],
-        stderr=subprocess.PIPE, text=True,
-    )
+    assert len(containers_of_home(engine, first)) == 1
+    second = Daemon(state_dir=first.state_dir)  # the same home: its lock proves the leftovers ownerless
     try:
-        assert second.stderr is not None
-        for line in second.stderr:
-            if "event=listening" in line:
-                break
-        assert engine.containers.list(all=True, filters=label) == []
-        assert not os.path.exists(f"/var/lib/exeunit/storage/{first.provider_id}/{activity_id}")  # unmounted
+        assert containers_of_home(engine, first) == []
+        assert not (first.state_dir / "storage" / activity_id).exists()  # unmounted and removed
+        assert any("event=dangling_container_removed" in line for line in second.lines)
     finally:
-        second.send_signal(signal.SIGTERM)
-        second.wait(timeout=60)
+        second.stop()
+        shutil.rmtree(first.state_dir)
+
+
+async def test_a_second_daemon_on_the_same_home_or_port_refuses_before_touching_anything(
+    engine: docker.DockerClient,
+) -> None:
+    first = Daemon("--name", "first")
+    try:
+        activity_id = await ready_activity_on(first)
+        said = refused("--listen", "127.0.0.1:0", "--state-dir", str(first.state_dir))
+        assert f"another exeunit daemon (pid {first.process.pid}) is serving from the state directory" in said
+        with tempfile.TemporaryDirectory(prefix="exeunit-test-home-") as other_home:
+            said = refused("--listen", f"127.0.0.1:{first.port}", "--state-dir", other_home)
+            assert f"cannot listen on 127.0.0.1:{first.port}" in said
+        assert len(containers_of_home(engine, first)) == 1
+        async with ContractClient(f"127.0.0.1:{first.port}", "r") as client:
+            run = await client.run_batch(activity_id, [client.run("/bin/echo", "still mine")])
+            assert run.stdout() == b"still mine\n"
+    finally:
+        first.stop()
+
+
+async def test_daemons_with_the_same_provider_id_leave_each_other_alone(engine: docker.DockerClient) -> None:
+    first = Daemon("--name", "twin")
+    try:
+        await ready_activity_on(first)
+    finally:
+        first.process.kill()  # its container is a leftover, but of another home
+        first.process.wait()
+    twin = Daemon("--name", "twin", "--provider-id", first.provider_id)
+    try:
+        assert len(containers_of_home(engine, first)) == 1
+        assert not any("event=dangling_container_removed" in line for line in twin.lines)
+    finally:
+        twin.stop()
+        Daemon(state_dir=first.state_dir).stop()  # its own home cleans up after it
+    try:
+        assert containers_of_home(engine, first) == []
+    finally:
+        shutil.rmtree(first.state_dir)
+
+
+async def test_containers_of_expired_agreements_are_reaped_by_whoever_finds_them(engine: docker.DockerClient) -> None:
+    def orphan(expires: float) -> docker.models.containers.Container:
+        labels = {LABEL_HOME: "a-home-long-gone", LABEL_EXPIRES: str(int(expires)), "io.exeunit.test": "reaper"}
+        return engine.containers.create(BASE_IMAGE, ["/bin/true"], labels=labels, network_mode="none")
+
+    expired, current = orphan(time.time() - 3600), orphan(time.time() + 3600)
+    try:
+        daemon = Daemon("--name", "reaper")
+        daemon.stop()
+        left = {c.id for c in engine.containers.list(all=True, filters={"label": "io.exeunit.test=reaper"})}
+        assert left == {current.id}
+        assert any(f"event=expired_container_reaped container={expired.id[:12]}" in line for line in daemon.lines)
+    finally:
+        for container in (expired, current):
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
 
 
 def test_python_m_exeunit_and_console_script_agree() -> None:

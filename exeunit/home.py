@@ -1,0 +1,95 @@
+"""A provider's home: the state directory that holds its identity and its lock.
+
+One daemon per home at a time: the lock (`flock` on `DIR/lock`, which holds the owner's pid) is
+taken before anything else is touched, so a second daemon started on the same directory by
+mistake refuses to start and names the first, instead of treating the first one's containers as
+leftovers. The identity (`DIR/identity.json`) is made once: the provider id requestors see, and a
+home id that labels every container this home starts. A daemon removes only containers with its
+own home id, which it can prove are ownerless because it holds the lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from exeunit import errors
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "lock"
+IDENTITY_FILE = "identity.json"
+
+
+@dataclass(frozen=True)
+class Identity:
+    provider_id: str
+    home_id: str
+
+
+class ProviderHome:
+    """An opened, locked state directory. `close` (or the process ending) lets it go."""
+
+    def __init__(self, path: Path, identity: Identity, lock_fd: int) -> None:
+        self.path = path
+        self.identity = identity
+        self._lock_fd: int | None = lock_fd
+
+    @classmethod
+    def open(cls, path: Path, provider_id: str = "") -> ProviderHome:
+        """Locks `path` (made if missing) and reads its identity, making one on first use.
+        `provider_id`, when given, must match the one the home already has."""
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise errors.FailedPrecondition(f"cannot use {path} as the state directory: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise errors.FailedPrecondition(
+                f"another exeunit daemon (pid {holder}) is serving from the state directory {path}; "
+                "stop it first, or give this one its own --state-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            identity = _identity(path, provider_id)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, identity, fd)
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _identity(path: Path, provider_id: str) -> Identity:
+    file = path / IDENTITY_FILE
+    try:
+        stored = json.loads(file.read_text())
+        identity = Identity(str(stored["provider_id"]), str(stored["home_id"]))
+    except FileNotFoundError:
+        identity = Identity(provider_id or uuid.uuid4().hex[:16], uuid.uuid4().hex)
+        partial = file.with_suffix(".partial")
+        partial.write_text(json.dumps({"provider_id": identity.provider_id, "home_id": identity.home_id}) + "\n")
+        os.replace(partial, file)  # whole or absent, whatever happens meanwhile
+        log.info("event=home_created path=%s provider=%s", path, identity.provider_id)
+        return identity
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise errors.FailedPrecondition(f"{file} is unreadable ({exc}); move the state directory aside") from None
+    if provider_id and provider_id != identity.provider_id:
+        raise errors.FailedPrecondition(
+            f"the state directory {path} belongs to provider {identity.provider_id}, not {provider_id}; "
+            "drop --provider-id or give this one its own --state-dir"
+        )
+    return identity
