@@ -7,6 +7,7 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from datetime import datetime
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -33,6 +34,7 @@ from exeunit.runtime import (
 from exeunit.event_log import EventLog
 from exeunit.images import ImageResolver
 from exeunit.market import Agreement, AgreementState, utcnow
+from exeunit.state import ActivityRecord
 from exeunit.states import ActivityState
 from exeunit.storage import LoopStorage, VolumeDirs
 
@@ -89,10 +91,12 @@ class Activity:
         storage: LoopStorage,
         home_id: str,
         on_terminated: Callable[[], None] = lambda: None,
+        on_change: Callable[[Activity], None] = lambda activity: None,
     ) -> None:
         self.activity_id = activity_id
         self._home_id = home_id
         self._on_terminated = on_terminated
+        self._on_change = on_change  # persists the activity's record (exeunit.state)
         self.agreement = agreement
         self._runtime = runtime
         self._executor: Executor = runtime.executor()
@@ -106,6 +110,7 @@ class Activity:
         self.container_id: str | None = None
         self.image: ImageInfo | None = None
         self.volumes: VolumeDirs | None = None  # the host side of the image's VOLUMEs, once deployed
+        self._image_loaded_here = False
         self._storage = storage
         self._projected = ActivityState.NEW  # state once every queued batch has run
         self._batches: dict[str, Batch] = {}
@@ -117,6 +122,7 @@ class Activity:
         self._usage_read_at = float("-inf")
         self._usage_reading: asyncio.Future[ContainerUsage] | None = None
         self._terminating: asyncio.Task[None] | None = None
+        self._ending = ""  # the reason it is being terminated, once it is
         self._transfers: set[Callable[[], None]] = set()  # cancel callbacks of transfers in flight
         self._worker = asyncio.create_task(self._run_batches(), name=f"activity-{activity_id}")
 
@@ -137,7 +143,58 @@ class Activity:
             self.reason, self.message = reason, message
             self.changed = utcnow()
             self._changes.notify_all()
+        self._on_change(self)
         log.info("event=activity_state %s state=%s reason=%s", self.log_ids, state.value, reason or "-")
+
+    # Surviving a daemon restart
+
+    def record(self) -> ActivityRecord:
+        """What a restarted daemon needs to take this activity up again."""
+        return ActivityRecord(
+            activity_id=self.activity_id,
+            agreement_id=self.agreement.agreement_id,
+            state=self.state.value,
+            reason=self.reason,
+            message=self.message,
+            container_id=self.container_id,
+            image_id=self.image.id if self.image else None,
+            image_loaded_here=self._image_loaded_here,
+            volume_root=str(self.volumes.root) if self.volumes else None,
+            volume_dirs={inside: str(host) for inside, host in self.volumes.dirs.items()} if self.volumes else {},
+            volumes_enforced=self.volumes.enforced if self.volumes else False,
+            started=self._started_at,
+            ended=self._ended_at,
+        )
+
+    async def recover(self, record: ActivityRecord) -> None:
+        """Takes up the activity a previous daemon ran: its container, image, volumes and state.
+        A running activity gets its agent channel back (the agent connects again by itself)."""
+        self.state = self._projected = ActivityState(record.state)
+        self.reason, self.message = record.reason, record.message
+        self.container_id = record.container_id
+        self._started_at, self._ended_at = record.started, record.ended
+        self._image_loaded_here = record.image_loaded_here
+        if self.state is ActivityState.TERMINATED:  # kept for its status; ending it again does nothing
+            self._terminating = asyncio.ensure_future(asyncio.sleep(0))
+            return
+        if record.image_id:
+            self.image = await self._runtime.image(record.image_id)
+        if record.volume_root:
+            dirs = {inside: Path(host) for inside, host in record.volume_dirs.items()}
+            self.volumes = VolumeDirs(Path(record.volume_root), dirs, record.volumes_enforced)
+        if self.state in (ActivityState.DEPLOYED, ActivityState.READY):
+            await self._guest_agent()
+            if self.state is ActivityState.READY and isinstance(self._executor, AgentExecutor):
+                self._executor.container_started()
+
+    async def detach(self) -> None:
+        """Lets go of the activity without ending it (the daemon stops, the container runs on for
+        the next daemon on this home): batches stop being run, the agent's channel closes."""
+        self._worker.cancel()
+        for cancel in list(self._transfers):
+            cancel()
+        if self._channel is not None:
+            self._channel.close()
 
     async def watch(self) -> AsyncIterator[ActivityStatus]:
         """The current status, then each change, ending after Terminated."""
@@ -208,6 +265,8 @@ class Activity:
                 log.exception("event=command_crashed %s batch=%s index=%d", self.log_ids, batch.batch_id, index)
                 return_code, message = -1, f"internal error: {exc.__class__.__name__}: {exc}"
             success = return_code == 0 and not message
+            if not success and self._ending and isinstance(command, Run):  # whatever the executor saw, this is why
+                message = f"cut short: the activity was terminated ({self._ending})"
             await batch.command_finished(index, return_code, success, message)
             if not success:
                 log.info("event=command_failed %s batch=%s index=%d message=%r",
@@ -241,6 +300,7 @@ class Activity:
             self.image = await self._images.resolve(self.agreement, on_fetch)
         finally:
             self._transfers.difference_update(fetching)
+        self._image_loaded_here = self._images.loaded_here(self.image.id)
         if self.agreement.state is AgreementState.TERMINATED:  # ended while loading: let the image go
             await self._images.release(self.agreement)
         reserved = self.agreement.reserved
@@ -271,7 +331,7 @@ class Activity:
         if self.state is ActivityState.TERMINATED:  # terminated while deploying: leave nothing behind
             await self._runtime.remove_container(self.container_id)
             raise errors.FailedPrecondition("the activity was terminated while deploying")
-        await self._set_state(ActivityState.DEPLOYED)
+        await self._set_state(ActivityState.DEPLOYED)  # persists the container id with the state
 
     async def _guest_agent(self) -> dict[str, Any]:
         """The container's entrypoint and mounts for the resident agent; none when its socket
@@ -335,6 +395,7 @@ class Activity:
     async def terminate(self, reason: str, message: str) -> None:
         """Stops and removes the container. Idempotent; the first reason is kept."""
         if self._terminating is None:
+            self._ending = reason
             self._terminating = asyncio.create_task(self._terminate(reason, message))
         await asyncio.shield(self._terminating)
 

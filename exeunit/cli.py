@@ -23,8 +23,10 @@ from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
 from exeunit.provider import Provider
 from exeunit.storage import DirectoryStorage, LoopStorage
 from exeunit.server import serve_until_signalled
+from exeunit.state import StateStore
 
 DEFAULT_HOMES = Path("/var/lib/exeunit")  # a provider's home is DEFAULT_HOMES/NAME unless --state-dir
+STATE_FILE = "state.sqlite3"  # in the home: what a restarted daemon recovers (exeunit.state)
 
 log = logging.getLogger("exeunit")
 
@@ -68,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="provider id for a new --state-dir (default: a random one, kept in the directory)")
     ident.add_argument("--auth-token-file", type=Path, metavar="FILE",
                        help="file holding a shared secret callers must send as 'authorization: Bearer <secret>'")
+    ident.add_argument("--keep-activities-on-shutdown", action="store_true",
+                       help="on SIGTERM, leave activities running for the next daemon on this --state-dir to take "
+                            "up (to upgrade the daemon under running services); without it they end")
     ident.add_argument("--insecure-allow-remote", action="store_true",
                        help="allow a non-loopback --listen without a token (anyone reaching the port can run containers)")
 
@@ -267,7 +272,12 @@ def serve(args: argparse.Namespace) -> int:
             transfers_per_requestor=args.transfers_per_requestor,
             transfer_idle_seconds=args.transfer_idle_seconds,
         )
-        asyncio.run(serve_until_signalled(Provider(settings, runtime, limits, storage), args.listen, token))
+        state = StateStore(home.path / STATE_FILE)
+        provider = Provider(settings, runtime, limits, storage, state)
+        try:
+            asyncio.run(serve_until_signalled(provider, args.listen, token, args.keep_activities_on_shutdown))
+        finally:
+            state.close()
     except errors.ExeUnitError as exc:
         print(f"exeunit: {exc}", file=sys.stderr)
         return 1

@@ -306,6 +306,17 @@ class DockerRuntime:
             self._api.start(container_id)
 
     @_in_thread
+    def container_status(self, container_id: str) -> str | None:
+        """"created", "running", "exited", ... as the engine says; None when it is gone."""
+        try:
+            state = self._api.inspect_container(container_id).get("State") or {}
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.DockerException as exc:
+            raise errors.RuntimeFailure(f"inspect container failed: {exc}") from None
+        return str(state.get("Status") or "unknown")
+
+    @_in_thread
     def remove_container(self, container_id: str, stop_timeout: int = 5) -> None:
         """Stops and removes a container and its anonymous volumes. Already gone is success."""
         try:

@@ -51,5 +51,9 @@ class DataLoss(ExeUnitError):
     """Transferred data did not match its declared size or checksum."""
 
 
+class Unavailable(ExeUnitError):
+    """The daemon cannot take the call now (it is shutting down); another provider can."""
+
+
 class RuntimeFailure(ExeUnitError):
     """The container engine failed in a way the caller cannot fix (engine down, I/O error)."""

@@ -133,6 +133,15 @@ class ImageResolver:
         archive.write_nameless_copy(fetched, nameless)
         fetched.unlink()
 
+    def loaded_here(self, image_id: str) -> bool:
+        """Whether this provider loaded the image from a url (so it goes with its agreements)."""
+        return image_id in self._owners and image_id not in self._preexisting
+
+    def claim(self, agreement: Agreement, image_id: str, loaded_here: bool) -> None:
+        """Restores, after a daemon restart, the agreement's hold on the image it runs."""
+        if loaded_here:  # an offered image, or one the host had before, is nobody's to remove
+            self._owners.setdefault(image_id, {})[agreement.agreement_id] = agreement.requestor_id
+
     # Ending
 
     async def release(self, agreement: Agreement) -> None:

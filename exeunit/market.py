@@ -279,6 +279,10 @@ class Market:
         )
         return agreement
 
+    def restore(self, agreement: Agreement) -> None:
+        """Takes back an agreement a previous daemon on this home signed (with its reservation)."""
+        self._agreements[agreement.agreement_id] = agreement
+
     def get(self, agreement_id: str) -> Agreement:
         try:
             return self._agreements[agreement_id]

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from contextlib import asynccontextmanager, contextmanager
 
 from exeunit import errors
@@ -20,6 +21,7 @@ from exeunit.commands import Command
 from exeunit.fairness import ConcurrencyQuota, IdleWatchdog, idle_timeout
 from exeunit.images import ImageResolver
 from exeunit.runtime import LABEL_EXPIRES, LABEL_HOME, Runtime
+from exeunit.state import StateStore
 from exeunit.market import Agreement, AgreementState, Demand, Market, Offer, ProviderSettings, Refusal, utcnow
 from exeunit.states import ActivityState
 from exeunit.storage import LoopStorage, VolumeDirs
@@ -34,9 +36,11 @@ REAP_INTERVAL_SECONDS = 300.0  # how often the host is swept for containers of e
 
 class Provider:
     def __init__(self, settings: ProviderSettings, runtime: Runtime, limits: ActivityLimits,
-                 storage: LoopStorage) -> None:
+                 storage: LoopStorage, state: StateStore | None = None) -> None:
         self.settings = settings
         self.storage = storage
+        self._state = state  # None: nothing survives this daemon (the embedded provider, tests)
+        self.closing = False
         self.market = Market(settings)
         self._runtime = runtime
         self._images = ImageResolver(runtime, settings.images)
@@ -59,18 +63,68 @@ class Provider:
         if self.storage.owner == (0, 0):
             log.warning("event=engine_without_userns_remap message=%r", "root in a container is root on this host; "
                         "start dockerd with --userns-remap=default so that it is not")
+        if self._state is not None:
+            await self._recover(self._state)
+        live = {a.activity_id: a for a in self._activities.values() if a.state is not ActivityState.TERMINATED}
         # Only this home's: its lock (exeunit.home) proves no other daemon runs them.
         leftovers = await self._runtime.containers_with_label(LABEL_HOME, self.settings.home_id)
-        for container_id in leftovers:
+        for container_id in set(leftovers) - {a.container_id for a in live.values()}:
             log.warning("event=dangling_container_removed container=%s provider=%s",
                         container_id[:12], self.settings.provider_id)
             await self._runtime.remove_container(container_id, 1)
         for activity_id in await asyncio.to_thread(self.storage.leftovers):
+            if activity_id in live and live[activity_id].volumes is not None:
+                continue
             log.warning("event=dangling_storage_removed activity=%s", activity_id)
             await asyncio.to_thread(self.storage.destroy, activity_id)
         await self.reap_expired()
         self._death_watch_task = asyncio.create_task(self._watch_deaths())
         self._reaper_task = asyncio.create_task(self._reap_periodically())
+
+    async def _recover(self, state: StateStore) -> None:
+        """Takes up what the previous daemon on this home left running (Nomad's RecoverTask):
+        agreements with their reservations and timers, activities whose container still runs.
+        Activities whose container died meanwhile end with a reason."""
+        started = asyncio.get_running_loop().time()
+        for agreement in state.agreements():
+            self.market.restore(agreement)
+        for record in state.activities():
+            try:
+                agreement = self.market.get(record.agreement_id)
+            except errors.NotFound:
+                continue
+            activity = self._new_activity(record.activity_id, agreement)
+            try:
+                await activity.recover(record)
+            except errors.ExeUnitError as exc:  # its image is gone, say: it cannot go on
+                log.warning("event=activity_unrecoverable %s error=%s", activity.log_ids, exc)
+                await activity.terminate("ProviderRestart", f"the activity could not be taken up again: {exc}")
+                continue
+            if activity.state is ActivityState.NEW:
+                await asyncio.to_thread(self.storage.destroy, activity.activity_id)  # a deploy cut short
+            elif activity.state is not ActivityState.TERMINATED:
+                expected = "running" if activity.state is ActivityState.READY else "created"
+                status = await self._runtime.container_status(activity.container_id) if activity.container_id else None
+                if status != expected:
+                    await activity.terminate("ContainerDied", "its container stopped while the provider was down")
+                elif activity.image is not None:
+                    self._images.claim(agreement, activity.image.id, record.image_loaded_here)
+        now = utcnow()
+        recovered = 0
+        for agreement in self.market.all():
+            if agreement.state is not AgreementState.APPROVED:
+                continue
+            if agreement.expiration <= now:
+                await self._expire(agreement)
+                continue
+            self._arm_expiry(agreement, now)
+            if not any(self._activities[a].state is not ActivityState.TERMINATED
+                       for a in agreement.activity_ids if a in self._activities):
+                self._arm_idle(agreement)
+            recovered += 1
+        log.info("event=state_recovered agreements=%d activities=%d seconds=%.3f", recovered,
+                 sum(a.state is not ActivityState.TERMINATED for a in self._activities.values()),
+                 asyncio.get_running_loop().time() - started)
 
     async def reap_expired(self) -> int:
         """Removes every container, whichever provider started it, whose agreement expired more
@@ -97,22 +151,34 @@ class Provider:
             except errors.ExeUnitError as exc:
                 log.warning("event=reap_failed error=%s", exc)
 
-    async def close(self) -> None:
-        """Terminates every activity and agreement; no container of this provider survives."""
+    async def close(self, keep_activities: bool = False) -> None:
+        """Terminates every activity and agreement (reason ProviderShutdown), so that no container
+        of this provider survives; or, with `keep_activities`, lets go of them as they are: their
+        containers run on and their records stay, for the next daemon on this home to take up."""
+        self.closing = True
         for handle in (*self._expiry.values(), *self._idle.values()):
             handle.cancel()
-        agreements = [a for a in self.market.all() if a.state is AgreementState.APPROVED]
-        await asyncio.gather(
-            *(self._terminate_agreement(a, "ProviderShutdown", "the provider daemon is shutting down")
-              for a in agreements)
-        )
-        await asyncio.gather(*(a.close() for a in self._activities.values()))
-        await asyncio.to_thread(self.storage.close)
+        if keep_activities:
+            await asyncio.gather(*(a.detach() for a in self._activities.values()))
+            log.info("event=activities_kept count=%d", sum(
+                a.state is not ActivityState.TERMINATED for a in self._activities.values()))
+        else:
+            agreements = [a for a in self.market.all() if a.state is AgreementState.APPROVED]
+            await asyncio.gather(
+                *(self._terminate_agreement(a, "ProviderShutdown", "the provider daemon is shutting down")
+                  for a in agreements)
+            )
+            await asyncio.gather(*(a.close() for a in self._activities.values()))
+            await asyncio.to_thread(self.storage.close)
         for task in (self._death_watch_task, self._reaper_task):
             if task is not None:
                 task.cancel()
         for task in list(self._tasks):
             task.cancel()
+
+    def _check_open(self) -> None:
+        if self.closing:
+            raise errors.Unavailable("the provider is shutting down; try another provider or again later")
 
     async def _watch_deaths(self) -> None:
         async for container_id in self._runtime.container_deaths(self.settings.home_id):
@@ -132,17 +198,30 @@ class Provider:
         return Offer(self.settings, self.market.free(), tuple(names))
 
     async def propose(self, requestor_id: str, demand: Demand) -> Agreement | Refusal:
+        self._check_open()
         now = utcnow()
         demand.validate(now)
         available = await self._images.available(requestor_id, demand.image)
         outcome = self.market.propose(requestor_id, demand, available, now)
         if isinstance(outcome, Agreement):
-            delay = (outcome.expiration - now).total_seconds()
-            self._expiry[outcome.agreement_id] = asyncio.get_running_loop().call_later(
-                delay, lambda: self._spawn(self._expire(outcome))
-            )
+            self._persist_agreement(outcome)
+            self._arm_expiry(outcome, now)
             self._arm_idle(outcome)
         return outcome
+
+    def _arm_expiry(self, agreement: Agreement, now: datetime) -> None:
+        delay = (agreement.expiration - now).total_seconds()
+        self._expiry[agreement.agreement_id] = asyncio.get_running_loop().call_later(
+            delay, lambda: self._spawn(self._expire(agreement))
+        )
+
+    def _persist_agreement(self, agreement: Agreement) -> None:
+        if self._state is not None:
+            self._state.put_agreement(agreement)
+
+    def _persist_activity(self, activity: Activity) -> None:
+        if self._state is not None:
+            self._state.put_activity(activity.record())
 
     async def _expire(self, agreement: Agreement) -> None:
         await self._terminate_agreement(agreement, "Expired", f"the agreement expired at {agreement.expiration.isoformat()}")
@@ -181,6 +260,7 @@ class Provider:
         self._disarm_idle(agreement)
         if not self.market.mark_terminated(agreement, reason, message):
             return
+        self._persist_agreement(agreement)
         activity_reason = "AgreementExpired" if reason == "Expired" else (
             reason if reason == "ProviderShutdown" else "AgreementTerminated")
         await asyncio.gather(*(
@@ -192,6 +272,7 @@ class Provider:
     # Activities
 
     async def create_activity(self, requestor_id: str, agreement_id: str) -> Activity:
+        self._check_open()
         agreement = self.agreement(requestor_id, agreement_id)
         if agreement.state is not AgreementState.APPROVED:
             raise errors.FailedPrecondition(
@@ -202,12 +283,21 @@ class Provider:
             raise errors.FailedPrecondition(
                 f"agreement {agreement_id} already has a live activity {live[0]}; destroy it first"
             )
-        activity = Activity(uuid.uuid4().hex, agreement, self._runtime, self._images, self._limits, self.storage,
-                            home_id=self.settings.home_id, on_terminated=lambda: self._arm_idle(agreement))
+        activity = self._new_activity(uuid.uuid4().hex, agreement)
         self._disarm_idle(agreement)
-        self._activities[activity.activity_id] = activity
         agreement.activity_ids.append(activity.activity_id)
+        self._persist_agreement(agreement)
+        self._persist_activity(activity)
         log.info("event=activity_created %s", activity.log_ids)
+        return activity
+
+    def _new_activity(self, activity_id: str, agreement: Agreement) -> Activity:
+        activity = Activity(
+            activity_id, agreement, self._runtime, self._images, self._limits, self.storage,
+            home_id=self.settings.home_id, on_terminated=lambda: self._arm_idle(agreement),
+            on_change=self._persist_activity,
+        )
+        self._activities[activity_id] = activity
         return activity
 
     def activity(self, requestor_id: str, activity_id: str) -> Activity:

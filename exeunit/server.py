@@ -36,11 +36,13 @@ class RunningServer:
     provider: Provider
     health: health.HealthServicer
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Stops taking calls, then terminates every activity (no container survives)."""
+    async def stop(self, grace: float = 5.0, keep_activities: bool = False) -> None:
+        """Ends every activity first, so that watchers and batch streams still connected learn
+        why (ProviderShutdown), then stops serving; with `keep_activities`, leaves them running
+        for the next daemon on this home instead."""
         self.health.enter_graceful_shutdown()
+        await self.provider.close(keep_activities)
         await self.server.stop(grace)
-        await self.provider.close()
 
 
 async def create_server(provider: Provider, address: str, token: str | None = None) -> RunningServer:
@@ -76,8 +78,9 @@ async def create_server(provider: Provider, address: str, token: str | None = No
     return RunningServer(server, port, provider, health_servicer)
 
 
-async def serve_until_signalled(provider: Provider, address: str, token: str | None) -> None:
-    """Serves until SIGTERM or SIGINT, then shuts down cleanly."""
+async def serve_until_signalled(provider: Provider, address: str, token: str | None,
+                                keep_activities: bool = False) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down cleanly (see RunningServer.stop)."""
     loop = asyncio.get_running_loop()
     # Every Docker call runs in a worker thread: enough of them for many activities at once.
     loop.set_default_executor(ThreadPoolExecutor(max_workers=DOCKER_CALL_THREADS, thread_name_prefix="docker-call"))
@@ -89,5 +92,5 @@ async def serve_until_signalled(provider: Provider, address: str, token: str | N
         await stop.wait()
         log.info("event=shutting_down")
     finally:
-        await running.stop()
+        await running.stop(keep_activities=keep_activities)
         log.info("event=stopped")

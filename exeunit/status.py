@@ -44,6 +44,7 @@ CODES: dict[type[errors.ExeUnitError], grpc.StatusCode] = {
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
     errors.TimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.RuntimeFailure: grpc.StatusCode.UNAVAILABLE,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -11,6 +12,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import grpc
@@ -19,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from exeunit.runtime import LABEL_EXPIRES, LABEL_HOME, LABEL_PROVIDER
+from exeunit.v1 import activity_pb2 as act
 from tests.client import ContractClient
 from tests.conftest import BASE_IMAGE
 from tests.daemon_process import EXEUNIT, Daemon
@@ -72,8 +75,30 @@ async def test_sigterm_terminates_activities_and_leaves_no_container(daemon: Dae
         label = {"label": f"{LABEL_PROVIDER}={daemon.provider_id}"}
         assert len(engine.containers.list(all=True, filters=label)) == 2
         long_batch = (await client.exec(ids[0], [client.run("/bin/sleep", "600")])).batch_id
+
+        async def watch() -> list[act.ActivityStatus]:
+            seen = []
+            request = act.WatchActivityRequest(activity_id=ids[1])
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                async for status in client.activity.WatchActivity(request, metadata=client.metadata):
+                    seen.append(status)
+            return seen
+
+        async def batch_end() -> list[act.BatchEvent]:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                return [event async for event in client.events(ids[0], long_batch)]
+            return []
+
+        watcher, stream = asyncio.create_task(watch()), asyncio.create_task(batch_end())
+        await asyncio.sleep(0.5)
         daemon.process.send_signal(signal.SIGTERM)
-        assert daemon.process.wait(timeout=60) == 0
+        assert await asyncio.to_thread(daemon.process.wait, 60) == 0
+        statuses, events = await watcher, await stream
+        # those still connected learn why before their streams end
+        assert (statuses[-1].state, statuses[-1].reason) == (act.ACTIVITY_STATE_TERMINATED, "ProviderShutdown")
+        assert events[-1].WhichOneof("kind") == "batch_finished"
+        finished = [e for e in events if e.WhichOneof("kind") == "finished"][-1].finished
+        assert finished.message == "cut short: the activity was terminated (ProviderShutdown)"
         assert engine.containers.list(all=True, filters=label) == []
         assert not (daemon.state_dir / "storage").exists()  # volumes unmounted, gone
         log = "".join(daemon.lines)
@@ -88,6 +113,11 @@ async def ready_activity_on(daemon: Daemon) -> str:
         return await client.ready_activity(BASE_IMAGE)
 
 
+def containers_of_activity(engine: docker.DockerClient, activity_id: str) -> str:
+    [container] = engine.containers.list(all=True, filters={"label": f"io.exeunit.activity={activity_id}"})
+    return str(container.id)
+
+
 def containers_of_home(engine: docker.DockerClient, daemon: Daemon) -> list[str]:
     home_id = json.loads((daemon.state_dir / "identity.json").read_text())["home_id"]
     return [c.id for c in engine.containers.list(all=True, filters={"label": f"{LABEL_HOME}={home_id}"})]
@@ -100,22 +130,55 @@ def refused(*args: str) -> str:
     return done.stderr
 
 
-async def test_leftover_containers_of_a_killed_daemon_are_removed_on_restart(engine: docker.DockerClient) -> None:
-    first = Daemon("--name", "crashy")
+async def test_a_killed_daemon_restarted_on_its_home_takes_its_activities_up_again(engine: docker.DockerClient) -> None:
+    first = Daemon("--name", "crashy", state_dir=Path(tempfile.mkdtemp(prefix="exeunit-test-home-")))
     try:
-        activity_id = await ready_activity_on(first)
+        async with ContractClient(f"127.0.0.1:{first.port}", "r") as client:
+            kept, doomed = await client.ready_activity(BASE_IMAGE), await client.ready_activity(BASE_IMAGE)
+            await client.upload_bytes(kept, "/golem/work/kept.txt", b"survives the daemon")
+            doomed_container = containers_of_activity(engine, doomed)
     finally:
         first.process.kill()
         first.process.wait()
-    assert len(containers_of_home(engine, first)) == 1
-    second = Daemon(state_dir=first.state_dir)  # the same home: its lock proves the leftovers ownerless
+    engine.containers.get(doomed_container).kill()  # dies while no daemon watches
+    second = Daemon(state_dir=first.state_dir)
     try:
-        assert containers_of_home(engine, first) == []
-        assert not (first.state_dir / "storage" / activity_id).exists()  # unmounted and removed
-        assert any("event=dangling_container_removed" in line for line in second.lines)
+        async with ContractClient(f"127.0.0.1:{second.port}", "r") as client:
+            assert (await client.state(kept)).state == act.ACTIVITY_STATE_READY
+            run = await client.run_batch(kept, [client.run("/bin/cat", "/golem/work/kept.txt")])
+            assert run.stdout() == b"survives the daemon"
+            assert (await client.state(kept)).executor == "agent"  # the agent came back to the new daemon
+            gone = await client.state(doomed)
+            assert (gone.state, gone.reason) == (act.ACTIVITY_STATE_TERMINATED, "ContainerDied")
+            assert containers_of_home(engine, first) == [containers_of_activity(engine, kept)]
+        assert any("event=state_recovered agreements=2 activities=1" in line for line in second.lines)
     finally:
         second.stop()
+    try:
+        assert containers_of_home(engine, first) == []  # SIGTERM ended what was recovered
+    finally:
         shutil.rmtree(first.state_dir)
+
+
+async def test_keep_activities_on_shutdown_leaves_them_for_the_next_daemon(engine: docker.DockerClient) -> None:
+    home = Path(tempfile.mkdtemp(prefix="exeunit-test-home-"))
+    try:
+        first = Daemon("--keep-activities-on-shutdown", state_dir=home)
+        async with ContractClient(f"127.0.0.1:{first.port}", "r") as client:
+            activity_id = await client.ready_activity(BASE_IMAGE)
+            await client.upload_bytes(activity_id, "/golem/work/kept.txt", b"across an upgrade")
+        assert first.stop() == 0
+        assert len(containers_of_home(engine, first)) == 1
+        second = Daemon(state_dir=home)
+        try:
+            async with ContractClient(f"127.0.0.1:{second.port}", "r") as client:
+                run = await client.run_batch(activity_id, [client.run("/bin/cat", "/golem/work/kept.txt")])
+                assert run.stdout() == b"across an upgrade"
+        finally:
+            second.stop()
+        assert containers_of_home(engine, first) == []
+    finally:
+        shutil.rmtree(home)
 
 
 async def test_a_second_daemon_on_the_same_home_or_port_refuses_before_touching_anything(
