@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 
 from exeunit import errors
-from exeunit.batch import Batch, BatchEvent, EventKind, event_size
+from exeunit.batch import Batch, BatchEvent, CommandState, EventKind, event_size
 from exeunit.commands import TRANSITIONS, Command, Deploy, Run, Start, Terminate, check_sequence, name_of, validate
 from exeunit.agent import AgentChannel, AgentExecutor, guest_binds, guest_entrypoint
 from exeunit.runtime import (
@@ -25,6 +25,7 @@ from exeunit.runtime import (
     LABEL_PROVIDER,
     STDOUT,
     CommandOutcome,
+    CommandRun,
     ContainerSpec,
     ContainerUsage,
     Executor,
@@ -33,8 +34,9 @@ from exeunit.runtime import (
 )
 from exeunit.event_log import EventLog
 from exeunit.images import ImageResolver
+from exeunit.journal import BatchJournal
 from exeunit.market import Agreement, AgreementState, utcnow
-from exeunit.state import ActivityRecord
+from exeunit.state import ActivityRecord, StateStore
 from exeunit.states import ActivityState
 from exeunit.storage import LoopStorage, VolumeDirs
 
@@ -92,7 +94,9 @@ class Activity:
         home_id: str,
         on_terminated: Callable[[], None] = lambda: None,
         on_change: Callable[[Activity], None] = lambda activity: None,
+        state: StateStore | None = None,
     ) -> None:
+        self._state = state  # where batches are journaled; None: they live in memory only
         self.activity_id = activity_id
         self._home_id = home_id
         self._on_terminated = on_terminated
@@ -114,7 +118,7 @@ class Activity:
         self._storage = storage
         self._projected = ActivityState.NEW  # state once every queued batch has run
         self._batches: dict[str, Batch] = {}
-        self._queue: asyncio.Queue[Batch] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Batch, int, tuple[int, int] | None]] = asyncio.Queue()
         self._changes = asyncio.Condition()
         self._started_at: datetime | None = None
         self._ended_at: datetime | None = None
@@ -195,6 +199,9 @@ class Activity:
             cancel()
         if self._channel is not None:
             self._channel.close()
+        for batch in self._batches.values():
+            if batch.journal is not None:
+                batch.journal.close()
 
     async def watch(self) -> AsyncIterator[ActivityStatus]:
         """The current status, then each change, ending after Terminated."""
@@ -226,16 +233,56 @@ class Activity:
         batch_id = batch_id or f"b{len(self._batches) + 1}-{self.activity_id[:8]}"
         while batch_id in self._batches:
             batch_id += "x"
-        events: EventLog[BatchEvent] = EventLog(
-            self._limits.replay_window_bytes, event_size, self._limits.replay_grace_seconds
-        )
-        batch = Batch(batch_id, commands, self._limits.result_output_cap, events)
-        self._batches[batch_id] = batch
+        batch = self._new_batch(batch_id, commands)
+        if self._state is not None:
+            self._state.put_batch(self.activity_id, batch_id, commands)
         for command in commands:
             self._projected = TRANSITIONS[type(command)][1]
-        self._queue.put_nowait(batch)
+        self._queue.put_nowait((batch, 0, None))
         log.debug("event=batch_queued %s batch=%s", self.log_ids, batch_id)
         return batch, True
+
+    def _new_batch(self, batch_id: str, commands: list[Command]) -> Batch:
+        journal = None
+        if self._state is not None:
+            journal = BatchJournal(self._state.journal_dir(self.activity_id, batch_id))
+        events: EventLog[BatchEvent] = EventLog(
+            self._limits.replay_window_bytes, event_size, self._limits.replay_grace_seconds, journal
+        )
+        batch = Batch(batch_id, commands, self._limits.result_output_cap, events)
+        batch.journal = journal
+        self._batches[batch_id] = batch
+        return batch
+
+    def recover_batches(self) -> None:
+        """Takes up the batches of a previous daemon from their journals: finished ones are
+        served as they were, queued ones run, and one that was running goes on where it was (its
+        agent command resumed from the output offset journaled) or, where that cannot be, ends
+        as interrupted. Sequence numbers continue."""
+        assert self._state is not None
+        for batch_id, commands in self._state.batches(self.activity_id):
+            replayed = BatchJournal.replay(self._state.journal_dir(self.activity_id, batch_id))
+            batch = self._new_batch(batch_id, commands)
+            assert batch.journal is not None
+            batch.journal.continue_offsets(replayed.offsets)
+            events = replayed.events
+            first = events[0].sequence if events else 0
+            finished = bool(events) and events[-1].kind is EventKind.BATCH_FINISHED
+            batch.events.restore(events, first, closed=finished)
+            batch.replay(events)
+            if finished:
+                continue
+            running = [r.index for r in batch.results if r.state is CommandState.RUNNING]
+            if not running:
+                self._queue.put_nowait((batch, 0, None))
+                continue
+            index = running[0]
+            resume = None
+            if index in replayed.notes and isinstance(self._executor, AgentExecutor):
+                resume = (replayed.notes[index], replayed.offsets.get(index, 0))
+            self._queue.put_nowait((batch, index, resume))
+            log.info("event=batch_recovered %s batch=%s command=%d resumed=%s", self.log_ids, batch_id, index,
+                     "yes" if resume else "no")
 
     def batch(self, batch_id: str) -> Batch:
         try:
@@ -245,20 +292,30 @@ class Activity:
 
     async def _run_batches(self) -> None:
         while True:
-            batch = await self._queue.get()
+            batch, first, resume = await self._queue.get()
             try:
-                await self._run_batch(batch)
+                await self._run_batch(batch, first, resume)
             except Exception:  # never let one batch kill the worker and strand the rest
                 log.exception("event=batch_crashed %s batch=%s", self.log_ids, batch.batch_id)
             self._queue.task_done()
             if self._queue.empty():
                 self._projected = self.state
 
-    async def _run_batch(self, batch: Batch) -> None:
-        for index, command in enumerate(batch.commands):
-            await batch.command_started(index)
+    async def _run_batch(self, batch: Batch, first: int = 0, resume: tuple[int, int] | None = None) -> None:
+        """Runs the batch's commands from `first` on; a recovered batch whose command `first` was
+        running when the daemon died takes it up (`resume`: agent command id, output offset) or
+        ends it as interrupted."""
+        recovered = batch.results[first].state is CommandState.RUNNING  # when a previous daemon died
+        for index in range(first, len(batch.commands)):
+            command = batch.commands[index]
+            taken_up = recovered and index == first
+            if not taken_up:
+                await batch.command_started(index)
             try:
-                return_code, message = await self._execute(batch, index, command)
+                if taken_up:
+                    return_code, message = await self._take_up(batch, index, command, resume)
+                else:
+                    return_code, message = await self._execute(batch, index, command)
             except errors.ExeUnitError as exc:
                 return_code, message = -1, str(exc)
             except Exception as exc:
@@ -361,18 +418,33 @@ class Activity:
         command = self._executor.run(
             self.container_id, run.argv, run.env, run.workdir or None, run.timeout_seconds or None
         )
-        async for stream, data in command:
-            await batch.output(index, EventKind.STDOUT if stream == STDOUT else EventKind.STDERR, data)
+        command_id = getattr(command, "command_id", None)
+        if batch.journal is not None and isinstance(command_id, int):
+            batch.journal.note(index, command_id)  # what a restarted daemon asks the agent to resume
+        outcome = await self._follow(batch, index, command)
         if self._executor.name != executor:
             log.info("event=executor_changed %s executor=%s", self.log_ids, self._executor.name)
-        outcome = command.outcome or CommandOutcome(return_code=None, timed_out=False)
-        if outcome.timed_out:
-            return -1, f"timed out after {run.timeout_seconds:g}s and was killed"
-        if outcome.return_code is None:
-            return -1, "the command's exit code could not be read (the container may have stopped)"
-        if outcome.return_code != 0:
-            return outcome.return_code, f"exit code {outcome.return_code}" + _exit_hint(outcome.return_code)
-        return 0, ""
+        return _result(outcome, run)
+
+    async def _take_up(self, batch: Batch, index: int, command: Command, resume: tuple[int, int] | None) -> tuple[int, str]:
+        """Command `index` of a recovered batch, which was running when the previous daemon died."""
+        if not (resume and isinstance(command, Run) and isinstance(self._executor, AgentExecutor) and self.container_id):
+            how = "it ran through docker exec, which" if isinstance(command, Run) else "a command of its kind"
+            return -1, f"interrupted by provider restart ({how} cannot be taken up again)"
+        command_id, offset = resume
+        try:
+            outcome = await self._follow(batch, index, self._executor.resume(
+                self.container_id, command_id, offset, command.timeout_seconds or None))
+        except errors.ExeUnitError as exc:
+            return -1, f"interrupted by provider restart ({exc})"
+        log.info("event=command_taken_up %s batch=%s index=%d from_offset=%d", self.log_ids, batch.batch_id,
+                 index, offset)
+        return _result(outcome, command)
+
+    async def _follow(self, batch: Batch, index: int, command: CommandRun) -> CommandOutcome:
+        async for stream, data in command:
+            await batch.output(index, EventKind.STDOUT if stream == STDOUT else EventKind.STDERR, data)
+        return command.outcome or CommandOutcome(return_code=None, timed_out=False)
 
     @contextmanager
     def transfer(self, cancel: Callable[[], None]) -> Iterator[None]:
@@ -415,6 +487,11 @@ class Activity:
             await self._runtime.remove_container(self.container_id, self._limits.stop_timeout_seconds)
         if self.volumes is not None:
             await asyncio.to_thread(self._storage.destroy, self.activity_id)
+        if self._state is not None:  # its batches stay readable in memory, not across a restart
+            for batch in self._batches.values():
+                if batch.journal is not None:
+                    batch.journal.close()
+            self._state.forget_batches(self.activity_id)
 
     async def close(self) -> None:
         """Terminate (if needed) and let the batch worker finish what was queued."""
@@ -450,6 +527,17 @@ class Activity:
         cpu, memory = self._last_usage
         cost = self.agreement.pricing.cost(cpu, duration)
         return Usage(cpu_seconds=cpu, duration_seconds=duration, cost=cost, memory_bytes=memory, measured=now)
+
+
+def _result(outcome: CommandOutcome, run: Run) -> tuple[int, str]:
+    """(return code, failure message or "") of a finished run command."""
+    if outcome.timed_out:
+        return -1, f"timed out after {run.timeout_seconds:g}s and was killed"
+    if outcome.return_code is None:
+        return -1, "the command's exit code could not be read (the container may have stopped)"
+    if outcome.return_code != 0:
+        return outcome.return_code, f"exit code {outcome.return_code}" + _exit_hint(outcome.return_code)
+    return 0, ""
 
 
 def _exit_hint(return_code: int) -> str:

@@ -6,9 +6,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 
+from typing import TYPE_CHECKING
+
 from exeunit.commands import Command
 from exeunit.event_log import EventLog
 from exeunit.market import utcnow
+
+if TYPE_CHECKING:
+    from exeunit.journal import BatchJournal
 
 
 class BatchState(Enum):
@@ -90,10 +95,29 @@ class Batch:
         self.commands = commands
         self.state = BatchState.QUEUED
         self.events = events
+        self.journal: BatchJournal | None = None  # where its events also go, when persisted
         self.results = [
             CommandResult(index=i, stdout=CapturedOutput(output_cap), stderr=CapturedOutput(output_cap))
             for i in range(len(commands))
         ]
+
+    def replay(self, events: list[BatchEvent]) -> None:
+        """Rebuilds the results from the events a journal kept (after a daemon restart)."""
+        for event in events:
+            result = self.results[event.command_index]
+            if event.kind is EventKind.STARTED:
+                self.state = BatchState.RUNNING
+                result.state, result.started = CommandState.RUNNING, event.time
+            elif event.kind in (EventKind.STDOUT, EventKind.STDERR):
+                (result.stdout if event.kind is EventKind.STDOUT else result.stderr).add(event.data)
+            elif event.kind is EventKind.FINISHED:
+                result.state = CommandState.SUCCEEDED if event.success else CommandState.FAILED
+                result.return_code, result.message, result.finished = event.return_code, event.message, event.time
+            elif event.kind is EventKind.BATCH_FINISHED and event.batch_state is not None:
+                self.state = event.batch_state
+                for pending in self.results:
+                    if pending.state is CommandState.PENDING:
+                        pending.state = CommandState.SKIPPED
 
     async def _emit(self, index: int, kind: EventKind, **fields: object) -> None:
         await self.events.append(

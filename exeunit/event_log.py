@@ -15,15 +15,25 @@ import itertools
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from exeunit import errors
 
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+class Journal(Protocol[T_contra]):
+    """Where a persisted log also writes its events (exeunit.journal)."""
+
+    def append(self, event: T_contra) -> None: ...
+    def drop_before(self, sequence: int) -> None: ...
 
 
 class EventLog(Generic[T]):
-    def __init__(self, window_bytes: int, size_of: Callable[[T], int], grace: float) -> None:
+    def __init__(self, window_bytes: int, size_of: Callable[[T], int], grace: float,
+                 journal: Journal[T] | None = None) -> None:
+        self._journal = journal
         self._window = window_bytes
         self._size_of = size_of
         self._grace = grace
@@ -36,6 +46,13 @@ class EventLog(Generic[T]):
         self._cursors: dict[int, int] = {}  # reader id -> next sequence it reads
         self._reader_ids = itertools.count()
         self._last_reader_seen = time.monotonic()
+
+    def restore(self, events: list[T], first: int, closed: bool) -> None:
+        """Takes back the events a journal kept (the first being number `first`) after a restart."""
+        self._events = deque((event, self._size_of(event)) for event in events)
+        self._first = first
+        self._bytes = sum(size for _, size in self._events)
+        self._closed = closed
 
     @property
     def next_sequence(self) -> int:
@@ -51,6 +68,8 @@ class EventLog(Generic[T]):
             event = make(self.next_sequence)
             size = self._size_of(event)
             await self._make_room(size)
+            if self._journal is not None:
+                self._journal.append(event)
             self._events.append((event, size))
             self._bytes += size
             self._cond.notify_all()
@@ -62,6 +81,8 @@ class EventLog(Generic[T]):
                 _, dropped = self._events.popleft()
                 self._first += 1
                 self._bytes -= dropped
+                if self._journal is not None:
+                    self._journal.drop_before(self._first)
                 continue
             timeout = None
             if not self._cursors:

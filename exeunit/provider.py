@@ -107,8 +107,10 @@ class Provider:
                 status = await self._runtime.container_status(activity.container_id) if activity.container_id else None
                 if status != expected:
                     await activity.terminate("ContainerDied", "its container stopped while the provider was down")
-                elif activity.image is not None:
-                    self._images.claim(agreement, activity.image.id, record.image_loaded_here)
+                else:
+                    if activity.image is not None:
+                        self._images.claim(agreement, activity.image.id, record.image_loaded_here)
+                    activity.recover_batches()
         now = utcnow()
         recovered = 0
         for agreement in self.market.all():
@@ -295,7 +297,7 @@ class Provider:
         activity = Activity(
             activity_id, agreement, self._runtime, self._images, self._limits, self.storage,
             home_id=self.settings.home_id, on_terminated=lambda: self._arm_idle(agreement),
-            on_change=self._persist_activity,
+            on_change=self._persist_activity, state=self._state,
         )
         self._activities[activity_id] = activity
         return activity

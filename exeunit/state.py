@@ -14,6 +14,7 @@ record knows what the daemon promised the requestor.
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,12 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from exeunit import errors
+from exeunit.commands import Command, Deploy, Run, Start, Terminate, name_of
 from exeunit.market import Agreement, AgreementState, Demand, ImageRef, LinearPricing, Resources
 
 RECORD_VERSION = 1
+COMMAND_TYPES = {name_of(kind()): kind for kind in (Deploy, Start, Terminate)} | {"run": Run}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agreements (agreement_id TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS activities (activity_id TEXT PRIMARY KEY, agreement_id TEXT NOT NULL, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    activity_id TEXT NOT NULL, batch_id TEXT NOT NULL, queued INTEGER NOT NULL, commands TEXT NOT NULL,
+    PRIMARY KEY (activity_id, batch_id)
+);
 """
 
 
@@ -53,6 +60,7 @@ class StateStore:
     """The database; every call is a short transaction on the caller's thread."""
 
     def __init__(self, path: Path) -> None:
+        self.journals = path.parent / "journals"  # batch events: JOURNALS/ACTIVITY/BATCH/*.seg
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -76,10 +84,6 @@ class StateStore:
         rows = self._db.execute("SELECT record FROM agreements").fetchall()
         return [_agreement_from(json.loads(record)) for (record,) in rows]
 
-    def forget_agreement(self, agreement_id: str) -> None:
-        with self._db:
-            self._db.execute("DELETE FROM activities WHERE agreement_id = ?", (agreement_id,))
-            self._db.execute("DELETE FROM agreements WHERE agreement_id = ?", (agreement_id,))
 
     # Activities
 
@@ -92,6 +96,39 @@ class StateStore:
     def activities(self) -> list[ActivityRecord]:
         rows = self._db.execute("SELECT record FROM activities").fetchall()
         return [_activity_from(json.loads(record)) for (record,) in rows]
+
+    # Batches (their events are in journals)
+
+    def journal_dir(self, activity_id: str, batch_id: str) -> Path:
+        return self.journals / activity_id / batch_id
+
+    def put_batch(self, activity_id: str, batch_id: str, commands: list[Command]) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO batches (activity_id, batch_id, queued, commands) "
+            "VALUES (?, ?, (SELECT COUNT(*) FROM batches WHERE activity_id = ?), ?)",
+            (activity_id, batch_id, activity_id, json.dumps([_command_record(c) for c in commands])),
+        )
+
+    def batches(self, activity_id: str) -> list[tuple[str, list[Command]]]:
+        """The activity's batches in the order they were queued: (batch id, commands)."""
+        rows = self._db.execute(
+            "SELECT batch_id, commands FROM batches WHERE activity_id = ? ORDER BY queued", (activity_id,)
+        ).fetchall()
+        return [(batch_id, [_command_from(c) for c in json.loads(commands)]) for batch_id, commands in rows]
+
+    def forget_batches(self, activity_id: str) -> None:
+        """Drops an ended activity's batches and their journals."""
+        self._db.execute("DELETE FROM batches WHERE activity_id = ?", (activity_id,))
+        shutil.rmtree(self.journals / activity_id, ignore_errors=True)
+
+
+def _command_record(command: Command) -> dict[str, Any]:
+    return {"type": name_of(command), **{key: list(v) if isinstance(v, tuple) else v for key, v in vars(command).items()}}
+
+
+def _command_from(record: dict[str, Any]) -> Command:
+    kind = COMMAND_TYPES[record["type"]]
+    return kind(**{key: tuple(v) if isinstance(v, list) else v for key, v in record.items() if key != "type"})
 
 
 def _time(value: datetime | None) -> str | None:

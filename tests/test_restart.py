@@ -1,0 +1,106 @@
+"""A daemon killed with SIGKILL and started again on its home: running batches go on, with their
+output complete and their sequence numbers unchanged."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from exeunit.v1 import activity_pb2 as act
+from tests.client import ContractClient
+from tests.conftest import BASE_IMAGE
+from tests.daemon_process import Daemon
+
+LINES = 40
+COUNTING = f"for i in $(seq 1 {LINES}); do echo line $i; sleep 0.05; done"
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="exeunit-test-home-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def kill(daemon: Daemon) -> None:
+    daemon.process.kill()
+    daemon.process.wait()
+
+
+async def read_until_lines(client: ContractClient, activity_id: str, batch_id: str, lines: int) -> list[act.BatchEvent]:
+    seen: list[act.BatchEvent] = []
+    async for event in client.events(activity_id, batch_id):
+        seen.append(event)
+        if b"".join(e.stdout.data for e in seen).count(b"\n") >= lines:
+            break
+    return seen
+
+
+async def test_a_batch_running_through_the_agent_goes_on_after_sigkill(home: Path) -> None:
+    first = Daemon(state_dir=home)
+    try:
+        async with ContractClient(f"127.0.0.1:{first.port}", "r") as client:
+            activity_id = await client.ready_activity(BASE_IMAGE)
+            commands = [client.sh(COUNTING), client.run("/bin/echo", "and after")]
+            await client.exec(activity_id, commands, batch_id="survivor")
+            before = await read_until_lines(client, activity_id, "survivor", 5)
+    finally:
+        kill(first)
+    second = Daemon(state_dir=home)
+    try:
+        async with ContractClient(f"127.0.0.1:{second.port}", "r") as client:
+            after = [e async for e in client.events(activity_id, "survivor", from_sequence=before[-1].sequence + 1)]
+            whole = before + after
+            assert [e.sequence for e in whole] == list(range(len(whole)))  # no gap, no repeat
+            output = b"".join(e.stdout.data for e in whole if e.command_index == 0)
+            assert output == b"".join(b"line %d\n" % i for i in range(1, LINES + 1))
+            finished = [e.finished for e in whole if e.WhichOneof("kind") == "finished"]
+            assert [f.return_code for f in finished] == [0, 0] and all(f.success for f in finished)
+            assert b"".join(e.stdout.data for e in whole if e.command_index == 1) == b"and after\n"
+            # and from the very start, as it was served before the kill
+            again = [e async for e in client.events(activity_id, "survivor", from_sequence=0)]
+            assert [e.sequence for e in again] == [e.sequence for e in whole]
+            assert (await client.get_batch(activity_id, "survivor")).state == act.BATCH_STATE_SUCCEEDED
+        assert any("event=command_taken_up" in line for line in second.lines)
+    finally:
+        second.stop()
+
+
+async def test_a_batch_running_through_docker_exec_ends_as_interrupted(home: Path, engine: docker.DockerClient) -> None:
+    tag = f"exeunit-test-nopython:{uuid.uuid4().hex[:8]}"
+    engine.images.build(fileobj=io.BytesIO(f"FROM {BASE_IMAGE}\nRUN rm -f /usr/bin/python3*\n".encode()), tag=tag, rm=True)
+    try:
+        first = Daemon("--offer-image", "exeunit-test-*", state_dir=home)
+        try:
+            async with ContractClient(f"127.0.0.1:{first.port}", "r") as client:
+                activity_id = await client.ready_activity(tag)
+                await client.exec(activity_id, [client.sh(COUNTING), client.run("/bin/true")], batch_id="cut")
+                before = await read_until_lines(client, activity_id, "cut", 3)
+        finally:
+            kill(first)
+        second = Daemon("--offer-image", "exeunit-test-*", state_dir=home)
+        try:
+            async with ContractClient(f"127.0.0.1:{second.port}", "r") as client:
+                after = [e async for e in client.events(activity_id, "cut", from_sequence=before[-1].sequence + 1)]
+                whole = before + after
+                assert [e.sequence for e in whole] == list(range(len(whole)))
+                finished = [e.finished for e in whole if e.WhichOneof("kind") == "finished"]
+                assert len(finished) == 1 and not finished[0].success
+                assert finished[0].message.startswith("interrupted by provider restart")
+                batch = await client.get_batch(activity_id, "cut")
+                assert batch.state == act.BATCH_STATE_FAILED
+                assert batch.results[1].state == act.COMMAND_STATE_SKIPPED
+                # the activity itself goes on
+                run = await client.run_batch(activity_id, [client.run("/bin/echo", "still here")])
+                assert run.stdout() == b"still here\n"
+        finally:
+            second.stop()
+    finally:
+        engine.images.remove(tag, force=True)
