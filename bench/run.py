@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import docker
@@ -41,6 +41,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from requestor import Golem, events  # noqa: E402
+from requestor.provider_client import (  # noqa: E402
+    DemandSpec, ProviderClient, Refusal, deploy_command, run_command, start_command,
+)
 from requestor.payload import vm  # noqa: E402
 from requestor.services import Service, ServiceState  # noqa: E402
 
@@ -178,6 +181,43 @@ def raw_container(client: docker.DockerClient):
 
 
 # Cases
+
+
+async def case_memory(daemon: Daemon, count: int, concurrency: int = 8) -> Row:
+    """`count` activities, each running a batch with 1 MiB of output and ending: the daemon's
+    memory must come back down (output and event logs go with their activities)."""
+    client = ProviderClient(f"127.0.0.1:{daemon.port}", "bench-memory")
+    demand = DemandSpec(image_hash="", image_tag=IMAGE, image_url="", min_memory_bytes=256 << 20,
+                        min_storage_bytes=256 << 20, min_cpu_threads=1, capabilities=(), subnet_tag="public",
+                        expiration=datetime.now(timezone.utc) + timedelta(hours=1))
+    flood = [deploy_command(), start_command(()), run_command("/usr/bin/head", ("-c", str(MIB), "/dev/zero"), {}, "", None)]
+    before = daemon.reset_peak()
+    lanes = asyncio.Semaphore(concurrency)
+    elapsed = stopwatch()
+
+    async def one(n: int) -> None:
+        async with lanes:
+            agreement = await client.propose(demand)
+            assert not isinstance(agreement, Refusal), agreement
+            activity_id = await client.create_activity(agreement.agreement_id)
+            got = 0
+            async for event in client.run_batch(activity_id, flood, f"memory-{n}"):
+                got += len(event.stdout.data)
+            assert got == MIB, got
+            await client.destroy(activity_id)
+            await client.terminate_agreement(agreement.agreement_id, "Done")
+
+    try:
+        await asyncio.gather(*(one(n) for n in range(count)))
+        took = elapsed()
+        await asyncio.sleep(15)  # the replay grace (10 s), then the memory is trimmed
+        after = daemon.rss()
+    finally:
+        await client.close()
+    growth = (after - before) / MIB
+    return Row(f"memory: {count} activities x 1 MiB output", growth, (daemon.peak - before) / MIB, "MiB", 0.0,
+               "RSS after <= start + 20 MiB", growth <= 20,
+               {"rss_start_mib": round(before / MIB, 1), "seconds": round(took, 1)})
 
 
 NO_PYTHON_IMAGE = "exeunit-bench-nopython:latest"  # the base image without python3: no agent
@@ -463,7 +503,7 @@ def print_table(rows: list[Row]) -> None:
               f"{'yes' if r.met else 'NO'}" + (f"  {r.notes}" if r.notes else ""))
 
 
-CASES = ("exec", "start", "scale", "output", "transfer", "background")
+CASES = ("exec", "start", "scale", "output", "transfer", "background", "memory")
 
 
 async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list[Row]:
@@ -473,7 +513,7 @@ async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list
     rows: list[Row] = []
     sizes = dict(rounds=7 if quick else 25, start_rounds=3 if quick else 9, scale=10 if quick else 50,
                  output=(20 if quick else 100) * 1000 * 1000, transfer=(64 if quick else 256) * MIB,
-                 transfer_rounds=2 if quick else 3)
+                 transfer_rounds=2 if quick else 3, memory_activities=100 if quick else 1000)
     try:
         async with Golem(budget=100.0, subnet_tag="public", providers=[f"127.0.0.1:{daemon.port}"],
                          event_consumer=states) as golem:
@@ -481,6 +521,7 @@ async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list
                 "exec": lambda: case_exec(golem, client, states, sizes["rounds"], "agent"),
                 "exec-docker": lambda: case_exec(golem, client, states, sizes["rounds"], "docker-exec"),
                 "background": lambda: case_background(golem, client, states),
+                "memory": lambda: case_memory(daemon, sizes["memory_activities"]),
                 "start": lambda: case_start(golem, client, states, sizes["start_rounds"]),
                 "scale": lambda: case_scale(golem, client, states, daemon, sizes["scale"]),
                 "output": lambda: case_output(golem, client, states, sizes["output"], max(3, sizes["rounds"] // 3)),

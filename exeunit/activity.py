@@ -36,6 +36,7 @@ from exeunit.event_log import EventLog
 from exeunit.images import ImageResolver
 from exeunit.journal import BatchJournal
 from exeunit.market import Agreement, AgreementState, utcnow
+from exeunit.memory import release_memory
 from exeunit.state import ActivityRecord, StateStore
 from exeunit.states import ActivityState
 from exeunit.storage import LoopStorage, VolumeDirs
@@ -60,6 +61,7 @@ class ActivityLimits:
     transfers_per_activity: int = 4
     transfers_per_requestor: int = 16
     transfer_idle_seconds: float = 60.0
+    batches_kept: int = 256  # finished batches per activity kept for GetBatch and replay; older ones go
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,8 @@ class Activity:
         self._image_loaded_here = False
         self._storage = storage
         self._projected = ActivityState.NEW  # state once every queued batch has run
-        self._batches: dict[str, Batch] = {}
+        self._batches: dict[str, Batch] = {}  # in the order they were queued
+        self._submitted = 0
         self._queue: asyncio.Queue[tuple[Batch, int, tuple[int, int] | None]] = asyncio.Queue()
         self._changes = asyncio.Condition()
         self._started_at: datetime | None = None
@@ -129,6 +132,10 @@ class Activity:
         self._ending = ""  # the reason it is being terminated, once it is
         self._transfers: set[Callable[[], None]] = set()  # cancel callbacks of transfers in flight
         self._worker = asyncio.create_task(self._run_batches(), name=f"activity-{activity_id}")
+
+    @property
+    def ended_at(self) -> datetime | None:
+        return self._ended_at
 
     @property
     def log_ids(self) -> str:
@@ -230,7 +237,8 @@ class Activity:
                 return existing, False
         validate(commands)
         check_sequence(commands, self._projected if self.state is not ActivityState.TERMINATED else self.state)
-        batch_id = batch_id or f"b{len(self._batches) + 1}-{self.activity_id[:8]}"
+        self._submitted += 1
+        batch_id = batch_id or f"b{self._submitted}-{self.activity_id[:8]}"
         while batch_id in self._batches:
             batch_id += "x"
         batch = self._new_batch(batch_id, commands)
@@ -297,6 +305,7 @@ class Activity:
                 await self._run_batch(batch, first, resume)
             except Exception:  # never let one batch kill the worker and strand the rest
                 log.exception("event=batch_crashed %s batch=%s", self.log_ids, batch.batch_id)
+            del batch  # waiting for the next one must not keep this one (and its output) alive
             self._queue.task_done()
             if self._queue.empty():
                 self._projected = self.state
@@ -332,6 +341,18 @@ class Activity:
         await batch.finish()
         log.info("event=batch_finished %s batch=%s state=%s commands=%s", self.log_ids, batch.batch_id,
                  batch.state.value, ",".join(name_of(c) for c in batch.commands))
+        self._forget_old_batches()
+
+    def _forget_old_batches(self) -> None:
+        """Keeps the last `batches_kept` finished batches: a service running commands for months
+        must not keep every one of them, in memory or in its journal."""
+        finished = [b for b in self._batches.values() if b.events.closed]
+        for old in finished[: max(len(finished) - self._limits.batches_kept, 0)]:
+            del self._batches[old.batch_id]
+            if old.journal is not None:
+                old.journal.close()
+            if self._state is not None:
+                self._state.forget_batch(self.activity_id, old.batch_id)
 
     async def _execute(self, batch: Batch, index: int, command: Command) -> tuple[int, str]:
         """Runs one command; returns (return code, failure message or "")."""
@@ -492,6 +513,13 @@ class Activity:
                 if batch.journal is not None:
                     batch.journal.close()
             self._state.forget_batches(self.activity_id)
+        # Readers still attached get the end of its batches; then their output goes, at once, not
+        # when the activity's record is forgotten.
+        asyncio.get_running_loop().call_later(self._limits.replay_grace_seconds, self._release_batches)
+
+    def _release_batches(self) -> None:
+        self._batches.clear()
+        release_memory()
 
     async def close(self) -> None:
         """Terminate (if needed) and let the batch worker finish what was queued."""

@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="refuse demands whose expiration is further away than this (default: %(default)s)")
     terms.add_argument("--agreement-idle-seconds", type=positive(float), default=300.0, metavar="SECONDS",
                        help="end an agreement that has had no live activity for this long (default: %(default)s)")
+    terms.add_argument("--forget-ended-after", type=positive(float), default=900.0, metavar="SECONDS",
+                       help="ended agreements and activities answer status calls this long, then are forgotten "
+                            "(default: %(default)s)")
 
     store = serve.add_argument_group("storage (each activity's volumes: a filesystem of its agreement's size)")
     store.add_argument("--storage-dir", type=Path, metavar="DIR",
@@ -136,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="uploads and downloads one requestor may have in flight (default: %(default)s)")
     limits.add_argument("--transfer-idle-seconds", type=positive(float), default=60.0, metavar="SECONDS",
                         help="cut a transfer whose client sends or reads nothing for this long (default: %(default)s)")
+    limits.add_argument("--batches-kept", type=positive(int), default=256, metavar="N",
+                        help="finished batches kept per activity for GetBatch and replay, in memory and in the "
+                             "state directory; older ones are forgotten (default: %(default)s)")
     limits.add_argument("--result-output-cap-kib", type=int, default=1024, metavar="KIB",
                         help="stdout/stderr kept per command for its result; the stream has all (default: %(default)s)")
     limits.add_argument("--replay-window-mib", type=int, default=32, metavar="MIB",
@@ -202,6 +208,7 @@ def provider_settings(args: argparse.Namespace, identity: Identity, storage_dir:
         ),
         max_agreement_seconds=args.max_agreement_hours * 3600,
         agreement_idle_seconds=args.agreement_idle_seconds,
+        ended_retention_seconds=args.forget_ended_after,
     )
 
 
@@ -267,6 +274,7 @@ def serve(args: argparse.Namespace) -> int:
         limits = ActivityLimits(
             pids_limit=args.pids_limit,
             result_output_cap=args.result_output_cap_kib * 1024,
+            batches_kept=args.batches_kept,
             replay_window_bytes=args.replay_window_mib << 20,
             transfers_per_activity=args.transfers_per_activity,
             transfers_per_requestor=args.transfers_per_requestor,

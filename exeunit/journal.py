@@ -53,17 +53,17 @@ class Replayed:
 class BatchJournal:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        segments = self._segments()
+        segments = self._segments() if directory.exists() else []
         self._number = int(segments[-1].stem) if segments else 0
-        self._fd = os.open(self._path(self._number), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        self._size = os.fstat(self._fd).st_size
+        self._fd: int | None = None  # opened at the first record: most batches of a service are short
+        self._size = segments[-1].stat().st_size if segments else 0
         self._first_sequence: dict[int, int] = {}  # segment number -> first sequence in it
         for segment in segments:  # a journal taken up after a restart
             replayed = self.replay_segment(segment.read_bytes())
             if replayed.events:
                 self._first_sequence[int(segment.stem)] = replayed.events[0].sequence
         self._offsets: dict[int, int] = {}  # command index -> output offset
+        self._closed = False
 
     def continue_offsets(self, offsets: dict[int, int]) -> None:
         """Output offsets reached before a restart, to count on from."""
@@ -94,13 +94,14 @@ class BatchJournal:
         self._write(LENGTH.pack(len(body)) + body, b"")
 
     def _write(self, head: bytes, data: bytes) -> None:
-        if self._fd < 0:
-            return  # closed: the batch's activity ended, nobody will read this again
-        if self._size >= SEGMENT_BYTES:
+        if self._closed:
+            return  # the batch's activity ended: nobody will read this again
+        if self._fd is not None and self._size >= SEGMENT_BYTES:
             os.close(self._fd)
-            self._number += 1
+            self._fd, self._number, self._size = None, self._number + 1, 0
+        if self._fd is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self._path(self._number), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            self._size = 0
         self._size += os.writev(self._fd, [head, data])
 
     def drop_before(self, sequence: int) -> None:
@@ -113,9 +114,10 @@ class BatchJournal:
             del self._first_sequence[number]
 
     def close(self) -> None:
-        if self._fd >= 0:
+        self._closed = True
+        if self._fd is not None:
             os.close(self._fd)
-            self._fd = -1
+            self._fd = None
 
     def remove(self) -> None:
         self.close()

@@ -126,6 +126,8 @@ class ProviderSettings:
     # `agreement_idle_seconds` (a requestor cannot hold the host by signing and never running).
     max_agreement_seconds: float = 24 * 3600.0
     agreement_idle_seconds: float = 300.0
+    # Ended agreements and activities answer status calls this long, then are forgotten.
+    ended_retention_seconds: float = 900.0
     # Labels every container of this provider's home (exeunit.home); a fresh one unless the
     # home's identity gives it, so two providers never claim each other's containers.
     home_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -282,6 +284,9 @@ class Market:
     def restore(self, agreement: Agreement) -> None:
         """Takes back an agreement a previous daemon on this home signed (with its reservation)."""
         self._agreements[agreement.agreement_id] = agreement
+
+    def forget(self, agreement_id: str) -> None:
+        self._agreements.pop(agreement_id, None)
 
     def get(self, agreement_id: str) -> Agreement:
         try:

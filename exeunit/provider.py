@@ -112,9 +112,14 @@ class Provider:
                         self._images.claim(agreement, activity.image.id, record.image_loaded_here)
                     activity.recover_batches()
         now = utcnow()
+        retention = self.settings.ended_retention_seconds
+        for activity in self._activities.values():
+            if activity.state is ActivityState.TERMINATED and activity.ended_at is not None:
+                self._forget_later(activity.activity_id, (activity.ended_at - now).total_seconds() + retention)
         recovered = 0
         for agreement in self.market.all():
             if agreement.state is not AgreementState.APPROVED:
+                asyncio.get_running_loop().call_later(retention, self._forget_agreement, agreement)
                 continue
             if agreement.expiration <= now:
                 await self._expire(agreement)
@@ -263,6 +268,7 @@ class Provider:
         if not self.market.mark_terminated(agreement, reason, message):
             return
         self._persist_agreement(agreement)
+        asyncio.get_running_loop().call_later(self.settings.ended_retention_seconds, self._forget_agreement, agreement)
         activity_reason = "AgreementExpired" if reason == "Expired" else (
             reason if reason == "ProviderShutdown" else "AgreementTerminated")
         await asyncio.gather(*(
@@ -294,13 +300,37 @@ class Provider:
         return activity
 
     def _new_activity(self, activity_id: str, agreement: Agreement) -> Activity:
+        def ended() -> None:
+            self._arm_idle(agreement)
+            self._forget_later(activity.activity_id, self.settings.ended_retention_seconds)
+
         activity = Activity(
             activity_id, agreement, self._runtime, self._images, self._limits, self.storage,
-            home_id=self.settings.home_id, on_terminated=lambda: self._arm_idle(agreement),
-            on_change=self._persist_activity, state=self._state,
+            home_id=self.settings.home_id, on_terminated=ended, on_change=self._persist_activity,
+            state=self._state,
         )
         self._activities[activity_id] = activity
         return activity
+
+    def _forget_later(self, activity_id: str, delay: float) -> None:
+        asyncio.get_running_loop().call_later(max(delay, 0.0), self._forget_activity, activity_id)
+
+    def _forget_activity(self, activity_id: str) -> None:
+        """An ended activity's status has been kept long enough: memory and disk stay flat."""
+        if self.closing:
+            return
+        self._activities.pop(activity_id, None)
+        if self._state is not None:
+            self._state.forget_activity(activity_id)
+
+    def _forget_agreement(self, agreement: Agreement) -> None:
+        if self.closing:
+            return
+        for activity_id in agreement.activity_ids:
+            self._activities.pop(activity_id, None)
+        self.market.forget(agreement.agreement_id)
+        if self._state is not None:
+            self._state.forget_agreement(agreement.agreement_id)
 
     def activity(self, requestor_id: str, activity_id: str) -> Activity:
         activity = self._activities.get(activity_id)

@@ -30,10 +30,8 @@ COMMAND_TYPES = {name_of(kind()): kind for kind in (Deploy, Start, Terminate)} |
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agreements (agreement_id TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS activities (activity_id TEXT PRIMARY KEY, agreement_id TEXT NOT NULL, record TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS batches (
-    activity_id TEXT NOT NULL, batch_id TEXT NOT NULL, queued INTEGER NOT NULL, commands TEXT NOT NULL,
-    PRIMARY KEY (activity_id, batch_id)
-);
+CREATE TABLE IF NOT EXISTS batches (activity_id TEXT NOT NULL, batch_id TEXT NOT NULL, commands TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS batches_of_activity ON batches (activity_id);
 """
 
 
@@ -85,6 +83,12 @@ class StateStore:
         return [_agreement_from(json.loads(record)) for (record,) in rows]
 
 
+    def forget_agreement(self, agreement_id: str) -> None:
+        """Drops an ended agreement with its activities' records."""
+        with self._db:
+            self._db.execute("DELETE FROM activities WHERE agreement_id = ?", (agreement_id,))
+            self._db.execute("DELETE FROM agreements WHERE agreement_id = ?", (agreement_id,))
+
     # Activities
 
     def put_activity(self, record: ActivityRecord) -> None:
@@ -92,6 +96,9 @@ class StateStore:
             "INSERT OR REPLACE INTO activities (activity_id, agreement_id, record) VALUES (?, ?, ?)",
             (record.activity_id, record.agreement_id, json.dumps(_activity_record(record))),
         )
+
+    def forget_activity(self, activity_id: str) -> None:
+        self._db.execute("DELETE FROM activities WHERE activity_id = ?", (activity_id,))
 
     def activities(self) -> list[ActivityRecord]:
         rows = self._db.execute("SELECT record FROM activities").fetchall()
@@ -103,18 +110,21 @@ class StateStore:
         return self.journals / activity_id / batch_id
 
     def put_batch(self, activity_id: str, batch_id: str, commands: list[Command]) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO batches (activity_id, batch_id, queued, commands) "
-            "VALUES (?, ?, (SELECT COUNT(*) FROM batches WHERE activity_id = ?), ?)",
-            (activity_id, batch_id, activity_id, json.dumps([_command_record(c) for c in commands])),
+        self._db.execute(  # rowids grow: they keep the order batches were queued in
+            "INSERT INTO batches (activity_id, batch_id, commands) VALUES (?, ?, ?)",
+            (activity_id, batch_id, json.dumps([_command_record(c) for c in commands])),
         )
 
     def batches(self, activity_id: str) -> list[tuple[str, list[Command]]]:
         """The activity's batches in the order they were queued: (batch id, commands)."""
         rows = self._db.execute(
-            "SELECT batch_id, commands FROM batches WHERE activity_id = ? ORDER BY queued", (activity_id,)
+            "SELECT batch_id, commands FROM batches WHERE activity_id = ? ORDER BY rowid", (activity_id,)
         ).fetchall()
         return [(batch_id, [_command_from(c) for c in json.loads(commands)]) for batch_id, commands in rows]
+
+    def forget_batch(self, activity_id: str, batch_id: str) -> None:
+        self._db.execute("DELETE FROM batches WHERE activity_id = ? AND batch_id = ?", (activity_id, batch_id))
+        shutil.rmtree(self.journal_dir(activity_id, batch_id), ignore_errors=True)
 
     def forget_batches(self, activity_id: str) -> None:
         """Drops an ended activity's batches and their journals."""

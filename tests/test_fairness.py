@@ -116,3 +116,22 @@ async def test_transfers_that_stand_still_are_cut(daemons: Daemons) -> None:
         header, chunks, _ = await client.download(activity_id, "/golem/output/big")
         assert header.size == 64 << 20 and sum(map(len, chunks)) == 64 << 20
         release.set()
+
+
+async def test_only_the_last_finished_batches_are_kept(daemons: Daemons) -> None:
+    """A service that runs commands for months does not keep every batch it ever ran."""
+    server = await daemons.start(name="forgetful", limits=ActivityLimits(batches_kept=3))
+    async with ContractClient(f"127.0.0.1:{server.port}", "r") as client:
+        activity_id = await client.ready_activity(BASE_IMAGE)
+        ids = []
+        for n in range(5):
+            batch_id = (await client.exec(activity_id, [client.run("/bin/echo", str(n))])).batch_id
+            async for _ in client.events(activity_id, batch_id):
+                pass
+            ids.append(batch_id)
+        for forgotten in ids[:2]:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await client.get_batch(activity_id, forgotten)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert [(await client.get_batch(activity_id, b)).results[0].stdout for b in ids[2:]] == [b"2\n", b"3\n", b"4\n"]
+        assert len(set(ids)) == 5  # ids are never reused
