@@ -247,18 +247,28 @@ def event_to_proto(event: BatchEvent) -> act.BatchEvent:
     return message
 
 
+GET_BATCH_OUTPUT_BYTES = 3 << 20  # output per GetBatch response: under gRPC's default 4 MiB limit
+
+
 def batch_to_proto(batch: Batch) -> act.GetBatchResponse:
+    """The batch's results; their output shares GET_BATCH_OUTPUT_BYTES in command order, and what
+    does not fit is cut with the truncated flag set (the event stream has all of it)."""
     response = act.GetBatchResponse(batch_id=batch.batch_id, state=BATCH_STATES[batch.state])
+    room = GET_BATCH_OUTPUT_BYTES
     for r in batch.results:
+        stdout, stderr = bytes(r.stdout.data[:room]), b""
+        room -= len(stdout)
+        stderr = bytes(r.stderr.data[:room])
+        room -= len(stderr)
         result = response.results.add(
             index=r.index,
             state=COMMAND_STATES[r.state],
             return_code=r.return_code,
             message=r.message,
-            stdout=bytes(r.stdout.data),
-            stderr=bytes(r.stderr.data),
-            stdout_truncated=r.stdout.truncated,
-            stderr_truncated=r.stderr.truncated,
+            stdout=stdout,
+            stderr=stderr,
+            stdout_truncated=r.stdout.truncated or len(stdout) < len(r.stdout.data),
+            stderr_truncated=r.stderr.truncated or len(stderr) < len(r.stderr.data),
         )
         if r.started:
             result.started.CopyFrom(timestamp(r.started))

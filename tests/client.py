@@ -56,6 +56,7 @@ def expiration(minutes: float = 10) -> Timestamp:
 
 class ContractClient:
     def __init__(self, address: str, requestor_id: str, token: str | None = None) -> None:
+        self.address = address
         self.channel = grpc.aio.insecure_channel(
             address, options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 64 << 20)]
         )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 
+import grpc
+
 from exeunit.activity import ActivityLimits
 from exeunit.v1 import activity_pb2 as act
+from exeunit.v1 import activity_pb2_grpc as act_grpc
 from tests.client import ContractClient
 from tests.conftest import BASE_IMAGE, Daemons
 
@@ -65,3 +68,17 @@ async def test_a_slow_reader_slows_the_command_instead_of_losing_output(daemons:
                 received += event.stdout.data
         expected = b"".join(b"%d\n" % i for i in range(1, 200001))
         assert bytes(received) == expected  # 1.3 MB through a 64 KiB window, nothing dropped
+
+
+async def test_get_batch_fits_a_default_grpc_client_however_much_was_kept(client: ContractClient, ready: str) -> None:
+    """Five commands with 1 MiB of kept output each: the response stays under 4 MiB, cut from the
+    later commands, with their flags set."""
+    megabyte = client.run("/usr/bin/head", "-c", str(1 << 20), "/dev/zero")
+    run = await client.run_batch(ready, [megabyte] * 5)
+    assert run.succeeded
+    async with grpc.aio.insecure_channel(client.address) as plain:  # gRPC's default limits
+        stub = act_grpc.ActivityStub(plain)
+        batch = await stub.GetBatch(act.GetBatchRequest(activity_id=ready, batch_id=run.batch_id), metadata=client.metadata)
+    sizes = [len(r.stdout) for r in batch.results]
+    assert sum(sizes) == 3 << 20 and sizes[:3] == [1 << 20] * 3 and sizes[3:] == [0, 0]
+    assert [r.stdout_truncated for r in batch.results] == [False, False, False, True, True]
