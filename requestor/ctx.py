@@ -13,16 +13,16 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from requestor import events
 from requestor.errors import CommandExecutionError, RequestorError
 from requestor.provider_client import Offer, ProviderClient
-from requestor.script import Command, Receive, RemoteCommand, Script, Transfer
+from requestor.script import RESULT_TEXT_CAP, Command, Receive, RemoteCommand, Run, Script, Transfer
 
 log = logging.getLogger(__name__)
 
-RESULT_TEXT_CAP = 16 << 20  # characters of stdout / stderr kept in a CommandExecuted
 
 
 @dataclass(frozen=True)
@@ -36,22 +36,42 @@ class ActivityHandle:
 
 
 class _Output:
-    """Decodes one command's stream as it arrives and keeps the text for its result."""
+    """Decodes one command's stream as it arrives, keeps up to `limit` characters of text for its
+    result (None: all) and counts what it drops; with `to`, writes every byte to that file too."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = RESULT_TEXT_CAP, to: Path | None = None) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._parts: list[str] = []
         self._kept = 0
+        self._limit = limit
+        self.dropped = 0
+        self._file = open(to, "wb") if to is not None else None  # noqa: SIM115 - closed at the final feed
 
     def feed(self, data: bytes, final: bool = False) -> str:
+        if self._file is not None:
+            self._file.write(data)
+            if final:
+                self._file.close()
         text = self._decoder.decode(data, final)
-        if text and self._kept < RESULT_TEXT_CAP:
-            self._parts.append(text[: RESULT_TEXT_CAP - self._kept])
+        room = len(text) if self._limit is None else max(self._limit - self._kept, 0)
+        if text and room:
+            self._parts.append(text[:room])
             self._kept += len(self._parts[-1])
+        self.dropped += len(text) - min(room, len(text))
         return text
+
+    def close(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.close()
 
     def text(self) -> str:
         return "".join(self._parts)
+
+
+def _outputs_for(command: RemoteCommand) -> tuple[_Output, _Output]:
+    if isinstance(command, Run):
+        return (_Output(command.output_limit, command.stdout_to), _Output(command.output_limit, command.stderr_to))
+    return _Output(), _Output()
 
 
 class WorkContext:
@@ -150,9 +170,18 @@ class WorkContext:
         return event
 
     async def _batch(self, script: Script, first: int, commands: list[RemoteCommand]) -> list[events.CommandExecuted]:
-        client = self.handle.client
         batch_id = f"s{script.id}-{first}-{uuid.uuid4().hex[:8]}"
-        outputs = [(_Output(), _Output()) for _ in commands]
+        outputs = [_outputs_for(c) for c in commands]
+        try:
+            return await self._follow_batch(script, first, commands, batch_id, outputs)
+        finally:
+            for stdout, stderr in outputs:
+                stdout.close()
+                stderr.close()
+
+    async def _follow_batch(self, script: Script, first: int, commands: list[RemoteCommand], batch_id: str,
+                            outputs: list[tuple[_Output, _Output]]) -> list[events.CommandExecuted]:
+        client = self.handle.client
         results: list[events.CommandExecuted] = []
         async for event in client.run_batch(self.id, [c.to_proto() for c in commands], batch_id):
             local = event.command_index
@@ -176,7 +205,14 @@ class WorkContext:
                 executed = self._executed(
                     script, first + local, command, success=done.success, message=done.message or None,
                     stdout=stdout.text(), stderr=stderr.text(), return_code=done.return_code,
+                    stdout_truncated=stdout.dropped > 0, stderr_truncated=stderr.dropped > 0,
+                    stdout_dropped=stdout.dropped, stderr_dropped=stderr.dropped,
                 )
+                for name, output in (("stdout", stdout), ("stderr", stderr)):
+                    if output.dropped:
+                        log.warning("event=output_truncated command=%r stream=%s dropped_chars=%d hint=%r",
+                                    repr(command), name, output.dropped,
+                                    "pass output_limit=None or stdout_to=/stderr_to= to script.run for all of it")
                 results.append(executed)
                 if not done.success:
                     raise CommandExecutionError(repr(command), done.message, stderr.text())

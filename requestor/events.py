@@ -237,6 +237,11 @@ class CommandExecuted(CommandEvent):
     stderr: str | None = None
     return_code: int = 0
     command_index: int = 0
+    # Set when the result kept less than the command printed (see Script.run's output_limit).
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    stdout_dropped: int = 0  # characters not kept
+    stderr_dropped: int = 0
 
 
 class DownloadStarted(CommandEvent):

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 DOWNLOAD_BYTES_LIMIT_DEFAULT = 1024 * 1024
 FILE_CHUNK = 1 << 20
+RESULT_TEXT_CAP = 16 << 20  # characters of stdout / stderr a command's result keeps by default
 
 script_ids = itertools.count(1)
 
@@ -92,10 +93,14 @@ class Terminate(RemoteCommand):
 
 class Run(RemoteCommand):
     def __init__(self, cmd: str, *args: str, env: dict[str, str] | None = None, workdir: str = "",
-                 timeout: timedelta | float | None = None) -> None:
+                 timeout: timedelta | float | None = None, output_limit: int | None = RESULT_TEXT_CAP,
+                 stdout_to: str | os.PathLike[str] | None = None, stderr_to: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
         self.cmd, self.args, self.env, self.workdir = cmd, args, dict(env or {}), workdir
         self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        self.output_limit = output_limit
+        self.stdout_to = Path(stdout_to) if stdout_to is not None else None
+        self.stderr_to = Path(stderr_to) if stderr_to is not None else None
 
     def __repr__(self) -> str:
         return " ".join(["run", self.cmd, *self.args])
@@ -260,13 +265,19 @@ class Script:
         return self.add(Terminate())
 
     def run(self, cmd: str, *args: str, env: dict[str, str] | None = None, stderr: Any = None, stdout: Any = None,
-            workdir: str = "", timeout: timedelta | float | None = None) -> Awaitable[CommandExecuted]:
+            workdir: str = "", timeout: timedelta | float | None = None, output_limit: int | None = RESULT_TEXT_CAP,
+            stdout_to: str | os.PathLike[str] | None = None,
+            stderr_to: str | os.PathLike[str] | None = None) -> Awaitable[CommandExecuted]:
         """Runs `cmd` with `args` in the activity; `env` reaches the process.
 
         `stdout` / `stderr` (yapapi's capture contexts) are accepted and ignored: output is always
-        streamed as events and kept in the result. `workdir` and `timeout` are extensions.
+        streamed as events and kept in the result. Extensions: `workdir`, `timeout`; the result
+        keeps at most `output_limit` characters per stream (None: all), says when it cut
+        (`stdout_truncated`, `stdout_dropped`, ...), and `stdout_to` / `stderr_to` write the
+        whole stream, as bytes, to a local file as it arrives.
         """
-        return self.add(Run(cmd, *args, env=env, workdir=workdir, timeout=timeout))
+        return self.add(Run(cmd, *args, env=env, workdir=workdir, timeout=timeout, output_limit=output_limit,
+                            stdout_to=stdout_to, stderr_to=stderr_to))
 
     def download_bytes(self, src_path: str, on_download: Callable[[bytes], Awaitable[Any]],
                        limit: int = DOWNLOAD_BYTES_LIMIT_DEFAULT) -> Awaitable[CommandExecuted]:

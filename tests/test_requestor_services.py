@@ -357,3 +357,34 @@ async def test_instance_params_running_out_is_an_error(daemons: Daemons) -> None
     async with golem_for(server, recorder=Recorder()) as golem:
         with pytest.raises(ValueError, match="depleted after 1 spawned instances"):
             await golem.run_service(Echo, num_instances=2, instance_params=[{"word": "one"}])
+
+
+class BigOutput(Echo):
+    def __init__(self, workdir: Path) -> None:
+        super().__init__()
+        self.workdir = workdir
+        self.results: list[events.CommandExecuted] = []
+
+    async def run(self):
+        script = self._ctx.new_script()
+        printing = ("/bin/sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x")
+        capped = script.run(*printing, output_limit=1_000_000)
+        whole = script.run(*printing, output_limit=None)
+        to_file = script.run(*printing, output_limit=0, stdout_to=self.workdir / "out.txt")
+        yield script
+        self.results = [await capped, await whole, await to_file]
+
+
+async def test_a_result_says_when_it_kept_less_output_and_a_script_can_have_all_of_it(
+    daemons: Daemons, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = await start_provider(daemons)
+    recorder = Recorder()
+    async with golem_for(server, recorder=recorder) as golem:
+        [instance] = (await golem.run_service(BigOutput, instance_params=[{"workdir": tmp_path}])).instances
+        await recorder.until(lambda: instance.state is S.terminated)
+    capped, whole, to_file = instance.results
+    assert len(capped.stdout) == 1_000_000 and capped.stdout_truncated and capped.stdout_dropped == 2_000_000
+    assert whole.stdout == "x" * 3_000_000 and not whole.stdout_truncated
+    assert to_file.stdout == "" and (tmp_path / "out.txt").read_bytes() == b"x" * 3_000_000
+    assert "event=output_truncated" in caplog.text and "output_limit=None" in caplog.text
