@@ -307,13 +307,19 @@ class ProviderClient:
         return response.sha256
 
     async def download(self, activity_id: str, path: str) -> AsyncIterator[bytes]:
-        """The file's chunks; raises at the end when the checksum does not match."""
+        """The file's chunks; raises at the end unless exactly the announced size arrived with a
+        matching checksum (never a silently short or corrupted file)."""
         digest = hashlib.sha256()
         hashing: asyncio.Future[None] | None = None  # one chunk hashed in a thread while the next arrives
+        announced: int | None = None
+        received = 0
         async with self._translated("Download"):
             async for part in self._transfer.Download(xfer.DownloadRequest(activity_id=activity_id, path=path), metadata=self._metadata):
                 kind = part.WhichOneof("part")
-                if kind == "chunk":
+                if kind == "header":
+                    announced = part.header.size
+                elif kind == "chunk":
+                    received += len(part.chunk)
                     if hashing is not None:
                         await hashing
                     hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, part.chunk))
@@ -321,10 +327,19 @@ class ProviderClient:
                 elif kind == "trailer":
                     if hashing is not None:
                         await hashing
+                    if received != announced:
+                        raise errors.RequestorError(
+                            f"download of {path} from {self.address} is incomplete: {received} bytes arrived, "
+                            f"{announced} were announced"
+                        )
                     if part.trailer.sha256 != digest.hexdigest():
                         raise errors.RequestorError(
                             f"download of {path} from {self.address} arrived corrupted (checksum mismatch)"
                         )
+                    return
+        raise errors.RequestorError(
+            f"download of {path} from {self.address} ended after {received} bytes without its trailer"
+        )
 
 
 # ExeScript commands as the contract spells them

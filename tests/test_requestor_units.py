@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta, timezone
 
+import grpc
 import pytest
 
+from exeunit.v1 import transfer_pb2 as xfer
+from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
+
 from requestor.budget import Budget, worst_case_cost
-from requestor.errors import BudgetExceededError, PackageException
+from requestor.errors import BudgetExceededError, PackageException, RequestorError
 from requestor.payload import vm
-from requestor.provider_client import Offer, Pricing
+from requestor.provider_client import Offer, Pricing, ProviderClient
 from requestor.services.cluster import _resolve_instance_params
 from requestor.services.state import TRANSITIONS, InvalidTransition, ServiceState, next_state
 from requestor.strategy import LeastExpensiveLinearPayuMS, mismatch
@@ -110,3 +115,33 @@ def test_instance_params_resolution() -> None:
     assert list(_resolve_instance_params(None, [{"a": 1}, {"a": 2}])) == [{"a": 1}, {"a": 2}]
     with pytest.raises(ValueError, match="depleted after 1 spawned instances"):
         list(_resolve_instance_params(2, [{"a": 1}]))
+
+
+class LyingTransfer(xfer_grpc.TransferServicer):
+    """A provider that announces more than it sends, or ends without a trailer."""
+
+    def __init__(self, trailer: bool) -> None:
+        self.trailer = trailer
+
+    async def Download(self, request, context):
+        yield xfer.DownloadResponse(header=xfer.DownloadHeader(size=10))
+        yield xfer.DownloadResponse(chunk=b"12345")
+        if self.trailer:
+            yield xfer.DownloadResponse(trailer=xfer.DownloadTrailer(sha256=hashlib.sha256(b"12345").hexdigest()))
+
+
+@pytest.mark.parametrize(("trailer", "says"), [(True, "is incomplete: 5 bytes arrived, 10 were announced"),
+                                               (False, "ended after 5 bytes without its trailer")])
+async def test_a_short_download_is_an_error_not_a_short_file(trailer: bool, says: str) -> None:
+    server = grpc.aio.server()
+    xfer_grpc.add_TransferServicer_to_server(LyingTransfer(trailer), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = ProviderClient(f"127.0.0.1:{port}", "r")
+    try:
+        with pytest.raises(RequestorError, match=says):
+            async for _ in client.download("a", "/golem/work/x"):
+                pass
+    finally:
+        await client.close()
+        await server.stop(0)

@@ -13,6 +13,7 @@ import pytest
 
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import transfer_pb2 as xfer
+from requestor.provider_client import ProviderClient
 from tests.client import CHUNK, ContractClient
 from tests.daemon_process import Daemon
 
@@ -238,3 +239,26 @@ async def test_a_stalled_download_does_not_hold_up_destroy(own_process_daemon: s
             status = await asyncio.wait_for(other.destroy(activity_id), 30)
         assert status.state == act.ACTIVITY_STATE_TERMINATED
         stream.cancel()
+
+
+@pytest.mark.slow
+async def test_a_file_over_8_gib_downloads_whole_through_the_requestor(client: ContractClient, ready: str) -> None:
+    """Tar headers stop at 8 GiB without PAX; nothing here goes through tar, and the requestor
+    checks the size and the checksum."""
+    size = (8 << 30) + 1
+    run = await client.run_batch(ready, [client.run("/usr/bin/truncate", "-s", str(size), "/golem/work/huge.bin")])
+    assert run.succeeded, run.finished
+    provider = ProviderClient(client.address, "requestor-1")
+    try:
+        received, digest = 0, hashlib.sha256()
+        async for chunk in provider.download(ready, "/golem/work/huge.bin"):
+            received += len(chunk)
+            digest.update(chunk)
+    finally:
+        await provider.close()
+    zeros = hashlib.sha256()
+    block = bytes(1 << 20)
+    for _ in range(size >> 20):
+        zeros.update(block)
+    zeros.update(bytes(size & ((1 << 20) - 1)))
+    assert received == size and digest.hexdigest() == zeros.hexdigest()
