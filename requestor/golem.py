@@ -100,7 +100,8 @@ class Golem:
         if not addresses:
             self._embedded = EmbeddedProvider(self.subnet_tag)
             addresses = [await self._embedded.start()]
-        clients = [ProviderClient(a, self.requestor_id, self._auth_token) for a in addresses]
+        clients = [ProviderClient(a, self.requestor_id, self._auth_token, reconnect_for=self._unresponsive_after)
+                   for a in addresses]
         self._engine = Engine(clients, self.subnet_tag, self.budget, self.strategy, self.emit, self._unresponsive_after)
 
     async def stop(self) -> None:

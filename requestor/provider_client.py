@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
 UPLOAD_AHEAD = 4  # chunks read and hashed ahead of the one being sent
+RECONNECT_FIRST_PAUSE, RECONNECT_MAX_PAUSE = 0.2, 2.0  # backoff between attempts to reach a provider again
 T = TypeVar("T")
 
 
@@ -124,8 +125,10 @@ def _timestamp(value: datetime) -> Timestamp:
 class ProviderClient:
     """Calls to one provider daemon at `address` ("host:port")."""
 
-    def __init__(self, address: str, requestor_id: str, token: str | None = None, call_timeout: float = 30.0) -> None:
+    def __init__(self, address: str, requestor_id: str, token: str | None = None, call_timeout: float = 30.0,
+                 reconnect_for: float = 10.0) -> None:
         self.address = address
+        self.reconnect_for = reconnect_for  # how long a dropped batch stream is retried (a daemon restart)
         self._channel = grpc.aio.insecure_channel(
             address,
             options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.keepalive_time_ms", 10_000)],
@@ -216,12 +219,16 @@ class ProviderClient:
         async for event in self.batch_events(activity_id, batch_id, commands=commands):
             yield event
 
-    async def batch_events(self, activity_id: str, batch_id: str, reconnect_for: float = 10.0,
+    async def batch_events(self, activity_id: str, batch_id: str, reconnect_for: float | None = None,
                            commands: list[act.Command] | None = None) -> AsyncIterator[act.BatchEvent]:
-        """All events of a batch, in order, resuming after a dropped connection. With `commands`,
-        the batch is submitted by the same call (and again, idempotently, until an event came)."""
+        """All events of a batch, in order, resuming after a dropped connection (for up to
+        `reconnect_for` seconds of trying, with backoff) from the next sequence number, so that
+        nothing is missed or repeated. With `commands`, the batch is submitted by the same call
+        (and again, idempotently, until an event came)."""
+        reconnect_for = self.reconnect_for if reconnect_for is None else reconnect_for
         next_sequence = 0
         deadline: float | None = None
+        pause = RECONNECT_FIRST_PAUSE
         loop = asyncio.get_running_loop()
         while True:
             if commands is not None and next_sequence == 0:
@@ -232,7 +239,7 @@ class ProviderClient:
                 method, stream = "StreamBatchEvents", self._activity.StreamBatchEvents(request, metadata=self._metadata)
             try:
                 async for event in stream:
-                    deadline = None
+                    deadline, pause = None, RECONNECT_FIRST_PAUSE
                     next_sequence = event.sequence + 1
                     yield event
                     if event.WhichOneof("kind") == "batch_finished":
@@ -245,7 +252,8 @@ class ProviderClient:
                 if loop.time() >= deadline:
                     raise errors.from_rpc_error(method, self.address, exc) from exc
                 log.info("event=stream_reconnect provider=%s batch=%s from=%d", self.address, batch_id, next_sequence)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RECONNECT_MAX_PAUSE)
 
     async def watch(self, activity_id: str) -> AsyncIterator[ActivityStatus]:
         """The activity's state, then each change; ends after Terminated."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -14,9 +15,13 @@ import docker
 import pytest
 
 from exeunit.v1 import activity_pb2 as act
+from requestor import Golem, events
+from requestor.services import Service
+from requestor.services import ServiceState as S
 from tests.client import ContractClient
 from tests.conftest import BASE_IMAGE
 from tests.daemon_process import Daemon
+from tests.test_requestor_services import Recorder, base_payload
 
 LINES = 40
 COUNTING = f"for i in $(seq 1 {LINES}); do echo line $i; sleep 0.05; done"
@@ -104,3 +109,48 @@ async def test_a_batch_running_through_docker_exec_ends_as_interrupted(home: Pat
             second.stop()
     finally:
         engine.images.remove(tag, force=True)
+
+
+class Counter(Service):
+    """Runs one long counting command and keeps its whole output."""
+
+    get_payload = staticmethod(base_payload)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.output: str | None = None
+
+    async def run(self):
+        script = self._ctx.new_script()
+        counted = script.run("/bin/sh", "-c", COUNTING)
+        yield script
+        self.output = (await counted).stdout
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_a_requestor_script_rides_out_a_provider_killed_and_restarted(home: Path) -> None:
+    port = free_port()
+    listen = ("--listen", f"127.0.0.1:{port}")
+    first = Daemon(*listen, state_dir=home)
+    second = None
+    recorder = Recorder()
+    try:
+        async with Golem(budget=10.0, subnet_tag="public", providers=[f"127.0.0.1:{port}"],
+                         event_consumer=recorder) as golem:
+            [instance] = (await golem.run_service(Counter)).instances
+            await recorder.until(lambda: any(isinstance(e, events.CommandStdOut) for e in recorder.events))
+            kill(first)
+            second = Daemon(*listen, state_dir=home)
+            await recorder.until(lambda: instance.state is S.terminated)
+        assert instance.output == "".join(f"line {i}\n" for i in range(1, LINES + 1))
+        assert recorder.states(instance) == [S.pending, S.starting, S.running, S.stopping, S.terminated]
+        assert instance.exc_info == (None, None, None)
+    finally:
+        for daemon in (first, second):
+            if daemon is not None:
+                daemon.stop()

@@ -60,13 +60,16 @@ class ActivityWatch:
             self.ended.set_result(error)
 
     async def _follow(self) -> None:
+        """Watches, and watches again while the provider is away (a restart) for up to
+        `unresponsive_after` seconds, with backoff."""
         loop = asyncio.get_running_loop()
         give_up_at: float | None = None
+        pause = 0.2
         client, activity_id = self._handle.client, self._handle.activity.id
         while True:
             try:
                 async for status in client.watch(activity_id):
-                    give_up_at = None
+                    give_up_at, pause = None, 0.2
                     if status.state == "Terminated":
                         if status.reason not in OWN_REASONS:
                             self._end(ActivityTerminatedError(status.reason, status.message))
@@ -76,7 +79,8 @@ class ActivityWatch:
                 if loop.time() >= give_up_at:
                     self._end(exc)
                     return
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(min(pause, max(give_up_at - loop.time(), 0.0)))
+                pause = min(pause * 2, 2.0)
             except RequestorError as exc:
                 self._end(ActivityTerminatedError("Lost", f"the provider no longer knows the activity ({exc})"))
                 return
