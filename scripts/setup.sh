@@ -48,8 +48,9 @@ else
   fi
   # --userns-remap=default: root in a container is an unprivileged uid on the host (dockerd creates
   # the `dockremap` user and its subordinate id range); the engine keeps a separate image store.
+  # --live-restore: containers keep running while dockerd restarts, so activities survive it.
   echo "starting dockerd with user-namespace remapping (log: $DOCKERD_LOG)..."
-  setsid nohup dockerd --userns-remap=default >"$DOCKERD_LOG" 2>&1 < /dev/null &
+  setsid nohup dockerd --userns-remap=default --live-restore >"$DOCKERD_LOG" 2>&1 < /dev/null &
   for _ in $(seq 1 60); do
     engine_answers && break
     sleep 1

@@ -16,6 +16,7 @@ import pytest
 
 from exeunit.v1 import activity_pb2 as act
 from requestor import Golem, events
+from requestor.embedded import EmbeddedProvider
 from requestor.services import Service
 from requestor.services import ServiceState as S
 from tests.client import ContractClient
@@ -154,3 +155,18 @@ async def test_a_requestor_script_rides_out_a_provider_killed_and_restarted(home
         for daemon in (first, second):
             if daemon is not None:
                 daemon.stop()
+
+
+async def test_two_embedded_providers_on_one_host_leave_each_other_alone(engine: docker.DockerClient) -> None:
+    """Two requestor scripts started side by side, each with its own embedded provider."""
+    first, second = EmbeddedProvider("public"), EmbeddedProvider("public")
+    try:
+        async with ContractClient(await first.start(), "r") as client:
+            activity_id = await client.ready_activity(BASE_IMAGE)
+            async with ContractClient(await second.start(), "r") as other:  # its start cleans only its own home
+                await other.ready_activity(BASE_IMAGE)
+            run = await client.run_batch(activity_id, [client.run("/bin/echo", "untouched")])
+            assert run.stdout() == b"untouched\n"
+    finally:
+        await second.stop()
+        await first.stop()
