@@ -358,8 +358,10 @@ class DockerRuntime:
 
     async def container_deaths(self, home_id: str) -> AsyncIterator[str]:
         """Ids of this home's containers as they die, for as long as it is iterated. When the
-        engine's event stream breaks (the engine restarts, a proxy drops it), it is opened again."""
+        engine's event stream breaks (the engine restarts, a proxy drops it), it is opened again,
+        and "" is yielded: deaths meanwhile were missed, the caller should look for itself."""
         pause = 0.5
+        opened_before = False
         while True:
             try:
                 watch = DeathWatch(await asyncio.to_thread(self._death_events, home_id))
@@ -368,6 +370,10 @@ class DockerRuntime:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 30.0)
                 continue
+            if opened_before:
+                log.info("event=death_watch_reopened")
+                yield ""
+            opened_before = True
             try:
                 async for container_id in iterate_in_thread(lambda: iter(watch)):
                     pause = 0.5

@@ -103,9 +103,7 @@ class Provider:
             if activity.state is ActivityState.NEW:
                 await asyncio.to_thread(self.storage.destroy, activity.activity_id)  # a deploy cut short
             elif activity.state is not ActivityState.TERMINATED:
-                expected = "running" if activity.state is ActivityState.READY else "created"
-                status = await self._runtime.container_status(activity.container_id) if activity.container_id else None
-                if status != expected:
+                if not await self._container_alive(activity):
                     await activity.terminate("ContainerDied", "its container stopped while the provider was down")
                 else:
                     if activity.image is not None:
@@ -189,9 +187,32 @@ class Provider:
 
     async def _watch_deaths(self) -> None:
         async for container_id in self._runtime.container_deaths(self.settings.home_id):
+            if not container_id:  # the engine was away: look at every container
+                self._spawn(self._check_containers())
+                continue
             activity = next((a for a in self._activities.values() if a.container_id == container_id), None)
             if activity and activity.state is not ActivityState.TERMINATED:
                 self._spawn(activity.terminate("ContainerDied", "the activity's container stopped unexpectedly"))
+
+    async def _check_containers(self) -> None:
+        """Ends the activities whose container stopped while nobody could tell (engine restart)."""
+        for activity in list(self._activities.values()):
+            if activity.state not in (ActivityState.READY, ActivityState.DEPLOYED) or not activity.container_id:
+                continue
+            try:
+                alive = await self._container_alive(activity)
+            except errors.ExeUnitError:
+                continue
+            if not alive and activity.state is not ActivityState.TERMINATED:
+                await activity.terminate("ContainerDied", "the activity's container stopped unexpectedly")
+
+    async def _container_alive(self, activity: Activity) -> bool:
+        """Whether the activity's container is as its state says: running once Ready, created
+        (or already starting) once Deployed."""
+        if not activity.container_id:
+            return False
+        status = await self._runtime.container_status(activity.container_id)
+        return status == "running" or (status == "created" and activity.state is ActivityState.DEPLOYED)
 
     def _spawn(self, coroutine: object) -> None:
         task = asyncio.ensure_future(coroutine)  # type: ignore[arg-type]
