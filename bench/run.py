@@ -73,7 +73,7 @@ class Daemon:
         self.home = tempfile.mkdtemp(prefix="exeunit-bench-home-")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "exeunit", "serve", "--listen", "127.0.0.1:0", "--name", "bench-provider",
-             "--cpu-overcommit", "40", "--state-dir", self.home,
+             "--cpu-overcommit", "40", "--state-dir", self.home, "--forget-ended-after", "10",
              "--price-cpu-sec", "0.000001", "--price-duration-sec", "0.000001"],
             stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
         )
@@ -210,7 +210,7 @@ async def case_memory(daemon: Daemon, count: int, concurrency: int = 8) -> Row:
     try:
         await asyncio.gather(*(one(n) for n in range(count)))
         took = elapsed()
-        await asyncio.sleep(15)  # the replay grace (10 s), then the memory is trimmed
+        await asyncio.sleep(25)  # ended records are forgotten after 10 s, batches after the replay grace
         after = daemon.rss()
     finally:
         await client.close()
@@ -381,7 +381,7 @@ async def case_output(golem: Golem, client: docker.DockerClient, states: States,
 
     def flood(ctx):
         script = ctx.new_script()
-        script.run("/usr/bin/head", "-c", str(size), "/dev/zero")
+        script.run("/usr/bin/head", "-c", str(size), "/dev/zero", output_limit=0)  # streamed, not kept: as raw
         return script
 
     async def ours() -> float:

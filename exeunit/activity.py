@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -339,6 +340,8 @@ class Activity:
                          self.log_ids, batch.batch_id, index, message)
                 break
         await batch.finish()
+        if batch.journal is not None:
+            batch.journal.close()  # complete: nothing more is appended (segments may still be dropped)
         log.info("event=batch_finished %s batch=%s state=%s commands=%s", self.log_ids, batch.batch_id,
                  batch.state.value, ",".join(name_of(c) for c in batch.commands))
         self._forget_old_batches()
@@ -349,10 +352,9 @@ class Activity:
         finished = [b for b in self._batches.values() if b.events.closed]
         for old in finished[: max(len(finished) - self._limits.batches_kept, 0)]:
             del self._batches[old.batch_id]
-            if old.journal is not None:
-                old.journal.close()
             if self._state is not None:
-                self._state.forget_batch(self.activity_id, old.batch_id)
+                journal = self._state.forget_batch(self.activity_id, old.batch_id)
+                asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, journal, True)
 
     async def _execute(self, batch: Batch, index: int, command: Command) -> tuple[int, str]:
         """Runs one command; returns (return code, failure message or "")."""

@@ -122,9 +122,11 @@ class StateStore:
         ).fetchall()
         return [(batch_id, [_command_from(c) for c in json.loads(commands)]) for batch_id, commands in rows]
 
-    def forget_batch(self, activity_id: str, batch_id: str) -> None:
+    def forget_batch(self, activity_id: str, batch_id: str) -> Path:
+        """Drops the batch's record; returns its journal's directory, for the caller to remove
+        (off the event loop: it is the slow part)."""
         self._db.execute("DELETE FROM batches WHERE activity_id = ? AND batch_id = ?", (activity_id, batch_id))
-        shutil.rmtree(self.journal_dir(activity_id, batch_id), ignore_errors=True)
+        return self.journal_dir(activity_id, batch_id)
 
     def forget_batches(self, activity_id: str) -> None:
         """Drops an ended activity's batches and their journals."""

@@ -273,7 +273,9 @@ class Download:
             while reading is not None:
                 chunk = await reading
                 if not chunk:
-                    raise errors.FailedPrecondition(f"{self._path} shrank while it was downloaded")
+                    raise errors.DataLoss(
+                        f"{self._path} shrank while it was downloaded; its announced size did not arrive"
+                    )
                 offset += len(chunk)
                 reading = self._read_at(offset) if offset < size else None
                 self.on_progress()

@@ -262,3 +262,16 @@ async def test_a_file_over_8_gib_downloads_whole_through_the_requestor(client: C
         zeros.update(block)
     zeros.update(bytes(size & ((1 << 20) - 1)))
     assert received == size and digest.hexdigest() == zeros.hexdigest()
+
+
+async def test_a_file_that_shrinks_while_it_downloads_is_data_loss(client: ContractClient, ready: str) -> None:
+    run = await client.run_batch(ready, [client.run("/usr/bin/head", "-c", str(64 << 20), "/dev/urandom")])
+    await client.upload_bytes(ready, "/golem/work/shrinking.bin", run.stdout())
+    stream = client.transfer.Download(
+        xfer.DownloadRequest(activity_id=ready, path="/golem/work/shrinking.bin"), metadata=client.metadata
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for part in stream:
+            if part.WhichOneof("part") == "chunk":
+                await client.run_batch(ready, [client.run("/usr/bin/truncate", "-s", "0", "/golem/work/shrinking.bin")])
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS and "shrank while it was downloaded" in err.value.details()
