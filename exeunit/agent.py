@@ -16,25 +16,33 @@ import contextlib
 import logging
 import os
 import secrets
-import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from exeunit import errors
+from exeunit.guest.agent import (  # the wire format: one definition, the guest's
+    ACK,
+    ACK_BODY,
+    CODE,
+    ERR,
+    EXIT,
+    HEADER,
+    HELLO,
+    HELLO_BODY,
+    ID,
+    ID_OFFSET,
+    KILL,
+    OUT,
+    RESUME,
+    RUN,
+    RUN_HEAD,
+    VERSION,
+)
 from exeunit.runtime import STDERR, STDOUT, CommandOutcome, CommandRun, Executor
 
 log = logging.getLogger(__name__)
 
-VERSION = 2
-HELLO, RUN, KILL, ACK, RESUME, OUT, ERR, EXIT = b"H", b"R", b"K", b"A", b"U", b"O", b"E", b"X"
-HEADER = struct.Struct(">I")
-RUN_HEAD = struct.Struct(">QII")
-ID = struct.Struct(">Q")
-ID_OFFSET = struct.Struct(">QQ")
-ACK_BODY = struct.Struct(">QQB")
-HELLO_BODY = struct.Struct(">HQQ")
-CODE = struct.Struct(">i")
 MAX_FRAME = (1 << 20) + 1  # the agent sends output in frames of at most 1 MiB
 MAX_UNREAD = 8 << 20  # bytes sent to the agent that it has not read yet (a RUN is at most ~4 MiB)
 ACK_EVERY = 1 << 20  # output acknowledged to the agent (freeing its spool) after this many bytes

@@ -168,7 +168,7 @@ class Upload:
         self._mode = (mode & 0o777) or 0o644  # permission bits only: no setuid, setgid or sticky
         self._owner = owner
         self._fd: int | None = None
-        self._writing: asyncio.Future[Any] | None = None  # the hash and write of the last chunk, if running
+        self._writing: asyncio.Future[object] | None = None  # the hash and write of the last chunk, if running
         self._received = 0
         self._digest = hashlib.sha256()
         self._cancelled: errors.ExeUnitError | None = None

@@ -178,17 +178,21 @@ class DownloadFile(Receive):
         partial = self.dst_path.with_name(self.dst_path.name + ".partial")
         size = 0
         writing: asyncio.Future[int] | None = None  # one chunk written in a thread while the next arrives
-        with open(partial, "wb") as out:
-            try:
-                async for chunk in client.download(activity_id, self.src_path):
-                    size += len(chunk)
+        try:
+            with open(partial, "wb") as out:
+                try:
+                    async for chunk in client.download(activity_id, self.src_path):
+                        size += len(chunk)
+                        if writing is not None:
+                            await writing
+                        writing = asyncio.ensure_future(asyncio.to_thread(out.write, chunk))
+                finally:
                     if writing is not None:
-                        await writing
-                    writing = asyncio.ensure_future(asyncio.to_thread(out.write, chunk))
-            finally:
-                if writing is not None:
-                    await asyncio.wait([writing])
-                    writing.result()
+                        await asyncio.wait([writing])
+                        writing.result()
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a failed download leaves no file behind
+            raise
         partial.replace(self.dst_path)
         return f"downloaded {size} bytes from {self.src_path} to {self.dst_path}"
 
