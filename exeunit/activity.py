@@ -63,6 +63,7 @@ class ActivityLimits:
     transfers_per_requestor: int = 16
     transfer_idle_seconds: float = 60.0
     batches_kept: int = 256  # finished batches per activity kept for GetBatch and replay; older ones go
+    tunnels_per_activity: int = 64  # TCP connections into one activity through Tunnel at once
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import requests.exceptions
 
 from exeunit import errors
 from exeunit.frames import FrameDecoder
+from exeunit.netns import connect_in_netns
 from exeunit.runtime import (
     LABEL_HOME,
     CommandOutcome,
@@ -304,6 +305,21 @@ class DockerRuntime:
     def start_container(self, container_id: str) -> None:
         with _translated("start container"):
             self._api.start(container_id)
+
+    async def connect_to_port(self, container_id: str, port: int, timeout: float = 5.0) -> socket.socket:
+        """A TCP connection to `port` inside the container's network namespace, made from this
+        host without the container having any network (see exeunit.netns)."""
+        pid = await self._container_pid(container_id)
+        return await asyncio.to_thread(connect_in_netns, pid, port, timeout)
+
+    @_in_thread
+    def _container_pid(self, container_id: str) -> int:
+        with _translated("inspect container"):
+            state = self._api.inspect_container(container_id).get("State") or {}
+        pid = int(state.get("Pid") or 0)
+        if not state.get("Running") or pid <= 0:
+            raise errors.FailedPrecondition("the activity's container is not running")
+        return pid
 
     @_in_thread
     def container_status(self, container_id: str) -> str | None:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from contextlib import asynccontextmanager, contextmanager
 
@@ -32,6 +33,24 @@ log = logging.getLogger(__name__)
 
 EXPIRED_GRACE_SECONDS = 60.0  # an expired agreement's own daemon gets this long to end it itself
 REAP_INTERVAL_SECONDS = 300.0  # how often the host is swept for containers of expired agreements
+TUNNEL_READ_BYTES = 256 << 10  # what a tunnel reads from the activity's port at a time, at most
+
+
+@dataclass
+class PortConnection:
+    """A tunnel's connection to a port in an activity."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    cut_off: asyncio.Event = field(default_factory=asyncio.Event)  # set when the activity ended under it
+
+    @property
+    def was_cut(self) -> bool:
+        return self.cut_off.is_set()
+
+    def cut(self) -> None:
+        self.cut_off.set()
+        self.writer.transport.abort()
 
 
 class Provider:
@@ -47,6 +66,7 @@ class Provider:
         self._limits = limits
         self._transfers_by_activity = ConcurrencyQuota(limits.transfers_per_activity, "transfers")
         self._transfers_by_requestor = ConcurrencyQuota(limits.transfers_per_requestor, "transfers")
+        self._tunnels_by_activity = ConcurrencyQuota(limits.tunnels_per_activity, "tunnels")
         self._activities: dict[str, Activity] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._idle: dict[str, asyncio.TimerHandle] = {}  # agreements with no live activity
@@ -383,6 +403,29 @@ class Provider:
         activity = self.activity(requestor_id, activity_id)
         await activity.close()
         return activity.status()
+
+    # Tunnels
+
+    @asynccontextmanager
+    async def tunnel(self, requestor_id: str, activity_id: str, port: int) -> AsyncIterator[PortConnection]:
+        """A TCP connection to `port` in the activity; cut (and marked so) when the activity ends."""
+        if not 1 <= port <= 65535:
+            raise errors.InvalidArgument(f"port {port} is not in 1-65535")
+        activity = self.activity(requestor_id, activity_id)
+        if activity.state is not ActivityState.READY or not activity.container_id:
+            raise errors.FailedPrecondition(
+                f"a tunnel needs the activity Ready, but it is {activity.state.value}; deploy and start it first"
+            )
+        with self._tunnels_by_activity.hold(activity_id, f"activity {activity_id}"):
+            sock = await self._runtime.connect_to_port(activity.container_id, port)
+            reader, writer = await asyncio.open_connection(sock=sock, limit=TUNNEL_READ_BYTES)
+            connection = PortConnection(reader, writer)
+            log.info("event=tunnel_opened %s port=%d", activity.log_ids, port)
+            try:
+                with activity.transfer(connection.cut):  # the activity's end cuts it
+                    yield connection
+            finally:
+                writer.transport.abort()
 
     # Transfers
 

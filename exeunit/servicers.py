@@ -9,7 +9,7 @@ import grpc
 
 from exeunit import convert, errors
 from exeunit.market import Agreement
-from exeunit.provider import Provider
+from exeunit.provider import TUNNEL_READ_BYTES, Provider
 from exeunit.status import Caller, streaming, unary
 from exeunit.transfer import CHUNK_SIZE
 from exeunit.v1 import activity_pb2 as act
@@ -125,6 +125,33 @@ class ActivityServicer(act_grpc.ActivityServicer):
         async for event in self.provider.batch_events(requestor_id, activity_id, batch.batch_id, 0):
             yield convert.event_to_proto(event)
 
+    @streaming
+    async def Tunnel(self, request_iterator: AsyncIterator[act.TunnelRequest], context: Context,
+                     requestor_id: str) -> AsyncIterator[act.TunnelResponse]:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("part") != "open":
+            raise errors.InvalidArgument("a tunnel starts with an open message (activity_id, port)")
+        activity_id = _required(first.open.activity_id, "open.activity_id")
+        async with self.provider.tunnel(requestor_id, activity_id, first.open.port) as port:
+            yield act.TunnelResponse(opened=act.TunnelOpened())
+            upstream = asyncio.create_task(_to_port(requests, port.writer))
+            try:
+                while data := await port.reader.read(TUNNEL_READ_BYTES):
+                    yield act.TunnelResponse(data=data)
+                if port.was_cut:
+                    raise errors.FailedPrecondition("the activity ended: its tunnels were cut")
+                yield act.TunnelResponse(closed=act.TunnelClose())
+                # the requestor's direction may go on after the port's closed, unless the activity ends
+                cut = asyncio.create_task(port.cut_off.wait())
+                await asyncio.wait([upstream, cut], return_when=asyncio.FIRST_COMPLETED)
+                cut.cancel()
+                if not upstream.done():
+                    raise errors.FailedPrecondition("the activity ended: its tunnels were cut")
+                upstream.result()
+            finally:
+                upstream.cancel()
+
     @unary
     async def GetBatch(self, request: act.GetBatchRequest, context: Context, requestor_id: str) -> act.GetBatchResponse:
         batch = self.provider.batch(
@@ -217,3 +244,26 @@ class TransferServicer(xfer_grpc.TransferServicer):
             async for chunk in download.chunks():
                 yield xfer.DownloadResponse(chunk=chunk)
             yield xfer.DownloadResponse(trailer=xfer.DownloadTrailer(sha256=download.sha256()))
+
+
+async def _to_port(requests: AsyncIterator[act.TunnelRequest], writer: asyncio.StreamWriter) -> None:
+    """The requestor's direction of a tunnel: data into the port (waiting while it does not read:
+    flow control), half-closed at the requestor's close or the end of its stream."""
+    try:
+        async for request in requests:
+            kind = request.WhichOneof("part")
+            if kind == "data":
+                if len(request.data) > CHUNK_SIZE:
+                    raise errors.InvalidArgument(f"tunnel data comes in messages of at most {CHUNK_SIZE} bytes")
+                writer.write(request.data)
+                await writer.drain()
+            elif kind == "close":
+                break
+            else:
+                raise errors.InvalidArgument("after open, a tunnel sends only data and one close")
+    except BaseException:
+        writer.transport.abort()  # ends the other direction too, so that the error is answered
+        raise
+    if writer.can_write_eof() and not writer.is_closing():
+        writer.write_eof()
+

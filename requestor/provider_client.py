@@ -279,6 +279,41 @@ class ProviderClient:
     async def destroy(self, activity_id: str) -> None:
         await self._call("DestroyActivity", self._activity.DestroyActivity, act.DestroyActivityRequest(activity_id=activity_id))
 
+    # Tunnels
+
+    async def tunnel(self, activity_id: str, port: int, local_reader: asyncio.StreamReader,
+                     local_writer: asyncio.StreamWriter) -> None:
+        """Carries one local TCP connection to `port` of the activity and back, until both sides
+        have closed; half-closes pass through. Raises ProviderCallError when the tunnel cannot
+        open (nothing listens there, say)."""
+        call = self._activity.Tunnel(metadata=self._metadata)
+        async with self._translated("Tunnel"):
+            await call.write(act.TunnelRequest(open=act.TunnelOpen(activity_id=activity_id, port=port)))
+            opened = await call.read()
+            if opened is grpc.aio.EOF or opened.WhichOneof("part") != "opened":
+                await call  # raises the provider's status
+                raise errors.RequestorError(f"provider {self.address} did not open the tunnel")
+
+            async def upstream() -> None:
+                while data := await local_reader.read(CHUNK_SIZE):
+                    await call.write(act.TunnelRequest(data=data))
+                await call.write(act.TunnelRequest(close=act.TunnelClose()))
+                await call.done_writing()
+
+            sending = asyncio.create_task(upstream())
+            try:
+                while (response := await call.read()) is not grpc.aio.EOF:
+                    kind = response.WhichOneof("part")
+                    if kind == "data":
+                        local_writer.write(response.data)
+                        await local_writer.drain()
+                    elif kind == "closed" and local_writer.can_write_eof():
+                        local_writer.write_eof()
+                await sending
+            finally:
+                sending.cancel()
+                call.cancel()
+
     # Transfers
 
     async def upload(self, activity_id: str, path: str, size: int, chunks: AsyncIterator[bytes]) -> str:

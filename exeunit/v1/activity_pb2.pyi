@@ -52,6 +52,42 @@ COMMAND_STATE_SUCCEEDED: CommandState
 COMMAND_STATE_FAILED: CommandState
 COMMAND_STATE_SKIPPED: CommandState
 
+class TunnelRequest(_message.Message):
+    __slots__ = ("open", "data", "close")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    open: TunnelOpen
+    data: bytes
+    close: TunnelClose
+    def __init__(self, open: _Optional[_Union[TunnelOpen, _Mapping]] = ..., data: _Optional[bytes] = ..., close: _Optional[_Union[TunnelClose, _Mapping]] = ...) -> None: ...
+
+class TunnelOpen(_message.Message):
+    __slots__ = ("activity_id", "port")
+    ACTIVITY_ID_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    activity_id: str
+    port: int
+    def __init__(self, activity_id: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
+class TunnelClose(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TunnelOpened(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TunnelResponse(_message.Message):
+    __slots__ = ("opened", "data", "closed")
+    OPENED_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    opened: TunnelOpened
+    data: bytes
+    closed: TunnelClose
+    def __init__(self, opened: _Optional[_Union[TunnelOpened, _Mapping]] = ..., data: _Optional[bytes] = ..., closed: _Optional[_Union[TunnelClose, _Mapping]] = ...) -> None: ...
+
 class ActivityStatus(_message.Message):
     __slots__ = ("activity_id", "agreement_id", "state", "reason", "message", "changed", "executor")
     ACTIVITY_ID_FIELD_NUMBER: _ClassVar[int]

@@ -79,6 +79,11 @@ class ActivityStub:
                 request_serializer=exeunit_dot_v1_dot_activity__pb2.DestroyActivityRequest.SerializeToString,
                 response_deserializer=exeunit_dot_v1_dot_activity__pb2.DestroyActivityResponse.FromString,
                 _registered_method=True)
+        self.Tunnel = channel.stream_stream(
+                '/exeunit.v1.Activity/Tunnel',
+                request_serializer=exeunit_dot_v1_dot_activity__pb2.TunnelRequest.SerializeToString,
+                response_deserializer=exeunit_dot_v1_dot_activity__pb2.TunnelResponse.FromString,
+                _registered_method=True)
 
 
 class ActivityServicer:
@@ -158,6 +163,19 @@ class ActivityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tunnel(self, request_iterator, context):
+        """One TCP connection to a port of a Ready activity, carried both ways on this stream: how a
+        requestor reaches a service's port (the daemon connects from inside the container's network,
+        so it works for activities with no network at all). The first request opens it; the first
+        response says it is open. Bytes arrive in order, nothing is dropped, and each side may close
+        its direction (half-close) while the other goes on; the stream ends once both have.
+        FAILED_PRECONDITION when nothing listens on the port; RESOURCE_EXHAUSTED past the daemon's
+        tunnels per activity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ActivityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +223,11 @@ def add_ActivityServicer_to_server(servicer, server):
                     servicer.DestroyActivity,
                     request_deserializer=exeunit_dot_v1_dot_activity__pb2.DestroyActivityRequest.FromString,
                     response_serializer=exeunit_dot_v1_dot_activity__pb2.DestroyActivityResponse.SerializeToString,
+            ),
+            'Tunnel': grpc.stream_stream_rpc_method_handler(
+                    servicer.Tunnel,
+                    request_deserializer=exeunit_dot_v1_dot_activity__pb2.TunnelRequest.FromString,
+                    response_serializer=exeunit_dot_v1_dot_activity__pb2.TunnelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -450,6 +473,33 @@ class Activity:
             '/exeunit.v1.Activity/DestroyActivity',
             exeunit_dot_v1_dot_activity__pb2.DestroyActivityRequest.SerializeToString,
             exeunit_dot_v1_dot_activity__pb2.DestroyActivityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tunnel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/exeunit.v1.Activity/Tunnel',
+            exeunit_dot_v1_dot_activity__pb2.TunnelRequest.SerializeToString,
+            exeunit_dot_v1_dot_activity__pb2.TunnelResponse.FromString,
             options,
             channel_credentials,
             insecure,

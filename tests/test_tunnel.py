@@ -1,0 +1,133 @@
+"""Tunnel: a TCP connection from the requestor to a port of an activity that has no network."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import urllib.request
+
+import grpc
+import pytest
+
+from exeunit.v1 import activity_pb2 as act
+from requestor.errors import ProviderCallError
+from requestor.provider_client import ProviderClient
+from tests.client import ContractClient
+
+# Reads everything until the requestor half-closes, then answers with its sha256 and its length
+# (so the answer travels after the requestor's direction closed), then closes.
+DIGEST_SERVER = r'''
+import hashlib, socket
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", 9000))
+server.listen()
+while True:
+    conn, _ = server.accept()
+    digest, size = hashlib.sha256(), 0
+    while data := conn.recv(1 << 20):
+        digest.update(data)
+        size += len(data)
+    conn.sendall(f"{digest.hexdigest()} {size}".encode())
+    conn.close()
+'''
+
+
+async def start_in_background(client: ContractClient, activity_id: str, command: str, port: int) -> None:
+    """Starts a server in the activity and waits until its port accepts connections."""
+    probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)"
+    run = await client.run_batch(activity_id, [client.sh(
+        f"({command}) >/dev/null 2>&1 & "
+        f"for i in $(seq 100); do python3 -c \"{probe}\" 2>/dev/null && exit 0; sleep 0.1; done; exit 1"
+    )])
+    assert run.succeeded, run.finished
+
+
+async def tunnel_exchange(client: ContractClient, activity_id: str, port: int, payload: bytes) -> bytes:
+    """Opens a tunnel, sends `payload` in 1 MiB pieces, half-closes, returns all that comes back."""
+
+    async def requests():
+        yield act.TunnelRequest(open=act.TunnelOpen(activity_id=activity_id, port=port))
+        for start in range(0, len(payload), 1 << 20):
+            yield act.TunnelRequest(data=payload[start:start + (1 << 20)])
+        yield act.TunnelRequest(close=act.TunnelClose())
+
+    received, kinds = bytearray(), []
+    async for response in client.activity.Tunnel(requests(), metadata=client.metadata):
+        kinds.append(response.WhichOneof("part"))
+        received += response.data
+    assert kinds[0] == "opened" and kinds[-1] == "closed"
+    return bytes(received)
+
+
+async def test_bytes_cross_both_ways_whole_and_in_order_with_half_close(client: ContractClient, ready: str) -> None:
+    await client.upload_bytes(ready, "/golem/work/digest.py", DIGEST_SERVER.encode())
+    await start_in_background(client, ready, "python3 /golem/work/digest.py", 9000)
+    payload = os.urandom(20 << 20)
+    answer = await tunnel_exchange(client, ready, 9000, payload)
+    assert answer == f"{hashlib.sha256(payload).hexdigest()} {len(payload)}".encode()
+    # many at once
+    small = [os.urandom(100_000 + n) for n in range(8)]
+    answers = await asyncio.gather(*(tunnel_exchange(client, ready, 9000, p) for p in small))
+    assert answers == [f"{hashlib.sha256(p).hexdigest()} {len(p)}".encode() for p in small]
+
+
+async def test_a_tunnel_is_refused_clearly(client: ContractClient, ready: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await tunnel_exchange(client, ready, 9999, b"")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "nothing listens on port 9999" in err.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await tunnel_exchange(client, ready, 70000, b"")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    async with ContractClient(client.address, "someone-else") as stranger:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await tunnel_exchange(stranger, ready, 9000, b"")
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_an_http_server_in_the_activity_is_reached_through_a_local_port(client: ContractClient, ready: str) -> None:
+    """What the requestor's proxies build on: a local listener, one tunnel per connection."""
+    await start_in_background(
+        client, ready, "cd /golem/work && echo hello > index.html && python3 -m http.server 8000 --bind 127.0.0.1", 8000
+    )
+    provider = ProviderClient(client.address, "requestor-1")
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await provider.tunnel(ready, 8000, reader, writer)
+        finally:
+            writer.close()
+
+    local = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = local.sockets[0].getsockname()[1]
+    try:
+        page = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html").read())
+        assert page == b"hello\n"
+        with pytest.raises(ProviderCallError, match="nothing listens on port 8001"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)  # a live local pair to relay
+            await provider.tunnel(ready, 8001, reader, writer)
+    finally:
+        local.close()
+        await provider.close()
+
+
+async def test_destroying_the_activity_cuts_its_tunnels(client: ContractClient, ready: str) -> None:
+    await client.upload_bytes(ready, "/golem/work/digest.py", DIGEST_SERVER.encode())
+    await start_in_background(client, ready, "python3 /golem/work/digest.py", 9000)
+    hold = asyncio.Event()
+
+    async def requests():
+        yield act.TunnelRequest(open=act.TunnelOpen(activity_id=ready, port=9000))
+        yield act.TunnelRequest(data=b"never finished")
+        await hold.wait()  # the requestor never closes its side
+
+    stream = client.activity.Tunnel(requests(), metadata=client.metadata)
+    assert (await anext(aiter(stream))).WhichOneof("part") == "opened"
+    await client.destroy(ready)
+    ended = []
+    with pytest.raises(grpc.aio.AioRpcError):  # noqa: PT012 - the rest of the stream, then its status
+        async for response in stream:
+            ended.append(response.WhichOneof("part"))
+        raise AssertionError("the tunnel ended without a status")
+    hold.set()
