@@ -84,10 +84,10 @@ async def serve_until_signalled(provider: Provider, address: str, token: str | N
     loop = asyncio.get_running_loop()
     # Every Docker call runs in a worker thread: enough of them for many activities at once.
     loop.set_default_executor(ThreadPoolExecutor(max_workers=DOCKER_CALL_THREADS, thread_name_prefix="docker-call"))
-    running = await create_server(provider, address, token)
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before serving: a signal during start-up is not lost
         loop.add_signal_handler(sig, stop.set)
+    running = await create_server(provider, address, token)
     try:
         await stop.wait()
         log.info("event=shutting_down")

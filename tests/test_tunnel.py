@@ -11,9 +11,13 @@ import grpc
 import pytest
 
 from exeunit.v1 import activity_pb2 as act
+from requestor.contrib.service.socket_proxy import SocketProxy, SocketProxyService
 from requestor.errors import ProviderCallError
 from requestor.provider_client import ProviderClient
+from requestor.services import ServiceState as S
 from tests.client import ContractClient
+from tests.conftest import Daemons
+from tests.test_requestor_services import Recorder, base_payload, golem_for, start_provider
 
 # Reads everything until the requestor half-closes, then answers with its sha256 and its length
 # (so the answer travels after the requestor's direction closed), then closes.
@@ -131,3 +135,43 @@ async def test_destroying_the_activity_cuts_its_tunnels(client: ContractClient, 
             ended.append(response.WhichOneof("part"))
         raise AssertionError("the tunnel ended without a status")
     hold.set()
+
+
+class WebServer(SocketProxyService):
+    """An HTTP server on the instance's port 8000 (the instance has no network)."""
+
+    get_payload = staticmethod(base_payload)
+    remote_ports = [8000]
+
+    async def start(self):
+        async for script in super().start():
+            yield script
+        script = self._ctx.new_script()
+        script.run("/bin/sh", "-c", "cd /golem/work && echo served > index.html && "
+                   "(python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &) && "
+                   "for i in $(seq 100); do python3 -c \"import socket; socket.create_connection(('127.0.0.1', 8000))\" "
+                   "2>/dev/null && exit 0; sleep 0.1; done; exit 1")
+        yield script
+
+    async def run(self):
+        await asyncio.Future()  # serves until stopped
+        yield
+
+
+async def test_socket_proxy_reaches_each_instances_port(daemons: Daemons) -> None:
+    server = await start_provider(daemons)
+    recorder = Recorder()
+    async with golem_for(server, recorder=recorder) as golem:
+        cluster = await golem.run_service(WebServer, num_instances=2)
+        await recorder.until(lambda: all(i.state is S.running for i in cluster.instances))
+        proxy = SocketProxy()
+        await proxy.run(cluster)
+        try:
+            for instance in cluster.instances:
+                port = proxy.get_server(instance, 8000).local_port
+                page = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/").read())
+                assert page == b"served\n"
+        finally:
+            await proxy.stop()
+        cluster.stop()
+        await recorder.until(lambda: all(i.state is S.terminated for i in cluster.instances))

@@ -1,0 +1,1 @@
+"""Helpers built on the Service API, as yapapi ships them in yapapi.contrib."""

@@ -1,0 +1,1 @@
+"""Helpers for services: reaching their ports from the requestor's machine."""
