@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
+import urllib.error
 import urllib.request
 
 import grpc
 import pytest
 
 from exeunit.v1 import activity_pb2 as act
+from requestor.contrib.service.http_proxy import HttpProxyService, LocalHttpProxy
 from requestor.contrib.service.socket_proxy import SocketProxy, SocketProxyService
 from requestor.errors import ProviderCallError
 from requestor.provider_client import ProviderClient
@@ -175,3 +178,52 @@ async def test_socket_proxy_reaches_each_instances_port(daemons: Daemons) -> Non
             await proxy.stop()
         cluster.stop()
         await recorder.until(lambda: all(i.state is S.terminated for i in cluster.instances))
+
+
+class NamedWebServer(HttpProxyService):
+    """Answers with its container's host name on port 8080."""
+
+    get_payload = staticmethod(base_payload)
+
+    def __init__(self) -> None:
+        super().__init__(remote_port=8080)
+
+    async def start(self):
+        async for script in super().start():
+            yield script
+        script = self._ctx.new_script()
+        script.run("/bin/sh", "-c", "cd /golem/work && hostname > index.html && "
+                   "(python3 -m http.server 8080 --bind 127.0.0.1 >/dev/null 2>&1 &) && "
+                   "for i in $(seq 100); do python3 -c \"import socket; socket.create_connection(('127.0.0.1', 8080))\" "
+                   "2>/dev/null && exit 0; sleep 0.1; done; exit 1")
+        yield script
+
+    async def run(self):
+        await asyncio.Future()
+        yield
+
+
+async def test_local_http_proxy_spreads_requests_over_running_instances(daemons: Daemons) -> None:
+    server = await start_provider(daemons)
+    recorder = Recorder()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with golem_for(server, recorder=recorder) as golem:
+        cluster = await golem.run_service(NamedWebServer, num_instances=2)
+        await recorder.until(lambda: all(i.state is S.running for i in cluster.instances))
+        proxy = LocalHttpProxy(cluster, port)
+        await proxy.run()
+        try:
+            def get() -> bytes:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/").read()
+
+            answers = [await asyncio.to_thread(get) for _ in range(4)]
+            assert len(set(answers)) == 2 and answers[0] == answers[2] and answers[1] == answers[3]
+            cluster.stop()
+            await recorder.until(lambda: all(i.state is S.terminated for i in cluster.instances))
+            with pytest.raises(urllib.error.HTTPError) as err:
+                await asyncio.to_thread(get)
+            assert err.value.code == 503
+        finally:
+            await proxy.stop()
