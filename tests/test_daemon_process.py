@@ -235,7 +235,7 @@ async def test_containers_of_expired_agreements_are_reaped_by_whoever_finds_them
     finally:
         for container in (expired, current):
             with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
+                container.remove(force=True, v=True)
 
 
 def test_python_m_exeunit_and_console_script_agree() -> None:

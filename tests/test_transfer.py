@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import signal
 from collections.abc import Iterator
 
 import grpc
@@ -188,8 +187,7 @@ def own_process_daemon(engine) -> Iterator[str]:
     would make a request stream wait on another call in ways no real client does."""
     daemon = Daemon("--name", "own-process-provider")
     yield f"127.0.0.1:{daemon.port}"
-    daemon.process.send_signal(signal.SIGTERM)
-    assert daemon.process.wait(timeout=60) == 0
+    assert daemon.stop() == 0  # SIGTERM, and its home goes
 
 
 async def ready_activity(client: ContractClient, *extra: act.Command) -> str:
