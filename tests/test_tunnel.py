@@ -43,11 +43,7 @@ while True:
 
 async def start_in_background(client: ContractClient, activity_id: str, command: str, port: int) -> None:
     """Starts a server in the activity and waits until its port accepts connections."""
-    probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)"
-    run = await client.run_batch(activity_id, [client.sh(
-        f"({command}) >/dev/null 2>&1 & "
-        f"for i in $(seq 100); do python3 -c \"{probe}\" 2>/dev/null && exit 0; sleep 0.1; done; exit 1"
-    )])
+    run = await client.run_batch(activity_id, [client.sh(f"({command}) >/dev/null 2>&1 & {wait_for_port(port)}")])
     assert run.succeeded, run.finished
 
 
@@ -140,6 +136,20 @@ async def test_destroying_the_activity_cuts_its_tunnels(client: ContractClient, 
     hold.set()
 
 
+def wait_for_port(port: int) -> str:
+    """Shell that waits (10 s at most) until something in the container accepts on `port`."""
+    probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)"
+    return f"for i in $(seq 100); do python3 -c \"{probe}\" 2>/dev/null && exit 0; sleep 0.1; done; exit 1"
+
+
+def http_server_script(ctx, port: int, page: str):
+    """A script starting an HTTP server on `port` whose index page is what `page` prints."""
+    script = ctx.new_script()
+    script.run("/bin/sh", "-c", f"cd /golem/work && {page} > index.html && "
+               f"(python3 -m http.server {port} --bind 127.0.0.1 >/dev/null 2>&1 &) && {wait_for_port(port)}")
+    return script
+
+
 class WebServer(SocketProxyService):
     """An HTTP server on the instance's port 8000 (the instance has no network)."""
 
@@ -149,12 +159,7 @@ class WebServer(SocketProxyService):
     async def start(self):
         async for script in super().start():
             yield script
-        script = self._ctx.new_script()
-        script.run("/bin/sh", "-c", "cd /golem/work && echo served > index.html && "
-                   "(python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &) && "
-                   "for i in $(seq 100); do python3 -c \"import socket; socket.create_connection(('127.0.0.1', 8000))\" "
-                   "2>/dev/null && exit 0; sleep 0.1; done; exit 1")
-        yield script
+        yield http_server_script(self._ctx, 8000, "echo served")
 
     async def run(self):
         await asyncio.Future()  # serves until stopped
@@ -191,12 +196,7 @@ class NamedWebServer(HttpProxyService):
     async def start(self):
         async for script in super().start():
             yield script
-        script = self._ctx.new_script()
-        script.run("/bin/sh", "-c", "cd /golem/work && hostname > index.html && "
-                   "(python3 -m http.server 8080 --bind 127.0.0.1 >/dev/null 2>&1 &) && "
-                   "for i in $(seq 100); do python3 -c \"import socket; socket.create_connection(('127.0.0.1', 8080))\" "
-                   "2>/dev/null && exit 0; sleep 0.1; done; exit 1")
-        yield script
+        yield http_server_script(self._ctx, 8080, "hostname")
 
     async def run(self):
         await asyncio.Future()

@@ -19,7 +19,7 @@ import asyncio
 import itertools
 import logging
 
-from requestor.errors import RequestorError
+from requestor.contrib.service.relay import Listener, relay
 from requestor.services import Cluster, Service, ServiceState
 
 log = logging.getLogger(__name__)
@@ -52,38 +52,22 @@ class LocalHttpProxy:
         self._port = port
         self._address = address
         self._turn = itertools.count()
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._listener = Listener(self._relay)
 
     async def run(self) -> None:
-        self._server = await asyncio.start_server(self._relay, self._address, self._port)
+        await self._listener.start(self._address, self._port)
         log.info("event=http_proxy_listening address=%s port=%d cluster=%s", self._address, self._port, self._cluster)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            running = [i for i in self._cluster.instances if i.state is ServiceState.running and i._ctx is not None]
-            if not running:
-                log.error("event=http_proxy_no_instance cluster=%s", self._cluster)
-                writer.write(UNAVAILABLE)
-                await writer.drain()
-                return
-            instance = running[next(self._turn) % len(running)]
-            ctx = instance._ctx
-            assert ctx is not None
-            await ctx.handle.client.tunnel(ctx.id, getattr(instance, "remote_port", 80), reader, writer)
-        except (RequestorError, ConnectionError) as exc:
-            log.warning("event=http_proxy_connection_failed error=%s", exc)
-        finally:
+        running = [i for i in self._cluster.instances if i.state is ServiceState.running and i._ctx is not None]
+        if not running:
+            log.error("event=http_proxy_no_instance cluster=%s", self._cluster)
+            writer.write(UNAVAILABLE)
+            await writer.drain()
             writer.close()
-            self._connections.discard(task)
+            return
+        instance = running[next(self._turn) % len(running)]
+        await relay(instance, getattr(instance, "remote_port", 80), reader, writer)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        await self._listener.stop()

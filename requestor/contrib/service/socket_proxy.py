@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from requestor.errors import RequestorError
+from requestor.contrib.service.relay import Listener, relay
 from requestor.services import Cluster, Service
 
 log = logging.getLogger(__name__)
@@ -37,40 +37,18 @@ class ProxyServer:
         self.remote_port = remote_port
         self.local_address = address
         self.local_port = local_port  # the real one once started (0 picks one)
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._listener = Listener(lambda reader, writer: relay(service, remote_port, reader, writer))
 
     def __repr__(self) -> str:
         return f"ProxyServer({self.local_address}:{self.local_port} -> {self.service}:{self.remote_port})"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._relay, self.local_address, self.local_port)
-        self.local_port = self._server.sockets[0].getsockname()[1]
+        self.local_port = await self._listener.start(self.local_address, self.local_port)
         log.info("event=proxy_listening local=%s:%d service=%s remote_port=%d", self.local_address,
                  self.local_port, self.service.id, self.remote_port)
 
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            ctx = self.service._ctx
-            if ctx is None:
-                raise RequestorError(f"{self.service} is not running on a provider")
-            await ctx.handle.client.tunnel(ctx.id, self.remote_port, reader, writer)
-        except RequestorError as exc:
-            log.warning("event=proxy_connection_failed service=%s remote_port=%d error=%s", self.service.id,
-                        self.remote_port, exc)
-        finally:
-            writer.close()
-            self._connections.discard(task)
-
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        await self._listener.stop()
 
 
 class SocketProxy:
