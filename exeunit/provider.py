@@ -327,7 +327,8 @@ class Provider:
             raise errors.FailedPrecondition(
                 f"agreement {agreement_id} is terminated ({agreement.termination_reason}); make a new agreement"
             )
-        live = [a for a in agreement.activity_ids if self._activities[a].state is not ActivityState.TERMINATED]
+        live = [a for a in agreement.activity_ids  # ended ones may be forgotten already
+                if a in self._activities and self._activities[a].state is not ActivityState.TERMINATED]
         if live:
             raise errors.FailedPrecondition(
                 f"agreement {agreement_id} already has a live activity {live[0]}; destroy it first"

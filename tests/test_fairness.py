@@ -135,3 +135,22 @@ async def test_only_the_last_finished_batches_are_kept(daemons: Daemons) -> None
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
         assert [(await client.get_batch(activity_id, b)).results[0].stdout for b in ids[2:]] == [b"2\n", b"3\n", b"4\n"]
         assert len(set(ids)) == 5  # ids are never reused
+
+
+async def test_ended_activities_are_forgotten_and_their_agreement_goes_on(daemons: Daemons) -> None:
+    server = await daemons.start(name="forgets-ended", ended_retention_seconds=0.2)
+    async with ContractClient(f"127.0.0.1:{server.port}", "r") as client:
+        agreement_id = await client.agreement(BASE_IMAGE)
+
+        async def new_activity() -> str:
+            request = act.CreateActivityRequest(agreement_id=agreement_id)
+            return (await client.activity.CreateActivity(request, metadata=client.metadata)).activity_id
+
+        first = await new_activity()
+        await client.destroy(first)
+        await asyncio.sleep(0.5)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.state(first)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        second = await new_activity()  # the agreement still lists the forgotten one
+        assert (await client.state(second)).state == act.ACTIVITY_STATE_NEW
