@@ -515,7 +515,7 @@ class Activity:
             for batch in self._batches.values():
                 if batch.journal is not None:
                     batch.journal.close()
-            self._state.forget_batches(self.activity_id)
+            await asyncio.to_thread(shutil.rmtree, self._state.forget_batches(self.activity_id), True)
         # Readers still attached get the end of its batches; then their output goes, at once, not
         # when the activity's record is forgotten.
         asyncio.get_running_loop().call_later(self._limits.replay_grace_seconds, self._release_batches)

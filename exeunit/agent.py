@@ -103,6 +103,10 @@ class _Link:
         if self.writer.transport.get_write_buffer_size() > MAX_UNREAD:
             raise AgentFailure("it does not read what the daemon sends")
 
+    @property
+    def alive(self) -> bool:
+        return not (self.writer.is_closing() or self.reader.at_eof())
+
     def close(self) -> None:
         self.writer.close()
 
@@ -155,7 +159,7 @@ class AgentChannel:
             if self._link is not None:
                 self._link.close()
             self._link, self._pending = self._pending, None
-        if self._link is not None and (self._link.writer.is_closing() or self._link.reader.at_eof()):
+        if self._link is not None and not self._link.alive:
             self._link.close()  # the agent went away between commands (killed, or it exited)
             self._link = None
         if self._link is None:
@@ -172,7 +176,7 @@ class AgentChannel:
         if self._pending is not None:
             return True
         link = self._link
-        return link is not None and not (link.writer.is_closing() or link.reader.at_eof())
+        return link is not None and link.alive
 
     def drop(self, link: _Link) -> None:
         link.close()

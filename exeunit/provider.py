@@ -143,8 +143,7 @@ class Provider:
                 await self._expire(agreement)
                 continue
             self._arm_expiry(agreement, now)
-            if not any(self._activities[a].state is not ActivityState.TERMINATED
-                       for a in agreement.activity_ids if a in self._activities):
+            if not self._live_activities(agreement):
                 self._arm_idle(agreement)
             recovered += 1
         log.info("event=state_recovered agreements=%d activities=%d seconds=%.3f", recovered,
@@ -327,8 +326,7 @@ class Provider:
             raise errors.FailedPrecondition(
                 f"agreement {agreement_id} is terminated ({agreement.termination_reason}); make a new agreement"
             )
-        live = [a for a in agreement.activity_ids  # ended ones may be forgotten already
-                if a in self._activities and self._activities[a].state is not ActivityState.TERMINATED]
+        live = self._live_activities(agreement)
         if live:
             raise errors.FailedPrecondition(
                 f"agreement {agreement_id} already has a live activity {live[0]}; destroy it first"
@@ -340,6 +338,11 @@ class Provider:
         self._persist_activity(activity)
         log.info("event=activity_created %s", activity.log_ids)
         return activity
+
+    def _live_activities(self, agreement: Agreement) -> list[str]:
+        """Ids of the agreement's activities not yet terminated (ended ones may be forgotten)."""
+        return [a for a in agreement.activity_ids
+                if a in self._activities and self._activities[a].state is not ActivityState.TERMINATED]
 
     def _new_activity(self, activity_id: str, agreement: Agreement) -> Activity:
         def ended() -> None:

@@ -14,7 +14,6 @@ record knows what the daemon promised the requestor.
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
@@ -128,10 +127,11 @@ class StateStore:
         self._db.execute("DELETE FROM batches WHERE activity_id = ? AND batch_id = ?", (activity_id, batch_id))
         return self.journal_dir(activity_id, batch_id)
 
-    def forget_batches(self, activity_id: str) -> None:
-        """Drops an ended activity's batches and their journals."""
+    def forget_batches(self, activity_id: str) -> Path:
+        """Drops an ended activity's batch records; returns its journals' directory, for the caller
+        to remove off the event loop."""
         self._db.execute("DELETE FROM batches WHERE activity_id = ?", (activity_id,))
-        shutil.rmtree(self.journals / activity_id, ignore_errors=True)
+        return self.journals / activity_id
 
 
 def _command_record(command: Command) -> dict[str, Any]:
