@@ -37,6 +37,7 @@ from exeunit.event_log import EventLog
 from exeunit.images import ImageResolver
 from exeunit.journal import BatchJournal
 from exeunit.market import Agreement, AgreementState, utcnow
+from exeunit.networks import Networks
 from exeunit.memory import release_memory
 from exeunit.state import ActivityRecord, StateStore
 from exeunit.states import ActivityState
@@ -64,6 +65,7 @@ class ActivityLimits:
     transfer_idle_seconds: float = 60.0
     batches_kept: int = 256  # finished batches per activity kept for GetBatch and replay; older ones go
     tunnels_per_activity: int = 64  # TCP connections into one activity through Tunnel at once
+    networks_per_requestor: int = 8  # private networks one requestor may have on the provider
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class Activity:
         images: ImageResolver,
         limits: ActivityLimits,
         storage: LoopStorage,
+        networks: Networks,
         home_id: str,
         on_terminated: Callable[[], None] = lambda: None,
         on_change: Callable[[Activity], None] = lambda activity: None,
@@ -110,6 +113,7 @@ class Activity:
         self._executor: Executor = runtime.executor()
         self._channel: AgentChannel | None = None
         self._images = images
+        self._networks = networks
         self._limits = limits
         self.state = ActivityState.NEW
         self.reason = ""
@@ -163,6 +167,7 @@ class Activity:
 
     def record(self) -> ActivityRecord:
         """What a restarted daemon needs to take this activity up again."""
+        membership = self._networks.membership(self.activity_id)
         return ActivityRecord(
             activity_id=self.activity_id,
             agreement_id=self.agreement.agreement_id,
@@ -177,6 +182,8 @@ class Activity:
             volumes_enforced=self.volumes.enforced if self.volumes else False,
             started=self._started_at,
             ended=self._ended_at,
+            network_id=membership[0].network_id if membership else "",
+            network_ip=str(membership[1].ip) if membership else "",
         )
 
     async def recover(self, record: ActivityRecord) -> None:
@@ -431,6 +438,8 @@ class Activity:
     async def _start(self) -> None:
         assert self.container_id
         await self._runtime.start_container(self.container_id)
+        if self._networks.membership(self.activity_id) is not None:
+            await self._networks.attach(self.activity_id, await self._runtime.container_pid(self.container_id))
         if isinstance(self._executor, AgentExecutor):
             self._executor.container_started()  # the first command waits for the agent, not `start`
         self._started_at = utcnow()
@@ -507,6 +516,7 @@ class Activity:
         self._on_terminated()
         for batch in self._batches.values():
             await batch.events.stop_holding()
+        await self._networks.leave(self.activity_id)  # its address is free, its link cut, at once
         if self.container_id:
             await self._runtime.remove_container(self.container_id, self._limits.stop_timeout_seconds)
         if self.volumes is not None:

@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cut a transfer whose client sends or reads nothing for this long (default: %(default)s)")
     limits.add_argument("--tunnels-per-activity", type=positive(int), default=64, metavar="N",
                         help="TCP connections into one activity through Tunnel at once (default: %(default)s)")
+    limits.add_argument("--networks-per-requestor", type=positive(int), default=8, metavar="N",
+                        help="private networks (Golem's VPN) one requestor may have on this provider at once; "
+                             "each lives while the requestor has an agreement here (default: %(default)s)")
     limits.add_argument("--batches-kept", type=positive(int), default=256, metavar="N",
                         help="finished batches kept per activity for GetBatch and replay, in memory and in the "
                              "state directory; older ones are forgotten (default: %(default)s)")
@@ -278,6 +281,7 @@ def serve(args: argparse.Namespace) -> int:
             result_output_cap=args.result_output_cap_kib * 1024,
             batches_kept=args.batches_kept,
             tunnels_per_activity=args.tunnels_per_activity,
+            networks_per_requestor=args.networks_per_requestor,
             replay_window_bytes=args.replay_window_mib << 20,
             transfers_per_activity=args.transfers_per_activity,
             transfers_per_requestor=args.transfers_per_requestor,

@@ -10,7 +10,11 @@ from exeunit.states import ActivityState
 
 @dataclass(frozen=True)
 class Deploy:
-    """Resolve the image and create the container (New -> Deployed)."""
+    """Resolve the image and create the container (New -> Deployed); with a network, the
+    activity joins it at `ip` (its interface comes up at start)."""
+
+    network_id: str = ""
+    ip: str = ""
 
 
 @dataclass(frozen=True)

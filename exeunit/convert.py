@@ -21,9 +21,11 @@ from exeunit.market import (
     Refusal,
     RefusalReason,
 )
+from exeunit.networks import PrivateNetwork
 from exeunit.states import ActivityState
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
+from exeunit.v1 import network_pb2 as net
 
 
 # The range google.protobuf.Timestamp and Duration define (0001-01-01 to 9999-12-31; +-10,000 years).
@@ -169,7 +171,12 @@ def commands_from_proto(messages: list[act.Command]) -> list[commands.Command]:
     for index, message in enumerate(messages):
         kind = message.WhichOneof("command")
         if kind == "deploy":
-            result.append(commands.Deploy())
+            networks = message.deploy.networks
+            if len(networks) > 1:
+                raise errors.InvalidArgument(f"command {index} (deploy) names {len(networks)} networks; at most one")
+            if networks and not (networks[0].network_id and networks[0].ip):
+                raise errors.InvalidArgument(f"command {index} (deploy): a network needs its network_id and the ip")
+            result.append(commands.Deploy(networks[0].network_id, networks[0].ip) if networks else commands.Deploy())
         elif kind == "start":
             result.append(commands.Start(args=tuple(message.start.args)))
         elif kind == "run":
@@ -284,4 +291,14 @@ def usage_to_proto(usage: Usage) -> act.GetActivityUsageResponse:
         cost=usage.cost,
         memory_bytes=usage.memory_bytes,
         measured=timestamp(usage.measured),
+    )
+
+
+def network_to_proto(network: PrivateNetwork) -> net.NetworkInfo:
+    return net.NetworkInfo(
+        network_id=network.network_id,
+        address=str(network.subnet),
+        gateway=network.gateway,
+        members=[net.NetworkMember(activity_id=m.activity_id, ip=str(m.ip), attached=m.attached)
+                 for m in network.members.values()],
     )

@@ -309,11 +309,11 @@ class DockerRuntime:
     async def connect_to_port(self, container_id: str, port: int, timeout: float = 5.0) -> socket.socket:
         """A TCP connection to `port` inside the container's network namespace, made from this
         host without the container having any network (see exeunit.netns)."""
-        pid = await self._container_pid(container_id)
+        pid = await self.container_pid(container_id)
         return await asyncio.to_thread(connect_in_netns, pid, port, timeout)
 
     @_in_thread
-    def _container_pid(self, container_id: str) -> int:
+    def container_pid(self, container_id: str) -> int:
         with _translated("inspect container"):
             state = self._api.inspect_container(container_id).get("State") or {}
         pid = int(state.get("Pid") or 0)

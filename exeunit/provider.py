@@ -8,6 +8,7 @@ leaves no container behind.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,12 +19,14 @@ from contextlib import asynccontextmanager, contextmanager
 from exeunit import errors
 from exeunit.activity import Activity, ActivityLimits, ActivityStatus, Usage
 from exeunit.batch import Batch, BatchEvent
-from exeunit.commands import Command
+from exeunit.bridges import BridgePlumbing
+from exeunit.commands import Command, Deploy
 from exeunit.fairness import ConcurrencyQuota, IdleWatchdog, idle_timeout
 from exeunit.images import ImageResolver
 from exeunit.runtime import LABEL_EXPIRES, LABEL_HOME, Runtime
 from exeunit.state import StateStore
 from exeunit.market import Agreement, AgreementState, Demand, Market, Offer, ProviderSettings, Refusal, utcnow
+from exeunit.networks import Networks, NetworkRecord, PrivateNetwork
 from exeunit.states import ActivityState
 from exeunit.storage import LoopStorage, VolumeDirs
 from exeunit.threads import in_data_thread
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 EXPIRED_GRACE_SECONDS = 60.0  # an expired agreement's own daemon gets this long to end it itself
 REAP_INTERVAL_SECONDS = 300.0  # how often the host is swept for containers of expired agreements
 TUNNEL_READ_BYTES = 256 << 10  # what a tunnel reads from the activity's port at a time, at most
+VPN_CAPABILITY = "vpn"  # offered when this host can build private networks (as Golem's vm runtime)
 
 
 @dataclass
@@ -56,10 +60,15 @@ class PortConnection:
 class Provider:
     def __init__(self, settings: ProviderSettings, runtime: Runtime, limits: ActivityLimits,
                  storage: LoopStorage, state: StateStore | None = None) -> None:
-        self.settings = settings
         self.storage = storage
         self._state = state  # None: nothing survives this daemon (the embedded provider, tests)
         self.closing = False
+        self.networks = Networks(BridgePlumbing(settings.home_id), limits.networks_per_requestor, self._persist_network)
+        if self.networks.unavailable is None and VPN_CAPABILITY not in settings.capabilities:
+            settings = dataclasses.replace(settings, capabilities=(*settings.capabilities, VPN_CAPABILITY))
+        elif self.networks.unavailable is not None:
+            log.warning("event=networks_unavailable reason=%r", self.networks.unavailable)
+        self.settings = settings
         self.market = Market(settings)
         self._runtime = runtime
         self._images = ImageResolver(runtime, settings.images)
@@ -108,11 +117,16 @@ class Provider:
         started = asyncio.get_running_loop().time()
         for agreement in state.agreements():
             self.market.restore(agreement)
+        for network in state.networks():
+            self.networks.restore(network)
         for record in state.activities():
             try:
                 agreement = self.market.get(record.agreement_id)
             except errors.NotFound:
                 continue
+            if record.network_id and record.state != ActivityState.TERMINATED.value:
+                self.networks.restore_member(agreement.requestor_id, record.network_id, record.activity_id,
+                                             record.network_ip, attached=record.state == ActivityState.READY.value)
             activity = self._new_activity(record.activity_id, agreement)
             try:
                 await activity.recover(record)
@@ -129,6 +143,7 @@ class Provider:
                     if activity.image is not None:
                         self._images.claim(agreement, activity.image.id, record.image_loaded_here)
                     activity.recover_batches()
+        await self.networks.settle_after_restart()
         now = utcnow()
         retention = self.settings.ended_retention_seconds
         for activity in self._activities.values():
@@ -193,6 +208,7 @@ class Provider:
                   for a in agreements)
             )
             await asyncio.gather(*(a.close() for a in self._activities.values()))
+            await self.networks.close()
             await asyncio.to_thread(self.storage.close)
         for task in (self._death_watch_task, self._reaper_task):
             if task is not None:
@@ -316,6 +332,15 @@ class Provider:
             for a in agreement.activity_ids if a in self._activities
         ))
         await self._images.release(agreement)
+        await self._drop_networks_of_gone_requestor(agreement.requestor_id)
+
+    async def _drop_networks_of_gone_requestor(self, requestor_id: str) -> None:
+        """A requestor's networks live as long as it has an agreement here: nothing can join
+        them after that, and a requestor must not pile up networks it no longer uses."""
+        if any(a.requestor_id == requestor_id and a.state is AgreementState.APPROVED for a in self.market.all()):
+            return
+        for network in self.networks.owned_by(requestor_id):
+            await self.networks.remove(requestor_id, network.network_id)
 
     # Activities
 
@@ -350,7 +375,7 @@ class Provider:
             self._forget_later(activity.activity_id, self.settings.ended_retention_seconds)
 
         activity = Activity(
-            activity_id, agreement, self._runtime, self._images, self._limits, self.storage,
+            activity_id, agreement, self._runtime, self._images, self._limits, self.storage, self.networks,
             home_id=self.settings.home_id, on_terminated=ended, on_change=self._persist_activity,
             state=self._state,
         )
@@ -386,7 +411,50 @@ class Provider:
         return activity
 
     def exec(self, requestor_id: str, activity_id: str, commands: list[Command], batch_id: str) -> tuple[Batch, bool]:
-        return self.activity(requestor_id, activity_id).submit(commands, batch_id)
+        activity = self.activity(requestor_id, activity_id)
+        joining = next((c for c in commands if isinstance(c, Deploy) and c.network_id), None)
+        if joining is None:
+            return activity.submit(commands, batch_id)
+        if activity.state is not ActivityState.NEW:  # a resubmitted batch, or refused as submit says
+            return activity.submit(commands, batch_id)
+        before = self.networks.membership(activity_id)
+        self.networks.reserve(requestor_id, joining.network_id, joining.ip, activity_id)
+        try:
+            submitted = activity.submit(commands, batch_id)
+        except BaseException:
+            self.networks.leave_now(activity_id)
+            if before is not None:
+                self.networks.reserve(requestor_id, before[0].network_id, str(before[1].ip), activity_id)
+            raise
+        self._persist_activity(activity)
+        return submitted
+
+    # Networks
+
+    def create_network(self, requestor_id: str, network_id: str, address: str, gateway: str) -> PrivateNetwork:
+        self._check_open()
+        if not any(a.requestor_id == requestor_id and a.state is AgreementState.APPROVED for a in self.market.all()):
+            raise errors.FailedPrecondition("a network needs a live agreement with this provider; make one first")
+        return self.networks.create(requestor_id, network_id, address, gateway)
+
+    def network(self, requestor_id: str, network_id: str) -> PrivateNetwork:
+        return self.networks.get(requestor_id, network_id)
+
+    async def remove_network(self, requestor_id: str, network_id: str) -> list[str]:
+        cut = await self.networks.remove(requestor_id, network_id)
+        for activity_id in cut:
+            if activity_id in self._activities:
+                self._persist_activity(self._activities[activity_id])
+        return cut
+
+    def _persist_network(self, network: PrivateNetwork | None, key: tuple[str, str]) -> None:
+        if self._state is None:
+            return
+        if network is None:
+            self._state.forget_network(*key)
+        else:
+            self._state.put_network(NetworkRecord(network.requestor_id, network.network_id, str(network.subnet),
+                                                  network.gateway, network.key))
 
     def batch_events(self, requestor_id: str, activity_id: str, batch_id: str, from_sequence: int) -> AsyncIterator[BatchEvent]:
         return self.batch(requestor_id, activity_id, batch_id).events.read(from_sequence)

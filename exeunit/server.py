@@ -14,9 +14,9 @@ from grpc_reflection.v1alpha import reflection
 
 from exeunit.handlers import add_service
 from exeunit.provider import Provider
-from exeunit.servicers import ActivityServicer, MarketServicer, TransferServicer
+from exeunit.servicers import ActivityServicer, MarketServicer, NetworkServicer, TransferServicer
 from exeunit.status import Caller, TokenCheck
-from exeunit.v1 import activity_pb2, market_pb2, transfer_pb2
+from exeunit.v1 import activity_pb2, market_pb2, network_pb2, transfer_pb2
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ MAX_MESSAGE_BYTES = 4 << 20
 MARKET = market_pb2.DESCRIPTOR.services_by_name["Market"]
 ACTIVITY = activity_pb2.DESCRIPTOR.services_by_name["Activity"]
 TRANSFER = transfer_pb2.DESCRIPTOR.services_by_name["Transfer"]
-SERVICE_NAMES = (MARKET.full_name, ACTIVITY.full_name, TRANSFER.full_name)
+NETWORK = network_pb2.DESCRIPTOR.services_by_name["Network"]
+SERVICE_NAMES = (MARKET.full_name, ACTIVITY.full_name, TRANSFER.full_name, NETWORK.full_name)
 
 
 @dataclass
@@ -60,6 +61,7 @@ async def create_server(provider: Provider, address: str, token: str | None = No
     add_service(server, MARKET, MarketServicer(provider, caller))
     add_service(server, ACTIVITY, ActivityServicer(provider, caller))
     add_service(server, TRANSFER, TransferServicer(provider, caller))
+    add_service(server, NETWORK, NetworkServicer(provider, caller))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*SERVICE_NAMES, ""):

@@ -16,6 +16,8 @@ from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import activity_pb2_grpc as act_grpc
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1 import market_pb2_grpc as mkt_grpc
+from exeunit.v1 import network_pb2 as net
+from exeunit.v1 import network_pb2_grpc as net_grpc
 from exeunit.v1 import transfer_pb2 as xfer
 from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
 
@@ -80,6 +82,30 @@ class MarketServicer(mkt_grpc.MarketServicer):
             requestor_id, _required(request.agreement_id, "agreement_id"), request.reason, request.message
         )
         return mkt.TerminateAgreementResponse(agreement=convert.agreement_to_proto(agreement))
+
+
+class NetworkServicer(net_grpc.NetworkServicer):
+    def __init__(self, provider: Provider, caller: Caller) -> None:
+        self.provider = provider
+        self.caller = caller
+
+    @unary
+    async def CreateNetwork(self, request: net.CreateNetworkRequest, context: Context, requestor_id: str) -> net.NetworkInfo:
+        network = self.provider.create_network(
+            requestor_id, _required(request.network_id, "network_id"), _required(request.address, "address"),
+            request.gateway,
+        )
+        return convert.network_to_proto(network)
+
+    @unary
+    async def GetNetwork(self, request: net.GetNetworkRequest, context: Context, requestor_id: str) -> net.NetworkInfo:
+        return convert.network_to_proto(self.provider.network(requestor_id, _required(request.network_id, "network_id")))
+
+    @unary
+    async def RemoveNetwork(self, request: net.RemoveNetworkRequest, context: Context,
+                            requestor_id: str) -> net.RemoveNetworkResponse:
+        cut = await self.provider.remove_network(requestor_id, _required(request.network_id, "network_id"))
+        return net.RemoveNetworkResponse(detached_activity_ids=cut)
 
 
 class ActivityServicer(act_grpc.ActivityServicer):

@@ -23,6 +23,7 @@ from typing import Any
 from exeunit import errors
 from exeunit.commands import Command, Deploy, Run, Start, Terminate, name_of
 from exeunit.market import Agreement, AgreementState, Demand, ImageRef, LinearPricing, Resources
+from exeunit.networks import NetworkRecord
 
 RECORD_VERSION = 1
 COMMAND_TYPES = {name_of(kind()): kind for kind in (Deploy, Start, Terminate)} | {"run": Run}
@@ -31,6 +32,8 @@ CREATE TABLE IF NOT EXISTS agreements (agreement_id TEXT PRIMARY KEY, record TEX
 CREATE TABLE IF NOT EXISTS activities (activity_id TEXT PRIMARY KEY, agreement_id TEXT NOT NULL, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (activity_id TEXT NOT NULL, batch_id TEXT NOT NULL, commands TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS batches_of_activity ON batches (activity_id);
+CREATE TABLE IF NOT EXISTS networks (requestor_id TEXT NOT NULL, network_id TEXT NOT NULL, record TEXT NOT NULL,
+                                     PRIMARY KEY (requestor_id, network_id));
 """
 
 
@@ -51,6 +54,8 @@ class ActivityRecord:
     volumes_enforced: bool
     started: datetime | None
     ended: datetime | None
+    network_id: str = ""  # the requestor's network it joined at deploy, and its address there
+    network_ip: str = ""
 
 
 class StateStore:
@@ -102,6 +107,21 @@ class StateStore:
     def activities(self) -> list[ActivityRecord]:
         rows = self._db.execute("SELECT record FROM activities").fetchall()
         return [_activity_from(json.loads(record)) for (record,) in rows]
+
+    # Networks (their members are in the activities' records)
+
+    def put_network(self, record: NetworkRecord) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO networks (requestor_id, network_id, record) VALUES (?, ?, ?)",
+            (record.requestor_id, record.network_id, json.dumps({"v": RECORD_VERSION, **vars(record)})),
+        )
+
+    def forget_network(self, requestor_id: str, network_id: str) -> None:
+        self._db.execute("DELETE FROM networks WHERE requestor_id = ? AND network_id = ?", (requestor_id, network_id))
+
+    def networks(self) -> list[NetworkRecord]:
+        rows = self._db.execute("SELECT record FROM networks").fetchall()
+        return [NetworkRecord(**{k: v for k, v in json.loads(record).items() if k != "v"}) for (record,) in rows]
 
     # Batches (their events are in journals)
 

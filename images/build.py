@@ -29,7 +29,7 @@ DEBIAN_BASE = "exeunit-debian:bookworm"
 SUITE = "bookworm"
 BASE_PACKAGES = ["python3"]
 # Dockerfiles in build order; each is tagged exeunit-<folder>:latest.
-IMAGES = ["base", "simple-service"]
+IMAGES = ["base", "simple-service", "webapp-db", "webapp-http"]
 
 
 def say(message: str) -> None:

@@ -71,8 +71,11 @@ class Engine:
                 raise result
         return offers
 
-    async def acquire(self, job: events.Job, exclude: set[str], stop: asyncio.Event) -> ActivityHandle:
-        """An activity on the best provider for the job's payload.
+    async def acquire(self, job: events.Job, avoid: set[str], stop: asyncio.Event,
+                      only_provider: str | None = None, why_only: str = "") -> ActivityHandle:
+        """An activity on the best provider for the job's payload; providers in `avoid` (where
+        the instance failed before) only when no other one takes it; with `only_provider`, on
+        that provider or none (`why_only` says why, in the error).
 
         Waits while matching providers are only busy; raises NoMatchingProviderError when none
         can ever take it, BudgetExceededError when the budget is what stands in the way.
@@ -81,7 +84,7 @@ class Engine:
         delay = 0.5
         while True:
             attempt = _Attempt(reasons={})
-            handle = await self._try_providers(job, payload, exclude, attempt)
+            handle = await self._try_providers(job, payload, avoid, attempt, only_provider, why_only)
             if handle is not None:
                 return handle
             if attempt.capacity_busy:
@@ -99,13 +102,14 @@ class Engine:
             details = "; ".join(f"{where}: {why}" for where, why in attempt.reasons.items()) or "no providers configured"
             raise NoMatchingProviderError(f"no provider can run {payload}: {details}")
 
-    async def _try_providers(self, job: events.Job, payload: VmPackage, exclude: set[str], attempt: _Attempt) -> ActivityHandle | None:
-        candidates: list[tuple[float, Offer]] = []
+    async def _try_providers(self, job: events.Job, payload: VmPackage, avoid: set[str], attempt: _Attempt,
+                             only_provider: str | None, why_only: str) -> ActivityHandle | None:
+        candidates: list[tuple[bool, float, Offer]] = []
         for offer in await self.offers(job, attempt.reasons):
             where = f"{offer.provider_name} ({offer.address})"
             why = None
-            if offer.provider_id in exclude:
-                why = "already failed to start this instance"
+            if only_provider is not None and offer.provider_id != only_provider:
+                why = why_only or "not the provider this instance must run on"
             else:
                 why = mismatch(offer, payload, self.subnet_tag)
             score = None if why else self.strategy.score_offer(offer)
@@ -116,8 +120,8 @@ class Engine:
                 self.emit(events.ProposalRejected(job=job, proposal=offer, address=offer.address, reason=why))
                 continue
             assert score is not None
-            candidates.append((score, offer))
-        for _, offer in sorted(candidates, key=lambda pair: pair[0]):
+            candidates.append((offer.provider_id in avoid, score, offer))
+        for _, _, offer in sorted(candidates, key=lambda candidate: candidate[:2]):
             handle = await self._agree(job, payload, offer, attempt)
             if handle is not None:
                 return handle

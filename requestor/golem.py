@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import os
@@ -18,8 +19,9 @@ from requestor.embedded import EmbeddedProvider
 from requestor.engine import Engine
 from requestor.errors import RequestorError
 from requestor.log import log_summary
+from requestor.network import Network
 from requestor.payload import Payload
-from requestor.payload.vm import VmPackage
+from requestor.payload.vm import VM_CAPS_VPN, VmPackage
 from requestor.provider_client import ProviderClient
 from requestor.services.cluster import Cluster
 from requestor.services.runner import ServiceRunner
@@ -80,6 +82,7 @@ class Golem:
         self._embedded: EmbeddedProvider | None = None
         self._engine: Engine | None = None
         self._clusters: list[Cluster[Any]] = []
+        self._networks: list[Network] = []
         self._pending_consumers: set[asyncio.Task[Any]] = set()
 
     # Life
@@ -109,6 +112,9 @@ class Golem:
         for cluster in self._clusters:
             await cluster.terminate()
         self._clusters.clear()
+        for network in self._networks:  # those the script did not remove itself
+            await network.remove()
+        self._networks.clear()
         if self._engine is not None:
             for client in self._engine.clients:
                 await client.close()
@@ -163,19 +169,28 @@ class Golem:
         payload: Payload | None = None,
         expiration: datetime | None = None,
         respawn_unstarted_instances: bool = True,
-        network: Any = None,
+        network: Network | None = None,
         network_addresses: list[str] | None = None,
     ) -> Cluster[ServiceType]:
         """Starts instances of `service_class`; returns their Cluster at once (instances pending).
 
         Each instance's handlers run on a provider whose offer matches the payload, cheapest first.
-        An instance whose `start` fails is restarted on another provider when
+        An instance whose `start` fails is restarted (preferring another provider) when
         `respawn_unstarted_instances` is true and its `restart_condition` holds.
+
+        With `network` (from `create_network`), each instance joins it: at the next entry of
+        `network_addresses`, or at the network's first free address once they run out. Instances
+        of one network share a provider for now (see requestor.network).
         """
         if self._engine is None:
             raise RequestorError("Golem is not started: use `async with Golem(...) as golem:` or `await golem.start()`")
-        if network is not None:
-            raise NotImplementedError("VPN networks are not supported: activity containers have no network")
+        if network_addresses and network is None:
+            raise ValueError("`network_addresses` provided without a `network`.")
+        for address in network_addresses or ():
+            assert network is not None
+            network.check_address(address)
+        if len(set(network_addresses or ())) != len(network_addresses or ()):
+            raise ValueError(f"`network_addresses` names an address twice: {network_addresses}")
         payload = payload or await service_class.get_payload()
         if payload is None:
             raise ValueError(
@@ -183,15 +198,32 @@ class Golem:
             )
         if not isinstance(payload, VmPackage):
             raise TypeError(f"payload must come from requestor.payload.vm.repo(...), got {payload!r}")
+        if network is not None and VM_CAPS_VPN not in payload.capabilities:  # only providers that make networks
+            payload = dataclasses.replace(payload, capabilities=(*payload.capabilities, VM_CAPS_VPN))
         expiration = expiration or datetime.now(timezone.utc) + DEFAULT_SERVICE_EXPIRATION
         if expiration.tzinfo is None:
             expiration = expiration.astimezone(timezone.utc)
         job = events.Job(id=uuid.uuid4().hex, payload=payload, expiration=expiration)
         runner = ServiceRunner(self._engine, job, respawn_unstarted_instances)
-        cluster: Cluster[ServiceType] = Cluster(runner, job, service_class)
+        cluster: Cluster[ServiceType] = Cluster(runner, job, service_class, network)
         self._clusters.append(cluster)
         cluster.spawn_instances(num_instances, instance_params, network_addresses)
         return cluster
+
+    async def create_network(self, ip: str, owner_ip: str | None = None, mask: str | None = None,
+                             gateway: str | None = None) -> Network:
+        """A private network for service instances, e.g. `await golem.create_network("192.168.0.1/24")`.
+
+        `ip` may carry the prefix ("192.168.0.0/24") or take it from `mask` ("255.255.255.0").
+        `owner_ip` is the requestor's own address in it (kept out of the instances' plan; by
+        default the first host address); `gateway` is informational: nothing routes out of a
+        network. Remove it with `await network.remove()` or `async with network:`.
+        """
+        if self._engine is None:
+            raise RequestorError("Golem is not started: use `async with Golem(...) as golem:` or `await golem.start()`")
+        network = await Network.create(ip, self.requestor_id, owner_ip, mask, gateway)
+        self._networks.append(network)
+        return network
 
 
 def _configured_providers(providers: Iterable[str] | None) -> list[str]:

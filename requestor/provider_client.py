@@ -24,6 +24,8 @@ from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import activity_pb2_grpc as act_grpc
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1 import market_pb2_grpc as mkt_grpc
+from exeunit.v1 import network_pb2 as net
+from exeunit.v1 import network_pb2_grpc as net_grpc
 from exeunit.v1 import transfer_pb2 as xfer
 from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
 from requestor import errors
@@ -140,6 +142,7 @@ class ProviderClient:
         self._market = mkt_grpc.MarketStub(self._channel)
         self._activity = act_grpc.ActivityStub(self._channel)
         self._transfer = xfer_grpc.TransferStub(self._channel)
+        self._network = net_grpc.NetworkStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -205,6 +208,20 @@ class ProviderClient:
     async def terminate_agreement(self, agreement_id: str, reason: str, message: str = "") -> None:
         request = mkt.TerminateAgreementRequest(agreement_id=agreement_id, reason=reason, message=message)
         await self._call("TerminateAgreement", self._market.TerminateAgreement, request)
+
+    # Networks
+
+    async def create_network(self, network_id: str, address: str, gateway: str = "") -> None:
+        """Creates the requestor's network on this provider (idempotent for the same address)."""
+        request = net.CreateNetworkRequest(network_id=network_id, address=address, gateway=gateway)
+        await self._call("CreateNetwork", self._network.CreateNetwork, request)
+
+    async def remove_network(self, network_id: str) -> list[str]:
+        """Removes it here; returns the activities that were cut off it."""
+        response = await self._call(
+            "RemoveNetwork", self._network.RemoveNetwork, net.RemoveNetworkRequest(network_id=network_id)
+        )
+        return list(response.detached_activity_ids)
 
     # Activities
 
@@ -388,8 +405,9 @@ class ProviderClient:
 # ExeScript commands as the contract spells them
 
 
-def deploy_command() -> act.Command:
-    return act.Command(deploy=act.DeployCommand())
+def deploy_command(network_id: str = "", ip: str = "") -> act.Command:
+    networks = [act.DeployNetwork(network_id=network_id, ip=ip)] if network_id else []
+    return act.Command(deploy=act.DeployCommand(networks=networks))
 
 
 def start_command(args: tuple[str, ...]) -> act.Command:

@@ -69,12 +69,21 @@ class RemoteCommand(Command):
 
 
 class Deploy(RemoteCommand):
+    """Golem's deploy; of its arguments, `net` (what Node.get_deploy_args gives) is used: the
+    activity joins that network at its node's address. Others are accepted and ignored."""
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
         self.kwargs = kwargs
+        networks = kwargs.get("net") or []
+        if len(networks) > 1:
+            raise ValueError("deploy joins at most one network")
+        if networks and not (networks[0].get("id") and networks[0].get("nodeIp")):
+            raise ValueError("deploy's net entry needs an 'id' and a 'nodeIp', as Node.get_deploy_args() gives")
+        self.network = (networks[0]["id"], networks[0]["nodeIp"]) if networks else None
 
     def to_proto(self) -> act.Command:
-        return pc.deploy_command()
+        return pc.deploy_command(*self.network) if self.network else pc.deploy_command()
 
 
 class Start(RemoteCommand):

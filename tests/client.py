@@ -18,6 +18,8 @@ from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import activity_pb2_grpc as act_grpc
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1 import market_pb2_grpc as mkt_grpc
+from exeunit.v1 import network_pb2 as net
+from exeunit.v1 import network_pb2_grpc as net_grpc
 from exeunit.v1 import transfer_pb2 as xfer
 from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
 
@@ -66,6 +68,7 @@ class ContractClient:
         self.market = mkt_grpc.MarketStub(self.channel)
         self.activity = act_grpc.ActivityStub(self.channel)
         self.transfer = xfer_grpc.TransferStub(self.channel)
+        self.network = net_grpc.NetworkStub(self.channel)
 
     async def __aenter__(self) -> ContractClient:
         return self
@@ -105,8 +108,29 @@ class ContractClient:
     # Commands
 
     @staticmethod
-    def deploy() -> act.Command:
-        return act.Command(deploy=act.DeployCommand())
+    def deploy(network_id: str = "", ip: str = "") -> act.Command:
+        networks = [act.DeployNetwork(network_id=network_id, ip=ip)] if network_id else []
+        return act.Command(deploy=act.DeployCommand(networks=networks))
+
+    # Networks
+
+    async def create_network(self, network_id: str, address: str, gateway: str = "") -> net.NetworkInfo:
+        return await self.network.CreateNetwork(
+            net.CreateNetworkRequest(network_id=network_id, address=address, gateway=gateway), metadata=self.metadata
+        )
+
+    async def get_network(self, network_id: str) -> net.NetworkInfo:
+        return await self.network.GetNetwork(net.GetNetworkRequest(network_id=network_id), metadata=self.metadata)
+
+    async def remove_network(self, network_id: str) -> net.RemoveNetworkResponse:
+        return await self.network.RemoveNetwork(net.RemoveNetworkRequest(network_id=network_id), metadata=self.metadata)
+
+    async def networked_activity(self, network_id: str, ip: str, tag: str = "exeunit-base:latest") -> str:
+        """A new activity deployed on the network at `ip` and started; returns its id."""
+        activity_id = await self.new_activity(tag)
+        run = await self.run_batch(activity_id, [self.deploy(network_id, ip), self.start()])
+        assert run.succeeded, run.finished
+        return activity_id
 
     @staticmethod
     def start() -> act.Command:

@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 
 from exeunit.activity import ActivityLimits
+from exeunit.bridges import BridgePlumbing
 from exeunit.docker_runtime import DockerRuntime
 from exeunit.runtime import LABEL_PROVIDER
 from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
@@ -97,6 +98,8 @@ class Daemons:
             storage = running.provider.storage
             assert storage.leftovers() == [], f"activity storage left behind in {storage.base}"
             assert not storage.base.exists()
+            namespaces = BridgePlumbing(running.provider.settings.home_id).existing()
+            assert not namespaces, f"network namespaces left behind: {namespaces}"
         self._running.clear()
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
+import signal
 import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,3 +34,74 @@ def test_hello_world_runs_two_instances(engine) -> None:
     lines = [line for line in done.stdout.splitlines() if line.startswith("local-provider [")]
     assert len({line.split("]")[0] for line in lines}) == 2  # both instances reported a date
     assert "all instances terminated" in done.stdout
+
+
+class RunningExample:
+    """An example started as a user starts it, read line by line until it says where it listens."""
+
+    def __init__(self, name: str, *args: str) -> None:
+        self.process = subprocess.Popen([sys.executable, "-u", str(REPO / "examples" / name), *args],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        self.output: list[str] = []
+
+    def wait_for_url(self, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        assert self.process.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            self.output.append(line)
+            if line.startswith("http://localhost:"):
+                return line.strip()
+        self.process.kill()
+        raise AssertionError("the example never said where it listens:\n" + "".join(self.output)
+                             + (self.process.stderr.read() if self.process.stderr else ""))
+
+    def interrupt(self) -> tuple[str, str]:
+        """Ctrl-C, as a user stops it; returns the rest of its stdout and its stderr."""
+        self.process.send_signal(signal.SIGINT)
+        out, err = self.process.communicate(timeout=60)
+        assert self.process.returncode == 0, "".join(self.output) + out + err
+        return "".join(self.output) + out, err
+
+
+def test_http_proxy_example_serves_each_instance_through_one_local_port(engine) -> None:
+    example = RunningExample("http_proxy.py", "--port", "0", "--num-instances", "2")
+    url = example.wait_for_url()
+    pages = set()
+    for _ in range(4):
+        with urllib.request.urlopen(url, timeout=10) as response:
+            pages.add(response.read().decode())
+    assert len(pages) == 2, pages  # round robin over both instances
+    assert all(page.startswith("Hello from inside Golem!") and "at 192.168.0." in page for page in pages)
+    out, err = example.interrupt()
+    assert "HTTP server stopped" in out and "network removed" in out
+    assert sum(int(line.split(" served ")[1].split()[0]) for line in out.splitlines() if " served " in line) == 4
+
+
+def test_webapp_example_keeps_messages_in_its_database_instance(engine) -> None:
+    example = RunningExample("webapp.py", "--port", "0")
+    url = example.wait_for_url()
+    for message in ("first", "second <b>"):
+        data = urllib.parse.urlencode({"message": message}).encode()
+        with urllib.request.urlopen(urllib.request.Request(url + "/", data), timeout=10) as response:
+            assert response.status == 200  # after the redirect to /
+    with urllib.request.urlopen(url + "/", timeout=10) as response:
+        page = response.read().decode()
+    assert "<li>first</li><li>second &lt;b&gt;</li>" in page
+    # One keep-alive connection through the proxy: a page, then a chunked response, then a page.
+    connection = http.client.HTTPConnection(urllib.parse.urlparse(url).netloc, timeout=10)
+    connection.request("GET", "/")
+    assert connection.getresponse().read().count(b"<li>") == 2
+    first_socket = connection.sock
+    connection.request("GET", "/messages")
+    streamed = connection.getresponse()
+    assert streamed.getheader("Transfer-Encoding") == "chunked"
+    assert streamed.read().decode().splitlines() == ["1: first", "2: second <b>"]
+    connection.request("GET", "/")
+    assert connection.getresponse().status == 200
+    assert connection.sock is first_socket, "the proxy kept the connection alive"
+    connection.close()
+    out, err = example.interrupt()
+    assert "DB instance started at 192.168.0.2" in out and "network removed" in out

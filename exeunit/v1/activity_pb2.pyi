@@ -106,9 +106,19 @@ class ActivityStatus(_message.Message):
     executor: str
     def __init__(self, activity_id: _Optional[str] = ..., agreement_id: _Optional[str] = ..., state: _Optional[_Union[ActivityState, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., changed: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., executor: _Optional[str] = ...) -> None: ...
 
+class DeployNetwork(_message.Message):
+    __slots__ = ("network_id", "ip")
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    ip: str
+    def __init__(self, network_id: _Optional[str] = ..., ip: _Optional[str] = ...) -> None: ...
+
 class DeployCommand(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("networks",)
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    networks: _containers.RepeatedCompositeFieldContainer[DeployNetwork]
+    def __init__(self, networks: _Optional[_Iterable[_Union[DeployNetwork, _Mapping]]] = ...) -> None: ...
 
 class StartCommand(_message.Message):
     __slots__ = ("args",)

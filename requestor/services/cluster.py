@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any, Generic
 
 from requestor import events
+from requestor.network import Network
 from requestor.payload import Payload
 from requestor.services.runner import ServiceRunner
 from requestor.services.service import ServiceType
@@ -24,8 +25,10 @@ class Cluster(Generic[ServiceType]):
         cluster.stop()
     """
 
-    def __init__(self, runner: ServiceRunner, job: events.Job, service_class: type[ServiceType]) -> None:
+    def __init__(self, runner: ServiceRunner, job: events.Job, service_class: type[ServiceType],
+                 network: Network | None = None) -> None:
         self._runner = runner
+        self._network = network
         self._job = job
         self._service_class = service_class
 
@@ -46,8 +49,9 @@ class Cluster(Generic[ServiceType]):
         return self._service_class
 
     @property
-    def network(self) -> None:
-        return None
+    def network(self) -> Network | None:
+        """The network its instances join, if any."""
+        return self._network
 
     @property
     def instances(self) -> list[ServiceType]:
@@ -92,14 +96,20 @@ class Cluster(Generic[ServiceType]):
     def spawn_instances(self, num_instances: int | None = None, instance_params: Iterable[dict[str, Any]] | None = None,
                         network_addresses: list[str] | None = None) -> list[ServiceType]:
         """Adds instances; returns them. `instance_params` are keyword arguments of each instance's
-        __init__; with `num_instances` too, that many are made (ValueError if the params run out)."""
-        if network_addresses:
-            raise NotImplementedError("network_addresses need a VPN, which this runtime does not provide")
+        __init__; with `num_instances` too, that many are made (ValueError if the params run out).
+        On a network, the instances take `network_addresses` in order, then free addresses."""
+        if network_addresses and self._network is None:
+            raise ValueError("`network_addresses` provided without a `network`.")
+        addresses = list(network_addresses or ())
         spawned = []
-        for params in _resolve_instance_params(num_instances, instance_params):
+        for index, params in enumerate(_resolve_instance_params(num_instances, instance_params)):
             service = self._service_class(**params)
             service._set_cluster(self)
-            self._runner.add_instance(service)
+            address = addresses[index] if index < len(addresses) else None
+            if address is not None:
+                assert self._network is not None
+                self._network.promise(address)
+            self._runner.add_instance(service, self._network, address)
             spawned.append(service)
         return spawned
 

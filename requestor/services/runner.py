@@ -18,6 +18,7 @@ from requestor.errors import (
     ProviderUnreachableError,
     RequestorError,
 )
+from requestor.network import Network
 from requestor.script import Script
 from requestor.services.service import Service
 from requestor.services.state import ServiceState, next_state
@@ -119,10 +120,10 @@ class ServiceRunner:
         self._stop_requests: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
-    def add_instance(self, service: Service) -> None:
+    def add_instance(self, service: Service, network: Network | None = None, network_address: str | None = None) -> None:
         self.instances.append(service)
         self._stop_requests[service.id] = asyncio.Event()
-        task = asyncio.create_task(self._lifecycle(service), name=f"service-{service.id}")
+        task = asyncio.create_task(self._lifecycle(service, network, network_address), name=f"service-{service.id}")
         self._tasks.append(task)
 
     def stop_instance(self, service: Service) -> None:
@@ -147,12 +148,15 @@ class ServiceRunner:
             exc_info=service.exc_info if service.exc_info[1] is not None else None,  # type: ignore[arg-type]
         ))
 
-    async def _lifecycle(self, service: Service) -> None:
+    async def _lifecycle(self, service: Service, network: Network | None, network_address: str | None) -> None:
         stop = self._stop_requests[service.id]
         failed_providers: set[str] = set()
         try:
             while True:
-                handle = await self._place(service, stop, failed_providers)
+                if network is None:
+                    handle = await self._place(service, stop, failed_providers)
+                else:
+                    handle = await self._place_on_network(service, stop, failed_providers, network, network_address)
                 if handle is None:
                     self._transition(service, "terminate")
                     return
@@ -169,11 +173,35 @@ class ServiceRunner:
             if service.state is not ServiceState.terminated:
                 self._transition(service, "terminate")
         finally:
+            if network is not None and network_address is not None:
+                network.release_promise(network_address)
             self._engine.emit(events.ServiceFinished(job=self._job, service=service))
 
-    async def _place(self, service: Service, stop: asyncio.Event, exclude: set[str]) -> ActivityHandle | None:
+    async def _place_on_network(self, service: Service, stop: asyncio.Event, avoid: set[str], network: Network,
+                                address: str | None) -> ActivityHandle | None:
+        """As _place, on the provider that hosts the network's other instances (any provider for
+        the first), and with the instance's member of the network; None when it cannot join."""
+        async with network._placement:  # the first instance picks the provider; the others wait for that
+            host = network.hosting_provider_id
+            why = (f"hosts no instance of network {network.network_id}: instances of one network run on one "
+                   f"provider for now (its instances are on {host})")
+            handle = await self._place(service, stop, avoid, host, why)
+            if handle is None:
+                return None
+            try:
+                node = await network.join(handle.client, handle.offer.provider_id, address)
+            except RequestorError as exc:
+                log.error("event=service_not_placed service=%s error=%s", service.id, exc)
+                service._set_exc_info(exc)
+                await self._engine.release(handle, self._job, exc)
+                return None
+            service._set_network_node(node)
+            return handle
+
+    async def _place(self, service: Service, stop: asyncio.Event, avoid: set[str], only_provider: str | None = None,
+                     why_only: str = "") -> ActivityHandle | None:
         """An activity for the instance, or None when stopped or when no provider can take it."""
-        acquiring = asyncio.create_task(self._engine.acquire(self._job, exclude, stop))
+        acquiring = asyncio.create_task(self._engine.acquire(self._job, avoid, stop, only_provider, why_only))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({acquiring, stopped}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
@@ -220,6 +248,10 @@ class ServiceRunner:
         finally:
             await watch.close()
             await self._engine.release(handle, self._job, service.exc_info[1])
+            node = service.network_node
+            if node is not None:  # after the activity is gone: its address is free for a respawn
+                node.network.leave(node)
+                service._clear_network_node()
             self._transition(service, "terminate", handle)
         return restart
 

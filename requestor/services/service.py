@@ -16,6 +16,7 @@ from requestor.services.state import AVAILABLE, ServiceState
 
 if TYPE_CHECKING:
     from requestor.ctx import WorkContext
+    from requestor.network import Network, Node
     from requestor.services.cluster import Cluster
 
 ExcInfo = tuple[Optional[type[BaseException]], Optional[BaseException], Optional[TracebackType]]
@@ -69,6 +70,7 @@ class Service:
         self._exc_info: ExcInfo = NO_EXC
         self._state = ServiceState.pending
         self._started_successfully = False
+        self._network_node: Node | None = None
 
     # What the engine sets
 
@@ -108,13 +110,19 @@ class Service:
         return self._exc_info
 
     @property
-    def network(self) -> None:
-        """VPN networks are not supported: containers have no network."""
-        return None
+    def network(self) -> Network | None:
+        """The network this instance is on (if any)."""
+        return self._network_node.network if self._network_node else None
+
+    @property
+    def network_node(self) -> Node | None:
+        """This instance's member of its network: `.ip`, `.node_id` (while it has an activity)."""
+        return self._network_node
 
     def __repr__(self) -> str:
         where = f" on {self.provider_name} [ {self.provider_id} ]" if self.provider_id else ""
-        return f"<{type(self).__name__} {self._state.value}{where}>"
+        at = f" @ {self._network_node.ip}" if self._network_node else ""
+        return f"<{type(self).__name__} {self._state.value}{where}{at}>"
 
     # Messages between the requestor's code and the instance
 
@@ -156,8 +164,8 @@ class Service:
         return None
 
     def get_deploy_args(self) -> dict[str, Any]:
-        """Keyword arguments of the default start's `deploy` (none are needed here)."""
-        return {}
+        """Keyword arguments of the default start's `deploy`: the network to join, if any."""
+        return self._network_node.get_deploy_args() if self._network_node else {}
 
     async def start(self) -> Handler:
         """Handler of `starting`: by default deploys and starts the activity."""
@@ -192,6 +200,12 @@ class Service:
 
     def _set_cluster(self, cluster: Cluster[Any]) -> None:
         self._cluster = cluster
+
+    def _set_network_node(self, node: Node | None) -> None:
+        self._network_node = node
+
+    def _clear_network_node(self) -> None:
+        self._network_node = None
 
     def _set_ctx(self, ctx: WorkContext | None) -> None:
         self._ctx = ctx

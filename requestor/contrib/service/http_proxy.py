@@ -54,8 +54,13 @@ class LocalHttpProxy:
         self._turn = itertools.count()
         self._listener = Listener(self._relay)
 
+    @property
+    def port(self) -> int:
+        """The local port (the system's pick once running, when 0 was asked for)."""
+        return self._port
+
     async def run(self) -> None:
-        await self._listener.start(self._address, self._port)
+        self._port = await self._listener.start(self._address, self._port)
         log.info("event=http_proxy_listening address=%s port=%d cluster=%s", self._address, self._port, self._cluster)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,0 +1,57 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CreateNetworkRequest(_message.Message):
+    __slots__ = ("network_id", "address", "gateway")
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    address: str
+    gateway: str
+    def __init__(self, network_id: _Optional[str] = ..., address: _Optional[str] = ..., gateway: _Optional[str] = ...) -> None: ...
+
+class NetworkMember(_message.Message):
+    __slots__ = ("activity_id", "ip", "attached")
+    ACTIVITY_ID_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    ATTACHED_FIELD_NUMBER: _ClassVar[int]
+    activity_id: str
+    ip: str
+    attached: bool
+    def __init__(self, activity_id: _Optional[str] = ..., ip: _Optional[str] = ..., attached: _Optional[bool] = ...) -> None: ...
+
+class NetworkInfo(_message.Message):
+    __slots__ = ("network_id", "address", "gateway", "members")
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    address: str
+    gateway: str
+    members: _containers.RepeatedCompositeFieldContainer[NetworkMember]
+    def __init__(self, network_id: _Optional[str] = ..., address: _Optional[str] = ..., gateway: _Optional[str] = ..., members: _Optional[_Iterable[_Union[NetworkMember, _Mapping]]] = ...) -> None: ...
+
+class GetNetworkRequest(_message.Message):
+    __slots__ = ("network_id",)
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    def __init__(self, network_id: _Optional[str] = ...) -> None: ...
+
+class RemoveNetworkRequest(_message.Message):
+    __slots__ = ("network_id",)
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    def __init__(self, network_id: _Optional[str] = ...) -> None: ...
+
+class RemoveNetworkResponse(_message.Message):
+    __slots__ = ("detached_activity_ids",)
+    DETACHED_ACTIVITY_IDS_FIELD_NUMBER: _ClassVar[int]
+    detached_activity_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, detached_activity_ids: _Optional[_Iterable[str]] = ...) -> None: ...

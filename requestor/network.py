@@ -1,0 +1,263 @@
+"""`Network`: a private network between a requestor's service instances, as yapapi's VPN.
+
+Instances on one network reach each other by address, on any port, TCP and UDP; nothing else
+reaches them or is reached by them. The requestor holds the address plan (`nodes_dict`, first
+free address first, an ended instance's address free again); each provider that hosts a member
+holds its own part of the network (exeunit's Network service), created when the first instance
+lands there. Until a network can span providers, its instances share one provider: the first
+instance picks it, the others follow, and an instance that cannot go there fails saying so.
+
+The requestor itself is not on the network (there is no VPN to the requestor's host): it reaches
+an instance's port through a tunnel (`requestor.contrib.service.socket_proxy.SocketProxy`,
+`requestor.contrib.service.http_proxy.LocalHttpProxy`). `owner_ip` is kept out of the plan, as
+yapapi keeps it for the requestor, so the instances' addresses are the ones a yapapi script expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import uuid
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from typing import TYPE_CHECKING, Any
+
+from requestor.errors import RequestorError
+
+if TYPE_CHECKING:
+    from requestor.provider_client import ProviderClient
+
+log = logging.getLogger(__name__)
+
+
+class NetworkError(RequestorError):
+    """A network operation is not possible (an address outside the network, taken, none left)."""
+
+
+class NetworkState(enum.Enum):
+    initialized = "initialized"
+    creating = "creating"
+    ready = "ready"
+    removing = "removing"
+    removed = "removed"
+
+
+@dataclass
+class Node:
+    """One member of a network: `node_id` is the provider's id (the requestor's for the owner)."""
+
+    network: Network
+    node_id: str
+    ip: str
+
+    def get_deploy_args(self) -> dict[str, Any]:
+        """The `deploy` arguments that put an activity on the network at this node's address."""
+        return {
+            "net": [{
+                "id": self.network.network_id,
+                "ip": self.network.network_address,
+                "mask": self.network.netmask,
+                "nodeIp": self.ip,
+                "nodes": self.network.nodes_dict,
+            }]
+        }
+
+    def get_websocket_uri(self, port: int) -> str:
+        raise NetworkError(
+            "there is no websocket endpoint for a node's port here; reach it through "
+            "requestor.contrib.service.socket_proxy.SocketProxy or http_proxy.LocalHttpProxy "
+            "(or ProviderClient.tunnel)"
+        )
+
+
+class Network:
+    """A private network; make one with `await golem.create_network("192.168.0.1/24")`.
+
+    Example::
+
+        network = await golem.create_network("192.168.0.1/24")
+        async with network:
+            db = await golem.run_service(DbService, network=network)
+            web = await golem.run_service(WebService, network=network,
+                                          instance_params=[{"db_address": "192.168.0.2"}])
+    """
+
+    @classmethod
+    async def create(cls, ip: str, owner_id: str, owner_ip: str | None = None, mask: str | None = None,
+                     gateway: str | None = None) -> Network:
+        network = cls(ip, owner_id, owner_ip, mask, gateway)
+        log.info("Created network: %s", network)
+        return network
+
+    def __init__(self, ip: str, owner_id: str, owner_ip: str | None = None, mask: str | None = None,
+                 gateway: str | None = None) -> None:
+        try:
+            parsed = ip_network(f"{ip}/{mask}" if mask else ip, strict=False)
+        except ValueError as exc:
+            raise NetworkError(f"{exc}.") from None
+        if not isinstance(parsed, IPv4Network):
+            raise NetworkError(f"{parsed} is an IPv6 network; networks here are IPv4")
+        if not 8 <= parsed.prefixlen <= 30:
+            raise NetworkError(f"{parsed} has prefix length {parsed.prefixlen}; use 8 to 30")
+        self._ip_network = parsed
+        self._network_id = uuid.uuid4().hex
+        self._owner_id = owner_id
+        self._gateway = str(self._checked(gateway)) if gateway else None
+        self._nodes: dict[str, Node] = {}  # by address
+        self._promised: set[str] = set()  # addresses named in run_service(network_addresses=...), held for their instances
+        self._state = NetworkState.ready
+        self._hosts: dict[str, ProviderClient] = {}  # providers where it exists, by provider id
+        self._placement = asyncio.Lock()  # one instance at a time picks the network's provider
+        owner = str(self._checked(owner_ip)) if owner_ip else self._next_address()
+        self._owner_ip = owner
+        self._nodes[owner] = Node(self, owner_id, owner)
+
+    def __str__(self) -> str:
+        return f"Network {{ id: {self._network_id}, ip: {self.network_address}, mask: {self.netmask}}}"
+
+    async def __aenter__(self) -> Network:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.remove()
+
+    # yapapi's attributes
+
+    @property
+    def network_id(self) -> str:
+        return self._network_id
+
+    @property
+    def owner_ip(self) -> str:
+        return self._owner_ip
+
+    @property
+    def state(self) -> NetworkState:
+        return self._state
+
+    @property
+    def network_address(self) -> str:
+        return str(self._ip_network.network_address)
+
+    @property
+    def netmask(self) -> str:
+        return str(self._ip_network.netmask)
+
+    @property
+    def gateway(self) -> str | None:
+        return self._gateway
+
+    @property
+    def nodes_dict(self) -> dict[str, str]:
+        """Address -> node id of every member (the owner's address included)."""
+        return {ip: node.node_id for ip, node in self._nodes.items()}
+
+    # Members
+
+    async def add_owner_address(self, ip: str) -> None:
+        """Moves the requestor's own (reserved) address to `ip`."""
+        address = str(self._checked(ip))
+        self._ensure_free(address)
+        self._nodes.pop(self._owner_ip, None)
+        self._owner_ip = address
+        self._nodes[address] = Node(self, self._owner_id, address)
+
+    async def add_node(self, node_id: str, ip: str | None = None) -> Node:
+        """Adds a member at `ip`, or at the first free address."""
+        return self._add(node_id, ip, promised=False)
+
+    def _add(self, node_id: str, ip: str | None, promised: bool) -> Node:
+        self._ensure_ready()
+        address = str(self._checked(ip)) if ip else self._next_address()
+        if address in self._nodes or (address in self._promised and not promised):
+            raise NetworkError(f"'{address}' has already been assigned in this network.")
+        node = Node(self, node_id, address)
+        self._nodes[address] = node
+        return node
+
+    async def remove_node(self, node_id: str) -> None:
+        """Removes the members of that node id (a provider's, all of them); their addresses are free."""
+        for address in [a for a, n in self._nodes.items() if n.node_id == node_id and a != self._owner_ip]:
+            del self._nodes[address]
+
+    async def refresh_nodes(self) -> None:
+        """Nothing to refresh: members learn of each other by address, not from a node list."""
+
+    async def remove(self) -> None:
+        """Removes the network from every provider that hosts it; members lose their interface on
+        it, and every connection it carried ends."""
+        if self._state in (NetworkState.removing, NetworkState.removed):
+            return
+        self._state = NetworkState.removing
+        for provider_id, client in list(self._hosts.items()):
+            try:
+                await client.remove_network(self._network_id)
+            except RequestorError as exc:
+                log.warning("event=network_remove_failed network=%s provider=%s error=%s",
+                            self._network_id, provider_id, exc)
+        self._hosts.clear()
+        self._state = NetworkState.removed
+        log.info("Removed network: %s", self)
+
+    # What the service runner uses
+
+    @property
+    def hosting_provider_id(self) -> str | None:
+        """The provider its instances are on, while any is; instances of one network share it."""
+        return next((n.node_id for a, n in self._nodes.items() if a != self._owner_ip), None)
+
+    def check_address(self, ip: str) -> None:
+        """NetworkError unless `ip` is a host address of the network nobody holds."""
+        self._ensure_free(str(self._checked(ip)))
+
+    def promise(self, ip: str) -> None:
+        """Holds `ip` for an instance from its spawn to its end, respawns included, so that
+        another instance asking for it fails at once."""
+        self.check_address(ip)
+        self._promised.add(str(self._checked(ip)))
+
+    def release_promise(self, ip: str) -> None:
+        self._promised.discard(str(self._checked(ip)))
+
+    async def join(self, client: ProviderClient, provider_id: str, ip: str | None) -> Node:
+        """Puts the network on the provider and a member for an instance there. The provider is
+        asked every time (it is idempotent): it drops a requestor's networks when its last
+        agreement there ends, as between an instance and its respawn."""
+        self._ensure_ready()
+        await client.create_network(self._network_id, self._ip_network.with_prefixlen, self._gateway or "")
+        self._hosts[provider_id] = client
+        return self._add(provider_id, ip, promised=ip is not None and ip in self._promised)
+
+    def leave(self, node: Node) -> None:
+        """The instance ended: its address is free (its provider frees it there with the activity)."""
+        if self._nodes.get(node.ip) is node:
+            del self._nodes[node.ip]
+
+    def _ensure_ready(self) -> None:
+        if self._state is not NetworkState.ready:
+            raise NetworkError(f"network {self._network_id} is {self._state.value}; no node can join it")
+
+    def _checked(self, ip: str | None) -> IPv4Address:
+        try:
+            address = ip_address(ip or "")
+        except ValueError:
+            raise NetworkError(f"{ip!r} is not an IP address.") from None
+        if address not in self._ip_network:
+            raise NetworkError(
+                f"The given IP ('{ip}') address must belong to the network ('{self._ip_network.with_netmask}')."
+            )
+        if address in (self._ip_network.network_address, self._ip_network.broadcast_address):
+            raise NetworkError(f"{ip} is the network's own or broadcast address, not a host address")
+        assert isinstance(address, IPv4Address)
+        return address
+
+    def _ensure_free(self, address: str) -> None:
+        if address in self._nodes or address in self._promised:
+            raise NetworkError(f"'{address}' has already been assigned in this network.")
+
+    def _next_address(self) -> str:
+        for host in self._ip_network.hosts():
+            if str(host) not in self._nodes and str(host) not in self._promised:
+                return str(host)
+        raise NetworkError(f"No more addresses available in '{self._ip_network.with_netmask}'.")
