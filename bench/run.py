@@ -21,6 +21,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from requestor import Golem, events  # noqa: E402
+from requestor.contrib.service.socket_proxy import SocketProxy  # noqa: E402
 from requestor.provider_client import (  # noqa: E402
     DemandSpec, ProviderClient, Refusal, deploy_command, run_command, start_command,
 )
@@ -494,6 +496,93 @@ async def case_transfer(golem: Golem, client: docker.DockerClient, states: State
 # Output
 
 
+# Sends back every byte it gets; half-closes when the client does. The same program on both sides.
+ECHO_SERVER = """
+import socket, threading
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("0.0.0.0", 9001))
+server.listen()
+def echo(conn):
+    while data := conn.recv(1 << 20):
+        conn.sendall(data)
+    conn.shutdown(socket.SHUT_WR)
+while True:
+    threading.Thread(target=echo, args=(server.accept()[0],)).start()
+"""
+
+
+def echo_through(host: str, port: int, payload: bytes) -> float:
+    """Sends `payload` to an echo server while reading it back; MiB/s of payload."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            conn = socket.create_connection((host, port), timeout=30)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    elapsed = stopwatch()
+
+    def send() -> None:
+        conn.sendall(payload)
+        conn.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    got = 0
+    while chunk := conn.recv(1 << 20):
+        got += len(chunk)
+    sender.join()
+    took = elapsed()
+    conn.close()
+    if got != len(payload):
+        raise SystemExit(f"echo lost bytes: {got} of {len(payload)} came back")
+    return len(payload) / took / MIB
+
+
+async def case_tunnel(golem: Golem, client: docker.DockerClient, states: States, size: int, rounds: int) -> Row:
+    """A port of a service reached through SocketProxy (local port -> Tunnel -> the container's
+    namespace) against a direct socket to the container's address on a Docker bridge network."""
+    cluster = await golem.run_service(Worker)
+    [worker] = cluster.instances
+    await states.until(lambda: worker.state is ServiceState.running)
+
+    def serve(ctx):
+        script = ctx.new_script()
+        script.run("/bin/sh", "-c", f"cat > /tmp/echo.py <<'EOF'\n{ECHO_SERVER}\nEOF\n(python3 /tmp/echo.py >/dev/null 2>&1 &)")
+        return script
+
+    await worker.submit(serve)
+    proxy = SocketProxy()
+    server = await proxy.run_server(worker, 9001)
+    network = client.networks.create(f"exeunit-bench-{os.getpid()}", driver="bridge", internal=True,
+                                      labels={"io.exeunit.bench": "1"})
+    container = client.containers.run(IMAGE, ["python3", "-c", ECHO_SERVER], detach=True, network=network.name,
+                                      labels={"io.exeunit.bench": "1"})
+    container.reload()
+    address = container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+    payload = os.urandom(size)
+    try:
+        async def ours() -> float:
+            return await asyncio.to_thread(echo_through, "127.0.0.1", server.local_port, payload)
+
+        async def raw() -> float:
+            return await asyncio.to_thread(echo_through, address, 9001, payload)
+
+        await ours()
+        await raw()
+        a, b = await alternate(rounds, ours, raw)
+    finally:
+        await proxy.stop()
+        container.remove(force=True, v=True)
+        network.remove()
+        await cluster.terminate()
+    return Row(f"tunnel echo ({size // MIB} MiB)", a, b, "MiB/s", a / b, "ratio >= 0.2", a / b >= 0.2,
+               {"direct": "host -> container address on a bridge network"})
+
+
 def print_table(rows: list[Row]) -> None:
     header = f"{'case':<30} {'ours':>12} {'raw docker':>12} {'unit':>6} {'ratio':>7}  {'target':<34} met"
     print(header)
@@ -503,7 +592,7 @@ def print_table(rows: list[Row]) -> None:
               f"{'yes' if r.met else 'NO'}" + (f"  {r.notes}" if r.notes else ""))
 
 
-CASES = ("exec", "start", "scale", "output", "transfer", "background", "memory")
+CASES = ("exec", "start", "scale", "output", "transfer", "tunnel", "background", "memory")
 
 
 async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list[Row]:
@@ -513,7 +602,7 @@ async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list
     rows: list[Row] = []
     sizes = dict(rounds=7 if quick else 25, start_rounds=3 if quick else 9, scale=10 if quick else 50,
                  output=(20 if quick else 100) * 1000 * 1000, transfer=(64 if quick else 256) * MIB,
-                 transfer_rounds=2 if quick else 3, memory_activities=100 if quick else 1000)
+                 transfer_rounds=2 if quick else 3, tunnel=(32 if quick else 128) * MIB, memory_activities=100 if quick else 1000)
     try:
         async with Golem(budget=100.0, subnet_tag="public", providers=[f"127.0.0.1:{daemon.port}"],
                          event_consumer=states) as golem:
@@ -525,6 +614,7 @@ async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list
                 "start": lambda: case_start(golem, client, states, sizes["start_rounds"]),
                 "scale": lambda: case_scale(golem, client, states, daemon, sizes["scale"]),
                 "output": lambda: case_output(golem, client, states, sizes["output"], max(3, sizes["rounds"] // 3)),
+                "tunnel": lambda: case_tunnel(golem, client, states, sizes["tunnel"], max(3, sizes["rounds"] // 3)),
             }
             for name in [n for case in only for n in ((case, "exec-docker") if case == "exec" else (case,))]:
                 print(f"[bench] {name}...", file=sys.stderr, flush=True)
@@ -538,6 +628,8 @@ async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list
         daemon.stop()
         for leftover in client.containers.list(all=True, filters={"label": "io.exeunit.bench=1"}):
             leftover.remove(force=True, v=True)
+        for network in client.networks.list(filters={"label": "io.exeunit.bench=1"}):
+            network.remove()
     print_table(rows)
     machine = {
         "cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1),

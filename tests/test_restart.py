@@ -4,6 +4,7 @@ output complete and their sequence numbers unchanged."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import socket
 import tempfile
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import docker
+import grpc
 import pytest
 
 from exeunit.v1 import activity_pb2 as act
@@ -170,3 +172,36 @@ async def test_two_embedded_providers_on_one_host_leave_each_other_alone(engine:
     finally:
         await second.stop()
         await first.stop()
+
+
+async def test_a_network_and_its_members_survive_sigkill_and_go_with_the_last_member(home: Path) -> None:
+    from exeunit.bridges import BridgePlumbing
+    from tests.test_networks import make_network, probe, start_echo
+
+    roomy = ("--cpu-overcommit", "4")  # room for the few activities below on a 2-core machine
+    first = Daemon(*roomy, state_dir=home)
+    try:
+        async with ContractClient(f"127.0.0.1:{first.port}", "r") as client:
+            await make_network(client, "n", "10.253.0.0/24")
+            server = await client.networked_activity("n", "10.253.0.2")
+            await start_echo(client, server)
+    finally:
+        kill(first)
+    plumbing = BridgePlumbing(json.loads((home / "identity.json").read_text())["home_id"])
+    assert len(plumbing.existing()) == 1
+    second = Daemon(*roomy, state_dir=home)
+    try:
+        async with ContractClient(f"127.0.0.1:{second.port}", "r") as client:
+            members = {m.ip: m.attached for m in (await client.get_network("n")).members}
+            assert members == {"10.253.0.2": True}
+            with pytest.raises(grpc.aio.AioRpcError) as caught:  # its address is still held
+                await client.exec(await client.new_activity(BASE_IMAGE), [client.deploy("n", "10.253.0.2")])
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            newcomer = await client.networked_activity("n", "10.253.0.3")  # joins the namespace that survived
+            assert (await probe(client, newcomer, "10.253.0.2"))[0] == "tcp hello from 10.253.0.3"
+            await client.destroy(server)
+            assert len(plumbing.existing()) == 1
+            await client.destroy(newcomer)
+            assert plumbing.existing() == set()
+    finally:
+        second.stop()

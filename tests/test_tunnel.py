@@ -76,6 +76,31 @@ async def test_bytes_cross_both_ways_whole_and_in_order_with_half_close(client: 
     assert answers == [f"{hashlib.sha256(p).hexdigest()} {len(p)}".encode() for p in small]
 
 
+# Sends back every byte it gets, as it gets them; half-closes when the requestor does.
+ECHO_BYTES_SERVER = r'''
+import socket, threading
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", 9001))
+server.listen()
+def echo(conn):
+    while data := conn.recv(1 << 20):
+        conn.sendall(data)
+    conn.shutdown(socket.SHUT_WR)
+while True:
+    threading.Thread(target=echo, args=(server.accept()[0],)).start()
+'''
+
+
+async def test_100_mb_each_way_at_once_with_other_tunnels_alongside(client: ContractClient, ready: str) -> None:
+    await client.upload_bytes(ready, "/golem/work/echo.py", ECHO_BYTES_SERVER.encode())
+    await start_in_background(client, ready, "python3 /golem/work/echo.py", 9001)
+    big = os.urandom(100 * 1000 * 1000)
+    others = [os.urandom(3_000_000 + n) for n in range(6)]
+    echoed = await asyncio.gather(*(tunnel_exchange(client, ready, 9001, p) for p in (big, *others)))
+    assert [hashlib.sha256(e).digest() for e in echoed] == [hashlib.sha256(p).digest() for p in (big, *others)]
+
+
 async def refusal(client: ContractClient, activity_id: str, port: int) -> grpc.aio.AioRpcError:
     """Opens a tunnel and sends nothing more until the answer (a client still writing when the
     server ends the call may see another status than the server's)."""
