@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -439,7 +440,11 @@ class Activity:
         assert self.container_id
         await self._runtime.start_container(self.container_id)
         if self._networks.membership(self.activity_id) is not None:
-            await self._networks.attach(self.activity_id, await self._runtime.container_pid(self.container_id))
+            netns = await self._runtime.open_network_namespace(self.container_id)
+            try:
+                await self._networks.attach(self.activity_id, netns)
+            finally:
+                os.close(netns)
         if isinstance(self._executor, AgentExecutor):
             self._executor.container_started()  # the first command waits for the agent, not `start`
         self._started_at = utcnow()

@@ -77,16 +77,16 @@ class BridgePlumbing:
             raise
         log.info("event=network_namespace_created namespace=%s", name)
 
-    async def attach(self, key: str, member: str, pid: int, ip: IPv4Address, subnet: IPv4Network) -> None:
-        """Plugs process `pid`'s network namespace (a container's) into the network at `ip`."""
+    async def attach(self, key: str, member: str, netns_fd: int, ip: IPv4Address, subnet: IPv4Network) -> None:
+        """Plugs the network namespace `netns_fd` refers to (a container's) into the network at `ip`."""
         name = self.namespace(key)
         port = _port_name(member)
-        await _run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-batch", "-"], [
+        await _run(["nsenter", f"--net=/proc/self/fd/{netns_fd}", "ip", "-batch", "-"], [
             f"link add {MEMBER_INTERFACE} type veth peer name {port} netns {name}",
             f"link set {MEMBER_INTERFACE} addrgenmode none",
             f"addr add {ip}/{subnet.prefixlen} dev {MEMBER_INTERFACE}",
             f"link set {MEMBER_INTERFACE} up",
-        ])
+        ], pass_fds=(netns_fd,))
         await _ip_batch(["-n", name], [
             f"link set {port} addrgenmode none",
             f"link set {port} master {BRIDGE} up",
@@ -130,9 +130,10 @@ async def _ip_batch(options: list[str], lines: list[str]) -> None:
     await _run(["ip", *options, "-batch", "-"], lines)
 
 
-async def _run(argv: list[str], lines: list[str]) -> None:
+async def _run(argv: list[str], lines: list[str], pass_fds: tuple[int, ...] = ()) -> None:
     process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        pass_fds=pass_fds,
     )
     try:
         _, stderr = await asyncio.wait_for(process.communicate("\n".join(lines).encode() + b"\n"), COMMAND_SECONDS)

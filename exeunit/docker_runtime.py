@@ -309,11 +309,33 @@ class DockerRuntime:
     async def connect_to_port(self, container_id: str, port: int, timeout: float = 5.0) -> socket.socket:
         """A TCP connection to `port` inside the container's network namespace, made from this
         host without the container having any network (see exeunit.netns)."""
+        netns = await self.open_network_namespace(container_id)
+        try:
+            return await asyncio.to_thread(connect_in_netns, netns, port, timeout)
+        finally:
+            os.close(netns)
+
+    async def open_network_namespace(self, container_id: str) -> int:
+        """A descriptor of the running container's network namespace (the caller closes it).
+        Checked after opening that the container still runs as the same process: a container
+        that died (its requestor can end it) may leave its pid to any process of the host, whose
+        namespace must never be the one entered."""
         pid = await self.container_pid(container_id)
-        return await asyncio.to_thread(connect_in_netns, pid, port, timeout)
+        try:
+            netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            raise errors.FailedPrecondition("the activity's container is not running") from None
+        try:
+            if await self.container_pid(container_id) != pid:
+                raise errors.FailedPrecondition("the activity's container is not running")
+        except BaseException:
+            os.close(netns)
+            raise
+        return netns
 
     @_in_thread
     def container_pid(self, container_id: str) -> int:
+        """The pid (on this host) of the running container's first process."""
         with _translated("inspect container"):
             state = self._api.inspect_container(container_id).get("State") or {}
         pid = int(state.get("Pid") or 0)

@@ -21,20 +21,16 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
-def connect_in_netns(pid: int, port: int, timeout: float) -> socket.socket:
-    """A connected TCP socket to 127.0.0.1:`port` as process `pid` sees it. Blocks (call it in a
-    thread); FailedPrecondition when nothing listens there."""
+def connect_in_netns(netns_fd: int, port: int, timeout: float) -> socket.socket:
+    """A connected TCP socket to 127.0.0.1:`port` in the network namespace `netns_fd` refers to.
+    Blocks (call it in a thread); FailedPrecondition when nothing listens there."""
     outcome: list[socket.socket | BaseException] = []
 
     def inside() -> None:
         try:
-            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    code = ctypes.get_errno()
-                    raise OSError(code, os.strerror(code))
-            finally:
-                os.close(fd)
+            if _libc.setns(netns_fd, CLONE_NEWNET) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, os.strerror(code))
             outcome.append(socket.create_connection(("127.0.0.1", port), timeout))
         except BaseException as exc:  # handed to the caller's thread
             outcome.append(exc)

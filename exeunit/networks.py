@@ -148,7 +148,7 @@ class Networks:
                 return network, member
         return None
 
-    async def attach(self, activity_id: str, pid: int) -> None:
+    async def attach(self, activity_id: str, netns_fd: int) -> None:
         """Brings up the started member's interface, building the network if it is the first."""
         found = self.membership(activity_id)
         if found is None:
@@ -160,7 +160,7 @@ class Networks:
             if not network.built:
                 await self._plumbing.create(network.key)
                 network.built = True
-            await self._plumbing.attach(network.key, activity_id, pid, member.ip, network.subnet)
+            await self._plumbing.attach(network.key, activity_id, netns_fd, member.ip, network.subnet)
             member.attached = True
         log.info("event=network_joined activity=%s network=%s ip=%s", activity_id, network.network_id, member.ip)
 

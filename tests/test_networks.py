@@ -179,6 +179,17 @@ async def test_networks_are_isolated_from_each_other_other_requestors_and_the_ho
             tcp = [line for line in lines if line.startswith("tcp")]
             assert len(tcp) == len(targets) and all(line.startswith("tcp failed") for line in tcp), lines
             assert await routes_of(mallory, stranger) == [("eth0", f"{base}.0")]
+            # Nor can a member forge its way out: no raw sockets, no changing its own interface.
+            forge = ("import socket, fcntl, struct\n"
+                     "for make in (lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW),\n"
+                     "             lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW)):\n"
+                     "    try: make(); print('allowed')\n"
+                     "    except PermissionError: print('denied')\n"
+                     "request = struct.pack('16sH2s4s8s', b'eth0', socket.AF_INET, b'', socket.inet_aton('10.0.0.9'), b'')\n"
+                     "try: fcntl.ioctl(socket.socket(), 0x8916, request); print('allowed')\n"  # SIOCSIFADDR
+                     "except PermissionError: print('denied')\n")
+            run = await mallory.run_batch(stranger, [mallory.run("python3", "-c", forge)])
+            assert run.stdout().decode().split() == ["denied", "denied", "denied"], run.stderr()
     finally:
         host_server.close()
 

@@ -19,7 +19,7 @@ from requestor.errors import ProviderCallError
 from requestor.provider_client import ProviderClient
 from requestor.services import ServiceState as S
 from tests.client import ContractClient
-from tests.conftest import Daemons
+from tests.conftest import BASE_IMAGE, Daemons
 from tests.test_requestor_services import Recorder, base_payload, golem_for, start_provider
 
 # Reads everything until the requestor half-closes, then answers with its sha256 and its length
@@ -224,6 +224,63 @@ async def test_socket_proxy_reaches_each_instances_port(daemons: Daemons) -> Non
         await recorder.until(lambda: all(i.state is S.terminated for i in cluster.instances))
 
 
+# A line protocol: each line is answered at once with a line of its own; "bye" ends the session.
+LINE_SERVER = r'''
+import socket, threading
+def session(conn):
+    lines = conn.makefile("rwb", buffering=0)
+    for count, line in enumerate(lines, 1):
+        word = line.strip().decode()
+        lines.write(f"{count} {word.upper()}\n".encode())
+        if word == "bye":
+            break
+    conn.close()
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("0.0.0.0", 7100))
+server.listen()
+while True:
+    threading.Thread(target=session, args=(server.accept()[0],)).start()
+'''
+
+
+class LineServer(SocketProxyService):
+    get_payload = staticmethod(base_payload)
+    remote_ports = [7100]
+
+    async def start(self):
+        async for script in super().start():
+            yield script
+        script = self._ctx.new_script()
+        script.upload_bytes(LINE_SERVER.encode(), "/golem/work/lines.py")
+        script.run("/bin/sh", "-c", f"(python3 /golem/work/lines.py >/dev/null 2>&1 &) && {wait_for_port(7100)}")
+        yield script
+
+
+async def test_socket_proxy_carries_a_line_protocol_turn_by_turn(daemons: Daemons) -> None:
+    server = await start_provider(daemons)
+    recorder = Recorder()
+    async with golem_for(server, recorder=recorder) as golem:
+        cluster = await golem.run_service(LineServer)
+        await recorder.until(lambda: all(i.state is S.running for i in cluster.instances))
+        proxy = SocketProxy(ports=[0])
+        await proxy.run(cluster)
+        try:
+            port = proxy.get_server(cluster.instances[0], 7100).local_port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            answers = []
+            for word in ("hello", "golem", "bye"):  # each answer arrives before the next line is sent
+                writer.write(word.encode() + b"\n")
+                await writer.drain()
+                answers.append((await asyncio.wait_for(reader.readline(), 10)).decode())
+            assert answers == ["1 HELLO\n", "2 GOLEM\n", "3 BYE\n"]
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # the server closed: so does the local end
+            writer.close()
+        finally:
+            await proxy.stop()
+        await cluster.terminate()
+
+
 class NamedWebServer(HttpProxyService):
     """Answers with its container's host name on port 8080."""
 
@@ -266,3 +323,33 @@ async def test_local_http_proxy_spreads_requests_over_running_instances(daemons:
             assert err.value.code == 503
         finally:
             await proxy.stop()
+
+
+async def test_a_namespace_is_entered_only_while_the_container_runs_as_the_same_process(engine) -> None:
+    """A container its requestor ended may leave its pid to a host process between the daemon's
+    look at the pid and its opening of /proc/PID/ns/net: the daemon looks again after opening."""
+    from exeunit import errors
+    from exeunit.docker_runtime import DockerRuntime
+
+    container = engine.containers.run(BASE_IMAGE, ["sleep", "60"], detach=True, network_mode="none",
+                                      labels={"io.exeunit.test": "1"})
+    try:
+        runtime = DockerRuntime()
+        os.close(await runtime.open_network_namespace(container.id))  # running: fine
+        real_pid = await runtime.container_pid(container.id)
+
+        class PidReusedMeanwhile(DockerRuntime):
+            """Sees the container's pid first, then (it died, the pid was reused) another one."""
+            answers = iter([real_pid, real_pid + 1])
+
+            async def container_pid(self, container_id: str) -> int:
+                return next(self.answers)
+
+        with pytest.raises(errors.FailedPrecondition, match="not running"):
+            await PidReusedMeanwhile().open_network_namespace(container.id)
+        container.kill()
+        container.wait()
+        with pytest.raises(errors.FailedPrecondition, match="not running"):
+            await runtime.open_network_namespace(container.id)
+    finally:
+        container.remove(force=True, v=True)
