@@ -10,6 +10,7 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import psutil
 
@@ -22,7 +23,7 @@ from exeunit.images import DEFAULT_OFFERED_IMAGES, ImagePolicy
 from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
 from exeunit.provider import Provider
 from exeunit.storage import DirectoryStorage, LoopStorage
-from exeunit.server import serve_until_signalled
+from exeunit.server import check_listen_address, serve_until_signalled
 from exeunit.state import StateStore
 
 DEFAULT_HOMES = Path("/var/lib/exeunit")  # a provider's home is DEFAULT_HOMES/NAME unless --state-dir
@@ -47,8 +48,15 @@ SIGTERM or Ctrl-C terminates every activity and removes its container before exi
 """
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """Says what is wrong in one line (not a screenful of usage) and where the rest is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="exeunit", description=DESCRIPTION)
+    parser = OneLineErrors(prog="exeunit", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"exeunit {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser(
@@ -59,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ident = serve.add_argument_group("identity and network")
-    ident.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT",
+    ident.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT", type=listen_address,
                        help="address to serve gRPC on (default: %(default)s; port 0 picks a free one)")
     ident.add_argument("--name", default=socket.gethostname(), help="provider name shown in the offer (default: host name)")
     ident.add_argument("--subnet", default="public", help="subnet tag; only demands for it match (default: %(default)s)")
@@ -77,15 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow a non-loopback --listen without a token (anyone reaching the port can run containers)")
 
     cap = serve.add_argument_group("capacity offered (defaults: measured on this host)")
-    cap.add_argument("--max-cpu-threads", type=int, metavar="N", help="cap on cpu threads offered")
-    cap.add_argument("--max-memory-gib", type=float, metavar="GIB", help="cap on memory offered")
-    cap.add_argument("--max-storage-gib", type=float, metavar="GIB", help="cap on storage offered")
-    cap.add_argument("--cpu-overcommit", type=float, default=1.0, metavar="FACTOR",
+    cap.add_argument("--max-cpu-threads", type=positive(int), metavar="N", help="cap on cpu threads offered")
+    cap.add_argument("--max-memory-gib", type=positive(float), metavar="GIB", help="cap on memory offered")
+    cap.add_argument("--max-storage-gib", type=positive(float), metavar="GIB", help="cap on storage offered")
+    cap.add_argument("--cpu-overcommit", type=positive(float), default=1.0, metavar="FACTOR",
                      help="offer FACTOR times the cpu threads (each container stays limited to its own "
                           "threads); for hosts of mostly idle services (default: %(default)s)")
-    cap.add_argument("--default-memory-gib", type=float, default=0.5, metavar="GIB",
+    cap.add_argument("--default-memory-gib", type=positive(float), default=0.5, metavar="GIB",
                      help="memory reserved for a demand that asks for none (default: %(default)s)")
-    cap.add_argument("--default-storage-gib", type=float, default=2.0, metavar="GIB",
+    cap.add_argument("--default-storage-gib", type=positive(float), default=2.0, metavar="GIB",
                      help="storage reserved for a demand that asks for none (default: %(default)s)")
     cap.add_argument("--capability", action="append", default=[], metavar="NAME",
                      help="advertise a runtime capability (repeatable)")
@@ -106,10 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "agreement's storage caps it too (default: %(default)s)")
 
     price = serve.add_argument_group("linear pricing (cost = start + cpu_sec * cpu + duration_sec * duration)")
-    price.add_argument("--price-start", type=float, default=0.0, metavar="AMOUNT", help="start fee (default: %(default)s)")
-    price.add_argument("--price-cpu-sec", type=float, default=0.0001, metavar="AMOUNT",
+    price.add_argument("--price-start", type=non_negative, default=0.0, metavar="AMOUNT", help="start fee (default: %(default)s)")
+    price.add_argument("--price-cpu-sec", type=non_negative, default=0.0001, metavar="AMOUNT",
                        help="per cpu second (default: %(default)s)")
-    price.add_argument("--price-duration-sec", type=float, default=0.00002, metavar="AMOUNT",
+    price.add_argument("--price-duration-sec", type=non_negative, default=0.00002, metavar="AMOUNT",
                        help="per second of activity duration (default: %(default)s)")
     price.add_argument("--currency", default="GLM", help="currency name shown in the offer (default: %(default)s)")
 
@@ -131,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "directories with NO size limit instead of refusing to start")
 
     limits = serve.add_argument_group("per-activity limits")
-    limits.add_argument("--pids-limit", type=int, default=512, metavar="N",
+    limits.add_argument("--pids-limit", type=positive(int), default=512, metavar="N",
                         help="max processes in one container (default: %(default)s)")
     limits.add_argument("--transfers-per-activity", type=positive(int), default=4, metavar="N",
                         help="uploads and downloads one activity may have in flight; more are refused (default: %(default)s)")
@@ -147,9 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--batches-kept", type=positive(int), default=256, metavar="N",
                         help="finished batches kept per activity for GetBatch and replay, in memory and in the "
                              "state directory; older ones are forgotten (default: %(default)s)")
-    limits.add_argument("--result-output-cap-kib", type=int, default=1024, metavar="KIB",
+    limits.add_argument("--result-output-cap-kib", type=positive(int), default=1024, metavar="KIB",
                         help="stdout/stderr kept per command for its result; the stream has all (default: %(default)s)")
-    limits.add_argument("--replay-window-mib", type=int, default=32, metavar="MIB",
+    limits.add_argument("--replay-window-mib", type=positive(int), default=32, metavar="MIB",
                         help="output retained per batch for clients that reconnect (default: %(default)s)")
 
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -170,6 +178,29 @@ def positive(kind: type) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def non_negative(text: str) -> float:
+    """An argparse type: a number, zero or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def listen_address(text: str) -> str:
+    """An argparse type: HOST:PORT (IPv6 as [ADDR]:PORT), port 0-65535 (0 picks a free one)."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:50051, or [::1]:50051)")
+    if not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not in 0-65535")
+    if host.startswith("[") != host.endswith("]"):
+        raise argparse.ArgumentTypeError(f"{text!r}: an IPv6 address goes in brackets, as [::1]:50051")
+    return text
 
 
 def is_loopback(listen: str) -> bool:
@@ -249,7 +280,7 @@ def activity_storage(args: argparse.Namespace, base: Path, runtime: DockerRuntim
 
 def serve(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
-    if args.cpu_overcommit < 1:
+    if args.cpu_overcommit < 1:  # positive() took care of the rest
         print("exeunit: --cpu-overcommit must be at least 1", file=sys.stderr)
         return 2
     token = None
@@ -271,6 +302,7 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     home = None
     try:
+        check_listen_address(args.listen)
         home = ProviderHome.open(args.state_dir or DEFAULT_HOMES / args.name, args.provider_id)  # before anything else
         runtime = DockerRuntime()
         base = storage_dir(args, home)

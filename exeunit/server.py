@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -44,6 +45,23 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         await self.provider.close(keep_activities)
         await self.server.stop(grace)
+
+
+def check_listen_address(address: str) -> None:
+    """OSError naming the reason when `address` ("host:port") cannot be listened on now: said
+    before anything else is touched (gRPC's own bind failure is a line of C-core log and no reason)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, ValueError) as exc:
+        raise OSError(f"cannot listen on {address}: {getattr(exc, 'strerror', None) or exc}") from None
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {address}: {exc.strerror or exc}") from None
 
 
 async def create_server(provider: Provider, address: str, token: str | None = None) -> RunningServer:

@@ -43,6 +43,28 @@ def test_remote_listen_without_token_is_refused() -> None:
     assert "--auth-token-file" in done.stderr
 
 
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--listen", "localhost"], "'localhost' is not HOST:PORT"),
+    (["--listen", "127.0.0.1:99999"], "port 99999 is not in 0-65535"),
+    (["--listen", "127.0.0.1:http"], "is not HOST:PORT"),
+    (["--max-cpu-threads", "-2"], "--max-cpu-threads: must be greater than 0, got -2"),
+    (["--max-memory-gib", "0"], "--max-memory-gib: must be greater than 0"),
+    (["--default-storage-gib", "-1"], "must be greater than 0"),
+    (["--price-cpu-sec", "-0.1"], "--price-cpu-sec: must be 0 or more"),
+    (["--pids-limit", "0"], "--pids-limit: must be greater than 0"),
+    (["--cpu-overcommit", "0.5"], "--cpu-overcommit must be at least 1"),
+])
+def test_bad_flags_are_one_line_and_a_non_zero_exit_before_anything_is_touched(flags: list[str], says: str,
+                                                                                tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    done = subprocess.run([*EXEUNIT, "serve", "--state-dir", str(home), *flags], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 2
+    assert says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 2  # argparse: usage line + the error
+    assert not home.exists()
+
+
 async def reflected_services(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...] = ()) -> list[str]:
     """Service names as `grpcurl list` sees them, through server reflection."""
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
@@ -190,8 +212,10 @@ async def test_a_second_daemon_on_the_same_home_or_port_refuses_before_touching_
         said = refused("--listen", "127.0.0.1:0", "--state-dir", str(first.state_dir))
         assert f"another exeunit daemon (pid {first.process.pid}) is serving from the state directory" in said
         with tempfile.TemporaryDirectory(prefix="exeunit-test-home-") as other_home:
-            said = refused("--listen", f"127.0.0.1:{first.port}", "--state-dir", other_home)
-            assert f"cannot listen on 127.0.0.1:{first.port}" in said
+            home = Path(other_home) / "home"
+            said = refused("--listen", f"127.0.0.1:{first.port}", "--state-dir", str(home))
+            assert said.strip() == f"exeunit: cannot listen on 127.0.0.1:{first.port}: Address already in use"
+            assert not home.exists(), "the port is checked before the home is made"
         assert len(containers_of_home(engine, first)) == 1
         async with ContractClient(f"127.0.0.1:{first.port}", "r") as client:
             run = await client.run_batch(activity_id, [client.run("/bin/echo", "still mine")])
