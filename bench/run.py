@@ -6,7 +6,9 @@
 
 Each case runs our stack (requestor -> `exeunit serve` in its own process -> container) and the
 raw docker SDK doing the same work, alternating A, B, A, B, and compares medians. The daemon's
-resident memory is sampled with psutil throughout. Prints one table and writes bench/latest.json.
+resident memory is sampled with psutil throughout. Prints one table and writes it as JSON to
+--output (a temporary file unless given; `--output bench/latest.json` updates the record kept in
+the repository, which a README table quotes).
 Never asserts: the machine is noisy, read the ratios.
 """
 
@@ -645,7 +647,8 @@ async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under two minutes")
-    parser.add_argument("--output", type=Path, default=REPO / "bench" / "latest.json", help="where the JSON goes")
+    parser.add_argument("--output", type=Path, default=Path(tempfile.gettempdir()) / "exeunit-bench.json",
+                        help="where the JSON goes (default: %(default)s; bench/latest.json is the kept record)")
     parser.add_argument("--only", nargs="+", choices=CASES, default=list(CASES), help="run only these cases")
     args = parser.parse_args()
     asyncio.run(main(args.quick, args.output, tuple(args.only)))

@@ -6,7 +6,7 @@ random observation in an SQLite database twice a second. `start` sets the databa
 launches the simulator; `run` asks every few seconds for statistics and for a plot, which it
 downloads as a PNG; `shutdown` stops the simulator.
 
-    python examples/simple_service.py --duration 30 --plots-dir plots
+    python examples/simple_service.py --duration 30 --plots-dir plots   # default: a temporary folder
     GOLEM_PROVIDERS=127.0.0.1:50051 python examples/simple_service.py
 """
 
@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import random
+import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -103,7 +104,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=30, help="seconds to run before stopping (default: 30)")
     parser.add_argument("--interval", type=float, default=5, help="seconds between reports (default: 5)")
-    parser.add_argument("--plots-dir", type=Path, default=Path("plots"), help="where plots go (default: ./plots)")
+    default_plots = Path(tempfile.gettempdir()) / "exeunit-tutorial-plots"
+    parser.add_argument("--plots-dir", type=Path, default=default_plots,
+                        help="where the downloaded plots go (default: %(default)s)")
     args = parser.parse_args()
     enable_default_logger(logging.INFO)
     try:

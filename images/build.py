@@ -88,14 +88,37 @@ def build_debian_base(client: docker.DockerClient) -> None:
 
 
 def build_dockerfile(client: docker.DockerClient, name: str, base: str) -> None:
+    """Builds images/<name>/Dockerfile, printing each step as the engine reports it."""
     tag = f"exeunit-{name}:latest"
     say(f"building {tag} on {base}...")
-    try:
-        client.images.build(path=str(HERE / name), tag=tag, buildargs={"BASE": base}, rm=True, network_mode="none")
-    except docker.errors.BuildError as exc:
-        log = "".join(str(line.get("stream", line.get("error", ""))) for line in exc.build_log)
-        sys.exit(f"[images] building {tag} failed: {exc}\n{log}")
+    said: list[str] = []
+    for part in client.api.build(path=str(HERE / name), tag=tag, buildargs={"BASE": base}, rm=True,
+                                 network_mode="none", decode=True):
+        if "error" in part:
+            sys.exit(f"[images] building {tag} failed: {part['error'].strip()}\n{''.join(said)}")
+        line = str(part.get("stream", ""))
+        said.append(line)
+        if line.startswith("Step "):
+            say(f"  {line.strip()}")
     say(f"built {tag}")
+
+
+def image_id(client: docker.DockerClient, tag: str) -> str | None:
+    try:
+        return str(client.images.get(tag).id)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def remove_replaced(client: docker.DockerClient, replaced: list[str]) -> None:
+    """Removes the images a rebuild took the tags from (newest first: children before their
+    base), unless something still uses them; a rebuild leaves no dangling image behind."""
+    for old in reversed(replaced):
+        try:
+            client.images.remove(old, noprune=False)
+            say(f"removed the replaced image {old[7:19]}")
+        except docker.errors.APIError as exc:
+            say(f"kept the replaced image {old[7:19]}: {exc.explanation or exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,14 +131,25 @@ def main(argv: list[str] | None = None) -> int:
         client.ping()
     except docker.errors.DockerException as exc:
         sys.exit(f"[images] cannot reach the Docker engine ({exc}); run scripts/setup.sh, which starts dockerd")
+    replaced: list[str] = []
+
+    def replacing(tag: str) -> None:
+        old = image_id(client, tag)
+        if old is not None and old not in replaced:
+            replaced.append(old)
+
     if args.base == DEBIAN_BASE and (args.rebuild or not has_image(client, DEBIAN_BASE)):
+        replacing(DEBIAN_BASE)
         build_debian_base(client)
     for name in IMAGES:
         tag = f"exeunit-{name}:latest"
         if args.rebuild or not has_image(client, tag):
+            replacing(tag)
             build_dockerfile(client, name, args.base)
         else:
             say(f"{tag} is present (use --rebuild to build it again)")
+    still_tagged = {image_id(client, f"exeunit-{name}:latest") for name in IMAGES} | {image_id(client, DEBIAN_BASE)}
+    remove_replaced(client, [old for old in replaced if old not in still_tagged])
     return 0
 
 

@@ -9,7 +9,7 @@ every change to proto/ and commit the result.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from grpc_tools import protoc
@@ -40,6 +40,9 @@ def generate(output_root: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    root = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO
-    for path in generate(root):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="The staleness test runs this into a temporary folder and compares.")
+    parser.add_argument("output_root", nargs="?", type=Path, default=REPO,
+                        help="where exeunit/v1/ is written (default: the repository root)")
+    for path in generate(parser.parse_args().output_root):
         print(path)
