@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from datetime import datetime, timedelta, timezone
 
 from requestor import Golem
@@ -67,7 +66,7 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=60, help="seconds to run before stopping (default: 60)")
     parser.add_argument("--instances", type=int, default=2, help="number of instances (default: 2)")
     args = parser.parse_args()
-    enable_default_logger(logging.INFO)
+    enable_default_logger()
     try:
         asyncio.run(main(args.duration, args.instances))
     except KeyboardInterrupt:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 from datetime import datetime, timedelta, timezone
 
@@ -98,5 +97,5 @@ if __name__ == "__main__":
     parser.add_argument("--running-time", type=float, default=600,
                         help="seconds to serve before stopping (default: 600; Ctrl-C stops earlier)")
     args = parser.parse_args()
-    enable_default_logger(logging.INFO)
+    enable_default_logger()
     asyncio.run(main(args.num_instances, args.port, args.running_time))

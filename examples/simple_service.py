@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import random
 import tempfile
 from datetime import datetime, timedelta, timezone
@@ -108,7 +107,7 @@ if __name__ == "__main__":
     parser.add_argument("--plots-dir", type=Path, default=default_plots,
                         help="where the downloaded plots go (default: %(default)s)")
     args = parser.parse_args()
-    enable_default_logger(logging.INFO)
+    enable_default_logger()
     try:
         asyncio.run(main(args.duration, args.plots_dir, args.interval))
     except KeyboardInterrupt:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 from datetime import datetime, timedelta, timezone
 
@@ -116,5 +115,5 @@ if __name__ == "__main__":
                         help="seconds to serve before stopping (default: 600; Ctrl-C stops earlier)")
     parser.add_argument("--front-ends", type=int, default=1, help="HTTP front-end instances (default: 1)")
     args = parser.parse_args()
-    enable_default_logger(logging.INFO)
+    enable_default_logger()
     asyncio.run(main(args.port, args.running_time, args.front_ends))

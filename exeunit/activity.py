@@ -87,6 +87,7 @@ class Usage:
     cost: float
     memory_bytes: int
     measured: datetime
+    storage_bytes: int = 0
 
 
 class Activity:
@@ -572,7 +573,14 @@ class Activity:
             duration = ((self._ended_at or now) - self._started_at).total_seconds()
         cpu, memory = self._last_usage
         cost = self.agreement.pricing.cost(cpu, duration)
-        return Usage(cpu_seconds=cpu, duration_seconds=duration, cost=cost, memory_bytes=memory, measured=now)
+        storage = 0
+        if self.volumes is not None and self.state is not ActivityState.TERMINATED:
+            try:
+                storage = await asyncio.to_thread(self.volumes.used_bytes)
+            except OSError:
+                pass  # unmounted under us: nothing to count
+        return Usage(cpu_seconds=cpu, duration_seconds=duration, cost=cost, memory_bytes=memory, measured=now,
+                     storage_bytes=storage)
 
 
 def _result(outcome: CommandOutcome, run: Run) -> tuple[int, str]:

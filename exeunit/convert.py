@@ -291,6 +291,7 @@ def usage_to_proto(usage: Usage) -> act.GetActivityUsageResponse:
         cost=usage.cost,
         memory_bytes=usage.memory_bytes,
         measured=timestamp(usage.measured),
+        storage_bytes=usage.storage_bytes,
     )
 
 

@@ -47,6 +47,11 @@ class VolumeDirs:
         stats = os.statvfs(self.root)
         return stats.f_bavail * stats.f_frsize
 
+    def used_bytes(self) -> int:
+        """Bytes in use on the volumes' filesystem (for plain directories: their filesystem's)."""
+        stats = os.statvfs(self.root)
+        return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
+
 
 class LoopStorage:
     """Volumes in a loop-mounted ext4 file of the agreement's size (the enforced kind)."""

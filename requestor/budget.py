@@ -46,5 +46,5 @@ class Budget:
         """Replaces the agreement's reservation with what it really cost."""
         reserved = self._reserved.pop(agreement_id, 0.0)
         self.spent += cost
-        log.info("event=agreement_settled agreement=%s cost=%.6f reserved=%.6f spent=%.6f",
+        log.debug("event=agreement_settled agreement=%s cost=%.6f reserved=%.6f spent=%.6f",
                  agreement_id, cost, reserved, self.spent)

@@ -11,14 +11,15 @@ import codecs
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from requestor import events
-from requestor.errors import CommandExecutionError, RequestorError
-from requestor.provider_client import Offer, ProviderClient
+from requestor.errors import BatchTimeoutError, CommandExecutionError, RequestorError
+from requestor.provider_client import ActivityStatus, Offer, ProviderClient
+from requestor.payload.vm import GIB
 from requestor.script import RESULT_TEXT_CAP, Command, Receive, RemoteCommand, Run, Script, Transfer
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,21 @@ def _outputs_for(command: RemoteCommand) -> tuple[_Output, _Output]:
     return _Output(), _Output()
 
 
+# Usage counters as Golem names them (the first two are Golem's linear pricing's own).
+USAGE_DURATION = "golem.usage.duration_sec"
+USAGE_CPU = "golem.usage.cpu_sec"
+USAGE_MEMORY = "golem.usage.memory_gib"  # resident memory now, GiB
+USAGE_STORAGE = "golem.usage.storage_gib"  # bytes in use on the activity's volumes now, GiB
+
+
+@dataclass
+class ActivityUsage:
+    """An activity's usage counters by name, and when the provider measured them."""
+
+    current_usage: dict[str, float] = field(default_factory=dict)
+    timestamp: datetime | None = None
+
+
 class WorkContext:
     """What a service handler reaches as `self._ctx`: the activity and a script factory."""
 
@@ -97,6 +113,23 @@ class WorkContext:
     def __repr__(self) -> str:
         return f"WorkContext(activity={self.id}, provider={self.provider_name})"
 
+    async def get_usage(self) -> ActivityUsage:
+        """The activity's usage counters now (duration and cpu seconds, memory and storage)."""
+        usage = await self.handle.client.usage(self.id)
+        return ActivityUsage(
+            {USAGE_DURATION: usage.duration_seconds, USAGE_CPU: usage.cpu_seconds,
+             USAGE_MEMORY: usage.memory_bytes / GIB, USAGE_STORAGE: usage.storage_bytes / GIB},
+            usage.measured.astimezone() if usage.measured else None,
+        )
+
+    async def get_cost(self) -> float | None:
+        """What the activity has cost so far under the agreement's pricing."""
+        return (await self.handle.client.usage(self.id)).cost
+
+    async def get_raw_state(self) -> ActivityStatus:
+        """The activity's state as the provider reports it (state, reason, message)."""
+        return await self.handle.client.state(self.id)
+
     def new_script(self, timeout: timedelta | None = None, wait_for_results: bool = True) -> Script:
         """A new, empty script for this activity."""
         return Script(self, timeout=timeout, wait_for_results=wait_for_results)
@@ -114,7 +147,7 @@ class WorkContext:
         try:
             results = await asyncio.wait_for(self._execute(script), timeout)
         except TimeoutError:
-            error = CommandExecutionError(repr(script), f"script timed out after {timeout:g}s")
+            error = BatchTimeoutError(repr(script), f"script timed out after {timeout:g}s")
             for command in script.commands:
                 command._fail(error)
             raise error from None

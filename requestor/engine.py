@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from decimal import Decimal
 
 import grpc
 
@@ -173,7 +174,7 @@ class Engine:
             return None
         activity = events.Activity(activity_id)
         self.emit(events.ActivityCreated(job=job, agreement=agreement, activity=activity))
-        log.info("event=activity_ready job=%s provider=%s agreement=%s activity=%s",
+        log.debug("event=activity_ready job=%s provider=%s agreement=%s activity=%s",
                  job.id, offer.provider_name, agreement.id, activity_id)
         return ActivityHandle(client, offer, agreement, activity)
 
@@ -200,6 +201,7 @@ class Engine:
             log.warning("event=terminate_agreement_failed agreement=%s error=%s", agreement.id, exc)
         self.budget.settle(agreement.id, cost)
         self.emit(events.AgreementTerminated(job=job, agreement=agreement, reason={"message": reason, "cost": f"{cost:.6f}"}))
+        self.emit(events.InvoiceAccepted(job=job, agreement=agreement, amount=Decimal(f"{cost:.18f}").normalize()))
 
 
 def _demand(payload: VmPackage, subnet_tag: str, job: events.Job) -> DemandSpec:

@@ -27,6 +27,20 @@ class CommandExecutionError(RequestorError):
         super().__init__(detail)
 
 
+class BatchTimeoutError(CommandExecutionError):
+    """A script ran longer than its `timeout` (`ctx.new_script(timeout=...)`)."""
+
+
+class NoPaymentAccountError(RequestorError):
+    """yapapi's error for a payment account that is not set up. Budgets here are accounted
+    locally, so it is never raised; scripts that catch it keep working."""
+
+    def __init__(self, required_driver: str = "", required_network: str = "") -> None:
+        self.required_driver = required_driver
+        self.required_network = required_network
+        super().__init__(f"no payment account for driver {required_driver!r} and network {required_network!r}")
+
+
 class PackageException(RequestorError):
     """A payload definition is inconsistent (for example an image_url without its image_hash)."""
 

@@ -7,7 +7,7 @@ Where yapapi carries its REST objects (agreement, activity), these carry the sma
     Event
         JobEvent: JobStarted, JobFinished, ProposalReceived, ProposalRejected, NoProposalsConfirmed
             AgreementEvent: AgreementCreated, AgreementConfirmed, AgreementRejected,
-                            AgreementTerminated, ActivityCreateFailed
+                            AgreementTerminated, ActivityCreateFailed, InvoiceAccepted
                 ActivityEvent: ActivityCreated
                     ServiceEvent: ServiceStateChanged, ServiceFinished
                     ScriptEvent: ScriptSent, GettingResults, ScriptFinished
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
+from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -181,6 +182,13 @@ class AgreementRejected(AgreementEvent):
 @dataclass(kw_only=True, repr=False)
 class AgreementTerminated(AgreementEvent):
     reason: dict[str, str]
+
+
+@dataclass(kw_only=True, repr=False)
+class InvoiceAccepted(AgreementEvent):
+    """The agreement's cost was settled against the budget (as an accepted invoice in yapapi)."""
+
+    amount: Decimal
 
 
 class ActivityCreateFailed(AgreementEvent):

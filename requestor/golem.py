@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import itertools
 import logging
 import os
 import uuid
@@ -78,10 +79,13 @@ class Golem:
         self._unresponsive_after = unresponsive_after
         self._provider_addresses = _configured_providers(providers)
         self._consumers: list[tuple[EventConsumer, tuple[type[events.Event], ...]]] = []
-        self.add_event_consumer(event_consumer or log_summary(stream_output))
+        self.add_event_consumer(event_consumer or log_summary(stream_output=stream_output))
         self._embedded: EmbeddedProvider | None = None
         self._engine: Engine | None = None
         self._clusters: list[Cluster[Any]] = []
+        self._job_numbers = itertools.count(1)  # clusters are "Cluster 1", "Cluster 2", ... as in yapapi
+        self._payment_driver = payment_driver
+        self._payment_network = payment_network
         self._networks: list[Network] = []
         self._pending_consumers: set[asyncio.Task[Any]] = set()
 
@@ -96,6 +100,16 @@ class Golem:
         """Addresses of the providers in use (the embedded one's once started)."""
         return [c.address for c in self._engine.clients] if self._engine else list(self._provider_addresses)
 
+    @property
+    def payment_driver(self) -> str:
+        """As given (payments are accounted locally here: nothing is paid on a chain)."""
+        return self._payment_driver or "none"
+
+    @property
+    def payment_network(self) -> str:
+        """As given (payments are accounted locally here: nothing is paid on a chain)."""
+        return self._payment_network or "none"
+
     async def start(self) -> None:
         if self._engine is not None:
             return
@@ -109,9 +123,11 @@ class Golem:
 
     async def stop(self) -> None:
         """Stops every cluster (running instances go through shutdown), then the providers' links."""
+        log.info("Golem is shutting down...")
         for cluster in self._clusters:
             await cluster.terminate()
         self._clusters.clear()
+        log.info("All jobs have finished")
         for network in self._networks:  # those the script did not remove itself
             await network.remove()
         self._networks.clear()
@@ -203,7 +219,7 @@ class Golem:
         expiration = expiration or datetime.now(timezone.utc) + DEFAULT_SERVICE_EXPIRATION
         if expiration.tzinfo is None:
             expiration = expiration.astimezone(timezone.utc)
-        job = events.Job(id=uuid.uuid4().hex, payload=payload, expiration=expiration)
+        job = events.Job(id=str(next(self._job_numbers)), payload=payload, expiration=expiration)
         runner = ServiceRunner(self._engine, job, respawn_unstarted_instances)
         cluster: Cluster[ServiceType] = Cluster(runner, job, service_class, network)
         self._clusters.append(cluster)

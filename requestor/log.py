@@ -1,66 +1,155 @@
-"""Readable logging for requestor scripts: a default event consumer and a logger set-up.
+"""Readable logging for requestor scripts: the summary consumer, event loggers and a set-up.
 
-`log_summary()` is the consumer `Golem` uses unless given another: it says which provider each
-instance runs on, every state change, failures with the failing command and its stderr, and the
-cost of each agreement. The library itself never configures logging handlers;
-`enable_default_logger()` is for scripts.
+`log_summary()` is the consumer `Golem` uses unless given another: one line for each step a
+person follows (agreements proposed and confirmed, each instance's provider and state changes,
+failures with the failing command and its stderr, what each agreement cost, the total), with the
+wording yapapi's summary logger uses, so that what people and tests grep for is there. It wraps
+another consumer when given one, as yapapi's does: `log_summary(log_event_repr)` logs every event
+too. The library never configures handlers itself; `enable_default_logger()` is for scripts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
+from datetime import datetime, timezone
+from decimal import Decimal
 
-from requestor import events
+from requestor import __version__, events
 
 summary_log = logging.getLogger("requestor.summary")
+event_log = logging.getLogger("requestor.events")
+
+DEFAULT_FORMAT = "[%(asctime)s %(levelname)s %(name)s] %(message)s"
+# What yapapi's debug_*_api flags turn up: here, the calls to providers (provider_client).
+API_LOGGERS = {"activity": "requestor.provider_client", "market": "requestor.engine",
+               "payment": "requestor.budget", "net": "requestor.network"}
+
+EventConsumer = Callable[[events.Event], None]
 
 
-def enable_default_logger(level: int = logging.INFO, log_file: str | None = None) -> None:
-    """Logs to stderr (and optionally a file) in a short, readable format."""
-    formatter = logging.Formatter("[%(asctime)s %(levelname)s %(name)s] %(message)s", "%H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        handlers.append(logging.FileHandler(log_file))
+class _UtcFormatter(logging.Formatter):
+    """RFC 3339 times in UTC with milliseconds: 2026-11-29T13:05:54.123Z."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        moment = datetime.fromtimestamp(record.created, tz=timezone.utc)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def enable_default_logger(
+    format_: str = DEFAULT_FORMAT,
+    log_file: str | None = None,
+    debug_activity_api: bool = False,
+    debug_market_api: bool = False,
+    debug_payment_api: bool = False,
+    debug_net_api: bool = False,
+    level: int = logging.INFO,
+) -> None:
+    """Logs `level` and up to stderr; with `log_file`, everything down to DEBUG to that file too
+    (the `debug_*_api` flags add the library's calls of that kind to the file, as yapapi's add
+    its REST calls). Library noise (grpc, docker, urllib3, the embedded provider) stays at WARNING."""
+    formatter = _UtcFormatter(format_)
     root = logging.getLogger()
-    for handler in handlers:
-        handler.setFormatter(formatter)
-        root.addHandler(handler)
-    root.setLevel(level)
-    for noisy in ("urllib3", "docker", "exeunit"):
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(formatter)
+    console.setLevel(level)
+    root.addHandler(console)
+    root.setLevel(min(level, logging.DEBUG if log_file else level))
+    for noisy in ("urllib3", "docker", "exeunit", "grpc", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not log_file:
+        return
+    file_handler = logging.FileHandler(log_file, mode="w", encoding="utf-8")
+    file_handler.setFormatter(formatter)
+    file_handler.setLevel(logging.DEBUG)
+    root.addHandler(file_handler)
+    for flag, kind in ((debug_activity_api, "activity"), (debug_market_api, "market"),
+                       (debug_payment_api, "payment"), (debug_net_api, "net")):
+        logging.getLogger(API_LOGGERS[kind]).setLevel(logging.DEBUG if flag else logging.INFO)
+    summary_log.debug("requestor %s, script %s, working directory %s", __version__, sys.argv[0], os.getcwd())
+    summary_log.info("Using log file `%s`; in case of errors look for additional information there", log_file)
 
 
-def log_summary(stream_output: bool = False) -> Callable[[events.Event], None]:
-    """An event consumer that logs a readable account of the computation."""
+def log_event(event: events.Event) -> None:
+    """Logs each event in a line (DEBUG, logger requestor.events)."""
+    event_log.debug("%s", event)
 
-    def consume(event: events.Event) -> None:
-        if isinstance(event, events.ServiceStateChanged):
+
+def log_event_repr(event: events.Event) -> None:
+    """Logs each event's repr (DEBUG), with the traceback of its exception if it has one."""
+    event_log.debug("%r", event, exc_info=event.exc_info)
+
+
+def pluralize(num: int, thing: str) -> str:
+    """"1 provider", "2 providers"."""
+    return f"1 {thing}" if num == 1 else f"{num} {thing}s"
+
+
+class SummaryLogger:
+    """Follows the events of one Golem and logs what a person wants to know, once each."""
+
+    def __init__(self, wrapped: EventConsumer | None = None, stream_output: bool = False) -> None:
+        self._wrapped = wrapped
+        self._stream_output = stream_output
+        self._costs: dict[str, Decimal] = {}  # agreement id -> cost
+        self._names: dict[str, str] = {}  # agreement id -> provider name
+
+    def log(self, event: events.Event) -> None:
+        if self._wrapped is not None:
+            self._wrapped(event)
+        try:
+            self._handle(event)
+        except Exception:  # a summary must never break the computation it describes
+            summary_log.exception("the summary logger failed on %r", event)
+
+    def _handle(self, event: events.Event) -> None:
+        if isinstance(event, events.AgreementCreated):
+            self._names[event.agr_id] = event.provider_name
+            summary_log.info("Agreement proposed to provider '%s' (%s)", event.provider_name, event.provider_id)
+        elif isinstance(event, events.AgreementConfirmed):
+            summary_log.info("Agreement confirmed by provider '%s'", event.provider_name)
+        elif isinstance(event, events.ServiceStateChanged):
             where = f" on {event.agreement.provider_name}" if event.agreement else ""
             line = f"{_name(event.service)}{where}: {event.old.value} -> {event.new.value}"
-            if event.exception is not None:
-                summary_log.warning("%s (%s)", line, event.exception)
+            error = event.exception
+            if error is not None:
+                summary_log.warning("%s (%s: %s)", line, type(error).__name__, error)
             else:
                 summary_log.info("%s", line)
-        elif isinstance(event, events.AgreementCreated):
-            summary_log.info("Agreement with %s (%s) [%s]", event.provider_name, event.agreement.address, event.agr_id[:8])
         elif isinstance(event, events.CommandExecuted) and not event.success:
             summary_log.warning(
-                "Command failed on %s: %r: %s%s", event.provider_name, event.command, event.message,
+                "Command failed on provider '%s': %s: %s%s", event.provider_name, event.command, event.message,
                 f"\n  stderr: {event.stderr.strip()[-1000:]}" if event.stderr else "",
             )
-        elif isinstance(event, events.AgreementTerminated):
-            summary_log.info("Agreement with %s ended (%s), cost %s", event.provider_name,
-                             event.reason.get("message"), event.reason.get("cost"))
+        elif isinstance(event, events.InvoiceAccepted):
+            self._costs[event.agr_id] = event.amount
+            summary_log.info("Accepted invoice from '%s', amount: %s", event.provider_name, event.amount)
+        elif isinstance(event, events.AgreementTerminated) and event.reason.get("message") not in ("Finished", "Success"):
+            summary_log.info("Terminated agreement with %s (%s)", event.provider_name, event.reason.get("message"))
         elif isinstance(event, events.ProposalRejected) and event.reason:
             summary_log.debug("Offer of %s not taken: %s", event.address, event.reason)
-        elif stream_output and isinstance(event, (events.CommandStdOut, events.CommandStdErr)):
+        elif isinstance(event, events.ShutdownFinished):
+            providers = len(set(self._names.values()))
+            summary_log.info("Negotiated %s with %s", pluralize(len(self._names), "agreement"),
+                             pluralize(providers, "provider"))
+            summary_log.info("Total cost: %s", sum(self._costs.values(), Decimal(0)).normalize())
+            if event.exc_info:
+                summary_log.error("Error when shutting down Golem engine: %s", event.exception)
+            else:
+                summary_log.info("Golem engine has shut down")
+        elif isinstance(event, events.ExecutionInterrupted) and event.exc_info:
+            summary_log.warning("Execution interrupted by %s", event.exc_info[0].__name__)
+        elif self._stream_output and isinstance(event, (events.CommandStdOut, events.CommandStdErr)):
             stream = "stdout" if isinstance(event, events.CommandStdOut) else "stderr"
             for line in event.output.rstrip("\n").splitlines():
                 summary_log.info("[%s %s] %s", event.provider_name, stream, line)
 
-    return consume
+
+def log_summary(wrapped_emitter: EventConsumer | None = None, stream_output: bool = False) -> EventConsumer:
+    """The summary consumer (see the module); `wrapped_emitter` gets every event first."""
+    return SummaryLogger(wrapped_emitter, stream_output).log
 
 
 def _name(service: object) -> str:

@@ -108,6 +108,9 @@ class Usage:
     cpu_seconds: float
     duration_seconds: float
     cost: float
+    memory_bytes: int = 0
+    storage_bytes: int = 0
+    measured: datetime | None = None
 
 
 ACTIVITY_STATE_NAMES = {
@@ -291,7 +294,9 @@ class ProviderClient:
         response = await self._call(
             "GetActivityUsage", self._activity.GetActivityUsage, act.GetActivityUsageRequest(activity_id=activity_id)
         )
-        return Usage(response.cpu_seconds, response.duration.ToTimedelta().total_seconds(), response.cost)
+        return Usage(response.cpu_seconds, response.duration.ToTimedelta().total_seconds(), response.cost,
+                     response.memory_bytes, response.storage_bytes,
+                     response.measured.ToDatetime(tzinfo=timezone.utc) if response.HasField("measured") else None)
 
     async def destroy(self, activity_id: str) -> None:
         await self._call("DestroyActivity", self._activity.DestroyActivity, act.DestroyActivityRequest(activity_id=activity_id))

@@ -7,7 +7,6 @@ out; the host side of each check only listens on this machine's own addresses.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from exeunit.market import GIB, LinearPricing, Resources
 from requestor import NoMatchingProviderError
-from requestor.network import Network, NetworkError, NetworkState
+from requestor.network import NetworkError, NetworkState
 from requestor.payload import vm
 from requestor.services import Service, ServiceState
 from tests.conftest import BASE_IMAGE, Daemons

@@ -318,18 +318,20 @@ class GetActivityUsageRequest(_message.Message):
     def __init__(self, activity_id: _Optional[str] = ...) -> None: ...
 
 class GetActivityUsageResponse(_message.Message):
-    __slots__ = ("cpu_seconds", "duration", "cost", "memory_bytes", "measured")
+    __slots__ = ("cpu_seconds", "duration", "cost", "memory_bytes", "measured", "storage_bytes")
     CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DURATION_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEASURED_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     cpu_seconds: float
     duration: _duration_pb2.Duration
     cost: float
     memory_bytes: int
     measured: _timestamp_pb2.Timestamp
-    def __init__(self, cpu_seconds: _Optional[float] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cost: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., measured: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    storage_bytes: int
+    def __init__(self, cpu_seconds: _Optional[float] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cost: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., measured: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., storage_bytes: _Optional[int] = ...) -> None: ...
 
 class DestroyActivityRequest(_message.Message):
     __slots__ = ("activity_id",)

@@ -65,9 +65,7 @@ class Cluster(Generic[ServiceType]):
         return iter(self.instances)
 
     def __repr__(self) -> str:
-        states = ", ".join(f"{s.value}: {n}" for s, n in _count_states(self.instances).items())
-        return (f"<Cluster {self.id[:8]}: {len(self)}x {self._service_class.__name__} [{states}], "
-                f"payload {self.payload}>")
+        return f"Cluster {self.id}: {len(self)}x[Service: {self._service_class.__name__}, Payload: {self.payload}]"
 
     def stop_instance(self, service: ServiceType) -> None:
         """Stops one instance: a running one goes through `shutdown`, a starting one ends at once."""

@@ -4,6 +4,7 @@ notices a provider that ends the activity or stops answering, and releases what 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -214,8 +215,8 @@ class ServiceRunner:
             return None
         try:
             return acquiring.result()
-        except RequestorError as exc:
-            log.error("event=service_not_placed service=%s error=%s", service.id, exc)
+        except RequestorError as exc:  # the summary says it, with the instance's state change
+            log.debug("event=service_not_placed service=%s error=%s", service.id, exc)
             service._set_exc_info(exc)
             return None
 
@@ -227,14 +228,14 @@ class ServiceRunner:
         restart = False
         try:
             self._transition(service, "start", handle)
-            result = await self._drive(service.start(), ctx, watch, stop)
+            result = await self._run_handler(service, "start", ctx, watch, stop)
             if result.outcome is Outcome.DONE:
                 self._transition(service, "ready", handle)
-                result = await self._drive(service.run(), ctx, watch, stop)
+                result = await self._run_handler(service, "run", ctx, watch, stop)
                 if result.outcome in (Outcome.DONE, Outcome.ERROR, Outcome.STOPPED):
                     service._set_exc_info(result.error)
                     self._transition(service, "stop", handle)
-                    shutdown = await self._drive(service.shutdown(), ctx, watch, None)
+                    shutdown = await self._run_handler(service, "shutdown", ctx, watch, None)
                     if shutdown.error is not None and result.error is None:
                         service._set_exc_info(shutdown.error)
                     result = shutdown if shutdown.outcome in (Outcome.GONE, Outcome.UNRESPONSIVE) else result
@@ -254,6 +255,19 @@ class ServiceRunner:
                 service._clear_network_node()
             self._transition(service, "terminate", handle)
         return restart
+
+    async def _run_handler(self, service: Service, name: str, ctx: WorkContext, watch: ActivityWatch,
+                           stop: asyncio.Event | None) -> Result:
+        """Runs the service's `name` handler; one that raised is logged with its traceback, as
+        yapapi logs it (the state change that follows says why too)."""
+        try:
+            result = await self._drive(_handler(service, name), ctx, watch, stop)
+        except TypeError as exc:  # not an async generator
+            result = Result(Outcome.ERROR, exc)
+        if result.outcome is Outcome.ERROR and result.error is not None:
+            log.warning("Unhandled exception in service %s (%s)", type(service).__name__, name,
+                        exc_info=result.error)
+        return result
 
     async def _drive(self, handler: AsyncGenerator[Script, Any], ctx: WorkContext, watch: ActivityWatch,
                      stop: asyncio.Event | None) -> Result:
@@ -320,3 +334,16 @@ class ServiceRunner:
             done: asyncio.Future[list[events.CommandExecuted]] = asyncio.get_running_loop().create_future()
             done.set_result(results)
             to_send = done
+
+
+def _handler(service: Service, name: str) -> AsyncGenerator[Script, Any]:
+    """The service's `name` handler, checked to be an async generator (what the runner drives)."""
+    handler = getattr(service, name)()
+    if not inspect.isasyncgen(handler):
+        if inspect.iscoroutine(handler):
+            handler.close()  # never awaited: no warning about it
+        raise TypeError(
+            f"{type(service).__name__}.{name}() must be an async generator (an `async def` that yields "
+            f"scripts, or at least contains a `yield`), but it returned {type(handler).__name__}"
+        )
+    return handler
