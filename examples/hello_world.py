@@ -15,7 +15,7 @@ import argparse
 import asyncio
 from datetime import datetime, timedelta, timezone
 
-from requestor import Golem
+from requestor import Golem, RequestorError
 from requestor.log import enable_default_logger
 from requestor.payload import vm
 from requestor.services import Service, ServiceState
@@ -56,6 +56,9 @@ async def main(duration: float, instances: int) -> None:
         finally:
             print(f"stopping {cluster}", flush=True)
             await cluster.terminate()
+        failed = [i for i in cluster.instances if i.exc_info[1] is not None]
+        if failed:  # never placed (no provider could take it), or failed on its provider
+            raise SystemExit(f"{len(failed)} of {len(cluster.instances)} instances failed: {failed[0].exc_info[1]}")
         states = {instance.state for instance in cluster.instances}
         assert states == {ServiceState.terminated}, states
         print(f"all instances terminated; spent {golem.budget.spent:.6f} of {golem.budget.amount}", flush=True)
@@ -69,5 +72,7 @@ if __name__ == "__main__":
     enable_default_logger()
     try:
         asyncio.run(main(args.duration, args.instances))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM with an embedded provider
         print("interrupted", flush=True)
+    except RequestorError as error:
+        raise SystemExit(f"error: {error}") from None

@@ -20,7 +20,7 @@ import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from requestor import Golem
+from requestor import Golem, RequestorError
 from requestor.log import enable_default_logger
 from requestor.payload import vm
 from requestor.services import Service
@@ -110,5 +110,7 @@ if __name__ == "__main__":
     enable_default_logger()
     try:
         asyncio.run(main(args.duration, args.plots_dir, args.interval))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM with an embedded provider
         print("interrupted", flush=True)
+    except RequestorError as error:
+        raise SystemExit(f"error: {error}") from None

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
+import signal
+import threading
 import tempfile
 import uuid
 from pathlib import Path
@@ -17,12 +20,14 @@ import psutil
 
 from exeunit.activity import ActivityLimits
 from exeunit.docker_runtime import DockerRuntime
+from exeunit.errors import ExeUnitError
 from exeunit.fetch import FetchPolicy
 from exeunit.images import ImagePolicy
 from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
 from exeunit.provider import Provider
 from exeunit.server import RunningServer, create_server
 from exeunit.storage import DirectoryStorage, LoopStorage
+from requestor.errors import RequestorError
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +42,17 @@ class EmbeddedProvider:
         self._name = name
         self._running: RunningServer | None = None
         self._storage_dir: Path | None = None
+        self._sigterm_loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> str:
-        runtime = await asyncio.to_thread(DockerRuntime)
+        try:
+            runtime = await asyncio.to_thread(DockerRuntime)
+            await runtime.ping()
+        except ExeUnitError as exc:
+            raise RequestorError(
+                f"the embedded provider needs a Docker engine, and none answers ({exc}). Start dockerd "
+                "(scripts/setup.sh does), or name running providers: Golem(providers=[...]) or GOLEM_PROVIDERS"
+            ) from None
         self._storage_dir = Path(tempfile.mkdtemp(prefix="exeunit-embedded-"))
         storage = await asyncio.to_thread(lambda: psutil.disk_usage(self._storage_dir).free)
         settings = ProviderSettings(
@@ -61,9 +74,25 @@ class EmbeddedProvider:
         self._running = await create_server(Provider(settings, runtime, ActivityLimits(), volumes), "127.0.0.1:0")
         address = f"127.0.0.1:{self._running.port}"
         log.info("event=embedded_provider_started address=%s name=%s", address, self._name)
+        self._stop_on_sigterm()
         return address
 
+    def _stop_on_sigterm(self) -> None:
+        """SIGTERM as Ctrl-C: the script unwinds and this provider removes its containers (by
+        default SIGTERM kills the process at once and they run on). Only when the script has not
+        set a SIGTERM handler of its own, and only in the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, os.kill, os.getpid(), signal.SIGINT)
+        self._sigterm_loop = loop
+
     async def stop(self) -> None:
+        if self._sigterm_loop is not None:
+            self._sigterm_loop.remove_signal_handler(signal.SIGTERM)
+            self._sigterm_loop = None
         if self._running is not None:
             await self._running.stop(grace=1)
             self._running = None

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import http.client
+import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -105,3 +108,44 @@ def test_webapp_example_keeps_messages_in_its_database_instance(engine) -> None:
     connection.close()
     out, err = example.interrupt()
     assert "DB instance started at 192.168.0.2" in out and "network removed" in out
+
+
+def test_without_a_docker_engine_the_script_says_so_in_one_line(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "hello_world.py"), "--duration", "1"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "Start dockerd" in done.stderr and "GOLEM_PROVIDERS" in done.stderr
+
+
+def test_a_script_whose_only_provider_is_unreachable_fails() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: connections are refused
+        done = subprocess.run([sys.executable, str(REPO / "examples" / "hello_world.py"), "--duration", "1"],
+                              capture_output=True, text=True, timeout=60, cwd=REPO,
+                              env={**os.environ, "GOLEM_PROVIDERS": f"127.0.0.1:{port}"})
+    assert done.returncode == 1
+    assert "2 of 2 instances failed: no provider can run" in done.stderr and "unreachable" in done.stderr
+    assert "all instances terminated" not in done.stdout
+
+
+def test_sigterm_to_an_embedded_provider_script_removes_its_containers(engine) -> None:
+    process = subprocess.Popen([sys.executable, "-u", str(REPO / "examples" / "hello_world.py"), "--duration", "120"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    assert process.stdout is not None
+    provider_id, seen = "", []
+    for line in process.stdout:
+        seen.append(line)
+        found = re.search(r"Agreement proposed to provider 'local-provider' \((embedded-\w+)\)", line)
+        provider_id = provider_id or (found.group(1) if found else "")
+        if line.startswith("local-provider ["):  # an instance reported: its container runs
+            break
+    assert provider_id, "".join(seen)
+    label = {"label": f"io.exeunit.provider={provider_id}"}
+    assert engine.containers.list(filters=label)
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=60)
+    assert process.returncode == 0 and "interrupted" in rest, "".join(seen) + rest
+    assert engine.containers.list(all=True, filters=label) == []
