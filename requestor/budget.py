@@ -1,50 +1,135 @@
-"""The budget: what agreements may cost at most, and what they did cost."""
+"""The budget: money is spent as the work is done, as yapapi spends from its allocation.
+
+An agreement is made while the budget has more left than the provider's start fee; from then on
+the cost of every live activity is read from its provider's usage counters (`BudgetWatch`) and
+counted as accrued. When what is spent and accrued, plus what the running activities are about
+to spend before the next reading, would pass the budget, the agreements are ended, with that as
+their reason. Amounts are Decimal, as yapapi's; providers' prices and costs arrive as floats and
+are converted by their decimal representation.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from datetime import datetime
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
 
-from requestor.errors import BudgetExceededError
-from requestor.provider_client import Pricing
+from requestor.errors import BudgetExceededError, RequestorError
 
 log = logging.getLogger(__name__)
 
+WARN_AT = Decimal("0.9")  # a warning once this share of the budget is spent or accrued
+POLL_SECONDS = 2.0
 
-def worst_case_cost(pricing: Pricing, cpu_threads: int, now: datetime, expiration: datetime) -> float:
-    """The most an agreement can cost: every thread busy until it expires."""
-    seconds = max((expiration - now).total_seconds(), 0.0)
-    return pricing.cost(cpu_seconds=seconds * cpu_threads, duration_seconds=seconds)
+
+def money(value: float | int | str | Decimal) -> Decimal:
+    """A float from a provider as the decimal number it prints as (0.1 -> Decimal('0.1'))."""
+    return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
 class Budget:
-    """Reserves the worst-case cost of each agreement until its real cost is known."""
+    """What may be spent, what agreements have accrued so far, and what ended ones cost."""
 
-    def __init__(self, amount: float) -> None:
-        self.amount = amount
-        self._reserved: dict[str, float] = {}
-        self.spent = 0.0
+    def __init__(self, amount: float | Decimal) -> None:
+        self.amount = money(amount)
+        self.spent = Decimal(0)
+        self._accrued: dict[str, Decimal] = {}  # live agreements: cost so far
+        self.warned = False
+        self.exhausted = False  # set when agreements were ended for it: no new one is made
 
     @property
-    def remaining(self) -> float:
-        return self.amount - self.spent - sum(self._reserved.values())
+    def accrued(self) -> Decimal:
+        return sum(self._accrued.values(), Decimal(0))
 
-    def check(self, cost: float, provider: str) -> None:
-        if cost > self.remaining:
+    @property
+    def remaining(self) -> Decimal:
+        return self.amount - self.spent - self.accrued
+
+    def check(self, start_fee: float | Decimal, provider: str) -> None:
+        """BudgetExceededError unless an agreement with this start fee leaves something to spend."""
+        fee = money(start_fee)
+        if self.exhausted:
+            raise BudgetExceededError(f"the budget {self.amount} is spent; raise Golem(budget=...)")
+        if self.remaining <= fee:
             raise BudgetExceededError(
-                f"an agreement with {provider} may cost up to {cost:.6f}, but only {self.remaining:.6f} "
-                f"of the budget {self.amount:g} remains; raise Golem(budget=...) or shorten the expiration"
+                f"the budget {self.amount} has {self.remaining} left, not more than the start fee {fee} of "
+                f"{provider}; raise Golem(budget=...)"
             )
 
-    def reserve(self, agreement_id: str, cost: float) -> None:
-        self._reserved[agreement_id] = cost
+    def open(self, agreement_id: str, start_fee: float | Decimal = 0) -> None:
+        self._accrued[agreement_id] = money(start_fee)
 
-    def reserved_for(self, agreement_id: str) -> float:
-        return self._reserved.get(agreement_id, 0.0)
+    def accrue(self, agreement_id: str, cost: float | Decimal) -> None:
+        """The agreement's cost so far, as its provider counts it (never counted down)."""
+        if agreement_id in self._accrued:
+            self._accrued[agreement_id] = max(self._accrued[agreement_id], money(cost))
 
-    def settle(self, agreement_id: str, cost: float) -> None:
-        """Replaces the agreement's reservation with what it really cost."""
-        reserved = self._reserved.pop(agreement_id, 0.0)
-        self.spent += cost
-        log.debug("event=agreement_settled agreement=%s cost=%.6f reserved=%.6f spent=%.6f",
-                 agreement_id, cost, reserved, self.spent)
+    def accrued_for(self, agreement_id: str) -> Decimal:
+        return self._accrued.get(agreement_id, Decimal(0))
+
+    def settle(self, agreement_id: str, cost: float | Decimal) -> Decimal:
+        """The agreement ended: its final cost moves from accrued to spent. Returns it."""
+        final = max(money(cost), self._accrued.pop(agreement_id, Decimal(0)))
+        self.spent += final
+        log.debug("event=agreement_settled agreement=%s cost=%s spent=%s", agreement_id, final, self.spent)
+        return final
+
+    def would_pass(self, coming: Decimal) -> bool:
+        """Whether spending `coming` more passes the budget."""
+        return self.spent + self.accrued + coming > self.amount
+
+
+class BudgetWatch:
+    """Reads every live agreement's cost every `interval` seconds; warns near the limit and ends
+    every live agreement before the budget would be passed."""
+
+    def __init__(self, budget: Budget, read_cost: Callable[[str], Awaitable[float]],
+                 end_all: Callable[[str], Awaitable[None]], interval: float = POLL_SECONDS) -> None:
+        self._budget = budget
+        self._read_cost = read_cost  # agreement id -> its activity's cost now
+        self._end_all = end_all  # ends every live agreement, with the message given
+        self._interval = interval
+        self._live: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, agreement_id: str) -> None:
+        self._live.add(agreement_id)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._watch(), name="budget-watch")
+
+    def discard(self, agreement_id: str) -> None:
+        self._live.discard(agreement_id)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_total, last_time = self._budget.accrued + self._budget.spent, loop.time()
+        while self._live:
+            await asyncio.sleep(self._interval)
+            for agreement_id in list(self._live):
+                try:
+                    self._budget.accrue(agreement_id, await self._read_cost(agreement_id))
+                except RequestorError:
+                    continue  # its provider will say more when the instance notices
+            total, now = self._budget.accrued + self._budget.spent, loop.time()
+            rate = (total - last_total) / Decimal(str(max(now - last_time, 1e-3)))
+            last_total, last_time = total, now
+            coming = max(rate, Decimal(0)) * Decimal(str(self._interval)) * 2  # until the reading after next
+            budget = self._budget
+            if not budget.warned and total >= budget.amount * WARN_AT:
+                budget.warned = True
+                log.warning("Budget nearly spent: %s of %s (spent and accrued)", total.normalize(), budget.amount)
+            if self._live and budget.would_pass(coming):
+                log.warning("Budget of %s would be passed (%s spent and accrued, about %s more before the next "
+                            "reading): ending %d agreements", budget.amount, total.normalize(),
+                            coming.normalize(), len(self._live))
+                budget.exhausted = True
+                await self._end_all(f"the requestor's budget of {budget.amount} is spent")

@@ -10,13 +10,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from decimal import Decimal
 
 import grpc
 
 from requestor import events
-from requestor.budget import Budget, worst_case_cost
+from requestor.budget import Budget, BudgetWatch
 from requestor.ctx import ActivityHandle
 from requestor.errors import (
     BudgetExceededError,
@@ -56,6 +55,23 @@ class Engine:
         self.strategy = strategy
         self.emit = emit
         self.unresponsive_after = unresponsive_after
+        self._live: dict[str, ActivityHandle] = {}  # by agreement id: what the budget watch reads
+        self._budget_watch = BudgetWatch(budget, self._cost_of, self._end_all_for_budget)
+
+    async def close(self) -> None:
+        await self._budget_watch.close()
+
+    async def _cost_of(self, agreement_id: str) -> float:
+        handle = self._live[agreement_id]
+        return (await handle.client.usage(handle.activity.id)).cost
+
+    async def _end_all_for_budget(self, message: str) -> None:
+        """Ends every live agreement; their instances learn it from their activities' end."""
+        for agreement_id, handle in list(self._live.items()):
+            try:
+                await handle.client.terminate_agreement(agreement_id, "BudgetExceeded", message)
+            except RequestorError as exc:
+                log.warning("event=terminate_agreement_failed agreement=%s error=%s", agreement_id, exc)
 
     async def offers(self, job: events.Job, reasons: dict[str, str]) -> list[Offer]:
         """Current offers of every reachable provider; unreachable ones get a reason."""
@@ -134,10 +150,8 @@ class Engine:
     async def _agree(self, job: events.Job, payload: VmPackage, offer: Offer, attempt: _Attempt) -> ActivityHandle | None:
         where = f"{offer.provider_name} ({offer.address})"
         client = self._client(offer.address)
-        now = datetime.now(timezone.utc)
-        cost = worst_case_cost(offer.pricing, payload.min_cpu_threads, now, job.expiration)
         try:
-            self.budget.check(cost, where)
+            self.budget.check(offer.pricing.start_fee, where)
         except BudgetExceededError as exc:
             attempt.reasons[where] = f"over budget: {exc}"
             attempt.budget_error = exc
@@ -156,13 +170,13 @@ class Engine:
             attempt.reasons[where] = f"refused ({outcome.reason}): {outcome.message}"
             self.emit(events.ProposalRejected(job=job, proposal=offer, address=offer.address, reason=outcome.message))
             return None
-        return await self._activate(job, offer, outcome, cost, attempt)
+        return await self._activate(job, offer, outcome, attempt)
 
-    async def _activate(self, job: events.Job, offer: Offer, agreement_info: AgreementInfo, cost: float,
+    async def _activate(self, job: events.Job, offer: Offer, agreement_info: AgreementInfo,
                         attempt: _Attempt) -> ActivityHandle | None:
         client = self._client(offer.address)
         agreement = events.Agreement(agreement_info.agreement_id, offer.provider_id, offer.provider_name, offer.address)
-        self.budget.reserve(agreement.id, cost)
+        self.budget.open(agreement.id, offer.pricing.start_fee)
         self.emit(events.AgreementCreated(job=job, agreement=agreement))
         self.emit(events.AgreementConfirmed(job=job, agreement=agreement))
         try:
@@ -172,20 +186,25 @@ class Engine:
             self.emit(events.ActivityCreateFailed(job=job, agreement=agreement, exc_info=(type(exc), exc, exc.__traceback__)))
             await self._end_agreement(client, agreement, job, "ActivityCreateFailed", 0.0)
             return None
-        activity = events.Activity(activity_id)
+        handle = ActivityHandle(client, offer, agreement, events.Activity(activity_id))
+        self._live[agreement.id] = handle
+        self._budget_watch.add(agreement.id)
+        activity = handle.activity
         self.emit(events.ActivityCreated(job=job, agreement=agreement, activity=activity))
         log.debug("event=activity_ready job=%s provider=%s agreement=%s activity=%s",
                  job.id, offer.provider_name, agreement.id, activity_id)
-        return ActivityHandle(client, offer, agreement, activity)
+        return handle
 
     async def release(self, handle: ActivityHandle, job: events.Job, error: BaseException | None) -> None:
         """Reads the final cost, destroys the activity and ends the agreement. Never raises."""
         client = handle.client
+        self._live.pop(handle.agreement.id, None)
+        self._budget_watch.discard(handle.agreement.id)
         try:
-            cost = (await client.usage(handle.activity.id)).cost
+            cost: float | Decimal = (await client.usage(handle.activity.id)).cost
         except RequestorError as exc:
-            cost = self.budget.reserved_for(handle.agreement.id)
-            log.warning("event=usage_unknown agreement=%s error=%s counted=%.6f", handle.agreement.id, exc, cost)
+            cost = self.budget.accrued_for(handle.agreement.id)  # the last reading
+            log.warning("event=usage_unknown agreement=%s error=%s counted=%s", handle.agreement.id, exc, cost)
         try:
             await client.destroy(handle.activity.id)
         except RequestorError as exc:
@@ -194,14 +213,14 @@ class Engine:
         await self._end_agreement(client, handle.agreement, job, reason, cost)
 
     async def _end_agreement(self, client: ProviderClient, agreement: events.Agreement, job: events.Job,
-                             reason: str, cost: float) -> None:
+                             reason: str, cost: float | Decimal) -> None:
         try:
             await client.terminate_agreement(agreement.id, reason)
         except RequestorError as exc:
             log.warning("event=terminate_agreement_failed agreement=%s error=%s", agreement.id, exc)
-        self.budget.settle(agreement.id, cost)
-        self.emit(events.AgreementTerminated(job=job, agreement=agreement, reason={"message": reason, "cost": f"{cost:.6f}"}))
-        self.emit(events.InvoiceAccepted(job=job, agreement=agreement, amount=Decimal(f"{cost:.18f}").normalize()))
+        final = self.budget.settle(agreement.id, cost)
+        self.emit(events.AgreementTerminated(job=job, agreement=agreement, reason={"message": reason, "cost": str(final)}))
+        self.emit(events.InvoiceAccepted(job=job, agreement=agreement, amount=final))
 
 
 def _demand(payload: VmPackage, subnet_tag: str, job: events.Job) -> DemandSpec:

@@ -132,6 +132,7 @@ class Golem:
             await network.remove()
         self._networks.clear()
         if self._engine is not None:
+            await self._engine.close()
             for client in self._engine.clients:
                 await client.close()
             self._engine = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -292,14 +293,49 @@ async def test_a_demand_no_provider_matches_fails_clearly(daemons: Daemons) -> N
 
 
 async def test_budget_refuses_an_agreement_it_cannot_cover(daemons: Daemons) -> None:
-    server = await start_provider(daemons, )
+    server = await start_provider(daemons, pricing=LinearPricing(start_fee=0.01, per_cpu_second=0.0,
+                                                                 per_duration_second=0.0))
     recorder = Recorder()
-    async with golem_for(server, recorder=recorder, budget=0.001) as golem:
+    async with golem_for(server, recorder=recorder, budget=0.005) as golem:
         [instance] = (await golem.run_service(Echo)).instances
         await recorder.until(lambda: instance.state is S.terminated)
         assert isinstance(instance.exc_info[1], BudgetExceededError)
         assert "raise Golem(budget=...)" in str(instance.exc_info[1])
         assert not any(isinstance(e, events.AgreementCreated) for e in recorder.events)
+
+
+class Idles(Echo):
+    async def run(self):
+        await asyncio.Future()
+        yield
+
+
+async def test_the_budget_is_spent_as_work_runs_and_agreements_end_before_it_is_passed(daemons: Daemons) -> None:
+    # The daemon's default prices and yapapi's budget=1.0 with a 3-hour agreement: the worst case
+    # (every thread busy until expiration) would be 1.30, but the work is paid as it runs.
+    fair = await start_provider(daemons, "fair", pricing=LinearPricing(0.0, 0.0001, 0.00002))
+    recorder = Recorder()
+    async with golem_for(fair, recorder=recorder, budget=1.0) as golem:
+        [instance] = (await golem.run_service(Echo)).instances
+        await recorder.until(lambda: instance.state is S.terminated)
+        assert instance.exc_info[1] is None and instance.outputs
+    # A provider whose time is dear: 0.05 a second against a budget of 0.3.
+    dear = await start_provider(daemons, "dear", pricing=LinearPricing(0.0, 0.0, 0.05))
+    recorder = Recorder()
+    async with golem_for(dear, recorder=recorder, budget=0.3) as golem:
+        cluster = await golem.run_service(Idles)
+        [instance] = cluster.instances
+        await recorder.until(lambda: instance.state is S.running)
+        await recorder.until(lambda: instance.state is S.terminated, timeout=30)
+        error = instance.exc_info[1]
+        assert isinstance(error, ActivityTerminatedError) and "budget of 0.3 is spent" in str(error), error
+        assert golem.budget.spent <= Decimal("0.3"), golem.budget.spent
+        assert golem.budget.spent >= Decimal("0.1")  # it did run for a while
+        invoices = [e for e in recorder.events if isinstance(e, events.InvoiceAccepted)]
+        assert [e.amount for e in invoices] == [golem.budget.spent]
+        later = await golem.run_service(Idles)  # nothing new is agreed once it is spent
+        await recorder.until(lambda: later.instances[0].state is S.terminated)
+        assert isinstance(later.instances[0].exc_info[1], BudgetExceededError)
 
 
 class Transfers(Echo):

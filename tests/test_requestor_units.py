@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 import grpc
 import pytest
@@ -11,7 +11,7 @@ import pytest
 from exeunit.v1 import transfer_pb2 as xfer
 from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
 
-from requestor.budget import Budget, worst_case_cost
+from requestor.budget import Budget
 from requestor.errors import BudgetExceededError, PackageException, RequestorError
 from requestor.payload import vm
 from requestor.provider_client import Offer, Pricing, ProviderClient
@@ -87,17 +87,19 @@ def test_strategy_prefers_cheapest_and_honours_caps() -> None:
     assert strategy.score_offer(offer(pricing=Pricing(0, 0.02, 0, ""))) is None
 
 
-def test_budget_reserves_worst_case_and_settles_real_cost() -> None:
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    cost = worst_case_cost(Pricing(0.5, 0.001, 0.002, ""), 2, now, now + timedelta(seconds=100))
-    assert cost == pytest.approx(0.5 + 0.001 * 200 + 0.002 * 100)
+def test_budget_accrues_in_decimal_and_settles_what_was_spent() -> None:
     budget = Budget(1.0)
-    budget.check(cost, "p")
-    budget.reserve("a1", cost)
-    with pytest.raises(BudgetExceededError, match="only 0.100000 of the budget 1 remains"):
-        budget.check(0.2, "p")
-    budget.settle("a1", 0.25)
-    assert budget.spent == 0.25 and budget.remaining == pytest.approx(0.75)
+    budget.check(0.1, "p")
+    budget.open("a1", 0.1)
+    budget.accrue("a1", 0.3)
+    budget.accrue("a1", 0.2)  # a reading never counts down
+    assert budget.accrued == Decimal("0.3") and budget.remaining == Decimal("0.7")
+    with pytest.raises(BudgetExceededError, match="has 0.7 left, not more than the start fee 0.7 of p"):
+        budget.check(0.7, "p")
+    assert budget.would_pass(Decimal("0.71")) and not budget.would_pass(Decimal("0.7"))
+    assert budget.settle("a1", 0.25) == Decimal("0.3")  # the provider's last word may lag a reading
+    assert budget.spent == Decimal("0.3") and budget.accrued == 0
+    assert Budget(0.1).amount + Budget(0.2).amount == Decimal("0.3")  # no float artefacts
 
 
 async def test_payload_errors_name_the_fix() -> None:
