@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--replay-window-mib", type=positive(int), default=32, metavar="MIB",
                         help="output retained per batch for clients that reconnect (default: %(default)s)")
 
+    serve.add_argument("--log-format", default="logfmt", choices=logs.FORMATS,
+                       help="one event per line as logfmt (key=value, quoted where needed) or as JSON objects; "
+                            "times are RFC 3339 UTC (default: %(default)s)")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                        help="log verbosity (default: %(default)s)")
     return parser
@@ -279,7 +282,7 @@ def activity_storage(args: argparse.Namespace, base: Path, runtime: DockerRuntim
 
 
 def serve(args: argparse.Namespace) -> int:
-    logs.configure(args.log_level)
+    logs.configure(args.log_level, args.log_format)
     if args.cpu_overcommit < 1:  # positive() took care of the rest
         print("exeunit: --cpu-overcommit must be at least 1", file=sys.stderr)
         return 2

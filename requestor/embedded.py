@@ -68,7 +68,7 @@ class EmbeddedProvider:
         )
         why_not = LoopStorage.available()
         if why_not is not None:
-            log.warning("event=storage_unenforced reason=%r (volumes have no size limit)", why_not)
+            log.warning("event=storage_unenforced reason=%r volumes=unlimited", why_not)
         owner = await asyncio.to_thread(runtime.container_root_owner)  # one Docker call, at start
         volumes = (LoopStorage if why_not is None else DirectoryStorage)(self._storage_dir, *owner)
         self._running = await create_server(Provider(settings, runtime, ActivityLimits(), volumes), "127.0.0.1:0")

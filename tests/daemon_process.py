@@ -33,7 +33,7 @@ class Daemon:
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.lines.append(line)
-            if match := re.search(r"event=listening .* port=(\d+)", line):
+            if match := re.search(r'event"?[=:] ?"?listening\b.*\bport"?[=:] ?"?(\d+)', line):  # logfmt or JSON
                 self.port = int(match.group(1))
                 break
         assert self.port, "".join(self.lines)

@@ -267,3 +267,19 @@ def test_python_m_exeunit_and_console_script_agree() -> None:
         pytest.fail("the `exeunit` console script is not on PATH; pip install -e . installs it")
     version = subprocess.run(["exeunit", "--version"], capture_output=True, text=True, check=True).stdout
     assert version.startswith("exeunit ")
+
+
+async def test_json_logs_at_debug_are_the_daemons_own_events(engine: docker.DockerClient) -> None:
+    daemon = Daemon("--log-format", "json", "--log-level", "DEBUG")
+    try:
+        async with ContractClient(f"127.0.0.1:{daemon.port}", "r") as client:
+            activity_id = await client.ready_activity(BASE_IMAGE)
+            await client.destroy(activity_id)
+    finally:
+        daemon.stop()
+    records = [json.loads(line) for line in daemon.lines]  # every line is one JSON object
+    assert all(r["time"].endswith("Z") and r["level"] in ("debug", "info", "warning", "error") for r in records)
+    assert not [r for r in records if r["logger"].startswith(("grpc", "asyncio", "urllib3", "docker"))]
+    states = [r["state"] for r in records if r.get("event") == "activity_state" and r.get("activity") == activity_id]
+    assert states == ["Deployed", "Ready", "Terminated"]
+

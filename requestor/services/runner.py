@@ -143,7 +143,7 @@ class ServiceRunner:
         service._set_state(new)
         agreement = handle.agreement if handle else None
         activity = handle.activity if handle else None
-        log.debug("event=service_state service=%s %s->%s", service.id, old.value, new.value)
+        log.debug("event=service_state service=%s old=%s new=%s", service.id, old.value, new.value)
         self._engine.emit(events.ServiceStateChanged(
             job=self._job, service=service, agreement=agreement, activity=activity, old=old, new=new,
             exc_info=service.exc_info if service.exc_info[1] is not None else None,  # type: ignore[arg-type]
