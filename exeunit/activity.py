@@ -81,6 +81,20 @@ class ActivityStatus:
 
 
 @dataclass(frozen=True)
+class ActivitySummary:
+    """One line of `exeunit ps`: who runs what, since when, using how much."""
+
+    status: ActivityStatus
+    requestor_id: str
+    image: str
+    created: datetime
+    started: datetime | None
+    usage: Usage
+    network_id: str
+    ip: str
+
+
+@dataclass(frozen=True)
 class Usage:
     cpu_seconds: float
     duration_seconds: float
@@ -121,6 +135,7 @@ class Activity:
         self.reason = ""
         self.message = ""
         self.changed = utcnow()
+        self.created = self.changed
         self.container_id: str | None = None
         self.image: ImageInfo | None = None
         self.volumes: VolumeDirs | None = None  # the host side of the image's VOLUMEs, once deployed
@@ -195,6 +210,7 @@ class Activity:
         self.reason, self.message = record.reason, record.message
         self.container_id = record.container_id
         self._started_at, self._ended_at = record.started, record.ended
+        self.created = record.started or self.changed
         self._image_loaded_here = record.image_loaded_here
         if self.state is ActivityState.TERMINATED:  # kept for its status; ending it again does nothing
             self._terminating = asyncio.ensure_future(asyncio.sleep(0))
@@ -220,6 +236,15 @@ class Activity:
         for batch in self._batches.values():
             if batch.journal is not None:
                 batch.journal.close()
+
+    async def summary(self) -> ActivitySummary:
+        image = self.agreement.demand.image
+        membership = self._networks.membership(self.activity_id)
+        return ActivitySummary(
+            status=self.status(), requestor_id=self.agreement.requestor_id, image=image.tag or image.hash or image.url,
+            created=self.created, started=self._started_at, usage=await self.usage(),
+            network_id=membership[0].network_id if membership else "", ip=str(membership[1].ip) if membership else "",
+        )
 
     async def watch(self) -> AsyncIterator[ActivityStatus]:
         """The current status, then each change, ending after Terminated."""

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import psutil
 
-from exeunit import __version__, errors, logs
+from exeunit import __version__, errors, listing, logs
 from exeunit.activity import ActivityLimits
 from exeunit.docker_runtime import DockerRuntime
 from exeunit.fetch import FetchPolicy
@@ -28,6 +28,7 @@ from exeunit.state import StateStore
 
 DEFAULT_HOMES = Path("/var/lib/exeunit")  # a provider's home is DEFAULT_HOMES/NAME unless --state-dir
 STATE_FILE = "state.sqlite3"  # in the home: what a restarted daemon recovers (exeunit.state)
+ADMIN_SOCKET = "admin.sock"  # in the home: the operator's socket (exeunit ps)
 
 log = logging.getLogger("exeunit")
 
@@ -160,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--replay-window-mib", type=positive(int), default=32, metavar="MIB",
                         help="output retained per batch for clients that reconnect (default: %(default)s)")
 
+    ps = commands.add_parser(
+        "ps", help="list the activities a daemon on this host runs (every requestor's)",
+        description="Lists a daemon's activities through its admin socket (STATE_DIR/admin.sock, which only "
+                    "the daemon's user can open): requestor, state, image, age and usage of each.",
+    )
+    ps.add_argument("--state-dir", type=Path, metavar="DIR", help="the daemon's home (default: /var/lib/exeunit/NAME)")
+    ps.add_argument("--name", default=socket.gethostname(), help="the daemon's --name, to find its home")
+    ps.add_argument("--json", action="store_true", help="one JSON object per activity instead of a table")
     serve.add_argument("--log-format", default="logfmt", choices=logs.FORMATS,
                        help="one event per line as logfmt (key=value, quoted where needed) or as JSON objects; "
                             "times are RFC 3339 UTC (default: %(default)s)")
@@ -325,7 +334,8 @@ def serve(args: argparse.Namespace) -> int:
         state = StateStore(home.path / STATE_FILE)
         provider = Provider(settings, runtime, limits, storage, state)
         try:
-            asyncio.run(serve_until_signalled(provider, args.listen, token, args.keep_activities_on_shutdown))
+            asyncio.run(serve_until_signalled(provider, args.listen, token, args.keep_activities_on_shutdown,
+                                              home.path / ADMIN_SOCKET))
         finally:
             state.close()
     except errors.ExeUnitError as exc:
@@ -340,11 +350,29 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def ps(args: argparse.Namespace) -> int:
+    """Prints the daemon's activities, as its admin socket lists them."""
+    path = (args.state_dir or DEFAULT_HOMES / args.name) / ADMIN_SOCKET
+    if not path.exists():
+        print(f"exeunit ps: no daemon's admin socket at {path}; is `exeunit serve` running with that "
+              "--state-dir (or --name)?", file=sys.stderr)
+        return 1
+    try:
+        rows = asyncio.run(listing.list_activities(path))
+    except listing.Unreachable as exc:
+        print(f"exeunit ps: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(listing.as_json(rows) if args.json else listing.as_table(rows)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "ps":
+        return ps(args)
     parser.print_help()
     return 2
 

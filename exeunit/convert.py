@@ -8,7 +8,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from exeunit import __version__, commands, errors
-from exeunit.activity import ActivityStatus, Usage
+from exeunit.activity import ActivityStatus, ActivitySummary, Usage
 from exeunit.batch import Batch, BatchEvent, BatchState, CommandState, EventKind
 from exeunit.market import (
     RUNTIME_NAME,
@@ -293,6 +293,19 @@ def usage_to_proto(usage: Usage) -> act.GetActivityUsageResponse:
         measured=timestamp(usage.measured),
         storage_bytes=usage.storage_bytes,
     )
+
+
+def summary_to_proto(summary: ActivitySummary) -> act.ActivitySummary:
+    status, usage = summary.status, summary.usage
+    message = act.ActivitySummary(
+        activity_id=status.activity_id, agreement_id=status.agreement_id, requestor_id=summary.requestor_id,
+        state=ACTIVITY_STATES[status.state], reason=status.reason, image=summary.image,
+        created=timestamp(summary.created), cpu_seconds=usage.cpu_seconds, memory_bytes=usage.memory_bytes,
+        storage_bytes=usage.storage_bytes, executor=status.executor, network_id=summary.network_id, ip=summary.ip,
+    )
+    if summary.started is not None:
+        message.started.CopyFrom(timestamp(summary.started))
+    return message
 
 
 def network_to_proto(network: PrivateNetwork) -> net.NetworkInfo:

@@ -17,7 +17,7 @@ from datetime import datetime
 from contextlib import asynccontextmanager, contextmanager
 
 from exeunit import errors
-from exeunit.activity import Activity, ActivityLimits, ActivityStatus, Usage
+from exeunit.activity import Activity, ActivityLimits, ActivityStatus, ActivitySummary, Usage
 from exeunit.batch import Batch, BatchEvent
 from exeunit.bridges import BridgePlumbing
 from exeunit.commands import Command, Deploy
@@ -409,6 +409,13 @@ class Provider:
         if activity.agreement.requestor_id != requestor_id:
             raise errors.PermissionDenied(f"activity {activity_id} belongs to another requestor")
         return activity
+
+    async def list_activities(self, requestor_id: str | None) -> list[ActivitySummary]:
+        """The requestor's activities (every one for None: the operator), oldest first."""
+        chosen = sorted((a for a in self._activities.values()
+                         if requestor_id is None or a.agreement.requestor_id == requestor_id),
+                        key=lambda a: a.created)
+        return list(await asyncio.gather(*(a.summary() for a in chosen)))
 
     def exec(self, requestor_id: str, activity_id: str, commands: list[Command], batch_id: str) -> tuple[Batch, bool]:
         activity = self.activity(requestor_id, activity_id)

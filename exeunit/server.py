@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -15,7 +17,9 @@ from grpc_reflection.v1alpha import reflection
 
 from exeunit.handlers import add_service
 from exeunit.provider import Provider
-from exeunit.servicers import ActivityServicer, MarketServicer, NetworkServicer, TransferServicer
+from exeunit.servicers import (
+    ActivityServicer, MarketServicer, NetworkServicer, OperatorActivityServicer, TransferServicer,
+)
 from exeunit.status import Caller, TokenCheck
 from exeunit.v1 import activity_pb2, market_pb2, network_pb2, transfer_pb2
 
@@ -37,6 +41,7 @@ class RunningServer:
     port: int
     provider: Provider
     health: health.HealthServicer
+    admin: grpc.aio.Server | None = None  # the operator's socket (exeunit ps)
 
     async def stop(self, grace: float = 5.0, keep_activities: bool = False) -> None:
         """Ends every activity first, so that watchers and batch streams still connected learn
@@ -45,6 +50,8 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         await self.provider.close(keep_activities)
         await self.server.stop(grace)
+        if self.admin is not None:
+            await self.admin.stop(grace)
 
 
 def check_listen_address(address: str) -> None:
@@ -64,7 +71,23 @@ def check_listen_address(address: str) -> None:
             raise OSError(f"cannot listen on {address}: {exc.strerror or exc}") from None
 
 
-async def create_server(provider: Provider, address: str, token: str | None = None) -> RunningServer:
+async def create_admin_server(provider: Provider, path: Path) -> grpc.aio.Server:
+    """The operator's socket: a unix socket only the daemon's user may open (mode 0600), serving
+    ListActivities of every requestor, and nothing that changes anything."""
+    path.unlink(missing_ok=True)  # a killed daemon's; the home's lock says no other one runs
+    server = grpc.aio.server()
+    add_service(server, ACTIVITY, OperatorActivityServicer(provider))
+    previous = os.umask(0o177)
+    try:
+        if server.add_insecure_port(f"unix:{path}") == 0:
+            raise OSError(f"cannot listen on the admin socket {path}")
+    finally:
+        os.umask(previous)
+    return server
+
+
+async def create_server(provider: Provider, address: str, token: str | None = None,
+                        admin_socket: Path | None = None) -> RunningServer:
     """Binds address ("host:port"; port 0 picks one), then opens the provider and starts serving.
     A port that cannot be bound fails before the provider touches anything."""
     server = grpc.aio.server(
@@ -91,15 +114,18 @@ async def create_server(provider: Provider, address: str, token: str | None = No
         port = 0
     if port == 0:
         raise OSError(f"cannot listen on {address}: the address is in use or invalid")
+    admin = await create_admin_server(provider, admin_socket) if admin_socket is not None else None
     await provider.open()
     await server.start()
+    if admin is not None:
+        await admin.start()
     log.info("event=listening address=%s port=%d provider=%s name=%s", address, port,
              provider.settings.provider_id, provider.settings.name)
-    return RunningServer(server, port, provider, health_servicer)
+    return RunningServer(server, port, provider, health_servicer, admin)
 
 
 async def serve_until_signalled(provider: Provider, address: str, token: str | None,
-                                keep_activities: bool = False) -> None:
+                                keep_activities: bool = False, admin_socket: Path | None = None) -> None:
     """Serves until SIGTERM or SIGINT, then shuts down cleanly (see RunningServer.stop)."""
     loop = asyncio.get_running_loop()
     # Every Docker call runs in a worker thread: enough of them for many activities at once.
@@ -107,7 +133,7 @@ async def serve_until_signalled(provider: Provider, address: str, token: str | N
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before serving: a signal during start-up is not lost
         loop.add_signal_handler(sig, stop.set)
-    running = await create_server(provider, address, token)
+    running = await create_server(provider, address, token, admin_socket)
     try:
         await stop.wait()
         log.info("event=shutting_down")

@@ -10,7 +10,7 @@ import grpc
 from exeunit import convert, errors
 from exeunit.market import Agreement
 from exeunit.provider import TUNNEL_READ_BYTES, Provider
-from exeunit.status import Caller, streaming, unary
+from exeunit.status import Caller, OperatorCaller, streaming, unary
 from exeunit.transfer import CHUNK_SIZE
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import activity_pb2_grpc as act_grpc
@@ -150,6 +150,12 @@ class ActivityServicer(act_grpc.ActivityServicer):
         batch, _ = self.provider.exec(requestor_id, activity_id, commands, request.batch_id)
         async for event in self.provider.batch_events(requestor_id, activity_id, batch.batch_id, 0):
             yield convert.event_to_proto(event)
+
+    @unary
+    async def ListActivities(self, request: act.ListActivitiesRequest, context: Context,
+                             requestor_id: str) -> act.ListActivitiesResponse:
+        activities = await self.provider.list_activities(requestor_id)
+        return act.ListActivitiesResponse(activities=[convert.summary_to_proto(a) for a in activities])
 
     @streaming
     async def Tunnel(self, request_iterator: AsyncIterator[act.TunnelRequest], context: Context,
@@ -292,4 +298,19 @@ async def _to_port(requests: AsyncIterator[act.TunnelRequest], writer: asyncio.S
         raise
     if writer.can_write_eof() and not writer.is_closing():
         writer.write_eof()
+
+
+class OperatorActivityServicer(act_grpc.ActivityServicer):
+    """The Activity service as the admin socket serves it: ListActivities of every requestor;
+    every other method is UNIMPLEMENTED there (the operator runs no activities through it)."""
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        self.caller = OperatorCaller()
+
+    @unary
+    async def ListActivities(self, request: act.ListActivitiesRequest, context: Context,
+                             requestor_id: str) -> act.ListActivitiesResponse:
+        activities = await self.provider.list_activities(None)
+        return act.ListActivitiesResponse(activities=[convert.summary_to_proto(a) for a in activities])
 

@@ -283,3 +283,32 @@ async def test_json_logs_at_debug_are_the_daemons_own_events(engine: docker.Dock
     states = [r["state"] for r in records if r.get("event") == "activity_state" and r.get("activity") == activity_id]
     assert states == ["Deployed", "Ready", "Terminated"]
 
+
+
+async def test_exeunit_ps_shows_the_operator_every_requestors_activities(engine: docker.DockerClient) -> None:
+    daemon = Daemon("--name", "ps-provider")
+    try:
+        async with ContractClient(f"127.0.0.1:{daemon.port}", "alice") as alice, \
+                ContractClient(f"127.0.0.1:{daemon.port}", "bob") as bob:
+            mine = await alice.ready_activity(BASE_IMAGE)
+            theirs = await bob.new_activity(BASE_IMAGE)
+            listed = await alice.activity.ListActivities(act.ListActivitiesRequest(), metadata=alice.metadata)
+            assert [a.activity_id for a in listed.activities] == [mine]  # a requestor sees its own only
+            socket_path = daemon.state_dir / "admin.sock"
+            assert socket_path.stat().st_mode & 0o777 == 0o600
+            table = subprocess.run([*EXEUNIT, "ps", "--state-dir", str(daemon.state_dir)], capture_output=True,
+                                   text=True, timeout=30)
+            assert table.returncode == 0, table.stderr
+            header, *rows = table.stdout.splitlines()
+            assert header.split() == ["ACTIVITY", "REQUESTOR", "STATE", "IMAGE", "AGE", "CPU-S", "MEMORY", "STORAGE", "IP"]
+            assert {(r.split()[0], r.split()[1], r.split()[2]) for r in rows} == {
+                (mine[:12], "alice", "Ready"), (theirs[:12], "bob", "New")}
+            as_json = subprocess.run([*EXEUNIT, "ps", "--json", "--state-dir", str(daemon.state_dir)],
+                                     capture_output=True, text=True, timeout=30).stdout.splitlines()
+            first = json.loads(as_json[0])
+            assert first["activity_id"] == mine and first["image"] == BASE_IMAGE and first["storage_bytes"] > 0
+    finally:
+        daemon.stop()
+    gone = subprocess.run([*EXEUNIT, "ps", "--state-dir", str(daemon.state_dir)], capture_output=True, text=True,
+                          timeout=30)
+    assert gone.returncode == 1 and "is `exeunit serve` running" in gone.stderr

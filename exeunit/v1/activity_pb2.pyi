@@ -52,6 +52,48 @@ COMMAND_STATE_SUCCEEDED: CommandState
 COMMAND_STATE_FAILED: CommandState
 COMMAND_STATE_SKIPPED: CommandState
 
+class ListActivitiesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ActivitySummary(_message.Message):
+    __slots__ = ("activity_id", "agreement_id", "requestor_id", "state", "reason", "image", "created", "started", "cpu_seconds", "memory_bytes", "storage_bytes", "executor", "network_id", "ip")
+    ACTIVITY_ID_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    activity_id: str
+    agreement_id: str
+    requestor_id: str
+    state: ActivityState
+    reason: str
+    image: str
+    created: _timestamp_pb2.Timestamp
+    started: _timestamp_pb2.Timestamp
+    cpu_seconds: float
+    memory_bytes: int
+    storage_bytes: int
+    executor: str
+    network_id: str
+    ip: str
+    def __init__(self, activity_id: _Optional[str] = ..., agreement_id: _Optional[str] = ..., requestor_id: _Optional[str] = ..., state: _Optional[_Union[ActivityState, str]] = ..., reason: _Optional[str] = ..., image: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., executor: _Optional[str] = ..., network_id: _Optional[str] = ..., ip: _Optional[str] = ...) -> None: ...
+
+class ListActivitiesResponse(_message.Message):
+    __slots__ = ("activities",)
+    ACTIVITIES_FIELD_NUMBER: _ClassVar[int]
+    activities: _containers.RepeatedCompositeFieldContainer[ActivitySummary]
+    def __init__(self, activities: _Optional[_Iterable[_Union[ActivitySummary, _Mapping]]] = ...) -> None: ...
+
 class TunnelRequest(_message.Message):
     __slots__ = ("open", "data", "close")
     OPEN_FIELD_NUMBER: _ClassVar[int]

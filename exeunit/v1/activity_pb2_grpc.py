@@ -84,6 +84,11 @@ class ActivityStub:
                 request_serializer=exeunit_dot_v1_dot_activity__pb2.TunnelRequest.SerializeToString,
                 response_deserializer=exeunit_dot_v1_dot_activity__pb2.TunnelResponse.FromString,
                 _registered_method=True)
+        self.ListActivities = channel.unary_unary(
+                '/exeunit.v1.Activity/ListActivities',
+                request_serializer=exeunit_dot_v1_dot_activity__pb2.ListActivitiesRequest.SerializeToString,
+                response_deserializer=exeunit_dot_v1_dot_activity__pb2.ListActivitiesResponse.FromString,
+                _registered_method=True)
 
 
 class ActivityServicer:
@@ -176,6 +181,15 @@ class ActivityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListActivities(self, request, context):
+        """The caller's activities, live and recently ended, oldest first. On the daemon's admin socket
+        (STATE_DIR/admin.sock, reachable only by the host's operator), every requestor's: what
+        `exeunit ps` shows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ActivityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -228,6 +242,11 @@ def add_ActivityServicer_to_server(servicer, server):
                     servicer.Tunnel,
                     request_deserializer=exeunit_dot_v1_dot_activity__pb2.TunnelRequest.FromString,
                     response_serializer=exeunit_dot_v1_dot_activity__pb2.TunnelResponse.SerializeToString,
+            ),
+            'ListActivities': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListActivities,
+                    request_deserializer=exeunit_dot_v1_dot_activity__pb2.ListActivitiesRequest.FromString,
+                    response_serializer=exeunit_dot_v1_dot_activity__pb2.ListActivitiesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -500,6 +519,33 @@ class Activity:
             '/exeunit.v1.Activity/Tunnel',
             exeunit_dot_v1_dot_activity__pb2.TunnelRequest.SerializeToString,
             exeunit_dot_v1_dot_activity__pb2.TunnelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListActivities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exeunit.v1.Activity/ListActivities',
+            exeunit_dot_v1_dot_activity__pb2.ListActivitiesRequest.SerializeToString,
+            exeunit_dot_v1_dot_activity__pb2.ListActivitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,
