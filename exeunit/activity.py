@@ -15,7 +15,7 @@ from datetime import datetime
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 
-from exeunit import errors
+from exeunit import errors, metrics
 from exeunit.batch import Batch, BatchEvent, CommandState, EventKind, event_size
 from exeunit.commands import TRANSITIONS, Command, Deploy, Run, Start, Terminate, check_sequence, name_of, validate
 from exeunit.agent import AgentChannel, AgentExecutor, guest_binds, guest_entrypoint
@@ -370,6 +370,7 @@ class Activity:
             if not success and self._ending and isinstance(command, Run):  # whatever the executor saw, this is why
                 message = f"cut short: the activity was terminated ({self._ending})"
             await batch.command_finished(index, return_code, success, message)
+            metrics.COMMANDS.labels(name_of(command), "succeeded" if success else "failed").inc()
             if not success:
                 log.info("event=command_failed %s batch=%s index=%d message=%r",
                          self.log_ids, batch.batch_id, index, message)
@@ -506,8 +507,10 @@ class Activity:
         return _result(outcome, command)
 
     async def _follow(self, batch: Batch, index: int, command: CommandRun) -> CommandOutcome:
+        output = metrics.BYTES.labels("output")
         async for stream, data in command:
             await batch.output(index, EventKind.STDOUT if stream == STDOUT else EventKind.STDERR, data)
+            output.inc(len(data))
         return command.outcome or CommandOutcome(return_code=None, timed_out=False)
 
     @contextmanager

@@ -23,6 +23,7 @@ from exeunit.images import DEFAULT_OFFERED_IMAGES, ImagePolicy
 from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
 from exeunit.provider import Provider
 from exeunit.storage import DirectoryStorage, LoopStorage
+from exeunit.metrics import MetricsServer
 from exeunit.server import check_listen_address, serve_until_signalled
 from exeunit.state import StateStore
 
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     ident = serve.add_argument_group("identity and network")
     ident.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT", type=listen_address,
                        help="address to serve gRPC on (default: %(default)s; port 0 picks a free one)")
+    ident.add_argument("--metrics-listen", type=listen_address, metavar="HOST:PORT",
+                       help="serve Prometheus metrics (activities and agreements by state, commands, bytes moved, "
+                            "refused calls; no requestor ids) on http://HOST:PORT/metrics (default: off)")
     ident.add_argument("--name", default=socket.gethostname(), help="provider name shown in the offer (default: host name)")
     ident.add_argument("--subnet", default="public", help="subnet tag; only demands for it match (default: %(default)s)")
     ident.add_argument("--state-dir", type=Path, metavar="DIR",
@@ -315,6 +319,8 @@ def serve(args: argparse.Namespace) -> int:
     home = None
     try:
         check_listen_address(args.listen)
+        if args.metrics_listen:
+            check_listen_address(args.metrics_listen)
         home = ProviderHome.open(args.state_dir or DEFAULT_HOMES / args.name, args.provider_id)  # before anything else
         runtime = DockerRuntime()
         base = storage_dir(args, home)
@@ -333,11 +339,18 @@ def serve(args: argparse.Namespace) -> int:
         )
         state = StateStore(home.path / STATE_FILE)
         provider = Provider(settings, runtime, limits, storage, state)
+        exporter = None
+        if args.metrics_listen:
+            host, _, port = args.metrics_listen.rpartition(":")
+            exporter = MetricsServer(provider, host, int(port))
+            log.info("event=metrics_listening address=%s port=%d", args.metrics_listen, exporter.port)
         try:
             asyncio.run(serve_until_signalled(provider, args.listen, token, args.keep_activities_on_shutdown,
                                               home.path / ADMIN_SOCKET))
         finally:
             state.close()
+            if exporter is not None:
+                exporter.close()
     except errors.ExeUnitError as exc:
         print(f"exeunit: {exc}", file=sys.stderr)
         return 1

@@ -103,6 +103,10 @@ class Networks:
             raise errors.NotFound(f"network {network_id!r} not found; create it first")
         return network
 
+    @property
+    def count(self) -> int:
+        return len(self._networks)
+
     def owned_by(self, requestor_id: str) -> list[PrivateNetwork]:
         return [n for (owner, _), n in self._networks.items() if owner == requestor_id]
 

@@ -410,6 +410,10 @@ class Provider:
             raise errors.PermissionDenied(f"activity {activity_id} belongs to another requestor")
         return activity
 
+    def activity_states(self) -> list[ActivityState]:
+        """Every known activity's state (read from the metrics thread: one copy, under the GIL)."""
+        return [a.state for a in list(self._activities.values())]
+
     async def list_activities(self, requestor_id: str | None) -> list[ActivitySummary]:
         """The requestor's activities (every one for None: the operator), oldest first."""
         chosen = sorted((a for a in self._activities.values()

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from exeunit import convert, errors
+from exeunit import convert, errors, metrics
 from exeunit.market import Agreement
 from exeunit.provider import TUNNEL_READ_BYTES, Provider
 from exeunit.status import Caller, OperatorCaller, streaming, unary
@@ -170,6 +170,7 @@ class ActivityServicer(act_grpc.ActivityServicer):
             upstream = asyncio.create_task(_to_port(requests, port.writer))
             try:
                 while data := await port.reader.read(TUNNEL_READ_BYTES):
+                    metrics.BYTES.labels("tunnel_out").inc(len(data))
                     yield act.TunnelResponse(data=data)
                 if port.was_cut:
                     raise errors.FailedPrecondition("the activity ended: its tunnels were cut")
@@ -255,6 +256,7 @@ class TransferServicer(xfer_grpc.TransferServicer):
                         if len(part.chunk) > CHUNK_SIZE:
                             raise errors.InvalidArgument(f"chunks are at most {CHUNK_SIZE} bytes")
                         await upload.write(part.chunk)
+                        metrics.BYTES.labels("upload").inc(len(part.chunk))
                     elif kind == "trailer":
                         result = await upload.finish(part.trailer.sha256)
                         return xfer.UploadResponse(size=result.size, sha256=result.sha256)
@@ -275,6 +277,7 @@ class TransferServicer(xfer_grpc.TransferServicer):
             yield xfer.DownloadResponse(header=xfer.DownloadHeader(size=download.header.size, mode=download.header.mode))
             async for chunk in download.chunks():
                 yield xfer.DownloadResponse(chunk=chunk)
+                metrics.BYTES.labels("download").inc(len(chunk))
             yield xfer.DownloadResponse(trailer=xfer.DownloadTrailer(sha256=download.sha256()))
 
 
@@ -288,6 +291,7 @@ async def _to_port(requests: AsyncIterator[act.TunnelRequest], writer: asyncio.S
                 if len(request.data) > CHUNK_SIZE:
                     raise errors.InvalidArgument(f"tunnel data comes in messages of at most {CHUNK_SIZE} bytes")
                 writer.write(request.data)
+                metrics.BYTES.labels("tunnel_in").inc(len(request.data))
                 await writer.drain()
             elif kind == "close":
                 break

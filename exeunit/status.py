@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from exeunit import errors
+from exeunit import errors, metrics
 from exeunit.handlers import HANDLER_KINDS, MalformedRequest
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
         log.info("event=call_refused code=UNAUTHENTICATED message=%r", TOKEN_HELP)
+        metrics.REFUSED.labels("UNAUTHENTICATED").inc()
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, TOKEN_HELP)
 
     async def refuse_streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -176,12 +177,14 @@ async def _abort(context: grpc.aio.ServicerContext, exc: errors.ExeUnitError) ->
     code = code_for(exc)
     details = shorten(str(exc))
     log.info("event=call_refused code=%s message=%r", code.name, details)
+    metrics.REFUSED.labels(code.name).inc()
     await context.abort(code, details)
 
 
 async def _internal(context: grpc.aio.ServicerContext, method: str) -> None:
     """A bug of ours, not the caller's: logged with its traceback, answered INTERNAL."""
     log.exception("event=call_crashed method=%s", method)
+    metrics.REFUSED.labels("INTERNAL").inc()
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; the provider's log has the details")
 
 

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import urllib.request
 import shutil
 import signal
 import subprocess
@@ -312,3 +314,31 @@ async def test_exeunit_ps_shows_the_operator_every_requestors_activities(engine:
     gone = subprocess.run([*EXEUNIT, "ps", "--state-dir", str(daemon.state_dir)], capture_output=True, text=True,
                           timeout=30)
     assert gone.returncode == 1 and "is `exeunit serve` running" in gone.stderr
+
+
+async def test_prometheus_metrics_count_what_the_daemon_does(engine: docker.DockerClient) -> None:
+    daemon = Daemon("--metrics-listen", "127.0.0.1:0")
+    try:
+        port = int(next(re.search(r"event=metrics_listening .*port=(\d+)", line).group(1)
+                        for line in daemon.lines if "event=metrics_listening" in line))
+        async with ContractClient(f"127.0.0.1:{daemon.port}", "r") as client:
+            activity_id = await client.ready_activity(BASE_IMAGE)
+            run = await client.run_batch(activity_id, [client.sh("head -c 5000 /dev/zero; exit 3")])
+            assert not run.succeeded
+            await client.upload_bytes(activity_id, "/golem/work/x", b"y" * 1000)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await client.state("no-such-activity")
+            text = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+    finally:
+        daemon.stop()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples['exeunit_activities{state="Ready"}'] == 1
+    assert samples['exeunit_agreements{state="Approved"}'] == 1
+    assert samples['exeunit_commands_total{command="run",outcome="failed"}'] == 1
+    assert samples['exeunit_commands_total{command="deploy",outcome="succeeded"}'] == 1
+    assert samples['exeunit_bytes_total{direction="output"}'] == 5000
+    assert samples['exeunit_bytes_total{direction="upload"}'] == 1000
+    assert samples['exeunit_refused_calls_total{code="NOT_FOUND"}'] >= 1
+    assert "r" not in {label for key in samples for label in re.findall(r'"([^"]*)"', key)}  # no requestor ids
