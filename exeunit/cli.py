@@ -6,15 +6,16 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NoReturn
 
 import psutil
 
-from exeunit import __version__, errors, listing, logs
+from exeunit import __version__, config, errors, listing, logs
 from exeunit.activity import ActivityLimits
 from exeunit.docker_runtime import DockerRuntime
 from exeunit.fetch import FetchPolicy
@@ -71,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     ident = serve.add_argument_group("identity and network")
     ident.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT", type=listen_address,
                        help="address to serve gRPC on (default: %(default)s; port 0 picks a free one)")
+    serve.add_argument("--config", type=Path, metavar="FILE",
+                       help="a TOML file of settings: the long flag names as keys (top level or under [serve]); "
+                            "EXEUNIT_<FLAG_NAME> variables win over it, and flags over both (repeatable flags "
+                            "add to the file's lists). Default: $EXEUNIT_CONFIG, else none")
     ident.add_argument("--metrics-listen", type=listen_address, metavar="HOST:PORT",
                        help="serve Prometheus metrics (activities and agreements by state, commands, bytes moved, "
                             "refused calls; no requestor ids) on http://HOST:PORT/metrics (default: off)")
@@ -379,9 +384,30 @@ def ps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices[name]  # type: ignore[no-any-return]
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None,
+               environ: Mapping[str, str] = os.environ) -> argparse.Namespace:
+    """The command line, over the environment's EXEUNIT_* settings, over the --config file's.
+    ConfigError for a wrong setting in the file or the environment."""
+    first, _ = parser.parse_known_args(argv)
+    if first.command == "serve":
+        serve_parser = _subcommand(parser, "serve")
+        config_file = first.config or (Path(environ[config.CONFIG_ENV]) if environ.get(config.CONFIG_ENV) else None)
+        serve_parser.set_defaults(**config.defaults_from(serve_parser, config_file, environ))
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parse_args(parser, argv)
+    except config.ConfigError as exc:
+        print(f"exeunit serve: {exc}", file=sys.stderr)
+        return 2
     if args.command == "serve":
         return serve(args)
     if args.command == "ps":
