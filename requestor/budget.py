@@ -108,6 +108,8 @@ class BudgetWatch:
                 await self._task
             except asyncio.CancelledError:
                 pass
+            except Exception:  # a bug in the watch must not break the script's shutdown
+                log.exception("event=budget_watch_failed")
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
@@ -115,6 +117,8 @@ class BudgetWatch:
         while self._live:
             await asyncio.sleep(self._interval)
             for agreement_id in list(self._live):
+                if agreement_id not in self._live:  # ended while others were read
+                    continue
                 try:
                     self._budget.accrue(agreement_id, await self._read_cost(agreement_id))
                 except RequestorError:

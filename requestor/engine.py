@@ -62,7 +62,9 @@ class Engine:
         await self._budget_watch.close()
 
     async def _cost_of(self, agreement_id: str) -> float:
-        handle = self._live[agreement_id]
+        handle = self._live.get(agreement_id)
+        if handle is None:  # released while the watch was reading the others
+            raise RequestorError(f"agreement {agreement_id} has ended")
         return (await handle.client.usage(handle.activity.id)).cost
 
     async def _end_all_for_budget(self, message: str) -> None:

@@ -48,9 +48,23 @@ class Golem:
             cluster = await golem.run_service(DateService, num_instances=2)
             ...
 
-    `providers` lists `host:port` of provider daemons; without it, `GOLEM_PROVIDERS`
-    (comma-separated) is used; without either, an embedded provider is started on loopback
-    against the local Docker engine and stopped on exit.
+    Parameters (all keyword-only):
+
+    - `budget`: the most the computation may spend (a number or Decimal); spent as the work runs
+      (see requestor.budget): agreements end before it would be passed.
+    - `strategy`: a MarketStrategy choosing among offers (default LeastExpensiveLinearPayuMS).
+    - `subnet_tag`: only providers serving this subnet are used (default "public").
+    - `providers`: `host:port` of provider daemons; without it `GOLEM_PROVIDERS` (comma-separated);
+      without either, an embedded provider is started on loopback against the local Docker engine
+      and stopped on exit.
+    - `event_consumer`: called with every event (default: `log_summary()`, readable log lines).
+    - `stream_output`: with the default consumer, log each command's output as it arrives.
+    - `requestor_id`: how providers know this requestor (default: random per Golem).
+    - `auth_token`: the providers' shared secret (default `GOLEM_PROVIDER_TOKEN`).
+    - `unresponsive_after`: seconds a provider may stay silent before its instances are marked
+      unresponsive (batch streams and watches are retried meanwhile).
+    - `payment_driver`, `payment_network`, `app_key`: yapapi's; accepted and reported
+      (`golem.payment_driver`), nothing is paid on a chain here.
     """
 
     def __init__(

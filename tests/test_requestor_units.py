@@ -147,3 +147,14 @@ async def test_a_short_download_is_an_error_not_a_short_file(trailer: bool, says
     finally:
         await client.close()
         await server.stop(0)
+
+
+def test_help_of_golem_documents_every_parameter() -> None:
+    import inspect
+
+    from requestor import Golem
+
+    doc = inspect.getdoc(Golem) or ""
+    for name in inspect.signature(Golem.__init__).parameters:
+        if name != "self":
+            assert f"`{name}`" in doc, name
