@@ -12,6 +12,7 @@ registry is reachable, for example debian:bookworm-slim with python3 installed).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import shutil
 import subprocess
@@ -28,6 +29,9 @@ HERE = Path(__file__).resolve().parent
 DEBIAN_BASE = "exeunit-debian:bookworm"
 SUITE = "bookworm"
 BASE_PACKAGES = ["python3"]
+# The tutorial's base also draws its plots with Debian's matplotlib (pip has no registry here).
+PLOTS_BASE = "exeunit-debian-plots:bookworm"
+DEBIAN_BASES = {DEBIAN_BASE: BASE_PACKAGES, PLOTS_BASE: [*BASE_PACKAGES, "python3-matplotlib"]}
 # Dockerfiles in build order; each is tagged exeunit-<folder>:latest.
 IMAGES = ["base", "simple-service", "webapp-db", "webapp-http"]
 
@@ -60,16 +64,38 @@ def has_image(client: docker.DockerClient, tag: str) -> bool:
         return False
 
 
-def build_debian_base(client: docker.DockerClient) -> None:
+CONTEXT_LABEL = "io.exeunit.context"  # what an image was built from: a changed Dockerfile rebuilds it
+
+
+def context_digest(name: str, base: str) -> str:
+    """A digest of images/<name>/ (paths and contents) and the base it builds on."""
+    digest = hashlib.sha256(base.encode())
+    for path in sorted((HERE / name).rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(HERE)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def up_to_date(client: docker.DockerClient, tag: str, digest: str) -> bool:
+    try:
+        labels = client.images.get(tag).labels or {}
+    except docker.errors.ImageNotFound:
+        return False
+    return labels.get(CONTEXT_LABEL) == digest
+
+
+def build_debian_base(client: docker.DockerClient, tag_name: str = DEBIAN_BASE) -> None:
+    """Debootstraps a Debian with DEBIAN_BASES[tag_name]'s packages and imports it as tag_name."""
+    packages = DEBIAN_BASES[tag_name]
     if shutil.which("debootstrap") is None:
         sys.exit("[images] debootstrap is missing: apt-get install debootstrap (scripts/setup.sh does it)")
     mirror = debian_mirror()
     with tempfile.TemporaryDirectory(prefix="exeunit-rootfs-") as scratch:
         rootfs = Path(scratch) / "rootfs"
-        say(f"debootstrap {SUITE} from {mirror} (about a minute)...")
+        say(f"debootstrap {SUITE} with {', '.join(packages)} from {mirror} (a minute or two)...")
         started = time.monotonic()
         subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, str(rootfs), mirror],
+            ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", SUITE, str(rootfs), mirror],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -77,23 +103,23 @@ def build_debian_base(client: docker.DockerClient) -> None:
             for entry in (rootfs / cache).glob("*"):
                 if entry.is_file():
                     entry.unlink()
-        say(f"debootstrap done in {time.monotonic() - started:.0f}s; importing as {DEBIAN_BASE}")
-        repository, tag = DEBIAN_BASE.split(":")
+        say(f"debootstrap done in {time.monotonic() - started:.0f}s; importing as {tag_name}")
+        repository, tag = tag_name.split(":")
         with tempfile.TemporaryFile() as archive:
             with tarfile.open(fileobj=archive, mode="w") as tar:
                 tar.add(rootfs, arcname=".")
             archive.seek(0)
             client.api.import_image_from_data(archive, repository=repository, tag=tag)
-    say(f"built {DEBIAN_BASE}")
+    say(f"built {tag_name}")
 
 
-def build_dockerfile(client: docker.DockerClient, name: str, base: str) -> None:
+def build_dockerfile(client: docker.DockerClient, name: str, base: str, digest: str) -> None:
     """Builds images/<name>/Dockerfile, printing each step as the engine reports it."""
     tag = f"exeunit-{name}:latest"
     say(f"building {tag} on {base}...")
     said: list[str] = []
     for part in client.api.build(path=str(HERE / name), tag=tag, buildargs={"BASE": base}, rm=True,
-                                 network_mode="none", decode=True):
+                                 network_mode="none", decode=True, labels={CONTEXT_LABEL: digest}):
         if "error" in part:
             sys.exit(f"[images] building {tag} failed: {part['error'].strip()}\n{''.join(said)}")
         line = str(part.get("stream", ""))
@@ -138,17 +164,21 @@ def main(argv: list[str] | None = None) -> int:
         if old is not None and old not in replaced:
             replaced.append(old)
 
-    if args.base == DEBIAN_BASE and (args.rebuild or not has_image(client, DEBIAN_BASE)):
-        replacing(DEBIAN_BASE)
-        build_debian_base(client)
+    if args.base == DEBIAN_BASE:
+        for base in DEBIAN_BASES:
+            if args.rebuild or not has_image(client, base):
+                replacing(base)
+                build_debian_base(client, base)
     for name in IMAGES:
         tag = f"exeunit-{name}:latest"
-        if args.rebuild or not has_image(client, tag):
+        digest = context_digest(name, args.base)
+        if args.rebuild or not up_to_date(client, tag, digest):
             replacing(tag)
-            build_dockerfile(client, name, args.base)
+            build_dockerfile(client, name, args.base, digest)
         else:
-            say(f"{tag} is present (use --rebuild to build it again)")
-    still_tagged = {image_id(client, f"exeunit-{name}:latest") for name in IMAGES} | {image_id(client, DEBIAN_BASE)}
+            say(f"{tag} is up to date (use --rebuild to build it again)")
+    still_tagged = {image_id(client, f"exeunit-{name}:latest") for name in IMAGES} | {
+        image_id(client, base) for base in DEBIAN_BASES}
     remove_replaced(client, [old for old in replaced if old not in still_tagged])
     return 0
 

@@ -5,11 +5,9 @@ import argparse
 import json
 import sqlite3
 import statistics
-import sys
 import time
+from datetime import datetime
 
-sys.path.insert(0, "/golem/run")
-import pngplot  # noqa: E402
 
 DB = "/golem/work/service.db"
 
@@ -47,14 +45,23 @@ def stats() -> None:
 
 
 def plot(kind: str) -> None:
+    """A PNG with axes, labels and a title: the values over time, or their distribution."""
+    import matplotlib.pyplot as plt  # only here: the other commands stay quick
+
     rows = observations()
     path = f"/golem/output/plot_{kind}_{int(time.time() * 1000)}.png"
+    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=100)
     if kind == "time":
-        image = pngplot.line_chart([t for t, _ in rows], [v for _, v in rows])
+        axes.plot([datetime.fromtimestamp(t) for t, _ in rows], [v for _, v in rows], marker=".", linewidth=1)
+        axes.set(title=f"Observations over time ({len(rows)})", xlabel="time", ylabel="value")
+        figure.autofmt_xdate()
     else:
-        image = pngplot.histogram([v for _, v in rows], bins=20)
-    with open(path, "wb") as out:
-        out.write(image)
+        axes.hist([v for _, v in rows], bins=20, edgecolor="black")
+        axes.set(title=f"Distribution of observations ({len(rows)})", xlabel="value", ylabel="count")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
     print(json.dumps(path))
 
 
