@@ -78,7 +78,7 @@ def _outputs_for(command: RemoteCommand) -> tuple[_Output, _Output]:
 # Usage counters as Golem names them (the first two are Golem's linear pricing's own).
 USAGE_DURATION = "golem.usage.duration_sec"
 USAGE_CPU = "golem.usage.cpu_sec"
-USAGE_MEMORY = "golem.usage.memory_gib"  # resident memory now, GiB
+USAGE_MEMORY = "golem.usage.gib"  # resident memory now, GiB (Golem: MAXMEM)
 USAGE_STORAGE = "golem.usage.storage_gib"  # bytes in use on the activity's volumes now, GiB
 
 

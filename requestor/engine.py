@@ -25,7 +25,7 @@ from requestor.errors import (
 )
 from requestor.payload.vm import GIB, VmPackage
 from requestor.provider_client import AgreementInfo, DemandSpec, Offer, ProviderClient, Refusal
-from requestor.strategy import MarketStrategy, mismatch
+from requestor.strategy import MarketStrategy, mismatch, score
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +131,15 @@ class Engine:
                 why = why_only or "not the provider this instance must run on"
             else:
                 why = mismatch(offer, payload, self.subnet_tag)
-            score = None if why else self.strategy.score_offer(offer)
-            if why is None and score is None:
+            value = None if why else await score(self.strategy, offer)
+            if why is None and value is None:
                 why = "rejected by the market strategy"
             if why:
                 attempt.reasons[where] = why
                 self.emit(events.ProposalRejected(job=job, proposal=offer, address=offer.address, reason=why))
                 continue
-            assert score is not None
-            candidates.append((offer.provider_id in avoid, score, offer))
+            assert value is not None
+            candidates.append((offer.provider_id in avoid, -value, offer))  # the highest score first
         for _, _, offer in sorted(candidates, key=lambda candidate: candidate[:2]):
             handle = await self._agree(job, payload, offer, attempt)
             if handle is not None:

@@ -94,6 +94,8 @@ class Golem:
         self._provider_addresses = _configured_providers(providers)
         self._consumers: list[tuple[EventConsumer, tuple[type[events.Event], ...]]] = []
         self.add_event_consumer(event_consumer or log_summary(stream_output=stream_output))
+        if callable(getattr(self.strategy, "on_event", None)):  # strategies that learn from events
+            self.add_event_consumer(self.strategy.on_event)
         self._embedded: EmbeddedProvider | None = None
         self._engine: Engine | None = None
         self._clusters: list[Cluster[Any]] = []
@@ -228,7 +230,10 @@ class Golem:
                 f"No payload returned from {service_class.__name__}.get_payload() nor given in the `payload` argument."
             )
         if not isinstance(payload, VmPackage):
-            raise TypeError(f"payload must come from requestor.payload.vm.repo(...), got {payload!r}")
+            raise TypeError(
+                f"only requestor.payload.vm.repo(...) payloads run here (providers run containers: the "
+                f"docker-vm runtime); got {payload!r}"
+            )
         if network is not None and VM_CAPS_VPN not in payload.capabilities:  # only providers that make networks
             payload = dataclasses.replace(payload, capabilities=(*payload.capabilities, VM_CAPS_VPN))
         expiration = expiration or datetime.now(timezone.utc) + DEFAULT_SERVICE_EXPIRATION

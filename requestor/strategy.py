@@ -1,38 +1,133 @@
-"""Choosing among offers: which match the demand, and which is preferred (pluggable)."""
+"""Choosing among offers, with yapapi's names and conventions: a strategy scores each matching
+offer, the highest score is tried first, and a negative score (SCORE_REJECTED) rejects it.
+`score_offer` may be a plain or an async method (yapapi's are async)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from requestor import events
 from requestor.payload.vm import GIB, VmPackage
+from requestor.props.com import Counter
 from requestor.provider_client import Offer
+
+log = logging.getLogger(__name__)
+
+SCORE_NEUTRAL = 0.0
+SCORE_REJECTED = -1.0
+SCORE_TRUSTED = 100.0
+# This library's earlier names for the two linear coefficients, still accepted in max_price_for.
+_SHORT_COUNTERS = {"cpu": Counter.CPU.value, "duration": Counter.TIME.value}
+
+
+@dataclass(frozen=True)
+class PropValueRange:
+    """A range of acceptable values of a property: `min <= value <= max` (None: unbounded)."""
+
+    min: float | None = None
+    max: float | None = None
+
+    def __contains__(self, item: float) -> bool:
+        return (self.min is None or item >= self.min) and (self.max is None or item <= self.max)
+
+    def clamp(self, item: float) -> float:
+        if self.min is not None and item < self.min:
+            return self.min
+        if self.max is not None and item > self.max:
+            return self.max
+        return item
 
 
 class MarketStrategy:
-    """Scores offers; the lowest score is tried first, None rejects. Subclass to change the choice."""
+    """Scores offers; override `score_offer` (plain or async). Subclasses may also listen to
+    events through `on_event` (Golem calls it for strategies that have it)."""
 
-    def score_offer(self, offer: Offer) -> float | None:
-        raise NotImplementedError
+    def score_offer(self, offer: Offer) -> Any:
+        return SCORE_NEUTRAL
+
+
+class DummyMS(MarketStrategy):
+    """Takes any matching offer whose prices stay under caps (yapapi's DummyMS): all neutral."""
+
+    def __init__(self, max_for_counter: Mapping[Counter | str, Decimal] | None = None,
+                 max_fixed: Decimal = Decimal("0.05"), activity: Any = None) -> None:
+        self._caps = LeastExpensiveLinearPayuMS(max_fixed_price=max_fixed, max_price_for=max_for_counter or {})
+
+    def score_offer(self, offer: Offer) -> float:
+        return SCORE_NEUTRAL if self._caps.score_offer(offer) >= 0 else SCORE_REJECTED
 
 
 class LeastExpensiveLinearPayuMS(MarketStrategy):
-    """Prefers the offer that is cheapest for `expected_time_secs` of work at full cpu use,
-    optionally capping each price coefficient (as yapapi's strategy of the same name)."""
+    """Prefers the offer cheapest for `expected_time_secs` of work at full cpu use; rejects offers
+    whose start fee or per-counter price passes a cap. `max_price_for` is keyed by
+    `props.com.Counter` (or its name, e.g. "golem.usage.cpu_sec")."""
 
-    def __init__(self, expected_time_secs: float = 60, max_fixed_price: float | None = None,
-                 max_price_for: dict[str, float] | None = None) -> None:
+    def __init__(self, expected_time_secs: float = 60, max_fixed_price: Decimal | float | None = None,
+                 max_price_for: Mapping[Counter | str, Decimal | float] | None = None) -> None:
         self.expected_time_secs = expected_time_secs
-        self.max_fixed_price = max_fixed_price
-        self.max_price_for = max_price_for or {}
+        self.max_fixed_price = Decimal(str(max_fixed_price)) if max_fixed_price is not None else Decimal("inf")
+        self.max_price_for: dict[str, Decimal] = {}
+        for counter, cap in (max_price_for or {}).items():
+            name = counter.value if isinstance(counter, Counter) else _SHORT_COUNTERS.get(counter, counter)
+            self.max_price_for[name] = Decimal(str(cap))
 
-    def score_offer(self, offer: Offer) -> float | None:
+    def score_offer(self, offer: Offer) -> float:
         p = offer.pricing
-        if self.max_fixed_price is not None and p.start_fee > self.max_fixed_price:
-            return None
-        if p.per_cpu_second > self.max_price_for.get("cpu", float("inf")):
-            return None
-        if p.per_duration_second > self.max_price_for.get("duration", float("inf")):
-            return None
-        t = self.expected_time_secs
-        return p.start_fee + t * p.per_cpu_second + t * p.per_duration_second
+        prices = {Counter.CPU.value: Decimal(str(p.per_cpu_second)), Counter.TIME.value: Decimal(str(p.per_duration_second))}
+        fee = Decimal(str(p.start_fee))
+        if fee < 0 or fee > self.max_fixed_price:
+            return SCORE_REJECTED
+        for counter, price in prices.items():
+            if price < 0 or price > self.max_price_for.get(counter, Decimal("inf")):
+                return SCORE_REJECTED
+        expected = float(fee) + self.expected_time_secs * float(sum(prices.values()))
+        return SCORE_TRUSTED / (expected + 1.01)  # cheaper scores higher; always in (0, SCORE_TRUSTED)
+
+
+class WrappingMarketStrategy(MarketStrategy):
+    """A strategy that defers to `base_strategy` (subclass it to adjust the scores)."""
+
+    def __init__(self, base_strategy: MarketStrategy) -> None:
+        self.base_strategy = base_strategy
+
+    async def score_offer(self, offer: Offer) -> float:
+        return float(await _resolved(self.base_strategy.score_offer(offer)))
+
+
+class DecreaseScoreForUnconfirmedAgreement(WrappingMarketStrategy):
+    """Multiplies by `factor` the positive scores of providers that did not confirm (here: could
+    not go through with) an agreement in this run, as yapapi's strategy of that name."""
+
+    def __init__(self, base_strategy: MarketStrategy, factor: float) -> None:
+        super().__init__(base_strategy)
+        self.factor = factor
+        self._unconfirmed: set[str] = set()
+
+    def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.ActivityCreateFailed):
+            self._unconfirmed.add(event.provider_id)
+        elif isinstance(event, events.ActivityCreated):
+            self._unconfirmed.discard(event.provider_id)
+
+    async def score_offer(self, offer: Offer) -> float:
+        score = await super().score_offer(offer)
+        return score * self.factor if offer.provider_id in self._unconfirmed and score > 0 else score
+
+
+async def score(strategy: MarketStrategy, offer: Offer) -> float | None:
+    """The strategy's score of the offer, or None when it rejects it."""
+    value = await _resolved(strategy.score_offer(offer))
+    if value is None or float(value) < 0:
+        return None
+    return float(value)
+
+
+async def _resolved(value: Any) -> Any:
+    return await value if hasattr(value, "__await__") else value
 
 
 def mismatch(offer: Offer, payload: VmPackage, subnet_tag: str) -> str | None:

@@ -11,6 +11,7 @@ import pytest
 from exeunit.v1 import transfer_pb2 as xfer
 from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
 
+from requestor import events
 from requestor.budget import Budget
 from requestor.errors import BudgetExceededError, PackageException, RequestorError
 from requestor.payload import vm
@@ -80,11 +81,30 @@ async def test_matching() -> None:
     assert mismatch(offer(accepts_image_urls=False), by_url, "public") is not None
 
 
-def test_strategy_prefers_cheapest_and_honours_caps() -> None:
-    strategy = LeastExpensiveLinearPayuMS(expected_time_secs=100, max_price_for={"cpu": 0.01})
+async def test_strategies_score_as_yapapis_do() -> None:
+    from requestor.props import com
+    from requestor.strategy import (
+        SCORE_REJECTED, SCORE_TRUSTED, DecreaseScoreForUnconfirmedAgreement, DummyMS, MarketStrategy, score,
+    )
+
+    strategy = LeastExpensiveLinearPayuMS(expected_time_secs=100,
+                                          max_price_for={com.Counter.CPU: Decimal("0.01"), "duration": 0.5})
     cheap, dear = offer(pricing=Pricing(0, 0.001, 0, "")), offer(pricing=Pricing(1, 0.001, 0, ""))
-    assert strategy.score_offer(cheap) < strategy.score_offer(dear)
-    assert strategy.score_offer(offer(pricing=Pricing(0, 0.02, 0, ""))) is None
+    assert SCORE_TRUSTED > strategy.score_offer(cheap) > strategy.score_offer(dear) > 0  # cheaper scores higher
+    assert strategy.score_offer(offer(pricing=Pricing(0, 0.02, 0, ""))) == SCORE_REJECTED
+    assert LeastExpensiveLinearPayuMS(max_price_for={"golem.usage.cpu_sec": 0.0001}).score_offer(cheap) == SCORE_REJECTED
+    assert await score(strategy, offer(pricing=Pricing(0, 0.02, 0, ""))) is None
+    assert await score(DummyMS(), cheap) == 0.0
+
+    class Trusting(MarketStrategy):  # yapapi's strategies are async
+        async def score_offer(self, offer):
+            return SCORE_TRUSTED
+
+    wary = DecreaseScoreForUnconfirmedAgreement(Trusting(), 0.5)
+    assert await score(wary, cheap) == SCORE_TRUSTED
+    wary.on_event(events.ActivityCreateFailed(job=events.Job("1", None, None),
+                                              agreement=events.Agreement("a", cheap.provider_id, "p", "x")))
+    assert await score(wary, cheap) == SCORE_TRUSTED * 0.5
 
 
 def test_budget_accrues_in_decimal_and_settles_what_was_spent() -> None:
@@ -158,3 +178,21 @@ def test_help_of_golem_documents_every_parameter() -> None:
     for name in inspect.signature(Golem.__init__).parameters:
         if name != "self":
             assert f"`{name}`" in doc, name
+
+
+def test_props_declare_payload_fields_as_golem_constraints_and_properties() -> None:
+    from dataclasses import dataclass
+
+    from requestor.payload import Payload
+    from requestor.props import com, inf
+    from requestor.props.base import constraint, constraints_of, prop, props_of
+
+    @dataclass(frozen=True)
+    class Custom(Payload):
+        runtime: str = constraint(inf.INF_RUNTIME_NAME, default="test-counters")
+        min_mem_gib: float = constraint(inf.INF_MEM, ">=", default=0.5)
+        model: com.PriceModel = prop(com.PRICE_MODEL, default=com.PriceModel.LINEAR)
+
+    assert constraints_of(Custom()) == ["(golem.runtime.name=test-counters)", "(golem.inf.mem.gib>=0.5)"]
+    assert props_of(Custom()) == {"golem.com.pricing.model": "linear"}
+    assert com.Counter.CPU.value == "golem.usage.cpu_sec" and com.Counter.MAXMEM.value == "golem.usage.gib"
