@@ -57,11 +57,12 @@ async def main(duration: float, instances: int) -> None:
             print(f"stopping {cluster}", flush=True)
             await cluster.terminate()
         failed = [i for i in cluster.instances if i.exc_info[1] is not None]
-        if failed:  # never placed (no provider could take it), or failed on its provider
-            raise SystemExit(f"{len(failed)} of {len(cluster.instances)} instances failed: {failed[0].exc_info[1]}")
         states = {instance.state for instance in cluster.instances}
         assert states == {ServiceState.terminated}, states
-        print(f"all instances terminated; spent {golem.budget.spent:.6f} of {golem.budget.amount}", flush=True)
+        spent = golem.budget.spent
+    if failed:  # never placed (no provider could take it), or failed on its provider
+        raise SystemExit(f"{len(failed)} of {len(cluster.instances)} instances failed: {failed[0].exc_info[1]}")
+    print(f"all instances terminated; spent {spent:.6f} of {golem.budget.amount}", flush=True)
 
 
 if __name__ == "__main__":

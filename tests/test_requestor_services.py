@@ -424,3 +424,38 @@ async def test_a_result_says_when_it_kept_less_output_and_a_script_can_have_all_
     assert whole.stdout == "x" * 3_000_000 and not whole.stdout_truncated
     assert to_file.stdout == "" and (tmp_path / "out.txt").read_bytes() == b"x" * 3_000_000
     assert "event=output_truncated" in caplog.text and "output_limit=None" in caplog.text
+
+
+class AssertsInRun(Echo):
+    async def run(self):
+        script = self._ctx.new_script()
+        script.run("/bin/true")
+        yield script
+        assert 1 + 1 == 3
+
+
+class PlainStart(Echo):
+    async def start(self):  # a coroutine, not an async generator: a mistake yapapi names with a TypeError
+        return None
+
+
+async def test_handler_mistakes_are_logged_with_their_type_and_traceback(daemons: Daemons, caplog) -> None:
+    server = await start_provider(daemons)
+    recorder = Recorder()
+    caplog.set_level("WARNING")
+    async with golem_for(server, recorder=recorder) as golem:
+        [failing] = (await golem.run_service(AssertsInRun)).instances
+        [plain] = (await golem.run_service(PlainStart, respawn_unstarted_instances=False)).instances
+        await recorder.until(lambda: failing.state is S.terminated and plain.state is S.terminated)
+    assert isinstance(failing.exc_info[1], AssertionError)
+    assert isinstance(plain.exc_info[1], TypeError) and "must be an async generator" in str(plain.exc_info[1])
+    unhandled = [r for r in caplog.records if r.getMessage().startswith("Unhandled exception in service")]
+    assert {r.exc_info[0] for r in unhandled} == {AssertionError, TypeError}
+    assert "assert 1 + 1 == 3" in caplog.text  # the traceback shows the line
+    stopping = next(e for e in recorder.events if isinstance(e, events.ServiceStateChanged)
+                    and e.service is failing and e.new is S.stopping)
+    assert isinstance(stopping.exception, AssertionError)
+    from requestor.log import SummaryLogger
+    with caplog.at_level("INFO", logger="requestor.summary"):
+        SummaryLogger().log(stopping)
+    assert "running -> stopping (AssertionError: " in caplog.text
