@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import grpc
 import pytest
@@ -199,3 +200,23 @@ async def test_usage_counts_cpu_and_duration(client: ContractClient, ready: str)
     # linear pricing of the test provider: 0.01 + 0.1 * cpu + 0.001 * duration
     expected = 0.01 + 0.1 * usage.cpu_seconds + 0.001 * usage.duration.ToTimedelta().total_seconds()
     assert usage.cost == pytest.approx(expected, rel=1e-6)
+
+
+def test_usage_read_from_the_cgroup_agrees_with_the_engines_stats(engine) -> None:
+    """Usage is read from the container's cgroup files (no work for the engine, which a budget
+    polling every few seconds would otherwise give it); they must say what the engine says."""
+    from exeunit.docker_runtime import _cgroup_usage
+
+    container = engine.containers.run(BASE_IMAGE, ["python3", "-c", "import time\nend = time.time() + 0.5\n"
+                                                   "while time.time() < end: pass\ntime.sleep(30)"],
+                                      detach=True, network_mode="none", labels={"io.exeunit.test": "1"})
+    try:
+        time.sleep(1.0)
+        ours = _cgroup_usage(container.id)
+        stats = container.stats(stream=False, one_shot=True)
+        assert ours is not None, "no cgroup layout of this engine is known"
+        engine_cpu = stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
+        assert 0.3 < ours.cpu_seconds and abs(ours.cpu_seconds - engine_cpu) < 0.05
+        assert abs(ours.memory_bytes - stats["memory_stats"]["usage"]) < 1 << 20
+    finally:
+        container.remove(force=True, v=True)
