@@ -41,6 +41,8 @@ def daemon_packages() -> list[Path]:
                     found.append(candidate)
         if (REPO / name).is_dir() and name == "exeunit":
             found.append(REPO / name)
+    for root in roots:  # mypyc-compiled packages (charset_normalizer) keep a helper module at the top
+        found.extend(root.glob("*__mypyc*.so"))
     return sorted(set(found))
 
 

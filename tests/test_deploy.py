@@ -69,15 +69,25 @@ def test_a_wrong_setting_names_where_it_is(tmp_path: Path, content: str, environ
     assert done.returncode == 2 and says in done.stderr and len(done.stderr.splitlines()) == 1
 
 
+def run_in(engine, image: str, command: list[str]) -> str:
+    """Runs a container of `image` to its end; its output. Removed with its anonymous volumes (the
+    image declares one), which `containers.run(remove=True)` would leave behind."""
+    container = engine.containers.run(image, command, detach=True, network_mode="none")
+    try:
+        container.wait(timeout=60)
+        return container.logs().decode()
+    finally:
+        container.remove(force=True, v=True)
+
+
 def test_the_daemon_image_builds_without_a_registry_and_runs(engine) -> None:
     tag = f"exeunit-daemon-test-{uuid.uuid4().hex[:8]}:latest"
     built = subprocess.run([sys.executable, str(DEPLOY / "build_image.py"), "--tag", tag], capture_output=True,
                            text=True, timeout=600)
     try:
         assert built.returncode == 0, built.stdout + built.stderr
-        version = engine.containers.run(tag, ["--version"], remove=True, network_mode="none").decode()
-        assert version.startswith("exeunit ")
-        usage = engine.containers.run(tag, ["serve", "--help"], remove=True, network_mode="none").decode()
+        assert run_in(engine, tag, ["--version"]).startswith("exeunit ")
+        usage = run_in(engine, tag, ["serve", "--help"])
         assert "--metrics-listen" in usage and "--config" in usage
     finally:
         engine.images.remove(tag, force=True)
