@@ -192,7 +192,7 @@ class ServiceRunner:
             try:
                 node = await network.join(handle.client, handle.offer.provider_id, address)
             except RequestorError as exc:
-                log.error("event=service_not_placed service=%s error=%s", service.id, exc)
+                log.debug("event=service_not_placed service=%s error=%s", service.id, exc)
                 service._set_exc_info(exc)
                 await self._engine.release(handle, self._job, exc)
                 return None
