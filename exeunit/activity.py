@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from datetime import datetime
@@ -37,7 +37,7 @@ from exeunit.runtime import (
 from exeunit.event_log import EventLog
 from exeunit.images import ImageResolver
 from exeunit.journal import BatchJournal
-from exeunit.market import Agreement, AgreementState, utcnow
+from exeunit.market import CUSTOM_COUNTER, TEST_COUNTERS_RUNTIME, Agreement, AgreementState, utcnow
 from exeunit.networks import Networks
 from exeunit.memory import release_memory
 from exeunit.state import ActivityRecord, StateStore
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 USAGE_FRESH_SECONDS = 1.0  # usage counters read from the engine at most this often
 BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+MAX_COUNTED_SLEEP_MS = 3_600_000
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class Usage:
     memory_bytes: int
     measured: datetime
     storage_bytes: int = 0
+    counters: dict[str, float] = field(default_factory=dict)  # the runtime's own (test-counters)
 
 
 class Activity:
@@ -154,6 +156,7 @@ class Activity:
         self._terminating: asyncio.Task[None] | None = None
         self._ending = ""  # the reason it is being terminated, once it is
         self._transfers: set[Callable[[], None]] = set()  # cancel callbacks of transfers in flight
+        self._counters: dict[str, float] = {}  # the test-counters runtime's (lost with a daemon restart)
         self._worker = asyncio.create_task(self._run_batches(), name=f"activity-{activity_id}")
 
     @property
@@ -399,6 +402,9 @@ class Activity:
             await self._deploy()
         elif isinstance(command, Start):
             await self._start()
+        elif isinstance(command, Run) and self.agreement.demand.runtime == TEST_COUNTERS_RUNTIME \
+                and command.entry_point == "sleep":
+            return await self._counted_sleep(command)
         elif isinstance(command, Run):
             return await self._run(batch, index, command)
         elif isinstance(command, Terminate):
@@ -490,6 +496,23 @@ class Activity:
         if self._executor.name != executor:
             log.info("event=executor_changed %s executor=%s", self.log_ids, self._executor.name)
         return _result(outcome, run)
+
+    async def _counted_sleep(self, run: Run) -> tuple[int, str]:
+        """The test-counters runtime's `sleep MS`: waited out here, counted in CUSTOM_COUNTER."""
+        try:
+            [milliseconds] = [int(arg) for arg in run.args]
+        except ValueError:
+            return -1, "sleep takes one whole number of milliseconds (the test-counters runtime's sleep)"
+        if not 0 <= milliseconds <= MAX_COUNTED_SLEEP_MS:
+            return -1, f"sleep takes 0 to {MAX_COUNTED_SLEEP_MS} milliseconds"
+        seconds = milliseconds / 1000
+        if run.timeout_seconds and seconds > run.timeout_seconds:
+            await asyncio.sleep(run.timeout_seconds)
+            self._counters[CUSTOM_COUNTER] = self._counters.get(CUSTOM_COUNTER, 0.0) + run.timeout_seconds
+            return -1, f"timed out after {run.timeout_seconds:g}s and was killed"
+        await asyncio.sleep(seconds)
+        self._counters[CUSTOM_COUNTER] = self._counters.get(CUSTOM_COUNTER, 0.0) + seconds
+        return 0, ""
 
     async def _take_up(self, batch: Batch, index: int, command: Command, resume: tuple[int, int] | None) -> tuple[int, str]:
         """Command `index` of a recovered batch, which was running when the previous daemon died."""
@@ -600,7 +623,8 @@ class Activity:
         if self._started_at:
             duration = ((self._ended_at or now) - self._started_at).total_seconds()
         cpu, memory = self._last_usage
-        cost = self.agreement.pricing.cost(cpu, duration)
+        counters = dict(self._counters)
+        cost = self.agreement.pricing.cost(cpu, duration, counters)
         storage = 0
         if self.volumes is not None and self.state is not ActivityState.TERMINATED:
             try:
@@ -608,7 +632,7 @@ class Activity:
             except OSError:
                 pass  # unmounted under us: nothing to count
         return Usage(cpu_seconds=cpu, duration_seconds=duration, cost=cost, memory_bytes=memory, measured=now,
-                     storage_bytes=storage)
+                     storage_bytes=storage, counters=counters)
 
 
 def _result(outcome: CommandOutcome, run: Run) -> tuple[int, str]:

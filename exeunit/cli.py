@@ -21,7 +21,9 @@ from exeunit.docker_runtime import DockerRuntime
 from exeunit.fetch import FetchPolicy
 from exeunit.home import Identity, ProviderHome
 from exeunit.images import DEFAULT_OFFERED_IMAGES, ImagePolicy
-from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
+from exeunit.market import (
+    CUSTOM_COUNTER, GIB, RUNTIME_NAME, TEST_COUNTERS_RUNTIME, LinearPricing, ProviderSettings, Resources,
+)
 from exeunit.provider import Provider
 from exeunit.storage import DirectoryStorage, LoopStorage
 from exeunit.metrics import MetricsServer
@@ -105,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="memory reserved for a demand that asks for none (default: %(default)s)")
     cap.add_argument("--default-storage-gib", type=positive(float), default=2.0, metavar="GIB",
                      help="storage reserved for a demand that asks for none (default: %(default)s)")
+    cap.add_argument("--test-counters-runtime", action="store_true",
+                     help="also offer Golem's test runtime `test-counters` (the base image; `sleep MS` is "
+                          f"waited out by the daemon and counted in {CUSTOM_COUNTER}), for yapapi's "
+                          "custom-usage-counter example")
     cap.add_argument("--capability", action="append", default=[], metavar="NAME",
                      help="advertise a runtime capability (repeatable)")
 
@@ -129,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="per cpu second (default: %(default)s)")
     price.add_argument("--price-duration-sec", type=non_negative, default=0.00002, metavar="AMOUNT",
                        help="per second of activity duration (default: %(default)s)")
+    price.add_argument("--price-per-unit", action="append", default=[], type=unit_price, metavar="COUNTER=AMOUNT",
+                       help="price of one unit of another usage counter, e.g. golem.usage.custom.counter=0.001 "
+                            "(repeatable)")
     price.add_argument("--currency", default="GLM", help="currency name shown in the offer (default: %(default)s)")
 
     terms = serve.add_argument_group("agreement terms (capacity held by an agreement comes back)")
@@ -212,6 +221,14 @@ def non_negative(text: str) -> float:
     return value
 
 
+def unit_price(text: str) -> tuple[str, float]:
+    """An argparse type: COUNTER=AMOUNT, the amount 0 or more."""
+    name, equals, amount = text.partition("=")
+    if not equals or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not COUNTER=AMOUNT (e.g. {CUSTOM_COUNTER}=0.001)")
+    return name.strip(), non_negative(amount)
+
+
 def listen_address(text: str) -> str:
     """An argparse type: HOST:PORT (IPv6 as [ADDR]:PORT), port 0-65535 (0 picks a free one)."""
     host, colon, port = text.rpartition(":")
@@ -250,7 +267,9 @@ def provider_settings(args: argparse.Namespace, identity: Identity, storage_dir:
         home_id=identity.home_id,
         name=args.name,
         subnet_tag=args.subnet,
-        pricing=LinearPricing(args.price_start, args.price_cpu_sec, args.price_duration_sec, args.currency),
+        pricing=LinearPricing(args.price_start, args.price_cpu_sec, args.price_duration_sec, args.currency,
+                              dict(args.price_per_unit)),
+        runtimes=(RUNTIME_NAME, TEST_COUNTERS_RUNTIME) if args.test_counters_runtime else (RUNTIME_NAME,),
         capacity=capacity,
         default_allotment=Resources(1, int(args.default_memory_gib * GIB), int(args.default_storage_gib * GIB)),
         capabilities=tuple(args.capability),

@@ -77,6 +77,7 @@ def pricing_to_proto(pricing: LinearPricing) -> mkt.LinearPricing:
         per_cpu_second=pricing.per_cpu_second,
         per_duration_second=pricing.per_duration_second,
         currency=pricing.currency,
+        per_unit=pricing.per_unit,
     )
 
 
@@ -86,7 +87,8 @@ def offer_to_proto(offer: Offer) -> mkt.Offer:
         provider_id=s.provider_id,
         provider_name=s.name,
         subnet_tag=s.subnet_tag,
-        runtime_name=RUNTIME_NAME,
+        runtime_name=s.runtimes[0],
+        runtimes=list(s.runtimes),
         runtime_version=__version__,
         cpu_threads=max(offer.free.cpu_threads, 0),
         memory_bytes=max(offer.free.memory_bytes, 0),
@@ -114,6 +116,7 @@ def demand_from_proto(demand: mkt.Demand) -> Demand:
         capabilities=tuple(demand.capabilities),
         subnet_tag=demand.subnet_tag,
         expiration=datetime_from_proto(demand.expiration, "demand.expiration"),
+        runtime=demand.runtime or RUNTIME_NAME,
     )
 
 
@@ -126,6 +129,7 @@ def demand_to_proto(demand: Demand) -> mkt.Demand:
         capabilities=list(demand.capabilities),
         subnet_tag=demand.subnet_tag,
         expiration=timestamp(demand.expiration),
+        runtime=demand.runtime,
     )
 
 
@@ -159,6 +163,7 @@ REFUSAL_REASONS = {
     RefusalReason.MISSING_CAPABILITY: mkt.REFUSAL_REASON_MISSING_CAPABILITY,
     RefusalReason.IMAGE_UNAVAILABLE: mkt.REFUSAL_REASON_IMAGE_UNAVAILABLE,
     RefusalReason.EXPIRATION_TOO_FAR: mkt.REFUSAL_REASON_EXPIRATION_TOO_FAR,
+    RefusalReason.RUNTIME_MISMATCH: mkt.REFUSAL_REASON_RUNTIME_MISMATCH,
 }
 
 
@@ -292,6 +297,7 @@ def usage_to_proto(usage: Usage) -> act.GetActivityUsageResponse:
         memory_bytes=usage.memory_bytes,
         measured=timestamp(usage.measured),
         storage_bytes=usage.storage_bytes,
+        counters=usage.counters,
     )
 
 

@@ -19,6 +19,11 @@ from exeunit.images import ImagePolicy
 log = logging.getLogger(__name__)
 
 RUNTIME_NAME = "docker-vm"
+# Golem's test runtime, for yapapi's custom-usage-counter example: the provider's base image, and
+# `sleep MS` waited out by the daemon and counted (seconds) in CUSTOM_COUNTER.
+TEST_COUNTERS_RUNTIME = "test-counters"
+TEST_COUNTERS_IMAGE = "exeunit-base:latest"
+CUSTOM_COUNTER = "golem.usage.custom.counter"
 GIB = 1 << 30
 IMAGE_ID_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 URL_SCHEMES = ("file://", "http://", "https://")
@@ -30,9 +35,11 @@ class LinearPricing:
     per_cpu_second: float = 0.0
     per_duration_second: float = 0.0
     currency: str = "GLM"
+    per_unit: dict[str, float] = field(default_factory=dict)  # other counters' prices, by name
 
-    def cost(self, cpu_seconds: float, duration_seconds: float) -> float:
-        return self.start_fee + self.per_cpu_second * cpu_seconds + self.per_duration_second * duration_seconds
+    def cost(self, cpu_seconds: float, duration_seconds: float, counters: dict[str, float] | None = None) -> float:
+        extra = sum(self.per_unit.get(name, 0.0) * value for name, value in (counters or {}).items())
+        return self.start_fee + self.per_cpu_second * cpu_seconds + self.per_duration_second * duration_seconds + extra
 
 
 @dataclass(frozen=True)
@@ -101,9 +108,11 @@ class Demand:
     capabilities: tuple[str, ...]
     subnet_tag: str
     expiration: datetime
+    runtime: str = RUNTIME_NAME
 
     def validate(self, now: datetime) -> None:
-        self.image.validate()
+        if self.runtime == RUNTIME_NAME or self.image != ImageRef():  # other runtimes may need none
+            self.image.validate()
         if self.expiration <= now:
             raise errors.InvalidArgument(
                 f"demand.expiration {self.expiration.isoformat()} is not in the future (now {now.isoformat()})"
@@ -122,6 +131,7 @@ class ProviderSettings:
     default_allotment: Resources
     capabilities: tuple[str, ...] = ()
     images: ImagePolicy = field(default_factory=ImagePolicy)
+    runtimes: tuple[str, ...] = (RUNTIME_NAME,)  # the first is the offer's runtime_name
     # Capacity comes back: no agreement outlives this, and one without a live activity ends after
     # `agreement_idle_seconds` (a requestor cannot hold the host by signing and never running).
     max_agreement_seconds: float = 24 * 3600.0
@@ -146,6 +156,7 @@ class RefusalReason(Enum):
     MISSING_CAPABILITY = "MissingCapability"
     IMAGE_UNAVAILABLE = "ImageUnavailable"
     EXPIRATION_TOO_FAR = "ExpirationTooFar"
+    RUNTIME_MISMATCH = "RuntimeMismatch"
 
 
 @dataclass(frozen=True)
@@ -186,6 +197,11 @@ def match(demand: Demand, settings: ProviderSettings, image_available: bool, now
             RefusalReason.EXPIRATION_TOO_FAR,
             f"demand.expiration is {lifetime / 3600:.2f} h away; this provider signs agreements of at most "
             f"{settings.max_agreement_seconds / 3600:.2f} h",
+        )
+    if demand.runtime not in settings.runtimes:
+        return Refusal(
+            RefusalReason.RUNTIME_MISMATCH,
+            f"demand is for runtime {demand.runtime!r}, this provider runs {', '.join(settings.runtimes)}",
         )
     if demand.subnet_tag != settings.subnet_tag:
         return Refusal(

@@ -25,7 +25,10 @@ from exeunit.fairness import ConcurrencyQuota, IdleWatchdog, idle_timeout
 from exeunit.images import ImageResolver
 from exeunit.runtime import LABEL_EXPIRES, LABEL_HOME, Runtime
 from exeunit.state import StateStore
-from exeunit.market import Agreement, AgreementState, Demand, Market, Offer, ProviderSettings, Refusal, utcnow
+from exeunit.market import (
+    TEST_COUNTERS_IMAGE, TEST_COUNTERS_RUNTIME, Agreement, AgreementState, Demand, ImageRef, Market, Offer,
+    ProviderSettings, Refusal, utcnow,
+)
 from exeunit.networks import Networks, NetworkRecord, PrivateNetwork
 from exeunit.states import ActivityState
 from exeunit.storage import LoopStorage, VolumeDirs
@@ -263,6 +266,8 @@ class Provider:
     async def propose(self, requestor_id: str, demand: Demand) -> Agreement | Refusal:
         self._check_open()
         now = utcnow()
+        if demand.runtime == TEST_COUNTERS_RUNTIME and demand.image == ImageRef():  # the runtime brings its image
+            demand = dataclasses.replace(demand, image=ImageRef(tag=TEST_COUNTERS_IMAGE))
         demand.validate(now)
         available = await self._images.available(requestor_id, demand.image)
         outcome = self.market.propose(requestor_id, demand, available, now)

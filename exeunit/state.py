@@ -22,7 +22,7 @@ from typing import Any
 
 from exeunit import errors
 from exeunit.commands import Command, Deploy, Run, Start, Terminate, name_of
-from exeunit.market import Agreement, AgreementState, Demand, ImageRef, LinearPricing, Resources
+from exeunit.market import RUNTIME_NAME, Agreement, AgreementState, Demand, ImageRef, LinearPricing, Resources
 from exeunit.networks import NetworkRecord
 
 RECORD_VERSION = 1
@@ -186,6 +186,7 @@ def _agreement_record(agreement: Agreement) -> dict[str, Any]:
             "capabilities": list(demand.capabilities),
             "subnet_tag": demand.subnet_tag,
             "expiration": _time(demand.expiration),
+            "runtime": demand.runtime,
         },
         "pricing": vars(agreement.pricing),
         "reserved": vars(agreement.reserved),
@@ -211,6 +212,7 @@ def _agreement_from(record: dict[str, Any]) -> Agreement:
             capabilities=tuple(demand["capabilities"]),
             subnet_tag=demand["subnet_tag"],
             expiration=_parse_time(demand["expiration"]),  # type: ignore[arg-type]
+            runtime=demand.get("runtime", RUNTIME_NAME),
         ),
         pricing=LinearPricing(**record["pricing"]),
         reserved=Resources(**record["reserved"]),

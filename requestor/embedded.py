@@ -23,7 +23,9 @@ from exeunit.docker_runtime import DockerRuntime
 from exeunit.errors import ExeUnitError
 from exeunit.fetch import FetchPolicy
 from exeunit.images import ImagePolicy
-from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
+from exeunit.market import (
+    CUSTOM_COUNTER, GIB, RUNTIME_NAME, TEST_COUNTERS_RUNTIME, LinearPricing, ProviderSettings, Resources,
+)
 from exeunit.provider import Provider
 from exeunit.server import RunningServer, create_server
 from exeunit.storage import DirectoryStorage, LoopStorage
@@ -59,7 +61,9 @@ class EmbeddedProvider:
             provider_id=f"embedded-{uuid.uuid4().hex[:12]}",
             name=self._name,
             subnet_tag=self._subnet_tag,
-            pricing=LinearPricing(start_fee=0.0, per_cpu_second=0.00001, per_duration_second=0.000002),
+            pricing=LinearPricing(start_fee=0.0, per_cpu_second=0.00001, per_duration_second=0.000002,
+                                  per_unit={CUSTOM_COUNTER: 0.00001}),
+            runtimes=(RUNTIME_NAME, TEST_COUNTERS_RUNTIME),  # yapapi's custom-usage-counter example runs here
             capacity=Resources(psutil.cpu_count() or 1, psutil.virtual_memory().total, storage),
             default_allotment=Resources(1, GIB // 2, 2 * GIB),
             # The script's user owns this host: every local image is theirs to run, and their own

@@ -220,3 +220,41 @@ def test_usage_read_from_the_cgroup_agrees_with_the_engines_stats(engine) -> Non
         assert abs(ours.memory_bytes - stats["memory_stats"]["usage"]) < 1 << 20
     finally:
         container.remove(force=True, v=True)
+
+
+async def test_the_test_counters_runtime_counts_what_sleep_waits_and_prices_it(daemons: Daemons) -> None:
+    from exeunit.market import CUSTOM_COUNTER, RUNTIME_NAME, TEST_COUNTERS_RUNTIME, LinearPricing
+    from exeunit.v1 import market_pb2 as mkt
+    from tests.client import ContractClient, expiration
+
+    provider = await daemons.start(
+        runtimes=(RUNTIME_NAME, TEST_COUNTERS_RUNTIME),
+        pricing=LinearPricing(0.0, 0.0, 0.0, per_unit={CUSTOM_COUNTER: 2.0}),
+    )
+    plain = await daemons.start(name="plain")
+    async with ContractClient(f"127.0.0.1:{provider.port}", "r") as client:
+        offer = (await client.market.GetOffer(mkt.GetOfferRequest(), metadata=client.metadata)).offer
+        assert list(offer.runtimes) == ["docker-vm", "test-counters"] and offer.pricing.per_unit[CUSTOM_COUNTER] == 2.0
+        demand = mkt.Demand(runtime="test-counters", subnet_tag="public", expiration=expiration())  # no image
+        agreement = (await client.propose(demand)).agreement
+        assert agreement.demand.image.tag == "exeunit-base:latest"  # the runtime brings its image
+        created = await client.activity.CreateActivity(act.CreateActivityRequest(agreement_id=agreement.agreement_id),
+                                                       metadata=client.metadata)
+        activity_id = created.activity_id
+        started = time.monotonic()
+        run = await client.run_batch(activity_id, [client.deploy(), client.start(), client.run("sleep", "300"),
+                                                   client.run("/bin/echo", "real commands run as usual")])
+        assert run.succeeded and run.stdout(3) == b"real commands run as usual\n"
+        assert time.monotonic() - started < 5  # 300 milliseconds, not seconds
+        bad = await client.run_batch(activity_id, [client.run("sleep", "soon")])
+        assert "whole number of milliseconds" in bad.finished[0].message
+        usage = await client.activity.GetActivityUsage(act.GetActivityUsageRequest(activity_id=activity_id),
+                                                       metadata=client.metadata)
+        assert usage.counters[CUSTOM_COUNTER] == pytest.approx(0.3)
+        assert usage.cost == pytest.approx(0.6)
+        refused = await client.propose(mkt.Demand(runtime="wasmtime", subnet_tag="public", expiration=expiration()))
+        assert refused.refusal.reason == mkt.REFUSAL_REASON_RUNTIME_MISMATCH
+    async with ContractClient(f"127.0.0.1:{plain.port}", "r") as client:
+        refused = await client.propose(mkt.Demand(runtime="test-counters", subnet_tag="public", expiration=expiration()))
+        assert refused.refusal.reason == mkt.REFUSAL_REASON_RUNTIME_MISMATCH
+        assert "this provider runs docker-vm" in refused.refusal.message

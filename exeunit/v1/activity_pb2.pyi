@@ -360,20 +360,29 @@ class GetActivityUsageRequest(_message.Message):
     def __init__(self, activity_id: _Optional[str] = ...) -> None: ...
 
 class GetActivityUsageResponse(_message.Message):
-    __slots__ = ("cpu_seconds", "duration", "cost", "memory_bytes", "measured", "storage_bytes")
+    __slots__ = ("cpu_seconds", "duration", "cost", "memory_bytes", "measured", "storage_bytes", "counters")
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DURATION_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEASURED_FIELD_NUMBER: _ClassVar[int]
     STORAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
     cpu_seconds: float
     duration: _duration_pb2.Duration
     cost: float
     memory_bytes: int
     measured: _timestamp_pb2.Timestamp
     storage_bytes: int
-    def __init__(self, cpu_seconds: _Optional[float] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cost: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., measured: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., storage_bytes: _Optional[int] = ...) -> None: ...
+    counters: _containers.ScalarMap[str, float]
+    def __init__(self, cpu_seconds: _Optional[float] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cost: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., measured: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., storage_bytes: _Optional[int] = ..., counters: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class DestroyActivityRequest(_message.Message):
     __slots__ = ("activity_id",)

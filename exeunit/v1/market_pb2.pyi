@@ -25,6 +25,7 @@ class RefusalReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REFUSAL_REASON_MISSING_CAPABILITY: _ClassVar[RefusalReason]
     REFUSAL_REASON_IMAGE_UNAVAILABLE: _ClassVar[RefusalReason]
     REFUSAL_REASON_EXPIRATION_TOO_FAR: _ClassVar[RefusalReason]
+    REFUSAL_REASON_RUNTIME_MISMATCH: _ClassVar[RefusalReason]
 AGREEMENT_STATE_UNSPECIFIED: AgreementState
 AGREEMENT_STATE_APPROVED: AgreementState
 AGREEMENT_STATE_TERMINATED: AgreementState
@@ -34,21 +35,31 @@ REFUSAL_REASON_INSUFFICIENT_RESOURCES: RefusalReason
 REFUSAL_REASON_MISSING_CAPABILITY: RefusalReason
 REFUSAL_REASON_IMAGE_UNAVAILABLE: RefusalReason
 REFUSAL_REASON_EXPIRATION_TOO_FAR: RefusalReason
+REFUSAL_REASON_RUNTIME_MISMATCH: RefusalReason
 
 class LinearPricing(_message.Message):
-    __slots__ = ("start_fee", "per_cpu_second", "per_duration_second", "currency")
+    __slots__ = ("start_fee", "per_cpu_second", "per_duration_second", "per_unit", "currency")
+    class PerUnitEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     START_FEE_FIELD_NUMBER: _ClassVar[int]
     PER_CPU_SECOND_FIELD_NUMBER: _ClassVar[int]
     PER_DURATION_SECOND_FIELD_NUMBER: _ClassVar[int]
+    PER_UNIT_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
     start_fee: float
     per_cpu_second: float
     per_duration_second: float
+    per_unit: _containers.ScalarMap[str, float]
     currency: str
-    def __init__(self, start_fee: _Optional[float] = ..., per_cpu_second: _Optional[float] = ..., per_duration_second: _Optional[float] = ..., currency: _Optional[str] = ...) -> None: ...
+    def __init__(self, start_fee: _Optional[float] = ..., per_cpu_second: _Optional[float] = ..., per_duration_second: _Optional[float] = ..., per_unit: _Optional[_Mapping[str, float]] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class Offer(_message.Message):
-    __slots__ = ("provider_id", "provider_name", "subnet_tag", "runtime_name", "runtime_version", "cpu_threads", "memory_bytes", "storage_bytes", "total_cpu_threads", "total_memory_bytes", "total_storage_bytes", "pricing", "images", "accepts_image_urls", "capabilities", "max_agreement_duration", "agreement_idle_timeout")
+    __slots__ = ("provider_id", "provider_name", "subnet_tag", "runtime_name", "runtime_version", "cpu_threads", "memory_bytes", "storage_bytes", "total_cpu_threads", "total_memory_bytes", "total_storage_bytes", "pricing", "images", "accepts_image_urls", "capabilities", "max_agreement_duration", "agreement_idle_timeout", "runtimes")
     PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_NAME_FIELD_NUMBER: _ClassVar[int]
     SUBNET_TAG_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +77,7 @@ class Offer(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     MAX_AGREEMENT_DURATION_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_IDLE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RUNTIMES_FIELD_NUMBER: _ClassVar[int]
     provider_id: str
     provider_name: str
     subnet_tag: str
@@ -83,7 +95,8 @@ class Offer(_message.Message):
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     max_agreement_duration: _duration_pb2.Duration
     agreement_idle_timeout: _duration_pb2.Duration
-    def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., subnet_tag: _Optional[str] = ..., runtime_name: _Optional[str] = ..., runtime_version: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., total_cpu_threads: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., total_storage_bytes: _Optional[int] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., accepts_image_urls: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ..., max_agreement_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., agreement_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    runtimes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., subnet_tag: _Optional[str] = ..., runtime_name: _Optional[str] = ..., runtime_version: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., total_cpu_threads: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., total_storage_bytes: _Optional[int] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., accepts_image_urls: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ..., max_agreement_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., agreement_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runtimes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ImageRef(_message.Message):
     __slots__ = ("hash", "tag", "url")
@@ -96,7 +109,7 @@ class ImageRef(_message.Message):
     def __init__(self, hash: _Optional[str] = ..., tag: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
 
 class Demand(_message.Message):
-    __slots__ = ("image", "min_memory_bytes", "min_storage_bytes", "min_cpu_threads", "capabilities", "subnet_tag", "expiration")
+    __slots__ = ("image", "min_memory_bytes", "min_storage_bytes", "min_cpu_threads", "capabilities", "subnet_tag", "expiration", "runtime")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MIN_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MIN_STORAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +117,7 @@ class Demand(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     SUBNET_TAG_FIELD_NUMBER: _ClassVar[int]
     EXPIRATION_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     image: ImageRef
     min_memory_bytes: int
     min_storage_bytes: int
@@ -111,7 +125,8 @@ class Demand(_message.Message):
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     subnet_tag: str
     expiration: _timestamp_pb2.Timestamp
-    def __init__(self, image: _Optional[_Union[ImageRef, _Mapping]] = ..., min_memory_bytes: _Optional[int] = ..., min_storage_bytes: _Optional[int] = ..., min_cpu_threads: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., subnet_tag: _Optional[str] = ..., expiration: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    runtime: str
+    def __init__(self, image: _Optional[_Union[ImageRef, _Mapping]] = ..., min_memory_bytes: _Optional[int] = ..., min_storage_bytes: _Optional[int] = ..., min_cpu_threads: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., subnet_tag: _Optional[str] = ..., expiration: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., runtime: _Optional[str] = ...) -> None: ...
 
 class Agreement(_message.Message):
     __slots__ = ("agreement_id", "provider_id", "requestor_id", "demand", "pricing", "state", "created", "expiration", "cpu_threads", "memory_bytes", "storage_bytes", "termination_reason", "termination_message")
