@@ -118,7 +118,7 @@ class WorkContext:
         usage = await self.handle.client.usage(self.id)
         return ActivityUsage(
             {USAGE_DURATION: usage.duration_seconds, USAGE_CPU: usage.cpu_seconds,
-             USAGE_MEMORY: usage.memory_bytes / GIB, USAGE_STORAGE: usage.storage_bytes / GIB},
+             USAGE_MEMORY: usage.memory_bytes / GIB, USAGE_STORAGE: usage.storage_bytes / GIB, **usage.counters},
             usage.measured.astimezone() if usage.measured else None,
         )
 

@@ -236,4 +236,5 @@ def _demand(payload: VmPackage, subnet_tag: str, job: events.Job) -> DemandSpec:
         capabilities=payload.capabilities,
         subnet_tag=subnet_tag,
         expiration=job.expiration,
+        runtime=payload.runtime,
     )

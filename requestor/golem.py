@@ -22,7 +22,9 @@ from requestor.errors import RequestorError
 from requestor.log import log_summary
 from requestor.network import Network
 from requestor.payload import Payload
-from requestor.payload.vm import VM_CAPS_VPN, VmPackage
+from requestor.payload.vm import TEST_COUNTERS_RUNTIME, VM_CAPS_VPN, VmPackage
+from requestor.props import inf
+from requestor.props.base import KEY, KIND
 from requestor.provider_client import ProviderClient
 from requestor.services.cluster import Cluster
 from requestor.services.runner import ServiceRunner
@@ -229,11 +231,7 @@ class Golem:
             raise ValueError(
                 f"No payload returned from {service_class.__name__}.get_payload() nor given in the `payload` argument."
             )
-        if not isinstance(payload, VmPackage):
-            raise TypeError(
-                f"only requestor.payload.vm.repo(...) payloads run here (providers run containers: the "
-                f"docker-vm runtime); got {payload!r}"
-            )
+        payload = runnable(payload)
         if network is not None and VM_CAPS_VPN not in payload.capabilities:  # only providers that make networks
             payload = dataclasses.replace(payload, capabilities=(*payload.capabilities, VM_CAPS_VPN))
         expiration = expiration or datetime.now(timezone.utc) + DEFAULT_SERVICE_EXPIRATION
@@ -260,6 +258,28 @@ class Golem:
         network = await Network.create(ip, self.requestor_id, owner_ip, mask, gateway)
         self._networks.append(network)
         return network
+
+
+def runnable(payload: Payload) -> VmPackage:
+    """The payload as this library demands it: a `vm.repo(...)` package as it is; a payload that
+    declares Golem constraints (`props.base.constraint`) when it names the test-counters runtime,
+    which brings its own image. Anything else is a TypeError saying what runs here."""
+    if isinstance(payload, VmPackage):
+        return payload
+    if dataclasses.is_dataclass(payload):
+        declared = {f.metadata.get(KEY): getattr(payload, f.name) for f in dataclasses.fields(payload)
+                    if f.metadata.get(KIND) == "constraint"}
+        if declared.get(inf.INF_RUNTIME_NAME) == TEST_COUNTERS_RUNTIME:
+            return VmPackage(
+                runtime=TEST_COUNTERS_RUNTIME,
+                min_mem_gib=float(declared.get(inf.INF_MEM, 0.5)),
+                min_storage_gib=float(declared.get(inf.INF_STORAGE, 0.5)),
+                min_cpu_threads=int(declared.get(inf.INF_THREADS, 1)),
+            )
+    raise TypeError(
+        f"only requestor.payload.vm.repo(...) payloads (the docker-vm runtime) and payloads constraining "
+        f"{inf.INF_RUNTIME_NAME} to {TEST_COUNTERS_RUNTIME!r} run here; got {payload!r}"
+    )
 
 
 def _configured_providers(providers: Iterable[str] | None) -> list[str]:

@@ -12,7 +12,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -44,6 +44,7 @@ class Pricing:
     per_cpu_second: float
     per_duration_second: float
     currency: str
+    per_unit: dict[str, float] = field(default_factory=dict)  # other counters' prices, by name
 
     def cost(self, cpu_seconds: float, duration_seconds: float) -> float:
         return self.start_fee + self.per_cpu_second * cpu_seconds + self.per_duration_second * duration_seconds
@@ -68,6 +69,7 @@ class Offer:
     images: tuple[str, ...]
     accepts_image_urls: bool
     capabilities: tuple[str, ...]
+    runtimes: tuple[str, ...] = ()  # every runtime it runs (runtime_name first)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class DemandSpec:
     capabilities: tuple[str, ...]
     subnet_tag: str
     expiration: datetime
+    runtime: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class Usage:
     memory_bytes: int = 0
     storage_bytes: int = 0
     measured: datetime | None = None
+    counters: dict[str, float] = field(default_factory=dict)
 
 
 ACTIVITY_STATE_NAMES = {
@@ -180,10 +184,12 @@ class ProviderClient:
             total_cpu_threads=o.total_cpu_threads,
             total_memory_bytes=o.total_memory_bytes,
             total_storage_bytes=o.total_storage_bytes,
-            pricing=Pricing(o.pricing.start_fee, o.pricing.per_cpu_second, o.pricing.per_duration_second, o.pricing.currency),
+            pricing=Pricing(o.pricing.start_fee, o.pricing.per_cpu_second, o.pricing.per_duration_second, o.pricing.currency,
+                            dict(o.pricing.per_unit)),
             images=tuple(o.images),
             accepts_image_urls=o.accepts_image_urls,
             capabilities=tuple(o.capabilities),
+            runtimes=tuple(o.runtimes) or (o.runtime_name,),
         )
 
     async def propose(self, demand: DemandSpec) -> AgreementInfo | Refusal:
@@ -196,6 +202,7 @@ class ProviderClient:
                 capabilities=list(demand.capabilities),
                 subnet_tag=demand.subnet_tag,
                 expiration=_timestamp(demand.expiration),
+                runtime=demand.runtime,
             )
         )
         response = await self._call("ProposeAgreement", self._market.ProposeAgreement, request)
@@ -296,7 +303,8 @@ class ProviderClient:
         )
         return Usage(response.cpu_seconds, response.duration.ToTimedelta().total_seconds(), response.cost,
                      response.memory_bytes, response.storage_bytes,
-                     response.measured.ToDatetime(tzinfo=timezone.utc) if response.HasField("measured") else None)
+                     response.measured.ToDatetime(tzinfo=timezone.utc) if response.HasField("measured") else None,
+                     dict(response.counters))
 
     async def destroy(self, activity_id: str) -> None:
         await self._call("DestroyActivity", self._activity.DestroyActivity, act.DestroyActivityRequest(activity_id=activity_id))

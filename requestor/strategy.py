@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from requestor import events
-from requestor.payload.vm import GIB, VmPackage
+from requestor.payload.vm import GIB, TEST_COUNTERS_RUNTIME, VmPackage
 from requestor.props.com import Counter
 from requestor.provider_client import Offer
 
@@ -81,7 +81,8 @@ class LeastExpensiveLinearPayuMS(MarketStrategy):
         fee = Decimal(str(p.start_fee))
         if fee < 0 or fee > self.max_fixed_price:
             return SCORE_REJECTED
-        for counter, price in prices.items():
+        others = {name: Decimal(str(price)) for name, price in p.per_unit.items()}
+        for counter, price in {**prices, **others}.items():
             if price < 0 or price > self.max_price_for.get(counter, Decimal("inf")):
                 return SCORE_REJECTED
         expected = float(fee) + self.expected_time_secs * float(sum(prices.values()))
@@ -134,8 +135,9 @@ def mismatch(offer: Offer, payload: VmPackage, subnet_tag: str) -> str | None:
     """Why the offer cannot serve the payload, or None when it can."""
     if offer.subnet_tag != subnet_tag:
         return f"subnet {offer.subnet_tag!r}, not {subnet_tag!r}"
-    if offer.runtime_name != payload.runtime:
-        return f"runtime {offer.runtime_name!r}, not {payload.runtime!r}"
+    runtimes = offer.runtimes or (offer.runtime_name,)
+    if payload.runtime not in runtimes:
+        return f"runtime {payload.runtime!r} not among {', '.join(runtimes)}"
     if offer.total_cpu_threads < payload.min_cpu_threads:
         return f"only {offer.total_cpu_threads} cpu threads"
     if offer.total_memory_bytes < payload.min_mem_gib * GIB:
@@ -148,6 +150,8 @@ def mismatch(offer: Offer, payload: VmPackage, subnet_tag: str) -> str | None:
     has_image = (payload.image_tag and payload.image_tag in offer.images) or (
         payload.image_hash and payload.image_hash in offer.images
     )
+    if payload.runtime == TEST_COUNTERS_RUNTIME and not (payload.image_tag or payload.image_hash or payload.image_url):
+        return None  # the runtime brings its image
     if not has_image and not (payload.image_url and offer.accepts_image_urls):
         return f"does not have image {payload.image_tag or payload.image_hash or payload.image_url}"
     return None

@@ -68,3 +68,16 @@ def test_instance_restart(tmp_path: Path, engine) -> None:
                     ".*CommandExecutionError", "STOPPING 2$", "STARTING 3$", "Cluster stopped$")
     assert not any(re.search("STARTING 4", line) for line in lines)
     assert_all_invoices_accepted(lines)
+
+
+def test_custom_usage_counter(tmp_path: Path, engine) -> None:
+    lines = run_script("custom_usage_counter.py", tmp_path, "--running-time", "3",
+                       "--log-file", str(tmp_path / "counters.log"))
+    readings = [line for line in lines if line.startswith("total cost so far: ")]
+    assert readings, "\n".join(lines)
+    counted = [float(re.search(r"'golem.usage.custom.counter': ([0-9.]+)", line).group(1)) for line in readings]
+    assert counted == sorted(counted) and counted[0] == 1.0  # one `sleep 1000` (milliseconds) per reading
+    assert "golem.usage.duration_sec" in readings[0]
+    expect_in_order(lines, "running on 'local-provider'", "total cost so far", "stopped on 'local-provider'",
+                    "All services were successfully terminated")
+    assert_no_errors(lines)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
 class Payload:
-    """Base of payload definitions; `requestor.payload.vm.repo` builds the one used here."""
+    """Base of payload definitions: `requestor.payload.vm.repo` builds the one for containers; a
+    dataclass subclass may declare Golem constraints with `requestor.props.base.constraint`
+    (frozen or not: this base has no fields)."""

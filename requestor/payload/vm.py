@@ -16,6 +16,7 @@ from requestor.payload import Payload
 VM_CAPS_VPN = "vpn"
 VM_CAPS_MANIFEST_SUPPORT = "manifest-support"
 RUNTIME_VM = "docker-vm"
+TEST_COUNTERS_RUNTIME = "test-counters"  # Golem's test runtime (providers offering it bring the image)
 GIB = 1 << 30
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -32,7 +33,7 @@ class VmPackage(Payload):
     runtime: str = RUNTIME_VM
 
     def __str__(self) -> str:
-        image = self.image_tag or self.image_hash or self.image_url
+        image = self.image_tag or self.image_hash or self.image_url or f"({self.runtime} runtime)"
         return f"vm(image={image}, mem>={self.min_mem_gib}GiB, storage>={self.min_storage_gib}GiB, threads>={self.min_cpu_threads})"
 
 
