@@ -79,5 +79,9 @@ def test_custom_usage_counter(tmp_path: Path, engine) -> None:
     assert counted == sorted(counted) and counted[0] == 1.0  # one `sleep 1000` (milliseconds) per reading
     assert "golem.usage.duration_sec" in readings[0]
     expect_in_order(lines, "running on 'local-provider'", "total cost so far", "stopped on 'local-provider'",
-                    "All services were successfully terminated")
+                    "All services were successfully terminated", ".*All jobs have finished")
+    running = {m.groups() for line in lines if (m := re.search("service ([0-9a-f-]+) running on '([^']*)'", line))}
+    stopped = {m.groups() for line in lines if (m := re.search("service ([0-9a-f-]+) stopped on '([^']*)'", line))}
+    assert running and running == stopped  # yapapi's assert_correct_startup_and_shutdown (its regex stops at the dashes of an id)
     assert_no_errors(lines)
+    assert_all_invoices_accepted(lines)
