@@ -28,6 +28,7 @@ def test_tutorial_service_gathers_observations_and_downloads_plots(tmp_path: Pat
     assert "observations; mean" in done.stdout
     plots = list(tmp_path.glob("plot_*.png"))
     assert plots and all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for p in plots)
+    assert all(b"Matplotlib" in p.read_bytes()[:200] for p in plots)  # drawn by matplotlib: axes, labels, title
     assert "running -> stopping" in done.stderr and "stopping -> terminated" in done.stderr
 
 
@@ -128,6 +129,7 @@ def test_a_script_whose_only_provider_is_unreachable_fails() -> None:
                               env={**os.environ, "GOLEM_PROVIDERS": f"127.0.0.1:{port}"})
     assert done.returncode == 1
     assert "2 of 2 instances failed: no provider can run" in done.stderr and "unreachable" in done.stderr
+    assert done.stderr.count("no provider can run") == 3  # once per instance in the summary, once at the end
     assert "all instances terminated" not in done.stdout
 
 
