@@ -20,7 +20,8 @@ from requestor.errors import BudgetExceededError, RequestorError
 log = logging.getLogger(__name__)
 
 WARN_AT = Decimal("0.9")  # a warning once this share of the budget is spent or accrued
-POLL_SECONDS = 2.0
+POLL_SECONDS = 2.0  # readings are at least this far apart...
+MAX_POLL_SECONDS = 30.0  # ...and at most this far, however far the budget is from its end
 
 
 def money(value: float | int | str | Decimal) -> Decimal:
@@ -81,25 +82,41 @@ class Budget:
 
 
 class BudgetWatch:
-    """Reads every live agreement's cost every `interval` seconds; warns near the limit and ends
-    every live agreement before the budget would be passed."""
+    """Reads every live agreement's cost, warns near the limit and ends every live agreement
+    before the budget would be passed. Readings come as often as the budget needs: at the
+    agreements' fastest possible spending (their prices, every thread busy), the time to the
+    budget's end is split in two, between POLL_SECONDS and MAX_POLL_SECONDS; so a budget far
+    from its end costs the providers almost no readings."""
 
     def __init__(self, budget: Budget, read_cost: Callable[[str], Awaitable[float]],
                  end_all: Callable[[str], Awaitable[None]], interval: float = POLL_SECONDS) -> None:
         self._budget = budget
         self._read_cost = read_cost  # agreement id -> its activity's cost now
         self._end_all = end_all  # ends every live agreement, with the message given
-        self._interval = interval
-        self._live: set[str] = set()
+        self._interval = interval  # the shortest time between readings
+        self._live: dict[str, Decimal] = {}  # agreement id -> the most it can spend per second
+        self._added = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, agreement_id: str) -> None:
-        self._live.add(agreement_id)
+    def add(self, agreement_id: str, max_rate: Decimal = Decimal("Infinity")) -> None:
+        self._live[agreement_id] = max_rate
+        self._added.set()  # a reading may be due sooner now
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._watch(), name="budget-watch")
 
     def discard(self, agreement_id: str) -> None:
-        self._live.discard(agreement_id)
+        self._live.pop(agreement_id, None)
+
+    def next_reading_in(self) -> float:
+        """Seconds until the next reading: half the time the live agreements need, at most, to
+        spend what is left, within [interval, MAX_POLL_SECONDS]."""
+        fastest = sum(self._live.values(), Decimal(0))
+        if fastest <= 0:
+            return MAX_POLL_SECONDS
+        if fastest == Decimal("Infinity"):
+            return self._interval
+        seconds = float(max(self._budget.remaining, Decimal(0)) / fastest) / 2
+        return min(max(seconds, self._interval), MAX_POLL_SECONDS)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -115,7 +132,14 @@ class BudgetWatch:
         loop = asyncio.get_running_loop()
         last_total, last_time = self._budget.accrued + self._budget.spent, loop.time()
         while self._live:
-            await asyncio.sleep(self._interval)
+            deadline = loop.time() + self.next_reading_in()
+            while self._live and loop.time() < deadline:  # an agreement that comes may bring it closer
+                self._added.clear()
+                try:
+                    await asyncio.wait_for(self._added.wait(), deadline - loop.time())
+                except TimeoutError:
+                    break
+                deadline = min(deadline, loop.time() + self.next_reading_in())
             for agreement_id in list(self._live):
                 if agreement_id not in self._live:  # ended while others were read
                     continue
@@ -126,7 +150,7 @@ class BudgetWatch:
             total, now = self._budget.accrued + self._budget.spent, loop.time()
             rate = (total - last_total) / Decimal(str(max(now - last_time, 1e-3)))
             last_total, last_time = total, now
-            coming = max(rate, Decimal(0)) * Decimal(str(self._interval)) * 2  # until the reading after next
+            coming = max(rate, Decimal(0)) * Decimal(str(self.next_reading_in())) * 2  # until the reading after next
             budget = self._budget
             if not budget.warned and total >= budget.amount * WARN_AT:
                 budget.warned = True

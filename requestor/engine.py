@@ -24,7 +24,7 @@ from requestor.errors import (
     RequestorError,
 )
 from requestor.payload.vm import GIB, VmPackage
-from requestor.provider_client import AgreementInfo, DemandSpec, Offer, ProviderClient, Refusal
+from requestor.provider_client import AgreementInfo, DemandSpec, Offer, Pricing, ProviderClient, Refusal
 from requestor.strategy import MarketStrategy, mismatch, score
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ class Engine:
             return None
         handle = ActivityHandle(client, offer, agreement, events.Activity(activity_id))
         self._live[agreement.id] = handle
-        self._budget_watch.add(agreement.id)
+        self._budget_watch.add(agreement.id, _max_rate(offer.pricing, agreement_info.cpu_threads))
         activity = handle.activity
         self.emit(events.ActivityCreated(job=job, agreement=agreement, activity=activity))
         log.debug("event=activity_ready job=%s provider=%s agreement=%s activity=%s",
@@ -223,6 +223,13 @@ class Engine:
         final = self.budget.settle(agreement.id, cost)
         self.emit(events.AgreementTerminated(job=job, agreement=agreement, reason={"message": reason, "cost": str(final)}))
         self.emit(events.InvoiceAccepted(job=job, agreement=agreement, amount=final))
+
+
+def _max_rate(pricing: Pricing, cpu_threads: int) -> Decimal:
+    """The most an agreement can spend per second: every thread busy, and each other counter
+    growing by one unit a second (the test runtime's grows by at most that)."""
+    per_second = pricing.per_cpu_second * max(cpu_threads, 1) + pricing.per_duration_second + sum(pricing.per_unit.values())
+    return Decimal(str(max(per_second, 0.0)))
 
 
 def _demand(payload: VmPackage, subnet_tag: str, job: events.Job) -> DemandSpec:

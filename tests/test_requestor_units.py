@@ -196,3 +196,21 @@ def test_props_declare_payload_fields_as_golem_constraints_and_properties() -> N
     assert constraints_of(Custom()) == ["(golem.runtime.name=test-counters)", "(golem.inf.mem.gib>=0.5)"]
     assert props_of(Custom()) == {"golem.com.pricing.model": "linear"}
     assert com.Counter.CPU.value == "golem.usage.cpu_sec" and com.Counter.MAXMEM.value == "golem.usage.gib"
+
+
+def test_budget_readings_come_as_often_as_the_budget_needs() -> None:
+    from requestor.budget import MAX_POLL_SECONDS, POLL_SECONDS, BudgetWatch
+
+    async def never(_: str) -> float:
+        raise AssertionError("not read in this test")
+
+    budget = Budget(1.0)
+    watch = BudgetWatch(budget, never, never)  # type: ignore[arg-type]
+    assert watch.next_reading_in() == MAX_POLL_SECONDS  # nothing live
+    watch._live["cheap"] = Decimal("0.00001")  # 100,000 s to spend 1.0: a reading every 30 s
+    assert watch.next_reading_in() == MAX_POLL_SECONDS
+    watch._live["dear"] = Decimal("0.05")  # ~20 s to the end at full speed: readings every ~10 s
+    assert 9 < watch.next_reading_in() < 10
+    budget.open("a", 0)
+    budget.accrue("a", 0.99)  # nearly spent: as often as allowed
+    assert watch.next_reading_in() == POLL_SECONDS
