@@ -530,10 +530,9 @@ class Activity:
         return _result(outcome, command)
 
     async def _follow(self, batch: Batch, index: int, command: CommandRun) -> CommandOutcome:
-        output = metrics.BYTES.labels("output")
         async for stream, data in command:
             await batch.output(index, EventKind.STDOUT if stream == STDOUT else EventKind.STDERR, data)
-            output.inc(len(data))
+            metrics.OUTPUT_BYTES.inc(len(data))
         return command.outcome or CommandOutcome(return_code=None, timed_out=False)
 
     @contextmanager

@@ -28,6 +28,9 @@ COMMANDS = Counter("exeunit_commands_total", "ExeScript commands finished, by co
                    ["command", "outcome"], registry=REGISTRY)
 BYTES = Counter("exeunit_bytes_total", "Bytes moved: command output, uploads, downloads, tunnels (each way)",
                 ["direction"], registry=REGISTRY)
+# The directions' children, looked up once: bytes are counted on the data path.
+OUTPUT_BYTES, UPLOAD_BYTES, DOWNLOAD_BYTES = BYTES.labels("output"), BYTES.labels("upload"), BYTES.labels("download")
+TUNNEL_IN_BYTES, TUNNEL_OUT_BYTES = BYTES.labels("tunnel_in"), BYTES.labels("tunnel_out")
 REFUSED = Counter("exeunit_refused_calls_total", "Calls answered with an error, by gRPC status code",
                   ["code"], registry=REGISTRY)
 

@@ -170,7 +170,7 @@ class ActivityServicer(act_grpc.ActivityServicer):
             upstream = asyncio.create_task(_to_port(requests, port.writer))
             try:
                 while data := await port.reader.read(TUNNEL_READ_BYTES):
-                    metrics.BYTES.labels("tunnel_out").inc(len(data))
+                    metrics.TUNNEL_OUT_BYTES.inc(len(data))
                     yield act.TunnelResponse(data=data)
                 if port.was_cut:
                     raise errors.FailedPrecondition("the activity ended: its tunnels were cut")
@@ -256,7 +256,7 @@ class TransferServicer(xfer_grpc.TransferServicer):
                         if len(part.chunk) > CHUNK_SIZE:
                             raise errors.InvalidArgument(f"chunks are at most {CHUNK_SIZE} bytes")
                         await upload.write(part.chunk)
-                        metrics.BYTES.labels("upload").inc(len(part.chunk))
+                        metrics.UPLOAD_BYTES.inc(len(part.chunk))
                     elif kind == "trailer":
                         result = await upload.finish(part.trailer.sha256)
                         return xfer.UploadResponse(size=result.size, sha256=result.sha256)
@@ -277,7 +277,7 @@ class TransferServicer(xfer_grpc.TransferServicer):
             yield xfer.DownloadResponse(header=xfer.DownloadHeader(size=download.header.size, mode=download.header.mode))
             async for chunk in download.chunks():
                 yield xfer.DownloadResponse(chunk=chunk)
-                metrics.BYTES.labels("download").inc(len(chunk))
+                metrics.DOWNLOAD_BYTES.inc(len(chunk))
             yield xfer.DownloadResponse(trailer=xfer.DownloadTrailer(sha256=download.sha256()))
 
 
@@ -291,7 +291,7 @@ async def _to_port(requests: AsyncIterator[act.TunnelRequest], writer: asyncio.S
                 if len(request.data) > CHUNK_SIZE:
                     raise errors.InvalidArgument(f"tunnel data comes in messages of at most {CHUNK_SIZE} bytes")
                 writer.write(request.data)
-                metrics.BYTES.labels("tunnel_in").inc(len(request.data))
+                metrics.TUNNEL_IN_BYTES.inc(len(request.data))
                 await writer.drain()
             elif kind == "close":
                 break

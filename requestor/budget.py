@@ -148,9 +148,9 @@ class BudgetWatch:
                 except RequestorError:
                     continue  # its provider will say more when the instance notices
             total, now = self._budget.accrued + self._budget.spent, loop.time()
-            rate = (total - last_total) / Decimal(str(max(now - last_time, 1e-3)))
+            rate = (total - last_total) / money(max(now - last_time, 1e-3))
             last_total, last_time = total, now
-            coming = max(rate, Decimal(0)) * Decimal(str(self.next_reading_in())) * 2  # until the reading after next
+            coming = max(rate, Decimal(0)) * money(self.next_reading_in()) * 2  # until the reading after next
             budget = self._budget
             if not budget.warned and total >= budget.amount * WARN_AT:
                 budget.warned = True

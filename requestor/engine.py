@@ -15,7 +15,7 @@ from decimal import Decimal
 import grpc
 
 from requestor import events
-from requestor.budget import Budget, BudgetWatch
+from requestor.budget import Budget, BudgetWatch, money
 from requestor.ctx import ActivityHandle
 from requestor.errors import (
     BudgetExceededError,
@@ -229,7 +229,7 @@ def _max_rate(pricing: Pricing, cpu_threads: int) -> Decimal:
     """The most an agreement can spend per second: every thread busy, and each other counter
     growing by one unit a second (the test runtime's grows by at most that)."""
     per_second = pricing.per_cpu_second * max(cpu_threads, 1) + pricing.per_duration_second + sum(pricing.per_unit.values())
-    return Decimal(str(max(per_second, 0.0)))
+    return money(max(per_second, 0.0))
 
 
 def _demand(payload: VmPackage, subnet_tag: str, job: events.Job) -> DemandSpec:

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from requestor import events
+from requestor.budget import money
 from requestor.payload.vm import GIB, TEST_COUNTERS_RUNTIME, VmPackage
 from requestor.props.com import Counter
 from requestor.provider_client import Offer
@@ -69,19 +70,19 @@ class LeastExpensiveLinearPayuMS(MarketStrategy):
     def __init__(self, expected_time_secs: float = 60, max_fixed_price: Decimal | float | None = None,
                  max_price_for: Mapping[Counter | str, Decimal | float] | None = None) -> None:
         self.expected_time_secs = expected_time_secs
-        self.max_fixed_price = Decimal(str(max_fixed_price)) if max_fixed_price is not None else Decimal("inf")
+        self.max_fixed_price = money(max_fixed_price) if max_fixed_price is not None else Decimal("inf")
         self.max_price_for: dict[str, Decimal] = {}
         for counter, cap in (max_price_for or {}).items():
             name = counter.value if isinstance(counter, Counter) else _SHORT_COUNTERS.get(counter, counter)
-            self.max_price_for[name] = Decimal(str(cap))
+            self.max_price_for[name] = money(cap)
 
     def score_offer(self, offer: Offer) -> float:
         p = offer.pricing
-        prices = {Counter.CPU.value: Decimal(str(p.per_cpu_second)), Counter.TIME.value: Decimal(str(p.per_duration_second))}
-        fee = Decimal(str(p.start_fee))
+        prices = {Counter.CPU.value: money(p.per_cpu_second), Counter.TIME.value: money(p.per_duration_second)}
+        fee = money(p.start_fee)
         if fee < 0 or fee > self.max_fixed_price:
             return SCORE_REJECTED
-        others = {name: Decimal(str(price)) for name, price in p.per_unit.items()}
+        others = {name: money(price) for name, price in p.per_unit.items()}
         for counter, price in {**prices, **others}.items():
             if price < 0 or price > self.max_price_for.get(counter, Decimal("inf")):
                 return SCORE_REJECTED
