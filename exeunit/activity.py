@@ -185,9 +185,14 @@ class Activity:
 
     # Surviving a daemon restart
 
+    def network_address(self) -> tuple[str, str]:
+        """(network id, ip) of the network the activity joined, or ("", "")."""
+        membership = self._networks.membership(self.activity_id)
+        return (membership[0].network_id, str(membership[1].ip)) if membership else ("", "")
+
     def record(self) -> ActivityRecord:
         """What a restarted daemon needs to take this activity up again."""
-        membership = self._networks.membership(self.activity_id)
+        network_id, network_ip = self.network_address()
         return ActivityRecord(
             activity_id=self.activity_id,
             agreement_id=self.agreement.agreement_id,
@@ -202,8 +207,8 @@ class Activity:
             volumes_enforced=self.volumes.enforced if self.volumes else False,
             started=self._started_at,
             ended=self._ended_at,
-            network_id=membership[0].network_id if membership else "",
-            network_ip=str(membership[1].ip) if membership else "",
+            network_id=network_id,
+            network_ip=network_ip,
         )
 
     async def recover(self, record: ActivityRecord) -> None:
@@ -242,11 +247,10 @@ class Activity:
 
     async def summary(self) -> ActivitySummary:
         image = self.agreement.demand.image
-        membership = self._networks.membership(self.activity_id)
+        network_id, ip = self.network_address()
         return ActivitySummary(
             status=self.status(), requestor_id=self.agreement.requestor_id, image=image.tag or image.hash or image.url,
-            created=self.created, started=self._started_at, usage=await self.usage(),
-            network_id=membership[0].network_id if membership else "", ip=str(membership[1].ip) if membership else "",
+            created=self.created, started=self._started_at, usage=await self.usage(), network_id=network_id, ip=ip,
         )
 
     async def watch(self) -> AsyncIterator[ActivityStatus]:

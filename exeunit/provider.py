@@ -342,7 +342,7 @@ class Provider:
     async def _drop_networks_of_gone_requestor(self, requestor_id: str) -> None:
         """A requestor's networks live as long as it has an agreement here: nothing can join
         them after that, and a requestor must not pile up networks it no longer uses."""
-        if any(a.requestor_id == requestor_id and a.state is AgreementState.APPROVED for a in self.market.all()):
+        if self._has_live_agreement(requestor_id):
             return
         for network in self.networks.owned_by(requestor_id):
             await self.networks.remove(requestor_id, network.network_id)
@@ -429,9 +429,7 @@ class Provider:
     def exec(self, requestor_id: str, activity_id: str, commands: list[Command], batch_id: str) -> tuple[Batch, bool]:
         activity = self.activity(requestor_id, activity_id)
         joining = next((c for c in commands if isinstance(c, Deploy) and c.network_id), None)
-        if joining is None:
-            return activity.submit(commands, batch_id)
-        if activity.state is not ActivityState.NEW:  # a resubmitted batch, or refused as submit says
+        if joining is None or activity.state is not ActivityState.NEW:  # (a resubmitted batch, or refused by submit)
             return activity.submit(commands, batch_id)
         before = self.networks.membership(activity_id)
         self.networks.reserve(requestor_id, joining.network_id, joining.ip, activity_id)
@@ -449,7 +447,7 @@ class Provider:
 
     def create_network(self, requestor_id: str, network_id: str, address: str, gateway: str) -> PrivateNetwork:
         self._check_open()
-        if not any(a.requestor_id == requestor_id and a.state is AgreementState.APPROVED for a in self.market.all()):
+        if not self._has_live_agreement(requestor_id):
             raise errors.FailedPrecondition("a network needs a live agreement with this provider; make one first")
         return self.networks.create(requestor_id, network_id, address, gateway)
 
@@ -462,6 +460,9 @@ class Provider:
             if activity_id in self._activities:
                 self._persist_activity(self._activities[activity_id])
         return cut
+
+    def _has_live_agreement(self, requestor_id: str) -> bool:
+        return any(a.requestor_id == requestor_id and a.state is AgreementState.APPROVED for a in self.market.all())
 
     def _persist_network(self, network: PrivateNetwork | None, key: tuple[str, str]) -> None:
         if self._state is None:
