@@ -27,7 +27,7 @@ OPTIONAL_IMPORTS = ["charset_normalizer", "chardet"]  # what requests looks for 
 
 def daemon_packages() -> list[Path]:
     """Top-level packages and modules the daemon's import pulls in from site-packages."""
-    probe = ("import sys, exeunit.cli, exeunit.metrics; "
+    probe = ("import sys, exeunit.app.cli, exeunit.app.metrics; "
              "print('\\n'.join(sorted({m.split('.')[0] for m in sys.modules})))")
     names = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                            cwd=REPO).stdout.split()

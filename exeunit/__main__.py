@@ -1,3 +1,3 @@
-from exeunit.cli import main
+from exeunit.app.cli import main
 
 raise SystemExit(main())

@@ -1,6 +1,6 @@
 """The daemon's domain errors: one root, one class per kind of failure.
 
-Each kind maps to exactly one gRPC status code, in `exeunit.status` (the only place that knows
+Each kind maps to exactly one gRPC status code, in `exeunit.api.status` (the only place that knows
 gRPC). Messages are written for the person who has to fix the call.
 """
 

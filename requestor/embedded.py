@@ -18,17 +18,17 @@ from pathlib import Path
 
 import psutil
 
-from exeunit.activity import ActivityLimits
-from exeunit.docker_runtime import DockerRuntime
+from exeunit.services.activity import ActivityLimits
+from exeunit.runtime.docker.runtime import DockerRuntime
 from exeunit.errors import ExeUnitError
-from exeunit.fetch import FetchPolicy
-from exeunit.images import ImagePolicy
-from exeunit.market import (
+from exeunit.runtime.fetch import FetchPolicy
+from exeunit.services.images import ImagePolicy
+from exeunit.domain.market import (
     CUSTOM_COUNTER, GIB, RUNTIME_NAME, TEST_COUNTERS_RUNTIME, LinearPricing, ProviderSettings, Resources,
 )
-from exeunit.provider import Provider
-from exeunit.server import RunningServer, create_server
-from exeunit.storage import DirectoryStorage, LoopStorage
+from exeunit.services.provider import Provider
+from exeunit.api.server import RunningServer, create_server
+from exeunit.runtime.storage import DirectoryStorage, LoopStorage
 from requestor.errors import RequestorError
 
 log = logging.getLogger(__name__)

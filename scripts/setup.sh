@@ -64,12 +64,12 @@ else
 fi
 
 step "Activity storage and network tools"
-# Each activity's volumes are a loop-mounted ext4 file (exeunit/storage.py).
+# Each activity's volumes are a loop-mounted ext4 file (exeunit/runtime/storage.py).
 if ! command -v mkfs.ext4 >/dev/null 2>&1 || ! command -v losetup >/dev/null 2>&1; then
   echo "installing e2fsprogs and mount..."
   apt_install e2fsprogs mount
 fi
-# Requestors' private networks are bridges in network namespaces of their own (exeunit/bridges.py).
+# Requestors' private networks are bridges in network namespaces of their own (exeunit/runtime/bridges.py).
 if ! command -v ip >/dev/null 2>&1 || ! command -v nsenter >/dev/null 2>&1; then
   echo "installing iproute2 and util-linux (private networks between activities)..."
   apt_install iproute2 util-linux

@@ -15,14 +15,14 @@ import docker
 import pytest
 import pytest_asyncio
 
-from exeunit.activity import ActivityLimits
-from exeunit.bridges import BridgePlumbing
-from exeunit.docker_runtime import DockerRuntime
-from exeunit.runtime import LABEL_PROVIDER
-from exeunit.market import GIB, LinearPricing, ProviderSettings, Resources
-from exeunit.provider import Provider
-from exeunit.server import RunningServer, create_server
-from exeunit.storage import LoopStorage
+from exeunit.services.activity import ActivityLimits
+from exeunit.runtime.bridges import BridgePlumbing
+from exeunit.runtime.docker.runtime import DockerRuntime
+from exeunit.runtime.protocols import LABEL_PROVIDER
+from exeunit.domain.market import GIB, LinearPricing, ProviderSettings, Resources
+from exeunit.services.provider import Provider
+from exeunit.api.server import RunningServer, create_server
+from exeunit.runtime.storage import LoopStorage
 from tests.client import ContractClient
 
 BASE_IMAGE = "exeunit-base:latest"

@@ -17,9 +17,9 @@ import docker
 import pytest
 import pytest_asyncio
 
-from exeunit.agent import AgentChannel, AgentExecutor, AgentFailure, guest_binds, guest_entrypoint
-from exeunit.docker_runtime import DockerRuntime
-from exeunit.runtime import LABEL_PROVIDER, STDOUT, ContainerSpec
+from exeunit.runtime.agent.executor import AgentChannel, AgentExecutor, AgentFailure, guest_binds, guest_entrypoint
+from exeunit.runtime.docker.runtime import DockerRuntime
+from exeunit.runtime.protocols import LABEL_PROVIDER, STDOUT, ContainerSpec
 from tests.conftest import BASE_IMAGE
 
 # Numbered lines, so that a lost, repeated or reordered byte shows; `seconds` spreads them out.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from exeunit import cli, config
+from exeunit.app import cli, config
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

@@ -205,7 +205,7 @@ async def test_usage_counts_cpu_and_duration(client: ContractClient, ready: str)
 def test_usage_read_from_the_cgroup_agrees_with_the_engines_stats(engine) -> None:
     """Usage is read from the container's cgroup files (no work for the engine, which a budget
     polling every few seconds would otherwise give it); they must say what the engine says."""
-    from exeunit.docker_runtime import _cgroup_usage
+    from exeunit.runtime.docker.runtime import _cgroup_usage
 
     container = engine.containers.run(BASE_IMAGE, ["python3", "-c", "import time\nend = time.time() + 0.5\n"
                                                    "while time.time() < end: pass\ntime.sleep(30)"],
@@ -223,7 +223,7 @@ def test_usage_read_from_the_cgroup_agrees_with_the_engines_stats(engine) -> Non
 
 
 async def test_the_test_counters_runtime_counts_what_sleep_waits_and_prices_it(daemons: Daemons) -> None:
-    from exeunit.market import CUSTOM_COUNTER, RUNTIME_NAME, TEST_COUNTERS_RUNTIME, LinearPricing
+    from exeunit.domain.market import CUSTOM_COUNTER, RUNTIME_NAME, TEST_COUNTERS_RUNTIME, LinearPricing
     from exeunit.v1 import market_pb2 as mkt
     from tests.client import ContractClient, expiration
 

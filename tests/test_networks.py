@@ -14,8 +14,8 @@ import grpc
 import psutil
 import pytest
 
-from exeunit.bridges import BridgePlumbing
-from exeunit.market import GIB, Resources
+from exeunit.runtime.bridges import BridgePlumbing
+from exeunit.domain.market import GIB, Resources
 from tests.client import ContractClient
 from tests.conftest import Daemons
 

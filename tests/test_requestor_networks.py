@@ -4,7 +4,7 @@ instances kept on one provider."""
 
 from __future__ import annotations
 
-from exeunit.market import GIB, LinearPricing, Resources
+from exeunit.domain.market import GIB, LinearPricing, Resources
 from requestor import NoMatchingProviderError
 from requestor.network import NetworkError, NetworkState
 from requestor.payload import vm

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from exeunit.market import GIB, LinearPricing, Resources
+from exeunit.domain.market import GIB, LinearPricing, Resources
 from requestor import CommandExecutionError, Golem, NoMatchingProviderError, events
 from requestor.errors import ActivityTerminatedError, BudgetExceededError, ProviderUnreachableError
 from requestor.payload import vm

@@ -175,7 +175,7 @@ async def test_two_embedded_providers_on_one_host_leave_each_other_alone(engine:
 
 
 async def test_a_network_and_its_members_survive_sigkill_and_go_with_the_last_member(home: Path) -> None:
-    from exeunit.bridges import BridgePlumbing
+    from exeunit.runtime.bridges import BridgePlumbing
     from tests.test_networks import make_network, probe, start_echo
 
     roomy = ("--cpu-overcommit", "4")  # room for the few activities below on a 2-core machine

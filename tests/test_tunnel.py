@@ -329,7 +329,7 @@ async def test_a_namespace_is_entered_only_while_the_container_runs_as_the_same_
     """A container its requestor ended may leave its pid to a host process between the daemon's
     look at the pid and its opening of /proc/PID/ns/net: the daemon looks again after opening."""
     from exeunit import errors
-    from exeunit.docker_runtime import DockerRuntime
+    from exeunit.runtime.docker.runtime import DockerRuntime
 
     container = engine.containers.run(BASE_IMAGE, ["sleep", "60"], detach=True, network_mode="none",
                                       labels={"io.exeunit.test": "1"})

@@ -8,12 +8,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from exeunit import errors
-from exeunit.commands import Deploy, Run, Start, Terminate, check_sequence, validate
-from exeunit.event_log import EventLog
-from exeunit.frames import STDERR, STDOUT, FrameDecoder
-from exeunit.market import GIB, Demand, ImageRef, LinearPricing, Market, Refusal, RefusalReason, Resources
-from exeunit.states import ActivityState
-from exeunit.transfer import confine
+from exeunit.domain.commands import Deploy, Run, Start, Terminate, check_sequence, validate
+from exeunit.domain.event_log import EventLog
+from exeunit.runtime.docker.frames import STDERR, STDOUT, FrameDecoder
+from exeunit.domain.market import GIB, Demand, ImageRef, LinearPricing, Market, Refusal, RefusalReason, Resources
+from exeunit.domain.states import ActivityState
+from exeunit.runtime.files import confine
 from tests.conftest import settings_for
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -189,20 +189,20 @@ def test_daemon_log_lines_are_logfmt_with_quoting_or_json() -> None:
     import logging
     import shlex
 
-    from exeunit.logs import EventFormatter
+    from exeunit.app.logs import EventFormatter
 
     def line(style: str, template: str, *args: object) -> str:
-        record = logging.LogRecord("exeunit.activity", logging.WARNING, __file__, 1, template, args, None)
+        record = logging.LogRecord("exeunit.services.activity", logging.WARNING, __file__, 1, template, args, None)
         record.created = 1800000000.25
         return EventFormatter(style).format(record)
 
     text = line("logfmt", "event=command_failed %s index=%d message=%r", "agreement=a1 activity=b2", 3,
                 'exit code 2 "and" more')
-    assert text.startswith("time=2027-01-15T08:00:00.250Z level=warning logger=exeunit.activity event=command_failed ")
+    assert text.startswith("time=2027-01-15T08:00:00.250Z level=warning logger=exeunit.services.activity event=command_failed ")
     pairs = dict(piece.split("=", 1) for piece in shlex.split(text))  # logfmt quoting reads like shell's
     assert pairs["message"] == 'exit code 2 "and" more' and pairs["index"] == "3" and pairs["activity"] == "b2"
     assert line("logfmt", "event=x reason=%s", "") .endswith('reason=""')
     record = json_module.loads(line("json", "event=command_failed index=%d message=%r", 3, "a b"))
-    assert record == {"time": "2027-01-15T08:00:00.250Z", "level": "warning", "logger": "exeunit.activity",
+    assert record == {"time": "2027-01-15T08:00:00.250Z", "level": "warning", "logger": "exeunit.services.activity",
                       "event": "command_failed", "index": "3", "message": "a b"}
     assert json_module.loads(line("json", "Starting new connection (%d): %s", 1, "x"))["msg"] == "Starting new connection (1): x"

@@ -1,0 +1,72 @@
+"""Prometheus metrics of the daemon (`exeunit serve --metrics-listen HOST:PORT`).
+
+Counters are module-level (one daemon per process; embedded providers count into the same ones,
+harmlessly): commands by kind and outcome, bytes moved by direction, calls refused by status code.
+Gauges are read from the provider when scraped: activities and agreements by state, networks.
+No requestor ids or activity ids appear in labels: a scrape says how the host is doing, not who
+does what (that is `exeunit ps`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter as Tally
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from exeunit.services.provider import Provider
+
+REGISTRY = CollectorRegistry()
+COMMANDS = Counter("exeunit_commands_total", "ExeScript commands finished, by command and outcome",
+                   ["command", "outcome"], registry=REGISTRY)
+BYTES = Counter("exeunit_bytes_total", "Bytes moved: command output, uploads, downloads, tunnels (each way)",
+                ["direction"], registry=REGISTRY)
+# The directions' children, looked up once: bytes are counted on the data path.
+OUTPUT_BYTES, UPLOAD_BYTES, DOWNLOAD_BYTES = BYTES.labels("output"), BYTES.labels("upload"), BYTES.labels("download")
+TUNNEL_IN_BYTES, TUNNEL_OUT_BYTES = BYTES.labels("tunnel_in"), BYTES.labels("tunnel_out")
+REFUSED = Counter("exeunit_refused_calls_total", "Calls answered with an error, by gRPC status code",
+                  ["code"], registry=REGISTRY)
+
+
+class ProviderState(Collector):
+    """Gauges computed from the provider at each scrape."""
+
+    def __init__(self, provider: Provider) -> None:
+        self._provider = provider
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        activities = GaugeMetricFamily("exeunit_activities", "Activities known to the daemon, by state",
+                                       labels=["state"])
+        for state, count in sorted(Tally(a.value for a in self._provider.activity_states()).items()):
+            activities.add_metric([state], count)
+        yield activities
+        agreements = GaugeMetricFamily("exeunit_agreements", "Agreements known to the daemon, by state",
+                                       labels=["state"])
+        for state, count in sorted(Tally(a.state.value for a in self._provider.market.all()).items()):
+            agreements.add_metric([state], count)
+        yield agreements
+        yield GaugeMetricFamily("exeunit_networks", "Requestors' private networks", value=self._provider.networks.count)
+
+
+class MetricsServer:
+    """The HTTP endpoint Prometheus scrapes (/metrics), in a thread of its own."""
+
+    def __init__(self, provider: Provider, host: str, port: int) -> None:
+        self._collector = ProviderState(provider)
+        REGISTRY.register(self._collector)
+        server, thread = start_http_server(port, host.strip("[]"), registry=REGISTRY)
+        self._server: WSGIServer = server
+        self._thread: threading.Thread = thread
+        self.port = int(server.server_port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        REGISTRY.unregister(self._collector)

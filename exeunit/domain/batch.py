@@ -1,0 +1,155 @@
+"""A batch: an ExeScript's commands, their results, and the numbered events they produce."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+
+from typing import TYPE_CHECKING
+
+from exeunit.domain.commands import Command
+from exeunit.domain.event_log import EventLog
+from exeunit.domain.market import utcnow
+
+if TYPE_CHECKING:
+    from exeunit.persistence.journal import BatchJournal
+
+
+class BatchState(Enum):
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class CommandState(Enum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+
+
+class EventKind(Enum):
+    STARTED = "started"
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    FINISHED = "finished"
+    BATCH_FINISHED = "batch_finished"
+
+
+@dataclass(frozen=True)
+class BatchEvent:
+    sequence: int
+    time: datetime
+    command_index: int
+    kind: EventKind
+    data: bytes = b""
+    return_code: int = 0
+    success: bool = False
+    message: str = ""
+    batch_state: BatchState | None = None
+
+
+EVENT_OVERHEAD_BYTES = 64
+
+
+def event_size(event: BatchEvent) -> int:
+    return EVENT_OVERHEAD_BYTES + len(event.data)
+
+
+@dataclass
+class CapturedOutput:
+    """Output kept for a command's result: at most `cap` bytes, with a flag when cut."""
+
+    cap: int
+    data: bytearray = field(default_factory=bytearray)
+    truncated: bool = False
+
+    def add(self, chunk: bytes) -> None:
+        room = self.cap - len(self.data)
+        if len(chunk) > room:
+            self.truncated = True
+            chunk = chunk[: max(room, 0)]
+        self.data += chunk
+
+
+@dataclass
+class CommandResult:
+    index: int
+    stdout: CapturedOutput
+    stderr: CapturedOutput
+    state: CommandState = CommandState.PENDING
+    return_code: int = 0
+    message: str = ""
+    started: datetime | None = None
+    finished: datetime | None = None
+
+
+class Batch:
+    """Records what a batch's commands do; the activity runs them."""
+
+    def __init__(self, batch_id: str, commands: list[Command], output_cap: int, events: EventLog[BatchEvent]) -> None:
+        self.batch_id = batch_id
+        self.commands = commands
+        self.state = BatchState.QUEUED
+        self.events = events
+        self.journal: BatchJournal | None = None  # where its events also go, when persisted
+        self.results = [
+            CommandResult(index=i, stdout=CapturedOutput(output_cap), stderr=CapturedOutput(output_cap))
+            for i in range(len(commands))
+        ]
+
+    def replay(self, events: list[BatchEvent]) -> None:
+        """Rebuilds the results from the events a journal kept (after a daemon restart)."""
+        for event in events:
+            result = self.results[event.command_index]
+            if event.kind is EventKind.STARTED:
+                self.state = BatchState.RUNNING
+                result.state, result.started = CommandState.RUNNING, event.time
+            elif event.kind in (EventKind.STDOUT, EventKind.STDERR):
+                (result.stdout if event.kind is EventKind.STDOUT else result.stderr).add(event.data)
+            elif event.kind is EventKind.FINISHED:
+                result.state = CommandState.SUCCEEDED if event.success else CommandState.FAILED
+                result.return_code, result.message, result.finished = event.return_code, event.message, event.time
+            elif event.kind is EventKind.BATCH_FINISHED and event.batch_state is not None:
+                self.state = event.batch_state
+                for pending in self.results:
+                    if pending.state is CommandState.PENDING:
+                        pending.state = CommandState.SKIPPED
+
+    async def _emit(self, index: int, kind: EventKind, **fields: object) -> None:
+        await self.events.append(
+            lambda seq: BatchEvent(sequence=seq, time=utcnow(), command_index=index, kind=kind, **fields)  # type: ignore[arg-type]
+        )
+
+    async def command_started(self, index: int) -> None:
+        self.state = BatchState.RUNNING
+        result = self.results[index]
+        result.state = CommandState.RUNNING
+        result.started = utcnow()
+        await self._emit(index, EventKind.STARTED)
+
+    async def output(self, index: int, stream: EventKind, data: bytes) -> None:
+        result = self.results[index]
+        (result.stdout if stream is EventKind.STDOUT else result.stderr).add(data)
+        await self._emit(index, stream, data=data)
+
+    async def command_finished(self, index: int, return_code: int, success: bool, message: str) -> None:
+        result = self.results[index]
+        result.state = CommandState.SUCCEEDED if success else CommandState.FAILED
+        result.return_code = return_code
+        result.message = message
+        result.finished = utcnow()
+        await self._emit(index, EventKind.FINISHED, return_code=return_code, success=success, message=message)
+
+    async def finish(self) -> None:
+        failed = any(r.state is CommandState.FAILED for r in self.results)
+        for result in self.results:
+            if result.state is CommandState.PENDING:
+                result.state = CommandState.SKIPPED
+        self.state = BatchState.FAILED if failed else BatchState.SUCCEEDED
+        last = len(self.results) - 1
+        await self._emit(last, EventKind.BATCH_FINISHED, batch_state=self.state)
+        await self.events.close()

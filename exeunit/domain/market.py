@@ -1,0 +1,328 @@
+"""The provider's side of the market: its offer, demands matched against it, and agreements.
+
+Agreements reserve capacity (cpu threads, memory, storage) until they are terminated, so the
+offer always shows what is still free and a demand the host cannot fit is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+
+from exeunit import errors
+from exeunit.services.images import ImagePolicy
+
+log = logging.getLogger(__name__)
+
+RUNTIME_NAME = "docker-vm"
+# Golem's test runtime, for yapapi's custom-usage-counter example: the provider's base image, and
+# `sleep MS` waited out by the daemon and counted (seconds) in CUSTOM_COUNTER.
+TEST_COUNTERS_RUNTIME = "test-counters"
+TEST_COUNTERS_IMAGE = "exeunit-base:latest"
+CUSTOM_COUNTER = "golem.usage.custom.counter"
+GIB = 1 << 30
+IMAGE_ID_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
+URL_SCHEMES = ("file://", "http://", "https://")
+
+
+@dataclass(frozen=True)
+class LinearPricing:
+    start_fee: float = 0.0
+    per_cpu_second: float = 0.0
+    per_duration_second: float = 0.0
+    currency: str = "GLM"
+    per_unit: dict[str, float] = field(default_factory=dict)  # other counters' prices, by name
+
+    def cost(self, cpu_seconds: float, duration_seconds: float, counters: dict[str, float] | None = None) -> float:
+        extra = sum(self.per_unit.get(name, 0.0) * value for name, value in (counters or {}).items())
+        return self.start_fee + self.per_cpu_second * cpu_seconds + self.per_duration_second * duration_seconds + extra
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_threads: int
+    memory_bytes: int
+    storage_bytes: int
+
+    def fits_in(self, other: Resources) -> bool:
+        return (
+            self.cpu_threads <= other.cpu_threads
+            and self.memory_bytes <= other.memory_bytes
+            and self.storage_bytes <= other.storage_bytes
+        )
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(
+            self.cpu_threads + other.cpu_threads,
+            self.memory_bytes + other.memory_bytes,
+            self.storage_bytes + other.storage_bytes,
+        )
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(
+            self.cpu_threads - other.cpu_threads,
+            self.memory_bytes - other.memory_bytes,
+            self.storage_bytes - other.storage_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image as Golem names one: by hash (Docker image id), tag, or archive url + hash."""
+
+    hash: str = ""
+    tag: str = ""
+    url: str = ""
+
+    def validate(self) -> None:
+        if not (self.hash or self.tag or self.url):
+            raise errors.InvalidArgument("demand.image needs a hash, a tag or a url")
+        if self.hash and not IMAGE_ID_PATTERN.match(self.hash):
+            raise errors.InvalidArgument(
+                f"demand.image.hash {self.hash!r} is not of the form sha256:<64 lowercase hex digits>"
+            )
+        if self.url:
+            if not self.url.startswith(URL_SCHEMES):
+                raise errors.InvalidArgument(
+                    f"demand.image.url {self.url!r} must start with one of {', '.join(URL_SCHEMES)}"
+                )
+            if not self.hash:
+                raise errors.InvalidArgument(
+                    "demand.image.url needs demand.image.hash: the archive is checked against it before use"
+                )
+
+    def describe(self) -> str:
+        return self.tag or self.hash or self.url
+
+
+@dataclass(frozen=True)
+class Demand:
+    image: ImageRef
+    min_memory_bytes: int
+    min_storage_bytes: int
+    min_cpu_threads: int
+    capabilities: tuple[str, ...]
+    subnet_tag: str
+    expiration: datetime
+    runtime: str = RUNTIME_NAME
+
+    def validate(self, now: datetime) -> None:
+        if self.runtime == RUNTIME_NAME or self.image != ImageRef():  # other runtimes may need none
+            self.image.validate()
+        if self.expiration <= now:
+            raise errors.InvalidArgument(
+                f"demand.expiration {self.expiration.isoformat()} is not in the future (now {now.isoformat()})"
+            )
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """What the operator set: identity, caps on offered capacity, pricing and defaults."""
+
+    provider_id: str
+    name: str
+    subnet_tag: str
+    pricing: LinearPricing
+    capacity: Resources
+    default_allotment: Resources
+    capabilities: tuple[str, ...] = ()
+    images: ImagePolicy = field(default_factory=ImagePolicy)
+    runtimes: tuple[str, ...] = (RUNTIME_NAME,)  # the first is the offer's runtime_name
+    # Capacity comes back: no agreement outlives this, and one without a live activity ends after
+    # `agreement_idle_seconds` (a requestor cannot hold the host by signing and never running).
+    max_agreement_seconds: float = 24 * 3600.0
+    agreement_idle_seconds: float = 300.0
+    # Ended agreements and activities answer status calls this long, then are forgotten.
+    ended_retention_seconds: float = 900.0
+    # Labels every container of this provider's home (exeunit.persistence.home); a fresh one unless the
+    # home's identity gives it, so two providers never claim each other's containers.
+    home_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass(frozen=True)
+class Offer:
+    settings: ProviderSettings
+    free: Resources
+    images: tuple[str, ...]
+
+
+class RefusalReason(Enum):
+    SUBNET_MISMATCH = "SubnetMismatch"
+    INSUFFICIENT_RESOURCES = "InsufficientResources"
+    MISSING_CAPABILITY = "MissingCapability"
+    IMAGE_UNAVAILABLE = "ImageUnavailable"
+    EXPIRATION_TOO_FAR = "ExpirationTooFar"
+    RUNTIME_MISMATCH = "RuntimeMismatch"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: RefusalReason
+    message: str
+
+
+class AgreementState(Enum):
+    APPROVED = "Approved"
+    TERMINATED = "Terminated"
+
+
+@dataclass
+class Agreement:
+    agreement_id: str
+    provider_id: str
+    requestor_id: str
+    demand: Demand
+    pricing: LinearPricing
+    reserved: Resources
+    created: datetime
+    state: AgreementState = AgreementState.APPROVED
+    termination_reason: str = ""
+    termination_message: str = ""
+    activity_ids: list[str] = field(default_factory=list)
+
+    @property
+    def expiration(self) -> datetime:
+        return self.demand.expiration
+
+
+def match(demand: Demand, settings: ProviderSettings, image_available: bool, now: datetime) -> Refusal | None:
+    """Why this provider cannot ever serve the demand, or None when it can (capacity aside)."""
+    lifetime = (demand.expiration - now).total_seconds()
+    if lifetime > settings.max_agreement_seconds:
+        return Refusal(
+            RefusalReason.EXPIRATION_TOO_FAR,
+            f"demand.expiration is {lifetime / 3600:.2f} h away; this provider signs agreements of at most "
+            f"{settings.max_agreement_seconds / 3600:.2f} h",
+        )
+    if demand.runtime not in settings.runtimes:
+        return Refusal(
+            RefusalReason.RUNTIME_MISMATCH,
+            f"demand is for runtime {demand.runtime!r}, this provider runs {', '.join(settings.runtimes)}",
+        )
+    if demand.subnet_tag != settings.subnet_tag:
+        return Refusal(
+            RefusalReason.SUBNET_MISMATCH,
+            f"demand is for subnet {demand.subnet_tag!r}, this provider serves {settings.subnet_tag!r}",
+        )
+    wanted = allotment(demand, settings)
+    if not wanted.fits_in(settings.capacity):
+        return Refusal(
+            RefusalReason.INSUFFICIENT_RESOURCES,
+            f"demand needs {describe(wanted)}, this provider offers at most {describe(settings.capacity)}",
+        )
+    missing = sorted(set(demand.capabilities) - set(settings.capabilities))
+    if missing:
+        offered = ", ".join(settings.capabilities) or "none"
+        return Refusal(
+            RefusalReason.MISSING_CAPABILITY,
+            f"demand needs capabilities {', '.join(missing)}; this provider offers {offered}",
+        )
+    if not image_available and not (demand.image.url and settings.images.fetch.enabled):
+        how = "no url to fetch it was given" if not demand.image.url else "this provider does not fetch image urls"
+        return Refusal(
+            RefusalReason.IMAGE_UNAVAILABLE,
+            f"image {demand.image.describe()!r} is not offered by this provider and {how}",
+        )
+    return None
+
+
+def allotment(demand: Demand, settings: ProviderSettings) -> Resources:
+    """What an agreement for this demand reserves: its minimums, or the provider's defaults."""
+    default = settings.default_allotment
+    return Resources(
+        cpu_threads=demand.min_cpu_threads or default.cpu_threads,
+        memory_bytes=demand.min_memory_bytes or default.memory_bytes,
+        storage_bytes=demand.min_storage_bytes or default.storage_bytes,
+    )
+
+
+def describe(resources: Resources) -> str:
+    return (
+        f"{resources.cpu_threads} cpu threads, {resources.memory_bytes / GIB:.2f} GiB memory, "
+        f"{resources.storage_bytes / GIB:.2f} GiB storage"
+    )
+
+
+class Market:
+    """Agreements of one provider and the capacity they hold."""
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        self.settings = settings
+        self._agreements: dict[str, Agreement] = {}
+
+    def reserved(self) -> Resources:
+        total = Resources(0, 0, 0)
+        for agreement in self._agreements.values():
+            if agreement.state is AgreementState.APPROVED:
+                total = total + agreement.reserved
+        return total
+
+    def free(self) -> Resources:
+        return self.settings.capacity - self.reserved()
+
+    def propose(self, requestor_id: str, demand: Demand, image_available: bool, now: datetime) -> Agreement | Refusal:
+        """Signs an agreement for a matching demand; refuses one that cannot match.
+
+        Raises ResourceExhausted when it matches but the capacity is taken by other agreements.
+        """
+        demand.validate(now)
+        refusal = match(demand, self.settings, image_available, now)
+        if refusal:
+            log.info("event=demand_refused requestor=%s reason=%s", requestor_id, refusal.reason.value)
+            return refusal
+        wanted = allotment(demand, self.settings)
+        free = self.free()
+        if not wanted.fits_in(free):
+            raise errors.ResourceExhausted(
+                f"no free capacity: demand needs {describe(wanted)}, free now {describe(free)}; "
+                "retry when other agreements end"
+            )
+        agreement = Agreement(
+            agreement_id=uuid.uuid4().hex,
+            provider_id=self.settings.provider_id,
+            requestor_id=requestor_id,
+            demand=demand,
+            pricing=self.settings.pricing,
+            reserved=wanted,
+            created=now,
+        )
+        self._agreements[agreement.agreement_id] = agreement
+        log.info(
+            "event=agreement_approved agreement=%s requestor=%s image=%s expires=%s",
+            agreement.agreement_id, requestor_id, demand.image.describe(), demand.expiration.isoformat(),
+        )
+        return agreement
+
+    def restore(self, agreement: Agreement) -> None:
+        """Takes back an agreement a previous daemon on this home signed (with its reservation)."""
+        self._agreements[agreement.agreement_id] = agreement
+
+    def forget(self, agreement_id: str) -> None:
+        self._agreements.pop(agreement_id, None)
+
+    def get(self, agreement_id: str) -> Agreement:
+        try:
+            return self._agreements[agreement_id]
+        except KeyError:
+            raise errors.NotFound(f"agreement {agreement_id!r} not found") from None
+
+    def all(self) -> list[Agreement]:
+        return list(self._agreements.values())
+
+    def mark_terminated(self, agreement: Agreement, reason: str, message: str) -> bool:
+        """Records the termination; False when it was already terminated (first reason kept)."""
+        if agreement.state is AgreementState.TERMINATED:
+            return False
+        agreement.state = AgreementState.TERMINATED
+        agreement.termination_reason = reason
+        agreement.termination_message = message
+        log.info("event=agreement_terminated agreement=%s reason=%s", agreement.agreement_id, reason)
+        return True
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
