@@ -45,9 +45,8 @@ sys.path.insert(0, str(REPO))
 
 from requestor import Golem, events  # noqa: E402
 from requestor.contrib.service.socket_proxy import SocketProxy  # noqa: E402
-from requestor.provider_client import (  # noqa: E402
-    DemandSpec, ProviderClient, Refusal, deploy_command, run_command, start_command,
-)
+from requestor.client import ProviderClient  # noqa: E402
+from requestor.model import DemandSpec, DeploySpec, Refusal, RunSpec, StartSpec  # noqa: E402
 from requestor.payload import vm  # noqa: E402
 from requestor.services import Service, ServiceState  # noqa: E402
 
@@ -194,7 +193,7 @@ async def case_memory(daemon: Daemon, count: int, concurrency: int = 8) -> Row:
     demand = DemandSpec(image_hash="", image_tag=IMAGE, image_url="", min_memory_bytes=256 << 20,
                         min_storage_bytes=256 << 20, min_cpu_threads=1, capabilities=(), subnet_tag="public",
                         expiration=datetime.now(timezone.utc) + timedelta(hours=1))
-    flood = [deploy_command(), start_command(()), run_command("/usr/bin/head", ("-c", str(MIB), "/dev/zero"), {}, "", None)]
+    flood = [DeploySpec(), StartSpec(), RunSpec("/usr/bin/head", ("-c", str(MIB), "/dev/zero"))]
     before = daemon.reset_peak()
     lanes = asyncio.Semaphore(concurrency)
     elapsed = stopwatch()
@@ -206,7 +205,7 @@ async def case_memory(daemon: Daemon, count: int, concurrency: int = 8) -> Row:
             activity_id = await client.create_activity(agreement.agreement_id)
             got = 0
             async for event in client.run_batch(activity_id, flood, f"memory-{n}"):
-                got += len(event.stdout.data)
+                got += len(event.data)
             assert got == MIB, got
             await client.destroy(activity_id)
             await client.terminate_agreement(agreement.agreement_id, "Done")

@@ -1,7 +1,8 @@
 """ExeUnit: a provider daemon that runs Golem-style activities as Docker containers.
 
-The domain modules (market, activity, batch, transfer) know nothing of gRPC; `servicers` is the
-thin gRPC skin over them and `docker_runtime` the only module that talks to Docker.
+In layers (README, "Layout"): `domain` and `services` know nothing of gRPC or Docker; `api` is the
+thin gRPC skin over them, `runtime.docker` the only package that talks to Docker, and `app` puts
+a provider together for `exeunit serve` and the embedded provider.
 """
 
 __version__ = "0.1.0"

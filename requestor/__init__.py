@@ -5,21 +5,21 @@
     from requestor.payload import vm
 """
 
-__version__ = "0.1.0"  # before the imports: requestor.log reads it
-
-from requestor import events  # noqa: E402
-from requestor.ctx import WorkContext  # noqa: E402
-from requestor.errors import (  # noqa: E402
+from requestor import events
+from requestor.ctx import WorkContext
+from requestor.errors import (
     BatchTimeoutError, CommandExecutionError, NoMatchingProviderError, NoPaymentAccountError, RequestorError,
 )
-from requestor.golem import Golem  # noqa: E402
-from requestor.strategy import LeastExpensiveLinearPayuMS, MarketStrategy  # noqa: E402
+from requestor.golem import Golem
+from requestor.strategy import LeastExpensiveLinearPayuMS, MarketStrategy
+from requestor.version import __version__
 
 
 def windows_event_loop_fix() -> None:
     """yapapi's fix for asyncio on Windows before Python 3.8; nothing to fix here (3.11+, Linux)."""
 
 __all__ = [
+    "__version__",
     "BatchTimeoutError",
     "CommandExecutionError",
     "Golem",

@@ -16,24 +16,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from exeunit.v1.conventions import GIB
 from requestor import events
+from requestor.client import ActivityHandle
 from requestor.errors import BatchTimeoutError, CommandExecutionError, RequestorError
-from requestor.provider_client import ActivityStatus, Offer, ProviderClient
-from requestor.payload.vm import GIB
+from requestor.model import ActivityStatus
 from requestor.script import RESULT_TEXT_CAP, Command, Receive, RemoteCommand, Run, Script, Transfer
 
 log = logging.getLogger(__name__)
-
-
-
-@dataclass(frozen=True)
-class ActivityHandle:
-    """An activity on a provider, with the agreement it runs under."""
-
-    client: ProviderClient
-    offer: Offer
-    agreement: events.Agreement
-    activity: events.Activity
 
 
 class _Output:
@@ -216,9 +206,9 @@ class WorkContext:
                             outputs: list[tuple[_Output, _Output]]) -> list[events.CommandExecuted]:
         client = self.handle.client
         results: list[events.CommandExecuted] = []
-        async for event in client.run_batch(self.id, [c.to_proto() for c in commands], batch_id):
+        async for event in client.run_batch(self.id, [c.spec() for c in commands], batch_id):
             local = event.command_index
-            kind = event.WhichOneof("kind")
+            kind = event.kind
             if kind == "batch_finished":
                 break
             command = commands[local]
@@ -226,13 +216,13 @@ class WorkContext:
             if kind == "started":
                 self.emit(events.CommandStarted, script=script, command=command)
             elif kind == "stdout":
-                if text := stdout.feed(event.stdout.data):
+                if text := stdout.feed(event.data):
                     self.emit(events.CommandStdOut, script=script, command=command, output=text)
             elif kind == "stderr":
-                if text := stderr.feed(event.stderr.data):
+                if text := stderr.feed(event.data):
                     self.emit(events.CommandStdErr, script=script, command=command, output=text)
             elif kind == "finished":
-                done = event.finished
+                done = event
                 stdout.feed(b"", final=True)
                 stderr.feed(b"", final=True)
                 executed = self._executed(

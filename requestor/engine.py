@@ -12,19 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-import grpc
-
 from requestor import events
 from requestor.budget import Budget, BudgetWatch, money
-from requestor.ctx import ActivityHandle
+from requestor.client import ActivityHandle, ProviderClient
 from requestor.errors import (
     BudgetExceededError,
     NoMatchingProviderError,
     ProviderCallError,
     RequestorError,
 )
+from requestor.model import AgreementInfo, DemandSpec, Offer, Pricing, Refusal
 from requestor.payload.vm import GIB, VmPackage
-from requestor.provider_client import AgreementInfo, DemandSpec, Offer, Pricing, ProviderClient, Refusal
 from requestor.strategy import MarketStrategy, mismatch, score
 
 log = logging.getLogger(__name__)
@@ -161,7 +159,7 @@ class Engine:
         try:
             outcome = await client.propose(_demand(payload, self.subnet_tag, job))
         except ProviderCallError as exc:
-            if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            if exc.code == "RESOURCE_EXHAUSTED":
                 attempt.capacity_busy = True
             attempt.reasons[where] = exc.details
             return None

@@ -1,8 +1,6 @@
-"""The requestor's exceptions: one root, and the one place where gRPC errors become them."""
+"""The requestor's exceptions, under one root. Failed provider calls become them in requestor.client.status."""
 
 from __future__ import annotations
-
-import grpc
 
 
 class RequestorError(Exception):
@@ -66,21 +64,12 @@ class ProviderUnreachableError(RequestorError):
 
 
 class ProviderCallError(RequestorError):
-    """A call to a provider failed; `code` is the gRPC status code name, `details` its message."""
+    """A call to a provider failed; `code` names its status (as gRPC does: "RESOURCE_EXHAUSTED"),
+    `details` says why."""
 
-    def __init__(self, method: str, address: str, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, method: str, address: str, code: str, details: str) -> None:
         self.method = method
         self.address = address
         self.code = code
         self.details = details
-        super().__init__(f"{method} on provider {address} failed: {code.name}: {details}")
-
-
-UNREACHABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-
-
-def from_rpc_error(method: str, address: str, exc: grpc.aio.AioRpcError) -> RequestorError:
-    """Translates a failed gRPC call into this library's exceptions."""
-    if exc.code() in UNREACHABLE_CODES:
-        return ProviderUnreachableError(f"provider {address} did not answer {method}: {exc.details()}")
-    return ProviderCallError(method, address, exc.code(), exc.details() or "")
+        super().__init__(f"{method} on provider {address} failed: {code}: {details}")

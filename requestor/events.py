@@ -2,7 +2,7 @@
 
 Every important step emits an event to the consumers given to `Golem(event_consumer=...)` or
 `golem.add_event_consumer(...)`. Events are read-only records; only leaf classes are emitted.
-Where yapapi carries its REST objects (agreement, activity), these carry the small records below.
+Where yapapi carries its REST objects (agreement, activity), these carry requestor.model's records.
 
     Event
         JobEvent: JobStarted, JobFinished, ProposalReceived, ProposalRejected, NoProposalsConfirmed
@@ -22,39 +22,14 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
-if TYPE_CHECKING:
-    from requestor.provider_client import Offer
-    from requestor.script import Command, Script
-    from requestor.services.service import Service
-    from requestor.services.state import ServiceState
+from requestor.model import Activity, Agreement, Job, Offer
 
 ExcInfo = tuple[type[BaseException], BaseException, Optional[TracebackType]]
 
-
-@dataclass(frozen=True)
-class Job:
-    """One `run_service` call: its id, payload and agreement expiration."""
-
-    id: str
-    payload: Any
-    expiration: datetime
-
-
-@dataclass(frozen=True)
-class Agreement:
-    """An agreement with one provider."""
-
-    id: str
-    provider_id: str
-    provider_name: str
-    address: str
-
-
-@dataclass(frozen=True)
-class Activity:
-    id: str
+# Events sit below what emits them: the instance, script and command they are about are typed
+# Any here (a requestor.services.Service, a requestor.script.Script or Command, a ServiceState).
 
 
 @dataclass(kw_only=True, repr=False)
@@ -115,14 +90,14 @@ class ActivityEvent(AgreementEvent):
 class ServiceEvent(JobEvent):
     """An event of a service instance; agreement and activity are None while it has none."""
 
-    service: "Service"
+    service: Any
     agreement: Agreement | None = None
     activity: Activity | None = None
 
 
 @dataclass(kw_only=True, repr=False)
 class ScriptEvent(ActivityEvent):
-    script: "Script"
+    script: Any
 
     @property
     def script_id(self) -> int:
@@ -131,7 +106,7 @@ class ScriptEvent(ActivityEvent):
 
 @dataclass(kw_only=True, repr=False)
 class CommandEvent(ScriptEvent):
-    command: "Command"
+    command: Any
 
 
 class JobStarted(JobEvent):
@@ -144,7 +119,7 @@ class JobFinished(JobEvent):
 
 @dataclass(kw_only=True, repr=False)
 class ProposalReceived(JobEvent):
-    proposal: "Offer"
+    proposal: Offer
 
     @property
     def provider_id(self) -> str:
@@ -155,7 +130,7 @@ class ProposalReceived(JobEvent):
 class ProposalRejected(JobEvent):
     """An offer was not taken, because of `reason`."""
 
-    proposal: "Offer | None" = None
+    proposal: Offer | None = None
     address: str = ""
     reason: str | None = None
 
@@ -201,8 +176,8 @@ class ActivityCreated(ActivityEvent):
 
 @dataclass(kw_only=True, repr=False)
 class ServiceStateChanged(ServiceEvent):
-    old: "ServiceState"
-    new: "ServiceState"
+    old: Any
+    new: Any
 
 
 class ServiceFinished(ServiceEvent):

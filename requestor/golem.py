@@ -16,6 +16,7 @@ from typing import Any
 
 from requestor import events
 from requestor.budget import Budget
+from requestor.client import ProviderClient
 from requestor.embedded import EmbeddedProvider
 from requestor.engine import Engine
 from requestor.errors import RequestorError
@@ -25,7 +26,6 @@ from requestor.payload import Payload
 from requestor.payload.vm import TEST_COUNTERS_RUNTIME, VM_CAPS_VPN, VmPackage
 from requestor.props import inf
 from requestor.props.base import KEY, KIND
-from requestor.provider_client import ProviderClient
 from requestor.services.cluster import Cluster
 from requestor.services.runner import ServiceRunner
 from requestor.services.service import ServiceType

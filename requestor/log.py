@@ -17,14 +17,15 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from requestor import __version__, events
+from requestor import events
+from requestor.version import __version__
 
 summary_log = logging.getLogger("requestor.summary")
 event_log = logging.getLogger("requestor.events")
 
 DEFAULT_FORMAT = "[%(asctime)s %(levelname)s %(name)s] %(message)s"
-# What yapapi's debug_*_api flags turn up: here, the calls to providers (provider_client).
-API_LOGGERS = {"activity": "requestor.provider_client", "market": "requestor.engine",
+# What yapapi's debug_*_api flags turn up: here, the calls to providers (requestor.client).
+API_LOGGERS = {"activity": "requestor.client", "market": "requestor.engine",
                "payment": "requestor.budget", "net": "requestor.network"}
 
 EventConsumer = Callable[[events.Event], None]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from requestor.errors import RequestorError
 
 if TYPE_CHECKING:
-    from requestor.provider_client import ProviderClient
+    from requestor.client import ProviderClient
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Network:
         self._promised: set[str] = set()  # addresses named in run_service(network_addresses=...), held for their instances
         self._state = NetworkState.ready
         self._hosts: dict[str, ProviderClient] = {}  # providers where it exists, by provider id
-        self._placement = asyncio.Lock()  # one instance at a time picks the network's provider
+        self.placement = asyncio.Lock()  # held by the instance choosing a provider (the runner's)
         owner = str(self._checked(owner_ip)) if owner_ip else self._next_address()
         self._owner_ip = owner
         self._nodes[owner] = Node(self, owner_id, owner)

@@ -20,15 +20,12 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from exeunit.v1 import activity_pb2 as act
-from requestor import provider_client as pc
+from requestor.client import ProviderClient
 from requestor.errors import CommandExecutionError
 from requestor.events import CommandExecuted
-
-if TYPE_CHECKING:
-    from requestor.ctx import WorkContext
+from requestor.model import CommandSpec, DeploySpec, RunSpec, StartSpec, TerminateSpec
 
 DOWNLOAD_BYTES_LIMIT_DEFAULT = 1024 * 1024
 FILE_CHUNK = 1 << 20
@@ -64,7 +61,8 @@ def _mark_retrieved(future: asyncio.Future[Any]) -> None:
 class RemoteCommand(Command):
     """A command executed by the provider as part of a batch."""
 
-    def to_proto(self) -> act.Command:
+    def spec(self) -> CommandSpec:
+        """The command as the batch carries it."""
         raise NotImplementedError
 
 
@@ -82,8 +80,8 @@ class Deploy(RemoteCommand):
             raise ValueError("deploy's net entry needs an 'id' and a 'nodeIp', as Node.get_deploy_args() gives")
         self.network = (networks[0]["id"], networks[0]["nodeIp"]) if networks else None
 
-    def to_proto(self) -> act.Command:
-        return pc.deploy_command(*self.network) if self.network else pc.deploy_command()
+    def spec(self) -> CommandSpec:
+        return DeploySpec(*self.network) if self.network else DeploySpec()
 
 
 class Start(RemoteCommand):
@@ -91,13 +89,13 @@ class Start(RemoteCommand):
         super().__init__()
         self.args = args
 
-    def to_proto(self) -> act.Command:
-        return pc.start_command(self.args)
+    def spec(self) -> CommandSpec:
+        return StartSpec(self.args)
 
 
 class Terminate(RemoteCommand):
-    def to_proto(self) -> act.Command:
-        return pc.terminate_command()
+    def spec(self) -> CommandSpec:
+        return TerminateSpec()
 
 
 class Run(RemoteCommand):
@@ -114,14 +112,14 @@ class Run(RemoteCommand):
     def __repr__(self) -> str:
         return " ".join(["run", self.cmd, *self.args])
 
-    def to_proto(self) -> act.Command:
-        return pc.run_command(self.cmd, self.args, self.env, self.workdir, self.timeout)
+    def spec(self) -> CommandSpec:
+        return RunSpec(self.cmd, self.args, self.env, self.workdir, self.timeout)
 
 
 class Transfer(Command):
     """A file moved between the requestor and the activity, outside of any batch."""
 
-    async def perform(self, client: pc.ProviderClient, activity_id: str) -> str:
+    async def perform(self, client: ProviderClient, activity_id: str) -> str:
         """Does the transfer; returns a short message for the result."""
         raise NotImplementedError
 
@@ -137,7 +135,7 @@ class _Send(Transfer):
     async def _source(self) -> tuple[int, AsyncIterator[bytes]]:
         raise NotImplementedError
 
-    async def perform(self, client: pc.ProviderClient, activity_id: str) -> str:
+    async def perform(self, client: ProviderClient, activity_id: str) -> str:
         size, chunks = await self._source()
         sha = await client.upload(activity_id, self.dst_path, size, chunks)
         return f"uploaded {size} bytes to {self.dst_path} (sha256 {sha[:12]})"
@@ -183,7 +181,7 @@ class DownloadFile(Receive):
         super().__init__(src_path)
         self.dst_path = Path(dst_path)
 
-    async def perform(self, client: pc.ProviderClient, activity_id: str) -> str:
+    async def perform(self, client: ProviderClient, activity_id: str) -> str:
         partial = self.dst_path.with_name(self.dst_path.name + ".partial")
         size = 0
         writing: asyncio.Future[int] | None = None  # one chunk written in a thread while the next arrives
@@ -212,7 +210,7 @@ class DownloadBytes(Receive):
         super().__init__(src_path)
         self.on_download, self.limit = on_download, limit
 
-    async def _read(self, client: pc.ProviderClient, activity_id: str) -> bytes:
+    async def _read(self, client: ProviderClient, activity_id: str) -> bytes:
         data = bytearray()
         async for chunk in client.download(activity_id, self.src_path):
             data += chunk
@@ -220,14 +218,14 @@ class DownloadBytes(Receive):
                 raise CommandExecutionError(repr(self), f"{self.src_path} is larger than the limit of {self.limit} bytes")
         return bytes(data)
 
-    async def perform(self, client: pc.ProviderClient, activity_id: str) -> str:
+    async def perform(self, client: ProviderClient, activity_id: str) -> str:
         data = await self._read(client, activity_id)
         await self.on_download(data)
         return f"downloaded {len(data)} bytes from {self.src_path}"
 
 
 class DownloadJson(DownloadBytes):
-    async def perform(self, client: pc.ProviderClient, activity_id: str) -> str:
+    async def perform(self, client: ProviderClient, activity_id: str) -> str:
         data = await self._read(client, activity_id)
         await self.on_download(json.loads(data))
         return f"downloaded JSON from {self.src_path}"
@@ -246,10 +244,10 @@ async def _read_file(path: Path) -> AsyncIterator[bytes]:
 class Script:
     """A series of commands run in order on the provider; yield it from a service handler."""
 
-    def __init__(self, context: WorkContext, timeout: timedelta | None = None, wait_for_results: bool = True) -> None:
+    def __init__(self, context: object, timeout: timedelta | None = None, wait_for_results: bool = True) -> None:
         self.timeout = timeout
         self.wait_for_results = wait_for_results
-        self._ctx = context
+        self._ctx = context  # the WorkContext that made it: only that one runs it
         self._commands: list[Command] = []
         self._id = next(script_ids)
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from requestor import events
 from requestor.budget import money
+from requestor.model import Offer
 from requestor.payload.vm import GIB, TEST_COUNTERS_RUNTIME, VmPackage
 from requestor.props.com import Counter
-from requestor.provider_client import Offer
 
 log = logging.getLogger(__name__)
 

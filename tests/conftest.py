@@ -15,12 +15,14 @@ import docker
 import pytest
 import pytest_asyncio
 
-from exeunit.services.activity import ActivityLimits
+from exeunit.domain.settings import ActivityLimits
 from exeunit.runtime.bridges import BridgePlumbing
-from exeunit.runtime.docker.runtime import DockerRuntime
-from exeunit.runtime.protocols import LABEL_PROVIDER
-from exeunit.domain.market import GIB, LinearPricing, ProviderSettings, Resources
-from exeunit.services.provider import Provider
+from exeunit.runtime.docker import DockerRuntime
+from exeunit.runtime.docker.labels import LABEL_PROVIDER
+from exeunit.v1.conventions import GIB
+from exeunit.domain.resources import LinearPricing, Resources
+from exeunit.domain.settings import ProviderSettings
+from exeunit.app.assembly import assemble
 from exeunit.api.server import RunningServer, create_server
 from exeunit.runtime.storage import LoopStorage
 from tests.client import ContractClient
@@ -81,7 +83,7 @@ class Daemons:
     ) -> RunningServer:
         runtime = DockerRuntime()
         storage = LoopStorage(Path(tempfile.mkdtemp(prefix="exeunit-test-storage-")), *runtime.container_root_owner())
-        provider = Provider(settings_for(name, **settings), runtime, limits or ActivityLimits(), storage)
+        provider = assemble(settings_for(name, **settings), limits or ActivityLimits(), storage, runtime)
         running = await create_server(provider, "127.0.0.1:0", token)
         self._running.append(running)
         return running

@@ -139,7 +139,7 @@ async def test_a_flood_of_connections_to_the_agent_socket_holds_nothing(client: 
 async def test_a_killed_agent_hands_commands_to_docker_exec_without_failing_one(client: ContractClient, ready: str) -> None:
     kill_agent = (
         "for p in /proc/[0-9]*; do n=${p#/proc/}; [ $n != $$ ] && "
-        "tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^python3 -I -S /.exeunit/runtime/agent/executor.py' && kill $n; done; sleep 0.2"
+        "tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^python3 -I -S /.exeunit/agent.py' && kill $n; done; sleep 0.2"
     )
     run = await client.run_batch(ready, [client.sh(kill_agent)])
     assert run.finished[0].message.startswith("the command's agent failed") or run.succeeded

@@ -11,6 +11,7 @@ import hashlib
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import docker
@@ -18,8 +19,8 @@ import pytest
 import pytest_asyncio
 
 from exeunit.runtime.agent.executor import AgentChannel, AgentExecutor, AgentFailure, guest_binds, guest_entrypoint
-from exeunit.runtime.docker.runtime import DockerRuntime
-from exeunit.runtime.protocols import LABEL_PROVIDER, STDOUT, ContainerSpec
+from exeunit.runtime.docker import DockerRuntime
+from exeunit.runtime.protocols import STDOUT, ContainerOwner, ContainerSpec, GuestSetup
 from tests.conftest import BASE_IMAGE
 
 # Numbered lines, so that a lost, repeated or reordered byte shows; `seconds` spreads them out.
@@ -53,9 +54,10 @@ async def guest(engine: docker.DockerClient) -> AsyncIterator[Guest]:
         image = await runtime.image(BASE_IMAGE)
         spec = ContainerSpec(
             name=f"exeunit-test-resume-{uuid.uuid4().hex[:8]}", image_id=image.id,
-            labels={LABEL_PROVIDER: "test-agent-resume"}, memory_bytes=256 << 20, cpu_threads=1,
-            pids_limit=64, tmp_bytes=16 << 20, binds={}, read_only_binds=guest_binds(channel_dir),
-            entrypoint=guest_entrypoint(),
+            owner=ContainerOwner("test-resume", "-", "test-agent-resume", "test-agent-resume",
+                                 datetime.now(timezone.utc) + timedelta(hours=1)),
+            memory_bytes=256 << 20, cpu_threads=1, pids_limit=64, tmp_bytes=16 << 20, binds={},
+            guest=GuestSetup(guest_entrypoint(), guest_binds(channel_dir)),
         )
         container_id = await runtime.create_container(spec)
         try:

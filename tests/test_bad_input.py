@@ -7,7 +7,8 @@ import asyncio
 import grpc
 import pytest
 
-from exeunit.domain.market import GIB, Resources
+from exeunit.v1.conventions import GIB
+from exeunit.domain.resources import Resources
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
 from tests.client import ContractClient, expiration

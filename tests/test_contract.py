@@ -26,3 +26,12 @@ def test_every_enum_starts_with_unspecified() -> None:
     for module in (activity_pb2, market_pb2, transfer_pb2):
         for enum in module.DESCRIPTOR.enum_types_by_name.values():
             assert enum.values[0].number == 0 and enum.values[0].name.endswith("_UNSPECIFIED"), enum.name
+
+
+def test_the_state_names_agreed_on_are_the_contracts_enum() -> None:
+    from exeunit.v1 import activity_pb2
+    from exeunit.v1.conventions import ACTIVITY_STATES, activity_state_name
+
+    for name, value in activity_pb2.ActivityState.items():
+        assert activity_state_name(value) == name.removeprefix("ACTIVITY_STATE_").capitalize() == ACTIVITY_STATES[value]
+    assert activity_state_name(99) == "Unspecified"

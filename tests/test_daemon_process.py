@@ -22,7 +22,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from exeunit.runtime.protocols import LABEL_EXPIRES, LABEL_HOME, LABEL_PROVIDER
+from exeunit.runtime.docker.labels import LABEL_EXPIRES, LABEL_HOME, LABEL_PROVIDER
 from exeunit.v1 import activity_pb2 as act
 from tests.client import ContractClient
 from tests.conftest import BASE_IMAGE
@@ -138,7 +138,7 @@ async def ready_activity_on(daemon: Daemon) -> str:
 
 
 def containers_of_activity(engine: docker.DockerClient, activity_id: str) -> str:
-    [container] = engine.containers.list(all=True, filters={"label": f"io.exeunit.services.activity={activity_id}"})
+    [container] = engine.containers.list(all=True, filters={"label": f"io.exeunit.activity={activity_id}"})
     return str(container.id)
 
 

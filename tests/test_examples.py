@@ -145,7 +145,7 @@ def test_sigterm_to_an_embedded_provider_script_removes_its_containers(engine) -
         if line.startswith("local-provider ["):  # an instance reported: its container runs
             break
     assert provider_id, "".join(seen)
-    label = {"label": f"io.exeunit.services.provider={provider_id}"}
+    label = {"label": f"io.exeunit.provider={provider_id}"}
     assert engine.containers.list(filters=label)
     process.send_signal(signal.SIGTERM)
     rest, _ = process.communicate(timeout=60)

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from exeunit.services.activity import ActivityLimits
-from exeunit.domain.market import GIB, Resources
+from exeunit.domain.settings import ActivityLimits
+from exeunit.v1.conventions import GIB
+from exeunit.domain.resources import Resources
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1 import transfer_pb2 as xfer

@@ -6,7 +6,7 @@ import docker
 import grpc
 import pytest
 
-from exeunit.runtime.protocols import LABEL_ACTIVITY, LABEL_AGREEMENT
+from exeunit.runtime.docker.labels import LABEL_ACTIVITY, LABEL_AGREEMENT
 from tests.client import ContractClient
 from tests.conftest import BASE_IMAGE, Daemons
 

@@ -21,9 +21,9 @@ import docker
 import grpc
 import pytest
 
-from exeunit.runtime.fetch import FetchPolicy
-from exeunit.services.images import ImagePolicy
-from exeunit.domain.market import GIB
+from exeunit.domain.settings import FetchPolicy
+from exeunit.domain.settings import ImagePolicy
+from exeunit.v1.conventions import GIB
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
 from tests.client import ContractClient

@@ -205,14 +205,14 @@ async def test_usage_counts_cpu_and_duration(client: ContractClient, ready: str)
 def test_usage_read_from_the_cgroup_agrees_with_the_engines_stats(engine) -> None:
     """Usage is read from the container's cgroup files (no work for the engine, which a budget
     polling every few seconds would otherwise give it); they must say what the engine says."""
-    from exeunit.runtime.docker.runtime import _cgroup_usage
+    from exeunit.runtime.docker.cgroups import cgroup_usage
 
     container = engine.containers.run(BASE_IMAGE, ["python3", "-c", "import time\nend = time.time() + 0.5\n"
                                                    "while time.time() < end: pass\ntime.sleep(30)"],
                                       detach=True, network_mode="none", labels={"io.exeunit.test": "1"})
     try:
         time.sleep(1.0)
-        ours = _cgroup_usage(container.id)
+        ours = cgroup_usage(container.id)
         stats = container.stats(stream=False, one_shot=True)
         assert ours is not None, "no cgroup layout of this engine is known"
         engine_cpu = stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
@@ -223,12 +223,13 @@ def test_usage_read_from_the_cgroup_agrees_with_the_engines_stats(engine) -> Non
 
 
 async def test_the_test_counters_runtime_counts_what_sleep_waits_and_prices_it(daemons: Daemons) -> None:
-    from exeunit.domain.market import CUSTOM_COUNTER, RUNTIME_NAME, TEST_COUNTERS_RUNTIME, LinearPricing
+    from exeunit.v1.conventions import CUSTOM_COUNTER, DOCKER_VM_RUNTIME, TEST_COUNTERS_RUNTIME
+    from exeunit.domain.resources import LinearPricing
     from exeunit.v1 import market_pb2 as mkt
     from tests.client import ContractClient, expiration
 
     provider = await daemons.start(
-        runtimes=(RUNTIME_NAME, TEST_COUNTERS_RUNTIME),
+        runtimes=(DOCKER_VM_RUNTIME, TEST_COUNTERS_RUNTIME),
         pricing=LinearPricing(0.0, 0.0, 0.0, per_unit={CUSTOM_COUNTER: 2.0}),
     )
     plain = await daemons.start(name="plain")

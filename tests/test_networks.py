@@ -15,7 +15,8 @@ import psutil
 import pytest
 
 from exeunit.runtime.bridges import BridgePlumbing
-from exeunit.domain.market import GIB, Resources
+from exeunit.v1.conventions import GIB
+from exeunit.domain.resources import Resources
 from tests.client import ContractClient
 from tests.conftest import Daemons
 

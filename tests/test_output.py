@@ -6,7 +6,7 @@ import hashlib
 
 import grpc
 
-from exeunit.services.activity import ActivityLimits
+from exeunit.domain.settings import ActivityLimits
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import activity_pb2_grpc as act_grpc
 from tests.client import ContractClient

@@ -4,7 +4,8 @@ instances kept on one provider."""
 
 from __future__ import annotations
 
-from exeunit.domain.market import GIB, LinearPricing, Resources
+from exeunit.v1.conventions import GIB
+from exeunit.domain.resources import LinearPricing, Resources
 from requestor import NoMatchingProviderError
 from requestor.network import NetworkError, NetworkState
 from requestor.payload import vm

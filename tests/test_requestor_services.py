@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from exeunit.domain.market import GIB, LinearPricing, Resources
+from exeunit.v1.conventions import GIB
+from exeunit.domain.resources import LinearPricing, Resources
 from requestor import CommandExecutionError, Golem, NoMatchingProviderError, events
 from requestor.errors import ActivityTerminatedError, BudgetExceededError, ProviderUnreachableError
 from requestor.payload import vm

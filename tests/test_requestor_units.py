@@ -15,7 +15,8 @@ from requestor import events
 from requestor.budget import Budget
 from requestor.errors import BudgetExceededError, PackageException, RequestorError
 from requestor.payload import vm
-from requestor.provider_client import Offer, Pricing, ProviderClient
+from requestor.client import ProviderClient
+from requestor.model import Offer, Pricing
 from requestor.services.cluster import _resolve_instance_params
 from requestor.services.state import TRANSITIONS, InvalidTransition, ServiceState, next_state
 from requestor.strategy import LeastExpensiveLinearPayuMS, mismatch

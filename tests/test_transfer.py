@@ -12,7 +12,7 @@ import pytest
 
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import transfer_pb2 as xfer
-from requestor.provider_client import ProviderClient
+from requestor.client import ProviderClient
 from tests.client import CHUNK, ContractClient
 from tests.daemon_process import Daemon
 

@@ -16,7 +16,7 @@ from exeunit.v1 import activity_pb2 as act
 from requestor.contrib.service.http_proxy import HttpProxyService, LocalHttpProxy
 from requestor.contrib.service.socket_proxy import SocketProxy, SocketProxyService
 from requestor.errors import ProviderCallError
-from requestor.provider_client import ProviderClient
+from requestor.client import ProviderClient
 from requestor.services import ServiceState as S
 from tests.client import ContractClient
 from tests.conftest import BASE_IMAGE, Daemons
@@ -335,7 +335,8 @@ async def test_a_namespace_is_entered_only_while_the_container_runs_as_the_same_
                                       labels={"io.exeunit.test": "1"})
     try:
         runtime = DockerRuntime()
-        os.close(await runtime.open_network_namespace(container.id))  # running: fine
+        async with runtime.network_namespace(container.id):  # running: fine
+            pass
         real_pid = await runtime.container_pid(container.id)
 
         class PidReusedMeanwhile(DockerRuntime):
@@ -346,10 +347,12 @@ async def test_a_namespace_is_entered_only_while_the_container_runs_as_the_same_
                 return next(self.answers)
 
         with pytest.raises(errors.FailedPrecondition, match="not running"):
-            await PidReusedMeanwhile().open_network_namespace(container.id)
+            async with PidReusedMeanwhile().network_namespace(container.id):
+                pass
         container.kill()
         container.wait()
         with pytest.raises(errors.FailedPrecondition, match="not running"):
-            await runtime.open_network_namespace(container.id)
+            async with runtime.network_namespace(container.id):
+                pass
     finally:
         container.remove(force=True, v=True)

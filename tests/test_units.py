@@ -11,7 +11,9 @@ from exeunit import errors
 from exeunit.domain.commands import Deploy, Run, Start, Terminate, check_sequence, validate
 from exeunit.domain.event_log import EventLog
 from exeunit.runtime.docker.frames import STDERR, STDOUT, FrameDecoder
-from exeunit.domain.market import GIB, Demand, ImageRef, LinearPricing, Market, Refusal, RefusalReason, Resources
+from exeunit.domain.market import Demand, ImageRef, Market, Refusal, RefusalReason
+from exeunit.v1.conventions import GIB
+from exeunit.domain.resources import LinearPricing, Resources
 from exeunit.domain.states import ActivityState
 from exeunit.runtime.files import confine
 from tests.conftest import settings_for

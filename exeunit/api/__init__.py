@@ -1,0 +1,1 @@
+"""The gRPC skin: validate, call the provider facade, convert; errors become status codes here."""

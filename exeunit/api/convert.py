@@ -11,18 +11,10 @@ from exeunit import __version__, errors
 from exeunit.domain import commands
 from exeunit.services.activity import ActivityStatus, ActivitySummary, Usage
 from exeunit.domain.batch import Batch, BatchEvent, BatchState, CommandState, EventKind
-from exeunit.domain.market import (
-    RUNTIME_NAME,
-    Agreement,
-    AgreementState,
-    Demand,
-    ImageRef,
-    LinearPricing,
-    Offer,
-    Refusal,
-    RefusalReason,
-)
-from exeunit.services.networks import PrivateNetwork
+from exeunit.domain.market import Agreement, AgreementState, Demand, ImageRef, Offer, Refusal, RefusalReason
+from exeunit.v1.conventions import DOCKER_VM_RUNTIME
+from exeunit.domain.resources import LinearPricing
+from exeunit.domain.networks import PrivateNetwork
 from exeunit.domain.states import ActivityState
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
@@ -117,7 +109,7 @@ def demand_from_proto(demand: mkt.Demand) -> Demand:
         capabilities=tuple(demand.capabilities),
         subnet_tag=demand.subnet_tag,
         expiration=datetime_from_proto(demand.expiration, "demand.expiration"),
-        runtime=demand.runtime or RUNTIME_NAME,
+        runtime=demand.runtime or DOCKER_VM_RUNTIME,
     )
 
 

@@ -20,7 +20,7 @@ from exeunit.services.provider import Provider
 from exeunit.api.servicers import (
     ActivityServicer, MarketServicer, NetworkServicer, OperatorActivityServicer, TransferServicer,
 )
-from exeunit.api.status import Caller, TokenCheck
+from exeunit.api.auth import Caller, TokenCheck
 from exeunit.v1 import activity_pb2, market_pb2, network_pb2, transfer_pb2
 
 log = logging.getLogger(__name__)

@@ -9,11 +9,13 @@ import grpc
 
 from exeunit import errors
 from exeunit.api import convert
-from exeunit.app import metrics
+from exeunit.services import telemetry
 from exeunit.domain.market import Agreement
-from exeunit.services.provider import TUNNEL_READ_BYTES, Provider
-from exeunit.api.status import Caller, OperatorCaller, streaming, unary
-from exeunit.runtime.files import CHUNK_SIZE
+from exeunit.services.provider import Provider
+from exeunit.services.transfers import TUNNEL_READ_BYTES
+from exeunit.api.auth import Caller, OperatorCaller
+from exeunit.api.status import streaming, unary
+from exeunit.v1.conventions import CHUNK_SIZE
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import activity_pb2_grpc as act_grpc
 from exeunit.v1 import market_pb2 as mkt
@@ -172,7 +174,7 @@ class ActivityServicer(act_grpc.ActivityServicer):
             upstream = asyncio.create_task(_to_port(requests, port.writer))
             try:
                 while data := await port.reader.read(TUNNEL_READ_BYTES):
-                    metrics.TUNNEL_OUT_BYTES.inc(len(data))
+                    telemetry.TUNNEL_OUT_BYTES.inc(len(data))
                     yield act.TunnelResponse(data=data)
                 if port.was_cut:
                     raise errors.FailedPrecondition("the activity ended: its tunnels were cut")
@@ -258,7 +260,7 @@ class TransferServicer(xfer_grpc.TransferServicer):
                         if len(part.chunk) > CHUNK_SIZE:
                             raise errors.InvalidArgument(f"chunks are at most {CHUNK_SIZE} bytes")
                         await upload.write(part.chunk)
-                        metrics.UPLOAD_BYTES.inc(len(part.chunk))
+                        telemetry.UPLOAD_BYTES.inc(len(part.chunk))
                     elif kind == "trailer":
                         result = await upload.finish(part.trailer.sha256)
                         return xfer.UploadResponse(size=result.size, sha256=result.sha256)
@@ -279,7 +281,7 @@ class TransferServicer(xfer_grpc.TransferServicer):
             yield xfer.DownloadResponse(header=xfer.DownloadHeader(size=download.header.size, mode=download.header.mode))
             async for chunk in download.chunks():
                 yield xfer.DownloadResponse(chunk=chunk)
-                metrics.DOWNLOAD_BYTES.inc(len(chunk))
+                telemetry.DOWNLOAD_BYTES.inc(len(chunk))
             yield xfer.DownloadResponse(trailer=xfer.DownloadTrailer(sha256=download.sha256()))
 
 
@@ -293,7 +295,7 @@ async def _to_port(requests: AsyncIterator[act.TunnelRequest], writer: asyncio.S
                 if len(request.data) > CHUNK_SIZE:
                     raise errors.InvalidArgument(f"tunnel data comes in messages of at most {CHUNK_SIZE} bytes")
                 writer.write(request.data)
-                metrics.TUNNEL_IN_BYTES.inc(len(request.data))
+                telemetry.TUNNEL_IN_BYTES.inc(len(request.data))
                 await writer.drain()
             elif kind == "close":
                 break

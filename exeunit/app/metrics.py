@@ -1,10 +1,9 @@
-"""Prometheus metrics of the daemon (`exeunit serve --metrics-listen HOST:PORT`).
+"""The Prometheus endpoint of the daemon (`exeunit serve --metrics-listen HOST:PORT`).
 
-Counters are module-level (one daemon per process; embedded providers count into the same ones,
-harmlessly): commands by kind and outcome, bytes moved by direction, calls refused by status code.
-Gauges are read from the provider when scraped: activities and agreements by state, networks.
-No requestor ids or activity ids appear in labels: a scrape says how the host is doing, not who
-does what (that is `exeunit ps`).
+It serves the counters the daemon keeps as it works (exeunit.services.telemetry) and gauges read
+from the provider when scraped: activities and agreements by state, networks. No requestor ids or
+activity ids appear in labels: a scrape says how the host is doing, not who does what (that is
+`exeunit ps`).
 """
 
 from __future__ import annotations
@@ -12,27 +11,14 @@ from __future__ import annotations
 import threading
 from collections import Counter as Tally
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
-    from exeunit.services.provider import Provider
-
-REGISTRY = CollectorRegistry()
-COMMANDS = Counter("exeunit_commands_total", "ExeScript commands finished, by command and outcome",
-                   ["command", "outcome"], registry=REGISTRY)
-BYTES = Counter("exeunit_bytes_total", "Bytes moved: command output, uploads, downloads, tunnels (each way)",
-                ["direction"], registry=REGISTRY)
-# The directions' children, looked up once: bytes are counted on the data path.
-OUTPUT_BYTES, UPLOAD_BYTES, DOWNLOAD_BYTES = BYTES.labels("output"), BYTES.labels("upload"), BYTES.labels("download")
-TUNNEL_IN_BYTES, TUNNEL_OUT_BYTES = BYTES.labels("tunnel_in"), BYTES.labels("tunnel_out")
-REFUSED = Counter("exeunit_refused_calls_total", "Calls answered with an error, by gRPC status code",
-                  ["code"], registry=REGISTRY)
+from exeunit.services.telemetry import REGISTRY
+from exeunit.services.provider import Provider
 
 
 class ProviderState(Collector):

@@ -10,9 +10,8 @@ import grpc
 
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import activity_pb2_grpc as act_grpc
+from exeunit.v1.conventions import GIB, activity_state_name
 
-STATE_NAMES = {act.ACTIVITY_STATE_NEW: "New", act.ACTIVITY_STATE_DEPLOYED: "Deployed",
-               act.ACTIVITY_STATE_READY: "Ready", act.ACTIVITY_STATE_TERMINATED: "Terminated"}
 COLUMNS = ("ACTIVITY", "REQUESTOR", "STATE", "IMAGE", "AGE", "CPU-S", "MEMORY", "STORAGE", "IP")
 
 
@@ -38,7 +37,7 @@ def _age(row: act.ActivitySummary, now: datetime) -> str:
 
 
 def _size(count: int) -> str:
-    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+    for unit, size in (("G", GIB), ("M", 1 << 20), ("K", 1 << 10)):
         if count >= size:
             return f"{count / size:.1f}{unit}"
     return str(count)
@@ -47,7 +46,7 @@ def _size(count: int) -> str:
 def as_table(rows: list[act.ActivitySummary]) -> list[str]:
     now = datetime.now(timezone.utc)
     cells = [COLUMNS] + [
-        (row.activity_id[:12], row.requestor_id[:24], STATE_NAMES.get(row.state, "?") + (f" ({row.reason})" if row.reason else ""),
+        (row.activity_id[:12], row.requestor_id[:24], activity_state_name(row.state) + (f" ({row.reason})" if row.reason else ""),
          row.image[:40], _age(row, now), f"{row.cpu_seconds:.1f}", _size(row.memory_bytes), _size(row.storage_bytes),
          row.ip or "-")
         for row in rows
@@ -59,7 +58,7 @@ def as_table(rows: list[act.ActivitySummary]) -> list[str]:
 def as_json(rows: list[act.ActivitySummary]) -> list[str]:
     return [json.dumps({
         "activity_id": row.activity_id, "agreement_id": row.agreement_id, "requestor_id": row.requestor_id,
-        "state": STATE_NAMES.get(row.state, "?"), "reason": row.reason, "image": row.image,
+        "state": activity_state_name(row.state), "reason": row.reason, "image": row.image,
         "created": row.created.ToDatetime(tzinfo=timezone.utc).isoformat(), "cpu_seconds": row.cpu_seconds,
         "memory_bytes": row.memory_bytes, "storage_bytes": row.storage_bytes, "executor": row.executor,
         "network_id": row.network_id, "ip": row.ip,

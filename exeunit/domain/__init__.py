@@ -1,0 +1,1 @@
+"""What the daemon deals in, as values and rules: no gRPC, no Docker, no files."""

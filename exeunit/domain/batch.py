@@ -6,14 +6,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from exeunit.domain.clock import utcnow
 from exeunit.domain.commands import Command
-from exeunit.domain.event_log import EventLog
-from exeunit.domain.market import utcnow
-
-if TYPE_CHECKING:
-    from exeunit.persistence.journal import BatchJournal
+from exeunit.domain.event_log import EventLog, Journal
 
 
 class BatchState(Enum):
@@ -87,15 +84,36 @@ class CommandResult:
     finished: datetime | None = None
 
 
-class Batch:
-    """Records what a batch's commands do; the activity runs them."""
+@dataclass
+class Replayed:
+    """What a batch's journal holds: its events (from the oldest kept segment), which agent command
+    ran which of its commands, and the output offset each command had reached."""
 
-    def __init__(self, batch_id: str, commands: list[Command], output_cap: int, events: EventLog[BatchEvent]) -> None:
+    events: list[BatchEvent]
+    notes: dict[int, int]  # command index -> agent command id
+    offsets: dict[int, int]  # command index -> output bytes so far
+
+
+class BatchJournal(Journal[BatchEvent], Protocol):
+    """Where a persisted batch's events also go (exeunit.persistence.journal), with what a
+    restarted daemon needs besides: which agent command runs which of its commands."""
+
+    def note(self, index: int, command_id: int) -> None: ...
+    def continue_offsets(self, offsets: dict[int, int]) -> None: ...
+    def close(self) -> None: ...
+
+
+class Batch:
+    """Records what a batch's commands do; the activity runs them. Its events go to `events`, and
+    to `journal` too when the batch is persisted (the same journal `events` drops segments of)."""
+
+    def __init__(self, batch_id: str, commands: list[Command], output_cap: int, window_bytes: int,
+                 grace_seconds: float, journal: BatchJournal | None = None) -> None:
         self.batch_id = batch_id
         self.commands = commands
         self.state = BatchState.QUEUED
-        self.events = events
-        self.journal: BatchJournal | None = None  # where its events also go, when persisted
+        self.events: EventLog[BatchEvent] = EventLog(window_bytes, event_size, grace_seconds, journal)
+        self.journal = journal
         self.results = [
             CommandResult(index=i, stdout=CapturedOutput(output_cap), stderr=CapturedOutput(output_cap))
             for i in range(len(commands))

@@ -10,64 +10,18 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from enum import Enum
 
 from exeunit import errors
-from exeunit.services.images import ImagePolicy
+from exeunit.domain.resources import LinearPricing, Resources, describe
+from exeunit.domain.settings import ProviderSettings
+from exeunit.v1.conventions import DOCKER_VM_RUNTIME
 
 log = logging.getLogger(__name__)
 
-RUNTIME_NAME = "docker-vm"
-# Golem's test runtime, for yapapi's custom-usage-counter example: the provider's base image, and
-# `sleep MS` waited out by the daemon and counted (seconds) in CUSTOM_COUNTER.
-TEST_COUNTERS_RUNTIME = "test-counters"
-TEST_COUNTERS_IMAGE = "exeunit-base:latest"
-CUSTOM_COUNTER = "golem.usage.custom.counter"
-GIB = 1 << 30
 IMAGE_ID_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 URL_SCHEMES = ("file://", "http://", "https://")
-
-
-@dataclass(frozen=True)
-class LinearPricing:
-    start_fee: float = 0.0
-    per_cpu_second: float = 0.0
-    per_duration_second: float = 0.0
-    currency: str = "GLM"
-    per_unit: dict[str, float] = field(default_factory=dict)  # other counters' prices, by name
-
-    def cost(self, cpu_seconds: float, duration_seconds: float, counters: dict[str, float] | None = None) -> float:
-        extra = sum(self.per_unit.get(name, 0.0) * value for name, value in (counters or {}).items())
-        return self.start_fee + self.per_cpu_second * cpu_seconds + self.per_duration_second * duration_seconds + extra
-
-
-@dataclass(frozen=True)
-class Resources:
-    cpu_threads: int
-    memory_bytes: int
-    storage_bytes: int
-
-    def fits_in(self, other: Resources) -> bool:
-        return (
-            self.cpu_threads <= other.cpu_threads
-            and self.memory_bytes <= other.memory_bytes
-            and self.storage_bytes <= other.storage_bytes
-        )
-
-    def __add__(self, other: Resources) -> Resources:
-        return Resources(
-            self.cpu_threads + other.cpu_threads,
-            self.memory_bytes + other.memory_bytes,
-            self.storage_bytes + other.storage_bytes,
-        )
-
-    def __sub__(self, other: Resources) -> Resources:
-        return Resources(
-            self.cpu_threads - other.cpu_threads,
-            self.memory_bytes - other.memory_bytes,
-            self.storage_bytes - other.storage_bytes,
-        )
 
 
 @dataclass(frozen=True)
@@ -108,39 +62,15 @@ class Demand:
     capabilities: tuple[str, ...]
     subnet_tag: str
     expiration: datetime
-    runtime: str = RUNTIME_NAME
+    runtime: str = DOCKER_VM_RUNTIME
 
     def validate(self, now: datetime) -> None:
-        if self.runtime == RUNTIME_NAME or self.image != ImageRef():  # other runtimes may need none
+        if self.runtime == DOCKER_VM_RUNTIME or self.image != ImageRef():  # other runtimes may need none
             self.image.validate()
         if self.expiration <= now:
             raise errors.InvalidArgument(
                 f"demand.expiration {self.expiration.isoformat()} is not in the future (now {now.isoformat()})"
             )
-
-
-@dataclass(frozen=True)
-class ProviderSettings:
-    """What the operator set: identity, caps on offered capacity, pricing and defaults."""
-
-    provider_id: str
-    name: str
-    subnet_tag: str
-    pricing: LinearPricing
-    capacity: Resources
-    default_allotment: Resources
-    capabilities: tuple[str, ...] = ()
-    images: ImagePolicy = field(default_factory=ImagePolicy)
-    runtimes: tuple[str, ...] = (RUNTIME_NAME,)  # the first is the offer's runtime_name
-    # Capacity comes back: no agreement outlives this, and one without a live activity ends after
-    # `agreement_idle_seconds` (a requestor cannot hold the host by signing and never running).
-    max_agreement_seconds: float = 24 * 3600.0
-    agreement_idle_seconds: float = 300.0
-    # Ended agreements and activities answer status calls this long, then are forgotten.
-    ended_retention_seconds: float = 900.0
-    # Labels every container of this provider's home (exeunit.persistence.home); a fresh one unless the
-    # home's identity gives it, so two providers never claim each other's containers.
-    home_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass(frozen=True)
@@ -240,13 +170,6 @@ def allotment(demand: Demand, settings: ProviderSettings) -> Resources:
     )
 
 
-def describe(resources: Resources) -> str:
-    return (
-        f"{resources.cpu_threads} cpu threads, {resources.memory_bytes / GIB:.2f} GiB memory, "
-        f"{resources.storage_bytes / GIB:.2f} GiB storage"
-    )
-
-
 class Market:
     """Agreements of one provider and the capacity they hold."""
 
@@ -322,7 +245,3 @@ class Market:
         agreement.termination_message = message
         log.info("event=agreement_terminated agreement=%s reason=%s", agreement.agreement_id, reason)
         return True
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)

@@ -17,11 +17,10 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from exeunit.domain.batch import BatchEvent, BatchState, EventKind
+from exeunit.domain.batch import BatchEvent, BatchState, EventKind, Replayed
 
 SEGMENT_BYTES = 16 << 20
 EVENT, NOTE = 1, 2
@@ -32,25 +31,9 @@ KINDS = list(EventKind)
 STATES = [None, *BatchState]
 
 
-@dataclass(frozen=True)
-class AgentNote:
-    """Command `index` of the batch runs as agent command `command_id`."""
+class SegmentedJournal:
+    """One batch's journal (a `BatchJournal`, exeunit.domain.batch) in its directory of segments."""
 
-    index: int
-    command_id: int
-
-
-@dataclass
-class Replayed:
-    """What a journal holds: its events (from the oldest kept segment), the agent notes, and the
-    output offset each command had reached."""
-
-    events: list[BatchEvent]
-    notes: dict[int, int]  # command index -> agent command id
-    offsets: dict[int, int]  # command index -> output bytes so far
-
-
-class BatchJournal:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         segments = self._segments() if directory.exists() else []

@@ -7,7 +7,7 @@ which is fine: activities do not outlive a host crash anyway. Records are JSON w
 number (`v`), so that a newer daemon can read what an older one wrote.
 
 Activity records are the daemon's handle on a container (like Nomad's task handles): container
-id, image, volumes, start time, state. Containers carry labels too (exeunit.runtime.protocols), but only the
+id, image, volumes, start time, state. Containers carry labels too (exeunit.runtime.docker.labels), but only the
 record knows what the daemon promised the requestor.
 """
 
@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from exeunit import errors
 from exeunit.domain.commands import Command, Deploy, Run, Start, Terminate, name_of
-from exeunit.domain.market import RUNTIME_NAME, Agreement, AgreementState, Demand, ImageRef, LinearPricing, Resources
-from exeunit.services.networks import NetworkRecord
+from exeunit.domain.market import Agreement, AgreementState, Demand, ImageRef
+from exeunit.v1.conventions import DOCKER_VM_RUNTIME
+from exeunit.domain.resources import LinearPricing, Resources
+from exeunit.domain.batch import BatchJournal, Replayed
+from exeunit.domain.networks import NetworkRecord
+from exeunit.domain.records import ActivityRecord
+from exeunit.persistence.journal import SegmentedJournal
 
 RECORD_VERSION = 1
 COMMAND_TYPES = {name_of(kind()): kind for kind in (Deploy, Start, Terminate)} | {"run": Run}
@@ -37,29 +41,9 @@ CREATE TABLE IF NOT EXISTS networks (requestor_id TEXT NOT NULL, network_id TEXT
 """
 
 
-@dataclass(frozen=True)
-class ActivityRecord:
-    """The persisted handle of one activity."""
-
-    activity_id: str
-    agreement_id: str
-    state: str  # an ActivityState value
-    reason: str
-    message: str
-    container_id: str | None
-    image_id: str | None
-    image_loaded_here: bool  # fetched from a url by this provider (removed with its last agreement)
-    volume_root: str | None
-    volume_dirs: dict[str, str]
-    volumes_enforced: bool
-    started: datetime | None
-    ended: datetime | None
-    network_id: str = ""  # the requestor's network it joined at deploy, and its address there
-    network_ip: str = ""
-
-
 class StateStore:
-    """The database; every call is a short transaction on the caller's thread."""
+    """The database (a `Store`, exeunit.domain.records); every call is a short transaction on the
+    caller's thread."""
 
     def __init__(self, path: Path) -> None:
         self.journals = path.parent / "journals"  # batch events: JOURNALS/ACTIVITY/BATCH/*.seg
@@ -124,6 +108,12 @@ class StateStore:
         return [NetworkRecord(**{k: v for k, v in json.loads(record).items() if k != "v"}) for (record,) in rows]
 
     # Batches (their events are in journals)
+
+    def open_journal(self, activity_id: str, batch_id: str) -> BatchJournal:
+        return SegmentedJournal(self.journal_dir(activity_id, batch_id))
+
+    def replay_journal(self, activity_id: str, batch_id: str) -> Replayed:
+        return SegmentedJournal.replay(self.journal_dir(activity_id, batch_id))
 
     def journal_dir(self, activity_id: str, batch_id: str) -> Path:
         return self.journals / activity_id / batch_id
@@ -212,7 +202,7 @@ def _agreement_from(record: dict[str, Any]) -> Agreement:
             capabilities=tuple(demand["capabilities"]),
             subnet_tag=demand["subnet_tag"],
             expiration=_parse_time(demand["expiration"]),  # type: ignore[arg-type]
-            runtime=demand.get("runtime", RUNTIME_NAME),
+            runtime=demand.get("runtime", DOCKER_VM_RUNTIME),
         ),
         pricing=LinearPricing(**record["pricing"]),
         reserved=Resources(**record["reserved"]),

@@ -36,19 +36,6 @@ CHUNK = 1 << 20
 REDIRECTS = (301, 302, 303, 307, 308)
 
 
-@dataclass(frozen=True)
-class FetchPolicy:
-    """What the operator allows image urls to reach, and how much and how long."""
-
-    enabled: bool = True
-    file_root: str | None = None  # file:// urls only beneath this directory; None refuses them
-    allow_private_hosts: bool = False
-    max_bytes: int = 4 << 30
-    idle_seconds: float = 30.0
-    deadline_seconds: float = 600.0
-    max_redirects: int = 5
-
-
 class _Readable(Protocol):
     def read1(self, size: int) -> bytes: ...
 

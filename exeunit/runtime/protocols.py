@@ -1,24 +1,24 @@
-"""The two seams between the daemon's domain and the machinery that runs containers.
+"""The seam between the daemon's services and the machinery that runs containers.
 
-A `Runtime` owns the containers' lifecycle and images (create, start, remove, list by label,
-deaths, usage); an `Executor` runs commands inside a running container and streams their output.
-Both are async: an implementation keeps its own threads. Docker is the one runtime today
-(`exeunit.runtime.docker.runtime`), with `docker exec` as its executor; another engine (Podman, a cluster)
-would be one new module implementing these, and the domain modules would not change.
+A `Runtime` owns the containers' lifecycle and images (create, start, remove, find, deaths,
+usage); an `Executor` runs commands inside one activity's running container and streams their
+output; an `ExecutorFactory` makes each activity's executor, with what its container needs for it
+(`GuestSetup`). All are async: an implementation keeps its own threads. Docker is the one runtime
+today (exeunit.runtime.docker) and the resident agent the one factory (exeunit.runtime.agent,
+falling back to the runtime's own exec); another engine would be one new package implementing
+these, chosen in exeunit.app, and the services would not change. Errors are `exeunit.errors`
+(NotFound when a thing is gone, RuntimeFailure when the engine fails); removing what is already
+gone succeeds.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
-
-LABEL_ACTIVITY = "io.exeunit.services.activity"
-LABEL_AGREEMENT = "io.exeunit.agreement"
-LABEL_PROVIDER = "io.exeunit.services.provider"
-LABEL_HOME = "io.exeunit.persistence.home"  # the state directory's home id: only that home's daemon removes it
-LABEL_EXPIRES = "io.exeunit.expires"  # the agreement's expiration (unix seconds): anyone reaps it after
 
 STDOUT, STDERR = 1, 2
 
@@ -33,21 +33,48 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
+class ContainerOwner:
+    """Whose container it is. The runtime marks the container with it, so that it finds a home's
+    containers again (`containers_of_home`) and anyone can end one whose agreement expired
+    (`expired_containers`), whichever daemon started it."""
+
+    activity_id: str
+    agreement_id: str
+    provider_id: str
+    home_id: str
+    expires: datetime
+
+
+@dataclass(frozen=True)
+class GuestSetup:
+    """What an activity's container needs for its executor: what it runs (with stdin kept open;
+    empty: a shell reading that stdin, which keeps it alive like a booted VM whatever the image's
+    CMD), and host paths it sees read-only (container path -> host path)."""
+
+    entrypoint: tuple[str, ...] = ()
+    read_only_binds: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """Everything needed to create one hardened activity container."""
 
     name: str
     image_id: str
-    labels: dict[str, str]
+    owner: ContainerOwner
     memory_bytes: int
     cpu_threads: int
     pids_limit: int
     tmp_bytes: int
     binds: dict[str, str]  # container path -> host directory (the activity's volumes)
-    read_only_binds: dict[str, str] = field(default_factory=dict)  # container path -> host path
-    # What the container runs, with stdin kept open; empty: a shell reading that stdin, which keeps
-    # it alive like a booted VM whatever the image's CMD.
-    entrypoint: tuple[str, ...] = ()
+    guest: GuestSetup = field(default_factory=GuestSetup)
+
+
+@dataclass(frozen=True)
+class ExpiredContainer:
+    container_id: str
+    home_id: str  # "-" when its owner did not say
+    expired: float  # unix seconds
 
 
 @dataclass(frozen=True)
@@ -67,28 +94,44 @@ class CommandOutcome:
 
 class CommandRun(Protocol):
     """One command running: iterate it for (STDOUT or STDERR, data) in the order produced; once
-    the iteration ends, `outcome` says how it ended."""
+    the iteration ends, `outcome` says how it ended. `command_id` names it to its executor for
+    `Executor.resume` after a daemon restart (None: it cannot be resumed)."""
 
     outcome: CommandOutcome | None
+    command_id: int | None
 
     def __aiter__(self) -> AsyncIterator[tuple[int, bytes]]: ...
 
 
 class Executor(Protocol):
-    """Runs commands inside a running container."""
+    """Runs commands inside one activity's running container."""
 
-    name: str  # shown to the requestor, for example "docker-exec"
+    @property
+    def name(self) -> str: ...  # shown to the requestor: "agent", "docker-exec", or "" while unknown
 
     def run(self, container_id: str, argv: list[str], env: dict[str, str], workdir: str | None,
             timeout: float | None) -> CommandRun: ...
 
+    def resume(self, container_id: str, command_id: int, offset: int, timeout: float | None) -> CommandRun:
+        """Picks up command `command_id`, which ran on while no daemon was there (a restart), from
+        output byte `offset` on; iterating it fails with an ExeUnitError when that cannot be."""
+        ...
+
+    def container_started(self) -> None: ...  # the container runs now: commands may be sent
+    def close(self) -> None: ...  # the activity ends or the daemon lets go of it
+
+
+class ExecutorFactory(Protocol):
+    """Makes each activity's executor; called again for an activity a restarted daemon takes up."""
+
+    async def open(self, activity_id: str) -> tuple[Executor, GuestSetup]: ...
+
 
 class Runtime(Protocol):
-    """Containers and images on one engine. Errors are `exeunit.errors` (NotFound when a thing is
-    gone, RuntimeFailure when the engine fails); removing what is already gone succeeds."""
+    """Containers and images on one engine."""
 
     def container_root_owner(self) -> tuple[int, int]: ...
-    def executor(self) -> Executor: ...
+    def executor(self) -> Executor: ...  # the engine's own way of running commands
 
     async def ping(self) -> None: ...
     async def images(self) -> list[ImageInfo]: ...
@@ -99,10 +142,13 @@ class Runtime(Protocol):
     async def create_container(self, spec: ContainerSpec) -> str: ...
     async def start_container(self, container_id: str) -> None: ...
     async def container_status(self, container_id: str) -> str | None: ...
-    async def open_network_namespace(self, container_id: str) -> int: ...
+    def network_namespace(self, container_id: str) -> AbstractAsyncContextManager[int]:
+        """The running container's network namespace as an open descriptor, for the block's
+        duration (the runtime closes it)."""
+        ...
     async def connect_to_port(self, container_id: str, port: int, timeout: float = 5.0) -> socket.socket: ...
     async def remove_container(self, container_id: str, stop_timeout: int = 5) -> None: ...
-    async def containers_with_label(self, key: str, value: str) -> list[str]: ...
-    async def labelled_containers(self, key: str) -> dict[str, dict[str, str]]: ...
+    async def containers_of_home(self, home_id: str) -> list[str]: ...
+    async def expired_containers(self, before: float) -> list[ExpiredContainer]: ...
     async def usage(self, container_id: str) -> ContainerUsage: ...
     def container_deaths(self, home_id: str) -> AsyncIterator[str]: ...

@@ -22,28 +22,14 @@ from exeunit import errors
 from exeunit.runtime import archive
 from exeunit.runtime.protocols import ImageInfo, Runtime
 from exeunit.services.fairness import ConcurrencyQuota
-from exeunit.runtime.fetch import ArchiveFetch, FetchPolicy
+from exeunit.runtime.fetch import ArchiveFetch
+from exeunit.domain.settings import FetchPolicy
 from exeunit.runtime.threads import in_data_thread
 
 if TYPE_CHECKING:
     from exeunit.domain.market import Agreement, ImageRef
 
 log = logging.getLogger(__name__)
-
-DEFAULT_OFFERED_IMAGES = ("exeunit-*",)
-
-
-@dataclass(frozen=True)
-class ImagePolicy:
-    """The operator's rules for images: which tags are offered, and how urls are fetched."""
-
-    offered: tuple[str, ...] = DEFAULT_OFFERED_IMAGES  # fnmatch patterns of "repository:tag"
-    fetch: FetchPolicy = field(default_factory=FetchPolicy)
-    fetches_per_requestor: int = 2
-
-    def offers_tag(self, tag: str) -> bool:
-        return any(fnmatch.fnmatchcase(tag, pattern) for pattern in self.offered)
-
 
 class ImageResolver:
     def __init__(self, runtime: Runtime, policy: ImagePolicy) -> None:

@@ -12,56 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
+from ipaddress import IPv4Address, IPv4Network
 
 from exeunit import errors
-from exeunit.runtime.bridges import BridgePlumbing
+from exeunit.domain.networks import (
+    NETWORK_ID_PATTERN, Member, NetworkPlumbing, NetworkRecord, PrivateNetwork, parse_member_address, parse_subnet,
+)
 
 log = logging.getLogger(__name__)
 
-NETWORK_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-MIN_PREFIX, MAX_PREFIX = 8, 30
-
-
-@dataclass
-class Member:
-    activity_id: str
-    ip: IPv4Address
-    attached: bool = False  # its interface is up (it started)
-
-
-@dataclass
-class PrivateNetwork:
-    requestor_id: str
-    network_id: str
-    subnet: IPv4Network
-    gateway: str
-    key: str  # this provider's own name for it: unguessable, unique on the host
-    members: dict[str, Member] = field(default_factory=dict)  # by activity id
-    built: bool = False  # its namespace exists
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
-
-    def holder_of(self, ip: IPv4Address) -> str | None:
-        return next((m.activity_id for m in self.members.values() if m.ip == ip), None)
-
-
-@dataclass(frozen=True)
-class NetworkRecord:
-    """What a restarted daemon needs of a network (members come from the activities' records)."""
-
-    requestor_id: str
-    network_id: str
-    subnet: str
-    gateway: str
-    key: str
-
-
 class Networks:
-    def __init__(self, plumbing: BridgePlumbing, per_requestor: int,
+    def __init__(self, plumbing: NetworkPlumbing, per_requestor: int,
                  on_change: Callable[[PrivateNetwork | None, tuple[str, str]], None] = lambda n, k: None) -> None:
         self._plumbing = plumbing
         self._per_requestor = per_requestor
@@ -226,29 +189,3 @@ class Networks:
                 if network.built:
                     await self._plumbing.remove(network.key, list(network.members))
                     network.built = False
-
-
-def parse_subnet(address: str) -> IPv4Network:
-    try:
-        subnet = IPv4Network(address, strict=False)
-    except (AddressValueError, NetmaskValueError, ValueError):
-        raise errors.InvalidArgument(
-            f"network address {address!r} is not an IPv4 network in CIDR notation, e.g. 192.168.0.0/24"
-        ) from None
-    if "/" not in address:
-        raise errors.InvalidArgument(f"network address {address!r} needs a prefix length, e.g. {address}/24")
-    if not MIN_PREFIX <= subnet.prefixlen <= MAX_PREFIX:
-        raise errors.InvalidArgument(
-            f"network {subnet} has prefix length {subnet.prefixlen}; use {MIN_PREFIX} to {MAX_PREFIX}"
-        )
-    return subnet
-
-
-def parse_member_address(ip: str, subnet: IPv4Network, what: str) -> IPv4Address:
-    try:
-        address = IPv4Address(ip)
-    except (AddressValueError, ValueError):
-        raise errors.InvalidArgument(f"{what} {ip!r} is not an IPv4 address") from None
-    if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
-        raise errors.InvalidArgument(f"{what} {address} is not a host address of network {subnet}")
-    return address

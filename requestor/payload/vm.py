@@ -10,14 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from exeunit.v1.conventions import DOCKER_VM_RUNTIME, GIB, TEST_COUNTERS_RUNTIME, VPN_CAPABILITY
 from requestor.errors import PackageException
 from requestor.payload import Payload
 
-VM_CAPS_VPN = "vpn"
+VM_CAPS_VPN = VPN_CAPABILITY
 VM_CAPS_MANIFEST_SUPPORT = "manifest-support"
-RUNTIME_VM = "docker-vm"
-TEST_COUNTERS_RUNTIME = "test-counters"  # Golem's test runtime (providers offering it bring the image)
-GIB = 1 << 30
+RUNTIME_VM = DOCKER_VM_RUNTIME
+__all__ = ["GIB", "RUNTIME_VM", "TEST_COUNTERS_RUNTIME", "VM_CAPS_MANIFEST_SUPPORT", "VM_CAPS_VPN", "VmPackage", "repo"]
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
 

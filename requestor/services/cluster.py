@@ -102,7 +102,7 @@ class Cluster(Generic[ServiceType]):
         spawned = []
         for index, params in enumerate(_resolve_instance_params(num_instances, instance_params)):
             service = self._service_class(**params)
-            service._set_cluster(self)
+            service.instance.cluster = self
             address = addresses[index] if index < len(addresses) else None
             if address is not None:
                 assert self._network is not None
@@ -125,12 +125,3 @@ def _resolve_instance_params(num_instances: int | None, instance_params: Iterabl
             yield next(params)
         except StopIteration:
             raise ValueError(f"`instance_params` iterable depleted after {index} spawned instances.") from None
-
-
-def _count_states(instances: list[Any]) -> dict[Any, int]:
-    counts: dict[Any, int] = {}
-    for instance in instances:
-        counts[instance.state] = counts.get(instance.state, 0) + 1
-    return counts
-
-

@@ -9,10 +9,11 @@ import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from requestor import events
-from requestor.ctx import ActivityHandle, WorkContext
+from requestor.client import ActivityHandle
+from requestor.ctx import WorkContext
 from requestor.errors import (
     ActivityTerminatedError,
     CommandExecutionError,
@@ -24,10 +25,21 @@ from requestor.script import Script
 from requestor.services.service import Service
 from requestor.services.state import ServiceState, next_state
 
-if TYPE_CHECKING:
-    from requestor.engine import Engine
-
 log = logging.getLogger(__name__)
+
+
+class Providers(Protocol):
+    """What the runner needs of the engine (requestor.engine): activities for its instances, given
+    back when they are done, and a place to say what happened."""
+
+    unresponsive_after: float  # seconds a provider may stay silent before its instance is unresponsive
+
+    def emit(self, event: events.Event) -> None: ...
+
+    async def acquire(self, job: events.Job, avoid: set[str], stop: asyncio.Event,
+                      only_provider: str | None = None, why_only: str = "") -> ActivityHandle: ...
+
+    async def release(self, handle: ActivityHandle, job: events.Job, error: BaseException | None) -> None: ...
 
 # Activity termination reasons that come from this requestor, not from the provider.
 OWN_REASONS = frozenset({"Requested", "Destroyed"})
@@ -113,7 +125,7 @@ class ActivityWatch:
 class ServiceRunner:
     """Runs the instances of one cluster."""
 
-    def __init__(self, engine: Engine, job: events.Job, respawn_unstarted_instances: bool) -> None:
+    def __init__(self, engine: Providers, job: events.Job, respawn_unstarted_instances: bool) -> None:
         self._engine = engine
         self._job = job
         self._respawn = respawn_unstarted_instances
@@ -140,7 +152,7 @@ class ServiceRunner:
     def _transition(self, service: Service, transition: str, handle: ActivityHandle | None = None) -> None:
         old = service.state
         new = next_state(old, transition)
-        service._set_state(new)
+        service.instance.change_state(new)
         agreement = handle.agreement if handle else None
         activity = handle.activity if handle else None
         log.debug("event=service_state service=%s old=%s new=%s", service.id, old.value, new.value)
@@ -166,11 +178,11 @@ class ServiceRunner:
                     return
                 failed_providers.add(handle.offer.provider_id)
                 await service.reset()
-                service._set_exc_info(None)
+                service.instance.record_error(None)
                 self._transition(service, "restart")
         except Exception as exc:  # a bug here must not leave the instance hanging
             log.exception("event=service_runner_crashed service=%s", service.id)
-            service._set_exc_info(exc)
+            service.instance.record_error(exc)
             if service.state is not ServiceState.terminated:
                 self._transition(service, "terminate")
         finally:
@@ -182,7 +194,7 @@ class ServiceRunner:
                                 address: str | None) -> ActivityHandle | None:
         """As _place, on the provider that hosts the network's other instances (any provider for
         the first), and with the instance's member of the network; None when it cannot join."""
-        async with network._placement:  # the first instance picks the provider; the others wait for that
+        async with network.placement:  # the first instance picks the provider; the others wait for that
             host = network.hosting_provider_id
             why = (f"hosts no instance of network {network.network_id}: instances of one network run on one "
                    f"provider for now (its instances are on {host})")
@@ -193,10 +205,10 @@ class ServiceRunner:
                 node = await network.join(handle.client, handle.offer.provider_id, address)
             except RequestorError as exc:
                 log.debug("event=service_not_placed service=%s error=%s", service.id, exc)
-                service._set_exc_info(exc)
+                service.instance.record_error(exc)
                 await self._engine.release(handle, self._job, exc)
                 return None
-            service._set_network_node(node)
+            service.instance.network_node = node
             return handle
 
     async def _place(self, service: Service, stop: asyncio.Event, avoid: set[str], only_provider: str | None = None,
@@ -217,13 +229,13 @@ class ServiceRunner:
             return acquiring.result()
         except RequestorError as exc:  # the summary says it, with the instance's state change
             log.debug("event=service_not_placed service=%s error=%s", service.id, exc)
-            service._set_exc_info(exc)
+            service.instance.record_error(exc)
             return None
 
     async def _run_on(self, service: Service, handle: ActivityHandle, stop: asyncio.Event) -> bool:
         """Runs the handlers on one activity; returns whether to restart elsewhere."""
         ctx = WorkContext(handle, self._job, self._engine.emit)
-        service._set_ctx(ctx)
+        service.instance.ctx = ctx
         watch = ActivityWatch(handle, self._engine.unresponsive_after)
         restart = False
         try:
@@ -233,13 +245,13 @@ class ServiceRunner:
                 self._transition(service, "ready", handle)
                 result = await self._run_handler(service, "run", ctx, watch, stop)
                 if result.outcome in (Outcome.DONE, Outcome.ERROR, Outcome.STOPPED):
-                    service._set_exc_info(result.error)
+                    service.instance.record_error(result.error)
                     self._transition(service, "stop", handle)
                     shutdown = await self._run_handler(service, "shutdown", ctx, watch, None)
                     if shutdown.error is not None and result.error is None:
-                        service._set_exc_info(shutdown.error)
+                        service.instance.record_error(shutdown.error)
                     result = shutdown if shutdown.outcome in (Outcome.GONE, Outcome.UNRESPONSIVE) else result
-            service._set_exc_info(result.error or service.exc_info[1])
+            service.instance.record_error(result.error or service.exc_info[1])
             if result.outcome is Outcome.UNRESPONSIVE:
                 self._transition(service, "mark_unresponsive", handle)
             restart = (
@@ -252,7 +264,7 @@ class ServiceRunner:
             node = service.network_node
             if node is not None:  # after the activity is gone: its address is free for a respawn
                 node.network.leave(node)
-                service._clear_network_node()
+                service.instance.network_node = None
             self._transition(service, "terminate", handle)
         return restart
 

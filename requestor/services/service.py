@@ -6,21 +6,16 @@ import asyncio
 import uuid
 from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Optional, TypeVar
+from typing import Any, Optional, TypeVar
 
+from requestor.ctx import WorkContext
 from requestor.events import CommandExecuted
+from requestor.network import Network, Node
 from requestor.payload import Payload
 from requestor.script import Script
+from requestor.services.instance import NO_EXC, ExcInfo, ServiceInstance
 from requestor.services.state import AVAILABLE, ServiceState
 
-if TYPE_CHECKING:
-    from requestor.ctx import WorkContext
-    from requestor.network import Network, Node
-    from requestor.services.cluster import Cluster
-
-ExcInfo = tuple[Optional[type[BaseException]], Optional[BaseException], Optional[TracebackType]]
-NO_EXC: ExcInfo = (None, None, None)
 Handler = AsyncGenerator[Script, Awaitable[list[CommandExecuted]]]
 
 
@@ -63,66 +58,71 @@ class Service:
 
     def __init__(self) -> None:
         self._id = str(uuid.uuid4())
-        self._ctx: WorkContext | None = None
-        self._cluster: Cluster[Any] | None = None
+        self._instance = ServiceInstance()
         self._inqueue: asyncio.Queue[ServiceSignal] = asyncio.Queue()
         self._outqueue: asyncio.Queue[ServiceSignal] = asyncio.Queue()
-        self._exc_info: ExcInfo = NO_EXC
-        self._state = ServiceState.pending
-        self._started_successfully = False
-        self._network_node: Node | None = None
 
-    # What the engine sets
+    # What the engine sets (in `instance`)
+
+    @property
+    def instance(self) -> ServiceInstance:
+        """The runner's record of this instance, which the properties below read."""
+        return self._instance
 
     @property
     def ctx(self) -> WorkContext | None:
         """The work context of the activity this instance runs on (also as `self._ctx`)."""
-        return self._ctx
+        return self._instance.ctx
+
+    @property
+    def _ctx(self) -> WorkContext | None:  # yapapi's name, which service handlers use
+        return self._instance.ctx
 
     @property
     def id(self) -> str:
         return self._id
 
     @property
-    def cluster(self) -> Cluster[Any] | None:
-        return self._cluster
+    def cluster(self) -> Any:
+        """The requestor.services.Cluster this instance belongs to."""
+        return self._instance.cluster
 
     @property
     def state(self) -> ServiceState:
-        return self._state
+        return self._instance.state
 
     @property
     def is_available(self) -> bool:
         """True while starting, running or stopping (bound to an activity)."""
-        return self._state in AVAILABLE
+        return self._instance.state in AVAILABLE
 
     @property
     def provider_name(self) -> str | None:
-        return self._ctx.provider_name if self._ctx else None
+        return self.ctx.provider_name if self.ctx else None
 
     @property
     def provider_id(self) -> str | None:
-        return self._ctx.provider_id if self._ctx else None
+        return self.ctx.provider_id if self.ctx else None
 
     @property
     def exc_info(self) -> ExcInfo:
         """The exception that caused the last state transition, as sys.exc_info(); or Nones."""
-        return self._exc_info
+        return self._instance.exc_info
 
     @property
     def network(self) -> Network | None:
         """The network this instance is on (if any)."""
-        return self._network_node.network if self._network_node else None
+        return self.network_node.network if self.network_node else None
 
     @property
     def network_node(self) -> Node | None:
         """This instance's member of its network: `.ip`, `.node_id` (while it has an activity)."""
-        return self._network_node
+        return self._instance.network_node
 
     def __repr__(self) -> str:
         where = f" on {self.provider_name} [ {self.provider_id} ]" if self.provider_id else ""
-        at = f" @ {self._network_node.ip}" if self._network_node else ""
-        return f"<{type(self).__name__} {self._state.value}{where}{at}>"
+        at = f" @ {self.network_node.ip}" if self.network_node else ""
+        return f"<{type(self).__name__} {self.state.value}{where}{at}>"
 
     # Messages between the requestor's code and the instance
 
@@ -165,7 +165,7 @@ class Service:
 
     def get_deploy_args(self) -> dict[str, Any]:
         """Keyword arguments of the default start's `deploy`: the network to join, if any."""
-        return self._network_node.get_deploy_args() if self._network_node else {}
+        return self.network_node.get_deploy_args() if self.network_node else {}
 
     async def start(self) -> Handler:
         """Handler of `starting`: by default deploys and starts the activity."""
@@ -194,29 +194,7 @@ class Service:
     def restart_condition(self) -> bool:
         """Whether a terminated instance is restarted: by default, when an error ended it before
         it ever reached `running`."""
-        return self._exc_info != NO_EXC and not self._started_successfully
-
-    # Used by the engine
-
-    def _set_cluster(self, cluster: Cluster[Any]) -> None:
-        self._cluster = cluster
-
-    def _set_network_node(self, node: Node | None) -> None:
-        self._network_node = node
-
-    def _clear_network_node(self) -> None:
-        self._network_node = None
-
-    def _set_ctx(self, ctx: WorkContext | None) -> None:
-        self._ctx = ctx
-
-    def _set_state(self, state: ServiceState) -> None:
-        self._state = state
-        if state is ServiceState.running:
-            self._started_successfully = True
-
-    def _set_exc_info(self, exc: BaseException | None) -> None:
-        self._exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else NO_EXC
+        return self._instance.exc_info != NO_EXC and not self._instance.started_successfully
 
 
 ServiceType = TypeVar("ServiceType", bound=Service)

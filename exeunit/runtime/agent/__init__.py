@@ -1,0 +1,1 @@
+"""The resident agent: its guest side (guest.py, run inside containers) and the daemon side."""

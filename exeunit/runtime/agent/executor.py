@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +39,7 @@ from exeunit.runtime.agent.guest import (  # the wire format: one definition, th
     RUN_HEAD,
     VERSION,
 )
-from exeunit.runtime.protocols import STDERR, STDOUT, CommandOutcome, CommandRun, Executor
+from exeunit.runtime.protocols import STDERR, STDOUT, CommandOutcome, CommandRun, Executor, GuestSetup
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,29 @@ KILL_GRACE_SECONDS = 2.0  # after a kill, how long the agent has to report the e
 GUEST_AGENT = Path(__file__).parent / "guest.py"
 GUEST_DIR = "/.exeunit"  # where the container sees the agent and its channel (read-only)
 SOCKET_NAME = "agent.sock"
+
+
+class AgentExecutors:
+    """Each activity's executor: the resident agent over a socket in the activity's channel
+    directory (`channel_dir(activity_id)`, made on the host), falling back to `fallback()` (the
+    engine's exec) while no agent is connected, or for good where the socket cannot be made."""
+
+    def __init__(self, channel_dir: Callable[[str], Path], fallback: Callable[[], Executor],
+                 agent_start_seconds: float) -> None:
+        self._channel_dir = channel_dir
+        self._fallback = fallback
+        self._start_seconds = agent_start_seconds
+
+    async def open(self, activity_id: str) -> tuple[Executor, GuestSetup]:
+        directory = await asyncio.to_thread(self._channel_dir, activity_id)
+        channel = AgentChannel(directory)
+        try:
+            await channel.open()
+        except OSError as exc:
+            log.warning("event=agent_channel_failed activity=%s error=%s", activity_id, exc)
+            return self._fallback(), GuestSetup()
+        executor = AgentExecutor(channel, self._fallback(), self._start_seconds)
+        return executor, GuestSetup(guest_entrypoint(), guest_binds(directory))
 
 
 def guest_entrypoint() -> tuple[str, ...]:
@@ -226,6 +249,9 @@ class AgentExecutor:
 
     def ran_with(self, name: str) -> None:
         self._last = name
+
+    def close(self) -> None:
+        self._channel.close()
 
     def run(self, container_id: str, argv: list[str], env: dict[str, str], workdir: str | None,
             timeout: float | None) -> CommandRun:

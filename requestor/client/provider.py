@@ -1,7 +1,8 @@
 """One provider daemon as the requestor sees it: typed calls over the ExeUnit contract.
 
 Every call identifies the requestor (`x-requestor-id`) and, when a token is set, authenticates.
-gRPC errors become requestor exceptions here (errors.from_rpc_error) and nowhere else. Batch
+Calls take and return the records of requestor.model (converted in requestor.client.convert), and
+gRPC errors become requestor exceptions (requestor.client.status), here and nowhere else. Batch
 event streams survive a dropped connection: they resume from the next sequence number.
 """
 
@@ -12,13 +13,10 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import activity_pb2_grpc as act_grpc
@@ -28,107 +26,19 @@ from exeunit.v1 import network_pb2 as net
 from exeunit.v1 import network_pb2_grpc as net_grpc
 from exeunit.v1 import transfer_pb2 as xfer
 from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
+from exeunit.v1.conventions import CHUNK_SIZE
 from requestor import errors
+from requestor.client import convert
+from requestor.client.status import UNREACHABLE_CODES, from_rpc_error
+from requestor.model import (
+    Activity, ActivityStatus, Agreement, AgreementInfo, BatchEvent, CommandSpec, DemandSpec, Offer, Refusal, Usage,
+)
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 1 << 20
 UPLOAD_AHEAD = 4  # chunks read and hashed ahead of the one being sent
 RECONNECT_FIRST_PAUSE, RECONNECT_MAX_PAUSE = 0.2, 2.0  # backoff between attempts to reach a provider again
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Pricing:
-    start_fee: float
-    per_cpu_second: float
-    per_duration_second: float
-    currency: str
-    per_unit: dict[str, float] = field(default_factory=dict)  # other counters' prices, by name
-
-    def cost(self, cpu_seconds: float, duration_seconds: float) -> float:
-        return self.start_fee + self.per_cpu_second * cpu_seconds + self.per_duration_second * duration_seconds
-
-
-@dataclass(frozen=True)
-class Offer:
-    """A provider's offer, with the address it came from."""
-
-    address: str
-    provider_id: str
-    provider_name: str
-    subnet_tag: str
-    runtime_name: str
-    cpu_threads: int
-    memory_bytes: int
-    storage_bytes: int
-    total_cpu_threads: int
-    total_memory_bytes: int
-    total_storage_bytes: int
-    pricing: Pricing
-    images: tuple[str, ...]
-    accepts_image_urls: bool
-    capabilities: tuple[str, ...]
-    runtimes: tuple[str, ...] = ()  # every runtime it runs (runtime_name first)
-
-
-@dataclass(frozen=True)
-class DemandSpec:
-    image_hash: str
-    image_tag: str
-    image_url: str
-    min_memory_bytes: int
-    min_storage_bytes: int
-    min_cpu_threads: int
-    capabilities: tuple[str, ...]
-    subnet_tag: str
-    expiration: datetime
-    runtime: str = ""
-
-
-@dataclass(frozen=True)
-class Refusal:
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class AgreementInfo:
-    agreement_id: str
-    cpu_threads: int
-    expiration: datetime
-
-
-@dataclass(frozen=True)
-class ActivityStatus:
-    state: str  # "New", "Deployed", "Ready", "Terminated"
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Usage:
-    cpu_seconds: float
-    duration_seconds: float
-    cost: float
-    memory_bytes: int = 0
-    storage_bytes: int = 0
-    measured: datetime | None = None
-    counters: dict[str, float] = field(default_factory=dict)
-
-
-ACTIVITY_STATE_NAMES = {
-    act.ACTIVITY_STATE_NEW: "New",
-    act.ACTIVITY_STATE_DEPLOYED: "Deployed",
-    act.ACTIVITY_STATE_READY: "Ready",
-    act.ACTIVITY_STATE_TERMINATED: "Terminated",
-}
-
-
-def _timestamp(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value.astimezone(timezone.utc))
-    return ts
 
 
 class ProviderClient:
@@ -158,62 +68,25 @@ class ProviderClient:
         try:
             return await call(request, metadata=self._metadata, timeout=timeout or self._timeout)
         except grpc.aio.AioRpcError as exc:
-            raise errors.from_rpc_error(method, self.address, exc) from exc
+            raise from_rpc_error(method, self.address, exc) from exc
 
     @asynccontextmanager
     async def _translated(self, method: str) -> AsyncIterator[None]:
         try:
             yield
         except grpc.aio.AioRpcError as exc:
-            raise errors.from_rpc_error(method, self.address, exc) from exc
+            raise from_rpc_error(method, self.address, exc) from exc
 
     # Market
 
     async def offer(self, timeout: float = 5.0) -> Offer:
         response = await self._call("GetOffer", self._market.GetOffer, mkt.GetOfferRequest(), timeout)
-        o = response.offer
-        return Offer(
-            address=self.address,
-            provider_id=o.provider_id,
-            provider_name=o.provider_name,
-            subnet_tag=o.subnet_tag,
-            runtime_name=o.runtime_name,
-            cpu_threads=o.cpu_threads,
-            memory_bytes=o.memory_bytes,
-            storage_bytes=o.storage_bytes,
-            total_cpu_threads=o.total_cpu_threads,
-            total_memory_bytes=o.total_memory_bytes,
-            total_storage_bytes=o.total_storage_bytes,
-            pricing=Pricing(o.pricing.start_fee, o.pricing.per_cpu_second, o.pricing.per_duration_second, o.pricing.currency,
-                            dict(o.pricing.per_unit)),
-            images=tuple(o.images),
-            accepts_image_urls=o.accepts_image_urls,
-            capabilities=tuple(o.capabilities),
-            runtimes=tuple(o.runtimes) or (o.runtime_name,),
-        )
+        return convert.offer_from(self.address, response.offer)
 
     async def propose(self, demand: DemandSpec) -> AgreementInfo | Refusal:
-        request = mkt.ProposeAgreementRequest(
-            demand=mkt.Demand(
-                image=mkt.ImageRef(hash=demand.image_hash, tag=demand.image_tag, url=demand.image_url),
-                min_memory_bytes=demand.min_memory_bytes,
-                min_storage_bytes=demand.min_storage_bytes,
-                min_cpu_threads=demand.min_cpu_threads,
-                capabilities=list(demand.capabilities),
-                subnet_tag=demand.subnet_tag,
-                expiration=_timestamp(demand.expiration),
-                runtime=demand.runtime,
-            )
-        )
+        request = mkt.ProposeAgreementRequest(demand=convert.demand_to(demand))
         response = await self._call("ProposeAgreement", self._market.ProposeAgreement, request)
-        if response.WhichOneof("outcome") == "refusal":
-            return Refusal(mkt.RefusalReason.Name(response.refusal.reason), response.refusal.message)
-        agreement = response.agreement
-        return AgreementInfo(
-            agreement_id=agreement.agreement_id,
-            cpu_threads=agreement.cpu_threads,
-            expiration=agreement.expiration.ToDatetime(tzinfo=timezone.utc),
-        )
+        return convert.proposal_outcome_from(response)
 
     async def terminate_agreement(self, agreement_id: str, reason: str, message: str = "") -> None:
         request = mkt.TerminateAgreementRequest(agreement_id=agreement_id, reason=reason, message=message)
@@ -241,13 +114,13 @@ class ProviderClient:
         )
         return response.activity_id
 
-    async def run_batch(self, activity_id: str, commands: list[act.Command], batch_id: str) -> AsyncIterator[act.BatchEvent]:
+    async def run_batch(self, activity_id: str, commands: list[CommandSpec], batch_id: str) -> AsyncIterator[BatchEvent]:
         """Submits a batch and yields all its events, in one call (ExecStream)."""
         async for event in self.batch_events(activity_id, batch_id, commands=commands):
             yield event
 
     async def batch_events(self, activity_id: str, batch_id: str, reconnect_for: float | None = None,
-                           commands: list[act.Command] | None = None) -> AsyncIterator[act.BatchEvent]:
+                           commands: list[CommandSpec] | None = None) -> AsyncIterator[BatchEvent]:
         """All events of a batch, in order, resuming after a dropped connection (for up to
         `reconnect_for` seconds of trying, with backoff) from the next sequence number, so that
         nothing is missed or repeated. With `commands`, the batch is submitted by the same call
@@ -257,27 +130,29 @@ class ProviderClient:
         deadline: float | None = None
         pause = RECONNECT_FIRST_PAUSE
         loop = asyncio.get_running_loop()
+        wire_commands = [convert.command_to(c) for c in commands] if commands is not None else None
         while True:
-            if commands is not None and next_sequence == 0:
-                exec_request = act.ExecRequest(activity_id=activity_id, commands=commands, batch_id=batch_id)
+            if wire_commands is not None and next_sequence == 0:
+                exec_request = act.ExecRequest(activity_id=activity_id, commands=wire_commands, batch_id=batch_id)
                 method, stream = "ExecStream", self._activity.ExecStream(exec_request, metadata=self._metadata)
             else:
                 request = act.StreamBatchEventsRequest(activity_id=activity_id, batch_id=batch_id, from_sequence=next_sequence)
                 method, stream = "StreamBatchEvents", self._activity.StreamBatchEvents(request, metadata=self._metadata)
             try:
-                async for event in stream:
+                async for message in stream:
                     deadline, pause = None, RECONNECT_FIRST_PAUSE
+                    event = convert.batch_event_from(message)
                     next_sequence = event.sequence + 1
                     yield event
-                    if event.WhichOneof("kind") == "batch_finished":
+                    if event.kind == "batch_finished":
                         return
                 return
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in errors.UNREACHABLE_CODES:
-                    raise errors.from_rpc_error(method, self.address, exc) from exc
+                if exc.code() not in UNREACHABLE_CODES:
+                    raise from_rpc_error(method, self.address, exc) from exc
                 deadline = deadline or loop.time() + reconnect_for
                 if loop.time() >= deadline:
-                    raise errors.from_rpc_error(method, self.address, exc) from exc
+                    raise from_rpc_error(method, self.address, exc) from exc
                 log.info("event=stream_reconnect provider=%s batch=%s from=%d", self.address, batch_id, next_sequence)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RECONNECT_MAX_PAUSE)
@@ -288,23 +163,19 @@ class ProviderClient:
             async for status in self._activity.WatchActivity(
                 act.WatchActivityRequest(activity_id=activity_id), metadata=self._metadata
             ):
-                yield ActivityStatus(ACTIVITY_STATE_NAMES.get(status.state, "Unspecified"), status.reason, status.message)
+                yield convert.status_from(status)
 
     async def state(self, activity_id: str, timeout: float = 5.0) -> ActivityStatus:
         response = await self._call(
             "GetActivityState", self._activity.GetActivityState, act.GetActivityStateRequest(activity_id=activity_id), timeout
         )
-        status = response.status
-        return ActivityStatus(ACTIVITY_STATE_NAMES.get(status.state, "Unspecified"), status.reason, status.message)
+        return convert.status_from(response.status)
 
     async def usage(self, activity_id: str) -> Usage:
         response = await self._call(
             "GetActivityUsage", self._activity.GetActivityUsage, act.GetActivityUsageRequest(activity_id=activity_id)
         )
-        return Usage(response.cpu_seconds, response.duration.ToTimedelta().total_seconds(), response.cost,
-                     response.memory_bytes, response.storage_bytes,
-                     response.measured.ToDatetime(tzinfo=timezone.utc) if response.HasField("measured") else None,
-                     dict(response.counters))
+        return convert.usage_from(response)
 
     async def destroy(self, activity_id: str) -> None:
         await self._call("DestroyActivity", self._activity.DestroyActivity, act.DestroyActivityRequest(activity_id=activity_id))
@@ -415,26 +286,11 @@ class ProviderClient:
         )
 
 
-# ExeScript commands as the contract spells them
+@dataclass(frozen=True)
+class ActivityHandle:
+    """An activity on a provider, with the agreement it runs under and the client that reaches it."""
 
-
-def deploy_command(network_id: str = "", ip: str = "") -> act.Command:
-    networks = [act.DeployNetwork(network_id=network_id, ip=ip)] if network_id else []
-    return act.Command(deploy=act.DeployCommand(networks=networks))
-
-
-def start_command(args: tuple[str, ...]) -> act.Command:
-    return act.Command(start=act.StartCommand(args=list(args)))
-
-
-def terminate_command() -> act.Command:
-    return act.Command(terminate=act.TerminateCommand())
-
-
-def run_command(entry_point: str, args: tuple[str, ...], env: dict[str, str], workdir: str, timeout: float | None) -> act.Command:
-    command = act.RunCommand(entry_point=entry_point, args=list(args), env=env, workdir=workdir)
-    if timeout:
-        duration = Duration()
-        duration.FromNanoseconds(int(timeout * 1e9))
-        command.timeout.CopyFrom(duration)
-    return act.Command(run=command)
+    client: ProviderClient
+    offer: Offer
+    agreement: Agreement
+    activity: Activity

@@ -1,0 +1,61 @@
+"""Putting a provider together: the one place that picks the runtime (Docker), the executors (the
+resident agent, falling back to docker exec), the activities' storage and the network plumbing,
+for `exeunit serve` and the embedded provider alike."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import psutil
+
+from exeunit import errors
+from exeunit.domain.records import Store
+from exeunit.domain.resources import Resources
+from exeunit.domain.settings import ActivityLimits, ProviderSettings
+from exeunit.runtime.agent.executor import AgentExecutors
+from exeunit.runtime.bridges import BridgePlumbing
+from exeunit.runtime.docker import DockerRuntime
+from exeunit.runtime.protocols import Runtime
+from exeunit.runtime.storage import DirectoryStorage, LoopStorage
+from exeunit.services.provider import Machinery, Provider
+
+log = logging.getLogger(__name__)
+
+
+def measured_capacity(storage_dir: Path) -> Resources:
+    """This host's cpu threads, memory, and the disk free where activities' storage goes."""
+    return Resources(
+        cpu_threads=psutil.cpu_count(logical=True) or 1,
+        memory_bytes=psutil.virtual_memory().total,
+        storage_bytes=psutil.disk_usage(str(_existing(storage_dir))).free,
+    )
+
+
+def _existing(path: Path) -> Path:
+    """The path, or the nearest directory above it that exists (whose filesystem it will be on)."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def activity_storage(base: Path, runtime: Runtime, allow_unenforced: bool, refusal_hint: str) -> LoopStorage:
+    """Loop-mounted storage of each agreement's size, or, where that cannot be and the caller
+    accepts it, plain directories of unlimited size (said in the log); owned by whoever root in a
+    container is on this host. FailedPrecondition (ending with `refusal_hint`) otherwise."""
+    owner = runtime.container_root_owner()
+    why_not = LoopStorage.available()
+    if why_not is None:
+        return LoopStorage(base, *owner)
+    if not allow_unenforced:
+        raise errors.FailedPrecondition(f"cannot enforce activities' storage: {why_not}. {refusal_hint}")
+    log.warning("event=storage_unenforced reason=%r volumes=unlimited", why_not)
+    return DirectoryStorage(base, *owner)
+
+
+def assemble(settings: ProviderSettings, limits: ActivityLimits, storage: LoopStorage,
+             runtime: Runtime | None = None, store: Store | None = None) -> Provider:
+    """A provider on this host's Docker engine (or `runtime`), keeping its records in `store`."""
+    runtime = runtime or DockerRuntime()
+    executors = AgentExecutors(storage.channel_dir, runtime.executor, limits.agent_start_seconds)
+    return Provider(settings, Machinery(runtime, executors, storage, BridgePlumbing(settings.home_id)), limits, store)

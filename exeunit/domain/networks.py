@@ -1,0 +1,89 @@
+"""A requestor's private network as the provider keeps it: its subnet, its members' addresses,
+the record a restarted daemon takes up, and what the host must do to build one (NetworkPlumbing,
+which exeunit.runtime.bridges implements)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
+from typing import Protocol
+
+from exeunit import errors
+
+NETWORK_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+MIN_PREFIX, MAX_PREFIX = 8, 30
+
+
+@dataclass
+class Member:
+    activity_id: str
+    ip: IPv4Address
+    attached: bool = False  # its interface is up (it started)
+
+
+@dataclass
+class PrivateNetwork:
+    requestor_id: str
+    network_id: str
+    subnet: IPv4Network
+    gateway: str
+    key: str  # this provider's own name for it: unguessable, unique on the host
+    members: dict[str, Member] = field(default_factory=dict)  # by activity id
+    built: bool = False  # its namespace exists
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
+
+    def holder_of(self, ip: IPv4Address) -> str | None:
+        return next((m.activity_id for m in self.members.values() if m.ip == ip), None)
+
+
+@dataclass(frozen=True)
+class NetworkRecord:
+    """What a restarted daemon needs of a network (members come from the activities' records)."""
+
+    requestor_id: str
+    network_id: str
+    subnet: str
+    gateway: str
+    key: str
+
+
+class NetworkPlumbing(Protocol):
+    """The kernel side of networks: one isolated segment per network (by its key), and a link into
+    it per member, made inside the member's network namespace (given as an open descriptor)."""
+
+    def unavailable(self) -> str | None: ...  # why this host cannot build networks, or None
+    def namespace(self, key: str) -> str: ...  # how the host names a network's segment (for logs)
+    def existing(self) -> set[str]: ...  # keys of the segments this home has on the host
+    async def create(self, key: str) -> None: ...
+    async def attach(self, key: str, member: str, netns_fd: int, ip: IPv4Address, subnet: IPv4Network) -> None: ...
+    async def detach(self, key: str, member: str) -> None: ...
+    async def remove(self, key: str, members: Iterable[str] = ()) -> None: ...
+
+
+def parse_subnet(address: str) -> IPv4Network:
+    try:
+        subnet = IPv4Network(address, strict=False)
+    except (AddressValueError, NetmaskValueError, ValueError):
+        raise errors.InvalidArgument(
+            f"network address {address!r} is not an IPv4 network in CIDR notation, e.g. 192.168.0.0/24"
+        ) from None
+    if "/" not in address:
+        raise errors.InvalidArgument(f"network address {address!r} needs a prefix length, e.g. {address}/24")
+    if not MIN_PREFIX <= subnet.prefixlen <= MAX_PREFIX:
+        raise errors.InvalidArgument(
+            f"network {subnet} has prefix length {subnet.prefixlen}; use {MIN_PREFIX} to {MAX_PREFIX}"
+        )
+    return subnet
+
+
+def parse_member_address(ip: str, subnet: IPv4Network, what: str) -> IPv4Address:
+    try:
+        address = IPv4Address(ip)
+    except (AddressValueError, ValueError):
+        raise errors.InvalidArgument(f"{what} {ip!r} is not an IPv4 address") from None
+    if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
+        raise errors.InvalidArgument(f"{what} {address} is not a host address of network {subnet}")
+    return address

@@ -1,0 +1,56 @@
+"""What survives a daemon: the records it keeps of agreements, activities, networks and batches,
+and the `Store` that keeps them (exeunit.persistence.store), as the services see it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from exeunit.domain.batch import BatchJournal, Replayed
+from exeunit.domain.commands import Command
+from exeunit.domain.market import Agreement
+from exeunit.domain.networks import NetworkRecord
+
+
+@dataclass(frozen=True)
+class ActivityRecord:
+    """The persisted handle of one activity."""
+
+    activity_id: str
+    agreement_id: str
+    state: str  # an ActivityState value
+    reason: str
+    message: str
+    container_id: str | None
+    image_id: str | None
+    image_loaded_here: bool  # fetched from a url by this provider (removed with its last agreement)
+    volume_root: str | None
+    volume_dirs: dict[str, str]
+    volumes_enforced: bool
+    started: datetime | None
+    ended: datetime | None
+    network_id: str = ""  # the requestor's network it joined at deploy, and its address there
+    network_ip: str = ""
+
+
+class Store(Protocol):
+    """Where records are kept as they change, for the next daemon on this home. Journals and
+    removed batches are directories the caller deletes off the event loop (a path is returned)."""
+
+    def put_agreement(self, agreement: Agreement) -> None: ...
+    def agreements(self) -> list[Agreement]: ...
+    def forget_agreement(self, agreement_id: str) -> None: ...
+    def put_activity(self, record: ActivityRecord) -> None: ...
+    def activities(self) -> list[ActivityRecord]: ...
+    def forget_activity(self, activity_id: str) -> None: ...
+    def put_network(self, record: NetworkRecord) -> None: ...
+    def networks(self) -> list[NetworkRecord]: ...
+    def forget_network(self, requestor_id: str, network_id: str) -> None: ...
+    def put_batch(self, activity_id: str, batch_id: str, commands: list[Command]) -> None: ...
+    def batches(self, activity_id: str) -> list[tuple[str, list[Command]]]: ...
+    def open_journal(self, activity_id: str, batch_id: str) -> BatchJournal: ...
+    def replay_journal(self, activity_id: str, batch_id: str) -> Replayed: ...
+    def forget_batch(self, activity_id: str, batch_id: str) -> Path: ...
+    def forget_batches(self, activity_id: str) -> Path: ...

@@ -1,0 +1,82 @@
+"""What the operator sets: the provider's identity, offer and defaults, the images it serves and
+fetches, and the limits on what an activity and the requestor behind it may hold."""
+
+from __future__ import annotations
+
+import fnmatch
+import uuid
+from dataclasses import dataclass, field
+
+from exeunit.domain.resources import LinearPricing, Resources
+from exeunit.v1.conventions import DOCKER_VM_RUNTIME
+
+DEFAULT_OFFERED_IMAGES = ("exeunit-*",)
+TEST_COUNTERS_IMAGE = "exeunit-base:latest"  # what the test-counters runtime runs its activities in
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """What the operator allows image urls to reach, and how much and how long."""
+
+    enabled: bool = True
+    file_root: str | None = None  # file:// urls only beneath this directory; None refuses them
+    allow_private_hosts: bool = False
+    max_bytes: int = 4 << 30
+    idle_seconds: float = 30.0
+    deadline_seconds: float = 600.0
+    max_redirects: int = 5
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """The operator's rules for images: which tags are offered, and how urls are fetched."""
+
+    offered: tuple[str, ...] = DEFAULT_OFFERED_IMAGES  # fnmatch patterns of "repository:tag"
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    fetches_per_requestor: int = 2
+
+    def offers_tag(self, tag: str) -> bool:
+        return any(fnmatch.fnmatchcase(tag, pattern) for pattern in self.offered)
+
+
+@dataclass(frozen=True)
+class ActivityLimits:
+    """Limits the operator sets on what an activity, and the requestor behind it, may hold."""
+
+    pids_limit: int = 512
+    tmp_bytes: int = 64 << 20
+    result_output_cap: int = 1 << 20
+    replay_window_bytes: int = 32 << 20
+    replay_grace_seconds: float = 10.0
+    stop_timeout_seconds: int = 5
+    agent_start_seconds: float = 3.0  # how long after the start the first command waits for the agent
+    transfers_per_activity: int = 4
+    transfers_per_requestor: int = 16
+    transfer_idle_seconds: float = 60.0
+    batches_kept: int = 256  # finished batches per activity kept for GetBatch and replay; older ones go
+    tunnels_per_activity: int = 64  # TCP connections into one activity through Tunnel at once
+    networks_per_requestor: int = 8  # private networks one requestor may have on the provider
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """What the operator set: identity, caps on offered capacity, pricing and defaults."""
+
+    provider_id: str
+    name: str
+    subnet_tag: str
+    pricing: LinearPricing
+    capacity: Resources
+    default_allotment: Resources
+    capabilities: tuple[str, ...] = ()
+    images: ImagePolicy = field(default_factory=ImagePolicy)
+    runtimes: tuple[str, ...] = (DOCKER_VM_RUNTIME,)  # the first is the offer's runtime_name
+    # Capacity comes back: no agreement outlives this, and one without a live activity ends after
+    # `agreement_idle_seconds` (a requestor cannot hold the host by signing and never running).
+    max_agreement_seconds: float = 24 * 3600.0
+    agreement_idle_seconds: float = 300.0
+    # Ended agreements and activities answer status calls this long, then are forgotten.
+    ended_retention_seconds: float = 900.0
+    # Labels every container of this provider's home (exeunit.persistence.home); a fresh one unless the
+    # home's identity gives it, so two providers never claim each other's containers.
+    home_id: str = field(default_factory=lambda: uuid.uuid4().hex)

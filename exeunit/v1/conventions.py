@@ -1,0 +1,26 @@
+"""What both sides of the contract agree on beyond the messages' shapes, defined once for both.
+
+Written by hand (the rest of exeunit/v1 is generated); the requestor imports it as it imports the
+generated code, so a change here is a change of the contract.
+"""
+
+from __future__ import annotations
+
+CHUNK_SIZE = 1 << 20  # the largest upload chunk or tunnel message a provider takes (it refuses more)
+GIB = 1 << 30  # Golem states memory and storage in GiB; the contract carries bytes
+
+# Runtimes an offer names (golem.runtime.name). docker-vm runs the demand's image in a container;
+# test-counters is Golem's test runtime: the provider brings the image, and `sleep MS` is waited
+# out by the provider and counted, in seconds, in CUSTOM_COUNTER.
+DOCKER_VM_RUNTIME = "docker-vm"
+TEST_COUNTERS_RUNTIME = "test-counters"
+CUSTOM_COUNTER = "golem.usage.custom.counter"
+VPN_CAPABILITY = "vpn"  # an offer with it can join its activities to private networks (as Golem's vm)
+
+# ActivityState values by name, as Golem names the states ("Ready"); 0 is "Unspecified".
+ACTIVITY_STATES = ("Unspecified", "New", "Deployed", "Ready", "Terminated")
+
+
+def activity_state_name(value: int) -> str:
+    """Golem's name of an ActivityState enum value ("Unspecified" for any the contract lacks)."""
+    return ACTIVITY_STATES[value] if 0 <= value < len(ACTIVITY_STATES) else ACTIVITY_STATES[0]

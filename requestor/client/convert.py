@@ -1,0 +1,108 @@
+"""The contract's messages to and from the requestor's records (requestor.model), in one place."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from exeunit.v1 import activity_pb2 as act
+from exeunit.v1 import market_pb2 as mkt
+from exeunit.v1.conventions import activity_state_name
+from requestor.model import (
+    ActivityStatus, AgreementInfo, BatchEvent, CommandSpec, DemandSpec, DeploySpec, Offer, Pricing, Refusal, RunSpec,
+    StartSpec, TerminateSpec, Usage,
+)
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value.astimezone(timezone.utc))
+    return ts
+
+
+def offer_from(address: str, o: mkt.Offer) -> Offer:
+    return Offer(
+        address=address,
+        provider_id=o.provider_id,
+        provider_name=o.provider_name,
+        subnet_tag=o.subnet_tag,
+        runtime_name=o.runtime_name,
+        cpu_threads=o.cpu_threads,
+        memory_bytes=o.memory_bytes,
+        storage_bytes=o.storage_bytes,
+        total_cpu_threads=o.total_cpu_threads,
+        total_memory_bytes=o.total_memory_bytes,
+        total_storage_bytes=o.total_storage_bytes,
+        pricing=Pricing(o.pricing.start_fee, o.pricing.per_cpu_second, o.pricing.per_duration_second, o.pricing.currency,
+                        dict(o.pricing.per_unit)),
+        images=tuple(o.images),
+        accepts_image_urls=o.accepts_image_urls,
+        capabilities=tuple(o.capabilities),
+        runtimes=tuple(o.runtimes) or (o.runtime_name,),
+    )
+
+
+def demand_to(demand: DemandSpec) -> mkt.Demand:
+    return mkt.Demand(
+        image=mkt.ImageRef(hash=demand.image_hash, tag=demand.image_tag, url=demand.image_url),
+        min_memory_bytes=demand.min_memory_bytes,
+        min_storage_bytes=demand.min_storage_bytes,
+        min_cpu_threads=demand.min_cpu_threads,
+        capabilities=list(demand.capabilities),
+        subnet_tag=demand.subnet_tag,
+        expiration=_timestamp(demand.expiration),
+        runtime=demand.runtime,
+    )
+
+
+def proposal_outcome_from(response: mkt.ProposeAgreementResponse) -> AgreementInfo | Refusal:
+    if response.WhichOneof("outcome") == "refusal":
+        return Refusal(mkt.RefusalReason.Name(response.refusal.reason), response.refusal.message)
+    agreement = response.agreement
+    return AgreementInfo(
+        agreement_id=agreement.agreement_id,
+        cpu_threads=agreement.cpu_threads,
+        expiration=agreement.expiration.ToDatetime(tzinfo=timezone.utc),
+    )
+
+
+def command_to(command: CommandSpec) -> act.Command:
+    if isinstance(command, DeploySpec):
+        networks = [act.DeployNetwork(network_id=command.network_id, ip=command.ip)] if command.network_id else []
+        return act.Command(deploy=act.DeployCommand(networks=networks))
+    if isinstance(command, StartSpec):
+        return act.Command(start=act.StartCommand(args=list(command.args)))
+    if isinstance(command, TerminateSpec):
+        return act.Command(terminate=act.TerminateCommand())
+    run = act.RunCommand(entry_point=command.entry_point, args=list(command.args), env=command.env,
+                         workdir=command.workdir)
+    if command.timeout:
+        duration = Duration()
+        duration.FromNanoseconds(int(command.timeout * 1e9))
+        run.timeout.CopyFrom(duration)
+    return act.Command(run=run)
+
+
+def batch_event_from(event: act.BatchEvent) -> BatchEvent:
+    kind = event.WhichOneof("kind") or ""
+    if kind in ("stdout", "stderr"):
+        data = getattr(event, kind).data
+        return BatchEvent(event.sequence, event.command_index, kind, data=data)
+    if kind == "finished":
+        done = event.finished
+        return BatchEvent(event.sequence, event.command_index, kind, return_code=done.return_code,
+                          success=done.success, message=done.message)
+    return BatchEvent(event.sequence, event.command_index, kind)
+
+
+def status_from(status: act.ActivityStatus) -> ActivityStatus:
+    return ActivityStatus(activity_state_name(status.state), status.reason, status.message)
+
+
+def usage_from(response: act.GetActivityUsageResponse) -> Usage:
+    return Usage(response.cpu_seconds, response.duration.ToTimedelta().total_seconds(), response.cost,
+                 response.memory_bytes, response.storage_bytes,
+                 response.measured.ToDatetime(tzinfo=timezone.utc) if response.HasField("measured") else None,
+                 dict(response.counters))

@@ -1,0 +1,160 @@
+"""The requestor's records: what it knows of providers, agreements and activities, the commands it
+sends and the events that come back. Plain data, no gRPC: requestor.client converts the contract's
+messages to and from these, and everything else works with them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Union
+
+
+@dataclass(frozen=True)
+class Job:
+    """One `run_service` call: its id, payload and agreement expiration."""
+
+    id: str
+    payload: Any
+    expiration: datetime
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """An agreement with one provider."""
+
+    id: str
+    provider_id: str
+    provider_name: str
+    address: str
+
+
+@dataclass(frozen=True)
+class Activity:
+    id: str
+
+
+# Providers' offers, and what the requestor asks of them
+
+
+@dataclass(frozen=True)
+class Pricing:
+    start_fee: float
+    per_cpu_second: float
+    per_duration_second: float
+    currency: str
+    per_unit: dict[str, float] = field(default_factory=dict)  # other counters' prices, by name
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A provider's offer, with the address it came from."""
+
+    address: str
+    provider_id: str
+    provider_name: str
+    subnet_tag: str
+    runtime_name: str
+    cpu_threads: int
+    memory_bytes: int
+    storage_bytes: int
+    total_cpu_threads: int
+    total_memory_bytes: int
+    total_storage_bytes: int
+    pricing: Pricing
+    images: tuple[str, ...]
+    accepts_image_urls: bool
+    capabilities: tuple[str, ...]
+    runtimes: tuple[str, ...] = ()  # every runtime it runs (runtime_name first)
+
+
+@dataclass(frozen=True)
+class DemandSpec:
+    image_hash: str
+    image_tag: str
+    image_url: str
+    min_memory_bytes: int
+    min_storage_bytes: int
+    min_cpu_threads: int
+    capabilities: tuple[str, ...]
+    subnet_tag: str
+    expiration: datetime
+    runtime: str = ""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class AgreementInfo:
+    agreement_id: str
+    cpu_threads: int
+    expiration: datetime
+
+
+# Activities
+
+
+@dataclass(frozen=True)
+class ActivityStatus:
+    state: str  # "New", "Deployed", "Ready", "Terminated"
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_seconds: float
+    duration_seconds: float
+    cost: float
+    memory_bytes: int = 0
+    storage_bytes: int = 0
+    measured: datetime | None = None
+    counters: dict[str, float] = field(default_factory=dict)
+
+
+# ExeScript commands, as a batch carries them to the provider
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    network_id: str = ""  # the requestor's network to join, at `ip`
+    ip: str = ""
+
+
+@dataclass(frozen=True)
+class StartSpec:
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    entry_point: str
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = ""
+    timeout: float | None = None  # seconds
+
+
+@dataclass(frozen=True)
+class TerminateSpec:
+    pass
+
+
+CommandSpec = Union[DeploySpec, StartSpec, RunSpec, TerminateSpec]
+
+
+@dataclass(frozen=True)
+class BatchEvent:
+    """One event of a batch, numbered from 0. `kind` is "started", "stdout", "stderr" (with
+    `data`), "finished" (with `return_code`, `success`, `message`) or "batch_finished"."""
+
+    sequence: int
+    command_index: int
+    kind: str
+    data: bytes = b""
+    return_code: int = 0
+    success: bool = False
+    message: str = ""
