@@ -56,6 +56,6 @@ def activity_storage(base: Path, runtime: Runtime, allow_unenforced: bool, refus
 def assemble(settings: ProviderSettings, limits: ActivityLimits, storage: LoopStorage,
              runtime: Runtime | None = None, store: Store | None = None) -> Provider:
     """A provider on this host's Docker engine (or `runtime`), keeping its records in `store`."""
-    runtime = runtime or DockerRuntime()
-    executors = AgentExecutors(storage.channel_dir, runtime.executor, limits.agent_start_seconds)
-    return Provider(settings, Machinery(runtime, executors, storage, BridgePlumbing(settings.home_id)), limits, store)
+    engine: Runtime = runtime or DockerRuntime()
+    executors = AgentExecutors(storage.channel_dir, engine.executor, limits.agent_start_seconds)
+    return Provider(settings, Machinery(engine, executors, storage, BridgePlumbing(settings.home_id)), limits, store)

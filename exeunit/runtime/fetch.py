@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from exeunit import errors
+from exeunit.domain.settings import FetchPolicy
 
 log = logging.getLogger(__name__)
 

@@ -98,7 +98,9 @@ class CommandRun(Protocol):
     `Executor.resume` after a daemon restart (None: it cannot be resumed)."""
 
     outcome: CommandOutcome | None
-    command_id: int | None
+
+    @property
+    def command_id(self) -> int | None: ...
 
     def __aiter__(self) -> AsyncIterator[tuple[int, bytes]]: ...
 

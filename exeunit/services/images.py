@@ -23,7 +23,7 @@ from exeunit.runtime import archive
 from exeunit.runtime.protocols import ImageInfo, Runtime
 from exeunit.services.fairness import ConcurrencyQuota
 from exeunit.runtime.fetch import ArchiveFetch
-from exeunit.domain.settings import FetchPolicy
+from exeunit.domain.settings import FetchPolicy, ImagePolicy
 from exeunit.runtime.threads import in_data_thread
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -38,7 +38,7 @@ T = TypeVar("T")
 KEEPALIVE_ENTRYPOINT = ["/bin/sh"]
 
 
-def _in_thread(method: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+def _in_thread(method: Callable[..., T]) -> Callable[..., Coroutine[Any, Any, T]]:
     """Makes a blocking method awaitable, run on the loop's default executor (short calls)."""
 
     @functools.wraps(method)
