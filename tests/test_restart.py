@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import socket
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from requestor.services import Service
 from requestor.services import ServiceState as S
 from tests.client import ContractClient
 from tests.conftest import BASE_IMAGE
-from tests.daemon_process import Daemon
+from tests.daemon_process import EXEUNIT, Daemon
 from tests.test_requestor_services import Recorder, base_payload
 
 LINES = 40
@@ -157,6 +158,61 @@ async def test_a_requestor_script_rides_out_a_provider_killed_and_restarted(home
         for daemon in (first, second):
             if daemon is not None:
                 daemon.stop()
+
+
+# What an HTTP/2 client (gRPC) says first: the connection preface and an empty SETTINGS frame.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def read_until_settings_acknowledged(connection: socket.socket) -> None:
+    """Reads the server's frames until it acknowledges our SETTINGS (type 4, flag ACK)."""
+    buffered = b""
+    while True:
+        while len(buffered) < 9:
+            chunk = connection.recv(65536)
+            assert chunk, "the daemon closed the connection"
+            buffered += chunk
+        length, kind, flags = int.from_bytes(buffered[:3], "big"), buffered[3], buffered[4]
+        while len(buffered) < 9 + length:
+            buffered += connection.recv(65536)
+        buffered = buffered[9 + length:]
+        if kind == 4 and flags & 1:
+            return
+
+
+def test_a_daemon_killed_with_live_connections_serves_again_at_once_on_its_port(home: Path) -> None:
+    """Its connections linger in TIME_WAIT after SIGKILL; they must not keep the next daemon (a
+    service manager restarting it) off the port. A port someone listens on is still refused."""
+    port = free_port()
+    listen = ("--listen", f"127.0.0.1:{port}")
+    first = Daemon(*listen, state_dir=home)
+    connections = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+    try:
+        for connection in connections:
+            connection.sendall(HTTP2_PREFACE)
+            read_until_settings_acknowledged(connection)  # a live HTTP/2 connection, all we sent read
+        kill(first)
+        for connection in connections:  # the daemon's side closed first; ours follows
+            while connection.recv(65536):
+                pass
+    finally:
+        for connection in connections:
+            connection.close()
+    lingering = subprocess.run(["ss", "-tan", "state", "time-wait"], capture_output=True, text=True).stdout
+    assert lingering.count(f":{port} ") >= 20, lingering  # what kept a daemon off its port
+    second = Daemon(*listen, state_dir=home)  # asserts it listens, at the first attempt
+    try:
+        assert second.port == port
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen()
+            taken = squatter.getsockname()[1]
+            refused = subprocess.run([*EXEUNIT, "serve", "--listen", f"127.0.0.1:{taken}", "--state-dir",
+                                      str(home / "other")], capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0
+        assert f"cannot listen on 127.0.0.1:{taken}: Address already in use" in refused.stderr, refused.stderr
+    finally:
+        second.stop()
 
 
 async def test_two_embedded_providers_on_one_host_leave_each_other_alone(engine: docker.DockerClient) -> None:

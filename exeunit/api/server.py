@@ -56,7 +56,11 @@ class RunningServer:
 
 def check_listen_address(address: str) -> None:
     """OSError naming the reason when `address` ("host:port") cannot be listened on now: said
-    before anything else is touched (gRPC's own bind failure is a line of C-core log and no reason)."""
+    before anything else is touched (gRPC's own bind failure is a line of C-core log and no reason).
+
+    Binds as the server will, with SO_REUSEADDR: connections of a daemon that was just killed,
+    lingering in TIME_WAIT, do not keep its successor off the port (gRPC's own bind would not
+    mind them either), while a process that listens there still does."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     try:
@@ -65,6 +69,7 @@ def check_listen_address(address: str) -> None:
         raise OSError(f"cannot listen on {address}: {getattr(exc, 'strerror', None) or exc}") from None
     family, kind, proto, _, sockaddr = infos[0]
     with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(sockaddr)
         except OSError as exc:
