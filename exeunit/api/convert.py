@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from exeunit import __version__, errors
 from exeunit.domain import commands
 from exeunit.services.activity import ActivityStatus, ActivitySummary, Usage
-from exeunit.domain.batch import Batch, BatchEvent, BatchState, CommandState, EventKind
+from exeunit.domain.batch import RESULT_OUTPUT_BYTES, Batch, BatchEvent, BatchState, CommandResult, CommandState, EventKind
 from exeunit.domain.market import Agreement, AgreementState, Demand, ImageRef, Offer, Refusal, RefusalReason
 from exeunit.v1.conventions import DOCKER_VM_RUNTIME
 from exeunit.domain.resources import LinearPricing
@@ -252,15 +252,12 @@ def event_to_proto(event: BatchEvent) -> act.BatchEvent:
     return message
 
 
-GET_BATCH_OUTPUT_BYTES = 3 << 20  # output per GetBatch response: under gRPC's default 4 MiB limit
-
-
-def batch_to_proto(batch: Batch) -> act.GetBatchResponse:
-    """The batch's results; their output shares GET_BATCH_OUTPUT_BYTES in command order, and what
+def batch_to_proto(batch: Batch, results: list[CommandResult]) -> act.GetBatchResponse:
+    """The batch's results; their output shares RESULT_OUTPUT_BYTES in command order, and what
     does not fit is cut with the truncated flag set (the event stream has all of it)."""
     response = act.GetBatchResponse(batch_id=batch.batch_id, state=BATCH_STATES[batch.state])
-    room = GET_BATCH_OUTPUT_BYTES
-    for r in batch.results:
+    room = RESULT_OUTPUT_BYTES
+    for r in results:
         stdout, stderr = bytes(r.stdout.data[:room]), b""
         room -= len(stdout)
         stderr = bytes(r.stderr.data[:room])

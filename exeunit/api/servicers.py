@@ -194,7 +194,7 @@ class ActivityServicer(act_grpc.ActivityServicer):
         batch = self.provider.batch(
             requestor_id, _required(request.activity_id, "activity_id"), _required(request.batch_id, "batch_id")
         )
-        return convert.batch_to_proto(batch)
+        return convert.batch_to_proto(batch, await batch.results_now())
 
     @unary
     async def GetActivityState(

@@ -13,6 +13,7 @@ from exeunit import errors
 from exeunit.domain.records import Store
 from exeunit.domain.resources import Resources
 from exeunit.domain.settings import ActivityLimits, ProviderSettings
+from exeunit.persistence.journals import JournalDirectory
 from exeunit.runtime.agent.executor import AgentExecutors
 from exeunit.runtime.bridges import BridgePlumbing
 from exeunit.runtime.docker import DockerRuntime
@@ -54,8 +55,10 @@ def activity_storage(base: Path, runtime: Runtime, allow_unenforced: bool, refus
 
 
 def assemble(settings: ProviderSettings, limits: ActivityLimits, storage: LoopStorage,
-             runtime: Runtime | None = None, store: Store | None = None) -> Provider:
-    """A provider on this host's Docker engine (or `runtime`), keeping its records in `store`."""
+             runtime: Runtime | None = None, store: Store | None = None, journals: Path | None = None) -> Provider:
+    """A provider on this host's Docker engine (or `runtime`), keeping its records in `store` and
+    its batch journals in `journals` (a temporary directory of its own when None)."""
     engine: Runtime = runtime or DockerRuntime()
     executors = AgentExecutors(storage.channel_dir, engine.executor, limits.agent_start_seconds)
-    return Provider(settings, Machinery(engine, executors, storage, BridgePlumbing(settings.home_id)), limits, store)
+    machinery = Machinery(engine, executors, storage, BridgePlumbing(settings.home_id), JournalDirectory(journals))
+    return Provider(settings, machinery, limits, store)

@@ -27,6 +27,7 @@ from exeunit.v1.conventions import DOCKER_VM_RUNTIME, GIB, TEST_COUNTERS_RUNTIME
 DEFAULT_HOMES = Path("/var/lib/exeunit")  # a provider's home is DEFAULT_HOMES/NAME unless --state-dir
 STATE_FILE = "state.sqlite3"  # in the home: what a restarted daemon recovers (exeunit.persistence.store)
 ADMIN_SOCKET = "admin.sock"  # in the home: the operator's socket (exeunit ps)
+JOURNAL_SLACK_MIB = 8  # beyond the replay window, a running batch's journal holds a segment and its results
 
 log = logging.getLogger("exeunit")
 
@@ -72,6 +73,10 @@ def activity_limits(args: argparse.Namespace) -> ActivityLimits:
         tunnels_per_activity=args.tunnels_per_activity,
         networks_per_requestor=args.networks_per_requestor,
         replay_window_bytes=args.replay_window_mib << 20,
+        output_memory_bytes=args.output_memory_kib << 10,
+        output_memory_per_requestor_bytes=args.output_memory_per_requestor_mib << 20,
+        journal_bytes_per_activity=args.journal_mib_per_activity << 20,
+        batches_queued=args.batches_queued,
         transfers_per_activity=args.transfers_per_activity,
         transfers_per_requestor=args.transfers_per_requestor,
         transfer_idle_seconds=args.transfer_idle_seconds,
@@ -102,6 +107,11 @@ def serve(args: argparse.Namespace) -> int:
     if args.cpu_overcommit < 1:  # positive() took care of the rest
         print("exeunit: --cpu-overcommit must be at least 1", file=sys.stderr)
         return 2
+    if args.journal_mib_per_activity < args.replay_window_mib + JOURNAL_SLACK_MIB:
+        print(f"exeunit: --journal-mib-per-activity must be at least --replay-window-mib + {JOURNAL_SLACK_MIB} "
+              f"({args.replay_window_mib + JOURNAL_SLACK_MIB}): a running batch's journal holds that much",
+              file=sys.stderr)
+        return 2
     try:
         token = read_token(args)
     except ValueError as exc:
@@ -128,7 +138,7 @@ def serve(args: argparse.Namespace) -> int:
             "Run as root on a host with loop devices, or pass --unenforced-storage to run with volumes of unlimited size",
         )
         state = StateStore(home.path / STATE_FILE)
-        provider = assemble(settings, activity_limits(args), storage, runtime, state)
+        provider = assemble(settings, activity_limits(args), storage, runtime, state, home.path / "journals")
         exporter = None
         if args.metrics_listen:
             host, _, port = args.metrics_listen.rpartition(":")

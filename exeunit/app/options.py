@@ -201,7 +201,19 @@ def _limit_options(serve: argparse.ArgumentParser) -> None:
     limits.add_argument("--result-output-cap-kib", type=positive(int), default=1024, metavar="KIB",
                         help="stdout/stderr kept per command for its result; the stream has all (default: %(default)s)")
     limits.add_argument("--replay-window-mib", type=positive(int), default=32, metavar="MIB",
-                        help="output retained per batch for clients that reconnect (default: %(default)s)")
+                        help="output retained per batch, on disk, for clients that reconnect (default: %(default)s)")
+    limits.add_argument("--output-memory-kib", type=positive(int), default=1024, metavar="KIB",
+                        help="output one activity holds in memory for its readers; the rest is read back from "
+                             "its journal on disk (default: %(default)s)")
+    limits.add_argument("--output-memory-per-requestor-mib", type=positive(int), default=16, metavar="MIB",
+                        help="output all of one requestor's activities hold in memory together (default: %(default)s)")
+    limits.add_argument("--journal-mib-per-activity", type=positive(int), default=512, metavar="MIB",
+                        help="one activity's batch journals on disk (events and results, in STATE_DIR/journals); "
+                             "past it its oldest finished batches are forgotten; at least --replay-window-mib + 8 "
+                             "(default: %(default)s)")
+    limits.add_argument("--batches-queued", type=positive(int), default=64, metavar="N",
+                        help="batches of one activity queued or running at once; more are refused "
+                             "RESOURCE_EXHAUSTED (default: %(default)s)")
 
 
 def positive(kind: type) -> Callable[[str], float]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -10,7 +12,7 @@ from typing import Protocol
 
 from exeunit.domain.clock import utcnow
 from exeunit.domain.commands import Command
-from exeunit.domain.event_log import EventLog, Journal
+from exeunit.domain.event_log import EventLog, Journal, MemoryPool
 
 
 class BatchState(Enum):
@@ -50,6 +52,9 @@ class BatchEvent:
 
 
 EVENT_OVERHEAD_BYTES = 64
+# Output a batch keeps for its results, in all: what one GetBatch response carries (under gRPC's
+# default 4 MiB message limit). The event stream has all of it.
+RESULT_OUTPUT_BYTES = 3 << 20
 
 
 def event_size(event: BatchEvent) -> int:
@@ -57,19 +62,29 @@ def event_size(event: BatchEvent) -> int:
 
 
 @dataclass
+class OutputRoom:
+    """What is left of a batch's RESULT_OUTPUT_BYTES, shared by its commands' results."""
+
+    left: int = 0
+
+
+@dataclass
 class CapturedOutput:
-    """Output kept for a command's result: at most `cap` bytes, with a flag when cut."""
+    """Output kept for a command's result: at most `cap` bytes, within the room its batch has
+    left, with a flag when cut."""
 
     cap: int
+    room: OutputRoom = field(default_factory=OutputRoom)
     data: bytearray = field(default_factory=bytearray)
     truncated: bool = False
 
     def add(self, chunk: bytes) -> None:
-        room = self.cap - len(self.data)
+        room = min(self.cap - len(self.data), self.room.left)
         if len(chunk) > room:
             self.truncated = True
             chunk = chunk[: max(room, 0)]
         self.data += chunk
+        self.room.left -= len(chunk)
 
 
 @dataclass
@@ -95,29 +110,61 @@ class Replayed:
 
 
 class BatchJournal(Journal[BatchEvent], Protocol):
-    """Where a persisted batch's events also go (exeunit.persistence.journal), with what a
-    restarted daemon needs besides: which agent command runs which of its commands."""
+    """Where a batch's events go on disk (exeunit.persistence.journal), with what a restarted daemon
+    needs besides (which agent command runs which of its commands) and its finished results."""
 
     def note(self, index: int, command_id: int) -> None: ...
     def continue_offsets(self, offsets: dict[int, int]) -> None: ...
     def close(self) -> None: ...
+    def disk_bytes(self) -> int: ...
+    def save_results(self, outputs: list[tuple[bytes, bytes, bool, bool]]) -> None: ...  # blocking
+    def load_results(self) -> list[tuple[bytes, bytes, bool, bool]]: ...  # blocking
 
 
 class Batch:
-    """Records what a batch's commands do; the activity runs them. Its events go to `events`, and
-    to `journal` too when the batch is persisted (the same journal `events` drops segments of)."""
+    """Records what a batch's commands do; the activity runs them. Its events go to `events`, which
+    keeps them in `journal` when there is one (and then only `memory_bytes` of them in memory,
+    within `pool`); its results keep RESULT_OUTPUT_BYTES of output at most, and once it finished
+    they are on disk too (`spill_results`) and leave memory."""
 
     def __init__(self, batch_id: str, commands: list[Command], output_cap: int, window_bytes: int,
-                 grace_seconds: float, journal: BatchJournal | None = None) -> None:
+                 grace_seconds: float, journal: BatchJournal | None = None, memory_bytes: int | None = None,
+                 pool: MemoryPool | None = None) -> None:
         self.batch_id = batch_id
         self.commands = commands
         self.state = BatchState.QUEUED
-        self.events: EventLog[BatchEvent] = EventLog(window_bytes, event_size, grace_seconds, journal)
+        self.events: EventLog[BatchEvent] = EventLog(window_bytes, event_size, grace_seconds, journal,
+                                                     memory_bytes, pool)
         self.journal = journal
+        room = OutputRoom(RESULT_OUTPUT_BYTES)
         self.results = [
-            CommandResult(index=i, stdout=CapturedOutput(output_cap), stderr=CapturedOutput(output_cap))
+            CommandResult(index=i, stdout=CapturedOutput(output_cap, room), stderr=CapturedOutput(output_cap, room))
             for i in range(len(commands))
         ]
+        self._spilled = False  # its results' output is in the journal, not in memory
+
+    async def spill_results(self) -> None:
+        """Moves the finished batch's results' output to its journal (off the event loop)."""
+        if self.journal is None or self._spilled:
+            return
+        outputs = [(bytes(r.stdout.data), bytes(r.stderr.data), r.stdout.truncated, r.stderr.truncated)
+                   for r in self.results]
+        await asyncio.to_thread(self.journal.save_results, outputs)
+        for result in self.results:
+            result.stdout.data, result.stderr.data = bytearray(), bytearray()
+        self._spilled = True
+
+    async def results_now(self) -> list[CommandResult]:
+        """The results with their output, read back from the journal once spilled."""
+        if not self._spilled or self.journal is None:
+            return self.results
+        outputs = await asyncio.to_thread(self.journal.load_results)
+        loaded = []
+        for result, (out, err, out_cut, err_cut) in zip(self.results, outputs):
+            loaded.append(dataclasses.replace(
+                result, stdout=CapturedOutput(result.stdout.cap, data=bytearray(out), truncated=out_cut),
+                stderr=CapturedOutput(result.stderr.cap, data=bytearray(err), truncated=err_cut)))
+        return loaded + self.results[len(loaded):]
 
     def replay(self, events: list[BatchEvent]) -> None:
         """Rebuilds the results from the events a journal kept (after a daemon restart)."""

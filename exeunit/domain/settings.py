@@ -46,7 +46,11 @@ class ActivityLimits:
     pids_limit: int = 512
     tmp_bytes: int = 64 << 20
     result_output_cap: int = 1 << 20
-    replay_window_bytes: int = 32 << 20
+    replay_window_bytes: int = 32 << 20  # a batch's events kept for readers that come back (on disk)
+    output_memory_bytes: int = 1 << 20  # of those, what one activity holds in memory (its running batch's tail)
+    output_memory_per_requestor_bytes: int = 16 << 20  # and all of one requestor's activities together
+    journal_bytes_per_activity: int = 512 << 20  # an activity's batch journals on disk; oldest finished go
+    batches_queued: int = 64  # batches of one activity waiting or running at once; more are refused
     replay_grace_seconds: float = 10.0
     stop_timeout_seconds: int = 5
     agent_start_seconds: float = 3.0  # how long after the start the first command waits for the agent

@@ -1,11 +1,14 @@
-"""A batch's events on disk, so that a restarted daemon serves them from the same sequence numbers.
+"""A batch's events on disk: what readers that fell behind the in-memory tail read, and what a
+restarted daemon serves again from the same sequence numbers.
 
-Each persisted batch has a directory of segment files (`000000.seg`, `000001.seg`, ...) in the
-provider's home. Every event is appended as one record as it happens (a `write` into the page
-cache: a daemon killed at any point loses nothing written, a host crash may, and activities do not
-outlive one anyway). A new segment starts every SEGMENT_BYTES; a segment goes as a whole once the
-in-memory log has dropped every event in it (exeunit.domain.event_log), so the disk holds about what the
-replay window holds, however long a command writes.
+Each batch has a directory of segment files (`000000.seg`, `000001.seg`, ...) under the
+provider's journals directory. Every event is appended as one record as it happens (a `write`
+into the page cache: a daemon killed at any point loses nothing written, a host crash may, and
+activities do not outlive one anyway). A new segment starts every SEGMENT_BYTES; the log drops
+segments whole, oldest first, once its replay window is full and its readers are past them
+(exeunit.domain.event_log), so the disk holds about what the replay window holds, however long a
+command writes. A finished batch's results (the output kept for GetBatch) go to a `results` file
+beside them, and leave memory.
 
 Record: u32 length of the rest | u8 type | fields. EVENT records carry a BatchEvent and, for
 output, the command's output offset after it (what the resident agent counts); NOTE records say
@@ -22,7 +25,9 @@ from pathlib import Path
 
 from exeunit.domain.batch import BatchEvent, BatchState, EventKind, Replayed
 
-SEGMENT_BYTES = 16 << 20
+SEGMENT_BYTES = 4 << 20
+RESULTS_FILE = "results"
+RESULT_HEAD = struct.Struct(">IIB")  # stdout bytes, stderr bytes, flags (1: stdout cut, 2: stderr cut)
 EVENT, NOTE = 1, 2
 LENGTH = struct.Struct(">I")
 EVENT_HEAD = struct.Struct(">BQqIBiBBQII")  # type, sequence, time (µs), index, kind, code, success, state, offset, message, data
@@ -41,12 +46,17 @@ class SegmentedJournal:
         self._fd: int | None = None  # opened at the first record: most batches of a service are short
         self._size = segments[-1].stat().st_size if segments else 0
         self._first_sequence: dict[int, int] = {}  # segment number -> first sequence in it
+        self._sizes: dict[int, int] = {}  # segment number -> bytes
         for segment in segments:  # a journal taken up after a restart
-            replayed = self.replay_segment(segment.read_bytes())
+            data = segment.read_bytes()
+            self._sizes[int(segment.stem)] = len(data)
+            replayed = self.replay_segment(data)
             if replayed.events:
                 self._first_sequence[int(segment.stem)] = replayed.events[0].sequence
         self._offsets: dict[int, int] = {}  # command index -> output offset
         self._closed = False
+        results = directory / RESULTS_FILE
+        self._results_bytes = results.stat().st_size if results.exists() else 0
 
     def continue_offsets(self, offsets: dict[int, int]) -> None:
         """Output offsets reached before a restart, to count on from."""
@@ -85,7 +95,79 @@ class SegmentedJournal:
         if self._fd is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self._path(self._number), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        self._size += os.writev(self._fd, [head, data])
+        written = os.writev(self._fd, [head, data])
+        self._size += written
+        self._sizes[self._number] = self._sizes.get(self._number, 0) + written
+
+    # What the log asks of its journal (exeunit.domain.event_log.Journal)
+
+    def retained_bytes(self) -> int:
+        return sum(self._sizes.values())
+
+    def first_retained(self) -> int | None:
+        """The first sequence still kept (None: no event yet)."""
+        return self._first_sequence[min(self._first_sequence)] if self._first_sequence else None
+
+    def next_boundary(self) -> int | None:
+        """Where the second-oldest segment begins: dropping the oldest one drops the events before
+        it. None while one segment holds everything (the current one never goes)."""
+        numbers = sorted(self._first_sequence)
+        return self._first_sequence[numbers[1]] if len(numbers) > 1 else None
+
+    def read_from(self, sequence: int, max_bytes: int) -> list[BatchEvent]:
+        """Events from `sequence` on, about `max_bytes` of them at most; [] when `sequence` is no
+        longer kept. Blocking: read in a worker thread."""
+        segments = dict(self._first_sequence)  # one copy: the event loop's thread changes it meanwhile
+        numbers = [n for n in sorted(segments) if segments[n] <= sequence]
+        if not numbers:
+            return []
+        found: list[BatchEvent] = []
+        size = 0
+        for number in sorted(n for n in segments if n >= numbers[-1]):
+            try:
+                data = self._path(number).read_bytes()
+            except FileNotFoundError:  # dropped meanwhile
+                break
+            for event in self.replay_segment(data).events:
+                if event.sequence < sequence:
+                    continue
+                found.append(event)
+                size += len(event.data) + 64
+            if size >= max_bytes:
+                break
+        return found if found and found[0].sequence == sequence else []
+
+    # Results
+
+    def disk_bytes(self) -> int:
+        """What the batch holds on disk: its segments and its results."""
+        return self.retained_bytes() + self._results_bytes
+
+    def save_results(self, outputs: list[tuple[bytes, bytes, bool, bool]]) -> None:
+        """Writes each command's kept (stdout, stderr, stdout cut, stderr cut). Blocking."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        parts = [RESULT_HEAD.pack(len(out), len(err), (1 if out_cut else 0) | (2 if err_cut else 0)) + out + err
+                 for out, err, out_cut, err_cut in outputs]
+        body = b"".join(parts)
+        (self.directory / RESULTS_FILE).write_bytes(body)
+        self._results_bytes = len(body)
+
+    def load_results(self) -> list[tuple[bytes, bytes, bool, bool]]:
+        """What save_results wrote ([] when nothing was). Blocking."""
+        try:
+            data = (self.directory / RESULTS_FILE).read_bytes()
+        except FileNotFoundError:
+            return []
+        outputs = []
+        position = 0
+        while position + RESULT_HEAD.size <= len(data):
+            out_length, err_length, flags = RESULT_HEAD.unpack_from(data, position)
+            position += RESULT_HEAD.size
+            out = data[position:position + out_length]
+            err = data[position + out_length:position + out_length + err_length]
+            position += out_length + err_length
+            outputs.append((out, err, bool(flags & 1), bool(flags & 2)))
+        return outputs
 
     def drop_before(self, sequence: int) -> None:
         """Deletes the segments whose events all come before `sequence` (never the current one)."""
@@ -95,6 +177,7 @@ class SegmentedJournal:
                 break
             self._path(number).unlink(missing_ok=True)
             del self._first_sequence[number]
+            self._sizes.pop(number, None)
 
     def close(self) -> None:
         self._closed = True

@@ -24,10 +24,8 @@ from exeunit.domain.commands import Command, Deploy, Run, Start, Terminate, name
 from exeunit.domain.market import Agreement, AgreementState, Demand, ImageRef
 from exeunit.v1.conventions import DOCKER_VM_RUNTIME
 from exeunit.domain.resources import LinearPricing, Resources
-from exeunit.domain.batch import BatchJournal, Replayed
 from exeunit.domain.networks import NetworkRecord
 from exeunit.domain.records import ActivityRecord
-from exeunit.persistence.journal import SegmentedJournal
 
 RECORD_VERSION = 1
 COMMAND_TYPES = {name_of(kind()): kind for kind in (Deploy, Start, Terminate)} | {"run": Run}
@@ -46,7 +44,6 @@ class StateStore:
     caller's thread."""
 
     def __init__(self, path: Path) -> None:
-        self.journals = path.parent / "journals"  # batch events: JOURNALS/ACTIVITY/BATCH/*.seg
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -107,16 +104,7 @@ class StateStore:
         rows = self._db.execute("SELECT record FROM networks").fetchall()
         return [NetworkRecord(**{k: v for k, v in json.loads(record).items() if k != "v"}) for (record,) in rows]
 
-    # Batches (their events are in journals)
-
-    def open_journal(self, activity_id: str, batch_id: str) -> BatchJournal:
-        return SegmentedJournal(self.journal_dir(activity_id, batch_id))
-
-    def replay_journal(self, activity_id: str, batch_id: str) -> Replayed:
-        return SegmentedJournal.replay(self.journal_dir(activity_id, batch_id))
-
-    def journal_dir(self, activity_id: str, batch_id: str) -> Path:
-        return self.journals / activity_id / batch_id
+    # Batches (their events are in journals, exeunit.persistence.journals)
 
     def put_batch(self, activity_id: str, batch_id: str, commands: list[Command]) -> None:
         self._db.execute(  # rowids grow: they keep the order batches were queued in
@@ -131,17 +119,12 @@ class StateStore:
         ).fetchall()
         return [(batch_id, [_command_from(c) for c in json.loads(commands)]) for batch_id, commands in rows]
 
-    def forget_batch(self, activity_id: str, batch_id: str) -> Path:
-        """Drops the batch's record; returns its journal's directory, for the caller to remove
-        (off the event loop: it is the slow part)."""
+    def forget_batch(self, activity_id: str, batch_id: str) -> None:
         self._db.execute("DELETE FROM batches WHERE activity_id = ? AND batch_id = ?", (activity_id, batch_id))
-        return self.journal_dir(activity_id, batch_id)
 
-    def forget_batches(self, activity_id: str) -> Path:
-        """Drops an ended activity's batch records; returns its journals' directory, for the caller
-        to remove off the event loop."""
+    def forget_batches(self, activity_id: str) -> None:
+        """Drops an ended activity's batch records."""
         self._db.execute("DELETE FROM batches WHERE activity_id = ?", (activity_id,))
-        return self.journals / activity_id
 
 
 def _command_record(command: Command) -> dict[str, Any]:

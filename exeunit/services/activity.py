@@ -16,7 +16,8 @@ from exeunit.domain.batch import Batch, EventKind
 from exeunit.domain.clock import utcnow
 from exeunit.domain.commands import Command, Deploy, Run, Start, Terminate, check_sequence
 from exeunit.domain.market import Agreement, AgreementState
-from exeunit.domain.records import ActivityRecord, Store
+from exeunit.domain.event_log import MemoryPool
+from exeunit.domain.records import ActivityRecord, Journals, Store
 from exeunit.domain.reports import ActivityStatus, ActivitySummary, Usage
 from exeunit.domain.settings import ActivityLimits
 from exeunit.domain.states import ActivityState
@@ -47,6 +48,8 @@ class ActivityHost:
     networks: Networks
     limits: ActivityLimits
     home_id: str
+    journals: Journals  # where batches' events go on disk
+    memory_pool: Callable[[str], MemoryPool]  # a requestor's: what its batches hold in memory together
     store: Store | None = None  # None: nothing survives this daemon (the embedded provider, tests)
 
 
@@ -80,7 +83,8 @@ class Activity:
         self.ending = ""  # the reason it is being terminated, once it is
         self._transfers: set[Callable[[], None]] = set()  # cancel callbacks of transfers in flight
         self._counters: dict[str, float] = {}  # the test-counters runtime's (lost with a daemon restart)
-        self.batches = BatchQueue(activity_id, self, host.limits, host.store)
+        self.batches = BatchQueue(activity_id, self, host.limits, host.journals, host.store,
+                                  host.memory_pool(agreement.requestor_id))
 
     @property
     def ended_at(self) -> datetime | None:
@@ -175,8 +179,8 @@ class Activity:
             if self.state is ActivityState.READY:
                 self._executor_now().container_started()
 
-    def recover_batches(self) -> None:
-        self.batches.recover(self.state)
+    async def recover_batches(self) -> None:
+        await self.batches.recover(self.state)
 
     async def detach(self) -> None:
         """Lets go of the activity without ending it (the daemon stops, the container runs on for

@@ -1,10 +1,13 @@
 """One activity's batches: queued as they come, run one after another, kept for a while after.
 
 A batch is accepted when its commands fit the state the activity will be in once every batch
-before it has run (its projected state); it then runs in order, stopping at the first failure.
-Finished batches stay readable (GetBatch, replay) until `batches_kept` newer ones have finished.
-What the commands do is the activity's business (`CommandRunner`); this module keeps the order,
-the numbering, the journals and the bookkeeping after a restart.
+before it has run (its projected state), and while fewer than `batches_queued` wait or run; it
+then runs in order, stopping at the first failure. Its events are journaled on disk, with a small
+tail in memory (`output_memory_bytes` for the activity, within its requestor's pool). Finished
+batches hold no output in memory and stay readable (GetBatch, replay) until `batches_kept` newer
+ones have finished or their journals pass `journal_bytes_per_activity`. What the commands do is
+the activity's business (`CommandRunner`); this module keeps the order, the numbering, the
+journals and the bookkeeping after a restart.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import asyncio
 import logging
 import re
 import shutil
+from pathlib import Path
 from typing import Protocol
 
 from exeunit import errors
 from exeunit.domain.batch import Batch, CommandState, EventKind
 from exeunit.domain.commands import TRANSITIONS, Command, Run, check_sequence, name_of, validate
-from exeunit.domain.records import Store
+from exeunit.domain.event_log import MemoryPool
+from exeunit.domain.records import Journals, Store
 from exeunit.domain.settings import ActivityLimits
 from exeunit.domain.states import ActivityState
 from exeunit.runtime.memory import release_memory
@@ -45,13 +50,17 @@ class CommandRunner(Protocol):
 
 
 class BatchQueue:
-    def __init__(self, activity_id: str, runner: CommandRunner, limits: ActivityLimits, store: Store | None) -> None:
+    def __init__(self, activity_id: str, runner: CommandRunner, limits: ActivityLimits, journals: Journals,
+                 store: Store | None, pool: MemoryPool) -> None:
         self._activity_id = activity_id
         self._runner = runner
         self._limits = limits
-        self._store = store  # where batches are journaled; None: they live in memory only
+        self._journals = journals
+        self._store = store  # where batches are recorded for a restarted daemon; None: they are not
+        self._pool = pool  # the requestor's: what its batches hold in memory together
         self.projected = ActivityState.NEW  # the activity's state once every queued batch has run
         self._batches: dict[str, Batch] = {}  # in the order they were queued
+        self._unfinished = 0  # queued or running
         self._submitted = 0
         self._queue: asyncio.Queue[tuple[Batch, int, Resume | None]] = asyncio.Queue()
         self._worker = asyncio.create_task(self._run_batches(), name=f"batches-{activity_id}")
@@ -69,6 +78,11 @@ class BatchQueue:
                     )
                 return existing, False
         validate(commands)
+        if self._unfinished >= self._limits.batches_queued:
+            raise errors.ResourceExhausted(
+                f"activity {self._activity_id} has {self._unfinished} batches queued or running, the most it may "
+                "(--batches-queued); wait for them to finish"
+            )
         state = self._runner.state
         check_sequence(commands, self.projected if state is not ActivityState.TERMINATED else state)
         self._submitted += 1
@@ -80,14 +94,16 @@ class BatchQueue:
             self._store.put_batch(self._activity_id, batch_id, commands)
         for command in commands:
             self.projected = TRANSITIONS[type(command)][1]
+        self._unfinished += 1
         self._queue.put_nowait((batch, 0, None))
         log.debug("event=batch_queued %s batch=%s", self._runner.log_ids, batch_id)
         return batch, True
 
     def _new_batch(self, batch_id: str, commands: list[Command]) -> Batch:
-        journal = self._store.open_journal(self._activity_id, batch_id) if self._store is not None else None
-        batch = Batch(batch_id, commands, self._limits.result_output_cap, self._limits.replay_window_bytes,
-                      self._limits.replay_grace_seconds, journal)
+        limits = self._limits
+        batch = Batch(batch_id, commands, limits.result_output_cap, limits.replay_window_bytes,
+                      limits.replay_grace_seconds, self._journals.open(self._activity_id, batch_id),
+                      limits.output_memory_bytes, self._pool)
         self._batches[batch_id] = batch
         return batch
 
@@ -97,7 +113,7 @@ class BatchQueue:
         except KeyError:
             raise errors.NotFound(f"batch {batch_id!r} not found in activity {self._activity_id}") from None
 
-    def recover(self, state: ActivityState) -> None:
+    async def recover(self, state: ActivityState) -> None:
         """Takes up the batches of a previous daemon from their journals: finished ones are
         served as they were, queued ones run, and one that was running goes on where it was (its
         agent command resumed from the output offset journaled) or, where that cannot be, ends
@@ -105,7 +121,7 @@ class BatchQueue:
         assert self._store is not None
         self.projected = state
         for batch_id, commands in self._store.batches(self._activity_id):
-            replayed = self._store.replay_journal(self._activity_id, batch_id)
+            replayed = self._journals.replay(self._activity_id, batch_id)
             batch = self._new_batch(batch_id, commands)
             assert batch.journal is not None
             batch.journal.continue_offsets(replayed.offsets)
@@ -114,8 +130,11 @@ class BatchQueue:
             finished = bool(events) and events[-1].kind is EventKind.BATCH_FINISHED
             batch.events.restore(events, first, closed=finished)
             batch.replay(events)
+            del events, replayed.events  # served from the journal from now on
             if finished:
+                await batch.spill_results()
                 continue
+            self._unfinished += 1
             running = [r.index for r in batch.results if r.state is CommandState.RUNNING]
             if not running:
                 self._queue.put_nowait((batch, 0, None))
@@ -167,21 +186,37 @@ class BatchQueue:
                          self._runner.log_ids, batch.batch_id, index, message)
                 break
         await batch.finish()
+        self._unfinished -= 1
         if batch.journal is not None:
             batch.journal.close()  # complete: nothing more is appended (segments may still be dropped)
+        await batch.spill_results()
         log.info("event=batch_finished %s batch=%s state=%s commands=%s", self._runner.log_ids, batch.batch_id,
                  batch.state.value, ",".join(name_of(c) for c in batch.commands))
         self._forget_old_batches()
 
     def _forget_old_batches(self) -> None:
-        """Keeps the last `batches_kept` finished batches: a service running commands for months
-        must not keep every one of them, in memory or in its journal."""
+        """Keeps the last `batches_kept` finished batches, and of those no more than fit in
+        `journal_bytes_per_activity` on disk with the rest: a service running commands for months
+        must not keep every one of them, in memory or on disk."""
         finished = [b for b in self._batches.values() if b.events.closed]
-        for old in finished[: max(len(finished) - self._limits.batches_kept, 0)]:
-            del self._batches[old.batch_id]
-            if self._store is not None:
-                journal = self._store.forget_batch(self._activity_id, old.batch_id)
-                asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, journal, True)
+        excess = max(len(finished) - self._limits.batches_kept, 0)
+        for old in finished[:excess]:
+            self._forget(old)
+        on_disk = sum(b.journal.disk_bytes() for b in self._batches.values() if b.journal is not None)
+        for old in finished[excess:]:
+            if on_disk <= self._limits.journal_bytes_per_activity:
+                break
+            on_disk -= old.journal.disk_bytes() if old.journal is not None else 0
+            log.info("event=batch_forgotten %s batch=%s reason=journal_bytes_per_activity", self._runner.log_ids,
+                     old.batch_id)
+            self._forget(old)
+
+    def _forget(self, batch: Batch) -> None:
+        del self._batches[batch.batch_id]
+        if self._store is not None:
+            self._store.forget_batch(self._activity_id, batch.batch_id)
+        directory = self._journals.directory(self._activity_id, batch.batch_id)
+        asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, directory, True)
 
     # The activity ends, or the daemon lets go of it
 
@@ -193,16 +228,18 @@ class BatchQueue:
             await batch.events.stop_holding()
 
     async def forget(self) -> None:
-        """The activity ended: its journals go (its batches stay readable in memory, not across a
-        restart); readers still attached get the end of its batches, and after the replay grace
-        its output goes too, at once, not when the activity's record is forgotten."""
+        """The activity ended: its batches are not recorded for a restart any more; readers still
+        attached get the end of its batches, and after the replay grace its batches and their
+        journals go, at once, not when the activity's record is forgotten."""
+        self._close_journals()
         if self._store is not None:
-            self._close_journals()
-            await asyncio.to_thread(shutil.rmtree, self._store.forget_batches(self._activity_id), True)
-        asyncio.get_running_loop().call_later(self._limits.replay_grace_seconds, self._release)
+            self._store.forget_batches(self._activity_id)
+        directory = self._journals.directory(self._activity_id)
+        asyncio.get_running_loop().call_later(self._limits.replay_grace_seconds, self._release, directory)
 
-    def _release(self) -> None:
+    def _release(self, directory: Path) -> None:
         self._batches.clear()
+        asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, directory, True)
         release_memory()
 
     def _close_journals(self) -> None:

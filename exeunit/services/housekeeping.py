@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from exeunit import errors
 from exeunit.domain.clock import utcnow
+from exeunit.domain.records import Journals
 from exeunit.domain.states import ActivityState
 from exeunit.runtime.protocols import Runtime
 from exeunit.runtime.storage import LoopStorage
@@ -23,11 +25,12 @@ REAP_INTERVAL_SECONDS = 300.0  # how often the host is swept for containers of e
 
 
 class Housekeeping:
-    def __init__(self, runtime: Runtime, storage: LoopStorage, home_id: str,
+    def __init__(self, runtime: Runtime, storage: LoopStorage, journals: Journals, home_id: str,
                  activities: Callable[[], Iterable[Activity]],
                  spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         self._runtime = runtime
         self._storage = storage
+        self._journals = journals
         self._home_id = home_id
         self._activities = activities
         self._spawn = spawn
@@ -47,6 +50,9 @@ class Housekeeping:
                 continue
             log.warning("event=dangling_storage_removed activity=%s", activity_id)
             await asyncio.to_thread(self._storage.destroy, activity_id)
+        known = {a.activity_id for a in self._activities()}  # ended ones' batches are still served
+        for activity_id in set(await asyncio.to_thread(self._journals.activity_ids)) - known:
+            await asyncio.to_thread(shutil.rmtree, self._journals.directory(activity_id), True)
         await self.reap_expired()
 
     def start(self) -> None:

@@ -24,7 +24,8 @@ from exeunit.domain.clock import utcnow
 from exeunit.domain.commands import Command, Deploy
 from exeunit.domain.market import Agreement, AgreementState, Demand, ImageRef, Market, Offer, Refusal
 from exeunit.domain.networks import NetworkPlumbing, NetworkRecord, PrivateNetwork
-from exeunit.domain.records import Store
+from exeunit.domain.event_log import MemoryPool
+from exeunit.domain.records import Journals, Store
 from exeunit.domain.reports import ActivityStatus, ActivitySummary, Usage
 from exeunit.domain.settings import TEST_COUNTERS_IMAGE, ActivityLimits, ProviderSettings
 from exeunit.domain.states import ActivityState
@@ -50,6 +51,7 @@ class Machinery:
     executors: ExecutorFactory
     storage: LoopStorage
     plumbing: NetworkPlumbing
+    journals: Journals
 
 
 class Provider:
@@ -67,13 +69,17 @@ class Provider:
         self.market = Market(settings)
         self._runtime = machinery.runtime
         self.images = ImageResolver(machinery.runtime, settings.images)
+        self._limits = limits
+        self._journals = machinery.journals
+        self._pools: dict[str, MemoryPool] = {}  # by requestor
         self._host = ActivityHost(machinery.runtime, machinery.executors, self.images, machinery.storage,
-                                  self.networks, limits, settings.home_id, store)
+                                  self.networks, limits, settings.home_id, machinery.journals, self.memory_pool,
+                                  store)
         self._activities: dict[str, Activity] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._idle: dict[str, asyncio.TimerHandle] = {}  # agreements with no live activity
         self._tasks: set[asyncio.Future[None]] = set()
-        self.housekeeping = Housekeeping(machinery.runtime, machinery.storage, settings.home_id,
+        self.housekeeping = Housekeeping(machinery.runtime, machinery.storage, machinery.journals, settings.home_id,
                                          lambda: list(self._activities.values()), self._spawn)
         self.transfers = Transfers(machinery.runtime, machinery.storage, limits, self.activity)
 
@@ -110,6 +116,7 @@ class Provider:
             await asyncio.gather(*(a.close() for a in self._activities.values()))
             await self.networks.close()
             await asyncio.to_thread(self.storage.close)
+            await asyncio.to_thread(self._journals.close)
         self.housekeeping.stop()
         for task in list(self._tasks):
             task.cancel()
@@ -254,6 +261,13 @@ class Provider:
         self._activities[activity_id] = activity
         return activity
 
+    def memory_pool(self, requestor_id: str) -> MemoryPool:
+        """What the requestor's batches may hold in memory together (--output-memory-per-requestor-mib)."""
+        pool = self._pools.get(requestor_id)
+        if pool is None:
+            pool = self._pools[requestor_id] = MemoryPool(self._limits.output_memory_per_requestor_bytes)
+        return pool
+
     def all_activities(self) -> list[Activity]:
         return list(self._activities.values())
 
@@ -277,6 +291,10 @@ class Provider:
         for activity_id in agreement.activity_ids:
             self._activities.pop(activity_id, None)
         self.market.forget(agreement.agreement_id)
+        pool = self._pools.get(agreement.requestor_id)
+        if pool is not None and pool.used == 0 and not any(
+                a.requestor_id == agreement.requestor_id for a in self.market.all()):
+            del self._pools[agreement.requestor_id]
         if self._store is not None:
             self._store.forget_agreement(agreement.agreement_id)
 

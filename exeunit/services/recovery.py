@@ -73,7 +73,7 @@ async def recover(provider: Recovering, store: Store) -> None:
             else:
                 if activity.image is not None:
                     provider.images.claim(agreement, activity.image.id, record.image_loaded_here)
-                activity.recover_batches()
+                await activity.recover_batches()
     await provider.networks.settle_after_restart()
     now = utcnow()
     retention = provider.settings.ended_retention_seconds

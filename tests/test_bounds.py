@@ -1,0 +1,87 @@
+"""What a requestor can make the daemon hold is bounded while its activity lives, not only after:
+output beyond a small in-memory tail is on disk, results leave memory once their batch finished,
+journals on disk stay within their budget, and queued batches are counted."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+
+from exeunit.v1 import activity_pb2 as act
+from tests.client import ContractClient
+from tests.conftest import BASE_IMAGE
+from tests.daemon_process import Daemon
+
+MIB = 1 << 20
+# What the daemon may grow by, whatever one activity prints: its output memory (1 MiB by
+# default), one running batch's results (3 MiB at most), buffers of gRPC and of the allocator.
+GROWTH_BOUND_MIB = 64
+
+
+def rss_mib(daemon: Daemon) -> float:
+    return psutil.Process(daemon.process.pid).memory_info().rss / MIB
+
+
+def journal_mib(home: Path) -> float:
+    return sum(f.stat().st_size for f in (home / "journals").rglob("*") if f.is_file()) / MIB
+
+
+@pytest.fixture
+def daemon() -> Iterator[Daemon]:
+    running = Daemon("--journal-mib-per-activity", "200")
+    yield running
+    running.stop()
+
+
+async def test_kept_output_does_not_grow_the_daemon_while_the_activity_lives(daemon: Daemon) -> None:
+    """40 batches of 30 MiB each, and one of 200 commands printing 1 MiB each, on one live
+    activity: memory stays flat (it grew by 1.2 GiB before), the disk within its budget, and the
+    last 30 MiB batch is still readable whole, from the start, from disk."""
+    async with ContractClient(f"127.0.0.1:{daemon.port}", "r") as client:
+        activity_id = await client.ready_activity(BASE_IMAGE)
+        baseline = rss_mib(daemon)
+        print_30_mib = client.run("/usr/bin/head", "-c", str(30 * MIB), "/dev/zero")
+        peak = baseline
+        for _ in range(40):
+            last = await client.run_batch(activity_id, [print_30_mib])
+            assert last.succeeded and sum(len(e.stdout.data) for e in last.events) == 30 * MIB
+            peak = max(peak, rss_mib(daemon))
+        many = [client.run("/usr/bin/head", "-c", str(MIB), "/dev/zero") for _ in range(200)]
+        run = await client.run_batch(activity_id, many)
+        assert run.succeeded and sum(len(e.stdout.data) for e in run.events) == 200 * MIB
+        peak = max(peak, rss_mib(daemon))
+        assert peak - baseline < GROWTH_BOUND_MIB, f"the daemon grew by {peak - baseline:.0f} MiB"
+        assert journal_mib(daemon.state_dir) <= 200 + 8
+        again = [e async for e in client.events(activity_id, last.batch_id)]  # from disk, whole
+        assert [e.sequence for e in again] == [e.sequence for e in last.events]
+        assert b"".join(e.stdout.data for e in again) == bytes(30 * MIB)
+        results = await client.get_batch(activity_id, run.batch_id)
+        kept = sum(len(r.stdout) for r in results.results)
+        assert kept == 3 * MIB and results.results[-1].stdout_truncated  # what one response carries
+        assert state_of(await client.state(activity_id)) == "Ready"
+
+
+def state_of(status: act.ActivityStatus) -> str:
+    return act.ActivityState.Name(status.state).removeprefix("ACTIVITY_STATE_").capitalize()
+
+
+async def test_batches_queued_past_the_bound_are_refused_naming_it(daemon: Daemon) -> None:
+    async with ContractClient(f"127.0.0.1:{daemon.port}", "r") as client:
+        activity_id = await client.ready_activity(BASE_IMAGE)
+        sleeper = [client.run("/bin/sleep", "30")]
+        for _ in range(64):
+            await client.exec(activity_id, sleeper)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.exec(activity_id, sleeper)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "(--batches-queued)" in (refused.value.details() or "")
+        async with ContractClient(f"127.0.0.1:{daemon.port}", "another") as other:  # nobody else is affected
+            other_activity = await other.ready_activity(BASE_IMAGE)
+            run = await other.run_batch(other_activity, [other.run("/bin/echo", "fine")])
+            assert run.stdout() == b"fine\n"
+        await asyncio.wait_for(client.destroy(activity_id), 60)
