@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from decimal import Decimal
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -155,6 +156,31 @@ async def test_failed_start_without_respawn_terminates(daemons: Daemons) -> None
         await recorder.until(lambda: instance.state is S.terminated)
         assert isinstance(instance.exc_info[1], CommandExecutionError)
         assert recorder.states(instance) == [S.pending, S.starting, S.terminated]
+
+
+async def test_respawns_that_fail_the_same_way_back_off_and_say_so(daemons: Daemons, caplog) -> None:
+    """On its only provider an instance that cannot start fails the same way each time: the first
+    respawn is at once, then they wait 1 s, 2 s, ... (it used to spin without a pause)."""
+    caplog.set_level(logging.INFO, logger="requestor.services.runner")
+    bad = await start_provider(daemons, "bad")
+    recorder = Recorder()
+    async with golem_for(bad, recorder=recorder) as golem:
+        cluster = await golem.run_service(FailsToStartOnBad)
+        [instance] = cluster.instances
+
+        def starts() -> list[events.ServiceStateChanged]:
+            return [e for e in recorder.events if isinstance(e, events.ServiceStateChanged)
+                    and e.service is instance and e.new is S.starting]
+
+        await recorder.until(lambda: len(starts()) >= 4)
+        cluster.stop()
+        await recorder.until(lambda: instance.state is S.terminated)
+    delays = [float(r.getMessage().split("delay=")[1].split("s ")[0]) for r in caplog.records
+              if "event=respawn_delayed" in r.getMessage()]
+    assert delays[:2] == [1.0, 2.0], delays
+    times = [e.timestamp for e in starts()]
+    gaps = [(later - earlier).total_seconds() for earlier, later in zip(times, times[1:])]
+    assert gaps[1] >= 1.0 and gaps[2] >= 2.0 and gaps[2] > gaps[1], gaps
 
 
 class FailsInRun(Echo):

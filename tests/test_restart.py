@@ -3,8 +3,10 @@ output complete and their sequence numbers unchanged."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import random
 import shutil
 import socket
 import subprocess
@@ -78,6 +80,34 @@ async def test_a_batch_running_through_the_agent_goes_on_after_sigkill(home: Pat
             assert [e.sequence for e in again] == [e.sequence for e in whole]
             assert (await client.get_batch(activity_id, "survivor")).state == act.BATCH_STATE_SUCCEEDED
         assert any("event=command_taken_up" in line for line in second.lines)
+    finally:
+        second.stop()
+
+
+async def test_a_command_taken_up_after_a_restart_keeps_only_what_is_left_of_its_timeout(home: Path) -> None:
+    """Its timeout counts from when it started, not from when the next daemon took it up: a
+    6 s command whose daemon was away for 6 s is killed as soon as it is taken up."""
+    first = Daemon(state_dir=home)
+    try:
+        async with ContractClient(f"127.0.0.1:{first.port}", "r") as client:
+            activity_id = await client.ready_activity(BASE_IMAGE)
+            await client.exec(activity_id, [client.sh("echo begun; sleep 30", timeout=6)], batch_id="timed")
+            before = await read_until_lines(client, activity_id, "timed", 1)
+    finally:
+        kill(first)
+    await asyncio.sleep(6)
+    second = Daemon(state_dir=home)
+    try:
+        async with ContractClient(f"127.0.0.1:{second.port}", "r") as client:
+            after = [e async for e in client.events(activity_id, "timed", from_sequence=before[-1].sequence + 1)]
+            whole = before + after
+            [started] = [e for e in whole if e.WhichOneof("kind") == "started"]
+            [finished] = [e for e in whole if e.WhichOneof("kind") == "finished"]
+            assert not finished.finished.success and finished.finished.message == "timed out after 6s and was killed"
+            ran = finished.time.ToDatetime() - started.time.ToDatetime()
+            # taken up with its whole timeout again, it would have run the downtime (6 s, and the
+            # daemon's start) and 6 s more; it ran about the downtime
+            assert ran.total_seconds() < 10, ran
     finally:
         second.stop()
 
@@ -158,6 +188,58 @@ async def test_a_requestor_script_rides_out_a_provider_killed_and_restarted(home
         for daemon in (first, second):
             if daemon is not None:
                 daemon.stop()
+
+
+class Steady(Service):
+    """Runs short numbered commands one after another and keeps each one's output; a command
+    that fails ends its run (and the instance leaves `running`)."""
+
+    get_payload = staticmethod(base_payload)
+    NUMBERS = "for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.05; done"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outputs: list[str] = []
+
+    async def run(self):
+        while True:
+            script = self._ctx.new_script()
+            numbered = script.run("/bin/sh", "-c", self.NUMBERS)
+            yield script
+            self.outputs.append((await numbered).stdout)
+
+
+async def test_a_requestor_rides_out_twenty_kills_at_random_moments(home: Path) -> None:
+    """The provider is SIGKILLed and started again 20 times, at random moments, down for 0.5 to
+    4 s each time: back within `unresponsive_after`, it never makes the instance unresponsive,
+    and every command's output arrives whole."""
+    seed = random.randrange(1 << 32)
+    chance = random.Random(seed)
+    port = free_port()
+    listen = ("--listen", f"127.0.0.1:{port}")
+    daemon = Daemon(*listen, state_dir=home)
+    recorder = Recorder()
+    try:
+        async with Golem(budget=10.0, subnet_tag="public", providers=[f"127.0.0.1:{port}"],
+                         event_consumer=recorder, unresponsive_after=8.0) as golem:
+            cluster = await golem.run_service(Steady)
+            [instance] = cluster.instances
+            await recorder.until(lambda: len(instance.outputs) >= 2)
+            for _ in range(20):
+                await asyncio.sleep(chance.uniform(0.0, 1.5))
+                kill(daemon)
+                await asyncio.sleep(chance.uniform(0.5, 4.0))
+                daemon = await asyncio.to_thread(Daemon, *listen, state_dir=home)
+                assert instance.state is S.running, f"seed {seed}: {recorder.states(instance)}"
+            done = len(instance.outputs)
+            await recorder.until(lambda: len(instance.outputs) >= done + 2)  # and it goes on
+            cluster.stop()
+            await recorder.until(lambda: instance.state is S.terminated)
+        assert recorder.states(instance) == [S.pending, S.starting, S.running, S.stopping, S.terminated], seed
+        whole = "".join(f"{i}\n" for i in range(1, 9))
+        assert instance.outputs and all(output == whole for output in instance.outputs), seed
+    finally:
+        daemon.stop()
 
 
 # What an HTTP/2 client (gRPC) says first: the connection preface and an empty SETTINGS frame.

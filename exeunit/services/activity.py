@@ -35,6 +35,7 @@ from exeunit.services.networks import Networks
 log = logging.getLogger(__name__)
 
 USAGE_FRESH_SECONDS = 1.0  # usage counters read from the engine at most this often
+MIN_RESUMED_TIMEOUT = 0.001  # a resumed command whose time is up is killed at once
 
 
 @dataclass(frozen=True)
@@ -222,9 +223,13 @@ class Activity:
         if resume is None or self._executor is None or not self.container_id:
             return -1, "interrupted by provider restart (it ran through docker exec, which cannot be taken up again)"
         command_id, offset = resume
+        timeout = command.timeout_seconds or None
+        started = batch.results[index].started
+        if timeout is not None and started is not None:  # the time it ran before the restart counts
+            timeout = max(timeout - (utcnow() - started).total_seconds(), MIN_RESUMED_TIMEOUT)
         try:
             outcome = await self._follow(batch, index, self._executor.resume(
-                self.container_id, command_id, offset, command.timeout_seconds or None))
+                self.container_id, command_id, offset, timeout))
         except errors.ExeUnitError as exc:
             return -1, f"interrupted by provider restart ({exc})"
         log.info("event=command_taken_up %s batch=%s index=%d from_offset=%d", self.log_ids, batch.batch_id,

@@ -37,7 +37,10 @@ from requestor.model import (
 log = logging.getLogger(__name__)
 
 UPLOAD_AHEAD = 4  # chunks read and hashed ahead of the one being sent
-RECONNECT_FIRST_PAUSE, RECONNECT_MAX_PAUSE = 0.2, 2.0  # backoff between attempts to reach a provider again
+# gRPC tries to reach a provider that went away again after 0.1 s, then at most every second
+# (its default backoff grows to two minutes): a restarted daemon is found within a second.
+RECONNECT_BACKOFF_MS = (100, 1000)
+RECONNECT_SLACK = 1.5  # beyond a reconnect window: one backoff period (with jitter) to find it back
 T = TypeVar("T")
 
 
@@ -50,7 +53,9 @@ class ProviderClient:
         self.reconnect_for = reconnect_for  # how long a dropped batch stream is retried (a daemon restart)
         self._channel = grpc.aio.insecure_channel(
             address,
-            options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.keepalive_time_ms", 10_000)],
+            options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.keepalive_time_ms", 10_000),
+                     ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+                     ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1])],
         )
         self._metadata: tuple[tuple[str, str], ...] = (("x-requestor-id", requestor_id),)
         if token:
@@ -119,16 +124,27 @@ class ProviderClient:
         async for event in self.batch_events(activity_id, batch_id, commands=commands):
             yield event
 
+    async def _reconnected(self, method: str, exc: grpc.aio.AioRpcError, deadline: float) -> None:
+        """Waits until the provider answers again, or raises: ProviderUnreachableError when it is
+        not back by `deadline` (and one backoff period of gRPC's), the error itself when it is not
+        one of an unreachable provider."""
+        if exc.code() not in UNREACHABLE_CODES:
+            raise from_rpc_error(method, self.address, exc) from exc
+        wait = deadline - asyncio.get_running_loop().time() + RECONNECT_SLACK
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), max(wait, 0.0))
+        except TimeoutError:
+            raise from_rpc_error(method, self.address, exc) from exc
+
     async def batch_events(self, activity_id: str, batch_id: str, reconnect_for: float | None = None,
                            commands: list[CommandSpec] | None = None) -> AsyncIterator[BatchEvent]:
-        """All events of a batch, in order, resuming after a dropped connection (for up to
-        `reconnect_for` seconds of trying, with backoff) from the next sequence number, so that
-        nothing is missed or repeated. With `commands`, the batch is submitted by the same call
-        (and again, idempotently, until an event came)."""
+        """All events of a batch, in order, resuming after a dropped connection (when the provider
+        is back within `reconnect_for` seconds) from the next sequence number, so that nothing is
+        missed or repeated. With `commands`, the batch is submitted by the same call (and again,
+        idempotently, until an event came)."""
         reconnect_for = self.reconnect_for if reconnect_for is None else reconnect_for
         next_sequence = 0
         deadline: float | None = None
-        pause = RECONNECT_FIRST_PAUSE
         loop = asyncio.get_running_loop()
         wire_commands = [convert.command_to(c) for c in commands] if commands is not None else None
         while True:
@@ -140,7 +156,7 @@ class ProviderClient:
                 method, stream = "StreamBatchEvents", self._activity.StreamBatchEvents(request, metadata=self._metadata)
             try:
                 async for message in stream:
-                    deadline, pause = None, RECONNECT_FIRST_PAUSE
+                    deadline = None
                     event = convert.batch_event_from(message)
                     next_sequence = event.sequence + 1
                     yield event
@@ -148,22 +164,27 @@ class ProviderClient:
                         return
                 return
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in UNREACHABLE_CODES:
-                    raise from_rpc_error(method, self.address, exc) from exc
                 deadline = deadline or loop.time() + reconnect_for
-                if loop.time() >= deadline:
-                    raise from_rpc_error(method, self.address, exc) from exc
+                await self._reconnected(method, exc, deadline)
                 log.info("event=stream_reconnect provider=%s batch=%s from=%d", self.address, batch_id, next_sequence)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, RECONNECT_MAX_PAUSE)
 
-    async def watch(self, activity_id: str) -> AsyncIterator[ActivityStatus]:
-        """The activity's state, then each change; ends after Terminated."""
-        async with self._translated("WatchActivity"):
-            async for status in self._activity.WatchActivity(
-                act.WatchActivityRequest(activity_id=activity_id), metadata=self._metadata
-            ):
-                yield convert.status_from(status)
+    async def watch(self, activity_id: str, reconnect_for: float | None = None) -> AsyncIterator[ActivityStatus]:
+        """The activity's state, then each change; ends after Terminated. A dropped connection is
+        made again when the provider is back within `reconnect_for` seconds (the state is then
+        sent again); ProviderUnreachableError when it is not."""
+        reconnect_for = self.reconnect_for if reconnect_for is None else reconnect_for
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        request = act.WatchActivityRequest(activity_id=activity_id)
+        while True:
+            try:
+                async for status in self._activity.WatchActivity(request, metadata=self._metadata):
+                    deadline = None
+                    yield convert.status_from(status)
+                return
+            except grpc.aio.AioRpcError as exc:
+                deadline = deadline or loop.time() + reconnect_for
+                await self._reconnected("WatchActivity", exc, deadline)
 
     async def state(self, activity_id: str, timeout: float = 5.0) -> ActivityStatus:
         response = await self._call(

@@ -41,6 +41,7 @@ class Providers(Protocol):
 
     async def release(self, handle: ActivityHandle, job: events.Job, error: BaseException | None) -> None: ...
 
+RESPAWN_FIRST_DELAY, RESPAWN_MAX_DELAY = 1.0, 30.0  # seconds (see RespawnBackoff)
 # Activity termination reasons that come from this requestor, not from the provider.
 OWN_REASONS = frozenset({"Requested", "Destroyed"})
 
@@ -74,30 +75,19 @@ class ActivityWatch:
             self.ended.set_result(error)
 
     async def _follow(self) -> None:
-        """Watches, and watches again while the provider is away (a restart) for up to
-        `unresponsive_after` seconds, with backoff."""
-        loop = asyncio.get_running_loop()
-        give_up_at: float | None = None
-        pause = 0.2
+        """Watches; the client watches again while the provider is away (a restart) and says it is
+        unreachable once it was not back within `unresponsive_after` seconds."""
         client, activity_id = self._handle.client, self._handle.activity.id
-        while True:
-            try:
-                async for status in client.watch(activity_id):
-                    give_up_at, pause = None, 0.2
-                    if status.state == "Terminated":
-                        if status.reason not in OWN_REASONS:
-                            self._end(ActivityTerminatedError(status.reason, status.message))
-                        return
-            except ProviderUnreachableError as exc:
-                give_up_at = give_up_at or loop.time() + self._unresponsive_after
-                if loop.time() >= give_up_at:
-                    self._end(exc)
+        try:
+            async for status in client.watch(activity_id, self._unresponsive_after):
+                if status.state == "Terminated":
+                    if status.reason not in OWN_REASONS:
+                        self._end(ActivityTerminatedError(status.reason, status.message))
                     return
-                await asyncio.sleep(min(pause, max(give_up_at - loop.time(), 0.0)))
-                pause = min(pause * 2, 2.0)
-            except RequestorError as exc:
-                self._end(ActivityTerminatedError("Lost", f"the provider no longer knows the activity ({exc})"))
-                return
+        except ProviderUnreachableError as exc:
+            self._end(exc)
+        except RequestorError as exc:
+            self._end(ActivityTerminatedError("Lost", f"the provider no longer knows the activity ({exc})"))
 
     async def check(self) -> BaseException | None:
         """Asks the provider now (a handler just failed): the reason it ended the activity, if it did."""
@@ -120,6 +110,25 @@ class ActivityWatch:
             await self._task
         except asyncio.CancelledError:
             pass
+
+
+class RespawnBackoff:
+    """How long a respawn waits: not at all after a new failure; after the same failure on the
+    same provider again, RESPAWN_FIRST_DELAY, doubling each time up to RESPAWN_MAX_DELAY (a
+    service that cannot start must not spin its provider)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[str, str, str] | None = None
+        self._delay = 0.0
+
+    def after(self, provider_id: str, error: BaseException | None) -> float:
+        failure = (provider_id, type(error).__name__, str(error))
+        if failure == self._last:
+            self._delay = min(max(self._delay * 2, RESPAWN_FIRST_DELAY), RESPAWN_MAX_DELAY)
+        else:
+            self._delay = 0.0
+        self._last = failure
+        return self._delay
 
 
 class ServiceRunner:
@@ -164,6 +173,7 @@ class ServiceRunner:
     async def _lifecycle(self, service: Service, network: Network | None, network_address: str | None) -> None:
         stop = self._stop_requests[service.id]
         failed_providers: set[str] = set()
+        backoff = RespawnBackoff()
         try:
             while True:
                 if network is None:
@@ -177,9 +187,17 @@ class ServiceRunner:
                 if not restart:
                     return
                 failed_providers.add(handle.offer.provider_id)
+                delay = backoff.after(handle.offer.provider_id, service.exc_info[1])
                 await service.reset()
                 service.instance.record_error(None)
                 self._transition(service, "restart")
+                if delay:
+                    log.info("event=respawn_delayed service=%s delay=%.1fs reason=%r", service.id, delay,
+                             "it failed the same way on the same provider again")
+                    try:
+                        await asyncio.wait_for(stop.wait(), delay)
+                    except TimeoutError:
+                        pass
         except Exception as exc:  # a bug here must not leave the instance hanging
             log.exception("event=service_runner_crashed service=%s", service.id)
             service.instance.record_error(exc)
