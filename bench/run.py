@@ -43,6 +43,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.attack import attack  # noqa: E402
 from requestor import Golem, events  # noqa: E402
 from requestor.contrib.service.socket_proxy import SocketProxy  # noqa: E402
 from requestor.client import ProviderClient  # noqa: E402
@@ -280,6 +281,19 @@ async def case_exec(golem: Golem, client: docker.DockerClient, states: States, r
     target, limit = ("ratio <= 0.1", 0.1) if executor == "agent" else ("ratio <= 1.15", 1.15)
     extra = {"spawn_floor_ms": round(spawn_floor() * 1000, 2)} if executor == "agent" else {}
     return Row(f"exec round trip ({executor})", a * 1000, b * 1000, "ms", a / b, target, a / b <= limit, extra)
+
+
+async def case_attack(daemon: Daemon, seconds: float) -> Row:
+    """Eight requestors at their worst for `seconds` (bench/attack.py), and a ninth's `/bin/true`:
+    its round trip under attack against the same round trip idle; the daemon's memory throughout."""
+    before = daemon.reset_peak()
+    idle, busy, count = await attack(f"127.0.0.1:{daemon.port}", seconds)
+    growth = (daemon.peak - before) / MIB
+    met = busy / idle <= 2 and growth <= 256
+    return Row(f"attack: 8 requestors, {seconds:g} s", busy * 1000, idle * 1000, "ms", busy / idle,
+               "ratio <= 2 (idle /bin/true as raw); RSS <= start + 256 MiB", met,
+               {"daemon_rss_growth_mib": round(growth, 1), "daemon_rss_before_mib": round(before / MIB, 1),
+                "victim_round_trips": count})
 
 
 def spawn_floor(rounds: int = 50) -> float:
@@ -593,7 +607,7 @@ def print_table(rows: list[Row]) -> None:
               f"{'yes' if r.met else 'NO'}" + (f"  {r.notes}" if r.notes else ""))
 
 
-CASES = ("exec", "start", "scale", "output", "transfer", "tunnel", "background", "memory")
+CASES = ("exec", "start", "scale", "output", "transfer", "tunnel", "background", "memory", "attack")
 
 
 async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list[Row]:
@@ -603,7 +617,8 @@ async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list
     rows: list[Row] = []
     sizes = dict(rounds=7 if quick else 25, start_rounds=3 if quick else 9, scale=10 if quick else 50,
                  output=(20 if quick else 100) * 1000 * 1000, transfer=(64 if quick else 256) * MIB,
-                 transfer_rounds=2 if quick else 3, tunnel=(32 if quick else 128) * MIB, memory_activities=100 if quick else 1000)
+                 transfer_rounds=2 if quick else 3, tunnel=(32 if quick else 128) * MIB, memory_activities=100 if quick else 1000,
+                 attack_seconds=15 if quick else 60)
     try:
         async with Golem(budget=100.0, subnet_tag="public", providers=[f"127.0.0.1:{daemon.port}"],
                          event_consumer=states) as golem:
@@ -616,6 +631,7 @@ async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list
                 "scale": lambda: case_scale(golem, client, states, daemon, sizes["scale"]),
                 "output": lambda: case_output(golem, client, states, sizes["output"], max(3, sizes["rounds"] // 3)),
                 "tunnel": lambda: case_tunnel(golem, client, states, sizes["tunnel"], max(3, sizes["rounds"] // 3)),
+                "attack": lambda: case_attack(daemon, sizes["attack_seconds"]),
             }
             for name in [n for case in only for n in ((case, "exec-docker") if case == "exec" else (case,))]:
                 print(f"[bench] {name}...", file=sys.stderr, flush=True)

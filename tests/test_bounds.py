@@ -85,3 +85,35 @@ async def test_batches_queued_past_the_bound_are_refused_naming_it(daemon: Daemo
             run = await other.run_batch(other_activity, [other.run("/bin/echo", "fine")])
             assert run.stdout() == b"fine\n"
         await asyncio.wait_for(client.destroy(activity_id), 60)
+
+
+async def test_a_batch_id_runs_once_even_after_its_batch_was_forgotten_and_the_daemon_restarted() -> None:
+    daemon = Daemon("--batches-kept", "2")
+    try:
+        async with ContractClient(f"127.0.0.1:{daemon.port}", "r") as client:
+            activity_id = await client.ready_activity(BASE_IMAGE)
+            echo = [client.run("/bin/echo", "once")]
+            await client.exec(activity_id, echo, batch_id="only-once")
+            for _ in range(4):  # the batch is forgotten after two newer ones finished
+                await client.run_batch(activity_id, [client.run("/bin/true")])
+            with pytest.raises(grpc.aio.AioRpcError) as gone:
+                await client.get_batch(activity_id, "only-once")
+            assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.exec(activity_id, echo, batch_id="only-once")
+            assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            assert "already ran" in (refused.value.details() or "")
+    finally:
+        daemon.process.kill()
+        daemon.process.wait()
+    again = Daemon("--batches-kept", "2", state_dir=daemon.state_dir)
+    try:
+        async with ContractClient(f"127.0.0.1:{again.port}", "r") as client:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.exec(activity_id, echo, batch_id="only-once")
+            assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            run = await client.run_batch(activity_id, [client.run("/bin/echo", "new ids run")])
+            assert run.stdout() == b"new ids run\n"
+    finally:
+        again.own_home = True  # the first daemon's home: removed with this one
+        again.stop()

@@ -9,16 +9,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from exeunit import __version__, errors
 from exeunit.domain import commands
-from exeunit.services.activity import ActivityStatus, ActivitySummary, Usage
 from exeunit.domain.batch import RESULT_OUTPUT_BYTES, Batch, BatchEvent, BatchState, CommandResult, CommandState, EventKind
 from exeunit.domain.market import Agreement, AgreementState, Demand, ImageRef, Offer, Refusal, RefusalReason
-from exeunit.v1.conventions import DOCKER_VM_RUNTIME
-from exeunit.domain.resources import LinearPricing
 from exeunit.domain.networks import PrivateNetwork
+from exeunit.domain.reports import ActivityStatus, ActivitySummary, Usage
+from exeunit.domain.resources import LinearPricing
+from exeunit.domain.settings import ActivityLimits
 from exeunit.domain.states import ActivityState
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1 import network_pb2 as net
+from exeunit.v1.conventions import DOCKER_VM_RUNTIME
 
 
 # The range google.protobuf.Timestamp and Duration define (0001-01-01 to 9999-12-31; +-10,000 years).
@@ -95,6 +96,17 @@ def offer_to_proto(offer: Offer) -> mkt.Offer:
         capabilities=list(s.capabilities),
         max_agreement_duration=duration(s.max_agreement_seconds),
         agreement_idle_timeout=duration(s.agreement_idle_seconds),
+        limits=limits_to_proto(offer.limits),
+    )
+
+
+def limits_to_proto(limits: ActivityLimits) -> mkt.OfferLimits:
+    return mkt.OfferLimits(
+        batches_queued=limits.batches_queued, batches_kept=limits.batches_kept,
+        batch_ids_remembered=limits.batch_ids_remembered, replay_window_bytes=limits.replay_window_bytes,
+        result_output_bytes=limits.result_output_cap, transfers_per_activity=limits.transfers_per_activity,
+        transfers_per_requestor=limits.transfers_per_requestor, tunnels_per_activity=limits.tunnels_per_activity,
+        networks_per_requestor=limits.networks_per_requestor,
     )
 
 

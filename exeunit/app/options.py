@@ -211,6 +211,10 @@ def _limit_options(serve: argparse.ArgumentParser) -> None:
                         help="one activity's batch journals on disk (events and results, in STATE_DIR/journals); "
                              "past it its oldest finished batches are forgotten; at least --replay-window-mib + 8 "
                              "(default: %(default)s)")
+    limits.add_argument("--batch-ids-remembered", type=positive(int), default=1_000_000, metavar="N",
+                        help="ids of an activity's forgotten batches it remembers (8 bytes each, in memory and in "
+                             "its journals), so that a batch id never runs twice; an activity that has run this "
+                             "many batches refuses more (default: %(default)s)")
     limits.add_argument("--batches-queued", type=positive(int), default=64, metavar="N",
                         help="batches of one activity queued or running at once; more are refused "
                              "RESOURCE_EXHAUSTED (default: %(default)s)")

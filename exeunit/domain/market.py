@@ -15,7 +15,7 @@ from enum import Enum
 
 from exeunit import errors
 from exeunit.domain.resources import LinearPricing, Resources, describe
-from exeunit.domain.settings import ProviderSettings
+from exeunit.domain.settings import ActivityLimits, ProviderSettings
 from exeunit.v1.conventions import DOCKER_VM_RUNTIME
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class Offer:
     settings: ProviderSettings
     free: Resources
     images: tuple[str, ...]
+    limits: ActivityLimits = field(default_factory=ActivityLimits)
 
 
 class RefusalReason(Enum):

@@ -61,6 +61,7 @@ class BatchQueue:
         self.projected = ActivityState.NEW  # the activity's state once every queued batch has run
         self._batches: dict[str, Batch] = {}  # in the order they were queued
         self._unfinished = 0  # queued or running
+        self._forgotten = journals.forgotten_ids(activity_id)  # so that no batch id runs twice
         self._submitted = 0
         self._queue: asyncio.Queue[tuple[Batch, int, Resume | None]] = asyncio.Queue()
         self._worker = asyncio.create_task(self._run_batches(), name=f"batches-{activity_id}")
@@ -77,7 +78,17 @@ class BatchQueue:
                         f"batch {batch_id!r} already exists with other commands; choose a new batch_id"
                     )
                 return existing, False
+            if batch_id in self._forgotten:
+                raise errors.AlreadyExists(
+                    f"batch {batch_id!r} already ran on activity {self._activity_id} and was forgotten since "
+                    "(--batches-kept); a batch id runs once: choose a new batch_id"
+                )
         validate(commands)
+        if len(self._forgotten) >= self._limits.batch_ids_remembered:
+            raise errors.ResourceExhausted(
+                f"activity {self._activity_id} has run {len(self._forgotten)} batches, the most one activity may "
+                "(--batch-ids-remembered, which keeps any batch id from running twice); create a new activity"
+            )
         if self._unfinished >= self._limits.batches_queued:
             raise errors.ResourceExhausted(
                 f"activity {self._activity_id} has {self._unfinished} batches queued or running, the most it may "
@@ -213,6 +224,7 @@ class BatchQueue:
 
     def _forget(self, batch: Batch) -> None:
         del self._batches[batch.batch_id]
+        self._forgotten.add(batch.batch_id)
         if self._store is not None:
             self._store.forget_batch(self._activity_id, batch.batch_id)
         directory = self._journals.directory(self._activity_id, batch.batch_id)

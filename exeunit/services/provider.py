@@ -134,7 +134,7 @@ class Provider:
 
     async def offer(self) -> Offer:
         names = sorted({name for image in await self.images.offered() for name in (*image.tags, image.id)})
-        return Offer(self.settings, self.market.free(), tuple(names))
+        return Offer(self.settings, self.market.free(), tuple(names), self._limits)
 
     async def propose(self, requestor_id: str, demand: Demand) -> Agreement | Refusal:
         self._check_open()

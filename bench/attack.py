@@ -1,0 +1,183 @@
+"""Eight requestors at their worst against one daemon, and a ninth that only wants `/bin/true`.
+
+Each attacker has its own requestor id and activity and does one thing as hard as it can for the
+whole run: big outputs it reads (kept output), batches it queues and never reads (queues), huge
+outputs it reads one event a second (slow readers: back-pressure and journals), uploads that
+stall after their first chunk (transfers), tunnels to a port that floods data and that it never
+reads (tunnels). The victim's round trip is measured idle and then under attack; bench/run.py
+samples the daemon's resident memory throughout and prints the ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import grpc
+
+from exeunit.v1 import activity_pb2 as act
+from exeunit.v1 import activity_pb2_grpc as act_grpc
+from exeunit.v1 import transfer_pb2 as xfer
+from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
+from requestor.client import ProviderClient
+from requestor.errors import RequestorError
+from requestor.model import DemandSpec, DeploySpec, Refusal, RunSpec, StartSpec
+
+IMAGE = "exeunit-base:latest"
+MIB = 1 << 20
+FLOOD_PORT = 9000
+FLOOD_SERVER = (  # listens on FLOOD_PORT in the activity and sends zeros to whoever connects
+    "import socket, threading\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    f"s.bind(('127.0.0.1', {FLOOD_PORT})); s.listen(128)\n"
+    "def flood(c):\n"
+    "    block = bytes(1 << 16)\n"
+    "    try:\n"
+    "        while True: c.sendall(block)\n"
+    "    except OSError: pass\n"
+    "while True:\n"
+    "    c, _ = s.accept(); threading.Thread(target=flood, args=(c,), daemon=True).start()\n"
+)
+
+
+class Requestor:
+    """One requestor: its id, a client, raw stubs for what the client does politely, an activity."""
+
+    def __init__(self, address: str, requestor_id: str) -> None:
+        self.client = ProviderClient(address, requestor_id)
+        self.channel = grpc.aio.insecure_channel(address)
+        self.metadata = (("x-requestor-id", requestor_id),)
+        self.activity = act_grpc.ActivityStub(self.channel)
+        self.transfer = xfer_grpc.TransferStub(self.channel)
+        self.activity_id = ""
+
+    async def ready(self) -> None:
+        demand = DemandSpec(image_hash="", image_tag=IMAGE, image_url="", min_memory_bytes=256 << 20,
+                            min_storage_bytes=512 << 20, min_cpu_threads=1, capabilities=(), subnet_tag="public",
+                            expiration=datetime.now(timezone.utc) + timedelta(hours=1))
+        agreement = await self.client.propose(demand)
+        assert not isinstance(agreement, Refusal), agreement
+        self.activity_id = await self.client.create_activity(agreement.agreement_id)
+        await self.run([DeploySpec(), StartSpec()], "ready")
+
+    async def run(self, commands: list[Any], batch_id: str) -> int:
+        """Runs a batch and reads all its events; returns the output bytes."""
+        got = 0
+        async for event in self.client.run_batch(self.activity_id, commands, batch_id):
+            got += len(event.data)
+        return got
+
+    async def close(self) -> None:
+        try:
+            await self.client.destroy(self.activity_id)
+        except RequestorError:
+            pass
+        await self.client.close()
+        await self.channel.close()
+
+
+def wire(*argv: str) -> act.Command:
+    return act.Command(run=act.RunCommand(entry_point=argv[0], args=list(argv[1:])))
+
+
+async def big_outputs(attacker: Requestor, until: float) -> None:
+    n = 0
+    while time.monotonic() < until:
+        await attacker.run([RunSpec("/usr/bin/head", ("-c", str(30 * MIB), "/dev/zero"))], f"big-{n}")
+        n += 1
+
+
+async def queued_batches(attacker: Requestor, until: float) -> None:
+    n = 0
+    while time.monotonic() < until:
+        request = act.ExecRequest(activity_id=attacker.activity_id, commands=[wire("/bin/sleep", "0.2")],
+                                  batch_id=f"queued-{n}")
+        try:
+            await attacker.activity.Exec(request, metadata=attacker.metadata)
+            n += 1
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+            await asyncio.sleep(0.05)
+
+
+async def slow_reader(attacker: Requestor, until: float) -> None:
+    request = act.ExecRequest(activity_id=attacker.activity_id,
+                              commands=[wire("/usr/bin/head", "-c", str(8 << 30), "/dev/zero")], batch_id="huge")
+    stream = attacker.activity.ExecStream(request, metadata=attacker.metadata)
+    async for _ in stream:
+        if time.monotonic() >= until:
+            stream.cancel()
+            return
+        await asyncio.sleep(1.0)
+
+
+async def stalled_uploads(attacker: Requestor, until: float) -> None:
+    async def one(n: int) -> None:
+        async def parts() -> AsyncIterator[xfer.UploadRequest]:
+            yield xfer.UploadRequest(header=xfer.UploadHeader(activity_id=attacker.activity_id,
+                                                              path=f"/golem/work/stall-{n}", size=256 * MIB))
+            yield xfer.UploadRequest(chunk=bytes(MIB))
+            await asyncio.sleep(until - time.monotonic())  # and never another byte
+
+        try:
+            await attacker.transfer.Upload(parts(), metadata=attacker.metadata, timeout=until - time.monotonic())
+        except grpc.aio.AioRpcError:
+            pass  # refused past the limit, cut when idle, or our own deadline
+
+    while time.monotonic() < until:
+        await asyncio.gather(*(one(n) for n in range(8)))
+
+
+async def deaf_tunnels(attacker: Requestor, until: float) -> None:
+    await attacker.run([RunSpec("/bin/sh", ("-c", f"python3 -c \"{FLOOD_SERVER}\" >/dev/null 2>&1 &"))], "flood")
+    await asyncio.sleep(0.5)
+    calls = []
+    for _ in range(80):  # more than --tunnels-per-activity: the rest are refused
+        call = attacker.activity.Tunnel(metadata=attacker.metadata)
+        await call.write(act.TunnelRequest(open=act.TunnelOpen(activity_id=attacker.activity_id, port=FLOOD_PORT)))
+        calls.append(call)  # never read
+    await asyncio.sleep(max(until - time.monotonic(), 0))
+    for call in calls:
+        call.cancel()
+
+
+ATTACKS: list[Callable[[Requestor, float], Coroutine[Any, Any, None]]] = [
+    big_outputs, big_outputs, queued_batches, queued_batches, slow_reader, slow_reader, stalled_uploads, deaf_tunnels,
+]
+
+
+async def round_trips(victim: Requestor, until: float | None = None, count: int = 0) -> list[float]:
+    """The victim's `/bin/true` round trips, in seconds: `count` of them, or as many as fit before `until`."""
+    times = []
+    n = 0
+    while (until is not None and time.monotonic() < until) or n < count:
+        start = time.perf_counter()
+        await victim.run([RunSpec("/bin/true")], f"true-{time.monotonic_ns()}")
+        times.append(time.perf_counter() - start)
+        n += 1
+    return times
+
+
+async def attack(address: str, seconds: float) -> tuple[float, float, int]:
+    """(median idle round trip, median round trip under attack, round trips under attack)."""
+    victim = Requestor(address, "bench-victim")
+    attackers = [Requestor(address, f"bench-attacker-{n}") for n in range(len(ATTACKS))]
+    try:
+        await asyncio.gather(victim.ready(), *(a.ready() for a in attackers))
+        await round_trips(victim, count=5)  # warm up
+        idle = statistics.median(await round_trips(victim, count=40))
+        until = time.monotonic() + seconds
+        attacks = [asyncio.ensure_future(run(a, until)) for run, a in zip(ATTACKS, attackers)]
+        await asyncio.sleep(2)  # let them get going
+        busy = await round_trips(victim, until=until)
+        results = await asyncio.gather(*attacks, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise RuntimeError(f"an attacker broke rather than the daemon: {failed[0]!r}") from failed[0]
+        return idle, statistics.median(busy), len(busy)
+    finally:
+        await asyncio.gather(victim.close(), *(a.close() for a in attackers), return_exceptions=True)
