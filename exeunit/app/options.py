@@ -192,6 +192,9 @@ def _limit_options(serve: argparse.ArgumentParser) -> None:
                         help="cut a transfer whose client sends or reads nothing for this long (default: %(default)s)")
     limits.add_argument("--tunnels-per-activity", type=positive(int), default=64, metavar="N",
                         help="TCP connections into one activity through Tunnel at once (default: %(default)s)")
+    limits.add_argument("--tunnels-per-requestor", type=positive(int), default=16, metavar="N",
+                        help="TCP connections into all of one requestor's activities at once; each holds up to "
+                             "about 2 MiB while its requestor does not read (default: %(default)s)")
     limits.add_argument("--networks-per-requestor", type=positive(int), default=8, metavar="N",
                         help="private networks (Golem's VPN) one requestor may have on this provider at once; "
                              "each lives while the requestor has an agreement here (default: %(default)s)")

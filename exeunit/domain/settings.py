@@ -60,6 +60,7 @@ class ActivityLimits:
     transfer_idle_seconds: float = 60.0
     batches_kept: int = 256  # finished batches per activity kept for GetBatch and replay; older ones go
     tunnels_per_activity: int = 64  # TCP connections into one activity through Tunnel at once
+    tunnels_per_requestor: int = 16  # and into all of one requestor's activities
     networks_per_requestor: int = 8  # private networks one requestor may have on the provider
 
 

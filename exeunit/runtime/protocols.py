@@ -14,7 +14,7 @@ gone succeeds.
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -95,9 +95,12 @@ class CommandOutcome:
 class CommandRun(Protocol):
     """One command running: iterate it for (STDOUT or STDERR, data) in the order produced; once
     the iteration ends, `outcome` says how it ended. `command_id` names it to its executor for
-    `Executor.resume` after a daemon restart (None: it cannot be resumed)."""
+    `Executor.resume` after a daemon restart (None: it cannot be resumed); `before_start`, when
+    set, is called with it right before the command is handed over, where a restarted daemon's
+    means to take it up must be recorded (never for one that cannot be resumed)."""
 
     outcome: CommandOutcome | None
+    before_start: Callable[[int], None] | None
 
     @property
     def command_id(self) -> int | None: ...

@@ -299,8 +299,9 @@ class Activity:
         executor = self._executor_now()
         name = executor.name
         command = executor.run(self.container_id, run.argv, run.env, run.workdir or None, run.timeout_seconds or None)
-        if batch.journal is not None and command.command_id is not None:
-            batch.journal.note(index, command.command_id)  # what a restarted daemon asks the agent to resume
+        if batch.journal is not None:  # what a restarted daemon asks the agent to resume
+            journal = batch.journal
+            command.before_start = lambda command_id: journal.note(index, command_id)
         outcome = await self._follow(batch, index, command)
         if executor.name != name:
             log.info("event=executor_changed %s executor=%s", self.log_ids, executor.name)

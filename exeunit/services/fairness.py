@@ -18,9 +18,10 @@ from exeunit import errors
 class ConcurrencyQuota:
     """At most `limit` things in flight per key; the one over the limit is refused, not queued."""
 
-    def __init__(self, limit: int, what: str) -> None:
+    def __init__(self, limit: int, what: str, flag: str = "") -> None:
         self.limit = limit
         self._what = what
+        self._bound = f" ({flag})" if flag else ""  # the operator's flag that sets it
         self._in_flight: Counter[str] = Counter()
 
     @contextmanager
@@ -28,8 +29,8 @@ class ConcurrencyQuota:
         """Counts one for `key` while the block runs; `owner` names the key in the refusal."""
         if self._in_flight[key] >= self.limit:
             raise errors.ResourceExhausted(
-                f"{owner} already has {self.limit} {self._what} in flight, the most this provider allows; "
-                "wait for one to finish"
+                f"{owner} already has {self.limit} {self._what} in flight, the most this provider allows"
+                f"{self._bound}; wait for one to finish"
             )
         self._in_flight[key] += 1
         try:

@@ -41,6 +41,7 @@ UPLOAD_AHEAD = 4  # chunks read and hashed ahead of the one being sent
 # (its default backoff grows to two minutes): a restarted daemon is found within a second.
 RECONNECT_BACKOFF_MS = (100, 1000)
 RECONNECT_SLACK = 1.5  # beyond a reconnect window: one backoff period (with jitter) to find it back
+UNAVAILABLE_PAUSE = 0.5  # between calls to a provider that answers UNAVAILABLE (shutting down, engine away)
 T = TypeVar("T")
 
 
@@ -124,17 +125,25 @@ class ProviderClient:
         async for event in self.batch_events(activity_id, batch_id, commands=commands):
             yield event
 
-    async def _reconnected(self, method: str, exc: grpc.aio.AioRpcError, deadline: float) -> None:
-        """Waits until the provider answers again, or raises: ProviderUnreachableError when it is
-        not back by `deadline` (and one backoff period of gRPC's), the error itself when it is not
-        one of an unreachable provider."""
+    async def _reconnected(self, method: str, exc: grpc.aio.AioRpcError, deadline: float) -> bool:
+        """Waits until the provider can be called again, or raises: ProviderUnreachableError when
+        it is not back by `deadline` (and one backoff period of gRPC's), the error itself when it
+        is not one of an unreachable provider. True when the connection was lost and is made
+        again (a new outage starts a new window); False when the provider itself said it is
+        unavailable (the window goes on, and the call is retried after a pause)."""
         if exc.code() not in UNREACHABLE_CODES:
             raise from_rpc_error(method, self.address, exc) from exc
-        wait = deadline - asyncio.get_running_loop().time() + RECONNECT_SLACK
+        loop = asyncio.get_running_loop()
+        if self._channel.get_state() is grpc.ChannelConnectivity.READY:  # connected: the provider answered so
+            if loop.time() >= deadline:
+                raise from_rpc_error(method, self.address, exc) from exc
+            await asyncio.sleep(min(UNAVAILABLE_PAUSE, max(deadline - loop.time(), 0.0)))
+            return False
         try:
-            await asyncio.wait_for(self._channel.channel_ready(), max(wait, 0.0))
+            await asyncio.wait_for(self._channel.channel_ready(), max(deadline - loop.time() + RECONNECT_SLACK, 0.0))
         except TimeoutError:
             raise from_rpc_error(method, self.address, exc) from exc
+        return True
 
     async def batch_events(self, activity_id: str, batch_id: str, reconnect_for: float | None = None,
                            commands: list[CommandSpec] | None = None) -> AsyncIterator[BatchEvent]:
@@ -165,7 +174,8 @@ class ProviderClient:
                 return
             except grpc.aio.AioRpcError as exc:
                 deadline = deadline or loop.time() + reconnect_for
-                await self._reconnected(method, exc, deadline)
+                if await self._reconnected(method, exc, deadline):
+                    deadline = None
                 log.info("event=stream_reconnect provider=%s batch=%s from=%d", self.address, batch_id, next_sequence)
 
     async def watch(self, activity_id: str, reconnect_for: float | None = None) -> AsyncIterator[ActivityStatus]:
@@ -184,7 +194,9 @@ class ProviderClient:
                 return
             except grpc.aio.AioRpcError as exc:
                 deadline = deadline or loop.time() + reconnect_for
-                await self._reconnected("WatchActivity", exc, deadline)
+                if await self._reconnected("WatchActivity", exc, deadline):
+                    deadline = None
+                log.info("event=watch_reconnect provider=%s activity=%s", self.address, activity_id)
 
     async def state(self, activity_id: str, timeout: float = 5.0) -> ActivityStatus:
         response = await self._call(

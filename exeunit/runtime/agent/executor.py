@@ -278,6 +278,7 @@ class _AgentRun:
         self.command_id = command_id if command_id is not None else secrets.randbits(63) + 1
         self._resume_from = resume_from
         self.outcome: CommandOutcome | None = None
+        self.before_start: Callable[[int], None] | None = None
 
     def __aiter__(self) -> AsyncIterator[tuple[int, bytes]]:
         return self._output()
@@ -316,6 +317,8 @@ class _AgentRun:
         link.held = None  # what it held at hello is replaced (RUN) or taken up (RESUME) now
         if self._resume_from is None:
             offset = 0
+            if self.before_start is not None:  # recorded before the agent can have it, not later
+                self.before_start(command_id)
             link.send(RUN, _run_frame(command_id, *self._args[1:4]))
         else:
             offset = self._resume_from
@@ -343,7 +346,9 @@ class _AgentRun:
                 if len(payload) != CODE.size:
                     raise AgentFailure(f"it reported an exit in {len(payload)} bytes instead of {CODE.size}")
                 (code,) = CODE.unpack(payload)
-                link.send(ACK, ACK_BODY.pack(command_id, offset, 1))  # the agent may forget it
+                # Its output may go, but the agent keeps holding the command (until the next RUN):
+                # until the batch has recorded the end, a daemon killed now must find it there.
+                link.send(ACK, ACK_BODY.pack(command_id, offset, 0))
                 self.outcome = CommandOutcome(code, timed_out)
                 return
             else:

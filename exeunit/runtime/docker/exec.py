@@ -12,7 +12,7 @@ import select
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from exeunit import errors
@@ -155,6 +155,7 @@ class _Unresumable:
 
     outcome: CommandOutcome | None = None
     command_id: int | None = None
+    before_start: Callable[[int], None] | None = None
 
     def __aiter__(self) -> AsyncIterator[tuple[int, bytes]]:
         return self._fail()
@@ -173,6 +174,7 @@ class ExecRun:
         self._args = (container_id, argv, env, workdir, timeout)
         self.outcome: CommandOutcome | None = None
         self.command_id: int | None = None  # an exec cannot be resumed
+        self.before_start: Callable[[int], None] | None = None  # so it is never called
 
     def __aiter__(self) -> AsyncIterator[tuple[int, bytes]]:
         return iterate_in_thread(self._frames)
