@@ -147,9 +147,10 @@ class Batch:
         """Moves the finished batch's results' output to its journal (off the event loop)."""
         if self.journal is None or self._spilled:
             return
-        outputs = [(bytes(r.stdout.data), bytes(r.stderr.data), r.stdout.truncated, r.stderr.truncated)
-                   for r in self.results]
-        await asyncio.to_thread(self.journal.save_results, outputs)
+        if any(r.stdout.data or r.stderr.data for r in self.results):  # (most service batches print nothing)
+            outputs = [(bytes(r.stdout.data), bytes(r.stderr.data), r.stdout.truncated, r.stderr.truncated)
+                       for r in self.results]
+            await asyncio.to_thread(self.journal.save_results, outputs)
         for result in self.results:
             result.stdout.data, result.stderr.data = bytearray(), bytearray()
         self._spilled = True
