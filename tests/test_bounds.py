@@ -117,3 +117,36 @@ async def test_a_batch_id_runs_once_even_after_its_batch_was_forgotten_and_the_d
     finally:
         again.own_home = True  # the first daemon's home: removed with this one
         again.stop()
+
+
+async def test_streams_past_the_requestors_bound_are_refused_naming_it() -> None:
+    daemon = Daemon("--streams-per-requestor", "3")
+    try:
+        async with ContractClient(f"127.0.0.1:{daemon.port}", "r") as client:
+            activity_id = await client.ready_activity(BASE_IMAGE)
+            request = act.WatchActivityRequest(activity_id=activity_id)
+            watches = [client.activity.WatchActivity(request, metadata=client.metadata) for _ in range(3)]
+            for watch in watches:
+                assert (await watch.read()).activity_id == activity_id  # open, each holding a slot
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.activity.WatchActivity(request, metadata=client.metadata).read()
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "(--streams-per-requestor)" in (refused.value.details() or "")
+            async with ContractClient(f"127.0.0.1:{daemon.port}", "another") as other:  # nobody else is affected
+                other_activity = await other.ready_activity(BASE_IMAGE)
+                assert (await other.run_batch(other_activity, [other.run("/bin/true")])).succeeded
+            watches[0].cancel()
+            for _ in range(100):  # until the daemon has seen the cancel: a slot comes back
+                fourth = client.activity.WatchActivity(request, metadata=client.metadata)
+                try:
+                    assert (await fourth.read()).activity_id == activity_id
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the cancelled watch's slot never came back")
+            for watch in (*watches[1:], fourth):
+                watch.cancel()
+    finally:
+        daemon.stop()

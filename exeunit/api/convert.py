@@ -106,6 +106,7 @@ def limits_to_proto(limits: ActivityLimits) -> mkt.OfferLimits:
         batch_ids_remembered=limits.batch_ids_remembered, replay_window_bytes=limits.replay_window_bytes,
         result_output_bytes=limits.result_output_cap, transfers_per_activity=limits.transfers_per_activity,
         transfers_per_requestor=limits.transfers_per_requestor, tunnels_per_activity=limits.tunnels_per_activity, tunnels_per_requestor=limits.tunnels_per_requestor,
+        streams_per_requestor=limits.streams_per_requestor,
         networks_per_requestor=limits.networks_per_requestor,
     )
 

@@ -72,6 +72,7 @@ def activity_limits(args: argparse.Namespace) -> ActivityLimits:
         batches_kept=args.batches_kept,
         tunnels_per_activity=args.tunnels_per_activity,
         tunnels_per_requestor=args.tunnels_per_requestor,
+        streams_per_requestor=args.streams_per_requestor,
         networks_per_requestor=args.networks_per_requestor,
         replay_window_bytes=args.replay_window_mib << 20,
         output_memory_bytes=args.output_memory_kib << 10,

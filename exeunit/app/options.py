@@ -195,6 +195,9 @@ def _limit_options(serve: argparse.ArgumentParser) -> None:
     limits.add_argument("--tunnels-per-requestor", type=positive(int), default=16, metavar="N",
                         help="TCP connections into all of one requestor's activities at once; each holds up to "
                              "about 2 MiB while its requestor does not read (default: %(default)s)")
+    limits.add_argument("--streams-per-requestor", type=positive(int), default=256, metavar="N",
+                        help="batch event streams and activity watches one requestor has open at once "
+                             "(default: %(default)s)")
     limits.add_argument("--networks-per-requestor", type=positive(int), default=8, metavar="N",
                         help="private networks (Golem's VPN) one requestor may have on this provider at once; "
                              "each lives while the requestor has an agreement here (default: %(default)s)")

@@ -61,6 +61,7 @@ class ActivityLimits:
     batches_kept: int = 256  # finished batches per activity kept for GetBatch and replay; older ones go
     tunnels_per_activity: int = 64  # TCP connections into one activity through Tunnel at once
     tunnels_per_requestor: int = 16  # and into all of one requestor's activities
+    streams_per_requestor: int = 256  # event streams and activity watches one requestor has open at once
     networks_per_requestor: int = 8  # private networks one requestor may have on the provider
 
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Coroutine
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from exeunit import errors
 from exeunit.domain.batch import Batch, BatchEvent
@@ -33,6 +33,7 @@ from exeunit.runtime.files import Download, Upload
 from exeunit.runtime.protocols import ExecutorFactory, Runtime
 from exeunit.runtime.storage import LoopStorage
 from exeunit.services.activity import Activity, ActivityHost
+from exeunit.services.fairness import ConcurrencyQuota
 from exeunit.services.housekeeping import Housekeeping
 from exeunit.services.images import ImageResolver
 from exeunit.services.networks import Networks
@@ -41,6 +42,7 @@ from exeunit.services.transfers import PortConnection, Transfers
 from exeunit.v1.conventions import TEST_COUNTERS_RUNTIME, VPN_CAPABILITY
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class Provider:
         self._limits = limits
         self._journals = machinery.journals
         self._pools: dict[str, MemoryPool] = {}  # by requestor
+        self._streams = ConcurrencyQuota(limits.streams_per_requestor, "event streams and watches",
+                                         "--streams-per-requestor")
         self._host = ActivityHost(machinery.runtime, machinery.executors, self.images, machinery.storage,
                                   self.networks, limits, settings.home_id, machinery.journals, self.memory_pool,
                                   store)
@@ -335,7 +339,7 @@ class Provider:
         return submitted
 
     def batch_events(self, requestor_id: str, activity_id: str, batch_id: str, from_sequence: int) -> AsyncIterator[BatchEvent]:
-        return self.batch(requestor_id, activity_id, batch_id).events.read(from_sequence)
+        return self._counted(requestor_id, self.batch(requestor_id, activity_id, batch_id).events.read(from_sequence))
 
     def batch(self, requestor_id: str, activity_id: str, batch_id: str) -> Batch:
         return self.activity(requestor_id, activity_id).batch(batch_id)
@@ -344,7 +348,13 @@ class Provider:
         return self.activity(requestor_id, activity_id).status()
 
     def watch(self, requestor_id: str, activity_id: str) -> AsyncIterator[ActivityStatus]:
-        return self.activity(requestor_id, activity_id).watch()
+        return self._counted(requestor_id, self.activity(requestor_id, activity_id).watch())
+
+    async def _counted(self, requestor_id: str, stream: AsyncIterator[T]) -> AsyncIterator[T]:
+        """The stream, counted against its requestor's --streams-per-requestor while it is open."""
+        with self._streams.hold(requestor_id, f"requestor {requestor_id!r}"):
+            async for item in stream:
+                yield item
 
     async def usage(self, requestor_id: str, activity_id: str) -> Usage:
         return await self.activity(requestor_id, activity_id).usage()
