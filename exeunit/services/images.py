@@ -10,11 +10,9 @@ when its last agreement ends, unless the operator offers it too.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +21,7 @@ from exeunit.runtime import archive
 from exeunit.runtime.protocols import ImageInfo, Runtime
 from exeunit.services.fairness import ConcurrencyQuota
 from exeunit.runtime.fetch import ArchiveFetch
-from exeunit.domain.settings import FetchPolicy, ImagePolicy
+from exeunit.domain.settings import ImagePolicy
 from exeunit.runtime.threads import in_data_thread
 
 if TYPE_CHECKING:

@@ -10,7 +10,6 @@ requestor's call) and again, under the network's lock, when its member starts.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Callable

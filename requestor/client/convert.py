@@ -11,7 +11,7 @@ from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1.conventions import activity_state_name
 from requestor.model import (
-    ActivityStatus, AgreementInfo, BatchEvent, CommandSpec, DemandSpec, DeploySpec, Offer, Pricing, Refusal, RunSpec,
+    ActivityStatus, AgreementInfo, BatchEvent, CommandSpec, DemandSpec, DeploySpec, Offer, Pricing, Refusal,
     StartSpec, TerminateSpec, Usage,
 )
 
