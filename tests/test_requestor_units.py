@@ -10,6 +10,7 @@ import pytest
 
 from exeunit.v1 import transfer_pb2 as xfer
 from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
+from exeunit.v1.conventions import GIB
 
 from requestor import events
 from requestor.budget import Budget
@@ -22,7 +23,6 @@ from requestor.services.state import TRANSITIONS, InvalidTransition, ServiceStat
 from requestor.strategy import LeastExpensiveLinearPayuMS, mismatch
 
 S = ServiceState
-GIB = 1 << 30
 
 
 @pytest.mark.parametrize(

@@ -68,7 +68,6 @@ class EventLog(Generic[T]):
         self._memory_first = 0
         self._memory_bytes = 0
         self._next = 0
-        self._first = 0  # the oldest retained sequence (without a journal: _memory_first)
         self._closed = False
         self._holding = True
         self._cond = asyncio.Condition()
@@ -80,7 +79,6 @@ class EventLog(Generic[T]):
         """Takes back the events a journal kept (the first being number `first`) after a restart;
         with the journal, they stay there and none is held in memory."""
         self._next = first + len(events)
-        self._first = first
         self._closed = closed
         if self._journal is not None:
             self._memory_first = self._next
@@ -129,7 +127,7 @@ class EventLog(Generic[T]):
             else:
                 if not self._memory or self._memory_bytes + size <= self._window:
                     return
-                boundary = self._first + 1
+                boundary = self._memory_first + 1
             if self._may_drop_before(boundary):
                 self._drop_before(boundary)
                 continue
@@ -146,7 +144,6 @@ class EventLog(Generic[T]):
             self._journal.drop_before(boundary)
         while self._memory and self._memory_first < boundary:
             self._evict_oldest()
-        self._first = boundary
 
     def _trim_memory(self) -> None:
         """Keeps memory within this log's window and its pool (the journal has what goes)."""
@@ -231,8 +228,8 @@ class EventLog(Generic[T]):
                 self._cond.notify_all()
 
     def _first_retained(self) -> int:
-        if self._journal is None:
-            return self._first
+        if self._journal is None:  # everything retained is in memory
+            return self._memory_first
         first = self._journal.first_retained()
         return self._next if first is None else first
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from exeunit import errors
 from exeunit.runtime.threads import in_data_thread
+from exeunit.v1.conventions import CHUNK_SIZE  # downloads go in the chunks uploads must keep to
 
-CHUNK_SIZE = 1 << 20
 MAX_PATH_BYTES = 4095  # Linux's PATH_MAX, less the terminating NUL
 MAX_NAME_BYTES = 255  # Linux's NAME_MAX
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
