@@ -12,6 +12,7 @@ import pytest
 from exeunit.domain.settings import ActivityLimits
 from exeunit.v1.conventions import GIB
 from exeunit.domain.resources import Resources
+from exeunit.services import telemetry
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1 import transfer_pb2 as xfer
@@ -155,3 +156,38 @@ async def test_ended_activities_are_forgotten_and_their_agreement_goes_on(daemon
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         second = await new_activity()  # the agreement still lists the forgotten one
         assert (await client.state(second)).state == act.ACTIVITY_STATE_NEW
+
+
+def bulk_paused_seconds() -> float:
+    return telemetry.REGISTRY.get_sample_value("exeunit_bulk_paused_seconds_total") or 0.0
+
+
+async def test_bulk_output_yields_to_another_requestors_calls_and_arrives_whole(daemons: Daemons) -> None:
+    server = await daemons.start()
+    address = f"127.0.0.1:{server.port}"
+    size = 48 << 20
+    print_bulk = ("/usr/bin/head", "-c", str(size), "/dev/zero")
+    async with ContractClient(address, "bulk") as bulk, ContractClient(address, "other") as other:
+        bulk_activity = await bulk.ready_activity(BASE_IMAGE)
+        before = bulk_paused_seconds()
+        alone = await bulk.run_batch(bulk_activity, [bulk.run(*print_bulk)])
+        assert len(alone.stdout()) == size
+        assert bulk_paused_seconds() == before, "a requestor alone on the daemon was slowed down"
+
+        other_activity = await other.ready_activity(BASE_IMAGE)
+        done = asyncio.Event()
+
+        async def round_trips() -> int:
+            count = 0
+            while not done.is_set():
+                run = await asyncio.wait_for(other.run_batch(other_activity, [other.run("/bin/true")]), PROMPT)
+                assert run.succeeded
+                count += 1
+            return count
+
+        caller = asyncio.create_task(round_trips())
+        shared = await bulk.run_batch(bulk_activity, [bulk.run(*print_bulk)])
+        done.set()
+        assert await caller > 0
+        assert shared.stdout() == bytes(size)  # paced, and whole
+        assert bulk_paused_seconds() > before, "bulk output did not yield while another requestor was served"

@@ -31,7 +31,11 @@ TOKEN_HELP = (
 
 
 class Caller:
-    """Who is calling, by the requestor id in the call's metadata."""
+    """Who is calling, by the requestor id in the call's metadata; `on_call` hears of each caller
+    identified (the daemon's pacer: bulk data yields while others are being served)."""
+
+    def __init__(self, on_call: Callable[[str], None] = lambda requestor_id: None) -> None:
+        self._on_call = on_call
 
     def identify(self, context: grpc.aio.ServicerContext) -> str:
         requestor_id = ""
@@ -44,6 +48,7 @@ class Caller:
             raise errors.InvalidArgument(
                 f"{REQUESTOR_ID_KEY} must be at most {MAX_REQUESTOR_ID_CHARS} printable characters"
             )
+        self._on_call(requestor_id)
         return requestor_id
 
 

@@ -103,7 +103,7 @@ async def create_server(provider: Provider, address: str, token: str | None = No
             ("grpc.so_reuseport", 0),
         ]
     )
-    caller = Caller()
+    caller = Caller(on_call=provider.pacer.note_call)
     add_service(server, MARKET, MarketServicer(provider, caller))
     add_service(server, ACTIVITY, ActivityServicer(provider, caller))
     add_service(server, TRANSFER, TransferServicer(provider, caller))

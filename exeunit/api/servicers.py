@@ -12,7 +12,7 @@ from exeunit.api import convert
 from exeunit.services import telemetry
 from exeunit.domain.market import Agreement
 from exeunit.services.provider import Provider
-from exeunit.services.transfers import TUNNEL_READ_BYTES
+from exeunit.services.transfers import PortConnection
 from exeunit.api.auth import Caller, OperatorCaller
 from exeunit.api.status import streaming, unary
 from exeunit.v1.conventions import CHUNK_SIZE
@@ -171,9 +171,9 @@ class ActivityServicer(act_grpc.ActivityServicer):
         activity_id = _required(first.open.activity_id, "open.activity_id")
         async with self.provider.tunnel(requestor_id, activity_id, first.open.port) as port:
             yield act.TunnelResponse(opened=act.TunnelOpened())
-            upstream = asyncio.create_task(_to_port(requests, port.writer))
+            upstream = asyncio.create_task(_to_port(requests, port))
             try:
-                while data := await port.reader.read(TUNNEL_READ_BYTES):
+                while data := await port.receive():
                     telemetry.TUNNEL_OUT_BYTES.inc(len(data))
                     yield act.TunnelResponse(data=data)
                 if port.was_cut:
@@ -285,7 +285,7 @@ class TransferServicer(xfer_grpc.TransferServicer):
             yield xfer.DownloadResponse(trailer=xfer.DownloadTrailer(sha256=download.sha256()))
 
 
-async def _to_port(requests: AsyncIterator[act.TunnelRequest], writer: asyncio.StreamWriter) -> None:
+async def _to_port(requests: AsyncIterator[act.TunnelRequest], port: PortConnection) -> None:
     """The requestor's direction of a tunnel: data into the port (waiting while it does not read:
     flow control), half-closed at the requestor's close or the end of its stream."""
     try:
@@ -294,18 +294,17 @@ async def _to_port(requests: AsyncIterator[act.TunnelRequest], writer: asyncio.S
             if kind == "data":
                 if len(request.data) > CHUNK_SIZE:
                     raise errors.InvalidArgument(f"tunnel data comes in messages of at most {CHUNK_SIZE} bytes")
-                writer.write(request.data)
+                await port.send(request.data)
                 telemetry.TUNNEL_IN_BYTES.inc(len(request.data))
-                await writer.drain()
             elif kind == "close":
                 break
             else:
                 raise errors.InvalidArgument("after open, a tunnel sends only data and one close")
     except BaseException:
-        writer.transport.abort()  # ends the other direction too, so that the error is answered
+        port.writer.transport.abort()  # ends the other direction too, so that the error is answered
         raise
-    if writer.can_write_eof() and not writer.is_closing():
-        writer.write_eof()
+    if port.writer.can_write_eof() and not port.writer.is_closing():
+        port.writer.write_eof()
 
 
 class OperatorActivityServicer(act_grpc.ActivityServicer):

@@ -18,7 +18,7 @@ import os
 import posixpath
 import stat
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,6 +149,13 @@ def _refusal(exc: OSError, where: str, directory: int | None = None, name: str =
     return errors.FailedPrecondition(f"{where} cannot be opened ({os.strerror(exc.errno or 0)})")
 
 
+Pace = Callable[[int], Awaitable[None]]  # awaited before each chunk of that many bytes moves
+
+
+async def unpaced(size: int) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class UploadResult:
     size: int
@@ -173,6 +180,7 @@ class Upload:
         self._digest = hashlib.sha256()
         self._cancelled: errors.ExeUnitError | None = None
         self.on_progress: Callable[[], None] = lambda: None  # called as each chunk arrives
+        self.pace: Pace = unpaced
 
     def cancel(self) -> None:
         """Makes the next write fail (the activity is ending); callable from any thread."""
@@ -195,6 +203,7 @@ class Upload:
         if self._received > self._size:
             raise errors.DataLoss(f"received more than the declared {self._size} bytes")
         self.on_progress()
+        await self.pace(len(chunk))
         if self._writing is not None:  # one chunk in flight: the next one arrives while it is written
             await self._writing
         # hashing and writing both let go of the GIL: in two threads they take the time of the slower
@@ -258,6 +267,7 @@ class Download:
         self._digest = hashlib.sha256()
         self._lock = threading.Lock()
         self.on_progress: Callable[[], None] = lambda: None  # called as each chunk is handed on
+        self.pace: Pace = unpaced
 
     def sha256(self) -> str:
         """Hex sha256 of what `chunks()` has yielded."""
@@ -279,6 +289,7 @@ class Download:
                 offset += len(chunk)
                 reading = self._read_at(offset) if offset < size else None
                 self.on_progress()
+                await self.pace(len(chunk))
                 yield chunk
         finally:
             if reading is not None and not reading.done():  # abandoned: nobody wants its outcome

@@ -31,6 +31,7 @@ from exeunit.services.batches import BatchQueue, Resume
 from exeunit.services.counted_sleep import counted_sleep, is_counted_sleep
 from exeunit.services.images import ImageResolver
 from exeunit.services.networks import Networks
+from exeunit.services.pacing import Pacer
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class ActivityHost:
     home_id: str
     journals: Journals  # where batches' events go on disk
     memory_pool: Callable[[str], MemoryPool]  # a requestor's: what its batches hold in memory together
+    pacer: Pacer  # output yields to other requestors' calls while the event loop is crowded
     store: Store | None = None  # None: nothing survives this daemon (the embedded provider, tests)
 
 
@@ -308,7 +310,9 @@ class Activity:
         return _result(outcome, run)
 
     async def _follow(self, batch: Batch, index: int, command: CommandRun) -> CommandOutcome:
+        requestor_id = self.agreement.requestor_id
         async for stream, data in command:
+            await self._host.pacer.admit(requestor_id, len(data))
             await batch.output(index, EventKind.STDOUT if stream == STDOUT else EventKind.STDERR, data)
             telemetry.OUTPUT_BYTES.inc(len(data))
         return command.outcome or CommandOutcome(return_code=None, timed_out=False)

@@ -37,6 +37,7 @@ from exeunit.services.fairness import ConcurrencyQuota
 from exeunit.services.housekeeping import Housekeeping
 from exeunit.services.images import ImageResolver
 from exeunit.services.networks import Networks
+from exeunit.services.pacing import Pacer
 from exeunit.services.recovery import recover
 from exeunit.services.transfers import PortConnection, Transfers
 from exeunit.v1.conventions import TEST_COUNTERS_RUNTIME, VPN_CAPABILITY
@@ -74,18 +75,19 @@ class Provider:
         self._limits = limits
         self._journals = machinery.journals
         self._pools: dict[str, MemoryPool] = {}  # by requestor
+        self.pacer = Pacer()  # one for all bulk data: it measures the one event loop they share
         self._streams = ConcurrencyQuota(limits.streams_per_requestor, "event streams and watches",
                                          "--streams-per-requestor")
         self._host = ActivityHost(machinery.runtime, machinery.executors, self.images, machinery.storage,
                                   self.networks, limits, settings.home_id, machinery.journals, self.memory_pool,
-                                  store)
+                                  self.pacer, store)
         self._activities: dict[str, Activity] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._idle: dict[str, asyncio.TimerHandle] = {}  # agreements with no live activity
         self._tasks: set[asyncio.Future[None]] = set()
         self.housekeeping = Housekeeping(machinery.runtime, machinery.storage, machinery.journals, settings.home_id,
                                          lambda: list(self._activities.values()), self._spawn)
-        self.transfers = Transfers(machinery.runtime, machinery.storage, limits, self.activity)
+        self.transfers = Transfers(machinery.runtime, machinery.storage, limits, self.activity, self.pacer)
 
     # Life of the daemon
 

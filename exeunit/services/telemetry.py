@@ -17,5 +17,8 @@ BYTES = Counter("exeunit_bytes_total", "Bytes moved: command output, uploads, do
 # The directions' children, looked up once: bytes are counted on the data path.
 OUTPUT_BYTES, UPLOAD_BYTES, DOWNLOAD_BYTES = BYTES.labels("output"), BYTES.labels("upload"), BYTES.labels("download")
 TUNNEL_IN_BYTES, TUNNEL_OUT_BYTES = BYTES.labels("tunnel_in"), BYTES.labels("tunnel_out")
+BULK_PAUSED = Counter("exeunit_bulk_paused_seconds_total",
+                      "Seconds bulk data (command output, transfers, tunnels) waited so that other requestors' calls "
+                      "were served promptly (exeunit.services.pacing)", registry=REGISTRY)
 REFUSED = Counter("exeunit_refused_calls_total", "Calls answered with an error, by gRPC status code",
                   ["code"], registry=REGISTRY)

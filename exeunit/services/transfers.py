@@ -5,6 +5,7 @@ activity), cut when its activity ends, and cut when its client stands still too 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -13,12 +14,13 @@ from dataclasses import dataclass, field
 from exeunit import errors
 from exeunit.domain.settings import ActivityLimits
 from exeunit.domain.states import ActivityState
-from exeunit.runtime.files import Download, Upload, confine, download, existing_size
+from exeunit.runtime.files import Download, Pace, Upload, confine, download, existing_size
 from exeunit.runtime.protocols import Runtime
 from exeunit.runtime.storage import LoopStorage, VolumeDirs
 from exeunit.runtime.threads import in_data_thread
 from exeunit.services.activity import Activity
 from exeunit.services.fairness import ConcurrencyQuota, IdleWatchdog, idle_timeout
+from exeunit.services.pacing import Pacer
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +33,24 @@ TUNNEL_READ_BYTES = 256 << 10
 
 @dataclass
 class PortConnection:
-    """A tunnel's connection to a port in an activity."""
+    """A tunnel's connection to a port in an activity; its bytes go at the pace of the daemon."""
 
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    pace: Pace
     cut_off: asyncio.Event = field(default_factory=asyncio.Event)  # set when the activity ended under it
+
+    async def receive(self) -> bytes:
+        """The next bytes from the port (b"" once it closed)."""
+        data = await self.reader.read(TUNNEL_READ_BYTES)
+        await self.pace(len(data))
+        return data
+
+    async def send(self, data: bytes) -> None:
+        """Into the port, waiting while it does not read (flow control)."""
+        await self.pace(len(data))
+        self.writer.write(data)
+        await self.writer.drain()
 
     @property
     def was_cut(self) -> bool:
@@ -51,8 +66,9 @@ class Transfers:
     checks that the requestor owns the activity)."""
 
     def __init__(self, runtime: Runtime, storage: LoopStorage, limits: ActivityLimits,
-                 find: Callable[[str, str], Activity]) -> None:
+                 find: Callable[[str, str], Activity], pacer: Pacer) -> None:
         self._runtime = runtime
+        self._pacer = pacer
         self._storage = storage
         self._limits = limits
         self._find = find
@@ -82,7 +98,7 @@ class Transfers:
         ):
             sock = await self._runtime.connect_to_port(activity.container_id, port)
             reader, writer = await asyncio.open_connection(sock=sock, limit=TUNNEL_READ_BYTES)
-            connection = PortConnection(reader, writer)
+            connection = PortConnection(reader, writer, functools.partial(self._pacer.admit, requestor_id))
             log.info("event=tunnel_opened %s port=%d", activity.log_ids, port)
             try:
                 with activity.transfer(connection.cut):  # the activity's end cuts it
@@ -133,6 +149,7 @@ class Transfers:
             async with idle_timeout(idle, f"the upload to {dest.path}") as progress:
                 upload = Upload(volumes.host_dir(dest.volume), dest, size, mode, self._storage.owner)
                 upload.on_progress = progress
+                upload.pace = functools.partial(self._pacer.admit, requestor_id)
                 await upload.begin()
                 log.info("event=upload_started %s path=%s size=%d", activity.log_ids, dest.path, size)
                 with activity.transfer(upload.cancel):
@@ -156,6 +173,7 @@ class Transfers:
             watchdog = IdleWatchdog(idle, lambda: opened.cut(
                 errors.TimedOut(f"the download of {dest.path} stood still for {idle:g}s and was cut")))
             opened.on_progress = watchdog.progress
+            opened.pace = functools.partial(self._pacer.admit, requestor_id)
             ended = errors.FailedPrecondition(f"the download of {dest.path} was cut: the activity ended")
             try:
                 with activity.transfer(lambda: opened.cut(ended)):
