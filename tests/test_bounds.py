@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from exeunit.v1 import activity_pb2 as act
+from exeunit.v1 import market_pb2 as mkt
 from tests.client import ContractClient
 from tests.conftest import BASE_IMAGE
 from tests.daemon_process import Daemon
@@ -120,9 +121,11 @@ async def test_a_batch_id_runs_once_even_after_its_batch_was_forgotten_and_the_d
 
 
 async def test_streams_past_the_requestors_bound_are_refused_naming_it() -> None:
-    daemon = Daemon("--streams-per-requestor", "3")
+    daemon = Daemon("--streams-per-requestor", "3", "--image-fetches-per-requestor", "5")
     try:
         async with ContractClient(f"127.0.0.1:{daemon.port}", "r") as client:
+            offer = (await client.market.GetOffer(mkt.GetOfferRequest(), metadata=client.metadata)).offer
+            assert (offer.limits.streams_per_requestor, offer.limits.image_fetches_per_requestor) == (3, 5)
             activity_id = await client.ready_activity(BASE_IMAGE)
             request = act.WatchActivityRequest(activity_id=activity_id)
             watches = [client.activity.WatchActivity(request, metadata=client.metadata) for _ in range(3)]

@@ -96,11 +96,11 @@ def offer_to_proto(offer: Offer) -> mkt.Offer:
         capabilities=list(s.capabilities),
         max_agreement_duration=duration(s.max_agreement_seconds),
         agreement_idle_timeout=duration(s.agreement_idle_seconds),
-        limits=limits_to_proto(offer.limits),
+        limits=limits_to_proto(offer.limits, s.images.fetches_per_requestor),
     )
 
 
-def limits_to_proto(limits: ActivityLimits) -> mkt.OfferLimits:
+def limits_to_proto(limits: ActivityLimits, image_fetches_per_requestor: int) -> mkt.OfferLimits:
     return mkt.OfferLimits(
         batches_queued=limits.batches_queued, batches_kept=limits.batches_kept,
         batch_ids_remembered=limits.batch_ids_remembered, replay_window_bytes=limits.replay_window_bytes,
@@ -108,6 +108,7 @@ def limits_to_proto(limits: ActivityLimits) -> mkt.OfferLimits:
         transfers_per_requestor=limits.transfers_per_requestor, tunnels_per_activity=limits.tunnels_per_activity, tunnels_per_requestor=limits.tunnels_per_requestor,
         streams_per_requestor=limits.streams_per_requestor,
         networks_per_requestor=limits.networks_per_requestor,
+        image_fetches_per_requestor=image_fetches_per_requestor,
     )
 
 

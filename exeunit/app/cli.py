@@ -58,6 +58,7 @@ def provider_settings(args: argparse.Namespace, identity: Identity, storage_dir:
                 allow_private_hosts=args.allow_private_image_hosts,
                 max_bytes=int(args.max_image_gib * GIB),
             ),
+            fetches_per_requestor=args.image_fetches_per_requestor,
         ),
         max_agreement_seconds=args.max_agreement_hours * 3600,
         agreement_idle_seconds=args.agreement_idle_seconds,

@@ -137,6 +137,9 @@ def _image_options(serve: argparse.ArgumentParser) -> None:
     images.add_argument("--allow-private-image-hosts", action="store_true",
                         help="let http(s) image urls reach loopback, private and link-local addresses "
                              "(default: only public addresses, checked after every redirect)")
+    images.add_argument("--image-fetches-per-requestor", type=positive(int), default=2, metavar="N",
+                        help="image urls one requestor may have fetched and loaded at once; more are refused "
+                             "(default: %(default)s)")
     images.add_argument("--max-image-gib", type=positive(float), default=4.0, metavar="GIB",
                         help="largest archive, and largest unpacked image, fetched for a requestor; the "
                              "agreement's storage caps it too (default: %(default)s)")

@@ -34,7 +34,8 @@ class ImageResolver:
         self._runtime = runtime
         self.policy = policy
         self._owners: dict[str, dict[str, str]] = {}  # loaded image id -> {agreement id: requestor id}
-        self._fetches = ConcurrencyQuota(policy.fetches_per_requestor, "image fetches")
+        self._fetches = ConcurrencyQuota(policy.fetches_per_requestor, "image fetches",
+                                        "--image-fetches-per-requestor")
         self._preexisting: set[str] = set()
 
     # What is offered

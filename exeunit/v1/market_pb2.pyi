@@ -101,7 +101,7 @@ class Offer(_message.Message):
     def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., subnet_tag: _Optional[str] = ..., runtime_name: _Optional[str] = ..., runtime_version: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., total_cpu_threads: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., total_storage_bytes: _Optional[int] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., accepts_image_urls: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ..., max_agreement_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., agreement_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runtimes: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[OfferLimits, _Mapping]] = ...) -> None: ...
 
 class OfferLimits(_message.Message):
-    __slots__ = ("batches_queued", "batches_kept", "batch_ids_remembered", "replay_window_bytes", "result_output_bytes", "transfers_per_activity", "transfers_per_requestor", "tunnels_per_activity", "networks_per_requestor", "tunnels_per_requestor", "streams_per_requestor")
+    __slots__ = ("batches_queued", "batches_kept", "batch_ids_remembered", "replay_window_bytes", "result_output_bytes", "transfers_per_activity", "transfers_per_requestor", "tunnels_per_activity", "networks_per_requestor", "tunnels_per_requestor", "streams_per_requestor", "image_fetches_per_requestor")
     BATCHES_QUEUED_FIELD_NUMBER: _ClassVar[int]
     BATCHES_KEPT_FIELD_NUMBER: _ClassVar[int]
     BATCH_IDS_REMEMBERED_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,7 @@ class OfferLimits(_message.Message):
     NETWORKS_PER_REQUESTOR_FIELD_NUMBER: _ClassVar[int]
     TUNNELS_PER_REQUESTOR_FIELD_NUMBER: _ClassVar[int]
     STREAMS_PER_REQUESTOR_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FETCHES_PER_REQUESTOR_FIELD_NUMBER: _ClassVar[int]
     batches_queued: int
     batches_kept: int
     batch_ids_remembered: int
@@ -124,7 +125,8 @@ class OfferLimits(_message.Message):
     networks_per_requestor: int
     tunnels_per_requestor: int
     streams_per_requestor: int
-    def __init__(self, batches_queued: _Optional[int] = ..., batches_kept: _Optional[int] = ..., batch_ids_remembered: _Optional[int] = ..., replay_window_bytes: _Optional[int] = ..., result_output_bytes: _Optional[int] = ..., transfers_per_activity: _Optional[int] = ..., transfers_per_requestor: _Optional[int] = ..., tunnels_per_activity: _Optional[int] = ..., networks_per_requestor: _Optional[int] = ..., tunnels_per_requestor: _Optional[int] = ..., streams_per_requestor: _Optional[int] = ...) -> None: ...
+    image_fetches_per_requestor: int
+    def __init__(self, batches_queued: _Optional[int] = ..., batches_kept: _Optional[int] = ..., batch_ids_remembered: _Optional[int] = ..., replay_window_bytes: _Optional[int] = ..., result_output_bytes: _Optional[int] = ..., transfers_per_activity: _Optional[int] = ..., transfers_per_requestor: _Optional[int] = ..., tunnels_per_activity: _Optional[int] = ..., networks_per_requestor: _Optional[int] = ..., tunnels_per_requestor: _Optional[int] = ..., streams_per_requestor: _Optional[int] = ..., image_fetches_per_requestor: _Optional[int] = ...) -> None: ...
 
 class ImageRef(_message.Message):
     __slots__ = ("hash", "tag", "url")
