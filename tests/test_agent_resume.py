@@ -56,7 +56,7 @@ async def guest(engine: docker.DockerClient) -> AsyncIterator[Guest]:
             name=f"exeunit-test-resume-{uuid.uuid4().hex[:8]}", image_id=image.id,
             owner=ContainerOwner("test-resume", "-", "test-agent-resume", "test-agent-resume",
                                  datetime.now(timezone.utc) + timedelta(hours=1)),
-            memory_bytes=256 << 20, cpu_threads=1, pids_limit=64, tmp_bytes=16 << 20, binds={},
+            memory_bytes=256 << 20, cpu_threads=1, pids_limit=64, shm_bytes=16 << 20, binds={},
             guest=GuestSetup(guest_entrypoint(), guest_binds(channel_dir)),
         )
         container_id = await runtime.create_container(spec)

@@ -41,16 +41,17 @@ def _existing(path: Path) -> Path:
 
 
 def activity_storage(base: Path, runtime: Runtime, allow_unenforced: bool, refusal_hint: str) -> LoopStorage:
-    """Loop-mounted storage of each agreement's size, or, where that cannot be and the caller
-    accepts it, plain directories of unlimited size (said in the log); owned by whoever root in a
-    container is on this host. FailedPrecondition (ending with `refusal_hint`) otherwise."""
+    """Loop-mounted storage of each agreement's size, holding volumes and writable root alike, or,
+    where that cannot be and the caller accepts it, plain directories and the engine's own writable
+    layers, of unlimited size (said in the log); owned by whoever root in a container is on this
+    host. FailedPrecondition (ending with `refusal_hint`) otherwise."""
     owner = runtime.container_root_owner()
-    why_not = LoopStorage.available()
+    why_not = LoopStorage.available() or runtime.root_layer_unsupported()
     if why_not is None:
         return LoopStorage(base, *owner)
     if not allow_unenforced:
         raise errors.FailedPrecondition(f"cannot enforce activities' storage: {why_not}. {refusal_hint}")
-    log.warning("event=storage_unenforced reason=%r volumes=unlimited", why_not)
+    log.warning("event=storage_unenforced reason=%r volumes=unlimited root=unlimited", why_not)
     return DirectoryStorage(base, *owner)
 
 

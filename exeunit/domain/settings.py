@@ -44,7 +44,7 @@ class ActivityLimits:
     """Limits the operator sets on what an activity, and the requestor behind it, may hold."""
 
     pids_limit: int = 512
-    tmp_bytes: int = 64 << 20
+    shm_bytes: int = 64 << 20  # /dev/shm (memory); /tmp is part of the writable root
     result_output_cap: int = 1 << 20
     replay_window_bytes: int = 32 << 20  # a batch's events kept for readers that come back (on disk)
     output_memory_bytes: int = 1 << 20  # of those, what one activity holds in memory (its running batch's tail)

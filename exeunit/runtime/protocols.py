@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
 STDOUT, STDERR = 1, 2
@@ -65,8 +66,9 @@ class ContainerSpec:
     memory_bytes: int
     cpu_threads: int
     pids_limit: int
-    tmp_bytes: int
+    shm_bytes: int  # /dev/shm, in memory
     binds: dict[str, str]  # container path -> host directory (the activity's volumes)
+    root_layer: Path | None = None  # where the writable root goes (absent: the engine's own place, unbounded)
     guest: GuestSetup = field(default_factory=GuestSetup)
 
 
@@ -136,6 +138,7 @@ class Runtime(Protocol):
     """Containers and images on one engine."""
 
     def container_root_owner(self) -> tuple[int, int]: ...
+    def root_layer_unsupported(self) -> str | None: ...  # why writable roots cannot go on activity storage
     def executor(self) -> Executor: ...  # the engine's own way of running commands
 
     async def ping(self) -> None: ...

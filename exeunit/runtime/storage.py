@@ -4,9 +4,11 @@ Each activity gets its own filesystem of exactly its agreement's storage: a spar
 provider's storage directory, formatted ext4 (without a journal: a filesystem outlives a daemon
 crash mounted, and its activity does not outlive a host crash) and loop-mounted (`mount -o loop`,
 which frees the loop device again at unmount). Every VOLUME the image declares is a directory in it, bind-mounted
-into the container, so writes inside stop at the agreement's size whatever the container does, and
-the daemon moves files through the same directories (see `exeunit.runtime.files`) without the engine.
-Being its own filesystem also means no hard link from the container can reach a file outside it.
+into the container, and the container's writable root is kept in it too (ROOT_LAYER, placed there
+by the runtime), so writes anywhere inside stop at the agreement's size whatever the container
+does. The daemon moves files through the volumes' directories (see `exeunit.runtime.files`)
+without the engine. Being its own filesystem also means no hard link from the container can reach
+a file outside it.
 
 Where the host cannot loop-mount (no root, no loop devices), `DirectoryStorage` gives plain
 directories instead: same layout, no size limit. The daemon uses it only when the operator says so.
@@ -30,6 +32,8 @@ MOUNT_OPTIONS = "loop,nosuid,nodev"
 # this much larger, and what is left over beyond the agreement's size is held by RESERVE_FILE.
 FILESYSTEM_SLACK = 1.03
 RESERVE_FILE = ".exeunit-reserved"
+ROOT_LAYER = ".exeunit-root"  # the container's writable root (made by the runtime, see exeunit.runtime.docker.layers)
+OWN_NAMES = (RESERVE_FILE, ROOT_LAYER)  # no volume may take these
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class VolumeDirs:
     root: Path
     dirs: dict[str, Path]
     enforced: bool
+    root_layer: Path | None = None  # where the container's writable root goes; None: the engine's place
 
     def host_dir(self, volume: str) -> Path:
         return self.dirs[volume]
@@ -95,7 +100,7 @@ class LoopStorage:
         except (errors.ExeUnitError, OSError):
             self.destroy(activity_id)
             raise
-        return VolumeDirs(mountpoint, dirs, enforced=True)
+        return VolumeDirs(mountpoint, dirs, enforced=True, root_layer=mountpoint / ROOT_LAYER)
 
     def channel_dir(self, activity_id: str) -> Path:
         """A directory beside the activity's filesystem for its agent's socket (removed with it)."""
@@ -157,6 +162,8 @@ def _make_volume_dirs(root: Path, volumes: tuple[str, ...], uid: int, gid: int) 
     os.chown(root, uid, gid)
     dirs = {}
     for volume in volumes:
+        if volume.strip("/").split("/")[0] in OWN_NAMES:
+            raise errors.InvalidArgument(f"the image's volume {volume} takes a name the provider keeps for itself")
         host = root / volume.strip("/")
         host.mkdir(parents=True, exist_ok=True)
         path = host

@@ -267,8 +267,9 @@ class Activity:
             memory_bytes=reserved.memory_bytes,
             cpu_threads=reserved.cpu_threads,
             pids_limit=self._host.limits.pids_limit,
-            tmp_bytes=self._host.limits.tmp_bytes,
+            shm_bytes=self._host.limits.shm_bytes,
             binds={volume: str(path) for volume, path in self.volumes.dirs.items()},
+            root_layer=self.volumes.root_layer,
             guest=await self._open_executor(),
         )
         self.container_id = await self._runtime.create_container(spec)

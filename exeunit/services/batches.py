@@ -196,6 +196,7 @@ class BatchQueue:
                 log.info("event=command_failed %s batch=%s index=%d message=%r",
                          self._runner.log_ids, batch.batch_id, index, message)
                 break
+        self._forget_old_batches(finishing=batch)  # before its end is told: a reader never sees more kept
         await batch.finish()
         self._unfinished -= 1
         if batch.journal is not None:
@@ -203,14 +204,13 @@ class BatchQueue:
         await batch.spill_results()
         log.info("event=batch_finished %s batch=%s state=%s commands=%s", self._runner.log_ids, batch.batch_id,
                  batch.state.value, ",".join(name_of(c) for c in batch.commands))
-        self._forget_old_batches()
 
-    def _forget_old_batches(self) -> None:
-        """Keeps the last `batches_kept` finished batches, and of those no more than fit in
-        `journal_bytes_per_activity` on disk with the rest: a service running commands for months
-        must not keep every one of them, in memory or on disk."""
-        finished = [b for b in self._batches.values() if b.events.closed]
-        excess = max(len(finished) - self._limits.batches_kept, 0)
+    def _forget_old_batches(self, finishing: Batch) -> None:
+        """Keeps the last `batches_kept` finished batches (`finishing` counted among them), and of
+        those no more than fit in `journal_bytes_per_activity` on disk with the rest: a service
+        running commands for months must not keep every one of them, in memory or on disk."""
+        finished = [b for b in self._batches.values() if b.events.closed and b is not finishing]  # oldest first
+        excess = max(len(finished) + 1 - self._limits.batches_kept, 0)
         for old in finished[:excess]:
             self._forget(old)
         on_disk = sum(b.journal.disk_bytes() for b in self._batches.values() if b.journal is not None)

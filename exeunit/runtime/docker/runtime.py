@@ -21,6 +21,7 @@ import docker
 import docker.errors
 
 from exeunit import errors
+from exeunit.runtime.docker import layers
 from exeunit.runtime.docker.cgroups import cgroup_usage
 from exeunit.runtime.docker.deaths import DeathWatch
 from exeunit.runtime.docker.errors import translated
@@ -129,23 +130,23 @@ class DockerRuntime:
 
     @_in_thread
     def create_container(self, spec: ContainerSpec) -> str:
-        """Creates a hardened container; returns its id."""
+        """Creates a hardened container with a writable root (on `spec.root_layer` when given);
+        returns its id."""
         host_config = self._api.create_host_config(
             init=True,
             network_mode="none",
-            read_only=True,
+            read_only=False,  # as a VM's: images written for Golem write anywhere
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             pids_limit=spec.pids_limit,
             mem_limit=spec.memory_bytes,
             memswap_limit=spec.memory_bytes,
             nano_cpus=spec.cpu_threads * 1_000_000_000,
-            # Nothing writable is executable but the volumes: /tmp and /dev/shm are small and noexec,
-            # and /dev is remounted noexec (and tiny: it only holds the device nodes).
+            # The memory-backed ones are small and noexec: /dev/shm (counted against the container's
+            # memory) and /dev (remounted tiny: it only holds the device nodes).
             tmpfs={
-                "/tmp": f"rw,nosuid,nodev,noexec,size={spec.tmp_bytes}",
                 "/dev": "rw,nosuid,dev,noexec,size=64k,mode=755",
-                "/dev/shm": f"rw,nosuid,nodev,noexec,size={spec.tmp_bytes}",
+                "/dev/shm": f"rw,nosuid,nodev,noexec,size={spec.shm_bytes}",
             },
             binds={
                 **{host: {"bind": inside, "mode": "rw"} for inside, host in spec.binds.items()},
@@ -163,7 +164,23 @@ class DockerRuntime:
                 host_config=host_config,
                 network_disabled=True,
             )
-        return str(created["Id"])
+        container_id = str(created["Id"])
+        if spec.root_layer is not None:
+            try:
+                with translated("inspect container"):
+                    inspected = self._api.inspect_container(container_id)
+                layers.place(inspected, spec.root_layer)
+            except (errors.ExeUnitError, OSError) as exc:
+                self._remove(container_id)
+                if isinstance(exc, OSError):
+                    raise errors.RuntimeFailure(f"placing the container's writable root failed: {exc}") from None
+                raise
+        return container_id
+
+    def root_layer_unsupported(self) -> str | None:
+        """None when containers' writable roots can be placed on the activities' storage. Blocks."""
+        with translated("ask the engine about itself"):
+            return layers.unsupported(self._api.info())
 
     @_in_thread
     def start_container(self, container_id: str) -> None:
@@ -225,6 +242,16 @@ class DockerRuntime:
             return
         except errors.ExeUnitError as exc:
             log.warning("event=container_stop_failed container=%s error=%s", container_id[:12], exc)
+        self._remove(container_id)
+
+    def _remove(self, container_id: str) -> None:
+        try:
+            with translated("inspect container"):
+                layers.release(self._api.inspect_container(container_id))
+        except errors.NotFound:
+            return
+        except (errors.ExeUnitError, OSError) as exc:
+            log.warning("event=root_layer_release_failed container=%s error=%s", container_id[:12], exc)
         try:
             with translated("remove container"):
                 self._api.remove_container(container_id, v=True, force=True)
