@@ -31,9 +31,15 @@ SUITE = "bookworm"
 BASE_PACKAGES = ["python3"]
 # The tutorial's base also draws its plots with Debian's matplotlib (pip has no registry here).
 PLOTS_BASE = "exeunit-debian-plots:bookworm"
-DEBIAN_BASES = {DEBIAN_BASE: BASE_PACKAGES, PLOTS_BASE: [*BASE_PACKAGES, "python3-matplotlib"]}
+# The stand-ins of yapapi's example images (nginx, sshd, Flask) share one base of Debian's packages
+# in place of the Alpine and python:slim images they start from.
+SERVICES_BASE = "exeunit-debian-services:bookworm"
+SERVICES_PACKAGES = [*BASE_PACKAGES, "python-is-python3", "python3-pip", "bash", "procps", "iproute2", "net-tools",
+                     "nginx", "openssh-server", "inetutils-syslogd"]
+DEBIAN_BASES = {DEBIAN_BASE: BASE_PACKAGES, PLOTS_BASE: [*BASE_PACKAGES, "python3-matplotlib"],
+                SERVICES_BASE: SERVICES_PACKAGES}
 # Dockerfiles in build order; each is tagged exeunit-<folder>:latest.
-IMAGES = ["base", "simple-service", "webapp-db", "webapp-http"]
+IMAGES = ["base", "simple-service", "webapp-db", "webapp-http", "http-proxy", "ssh"]
 
 
 def say(message: str) -> None:

@@ -50,3 +50,6 @@ def run_golem_example(example_main, log_file=None) -> None:
             loop.run_until_complete(task)
         except (asyncio.CancelledError, KeyboardInterrupt):
             pass
+
+TEXT_COLOR_RED = "\033[31;1m"
+TEXT_COLOR_CYAN = "\033[36m"

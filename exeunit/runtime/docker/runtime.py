@@ -38,6 +38,16 @@ T = TypeVar("T")
 # a stdin that stays open and never receives any. Needs only /bin/sh in the image.
 KEEPALIVE_ENTRYPOINT = ["/bin/sh"]
 
+# What the root of a VM image relies on and nothing more: servers that start as root and switch to
+# their own users (nginx's workers, sshd's privilege separation, which also chroots), package
+# scripts that chown, a shell that signals its children. Granted only where the engine remaps user
+# namespaces: there root in the container is an unprivileged uid of the host, and these act only
+# on the uids mapped into the container, in its own namespaces (its files, its processes, its
+# ports); without remapping, containers get no capability at all. Never granted: anything that
+# reaches beyond the container (SYS_ADMIN, NET_ADMIN, SYS_PTRACE, MKNOD, NET_RAW, ...).
+NAMESPACED_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+                           "NET_BIND_SERVICE", "SYS_CHROOT")
+
 
 def _in_thread(method: Callable[..., T]) -> Callable[..., Coroutine[Any, Any, T]]:
     """Makes a blocking method awaitable, run on the loop's default executor (short calls)."""
@@ -56,11 +66,18 @@ class DockerRuntime:
         with translated("connect to Docker"):
             self._client = client or docker.from_env(max_pool_size=pool_size, timeout=120)
         self._api = self._client.api
+        self._remaps_users: bool | None = None
 
     @_in_thread
     def ping(self) -> None:
         with translated("ping Docker"):
             self._api.ping()
+
+    def _remapped(self) -> bool:
+        """Whether root in a container is an unprivileged uid of the host (asked once)."""
+        if self._remaps_users is None:
+            self._remaps_users = self.container_root_owner() != (0, 0)
+        return self._remaps_users
 
     def container_root_owner(self) -> tuple[int, int]:
         """Host uid and gid of root inside containers: (0, 0) unless the engine remaps user
@@ -137,6 +154,7 @@ class DockerRuntime:
             network_mode="none",
             read_only=False,  # as a VM's: images written for Golem write anywhere
             cap_drop=["ALL"],
+            cap_add=list(NAMESPACED_CAPABILITIES) if self._remapped() else None,
             security_opt=["no-new-privileges"],
             pids_limit=spec.pids_limit,
             mem_limit=spec.memory_bytes,

@@ -46,6 +46,10 @@ class Listener:
         self._connections.add(task)
         try:
             await self._handle(reader, writer)
+        except asyncio.CancelledError:
+            # Stopped (or the program is ending): the connection's end, not an error. Re-raised,
+            # it would reach asyncio's server, which logs a cancelled handler as an exception.
+            pass
         finally:
             self._connections.discard(task)
 

@@ -1,0 +1,114 @@
+"""yapapi's example services on stand-ins of their own images (images/http-proxy, images/ssh: built
+from Debian's packages after yapapi's Dockerfiles, nothing shaped for this provider), driven by
+scripts in yapapi's style (tests/yapapi_style/) and checked from outside as their users would:
+pages fetched through the local proxy, a real SSH login with the password the script printed."""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import paramiko
+
+SCRIPTS = Path(__file__).resolve().parent / "yapapi_style"
+STARTING = 180.0  # seconds a script may take to bring its instances up
+
+
+class RunningScript:
+    """A script in its own process; its output lines as they come."""
+
+    def __init__(self, name: str, cwd: Path, *args: str) -> None:
+        self.process = subprocess.Popen([sys.executable, "-u", str(SCRIPTS / name), *args], cwd=cwd,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._new: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._new.put(line.rstrip("\n"))
+        self._new.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = STARTING) -> re.Match[str]:
+        """The first line from now on matching `pattern`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._new.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                raise AssertionError(f"no line matched {pattern!r} in {timeout:g}s:\n" + "\n".join(self.lines)) from None
+            if line is None:
+                raise AssertionError(f"the script ended before a line matched {pattern!r}:\n" + "\n".join(self.lines))
+            self.lines.append(line)
+            if match := re.search(pattern, line):
+                return match
+
+    def finish(self, timeout: float = 120.0) -> None:
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError("the script did not end:\n" + "\n".join(self.lines)) from None
+        while (line := self._new.get()) is not None:
+            self.lines.append(line)
+        assert code == 0, "\n".join(self.lines)
+        assert not [line for line in self.lines if "Traceback" in line or " ERROR " in line], "\n".join(self.lines)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_http_proxy_example_serves_the_page_each_instance_wrote_into_its_root(tmp_path: Path, engine) -> None:
+    port = free_port()
+    script = RunningScript("http_proxy.py", tmp_path, "--port", str(port), "--num-instances", "2",
+                           "--running-time", "10", "--log-file", str(tmp_path / "http-proxy.log"))
+    script.wait_for(r"Local HTTP server listening on")
+    pages = [urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read() for _ in range(6)]
+    assert set(pages) == {b"Hello from inside Golem!\n... running on local-provider\n"}, pages
+    script.wait_for(r"HTTP server stopped", timeout=60)
+    script.finish()
+    instances = [line for line in script.lines if line.startswith("[") and "running" in line]
+    assert any(line.count("running") == 2 for line in instances), "\n".join(script.lines)
+
+
+def test_ssh_example_takes_a_password_login_through_the_socket_proxy(tmp_path: Path, engine) -> None:
+    script = RunningScript("ssh.py", tmp_path, "--num-instances", "2", "--log-file", str(tmp_path / "ssh.log"))
+    logins = []
+    for _ in range(2):
+        where = script.wait_for(r"-p (\d+) root@([\d.]+)")
+        password = script.wait_for(r"password: (\w+)").group(1)
+        logins.append((where.group(2), int(where.group(1)), password))
+    hostnames = set()
+    for address, port, password in logins:
+        with paramiko.SSHClient() as ssh:
+            ssh.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            ssh.connect(address, port=port, username="root", password=password, look_for_keys=False,
+                        allow_agent=False, timeout=30)
+            _, stdout, _ = ssh.exec_command("echo $((6 * 7)) as $(id -un) on $(hostname)")
+            answer = stdout.read().decode().split()
+            assert answer[:3] == ["42", "as", "root"], answer
+            hostnames.add(answer[-1])
+        with paramiko.SSHClient() as wrong:
+            wrong.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            try:
+                wrong.connect(address, port=port, username="root", password=password + "x", look_for_keys=False,
+                              allow_agent=False, timeout=30)
+            except paramiko.AuthenticationException:
+                pass
+            else:
+                raise AssertionError("a wrong password was let in")
+    assert len(hostnames) == 2  # two instances, each its own machine
+    script.process.send_signal(signal.SIGINT)  # as a user's Ctrl-C
+    script.finish()
