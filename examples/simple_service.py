@@ -44,7 +44,6 @@ class SimpleService(Service):
         async for script in super().start():  # deploy + start
             yield script
         script = self._ctx.new_script()
-        script.run(SIMPLE_SERVICE, "--init")
         script.run(SIMULATION_CTL, "--start")
         yield script
 

@@ -7,8 +7,9 @@ machine reaches the front ends through `LocalHttpProxy`.
     python examples/webapp.py --port 8081 --running-time 60
     curl -d message=hello http://localhost:8080/ && curl http://localhost:8080/messages
 
-Images: exeunit-webapp-db (SQLite behind a small rqlite-like HTTP API on port 4001) and
-exeunit-webapp-http (the front end on port 5000), built by images/build.py. Stops after
+Images: exeunit-webapp-db (a stand-in of rqlite on port 4001) and exeunit-webapp-http (a Flask
+front end on port 5000 keeping its messages there through SQLAlchemy), the stand-ins of yapapi's
+webapp images that images/build.py builds. Stops after
 --running-time seconds or on Ctrl-C; instances go through shutdown and the network is removed.
 """
 
@@ -40,7 +41,7 @@ class DbService(Service):
         async for script in super().start():  # deploy (joining the network) + start
             yield script
         script = self._ctx.new_script(timeout=timedelta(seconds=30))
-        script.run("/bin/sh", "-c", f"(python3 /golem/run/db.py --port {DB_PORT} > /golem/work/db.log 2>&1 &)")
+        script.run("/bin/run_rqlite.sh")  # rqlited (a stand-in of it) in the background, on port 4001
         yield script
 
 
@@ -59,9 +60,12 @@ class HttpService(HttpProxyService):
             yield script
         script = self._ctx.new_script(timeout=timedelta(seconds=30))
         # The database may still be starting: initdb tries for a few seconds.
-        script.run("/bin/sh", "-c", f"for i in $(seq 50); do python3 /webapp/app.py {self._db} initdb 2>/dev/null "
-                                    f"&& exit 0; sleep 0.2; done; python3 /webapp/app.py {self._db} initdb")
-        script.run("/bin/sh", "-c", f"(python3 /webapp/app.py {self._db} run > /golem/work/http.log 2>&1 &)")
+        script.run("/bin/sh", "-c", f"cd /webapp && for i in $(seq 50); do python app.py {self._db} initdb 2>/dev/null "
+                                    f"&& exit 0; sleep 0.2; done; python app.py {self._db} initdb")
+        script.run("/bin/sh", "-c", f"cd /webapp && (python app.py {self._db} run > /webapp/out 2> /webapp/err &)")
+        # Running means serving: wait (up to 10 s) until the app takes connections.
+        script.run("/bin/bash", "-c", f"for i in $(seq 100); do (echo > /dev/tcp/127.0.0.1/{HTTP_PORT}) 2>/dev/null "
+                                      "&& exit 0; sleep 0.1; done; echo 'the app did not start' >&2; exit 1")
         yield script
 
 

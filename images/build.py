@@ -38,8 +38,11 @@ SERVICES_PACKAGES = [*BASE_PACKAGES, "python-is-python3", "python3-pip", "bash",
                      "nginx", "openssh-server", "inetutils-syslogd"]
 DEBIAN_BASES = {DEBIAN_BASE: BASE_PACKAGES, PLOTS_BASE: [*BASE_PACKAGES, "python3-matplotlib"],
                 SERVICES_BASE: SERVICES_PACKAGES}
+# The Python of the Debian bases, for the wheels an image's requirements.txt asks for.
+IMAGE_PYTHON = "3.11"
+WHEEL_PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64")
 # Dockerfiles in build order; each is tagged exeunit-<folder>:latest.
-IMAGES = ["base", "simple-service", "webapp-db", "webapp-http", "http-proxy", "ssh"]
+IMAGES = ["base", "simple-service", "webapp-db", "webapp-http", "webapp-fileupload", "http-proxy", "ssh"]
 
 
 def say(message: str) -> None:
@@ -119,19 +122,39 @@ def build_debian_base(client: docker.DockerClient, tag_name: str = DEBIAN_BASE) 
     say(f"built {tag_name}")
 
 
+def download_wheels(requirements: Path, into: Path) -> None:
+    """The wheels of `requirements` (and their dependencies) for the images' Python (Debian
+    bookworm's 3.11 on x86-64), from the package index this machine's pip uses: the builds
+    themselves run without a network."""
+    into.mkdir()
+    shutil.copy(requirements, into / "requirements.txt")
+    platforms = [arg for tag in WHEEL_PLATFORMS for arg in ("--platform", tag)]
+    say(f"downloading the wheels of {requirements.relative_to(HERE)}...")
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                    "--only-binary=:all:", "--implementation", "cp", "--python-version", IMAGE_PYTHON,
+                    *platforms, "--dest", str(into), "--requirement", str(requirements)], check=True)
+
+
 def build_dockerfile(client: docker.DockerClient, name: str, base: str, digest: str) -> None:
-    """Builds images/<name>/Dockerfile, printing each step as the engine reports it."""
+    """Builds images/<name>/Dockerfile, printing each step as the engine reports it; a folder with
+    a requirements.txt gets its wheels in wheels/ of the build context."""
     tag = f"exeunit-{name}:latest"
     say(f"building {tag} on {base}...")
-    said: list[str] = []
-    for part in client.api.build(path=str(HERE / name), tag=tag, buildargs={"BASE": base}, rm=True,
-                                 network_mode="none", decode=True, labels={CONTEXT_LABEL: digest}):
-        if "error" in part:
-            sys.exit(f"[images] building {tag} failed: {part['error'].strip()}\n{''.join(said)}")
-        line = str(part.get("stream", ""))
-        said.append(line)
-        if line.startswith("Step "):
-            say(f"  {line.strip()}")
+    with tempfile.TemporaryDirectory(prefix=f"exeunit-build-{name}-") as scratch:
+        context = HERE / name
+        if (context / "requirements.txt").exists():
+            context = Path(scratch) / name
+            shutil.copytree(HERE / name, context)
+            download_wheels(HERE / name / "requirements.txt", context / "wheels")
+        said: list[str] = []
+        for part in client.api.build(path=str(context), tag=tag, buildargs={"BASE": base}, rm=True,
+                                     network_mode="none", decode=True, labels={CONTEXT_LABEL: digest}):
+            if "error" in part:
+                sys.exit(f"[images] building {tag} failed: {part['error'].strip()}\n{''.join(said)}")
+            line = str(part.get("stream", ""))
+            said.append(line)
+            if line.startswith("Step "):
+                say(f"  {line.strip()}")
     say(f"built {tag}")
 
 

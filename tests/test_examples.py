@@ -93,7 +93,7 @@ def test_webapp_example_keeps_messages_in_its_database_instance(engine) -> None:
             assert response.status == 200  # after the redirect to /
     with urllib.request.urlopen(url + "/", timeout=10) as response:
         page = response.read().decode()
-    assert "<li>first</li><li>second &lt;b&gt;</li>" in page
+    assert "<li>second &lt;b&gt;</li><li>first</li>" in page  # newest first
     # One keep-alive connection through the proxy: a page, then a chunked response, then a page.
     connection = http.client.HTTPConnection(urllib.parse.urlparse(url).netloc, timeout=10)
     connection.request("GET", "/")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -111,4 +112,58 @@ def test_ssh_example_takes_a_password_login_through_the_socket_proxy(tmp_path: P
                 raise AssertionError("a wrong password was let in")
     assert len(hostnames) == 2  # two instances, each its own machine
     script.process.send_signal(signal.SIGINT)  # as a user's Ctrl-C
+    script.finish()
+
+
+def until_it_answers(url: str, timeout: float = 30.0) -> None:
+    """The examples start their web app in the background and announce the proxy at once, as
+    yapapi's do: its first requests may find the app still starting (a user would reload)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=10).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def post(url: str, body: bytes, content_type: str) -> int:
+    request = urllib.request.Request(url, body, {"Content-Type": content_type})
+    with urllib.request.urlopen(request, timeout=20) as response:  # follows the redirect back to /
+        return response.status
+
+
+def test_webapp_example_keeps_a_posted_message_in_its_database_instance(tmp_path: Path, engine) -> None:
+    port = free_port()
+    script = RunningScript("webapp.py", tmp_path, "--port", str(port), "--log-file", str(tmp_path / "webapp.log"))
+    script.wait_for(r"DB instance started")
+    script.wait_for(r"Local HTTP server listening on")
+    url = f"http://127.0.0.1:{port}/"
+    until_it_answers(url)
+    message = f"hello from the test {time.time_ns()}"
+    assert post(url, urllib.parse.urlencode({"message": message}).encode(), "application/x-www-form-urlencoded") == 200
+    page = urllib.request.urlopen(url, timeout=20).read().decode()
+    assert f"<li>{message}</li>" in page, page
+    script.process.send_signal(signal.SIGINT)
+    script.finish()
+
+
+def test_webapp_fileupload_example_gives_back_an_uploaded_file(tmp_path: Path, engine) -> None:
+    port = free_port()
+    script = RunningScript("webapp_fileupload.py", tmp_path, "--port", str(port),
+                           "--log-file", str(tmp_path / "webapp_fileupload.log"))
+    script.wait_for(r"Local HTTP server listening on")
+    url = f"http://127.0.0.1:{port}/"
+    until_it_answers(url)
+    content = bytes(range(256)) * 64 + b"the end\n"
+    boundary = "exeunit-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"upload test.bin\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    assert post(url, body, f"multipart/form-data; boundary={boundary}") == 200
+    page = urllib.request.urlopen(url, timeout=20).read().decode()
+    assert "upload_test.bin" in page, page  # the name as the app made it safe
+    assert urllib.request.urlopen(url + "images/upload_test.bin", timeout=20).read() == content
+    script.process.send_signal(signal.SIGINT)
     script.finish()

@@ -58,6 +58,8 @@ def test_simple_service(tmp_path: Path, engine) -> None:
                     "instances:.*running", "instances:.*running", r"Stopping Cluster 1: 1x\[Service: SimpleService",
                     ".*All jobs have finished")
     assert any("golem.usage.duration_sec" in line for line in lines) and any(" COST: " in line for line in lines)
+    plots = [m.group(1) for line in lines if (m := re.search(r"downloading plot: /golem/out/\S+ to (\S+\.png)", line))]
+    assert plots and all((tmp_path / plot).read_bytes().startswith(b"\x89PNG") for plot in plots), "\n".join(lines)
     assert_no_errors(lines)
     assert_all_invoices_accepted(lines)
 

@@ -181,8 +181,10 @@ class ActivityServicer(act_grpc.ActivityServicer):
                 yield act.TunnelResponse(closed=act.TunnelClose())
                 # the requestor's direction may go on after the port's closed, unless the activity ends
                 cut = asyncio.create_task(port.cut_off.wait())
-                await asyncio.wait([upstream, cut], return_when=asyncio.FIRST_COMPLETED)
-                cut.cancel()
+                try:
+                    await asyncio.wait([upstream, cut], return_when=asyncio.FIRST_COMPLETED)
+                finally:  # also when the call is cancelled here: a task left waiting would leak
+                    cut.cancel()
                 if not upstream.done():
                     raise errors.FailedPrecondition("the activity ended: its tunnels were cut")
                 upstream.result()

@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
-"""yapapi's simple-service example, in its style, with the import renamed and a local image."""
+"""yapapi's simple-service example, in its style, with the import renamed and the local stand-in
+of its image as published (images/simple-service: its database in /golem/run, made when the image
+was built; the simulator's pid file in /var/run; plots in /golem/out): statistics and a plot read
+every few seconds, the plot downloaded."""
 import asyncio
 import pathlib
+import random
+import string
 import sys
 from datetime import datetime, timedelta, timezone
 
@@ -32,8 +37,7 @@ class SimpleService(Service):
     async def start(self):
         async for script in super().start():
             yield script
-        script = self._ctx.new_script()
-        script.run(self.SIMPLE_SERVICE, "--init")
+        script = self._ctx.new_script()  # the image comes with its database (made when it was built)
         script.run(self.SIMPLE_SERVICE_CTL, "--start")
         yield script
 
@@ -42,8 +46,16 @@ class SimpleService(Service):
             await asyncio.sleep(2)
             script = self._ctx.new_script()
             stats_results = script.run(self.SIMPLE_SERVICE, "--stats")
+            plot_results = script.run(self.SIMPLE_SERVICE, "--plot", "dist")
             yield script
-            print(f"stats: {(await stats_results).stdout.strip()}")
+            stats = (await stats_results).stdout.strip()
+            plot = (await plot_results).stdout.strip().strip('"')
+            print(f"stats: {stats}")
+            plot_filename = "".join(random.choice(string.ascii_letters) for _ in range(10)) + ".png"
+            print(f"downloading plot: {plot} to {plot_filename}")
+            script = self._ctx.new_script()
+            script.download_file(plot, plot_filename)  # into the working directory
+            yield script
             if self._show_usage:
                 raw_state = await self._ctx.get_raw_state()
                 usage = await self._ctx.get_usage()

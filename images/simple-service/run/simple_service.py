@@ -7,9 +7,11 @@ import sqlite3
 import statistics
 import time
 from datetime import datetime
+from pathlib import Path
 
 
-DB = "/golem/work/service.db"
+DB = Path(__file__).resolve().parent / "service.db"  # /golem/run/service.db, made when the image is built
+PLOTS = Path("/golem/out")
 
 
 def connect() -> sqlite3.Connection:
@@ -49,7 +51,7 @@ def plot(kind: str) -> None:
     import matplotlib.pyplot as plt  # only here: the other commands stay quick
 
     rows = observations()
-    path = f"/golem/output/plot_{kind}_{int(time.time() * 1000)}.png"
+    path = str(PLOTS / f"plot_{kind}_{int(time.time() * 1000)}.png")
     figure, axes = plt.subplots(figsize=(8, 4.5), dpi=100)
     if kind == "time":
         axes.plot([datetime.fromtimestamp(t) for t, _ in rows], [v for _, v in rows], marker=".", linewidth=1)

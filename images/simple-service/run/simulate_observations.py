@@ -5,8 +5,9 @@ import random
 import sqlite3
 import sys
 import time
+from pathlib import Path
 
-DB = "/golem/work/service.db"
+DB = Path(__file__).resolve().parent / "service.db"  # beside the scripts, as simple_service.py keeps it
 
 
 def main(interval: float) -> None:

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-PID_FILE = "/golem/work/simulation.pid"
+PID_FILE = "/var/run/simulate_observations.pid"
 
 
 def start() -> None:
