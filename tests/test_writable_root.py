@@ -100,3 +100,15 @@ async def three_activities_come_and_go(client: ContractClient, disks: tuple[str 
     for activity_id in activities:
         await client.destroy(activity_id)
     assert abs(before - host_free_bytes(*disks)) <= SLACK
+
+
+async def test_a_root_holds_many_small_files_as_a_vm_disk_does(client: ContractClient) -> None:
+    """Unpacking a package or a source tree makes thousands of small files: the activity's
+    filesystem has inodes for them, not only room for a few large volume files."""
+    activity_id = await client.ready_activity(BASE_IMAGE, min_storage_bytes=256 * MIB)
+    run = await client.run_batch(activity_id, [client.sh(
+        "mkdir -p /usr/local/lib/many && cd /usr/local/lib/many && "
+        "python3 -c \"[open(f'f{i}', 'w').write('x') for i in range(12000)]\" && ls | wc -l"
+    )])
+    assert run.succeeded, run.stderr()
+    assert run.stdout() == b"12000\n"

@@ -178,8 +178,9 @@ def _storage_options(serve: argparse.ArgumentParser) -> None:
                        help="where activities' filesystems live (in DIR/PROVIDER_ID); the offered storage is what "
                             "is free here (default: STATE_DIR/storage)")
     store.add_argument("--unenforced-storage", action="store_true",
-                       help="where loop-mounting is impossible (no root, no loop devices), keep volumes in plain "
-                            "directories with NO size limit instead of refusing to start")
+                       help="where loop-mounting is impossible (no root, no loop devices) or the engine's storage "
+                            "driver is not overlay2, keep volumes in plain directories and writable roots in the "
+                            "engine's own place, with NO size limit, instead of refusing to start")
 
 
 def _limit_options(serve: argparse.ArgumentParser) -> None:
