@@ -74,6 +74,11 @@ if ! command -v ip >/dev/null 2>&1 || ! command -v nsenter >/dev/null 2>&1; then
   echo "installing iproute2 and util-linux (private networks between activities)..."
   apt_install iproute2 util-linux
 fi
+# Simulated hosts for the tests across machines use tc and nftables too (exeunit/testing/hosts.py).
+if ! command -v tc >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then
+  echo "installing iproute2 and nftables (simulated hosts for the tests)..."
+  apt_install iproute2 nftables
+fi
 if [ ! -e /dev/loop-control ]; then
   echo "WARNING: this kernel offers no loop devices; exeunit serve needs --unenforced-storage here" >&2
 fi

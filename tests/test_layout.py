@@ -32,7 +32,7 @@ DAEMON_LAYERS = (
     ("exeunit.runtime", "exeunit.persistence"),
     ("exeunit.services",),
     ("exeunit.api",),
-    ("exeunit.app", "exeunit.__main__"),
+    ("exeunit.app", "exeunit.__main__", "exeunit.testing"),
 )
 # Implementations behind the runtime's protocols and the domain's Store: only the app picks them.
 RUNTIME_IMPLEMENTATIONS = ("exeunit.runtime.docker", "exeunit.runtime.agent", "exeunit.persistence")

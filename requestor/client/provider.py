@@ -242,7 +242,10 @@ class ProviderClient:
                         local_writer.write(response.data)
                         await local_writer.drain()
                     elif kind == "closed" and local_writer.can_write_eof():
-                        local_writer.write_eof()
+                        try:
+                            local_writer.write_eof()
+                        except OSError:
+                            pass  # the local side is gone already: nothing left to half-close
                 await sending
             finally:
                 sending.cancel()

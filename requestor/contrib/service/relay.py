@@ -21,7 +21,7 @@ async def relay(service: Service, remote_port: int, reader: asyncio.StreamReader
         if ctx is None:
             raise RequestorError(f"{service} is not running on a provider")
         await ctx.handle.client.tunnel(ctx.id, remote_port, reader, writer)
-    except (RequestorError, ConnectionError) as exc:
+    except (RequestorError, OSError) as exc:  # OSError: the local side went away (reset, not connected)
         log.warning("event=proxy_connection_failed service=%s remote_port=%d error=%s", service.id, remote_port, exc)
     finally:
         writer.close()

@@ -1,0 +1,201 @@
+"""Many hosts on one machine: simulated hosts on a simulated LAN, for tests that need a network
+between providers and requestors, and faults on cue.
+
+A `SimulatedLan` is a switch (a bridge in a network namespace of its own, so that nothing of the
+machine's own network is touched) and hosts plugged into it: each host is a network namespace with
+one interface, `eth0`, cabled to the switch by a veth pair and addressed in the LAN's /24. Programs
+run "on" a host with `host.spawn(argv)` (in its network namespace only: they share this machine's
+files, processes and Docker engine, as provider daemons on one engine must). `attach_here()` plugs
+this process's own namespace in too, so that a test can talk to the hosts directly.
+
+Faults, as a real network has them: `link_down()` / `link_up()` pull and replug a host's cable;
+`impair(loss_percent=..., rate_kbit=..., delay_ms=...)` drops a share of its packets both ways
+(nftables' random numbers), caps its bandwidth both ways (`tc tbf`) and delays them (`tc netem`,
+where the kernel has it: CONFIG_NET_SCH_NETEM; otherwise asking for delay raises, saying so);
+and the processes a host runs can be killed like any other.
+
+Needs root, iproute2 (`ip`, `tc`), nftables (`nft`) and util-linux (`nsenter`). Everything made is removed by
+`close()` (namespaces, links, addresses), also after a failed set-up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NETNS_DIR = Path("/run/netns")
+PREFIX = "exsim"  # every namespace and link made here starts with it (see `leftovers`)
+
+
+class SimulationError(RuntimeError):
+    """The simulated network could not be made or changed; says which command failed and why."""
+
+
+def _run(*argv: str, netns: str | None = None) -> None:
+    command = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise SimulationError(f"{' '.join(command)} failed: {(done.stderr or done.stdout).strip()}")
+
+
+def unavailable() -> str | None:
+    """None when this machine can simulate hosts, else why not (for a skip or an error message)."""
+    if os.geteuid() != 0:
+        return "simulated hosts need root (network namespaces)"
+    for tool in ("ip", "tc", "nft", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian: iproute2, nftables, util-linux)"
+    return None
+
+
+NO_NETEM = "this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM), so delay cannot be simulated here"
+IMPAIRMENT_TABLE = "exsim_impair"
+
+
+@dataclass
+class SimulatedHost:
+    """One host: a network namespace with `eth0` at `address` on the LAN."""
+
+    name: str
+    address: str
+    netns: str  # the namespace's name under /run/netns
+    port: str  # its cable's end in the switch's namespace
+    lan: SimulatedLan = field(repr=False)
+
+    def spawn(self, argv: Sequence[str], **popen: object) -> subprocess.Popen[str]:
+        """Starts `argv` on this host (in its network namespace; everything else is shared)."""
+        return subprocess.Popen(["nsenter", f"--net={NETNS_DIR / self.netns}", "--", *argv], **popen)  # type: ignore[call-overload,no-any-return]
+
+    def run(self, argv: Sequence[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Runs `argv` on this host to its end; its output as text."""
+        return subprocess.run(["nsenter", f"--net={NETNS_DIR / self.netns}", "--", *argv], capture_output=True,
+                              text=True, timeout=timeout)
+
+    def link_down(self) -> None:
+        """Pulls the host's cable: nothing reaches it or leaves it until `link_up`."""
+        _run("ip", "link", "set", self.port, "down", netns=self.lan.switch)
+
+    def link_up(self) -> None:
+        _run("ip", "link", "set", self.port, "up", netns=self.lan.switch)
+
+    def impair(self, loss_percent: float = 0.0, rate_kbit: int = 0, delay_ms: float = 0.0) -> None:
+        """Loss, a bandwidth cap and delay on everything the host sends and receives; replaces any
+        impairment it had. Raises SimulationError for delay on a kernel without netem."""
+        self.clear_impairment()
+        ends = ((self.lan.switch, self.port), (self.netns, "eth0"))  # both directions
+        if delay_ms or rate_kbit:
+            if delay_ms:
+                spec = ["netem", "delay", f"{delay_ms / 2}ms"] + (["rate", f"{rate_kbit}kbit"] if rate_kbit else [])
+            else:
+                spec = ["tbf", "rate", f"{rate_kbit}kbit", "burst", "16kb", "latency", "500ms"]
+            for netns, device in ends:
+                try:
+                    _run("tc", "qdisc", "replace", "dev", device, "root", *spec, netns=netns)
+                except SimulationError as exc:
+                    if delay_ms and "unknown" in str(exc):
+                        raise SimulationError(NO_NETEM) from None
+                    raise
+        if loss_percent:
+            threshold = round(loss_percent * 100)  # of 10,000
+            chance = "" if threshold >= 10000 else f"numgen random mod 10000 < {threshold} "
+            rules = f"""table inet {IMPAIRMENT_TABLE} {{
+                chain inbound {{ type filter hook input priority 0; iifname "eth0" {chance}drop; }}
+                chain outbound {{ type filter hook output priority 0; oifname "eth0" {chance}drop; }}
+            }}"""
+            done = subprocess.run(["ip", "netns", "exec", self.netns, "nft", "-f", "-"], input=rules,
+                                  capture_output=True, text=True, timeout=30)
+            if done.returncode != 0:
+                raise SimulationError(f"nft on host {self.name} failed: {done.stderr.strip()}")
+
+    def clear_impairment(self) -> None:
+        for netns, device in ((self.lan.switch, self.port), (self.netns, "eth0")):
+            subprocess.run(["ip", "netns", "exec", netns, "tc", "qdisc", "del", "dev", device, "root"],
+                           capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "exec", self.netns, "nft", "delete", "table", "inet", IMPAIRMENT_TABLE],
+                       capture_output=True, timeout=30)
+
+
+class SimulatedLan:
+    """A switch and the hosts plugged into it, in a /24 of 10.x.y.0 picked at random."""
+
+    def __init__(self) -> None:
+        self.id = secrets.token_hex(3)
+        self.switch = f"{PREFIX}-{self.id}-sw"
+        self.network = ipaddress.ip_network(f"10.{secrets.randbelow(200) + 20}.{secrets.randbelow(250) + 1}.0/24")
+        self.hosts: dict[str, SimulatedHost] = {}
+        self._here: str | None = None  # this namespace's end of its cable, once attached
+        self._next_address = 1
+        try:
+            _run("ip", "netns", "add", self.switch)
+            _run("ip", "link", "add", "br0", "type", "bridge", netns=self.switch)
+            _run("ip", "link", "set", "br0", "up", netns=self.switch)
+        except SimulationError:
+            self.close()
+            raise
+
+    def _address(self) -> str:
+        address = str(self.network[self._next_address])
+        self._next_address += 1
+        if self._next_address >= 255:
+            raise SimulationError(f"the LAN {self.network} is full")
+        return address
+
+    def add_host(self, name: str) -> SimulatedHost:
+        """Plugs in a new host named `name` (letters and digits, short) and returns it."""
+        if not name.isalnum() or len(name) > 6 or name in self.hosts:
+            raise ValueError(f"host names are up to 6 letters or digits, each once per LAN; not {name!r}")
+        netns, port = f"{PREFIX}-{self.id}-{name}", f"p-{name}"
+        address = self._address()
+        try:
+            _run("ip", "netns", "add", netns)
+            _run("ip", "link", "set", "lo", "up", netns=netns)
+            _run("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", netns, netns=self.switch)
+            _run("ip", "link", "set", port, "master", "br0", "up", netns=self.switch)
+            _run("ip", "addr", "add", f"{address}/{self.network.prefixlen}", "dev", "eth0", netns=netns)
+            _run("ip", "link", "set", "eth0", "up", netns=netns)
+        except SimulationError:
+            subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=30)
+            raise
+        host = SimulatedHost(name, address, netns, port, self)
+        self.hosts[name] = host
+        return host
+
+    def attach_here(self) -> str:
+        """Plugs this process's own network namespace into the LAN; returns its address there."""
+        if self._here is not None:
+            raise SimulationError("this namespace is attached already")
+        address = self._address()
+        here, port = f"{PREFIX}{self.id}", "p-here"
+        _run("ip", "link", "add", here, "type", "veth", "peer", "name", port, "netns", self.switch)
+        self._here = here
+        _run("ip", "link", "set", port, "master", "br0", "up", netns=self.switch)
+        _run("ip", "addr", "add", f"{address}/{self.network.prefixlen}", "dev", here)
+        _run("ip", "link", "set", here, "up")
+        return address
+
+    def close(self) -> None:
+        """Removes the hosts, the switch and this namespace's cable. Idempotent."""
+        if self._here is not None:
+            subprocess.run(["ip", "link", "del", self._here], capture_output=True, timeout=30)
+            self._here = None
+        for host in list(self.hosts.values()):
+            subprocess.run(["ip", "netns", "del", host.netns], capture_output=True, timeout=30)
+        self.hosts.clear()
+        subprocess.run(["ip", "netns", "del", self.switch], capture_output=True, timeout=30)
+
+    def __enter__(self) -> SimulatedLan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def leftovers() -> list[str]:
+    """Namespaces a simulated LAN left behind (a test process that was killed)."""
+    return sorted(p.name for p in NETNS_DIR.glob(f"{PREFIX}-*")) if NETNS_DIR.is_dir() else []

@@ -1,0 +1,52 @@
+"""A pytest plugin for integration tests across many simulated hosts on one machine, the way
+Golem's goth runs nodes, without a compose stack: installed with this package (entry point
+`pytest11`), it offers
+
+- `simulated_lan`: a `SimulatedLan` (exeunit.testing.hosts) with this test process attached to
+  it, removed after the test;
+- `provider_daemons`: a factory, `provider_daemons(host, *serve_args)`, that starts `exeunit serve`
+  on a simulated host and returns a `ProviderDaemon` (address, token; `kill()`, `restart()`,
+  `stop()`); every daemon is stopped after the test.
+
+Example:
+
+    def test_a_service_on_another_host(simulated_lan, provider_daemons):
+        provider = provider_daemons(simulated_lan.add_host("p1"))
+        ...  # a requestor in this process reaches provider.address with provider.token
+        simulated_lan.hosts["p1"].link_down()  # and the network fails on cue
+
+The fixtures fail with the reason when the machine cannot simulate hosts (root, iproute2, nftables
+and util-linux are needed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from exeunit.testing.hosts import SimulatedHost, SimulatedLan, unavailable
+from exeunit.testing.providers import ProviderDaemon
+
+
+@pytest.fixture
+def simulated_lan() -> Iterator[SimulatedLan]:
+    if reason := unavailable():
+        pytest.fail(f"cannot simulate hosts: {reason}")
+    with SimulatedLan() as lan:
+        lan.attach_here()
+        yield lan
+
+
+@pytest.fixture
+def provider_daemons() -> Iterator[Callable[..., ProviderDaemon]]:
+    started: list[ProviderDaemon] = []
+
+    def start(host: SimulatedHost, *serve_args: str, name: str = "") -> ProviderDaemon:
+        daemon = ProviderDaemon(host, *serve_args, name=name)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
