@@ -36,7 +36,8 @@ def daemon_packages() -> list[Path]:
     found = []
     for name in names:
         for root in roots:
-            for candidate in (root / name, root / f"{name}.py"):
+            # a package, a module, or an extension module at the top (cffi's _cffi_backend, for cryptography)
+            for candidate in (root / name, root / f"{name}.py", *root.glob(f"{name}.cpython-*.so")):
                 if candidate.exists():
                     found.append(candidate)
         if (REPO / name).is_dir() and name == "exeunit":

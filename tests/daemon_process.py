@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-import uuid
+import json
 from pathlib import Path
 
 EXEUNIT = [sys.executable, "-m", "exeunit"]
@@ -20,12 +20,10 @@ class Daemon:
     home is a new temporary directory (removed by `stop`) unless `state_dir` names one."""
 
     def __init__(self, *args: str, state_dir: Path | None = None) -> None:
-        self.provider_id = f"proc-{uuid.uuid4().hex[:8]}"
         self.own_home = state_dir is None
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="exeunit-test-home-"))
         self.process = subprocess.Popen(
-            [*EXEUNIT, "serve", "--listen", "127.0.0.1:0", "--state-dir", str(self.state_dir),
-             *(("--provider-id", self.provider_id) if self.own_home else ()), *args],
+            [*EXEUNIT, "serve", "--listen", "127.0.0.1:0", "--state-dir", str(self.state_dir), *args],
             stderr=subprocess.PIPE, text=True,
         )
         self.lines: list[str] = []
@@ -37,6 +35,7 @@ class Daemon:
                 self.port = int(match.group(1))
                 break
         assert self.port, "".join(self.lines)
+        self.provider_id = json.loads((self.state_dir / "identity.json").read_text())["provider_id"]
         self._drain = threading.Thread(target=self._read_rest, daemon=True)
         self._drain.start()
 

@@ -233,7 +233,10 @@ async def test_daemons_with_the_same_provider_id_leave_each_other_alone(engine: 
     finally:
         first.process.kill()  # its container is a leftover, but of another home
         first.process.wait()
-    twin = Daemon("--name", "twin", "--provider-id", first.provider_id)
+    twin_home = Path(tempfile.mkdtemp(prefix="exeunit-test-home-"))
+    shutil.copy(first.state_dir / "provider-key.pem", twin_home)  # the same key: the same provider id
+    twin = Daemon("--name", "twin", "--provider-id", first.provider_id, state_dir=twin_home)
+    twin.own_home = True
     try:
         assert len(containers_of_home(engine, first)) == 1
         assert not any("event=dangling_container_removed" in line for line in twin.lines)

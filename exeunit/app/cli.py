@@ -19,7 +19,7 @@ from exeunit.app.metrics import MetricsServer
 from exeunit.app.options import build_parser, is_loopback
 from exeunit.domain.resources import LinearPricing, Resources
 from exeunit.domain.settings import DEFAULT_OFFERED_IMAGES, ActivityLimits, FetchPolicy, ImagePolicy, ProviderSettings
-from exeunit.persistence.home import Identity, ProviderHome
+from exeunit.persistence.home import Identity, ProviderHome, read_identity
 from exeunit.persistence.store import StateStore
 from exeunit.runtime.docker import DockerRuntime
 from exeunit.runtime.memory import limit_arenas
@@ -169,6 +169,22 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def provider_id(args: argparse.Namespace) -> int:
+    """Prints the home's provider id, making the home (and its key) when there is none."""
+    path = args.state_dir or DEFAULT_HOMES / args.name
+    try:
+        identity = read_identity(path)
+        if identity is None:
+            home = ProviderHome.open(path)
+            identity = home.identity
+            home.close()
+    except errors.ExeUnitError as exc:
+        print(f"exeunit id: {exc}", file=sys.stderr)
+        return 1
+    print(identity.provider_id)
+    return 0
+
+
 def ps(args: argparse.Namespace) -> int:
     """Prints the daemon's activities, as its admin socket lists them."""
     path = (args.state_dir or DEFAULT_HOMES / args.name) / ADMIN_SOCKET
@@ -213,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "ps":
         return ps(args)
+    if args.command == "id":
+        return provider_id(args)
     parser.print_help()
     return 2
 

@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--state-dir", type=Path, metavar="DIR", help="the daemon's home (default: /var/lib/exeunit/NAME)")
     ps.add_argument("--name", default=socket.gethostname(), help="the daemon's --name, to find its home")
     ps.add_argument("--json", action="store_true", help="one JSON object per activity instead of a table")
+    ident = commands.add_parser(
+        "id", help="print the provider id (made with the home's key on first use)",
+        description="Prints the provider id of a daemon's home: derived from the provider's key "
+                    "(STATE_DIR/provider-key.pem), which is made, with the home, when there is none yet.",
+    )
+    ident.add_argument("--state-dir", type=Path, metavar="DIR", help="the daemon's home (default: /var/lib/exeunit/NAME)")
+    ident.add_argument("--name", default=socket.gethostname(), help="the daemon's --name, to find its home")
     serve.add_argument("--log-format", default="logfmt", choices=logs.FORMATS,
                        help="one event per line as logfmt (key=value, quoted where needed) or as JSON objects; "
                             "times are RFC 3339 UTC (default: %(default)s)")
@@ -93,7 +100,8 @@ def _identity_options(serve: argparse.ArgumentParser) -> None:
                        help="the provider's home: its identity, its lock (one daemon per directory) and its "
                             "activities' storage (default: /var/lib/exeunit/NAME)")
     ident.add_argument("--provider-id", default="",
-                       help="provider id for a new --state-dir (default: a random one, kept in the directory)")
+                       help="the provider id this daemon must have: refuses to start on a home with another one "
+                            "(ids are derived from the home's key; `exeunit id` prints it)")
     ident.add_argument("--auth-token-file", type=Path, metavar="FILE",
                        help="file holding a shared secret callers must send as 'authorization: Bearer <secret>'")
     ident.add_argument("--keep-activities-on-shutdown", action="store_true",

@@ -3,9 +3,11 @@
 One daemon per home at a time: the lock (`flock` on `DIR/lock`, which holds the owner's pid) is
 taken before anything else is touched, so a second daemon started on the same directory by
 mistake refuses to start and names the first, instead of treating the first one's containers as
-leftovers. The identity (`DIR/identity.json`) is made once: the provider id requestors see, and a
-home id that labels every container this home starts. A daemon removes only containers with its
-own home id, which it can prove are ownerless because it holds the lock.
+leftovers. The identity (`DIR/identity.json`) is made once: the provider id requestors see, derived
+from the provider's key (`DIR/provider-key.pem`, exeunit.persistence.keys), and a home id that
+labels every container this home starts. A daemon removes only containers with its own home id,
+which it can prove are ownerless because it holds the lock. A home made before keys keeps the id it
+had (said in the log): its requestors' agreements name it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exeunit import errors
+from exeunit.persistence import keys
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ IDENTITY_FILE = "identity.json"
 class Identity:
     provider_id: str
     home_id: str
+    key_file: Path  # the provider's private key (see exeunit.persistence.keys)
 
 
 class ProviderHome:
@@ -73,13 +77,31 @@ class ProviderHome:
             self._lock_fd = None
 
 
-def _identity(path: Path, provider_id: str) -> Identity:
-    file = path / IDENTITY_FILE
+def read_identity(path: Path) -> Identity | None:
+    """A home's identity without taking its lock (for `exeunit id`); None where none was made."""
+    file, key_file = path / IDENTITY_FILE, path / keys.KEY_FILE
+    if not file.exists() or not key_file.exists():
+        return None
     try:
         stored = json.loads(file.read_text())
-        identity = Identity(str(stored["provider_id"]), str(stored["home_id"]))
+        return Identity(str(stored["provider_id"]), str(stored["home_id"]), key_file)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise errors.FailedPrecondition(f"{file} is unreadable ({exc}); move the state directory aside") from None
+
+
+def _identity(path: Path, provider_id: str) -> Identity:
+    file, key_file = path / IDENTITY_FILE, path / keys.KEY_FILE
+    derived = keys.provider_id_of(keys.load_or_create(key_file).public_key())
+    try:
+        stored = json.loads(file.read_text())
+        identity = Identity(str(stored["provider_id"]), str(stored["home_id"]), key_file)
     except FileNotFoundError:
-        identity = Identity(provider_id or uuid.uuid4().hex[:16], uuid.uuid4().hex)
+        if provider_id and provider_id != derived:
+            raise errors.FailedPrecondition(
+                f"--provider-id {provider_id} cannot be chosen: a provider's id is derived from its key, and this "
+                f"home's key ({key_file}) gives {derived}; drop --provider-id"
+            ) from None
+        identity = Identity(derived, uuid.uuid4().hex, key_file)
         partial = file.with_suffix(".partial")
         partial.write_text(json.dumps({"provider_id": identity.provider_id, "home_id": identity.home_id}) + "\n")
         os.replace(partial, file)  # whole or absent, whatever happens meanwhile
@@ -87,6 +109,9 @@ def _identity(path: Path, provider_id: str) -> Identity:
         return identity
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise errors.FailedPrecondition(f"{file} is unreadable ({exc}); move the state directory aside") from None
+    if identity.provider_id != derived:
+        log.warning("event=provider_id_not_from_key provider=%s key_id=%s hint=%s", identity.provider_id, derived,
+                    "a home made before provider keys: requestors cannot verify this id; a new home gets one that they can")
     if provider_id and provider_id != identity.provider_id:
         raise errors.FailedPrecondition(
             f"the state directory {path} belongs to provider {identity.provider_id}, not {provider_id}; "

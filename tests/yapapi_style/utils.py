@@ -3,6 +3,7 @@ scripts beside it read as yapapi scripts with the import renamed."""
 
 import argparse
 import asyncio
+import signal
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,8 +40,18 @@ def run_golem_example(example_main, log_file=None) -> None:
                               debug_payment_api=True, debug_net_api=True)
     loop = asyncio.new_event_loop()
     task = loop.create_task(example_main)
+
+    def interrupted() -> None:
+        # Ctrl-C cancels the example's task on the loop, instead of a KeyboardInterrupt raised in
+        # whatever callback runs at that moment (a proxy relaying a connection, say).
+        print(f"{TEXT_COLOR_YELLOW}Shutting down gracefully...{TEXT_COLOR_DEFAULT}", flush=True)
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, interrupted)
     try:
         loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        pass
     except NoPaymentAccountError as error:
         print(f"No payment account for driver `{error.required_driver}` and network `{error.required_network}`")
     except KeyboardInterrupt:
