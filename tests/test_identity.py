@@ -56,3 +56,13 @@ async def test_the_daemon_offers_under_its_keys_id(tmp_path: Path) -> None:
             assert offer.provider_id == provider_id == daemon.provider_id
     finally:
         daemon.stop()
+
+
+def test_a_damaged_key_stops_the_daemon_with_the_fix(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "provider-key.pem").write_text("not a key\n")
+    done = subprocess.run([*EXEUNIT, "serve", "--listen", "127.0.0.1:0", "--state-dir", str(home)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "provider-key.pem is not a usable private key" in done.stderr and "move it aside" in done.stderr

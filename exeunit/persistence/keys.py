@@ -38,12 +38,12 @@ def load_or_create(path: Path) -> ec.EllipticCurvePrivateKey:
         os.replace(partial, path)  # whole or absent
         return key
     try:
-        key = serialization.load_pem_private_key(data, password=None)
+        loaded = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise errors.FailedPrecondition(f"{path} is not a usable private key ({exc}); move it aside") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey) or not isinstance(loaded.curve, ec.SECP256R1):
         raise errors.FailedPrecondition(f"{path} is not a P-256 key; move it aside and a new one is made")
-    return key
+    return loaded
 
 
 def provider_id_of(public_key: ec.EllipticCurvePublicKey) -> str:
