@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import re
+import json
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
-import json
 from pathlib import Path
+
+from exeunit.testing.providers import LISTENING
 
 EXEUNIT = [sys.executable, "-m", "exeunit"]
 
@@ -31,7 +32,7 @@ class Daemon:
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.lines.append(line)
-            if match := re.search(r'event"?[=:] ?"?listening\b.*\bport"?[=:] ?"?(\d+)', line):  # logfmt or JSON
+            if match := LISTENING.search(line):  # logfmt or JSON
                 self.port = int(match.group(1))
                 break
         assert self.port, "".join(self.lines)

@@ -135,7 +135,7 @@ def serve(args: argparse.Namespace) -> int:
         check_listen_address(args.listen)
         if args.metrics_listen:
             check_listen_address(args.metrics_listen)
-        home = ProviderHome.open(args.state_dir or DEFAULT_HOMES / args.name, args.provider_id)  # before anything else
+        home = ProviderHome.open(home_path(args), args.provider_id)  # before anything else
         runtime = DockerRuntime()
         base = storage_dir(args, home)
         settings = provider_settings(args, home.identity, base)
@@ -169,9 +169,14 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def home_path(args: argparse.Namespace) -> Path:
+    """The daemon's home: --state-dir, or the default home of its --name."""
+    return args.state_dir or DEFAULT_HOMES / args.name
+
+
 def provider_id(args: argparse.Namespace) -> int:
     """Prints the home's provider id, making the home (and its key) when there is none."""
-    path = args.state_dir or DEFAULT_HOMES / args.name
+    path = home_path(args)
     try:
         identity = read_identity(path)
         if identity is None:
@@ -187,7 +192,7 @@ def provider_id(args: argparse.Namespace) -> int:
 
 def ps(args: argparse.Namespace) -> int:
     """Prints the daemon's activities, as its admin socket lists them."""
-    path = (args.state_dir or DEFAULT_HOMES / args.name) / ADMIN_SOCKET
+    path = home_path(args) / ADMIN_SOCKET
     if not path.exists():
         print(f"exeunit ps: no daemon's admin socket at {path}; is `exeunit serve` running with that "
               "--state-dir (or --name)?", file=sys.stderr)

@@ -64,22 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Lists a daemon's activities through its admin socket (STATE_DIR/admin.sock, which only "
                     "the daemon's user can open): requestor, state, image, age and usage of each.",
     )
-    ps.add_argument("--state-dir", type=Path, metavar="DIR", help="the daemon's home (default: /var/lib/exeunit/NAME)")
-    ps.add_argument("--name", default=socket.gethostname(), help="the daemon's --name, to find its home")
+    _home_arguments(ps)
     ps.add_argument("--json", action="store_true", help="one JSON object per activity instead of a table")
     ident = commands.add_parser(
         "id", help="print the provider id (made with the home's key on first use)",
         description="Prints the provider id of a daemon's home: derived from the provider's key "
                     "(STATE_DIR/provider-key.pem), which is made, with the home, when there is none yet.",
     )
-    ident.add_argument("--state-dir", type=Path, metavar="DIR", help="the daemon's home (default: /var/lib/exeunit/NAME)")
-    ident.add_argument("--name", default=socket.gethostname(), help="the daemon's --name, to find its home")
+    _home_arguments(ident)
     serve.add_argument("--log-format", default="logfmt", choices=logs.FORMATS,
                        help="one event per line as logfmt (key=value, quoted where needed) or as JSON objects; "
                             "times are RFC 3339 UTC (default: %(default)s)")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                        help="log verbosity (default: %(default)s)")
     return parser
+
+
+def _home_arguments(command: argparse.ArgumentParser) -> None:
+    """How a command that reads a daemon's home finds it: as `serve` was told, or by its name."""
+    command.add_argument("--state-dir", type=Path, metavar="DIR", help="the daemon's home (default: /var/lib/exeunit/NAME)")
+    command.add_argument("--name", default=socket.gethostname(), help="the daemon's --name, to find its home")
 
 
 def _identity_options(serve: argparse.ArgumentParser) -> None:

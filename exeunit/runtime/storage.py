@@ -170,8 +170,9 @@ def _reserve_beyond(mountpoint: Path, size_bytes: int) -> None:
                 os.ftruncate(fd, excess)
         finally:
             os.close(fd)
-    if free() < size_bytes:
-        log.warning("event=storage_short mountpoint=%s missing_bytes=%d", mountpoint, size_bytes - free())
+    missing = size_bytes - free()
+    if missing > 0:
+        log.warning("event=storage_short mountpoint=%s missing_bytes=%d", mountpoint, missing)
 
 
 def _make_volume_dirs(root: Path, volumes: tuple[str, ...], uid: int, gid: int) -> dict[str, Path]:

@@ -17,6 +17,8 @@ activity of another.
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 
 from exeunit.services import telemetry
 
@@ -55,6 +57,10 @@ class Pacer:
 
     def others_present(self, requestor_id: str, now: float) -> bool:
         return any(other != requestor_id and now - seen < self.presence_seconds for other, seen in self._seen)
+
+    def pace_for(self, requestor_id: str) -> Callable[[int], Awaitable[None]]:
+        """`admit` for one requestor's stream: awaited with each piece's size."""
+        return functools.partial(self.admit, requestor_id)
 
     async def admit(self, requestor_id: str, size: int) -> None:
         """Returns once a piece of `size` bytes may go on; waits while the loop is crowded."""

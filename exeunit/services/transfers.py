@@ -5,7 +5,6 @@ activity), cut when its activity ends, and cut when its client stands still too 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -98,7 +97,7 @@ class Transfers:
         ):
             sock = await self._runtime.connect_to_port(activity.container_id, port)
             reader, writer = await asyncio.open_connection(sock=sock, limit=TUNNEL_READ_BYTES)
-            connection = PortConnection(reader, writer, functools.partial(self._pacer.admit, requestor_id))
+            connection = PortConnection(reader, writer, self._pacer.pace_for(requestor_id))
             log.info("event=tunnel_opened %s port=%d", activity.log_ids, port)
             try:
                 with activity.transfer(connection.cut):  # the activity's end cuts it
@@ -149,7 +148,7 @@ class Transfers:
             async with idle_timeout(idle, f"the upload to {dest.path}") as progress:
                 upload = Upload(volumes.host_dir(dest.volume), dest, size, mode, self._storage.owner)
                 upload.on_progress = progress
-                upload.pace = functools.partial(self._pacer.admit, requestor_id)
+                upload.pace = self._pacer.pace_for(requestor_id)
                 await upload.begin()
                 log.info("event=upload_started %s path=%s size=%d", activity.log_ids, dest.path, size)
                 with activity.transfer(upload.cancel):
@@ -173,7 +172,7 @@ class Transfers:
             watchdog = IdleWatchdog(idle, lambda: opened.cut(
                 errors.TimedOut(f"the download of {dest.path} stood still for {idle:g}s and was cut")))
             opened.on_progress = watchdog.progress
-            opened.pace = functools.partial(self._pacer.admit, requestor_id)
+            opened.pace = self._pacer.pace_for(requestor_id)
             ended = errors.FailedPrecondition(f"the download of {dest.path} was cut: the activity ended")
             try:
                 with activity.transfer(lambda: opened.cut(ended)):

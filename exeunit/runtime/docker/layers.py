@@ -53,10 +53,8 @@ def place(inspected: dict[str, Any], host_dir: Path) -> None:
     layer = layer_dir(inspected)
     if layer is None:
         driver = (inspected.get("GraphDriver") or {}).get("Name")
-        raise errors.RuntimeFailure(
-            f"the container's writable layer cannot be placed on the activity's storage: the engine's storage "
-            f"driver is {driver!r}, not {OVERLAY2!r}"
-        )
+        raise errors.RuntimeFailure(f"the container's writable layer cannot be placed on the activity's storage: "
+                                    f"{unsupported({'Driver': driver})}")
     _copy_tree(layer, host_dir)
     mounts.bind(host_dir, layer)
 
