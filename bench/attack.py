@@ -27,6 +27,7 @@ from exeunit.v1 import activity_pb2_grpc as act_grpc
 from exeunit.v1 import transfer_pb2 as xfer
 from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
 from requestor.client import ProviderClient
+from requestor.client.identity import RequestorIdentity
 from requestor.errors import RequestorError
 from requestor.model import DemandSpec, DeploySpec, Refusal, RunSpec, StartSpec
 
@@ -51,14 +52,14 @@ class Requestor:
     """One requestor: its id, a client, raw stubs for what the client does politely, an activity."""
 
     def __init__(self, address: str, requestor_id: str) -> None:
-        self.client = ProviderClient(address, requestor_id)
-        self.channel = grpc.aio.insecure_channel(address)
-        self.metadata = (("x-requestor-id", requestor_id),)
-        self.activity = act_grpc.ActivityStub(self.channel)
-        self.transfer = xfer_grpc.TransferStub(self.channel)
+        self.client = ProviderClient(address, RequestorIdentity.ephemeral())
+        self.metadata = ()  # the client's channel signs every call
         self.activity_id = ""
 
     async def ready(self) -> None:
+        channel = (await self.client.connect()).channel
+        self.activity = act_grpc.ActivityStub(channel)
+        self.transfer = xfer_grpc.TransferStub(channel)
         demand = DemandSpec(image_hash="", image_tag=IMAGE, image_url="", min_memory_bytes=256 << 20,
                             min_storage_bytes=512 << 20, min_cpu_threads=1, capabilities=(), subnet_tag="public",
                             expiration=datetime.now(timezone.utc) + timedelta(hours=1))
@@ -80,7 +81,6 @@ class Requestor:
         except RequestorError:
             pass
         await self.client.close()
-        await self.channel.close()
 
 
 def wire(*argv: str) -> act.Command:

@@ -44,9 +44,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.attack import attack  # noqa: E402
+from exeunit.testing.hosts import SimulatedLan  # noqa: E402
+from exeunit.testing.providers import ProviderDaemon  # noqa: E402
 from requestor import Golem, events  # noqa: E402
 from requestor.contrib.service.socket_proxy import SocketProxy  # noqa: E402
 from requestor.client import ProviderClient  # noqa: E402
+from requestor.client.identity import RequestorIdentity  # noqa: E402
 from requestor.model import DemandSpec, DeploySpec, Refusal, RunSpec, StartSpec  # noqa: E402
 from requestor.payload import vm  # noqa: E402
 from requestor.services import Service, ServiceState  # noqa: E402
@@ -190,7 +193,7 @@ def raw_container(client: docker.DockerClient):
 async def case_memory(daemon: Daemon, count: int, concurrency: int = 8) -> Row:
     """`count` activities, each running a batch with 1 MiB of output and ending: the daemon's
     memory must come back down (output and event logs go with their activities)."""
-    client = ProviderClient(f"127.0.0.1:{daemon.port}", "bench-memory")
+    client = ProviderClient(f"127.0.0.1:{daemon.port}", RequestorIdentity.ephemeral())
     demand = DemandSpec(image_hash="", image_tag=IMAGE, image_url="", min_memory_bytes=256 << 20,
                         min_storage_bytes=256 << 20, min_cpu_threads=1, capabilities=(), subnet_tag="public",
                         expiration=datetime.now(timezone.utc) + timedelta(hours=1))
@@ -598,6 +601,81 @@ async def case_tunnel(golem: Golem, client: docker.DockerClient, states: States,
                {"direct": "host -> container address on a bridge network"})
 
 
+async def case_remote(golem: Golem, client: docker.DockerClient, states: States, rounds: int, size: int) -> list[Row]:
+    """The same `/bin/true` round trip and output stream to a daemon on a simulated host, over TLS
+    with per-call proofs, against the loopback daemon in plaintext (and raw `docker exec`)."""
+    with SimulatedLan() as lan:
+        lan.attach_here()
+        provider = ProviderDaemon(lan.add_host("p1"), "--cpu-overcommit", "40", "--price-cpu-sec", "0.000001",
+                                  "--price-duration-sec", "0.000001", "--name", "bench-remote")
+        try:
+            async with Golem(budget=100.0, subnet_tag="public", providers=[provider.pinned_address],
+                             event_consumer=states) as remote:
+                far = (await remote.run_service(Worker)).instances[0]
+                near = (await golem.run_service(Worker)).instances[0]
+                await states.until(lambda: far.state is ServiceState.running and near.state is ServiceState.running)
+                container = raw_container(client)
+
+                async def true_on(worker: Worker) -> float:
+                    elapsed = stopwatch()
+                    await worker.submit(command_script("/bin/true"))
+                    return elapsed()
+
+                async def raw_true() -> float:
+                    elapsed = stopwatch()
+                    await asyncio.to_thread(container.exec_run, ["true"])
+                    return elapsed()
+
+                received = {"bytes": 0}
+
+                def count(event: events.Event) -> None:
+                    if isinstance(event, events.CommandStdOut):
+                        received["bytes"] += len(event.output)
+
+                golem.add_event_consumer(count, (events.CommandStdOut,))
+                remote.add_event_consumer(count, (events.CommandStdOut,))
+
+                def flood(ctx):
+                    script = ctx.new_script()
+                    script.run("/usr/bin/head", "-c", str(size), "/dev/zero", output_limit=0)
+                    return script
+
+                async def output_of(worker: Worker) -> float:
+                    received["bytes"] = 0
+                    elapsed = stopwatch()
+                    await worker.submit(flood)
+                    took = elapsed()
+                    if received["bytes"] != size:
+                        raise SystemExit(f"output lost: {received['bytes']} of {size} bytes arrived")
+                    return size / took / MIB
+
+                for _ in range(3):  # warm up every path
+                    await true_on(far), await true_on(near), await raw_true()
+                tls, plain, raw = [], [], []
+                for _ in range(rounds):
+                    tls.append(await true_on(far))
+                    plain.append(await true_on(near))
+                    raw.append(await raw_true())
+                tls_out, plain_out = [], []
+                await output_of(far), await output_of(near)
+                for _ in range(max(3, rounds // 3)):
+                    tls_out.append(await output_of(far))
+                    plain_out.append(await output_of(near))
+                container.remove(force=True, v=True)
+                for cluster in (far.cluster, near.cluster):
+                    await cluster.terminate()
+        finally:
+            provider.stop()
+    a, b, c = (statistics.median(x) for x in (tls, plain, raw))
+    out_tls, out_plain = statistics.median(tls_out), statistics.median(plain_out)
+    return [
+        Row("exec over TLS, other host", a * 1000, c * 1000, "ms", a / c, "ratio <= 0.1", a / c <= 0.1,
+            {"loopback_plaintext_ms": round(b * 1000, 3), "tls_vs_loopback": round(a / b, 2)}),
+        Row(f"output over TLS ({size // MIB} MiB)", out_tls, out_plain, "MiB/s", out_tls / out_plain,
+            "reported (raw = loopback plaintext)", True),
+    ]
+
+
 def print_table(rows: list[Row]) -> None:
     header = f"{'case':<30} {'ours':>12} {'raw docker':>12} {'unit':>6} {'ratio':>7}  {'target':<34} met"
     print(header)
@@ -607,7 +685,7 @@ def print_table(rows: list[Row]) -> None:
               f"{'yes' if r.met else 'NO'}" + (f"  {r.notes}" if r.notes else ""))
 
 
-CASES = ("exec", "start", "scale", "output", "transfer", "tunnel", "background", "memory", "attack")
+CASES = ("exec", "start", "scale", "output", "transfer", "tunnel", "background", "memory", "attack", "remote")
 
 
 async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list[Row]:
@@ -633,10 +711,16 @@ async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list
                 "tunnel": lambda: case_tunnel(golem, client, states, sizes["tunnel"], max(3, sizes["rounds"] // 3)),
                 "attack": lambda: case_attack(daemon, sizes["attack_seconds"]),
             }
+            several = {
+                "remote": lambda: case_remote(golem, client, states, sizes["rounds"], sizes["output"]),
+            }
             for name in [n for case in only for n in ((case, "exec-docker") if case == "exec" else (case,))]:
                 print(f"[bench] {name}...", file=sys.stderr, flush=True)
                 if name in steps:
                     rows.append(await steps[name]())
+                    continue
+                if name in several:
+                    rows.extend(await several[name]())
                     continue
                 with tempfile.TemporaryDirectory(prefix="exeunit-bench-") as scratch:
                     rows.extend(await case_transfer(golem, client, states, daemon, sizes["transfer"],

@@ -16,6 +16,7 @@ from requestor import events
 from requestor.budget import Budget, BudgetWatch, money
 from requestor.client import ActivityHandle, ProviderClient
 from requestor.errors import (
+    ActivityTerminatedError,
     BudgetExceededError,
     NoMatchingProviderError,
     ProviderCallError,
@@ -194,6 +195,49 @@ class Engine:
         log.debug("event=activity_ready job=%s provider=%s agreement=%s activity=%s",
                  job.id, offer.provider_name, agreement.id, activity_id)
         return handle
+
+    async def resume(self, job: events.Job, provider: str | None, agreement_id: str, activity_id: str) -> ActivityHandle:
+        """The activity a suspended instance left on `provider` (host:port[#id]; None: whichever
+        configured provider has the agreement), counted against this budget from now on.
+        RequestorError when it is gone, or is not this requestor's."""
+        if provider is not None:
+            address = provider.partition("#")[0]
+            candidates = [c for c in self.clients if c.address == address]
+            if not candidates:  # a provider not configured in this run: reached as serialized, pin and all
+                candidates = [ProviderClient(provider, self.clients[0].identity, reconnect_for=self.unresponsive_after)]
+                self.clients.extend(candidates)
+        else:
+            candidates = list(self.clients)
+        errors: list[str] = []
+        for client in candidates:
+            try:
+                agreement_info = await client.agreement(agreement_id)
+                status = await client.state(activity_id)
+                offer = await client.offer()
+            except RequestorError as exc:
+                errors.append(f"{client.address}: {exc}")
+                continue
+            if status.state == "Terminated":
+                raise ActivityTerminatedError(status.reason, f"activity {activity_id} ended while suspended: "
+                                                             f"{status.message}")
+            agreement = events.Agreement(agreement_id, offer.provider_id, offer.provider_name, offer.address)
+            handle = ActivityHandle(client, offer, agreement, events.Activity(activity_id))
+            self.budget.open(agreement_id, 0.0)
+            self._live[agreement_id] = handle
+            self._budget_watch.add(agreement_id, _max_rate(offer.pricing, agreement_info.cpu_threads))
+            log.info("event=activity_resumed job=%s provider=%s agreement=%s activity=%s",
+                     job.id, offer.provider_name, agreement_id, activity_id)
+            return handle
+        raise RequestorError(f"agreement {agreement_id} was not found to resume: " + "; ".join(errors or ["no provider"]))
+
+    def suspend(self, handle: ActivityHandle) -> None:
+        """Lets go of a suspended instance's activity without ending it: kept on its provider until
+        the agreement expires, for a later `resume_service` by this requestor's identity."""
+        self._live.pop(handle.agreement.id, None)
+        self._budget_watch.discard(handle.agreement.id)
+        spent = self.budget.settle(handle.agreement.id, self.budget.accrued_for(handle.agreement.id))
+        log.info("event=activity_suspended agreement=%s activity=%s spent_so_far=%s", handle.agreement.id,
+                 handle.activity.id, spent)
 
     async def release(self, handle: ActivityHandle, job: events.Job, error: BaseException | None) -> None:
         """Reads the final cost, destroys the activity and ends the agreement. Never raises."""

@@ -8,7 +8,6 @@ import inspect
 import itertools
 import logging
 import os
-import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
@@ -17,10 +16,13 @@ from typing import Any
 from requestor import events
 from requestor.budget import Budget
 from requestor.client import ProviderClient
+from requestor.client.connect import ProviderAddress
+from requestor.discovery import discover, is_discovery
 from requestor.embedded import EmbeddedProvider
 from requestor.engine import Engine
-from requestor.errors import RequestorError
+from requestor.errors import NoMatchingProviderError, RequestorError
 from requestor.log import log_summary
+from requestor.client.identity import RequestorIdentity
 from requestor.network import Network
 from requestor.payload import Payload
 from requestor.payload.vm import TEST_COUNTERS_RUNTIME, VM_CAPS_VPN, VmPackage
@@ -56,12 +58,16 @@ class Golem:
       (see requestor.budget): agreements end before it would be passed.
     - `strategy`: a MarketStrategy choosing among offers (default LeastExpensiveLinearPayuMS).
     - `subnet_tag`: only providers serving this subnet are used (default "public").
-    - `providers`: `host:port` of provider daemons; without it `GOLEM_PROVIDERS` (comma-separated);
-      without either, an embedded provider is started on loopback against the local Docker engine
-      and stopped on exit.
+    - `providers`: `host:port` of provider daemons, or `host:port#PROVIDER_ID` pinning the
+      provider's identity (a bare address is trusted on first use and remembered, see
+      requestor.client.connect), or discovery sources: `"mdns"`, `"srv:_exeunit._tcp.DOMAIN"`
+      (see requestor.discovery); without it `GOLEM_PROVIDERS` (comma-separated); without either,
+      an embedded provider is started on loopback against the local Docker engine and stopped on exit.
     - `event_consumer`: called with every event (default: `log_summary()`, readable log lines).
     - `stream_output`: with the default consumer, log each command's output as it arrives.
-    - `requestor_id`: how providers know this requestor (default: random per Golem).
+    - `identity`: the requestor's key file (made on first use), or a RequestorIdentity; default
+      `GOLEM_IDENTITY`, else `~/.config/golem/requestor-key.pem`. Providers know this requestor by
+      the id derived from it (`golem.requestor_id`), proven on every call.
     - `auth_token`: the providers' shared secret (default `GOLEM_PROVIDER_TOKEN`).
     - `unresponsive_after`: seconds a provider may stay silent before its instances are marked
       unresponsive (batch streams and watches are retried meanwhile).
@@ -75,10 +81,10 @@ class Golem:
         budget: float,
         strategy: MarketStrategy | None = None,
         subnet_tag: str | None = None,
-        providers: Iterable[str] | None = None,
+        providers: Iterable[str] | str | None = None,
         event_consumer: EventConsumer | None = None,
         stream_output: bool = False,
-        requestor_id: str | None = None,
+        identity: str | os.PathLike[str] | RequestorIdentity | None = None,
         auth_token: str | None = None,
         unresponsive_after: float = 5.0,
         payment_driver: str | None = None,
@@ -90,7 +96,8 @@ class Golem:
         self.budget = Budget(budget)
         self.subnet_tag = subnet_tag or DEFAULT_SUBNET
         self.strategy = strategy or LeastExpensiveLinearPayuMS()
-        self.requestor_id = requestor_id or f"requestor-{uuid.uuid4().hex[:12]}"
+        self.identity = identity if isinstance(identity, RequestorIdentity) else RequestorIdentity.load(identity)
+        self.requestor_id = self.identity.requestor_id
         self._auth_token = auth_token if auth_token is not None else os.environ.get(TOKEN_ENV) or None
         self._unresponsive_after = unresponsive_after
         self._provider_addresses = _configured_providers(providers)
@@ -131,23 +138,26 @@ class Golem:
     async def start(self) -> None:
         if self._engine is not None:
             return
-        addresses = list(self._provider_addresses)
+        addresses = await _expanded(self._provider_addresses)
         if not addresses:
             self._embedded = EmbeddedProvider(self.subnet_tag)
             addresses = [await self._embedded.start()]
-        clients = [ProviderClient(a, self.requestor_id, self._auth_token, reconnect_for=self._unresponsive_after)
+        clients = [ProviderClient(a, self.identity, self._auth_token, reconnect_for=self._unresponsive_after)
                    for a in addresses]
         self._engine = Engine(clients, self.subnet_tag, self.budget, self.strategy, self.emit, self._unresponsive_after)
 
-    async def stop(self) -> None:
-        """Stops every cluster (running instances go through shutdown), then the providers' links."""
+    async def stop(self, wait_for_payments: bool = True) -> None:
+        """Stops every cluster (running instances go through shutdown; suspended ones stay on their
+        providers), then the providers' links. `wait_for_payments` is yapapi's: payments are
+        settled locally here, at once, either way."""
         log.info("Golem is shutting down...")
         for cluster in self._clusters:
             await cluster.terminate()
         self._clusters.clear()
         log.info("All jobs have finished")
-        for network in self._networks:  # those the script did not remove itself
-            await network.remove()
+        for network in self._networks:  # those the script did not remove itself, unless suspended
+            if not network.suspended:
+                await network.remove()
         self._networks.clear()
         if self._engine is not None:
             await self._engine.close()
@@ -244,6 +254,30 @@ class Golem:
         cluster.spawn_instances(num_instances, instance_params, network_addresses)
         return cluster
 
+    async def resume_network(self, obj_dict: dict[str, Any]) -> Network:
+        """The network a suspended script left (`network.serialize()`), to pass to `resume_service`."""
+        if self._engine is None:
+            raise RequestorError("Golem is not started: use `async with Golem(...) as golem:` or `await golem.start()`")
+        network = Network.deserialize(obj_dict, self.requestor_id)
+        if network.owner_id != self.requestor_id:
+            log.warning("event=network_of_another_identity network=%s owner=%s requestor=%s hint=%r",
+                        network.network_id, network.owner_id, self.requestor_id,
+                        "providers let only the identity that made it take it up: use the same identity file")
+        self._networks.append(network)
+        return network
+
+    async def resume_service(self, service_class: type[ServiceType], instances: list[dict[str, Any]],
+                             payload: Payload | None = None, expiration: datetime | None = None,
+                             network: Network | None = None) -> Cluster[ServiceType]:
+        """Takes up the instances a suspended cluster left (`cluster.serialize_instances()`): the
+        same agreements and activities, on the same providers, if this Golem has the identity
+        that made them. Each goes on from the state it was left in."""
+        cluster = await self.run_service(service_class, num_instances=0, payload=payload, expiration=expiration,
+                                         network=network)
+        cluster.resume_instances(instances)
+        await cluster.taken_up()  # its instances answer (or have failed) when this returns
+        return cluster
+
     async def create_network(self, ip: str, owner_ip: str | None = None, mask: str | None = None,
                              gateway: str | None = None) -> Network:
         """A private network for service instances, e.g. `await golem.create_network("192.168.0.1/24")`.
@@ -282,7 +316,9 @@ def runnable(payload: Payload) -> VmPackage:
     )
 
 
-def _configured_providers(providers: Iterable[str] | None) -> list[str]:
+def _configured_providers(providers: Iterable[str] | str | None) -> list[str]:
+    if isinstance(providers, str):
+        providers = providers.split(",")
     if providers is not None:
         addresses = [p.strip() for p in providers if p.strip()]
         if not addresses:
@@ -290,7 +326,24 @@ def _configured_providers(providers: Iterable[str] | None) -> list[str]:
     else:
         addresses = [p.strip() for p in os.environ.get(PROVIDERS_ENV, "").split(",") if p.strip()]
     for address in addresses:
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"provider address {address!r} is not host:port")
+        if not is_discovery(address):
+            ProviderAddress.parse(address)  # ValueError saying what is wrong
+    return addresses
+
+
+async def _expanded(sources: list[str]) -> list[str]:
+    """The addresses configured, with each discovery source replaced by what it finds now; [] when
+    nothing was configured (the embedded provider then)."""
+    addresses: list[str] = []
+    for source in sources:
+        if not is_discovery(source):
+            addresses.append(source)
+            continue
+        found = await discover(source)
+        if not found:
+            log.warning("event=no_providers_discovered source=%s hint=%r", source,
+                        "providers announce themselves with `exeunit serve --announce` (mdns) or in SRV records")
+        addresses.extend(a for a in found if a not in addresses)
+    if sources and not addresses:
+        raise NoMatchingProviderError(f"no provider found through {', '.join(sources)}")
     return addresses

@@ -109,6 +109,7 @@ class Network:
         self._state = NetworkState.ready
         self._hosts: dict[str, ProviderClient] = {}  # providers where it exists, by provider id
         self.placement = asyncio.Lock()  # held by the instance choosing a provider (the runner's)
+        self.suspended = False  # a cluster on it was suspended: it stays on its providers when Golem stops
         owner = str(self._checked(owner_ip)) if owner_ip else self._next_address()
         self._owner_ip = owner
         self._nodes[owner] = Node(self, owner_id, owner)
@@ -127,6 +128,10 @@ class Network:
     @property
     def network_id(self) -> str:
         return self._network_id
+
+    @property
+    def owner_id(self) -> str:
+        return self._owner_id
 
     @property
     def owner_ip(self) -> str:
@@ -200,6 +205,33 @@ class Network:
         self._state = NetworkState.removed
         log.info("Removed network: %s", self)
 
+    # Suspend and resume (yapapi's shape; see serialize)
+
+    def serialize(self) -> dict[str, Any]:
+        """What `golem.resume_network(...)` needs to take this network up again (JSON-able), in
+        yapapi's shape but for `nodes`, which maps address -> node id here (several instances can
+        share a provider, so one node id can hold several addresses)."""
+        return {
+            "_network_id": self._network_id,
+            "ip": self._ip_network.with_netmask,
+            "gateway": self._gateway,
+            "owner_id": self._owner_id,
+            "owner_ip": self._owner_ip,
+            "state": self._state.value,
+            "nodes": self.nodes_dict,
+        }
+
+    @classmethod
+    def deserialize(cls, obj_dict: dict[str, Any], owner_id: str | None = None) -> Network:
+        """The network `serialize()` described; its instances' members come back with them
+        (`resume_service`). `nodes` may map either way (yapapi's node id -> address too)."""
+        network = cls(obj_dict["ip"], obj_dict.get("owner_id") or owner_id or "", obj_dict.get("owner_ip"),
+                      gateway=obj_dict.get("gateway"))
+        network._network_id = str(obj_dict["_network_id"])
+        if obj_dict.get("state") in (NetworkState.removing.value, NetworkState.removed.value):
+            network._state = NetworkState.removed
+        return network
+
     # What the service runner uses
 
     @property
@@ -228,6 +260,14 @@ class Network:
         await client.create_network(self._network_id, self._ip_network.with_prefixlen, self._gateway or "")
         self._hosts[provider_id] = client
         return self._add(provider_id, ip, promised=ip is not None and ip in self._promised)
+
+    def rejoin(self, client: ProviderClient, provider_id: str, ip: str) -> Node:
+        """A resumed instance's member, as it was: the provider kept the network and the activity's
+        place on it while the instance was suspended."""
+        self._hosts[provider_id] = client
+        node = Node(self, provider_id, str(self._checked(ip)))
+        self._nodes[node.ip] = node
+        return node
 
     def leave(self, node: Node) -> None:
         """The instance ended: its address is free (its provider frees it there with the activity)."""

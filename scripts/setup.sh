@@ -79,6 +79,11 @@ if ! command -v tc >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then
   echo "installing iproute2 and nftables (simulated hosts for the tests)..."
   apt_install iproute2 nftables
 fi
+# SRV discovery is tested against a real DNS server (tests/test_discovery.py).
+if ! command -v dnsmasq >/dev/null 2>&1; then
+  echo "installing dnsmasq (a DNS server for the discovery tests)..."
+  apt_install dnsmasq-base
+fi
 if [ ! -e /dev/loop-control ]; then
   echo "WARNING: this kernel offers no loop devices; exeunit serve needs --unenforced-storage here" >&2
 fi

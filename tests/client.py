@@ -5,6 +5,7 @@ assert exact status codes and messages."""
 from __future__ import annotations
 
 import hashlib
+import ssl
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -22,6 +23,10 @@ from exeunit.v1 import network_pb2 as net
 from exeunit.v1 import network_pb2_grpc as net_grpc
 from exeunit.v1 import transfer_pb2 as xfer
 from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
+from requestor.client.connect import (
+    CallSigner, KnownProviders, ProviderAddress, certified_id, check_identity, fetch_certificate,
+)
+from requestor.client.identity import RequestorIdentity
 
 CHUNK = 1 << 20
 
@@ -56,21 +61,60 @@ def expiration(minutes: float = 10) -> Timestamp:
     return ts
 
 
+_IDENTITIES: dict[str, RequestorIdentity] = {}
+
+
+def identity_named(label: str) -> RequestorIdentity:
+    """One key per label for the whole test run: "requestor-1" is the same requestor in every test."""
+    if label not in _IDENTITIES:
+        _IDENTITIES[label] = RequestorIdentity.ephemeral()
+    return _IDENTITIES[label]
+
+
 class ContractClient:
-    def __init__(self, address: str, requestor_id: str, token: str | None = None) -> None:
+    """Raw stubs whose calls carry the proof of the requestor named `label` (one key per label;
+    label None: calls with no proof at all). Connects on `async with`: over TLS, checking the
+    provider's id when the address pins one (`host:port#0x...`); in plaintext on loopback, learning
+    the provider's id from its offer."""
+
+    def __init__(self, address: str, label: str | None, token: str | None = None,
+                 identity: RequestorIdentity | None = None) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 64 << 20)]
-        )
-        self.metadata: tuple[tuple[str, str], ...] = (("x-requestor-id", requestor_id),)
+        self.identity = identity or (identity_named(label) if label is not None else None)
+        self.requestor_id = self.identity.requestor_id if self.identity else ""
+        self.metadata: tuple[tuple[str, str], ...] = ()
         if token is not None:
             self.metadata += (("authorization", f"Bearer {token}"),)
+        self.provider_id = ""
+
+    async def connect(self) -> None:
+        where = ProviderAddress.parse(self.address)
+        options = [("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 64 << 20)]
+        signer = CallSigner(self.identity or RequestorIdentity.ephemeral())
+        interceptors = signer.interceptors() if self.identity is not None else []
+        certificate = await fetch_certificate(where)
+        if certificate is not None:  # checked as the requestor library checks it
+            self.provider_id = certified_id(certificate)
+            check_identity(where, self.provider_id, KnownProviders())
+            credentials = grpc.ssl_channel_credentials(root_certificates=ssl.DER_cert_to_PEM_cert(certificate).encode())
+            self.channel = grpc.aio.secure_channel(
+                where.hostport, credentials, options=[*options, ("grpc.ssl_target_name_override", self.provider_id)],
+                interceptors=interceptors)
+        else:
+            self.channel = grpc.aio.insecure_channel(where.hostport, options=options, interceptors=interceptors)
+            try:
+                offer = await mkt_grpc.MarketStub(self.channel).GetOffer(mkt.GetOfferRequest(), metadata=self.metadata)
+                self.provider_id = offer.offer.provider_id
+            except grpc.aio.AioRpcError:
+                pass  # a wrong token, say: the calls go unsigned and the test sees how they are refused
+        signer.provider_id = self.provider_id or None
         self.market = mkt_grpc.MarketStub(self.channel)
         self.activity = act_grpc.ActivityStub(self.channel)
         self.transfer = xfer_grpc.TransferStub(self.channel)
         self.network = net_grpc.NetworkStub(self.channel)
 
     async def __aenter__(self) -> ContractClient:
+        await self.connect()
         return self
 
     async def __aexit__(self, *exc: object | TracebackType) -> None:

@@ -29,6 +29,12 @@ from tests.client import ContractClient
 
 BASE_IMAGE = "exeunit-base:latest"
 
+# The requestor keeps its identity and known providers in the user's config directory: tests (and
+# the scripts they start) get one of their own, never the user's.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="exeunit-tests-config-")
+os.environ.pop("GOLEM_IDENTITY", None)
+os.environ.pop("GOLEM_KNOWN_PROVIDERS", None)
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")

@@ -141,9 +141,11 @@ async def test_callers_must_identify_and_present_the_token(daemons: Daemons) -> 
     async with ContractClient(address, "r", token="wrong") as wrong:
         err = await rpc_error(wrong.market.GetOffer(mkt.GetOfferRequest(), metadata=wrong.metadata))
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED and "missing or wrong token" in err.details()
-    async with ContractClient(address, "", token="s3cret") as anonymous:
-        err = await rpc_error(anonymous.market.GetOffer(mkt.GetOfferRequest(), metadata=anonymous.metadata))
-        assert err.code() == grpc.StatusCode.UNAUTHENTICATED and "x-requestor-id" in err.details()
+    async with ContractClient(address, None, token="s3cret") as anonymous:  # with the token, but no key
+        offer = await anonymous.market.GetOffer(mkt.GetOfferRequest(), metadata=anonymous.metadata)
+        assert offer.offer.provider_name == "provider-a"  # an offer is public
+        err = await rpc_error(anonymous.propose(anonymous.demand(BASE_IMAGE)))
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED and "sign each call with a requestor key" in err.details()
     async with ContractClient(address, "r", token="s3cret") as right:
         offer = await right.market.GetOffer(mkt.GetOfferRequest(), metadata=right.metadata)
         assert offer.offer.provider_name == "provider-a"

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1 import transfer_pb2 as xfer
-from tests.client import expiration
+from tests.client import expiration, identity_named
 from tests.conftest import BASE_IMAGE
 from tests.daemon_process import Daemon
 
@@ -125,28 +125,33 @@ def messages(descriptor: Descriptor, ids: dict[str, list[str]], depth: int = 0) 
 class Caller:
     """Calls any method of the contract with raw or typed requests, the way grpcurl would."""
 
-    def __init__(self, port: int, requestor_id: str) -> None:
+    def __init__(self, port: int, requestor: str) -> None:
         self.channel = grpc.insecure_channel(
             f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
         )
-        self.metadata = (("x-requestor-id", requestor_id),)
+        self.identity = identity_named(requestor)
+        self.provider_id = self.typed(method("GetOffer"), mkt.GetOfferRequest()).offer.provider_id
+
+    def proof(self, path: str) -> Any:
+        """Signed as the requestor library signs (the offer, asked for first, needs no proof)."""
+        return self.identity.proof(self.provider_id, path) if hasattr(self, "provider_id") else ()
 
     def call(self, method: MethodDescriptor, requests: list[bytes]) -> grpc.StatusCode:
         path = f"/{method.containing_service.full_name}/{method.name}"
         identity = dict(request_serializer=None, response_deserializer=None)
         try:
             if method.client_streaming and not method.server_streaming:
-                self.channel.stream_unary(path, **identity)(iter(requests), metadata=self.metadata, timeout=15)
+                self.channel.stream_unary(path, **identity)(iter(requests), metadata=self.proof(path), timeout=15)
             elif method.server_streaming:
                 stream = self.channel.unary_stream(path, **identity)(
-                    requests[0] if requests else b"", metadata=self.metadata, timeout=3
+                    requests[0] if requests else b"", metadata=self.proof(path), timeout=3
                 )
                 for _ in zip(range(3), stream):  # enough to see the first answers; live streams go on
                     pass
                 stream.cancel()
             else:
                 self.channel.unary_unary(path, **identity)(
-                    requests[0] if requests else b"", metadata=self.metadata, timeout=15
+                    requests[0] if requests else b"", metadata=self.proof(path), timeout=15
                 )
         except grpc.RpcError as exc:
             code = exc.code()
@@ -160,7 +165,7 @@ class Caller:
         response_class = message_factory.GetMessageClass(method.output_type)
         call = self.channel.unary_unary(path, request_serializer=type(request).SerializeToString,
                                         response_deserializer=response_class.FromString)
-        return call(request, metadata=self.metadata, timeout=30)
+        return call(request, metadata=self.proof(path), timeout=30)
 
 
 def method(name: str) -> MethodDescriptor:

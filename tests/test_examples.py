@@ -140,7 +140,7 @@ def test_sigterm_to_an_embedded_provider_script_removes_its_containers(engine) -
     provider_id, seen = "", []
     for line in process.stdout:
         seen.append(line)
-        found = re.search(r"Agreement proposed to provider 'local-provider' \((embedded-\w+)\)", line)
+        found = re.search(r"Agreement proposed to provider 'local-provider' \((0x[0-9a-f]{40})\)", line)
         provider_id = provider_id or (found.group(1) if found else "")
         if line.startswith("local-provider ["):  # an instance reported: its container runs
             break

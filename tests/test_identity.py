@@ -66,3 +66,58 @@ def test_a_damaged_key_stops_the_daemon_with_the_fix(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "provider-key.pem is not a usable private key" in done.stderr and "move it aside" in done.stderr
+
+
+# Requestors: an id derived from a key the requestor holds, proven on every call.
+
+def test_a_requestor_identity_is_made_once_and_kept(tmp_path: Path, monkeypatch) -> None:
+    from requestor.client.identity import RequestorIdentity
+
+    monkeypatch.setenv("GOLEM_IDENTITY", str(tmp_path / "me" / "key.pem"))
+    first = RequestorIdentity.load()
+    assert stat.S_IMODE((tmp_path / "me" / "key.pem").stat().st_mode) == 0o600
+    assert RequestorIdentity.load().requestor_id == first.requestor_id  # the same file, the same requestor
+    assert RequestorIdentity.load(tmp_path / "other.pem").requestor_id != first.requestor_id
+    assert re.fullmatch(r"0x[0-9a-f]{40}", first.requestor_id)
+
+
+async def test_a_proof_holds_for_one_call_to_one_provider_of_one_method_now(daemons) -> None:
+    import time
+
+    import grpc
+
+    from exeunit.v1 import activity_pb2 as act
+    from exeunit.v1 import identity as wire
+    from requestor.client.identity import RequestorIdentity
+    from tests.client import identity_named
+
+    server = await daemons.start()
+    me = identity_named("prover")
+    async with ContractClient(f"127.0.0.1:{server.port}", None) as raw:  # no proof added: we make our own
+        async def list_with(metadata) -> grpc.StatusCode:
+            try:
+                await raw.activity.ListActivities(act.ListActivitiesRequest(), metadata=metadata)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+        method = "/exeunit.v1.Activity/ListActivities"
+        proof = me.proof(raw.provider_id, method)
+        assert await list_with(proof) is grpc.StatusCode.OK
+        assert await list_with(proof) is grpc.StatusCode.UNAUTHENTICATED  # replayed
+        assert await list_with(me.proof(raw.provider_id, "/exeunit.v1.Activity/GetActivityState")) \
+            is grpc.StatusCode.UNAUTHENTICATED  # signed for another method
+        assert await list_with(me.proof("0x" + "00" * 20, method)) is grpc.StatusCode.UNAUTHENTICATED  # another provider
+        # a signature by another key over the same message, with my key: refused
+        forged = dict(me.proof(raw.provider_id, method))
+        forged[wire.SIGNATURE_METADATA] = dict(RequestorIdentity.ephemeral().proof(raw.provider_id, method))[
+            wire.SIGNATURE_METADATA]
+        assert await list_with(tuple(forged.items())) is grpc.StatusCode.UNAUTHENTICATED
+        # a proof made too far from the provider's clock: refused, saying what to fix
+        stale = dict(me.proof(raw.provider_id, method))
+        stale[wire.TIME_METADATA] = str(int((time.time() - 3600) * 1000))
+        try:
+            await raw.activity.ListActivities(act.ListActivitiesRequest(), metadata=tuple(stale.items()))
+            raise AssertionError("a stale proof was accepted")
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() is grpc.StatusCode.UNAUTHENTICATED and "set this host's clock right" in exc.details()

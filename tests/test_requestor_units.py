@@ -8,6 +8,8 @@ from decimal import Decimal
 import grpc
 import pytest
 
+from exeunit.v1 import market_pb2 as mkt
+from exeunit.v1 import market_pb2_grpc as mkt_grpc
 from exeunit.v1 import transfer_pb2 as xfer
 from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
 from exeunit.v1.conventions import GIB
@@ -17,6 +19,7 @@ from requestor.budget import Budget
 from requestor.errors import BudgetExceededError, PackageException, RequestorError
 from requestor.payload import vm
 from requestor.client import ProviderClient
+from requestor.client.identity import RequestorIdentity
 from requestor.model import Offer, Pricing
 from requestor.services.cluster import _resolve_instance_params
 from requestor.services.state import TRANSITIONS, InvalidTransition, ServiceState, next_state
@@ -53,9 +56,10 @@ def test_refused_transitions(state, transition) -> None:
 
 
 def test_state_names_and_availability() -> None:
-    assert [s.value for s in S] == ["pending", "starting", "running", "stopping", "terminated", "unresponsive"]
+    assert [s.value for s in S] == ["pending", "starting", "running", "stopping", "terminated", "unresponsive",
+                                    "suspended"]
     assert S.AVAILABLE == (S.starting, S.running, S.stopping)  # type: ignore[attr-defined]
-    assert set(TRANSITIONS) == {"start", "ready", "stop", "terminate", "mark_unresponsive", "restart"}
+    assert set(TRANSITIONS) == {"start", "ready", "stop", "terminate", "mark_unresponsive", "restart", "suspend"}
 
 
 def offer(**fields: object) -> Offer:
@@ -140,6 +144,13 @@ def test_instance_params_resolution() -> None:
         list(_resolve_instance_params(2, [{"a": 1}]))
 
 
+class PublicOffer(mkt_grpc.MarketServicer):
+    """Just enough of a provider for a client to learn its id on loopback."""
+
+    async def GetOffer(self, request, context):
+        return mkt.GetOfferResponse(offer=mkt.Offer(provider_id="0x" + "ab" * 20))
+
+
 class LyingTransfer(xfer_grpc.TransferServicer):
     """A provider that announces more than it sends, or ends without a trailer."""
 
@@ -158,9 +169,10 @@ class LyingTransfer(xfer_grpc.TransferServicer):
 async def test_a_short_download_is_an_error_not_a_short_file(trailer: bool, says: str) -> None:
     server = grpc.aio.server()
     xfer_grpc.add_TransferServicer_to_server(LyingTransfer(trailer), server)
+    mkt_grpc.add_MarketServicer_to_server(PublicOffer(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    client = ProviderClient(f"127.0.0.1:{port}", "r")
+    client = ProviderClient(f"127.0.0.1:{port}", RequestorIdentity.ephemeral())
     try:
         with pytest.raises(RequestorError, match=says):
             async for _ in client.download("a", "/golem/work/x"):

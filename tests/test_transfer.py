@@ -246,7 +246,7 @@ async def test_a_file_over_8_gib_downloads_whole_through_the_requestor(client: C
     size = (8 << 30) + 1
     run = await client.run_batch(ready, [client.run("/usr/bin/truncate", "-s", str(size), "/golem/work/huge.bin")])
     assert run.succeeded, run.finished
-    provider = ProviderClient(client.address, "requestor-1")
+    provider = ProviderClient(client.address, client.identity)
     try:
         received, digest = 0, hashlib.sha256()
         async for chunk in provider.download(ready, "/golem/work/huge.bin"):

@@ -133,7 +133,7 @@ async def test_an_http_server_in_the_activity_is_reached_through_a_local_port(cl
     await start_in_background(
         client, ready, "cd /golem/work && echo hello > index.html && python3 -m http.server 8000 --bind 127.0.0.1", 8000
     )
-    provider = ProviderClient(client.address, "requestor-1")
+    provider = ProviderClient(client.address, client.identity)
 
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -26,9 +26,9 @@ STARTING = 180.0  # seconds a script may take to bring its instances up
 class RunningScript:
     """A script in its own process; its output lines as they come."""
 
-    def __init__(self, name: str, cwd: Path, *args: str) -> None:
-        self.process = subprocess.Popen([sys.executable, "-u", str(SCRIPTS / name), *args], cwd=cwd,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def __init__(self, name: str, cwd: Path, *args: str, **popen: object) -> None:
+        self.process = subprocess.Popen([sys.executable, "-u", str(SCRIPTS / name), *args], cwd=cwd,  # type: ignore[call-overload]
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
         self.lines: list[str] = []
         self._new: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

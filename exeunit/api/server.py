@@ -15,12 +15,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from exeunit.api.announce import Announcement, announced_addresses
 from exeunit.api.handlers import add_service
 from exeunit.services.provider import Provider
 from exeunit.api.servicers import (
     ActivityServicer, MarketServicer, NetworkServicer, OperatorActivityServicer, TransferServicer,
 )
-from exeunit.api.auth import Caller, TokenCheck
+from exeunit.api.auth import CallGate, Caller, ProofCheck
 from exeunit.v1 import activity_pb2, market_pb2, network_pb2, transfer_pb2
 
 log = logging.getLogger(__name__)
@@ -92,18 +93,21 @@ async def create_admin_server(provider: Provider, path: Path) -> grpc.aio.Server
 
 
 async def create_server(provider: Provider, address: str, token: str | None = None,
-                        admin_socket: Path | None = None) -> RunningServer:
-    """Binds address ("host:port"; port 0 picks one), then opens the provider and starts serving.
-    A port that cannot be bound fails before the provider touches anything."""
+                        admin_socket: Path | None = None, tls: tuple[bytes, bytes] | None = None) -> RunningServer:
+    """Binds address ("host:port"; port 0 picks one), then opens the provider and starts serving:
+    over TLS with `tls` (private key PEM, certificate PEM), else in plaintext (loopback only; the
+    command line sees to that). A port that cannot be bound fails before the provider touches
+    anything."""
+    proofs = ProofCheck(provider.settings.provider_id)
     server = grpc.aio.server(
-        interceptors=[TokenCheck(token)] if token is not None else [],
+        interceptors=[CallGate(proofs, token)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ]
     )
-    caller = Caller(on_call=provider.pacer.note_call)
+    caller = Caller(proofs, on_call=provider.pacer.note_call)
     add_service(server, MARKET, MarketServicer(provider, caller))
     add_service(server, ACTIVITY, ActivityServicer(provider, caller))
     add_service(server, TRANSFER, TransferServicer(provider, caller))
@@ -114,7 +118,10 @@ async def create_server(provider: Provider, address: str, token: str | None = No
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(address)
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
     except RuntimeError:  # how newer grpc says it could not bind
         port = 0
     if port == 0:
@@ -124,24 +131,35 @@ async def create_server(provider: Provider, address: str, token: str | None = No
     await server.start()
     if admin is not None:
         await admin.start()
-    log.info("event=listening address=%s port=%d provider=%s name=%s", address, port,
-             provider.settings.provider_id, provider.settings.name)
+    log.info("event=listening address=%s port=%d transport=%s provider=%s name=%s", address, port,
+             "tls" if tls else "plaintext", provider.settings.provider_id, provider.settings.name)
     return RunningServer(server, port, provider, health_servicer, admin)
 
 
 async def serve_until_signalled(provider: Provider, address: str, token: str | None,
-                                keep_activities: bool = False, admin_socket: Path | None = None) -> None:
-    """Serves until SIGTERM or SIGINT, then shuts down cleanly (see RunningServer.stop)."""
+                                keep_activities: bool = False, admin_socket: Path | None = None,
+                                tls: tuple[bytes, bytes] | None = None, announce: bool = False) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down cleanly (see RunningServer.stop); with
+    `announce`, published on the LAN with mDNS meanwhile."""
     loop = asyncio.get_running_loop()
     # Every Docker call runs in a worker thread: enough of them for many activities at once.
     loop.set_default_executor(ThreadPoolExecutor(max_workers=DOCKER_CALL_THREADS, thread_name_prefix="docker-call"))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before serving: a signal during start-up is not lost
         loop.add_signal_handler(sig, stop.set)
-    running = await create_server(provider, address, token, admin_socket)
+    addresses = announced_addresses(address.rpartition(":")[0]) if announce else []  # ValueError before serving
+    running = await create_server(provider, address, token, admin_socket, tls)
+    announcement = None
     try:
+        if announce:
+            settings = provider.settings
+            announcement = Announcement(settings.provider_id, settings.name, settings.subnet_tag, addresses,
+                                        running.port, tls is not None)
+            await announcement.publish()
         await stop.wait()
         log.info("event=shutting_down")
     finally:
+        if announcement is not None:
+            await announcement.withdraw()
         await running.stop(keep_activities=keep_activities)
         log.info("event=stopped")

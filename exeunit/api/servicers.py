@@ -14,7 +14,7 @@ from exeunit.domain.market import Agreement
 from exeunit.services.provider import Provider
 from exeunit.services.transfers import PortConnection
 from exeunit.api.auth import Caller, OperatorCaller
-from exeunit.api.status import streaming, unary
+from exeunit.api.status import anonymous_ok, streaming, unary
 from exeunit.v1.conventions import CHUNK_SIZE
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import activity_pb2_grpc as act_grpc
@@ -59,6 +59,7 @@ class MarketServicer(mkt_grpc.MarketServicer):
         self.caller = caller
 
     @unary
+    @anonymous_ok
     async def GetOffer(self, request: mkt.GetOfferRequest, context: Context, requestor_id: str) -> mkt.GetOfferResponse:
         return mkt.GetOfferResponse(offer=convert.offer_to_proto(await self.provider.offer()))
 

@@ -65,7 +65,7 @@ def unary(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            requestor_id = self.caller.identify(context)
+            requestor_id = self.caller.identify(context, getattr(handler, "anonymous_ok", False))
             return await handler(self, _parsed(request), context, requestor_id)
         except errors.ExeUnitError as exc:
             await _abort(context, exc)
@@ -75,6 +75,12 @@ def unary(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
             await _internal(context, handler.__name__)
 
     return wrapper
+
+
+def anonymous_ok(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Marks a handler that answers callers without a proof (requestor_id "" then); under @unary."""
+    handler.anonymous_ok = True  # type: ignore[attr-defined]
+    return handler
 
 
 def streaming(handler: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from exeunit import errors
+from exeunit.api.announce import announced_addresses
 from exeunit.api.server import check_listen_address, serve_until_signalled
 from exeunit.app import config, logs
 from exeunit.app import ps as listing
@@ -19,6 +20,7 @@ from exeunit.app.metrics import MetricsServer
 from exeunit.app.options import build_parser, is_loopback
 from exeunit.domain.resources import LinearPricing, Resources
 from exeunit.domain.settings import DEFAULT_OFFERED_IMAGES, ActivityLimits, FetchPolicy, ImagePolicy, ProviderSettings
+from exeunit.persistence import keys
 from exeunit.persistence.home import Identity, ProviderHome, read_identity
 from exeunit.persistence.store import StateStore
 from exeunit.runtime.docker import DockerRuntime
@@ -123,13 +125,15 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"exeunit: {exc}", file=sys.stderr)
         return 2
-    if not is_loopback(args.listen) and token is None and not args.insecure_allow_remote:
-        print(
-            f"exeunit: refusing to listen on {args.listen} without a token: anyone reaching it could run "
-            "containers. Pass --auth-token-file FILE, or --insecure-allow-remote if you mean it.",
-            file=sys.stderr,
-        )
-        return 2
+    if args.announce:
+        try:
+            announced_addresses(args.listen.rpartition(":")[0])
+        except ValueError as exc:
+            print(f"exeunit: {exc}", file=sys.stderr)
+            return 2
+    if args.insecure_allow_remote:
+        log.warning("event=flag_ignored flag=--insecure-allow-remote reason=%r",
+                    "no longer needed: beyond loopback the daemon speaks TLS and callers prove their keys")
     home = None
     try:
         check_listen_address(args.listen)
@@ -151,8 +155,11 @@ def serve(args: argparse.Namespace) -> int:
             exporter = MetricsServer(provider, host, int(port))
             log.info("event=metrics_listening address=%s port=%d", args.metrics_listen, exporter.port)
         try:
+            tls = None
+            if args.tls_on_loopback or not is_loopback(args.listen):
+                tls = keys.tls_credentials(keys.load_or_create(home.identity.key_file))
             asyncio.run(serve_until_signalled(provider, args.listen, token, args.keep_activities_on_shutdown,
-                                              home.path / ADMIN_SOCKET))
+                                              home.path / ADMIN_SOCKET, tls, args.announce))
         finally:
             state.close()
             if exporter is not None:

@@ -13,8 +13,9 @@ import shutil
 import signal
 import tempfile
 import threading
-import uuid
 from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from exeunit.api.server import RunningServer, create_server
 from exeunit.app.assembly import activity_storage, assemble, measured_capacity
@@ -22,6 +23,7 @@ from exeunit.domain.resources import LinearPricing, Resources
 from exeunit.domain.settings import ActivityLimits, FetchPolicy, ImagePolicy, ProviderSettings
 from exeunit.errors import ExeUnitError
 from exeunit.runtime.docker import DockerRuntime
+from exeunit.v1.identity import node_id_of
 from exeunit.v1.conventions import CUSTOM_COUNTER, DOCKER_VM_RUNTIME, GIB, TEST_COUNTERS_RUNTIME
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ class LocalProvider:
         self._storage_dir = Path(tempfile.mkdtemp(prefix="exeunit-embedded-"))
         capacity = await asyncio.to_thread(measured_capacity, self._storage_dir)
         settings = ProviderSettings(
-            provider_id=f"embedded-{uuid.uuid4().hex[:12]}",
+            provider_id=node_id_of(ec.generate_private_key(ec.SECP256R1()).public_key()),  # a key of its own, unkept
             name=self._name,
             subnet_tag=self._subnet_tag,
             pricing=LinearPricing(start_fee=0.0, per_cpu_second=0.00001, per_duration_second=0.000002,

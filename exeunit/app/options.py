@@ -28,8 +28,9 @@ examples:
   exeunit serve --listen 127.0.0.1:50052 --name cheap --price-duration-sec 0.0001
   exeunit serve --listen 0.0.0.0:50051 --auth-token-file /etc/exeunit/token
 
-Requestors identify themselves with the 'x-requestor-id' call metadata. Listening on a
-non-loopback address needs --auth-token-file (or --insecure-allow-remote, to accept anyone).
+Beyond loopback the daemon speaks TLS only, as the key in its home (`exeunit id` prints the
+provider id requestors pin). Requestors prove who they are with their own keys on every call; a
+token (--auth-token-file) is an extra gate for private providers, not needed for strangers.
 SIGTERM or Ctrl-C terminates every activity and removes its container before exiting.
 """
 
@@ -111,8 +112,12 @@ def _identity_options(serve: argparse.ArgumentParser) -> None:
     ident.add_argument("--keep-activities-on-shutdown", action="store_true",
                        help="on SIGTERM, leave activities running for the next daemon on this --state-dir to take "
                             "up (to upgrade the daemon under running services); without it they end")
-    ident.add_argument("--insecure-allow-remote", action="store_true",
-                       help="allow a non-loopback --listen without a token (anyone reaching the port can run containers)")
+    ident.add_argument("--tls-on-loopback", action="store_true",
+                       help="speak TLS on a loopback --listen too (beyond loopback it always does)")
+    ident.add_argument("--announce", action="store_true",
+                       help="publish this provider on the LAN with DNS-SD over mDNS (_exeunit._tcp), with its id, so "
+                            "requestors find it with GOLEM_PROVIDERS=mdns")
+    ident.add_argument("--insecure-allow-remote", action="store_true", help=argparse.SUPPRESS)  # before TLS
 
 
 def _capacity_options(serve: argparse.ArgumentParser) -> None:

@@ -46,7 +46,7 @@ def _size(count: int) -> str:
 def as_table(rows: list[act.ActivitySummary]) -> list[str]:
     now = datetime.now(timezone.utc)
     cells = [COLUMNS] + [
-        (row.activity_id[:12], row.requestor_id[:24], activity_state_name(row.state) + (f" ({row.reason})" if row.reason else ""),
+        (row.activity_id[:12], row.requestor_id[:14], activity_state_name(row.state) + (f" ({row.reason})" if row.reason else ""),
          row.image[:40], _age(row, now), f"{row.cpu_seconds:.1f}", _size(row.memory_bytes), _size(row.storage_bytes),
          row.ip or "-")
         for row in rows

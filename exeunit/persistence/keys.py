@@ -10,43 +10,57 @@ node ids, from a standard encoding anyone can recompute from a certificate.
 
 from __future__ import annotations
 
-import hashlib
-import os
+import datetime
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from exeunit import errors
+from exeunit.v1.identity import load_or_create_key, node_id_of
 
 KEY_FILE = "provider-key.pem"
-ID_BYTES = 20
+CERTIFICATE_YEARS = 20
 
 
 def load_or_create(path: Path) -> ec.EllipticCurvePrivateKey:
     """The key in `path`, made (readable by this user only) when there is none."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        partial = path.with_suffix(".partial")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(pem)
-        os.replace(partial, path)  # whole or absent
-        return key
-    try:
-        loaded = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise errors.FailedPrecondition(f"{path} is not a usable private key ({exc}); move it aside") from None
-    if not isinstance(loaded, ec.EllipticCurvePrivateKey) or not isinstance(loaded.curve, ec.SECP256R1):
-        raise errors.FailedPrecondition(f"{path} is not a P-256 key; move it aside and a new one is made")
-    return loaded
+        return load_or_create_key(path)
+    except ValueError as exc:
+        raise errors.FailedPrecondition(str(exc)) from None
 
 
 def provider_id_of(public_key: ec.EllipticCurvePublicKey) -> str:
     """The provider id of a public key (see the module's docstring)."""
-    spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return "0x" + hashlib.sha256(spki).digest()[:ID_BYTES].hex()
+    return node_id_of(public_key)
+
+
+def tls_credentials(key: ec.EllipticCurvePrivateKey) -> tuple[bytes, bytes]:
+    """(private key PEM, certificate PEM) for serving TLS as the provider this key is.
+
+    The certificate is self-signed, made afresh at each start, and names the provider id as its
+    subject and DNS name. Requestors do not trust it for a CA's signature but for its key, whose
+    id they pin; it is marked as a CA so that a requestor holding the certificate of an earlier
+    start (same key, same name) also accepts the next one.
+    """
+    provider_id = node_id_of(key.public_key())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, provider_id)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=365 * CERTIFICATE_YEARS))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(provider_id)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return key_pem, certificate.public_bytes(serialization.Encoding.PEM)

@@ -8,6 +8,9 @@ run "on" a host with `host.spawn(argv)` (in its network namespace only: they sha
 files, processes and Docker engine, as provider daemons on one engine must). `attach_here()` plugs
 this process's own namespace in too, so that a test can talk to the hosts directly.
 
+`lan.capture()` records every frame crossing the switch, as a listener on the LAN would see them
+(to check what travels in clear).
+
 Faults, as a real network has them: `link_down()` / `link_up()` pull and replug a host's cable;
 `impair(loss_percent=..., rate_kbit=..., delay_ms=...)` drops a share of its packets both ways
 (nftables' random numbers), caps its bandwidth both ways (`tc tbf`) and delays them (`tc netem`,
@@ -24,7 +27,11 @@ import ipaddress
 import os
 import secrets
 import shutil
+import struct
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +60,19 @@ def unavailable() -> str | None:
             return f"{tool} is not installed (Debian: iproute2, nftables, util-linux)"
     return None
 
+
+# Run in the switch's namespace: every frame on every port, length-prefixed, to stdout until killed.
+CAPTURE_PROGRAM = r"""
+import os, socket, struct, sys
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+os.write(1, b"ready\n")
+out = sys.stdout.buffer
+while True:
+    frame = sock.recv(65535)
+    out.write(struct.pack("!I", len(frame)) + frame)
+    out.flush()
+"""
 
 NO_NETEM = "this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM), so delay cannot be simulated here"
 IMPAIRMENT_TABLE = "exsim_impair"
@@ -121,6 +141,34 @@ class SimulatedHost:
                        capture_output=True, timeout=30)
 
 
+class Capture:
+    """Frames recorded on a LAN's switch (every port, so a forwarded frame shows up twice)."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self._process = process
+        assert process.stdout is not None
+        if process.stdout.readline() != b"ready\n":
+            process.kill()
+            raise SimulationError("the capture on the switch did not start")
+        self._frames: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        stream = self._process.stdout
+        assert stream is not None
+        while len(header := stream.read(4)) == 4:
+            self._frames.append(stream.read(struct.unpack("!I", header)[0]))
+
+    def stop(self) -> list[bytes]:
+        """Ends the capture; every frame recorded."""
+        time.sleep(0.2)  # frames in flight
+        self._process.kill()
+        self._process.wait()
+        self._reader.join(5)
+        return list(self._frames)
+
+
 class SimulatedLan:
     """A switch and the hosts plugged into it, in a /24 of 10.x.y.0 picked at random."""
 
@@ -130,6 +178,7 @@ class SimulatedLan:
         self.network = ipaddress.ip_network(f"10.{secrets.randbelow(200) + 20}.{secrets.randbelow(250) + 1}.0/24")
         self.hosts: dict[str, SimulatedHost] = {}
         self._here: str | None = None  # this namespace's end of its cable, once attached
+        self.here_address: str | None = None  # this process's address on the LAN, once attached
         self._next_address = 1
         try:
             _run("ip", "netns", "add", self.switch)
@@ -166,6 +215,11 @@ class SimulatedLan:
         self.hosts[name] = host
         return host
 
+    def capture(self) -> Capture:
+        """Starts recording the frames crossing the switch; `stop()` returns them."""
+        return Capture(subprocess.Popen(["ip", "netns", "exec", self.switch, sys.executable, "-c", CAPTURE_PROGRAM],
+                                        stdout=subprocess.PIPE))
+
     def attach_here(self) -> str:
         """Plugs this process's own network namespace into the LAN; returns its address there."""
         if self._here is not None:
@@ -177,6 +231,7 @@ class SimulatedLan:
         _run("ip", "link", "set", port, "master", "br0", "up", netns=self.switch)
         _run("ip", "addr", "add", f"{address}/{self.network.prefixlen}", "dev", here)
         _run("ip", "link", "set", here, "up")
+        self.here_address = address
         return address
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from exeunit.testing.hosts import SimulatedHost
 
 LISTENING = re.compile(r'event"?[=:] ?"?listening\b.*\bport"?[=:] ?"?(\d+)')  # logfmt or JSON
+PROVIDER_ID = re.compile(r'\bprovider"?[=:] ?"?(0x[0-9a-f]{40})')
 
 
 class DaemonFailed(RuntimeError):
@@ -24,18 +25,23 @@ class DaemonFailed(RuntimeError):
 
 
 class ProviderDaemon:
-    """`exeunit serve` on `host`, with a token of its own (it listens beyond loopback) and a home
-    in a temporary directory; `extra_args` go to `exeunit serve` as they are."""
+    """`exeunit serve` on `host`, with a home in a temporary directory (and its key: the daemon's
+    provider id, `provider_id`, and `pinned_address` for a requestor that checks it); with
+    `token=True`, a token of its own too (`token`); on `port`, or a free one; `extra_args` go to
+    `exeunit serve` as they are."""
 
-    def __init__(self, host: SimulatedHost, *extra_args: str, name: str = "") -> None:
+    def __init__(self, host: SimulatedHost, *extra_args: str, name: str = "", token: bool = False,
+                 port: int = 0) -> None:
         self.host = host
         self.name = name or f"provider-{host.name}"
-        self.token = secrets.token_hex(16)
+        self.token = secrets.token_hex(16) if token else None
         self._dir = Path(tempfile.mkdtemp(prefix=f"exeunit-sim-{host.name}-"))
-        (self._dir / "token").write_text(self.token)
+        if self.token is not None:
+            (self._dir / "token").write_text(self.token)
         self.home = self._dir / "home"
+        self.provider_id = ""
         self.extra_args = extra_args
-        self.port = 0
+        self.port = port  # 0: a free one, kept across restarts
         self.log: list[str] = []
         self.process: subprocess.Popen[str] | None = None
         self.start()
@@ -45,17 +51,25 @@ class ProviderDaemon:
         """host:port, for a requestor."""
         return f"{self.host.address}:{self.port}"
 
+    @property
+    def pinned_address(self) -> str:
+        """host:port#PROVIDER_ID: a requestor given this checks it talks to this daemon."""
+        return f"{self.address}#{self.provider_id}"
+
     def start(self) -> None:
         """Starts the daemon (on the port it had, after a restart) and waits until it listens."""
         argv = [sys.executable, "-m", "exeunit", "serve", "--listen", f"{self.host.address}:{self.port}",
-                "--auth-token-file", str(self._dir / "token"), "--state-dir", str(self.home), "--name", self.name,
-                *self.extra_args]
+                "--state-dir", str(self.home), "--name", self.name, *self.extra_args]
+        if self.token is not None:
+            argv += ["--auth-token-file", str(self._dir / "token")]
         self.process = self.host.spawn(argv, stderr=subprocess.PIPE, text=True)
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.log.append(line.rstrip("\n"))
             if match := LISTENING.search(line):
                 self.port = int(match.group(1))
+                if found := PROVIDER_ID.search(line):
+                    self.provider_id = found.group(1)
                 break
         else:
             self.process.wait()

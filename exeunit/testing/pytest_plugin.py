@@ -4,15 +4,16 @@ Golem's goth runs nodes, without a compose stack: installed with this package (e
 
 - `simulated_lan`: a `SimulatedLan` (exeunit.testing.hosts) with this test process attached to
   it, removed after the test;
-- `provider_daemons`: a factory, `provider_daemons(host, *serve_args)`, that starts `exeunit serve`
-  on a simulated host and returns a `ProviderDaemon` (address, token; `kill()`, `restart()`,
-  `stop()`); every daemon is stopped after the test.
+- `provider_daemons`: a factory, `provider_daemons(host, *serve_args, token=False, port=0)`, that starts
+  `exeunit serve` on a simulated host and returns a `ProviderDaemon` (`address`, `provider_id`,
+  `pinned_address`, `token` when asked for; `kill()`, `restart()`, `stop()`); every daemon is
+  stopped after the test.
 
 Example:
 
     def test_a_service_on_another_host(simulated_lan, provider_daemons):
         provider = provider_daemons(simulated_lan.add_host("p1"))
-        ...  # a requestor in this process reaches provider.address with provider.token
+        ...  # a requestor in this process reaches provider.pinned_address (over TLS)
         simulated_lan.hosts["p1"].link_down()  # and the network fails on cue
 
 The fixtures fail with the reason when the machine cannot simulate hosts (root, iproute2, nftables
@@ -42,8 +43,9 @@ def simulated_lan() -> Iterator[SimulatedLan]:
 def provider_daemons() -> Iterator[Callable[..., ProviderDaemon]]:
     started: list[ProviderDaemon] = []
 
-    def start(host: SimulatedHost, *serve_args: str, name: str = "") -> ProviderDaemon:
-        daemon = ProviderDaemon(host, *serve_args, name=name)
+    def start(host: SimulatedHost, *serve_args: str, name: str = "", token: bool = False,
+              port: int = 0) -> ProviderDaemon:
+        daemon = ProviderDaemon(host, *serve_args, name=name, token=token, port=port)
         started.append(daemon)
         return daemon
 

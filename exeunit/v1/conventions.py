@@ -17,6 +17,12 @@ TEST_COUNTERS_RUNTIME = "test-counters"
 CUSTOM_COUNTER = "golem.usage.custom.counter"
 VPN_CAPABILITY = "vpn"  # an offer with it can join its activities to private networks (as Golem's vm)
 
+# Providers found without a list: DNS-SD over mDNS on a LAN (TXT: id, name, subnet, tls), and
+# DNS SRV records in a zone, whose target hosts may name the provider on each port in a TXT
+# record ("exeunit:PORT=PROVIDER_ID"), so that the requestor can pin it.
+MDNS_SERVICE_TYPE = "_exeunit._tcp.local."
+SRV_TXT_PREFIX = "exeunit:"
+
 # ActivityState values by name, as Golem names the states ("Ready"); 0 is "Unspecified".
 ACTIVITY_STATES = ("Unspecified", "New", "Deployed", "Ready", "Terminated")
 

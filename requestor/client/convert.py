@@ -60,7 +60,10 @@ def demand_to(demand: DemandSpec) -> mkt.Demand:
 def proposal_outcome_from(response: mkt.ProposeAgreementResponse) -> AgreementInfo | Refusal:
     if response.WhichOneof("outcome") == "refusal":
         return Refusal(mkt.RefusalReason.Name(response.refusal.reason), response.refusal.message)
-    agreement = response.agreement
+    return agreement_from(response.agreement)
+
+
+def agreement_from(agreement: mkt.Agreement) -> AgreementInfo:
     return AgreementInfo(
         agreement_id=agreement.agreement_id,
         cpu_threads=agreement.cpu_threads,

@@ -1,6 +1,7 @@
 """One provider daemon as the requestor sees it: typed calls over the ExeUnit contract.
 
-Every call identifies the requestor (`x-requestor-id`) and, when a token is set, authenticates.
+Every call carries the requestor's proof of its key (requestor.client.connect, which also checks
+the provider is the one chosen) and, when a token is set, the token.
 Calls take and return the records of requestor.model (converted in requestor.client.convert), and
 gRPC errors become requestor exceptions (requestor.client.status), here and nowhere else. Batch
 event streams survive a dropped connection: they resume from the next sequence number.
@@ -11,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
@@ -29,7 +30,9 @@ from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
 from exeunit.v1.conventions import CHUNK_SIZE
 from requestor import errors
 from requestor.client import convert
+from requestor.client.connect import Connection, KnownProviders, ProviderAddress, connect
 from requestor.client.status import UNREACHABLE_CODES, from_rpc_error
+from requestor.client.identity import RequestorIdentity
 from requestor.model import (
     Activity, ActivityStatus, Agreement, AgreementInfo, BatchEvent, CommandSpec, DemandSpec, Offer, Refusal, Usage,
 )
@@ -42,35 +45,61 @@ UPLOAD_AHEAD = 4  # chunks read and hashed ahead of the one being sent
 RECONNECT_BACKOFF_MS = (100, 1000)
 RECONNECT_SLACK = 1.5  # beyond a reconnect window: one backoff period (with jitter) to find it back
 UNAVAILABLE_PAUSE = 0.5  # between calls to a provider that answers UNAVAILABLE (shutting down, engine away)
-T = TypeVar("T")
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 8 << 20), ("grpc.keepalive_time_ms", 10_000),
+                   ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+                   ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1])]
 
 
 class ProviderClient:
     """Calls to one provider daemon at `address` ("host:port")."""
 
-    def __init__(self, address: str, requestor_id: str, token: str | None = None, call_timeout: float = 30.0,
-                 reconnect_for: float = 10.0) -> None:
-        self.address = address
+    def __init__(self, address: str, identity: RequestorIdentity, token: str | None = None, call_timeout: float = 30.0,
+                 reconnect_for: float = 10.0, known: KnownProviders | None = None) -> None:
+        self._where = ProviderAddress.parse(address)
+        self.address = self._where.hostport
+        self.identity = identity
         self.reconnect_for = reconnect_for  # how long a dropped batch stream is retried (a daemon restart)
-        self._channel = grpc.aio.insecure_channel(
-            address,
-            options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.keepalive_time_ms", 10_000),
-                     ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
-                     ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1])],
-        )
-        self._metadata: tuple[tuple[str, str], ...] = (("x-requestor-id", requestor_id),)
+        self._known = known
+        self._metadata: tuple[tuple[str, str], ...] = ()
         if token:
             self._metadata += (("authorization", f"Bearer {token}"),)
         self._timeout = call_timeout
-        self._market = mkt_grpc.MarketStub(self._channel)
-        self._activity = act_grpc.ActivityStub(self._channel)
-        self._transfer = xfer_grpc.TransferStub(self._channel)
-        self._network = net_grpc.NetworkStub(self._channel)
+        self._connection: Connection | None = None
+        self._connecting = asyncio.Lock()
+
+    @property
+    def requestor_id(self) -> str:
+        return self.identity.requestor_id
+
+    @property
+    def provider_id(self) -> str | None:
+        """The provider's proven id, once connected."""
+        return self._connection.provider_id if self._connection else None
+
+    async def connect(self) -> Connection:
+        """Connects once (checking the provider's identity); later calls return the connection."""
+        async with self._connecting:
+            if self._connection is None:
+                self._connection = await connect(self._where, self.identity, CHANNEL_OPTIONS, self._known, self._metadata)
+                self._market = mkt_grpc.MarketStub(self._connection.channel)
+                self._activity = act_grpc.ActivityStub(self._connection.channel)
+                self._transfer = xfer_grpc.TransferStub(self._connection.channel)
+                self._network = net_grpc.NetworkStub(self._connection.channel)
+            return self._connection
+
+    @property
+    def _channel(self) -> grpc.aio.Channel:
+        assert self._connection is not None, "connect() first"
+        return self._connection.channel
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._connection is not None:
+            await self._connection.channel.close()
 
-    async def _call(self, method: str, call: Callable[..., Awaitable[T]], request: Any, timeout: float | None = None) -> T:
+    async def _call(self, service: str, method: str, request: Any, timeout: float | None = None) -> Any:
+        """`method` of `service` ("market", "activity", "transfer", "network") on this provider."""
+        await self.connect()
+        call = getattr(getattr(self, f"_{service}"), method)
         try:
             return await call(request, metadata=self._metadata, timeout=timeout or self._timeout)
         except grpc.aio.AioRpcError as exc:
@@ -86,29 +115,34 @@ class ProviderClient:
     # Market
 
     async def offer(self, timeout: float = 5.0) -> Offer:
-        response = await self._call("GetOffer", self._market.GetOffer, mkt.GetOfferRequest(), timeout)
+        response = await self._call("market", "GetOffer", mkt.GetOfferRequest(), timeout)
         return convert.offer_from(self.address, response.offer)
 
     async def propose(self, demand: DemandSpec) -> AgreementInfo | Refusal:
         request = mkt.ProposeAgreementRequest(demand=convert.demand_to(demand))
-        response = await self._call("ProposeAgreement", self._market.ProposeAgreement, request)
+        response = await self._call("market", "ProposeAgreement", request)
         return convert.proposal_outcome_from(response)
+
+    async def agreement(self, agreement_id: str) -> AgreementInfo:
+        """One of this requestor's agreements (ProviderCallError NOT_FOUND / PERMISSION_DENIED otherwise)."""
+        response = await self._call("market", "GetAgreement", mkt.GetAgreementRequest(agreement_id=agreement_id))
+        return convert.agreement_from(response.agreement)
 
     async def terminate_agreement(self, agreement_id: str, reason: str, message: str = "") -> None:
         request = mkt.TerminateAgreementRequest(agreement_id=agreement_id, reason=reason, message=message)
-        await self._call("TerminateAgreement", self._market.TerminateAgreement, request)
+        await self._call("market", "TerminateAgreement", request)
 
     # Networks
 
     async def create_network(self, network_id: str, address: str, gateway: str = "") -> None:
         """Creates the requestor's network on this provider (idempotent for the same address)."""
         request = net.CreateNetworkRequest(network_id=network_id, address=address, gateway=gateway)
-        await self._call("CreateNetwork", self._network.CreateNetwork, request)
+        await self._call("network", "CreateNetwork", request)
 
     async def remove_network(self, network_id: str) -> list[str]:
         """Removes it here; returns the activities that were cut off it."""
         response = await self._call(
-            "RemoveNetwork", self._network.RemoveNetwork, net.RemoveNetworkRequest(network_id=network_id)
+            "network", "RemoveNetwork", net.RemoveNetworkRequest(network_id=network_id)
         )
         return list(response.detached_activity_ids)
 
@@ -116,7 +150,7 @@ class ProviderClient:
 
     async def create_activity(self, agreement_id: str) -> str:
         response = await self._call(
-            "CreateActivity", self._activity.CreateActivity, act.CreateActivityRequest(agreement_id=agreement_id)
+            "activity", "CreateActivity", act.CreateActivityRequest(agreement_id=agreement_id)
         )
         return response.activity_id
 
@@ -156,6 +190,7 @@ class ProviderClient:
         deadline: float | None = None
         loop = asyncio.get_running_loop()
         wire_commands = [convert.command_to(c) for c in commands] if commands is not None else None
+        await self.connect()
         while True:
             if wire_commands is not None and next_sequence == 0:
                 exec_request = act.ExecRequest(activity_id=activity_id, commands=wire_commands, batch_id=batch_id)
@@ -186,6 +221,7 @@ class ProviderClient:
         deadline: float | None = None
         loop = asyncio.get_running_loop()
         request = act.WatchActivityRequest(activity_id=activity_id)
+        await self.connect()
         while True:
             try:
                 async for status in self._activity.WatchActivity(request, metadata=self._metadata):
@@ -200,18 +236,18 @@ class ProviderClient:
 
     async def state(self, activity_id: str, timeout: float = 5.0) -> ActivityStatus:
         response = await self._call(
-            "GetActivityState", self._activity.GetActivityState, act.GetActivityStateRequest(activity_id=activity_id), timeout
+            "activity", "GetActivityState", act.GetActivityStateRequest(activity_id=activity_id), timeout
         )
         return convert.status_from(response.status)
 
     async def usage(self, activity_id: str) -> Usage:
         response = await self._call(
-            "GetActivityUsage", self._activity.GetActivityUsage, act.GetActivityUsageRequest(activity_id=activity_id)
+            "activity", "GetActivityUsage", act.GetActivityUsageRequest(activity_id=activity_id)
         )
         return convert.usage_from(response)
 
     async def destroy(self, activity_id: str) -> None:
-        await self._call("DestroyActivity", self._activity.DestroyActivity, act.DestroyActivityRequest(activity_id=activity_id))
+        await self._call("activity", "DestroyActivity", act.DestroyActivityRequest(activity_id=activity_id))
 
     # Tunnels
 
@@ -220,6 +256,7 @@ class ProviderClient:
         """Carries one local TCP connection to `port` of the activity and back, until both sides
         have closed; half-closes pass through. Raises ProviderCallError when the tunnel cannot
         open (nothing listens there, say)."""
+        await self.connect()
         call = self._activity.Tunnel(metadata=self._metadata)
         async with self._translated("Tunnel"):
             await call.write(act.TunnelRequest(open=act.TunnelOpen(activity_id=activity_id, port=port)))
@@ -278,6 +315,7 @@ class ProviderClient:
                 yield xfer.UploadRequest(chunk=piece)
             yield xfer.UploadRequest(trailer=xfer.UploadTrailer(sha256=digest.hexdigest()))
 
+        await self.connect()
         reader = asyncio.create_task(read_ahead())
         try:
             async with self._translated("Upload"):
@@ -293,6 +331,7 @@ class ProviderClient:
         hashing: asyncio.Future[None] | None = None  # one chunk hashed in a thread while the next arrives
         announced: int | None = None
         received = 0
+        await self.connect()
         async with self._translated("Download"):
             async for part in self._transfer.Download(xfer.DownloadRequest(activity_id=activity_id, path=path), metadata=self._metadata):
                 kind = part.WhichOneof("part")

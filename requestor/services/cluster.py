@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from types import TracebackType
@@ -10,8 +11,11 @@ from typing import Any, Generic
 from requestor import events
 from requestor.network import Network
 from requestor.payload import Payload
-from requestor.services.runner import ServiceRunner
+from requestor.services.runner import Resumed, ServiceRunner
 from requestor.services.service import ServiceType
+from requestor.services.state import ServiceState
+
+log = logging.getLogger(__name__)
 
 
 class Cluster(Generic[ServiceType]):
@@ -80,9 +84,57 @@ class Cluster(Generic[ServiceType]):
         self.stop_instances(self.instances)
 
     async def terminate(self) -> None:
-        """Stops every instance and waits until all are terminated."""
-        self.stop()
+        """Stops every instance and waits until all are terminated (or, once suspended, until
+        every instance is suspended)."""
+        if not self._runner.suspended:
+            self.stop()
         await self._runner.wait()
+
+    # Suspend and resume, as yapapi's (see examples/webapp_suspend_resume.py)
+
+    @property
+    def suspended(self) -> bool:
+        return self._runner.suspended
+
+    def suspend(self) -> None:
+        """Leaves every instance running on its provider, agreement and activity kept (no
+        `shutdown`), and lets go of them: `serialize_instances()` first, and a later Golem with
+        the same identity takes them up with `resume_service`. Their network stays too."""
+        if self._network is not None:
+            self._network.suspended = True
+        self._runner.suspend()
+
+    def suspend_instance(self, service: ServiceType) -> None:
+        self._runner.suspend_instance(service)
+
+    def serialize_instances(self) -> list[dict[str, Any]]:
+        """Each instance's `serialize()`: JSON-able, for `golem.resume_service(..., instances=...)`."""
+        return [instance.serialize() for instance in self.instances]
+
+    async def taken_up(self) -> None:
+        """Waits until every resumed instance is bound to its activity again (or failed to be)."""
+        await self._runner.taken_up()
+
+    def resume_instances(self, serialized_instances: Iterable[dict[str, Any]]) -> list[ServiceType]:
+        """Takes up instances a suspended cluster left: each made again from its `params`, and run
+        from the state it was left in (`running` goes on with `run`)."""
+        resumed = []
+        for entry in serialized_instances:
+            service = self._service_class(**(entry.get("params") or {}))
+            service.instance.cluster = self
+            state = ServiceState(entry.get("state", "pending"))
+            if state in (ServiceState.suspended, ServiceState.terminated, ServiceState.unresponsive) or \
+                    not entry.get("agreement_id") or not entry.get("activity_id"):
+                log.warning("event=instance_not_resumed state=%s reason=%r", state.value,
+                            "only instances serialized while starting, running or stopping have an activity to take up")
+                continue
+            node = entry.get("network_node") or {}
+            where = Resumed(state, str(entry["agreement_id"]), str(entry["activity_id"]), entry.get("provider"),
+                            node.get("ip") if self._network is not None else None)
+            service.instance.change_state(state)  # as it was left, from now on (yapapi's too)
+            self._runner.add_instance(service, self._network, None, resumed=where)
+            resumed.append(service)
+        return resumed
 
     async def __aenter__(self) -> Cluster[ServiceType]:
         return self

@@ -24,8 +24,11 @@ class ServiceInstance:
     network_node: Node | None = None
     cluster: Any = None  # the requestor.services.Cluster it belongs to
     started_successfully: bool = False  # it reached `running` at least once
+    suspended_in: ServiceState | None = None  # the state it was suspended in (what resume takes up)
 
     def change_state(self, state: ServiceState) -> None:
+        if state is ServiceState.suspended:
+            self.suspended_in = self.state
         self.state = state
         if state is ServiceState.running:
             self.started_successfully = True

@@ -15,7 +15,6 @@ from requestor import events
 from requestor.client import ActivityHandle
 from requestor.ctx import WorkContext
 from requestor.errors import (
-    ActivityTerminatedError,
     CommandExecutionError,
     ProviderUnreachableError,
     RequestorError,
@@ -24,6 +23,7 @@ from requestor.network import Network
 from requestor.script import Script
 from requestor.services.service import Service
 from requestor.services.state import ServiceState, next_state
+from requestor.services.watch import ActivityWatch
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,23 @@ class Providers(Protocol):
 
     async def release(self, handle: ActivityHandle, job: events.Job, error: BaseException | None) -> None: ...
 
+    async def resume(self, job: events.Job, provider: str | None, agreement_id: str,
+                     activity_id: str) -> ActivityHandle: ...
+
+    def suspend(self, handle: ActivityHandle) -> None: ...
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Where a suspended instance was left (Service.serialize()): taken up by `resume_service`."""
+
+    state: ServiceState
+    agreement_id: str
+    activity_id: str
+    provider: str | None  # host:port#id; None: asked of every provider
+    network_ip: str | None
+
 RESPAWN_FIRST_DELAY, RESPAWN_MAX_DELAY = 1.0, 30.0  # seconds (see RespawnBackoff)
-# Activity termination reasons that come from this requestor, not from the provider.
-OWN_REASONS = frozenset({"Requested", "Destroyed"})
 
 
 class Outcome(Enum):
@@ -52,64 +66,13 @@ class Outcome(Enum):
     STOPPED = "stopped"  # the requestor stopped the instance
     GONE = "gone"  # the provider ended the activity
     UNRESPONSIVE = "unresponsive"  # the provider stopped answering
+    SUSPENDED = "suspended"  # the requestor suspended the instance: left as it is on the provider
 
 
 @dataclass
 class Result:
     outcome: Outcome
     error: BaseException | None = None
-
-
-class ActivityWatch:
-    """Follows the activity's state on the provider; `ended` resolves with the reason the
-    provider ended it or stopped answering. Within seconds, not at the next script."""
-
-    def __init__(self, handle: ActivityHandle, unresponsive_after: float) -> None:
-        self._handle = handle
-        self._unresponsive_after = unresponsive_after
-        self.ended: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._follow(), name=f"watch-{handle.activity.id}")
-
-    def _end(self, error: BaseException) -> None:
-        if not self.ended.done():
-            self.ended.set_result(error)
-
-    async def _follow(self) -> None:
-        """Watches; the client watches again while the provider is away (a restart) and says it is
-        unreachable once it was not back within `unresponsive_after` seconds."""
-        client, activity_id = self._handle.client, self._handle.activity.id
-        try:
-            async for status in client.watch(activity_id, self._unresponsive_after):
-                if status.state == "Terminated":
-                    if status.reason not in OWN_REASONS:
-                        self._end(ActivityTerminatedError(status.reason, status.message))
-                    return
-        except ProviderUnreachableError as exc:
-            self._end(exc)
-        except RequestorError as exc:
-            self._end(ActivityTerminatedError("Lost", f"the provider no longer knows the activity ({exc})"))
-
-    async def check(self) -> BaseException | None:
-        """Asks the provider now (a handler just failed): the reason it ended the activity, if it did."""
-        if self.ended.done():
-            return self.ended.result()
-        try:
-            status = await self._handle.client.state(self._handle.activity.id)
-        except ProviderUnreachableError as exc:
-            return exc
-        except RequestorError:
-            return None
-        if status.state == "Terminated" and status.reason not in OWN_REASONS:
-            self._end(ActivityTerminatedError(status.reason, status.message))
-            return self.ended.result()
-        return None
-
-    async def close(self) -> None:
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
 
 
 class RespawnBackoff:
@@ -140,16 +103,38 @@ class ServiceRunner:
         self._respawn = respawn_unstarted_instances
         self.instances: list[Service] = []
         self._stop_requests: dict[str, asyncio.Event] = {}
+        self._suspend_requests: dict[str, asyncio.Event] = {}
+        self._taken_up: dict[str, asyncio.Event] = {}  # resumed instances: set once bound to their activity, or failed
         self._tasks: list[asyncio.Task[None]] = []
+        self.suspended = False
 
-    def add_instance(self, service: Service, network: Network | None = None, network_address: str | None = None) -> None:
+    def add_instance(self, service: Service, network: Network | None = None, network_address: str | None = None,
+                     resumed: Resumed | None = None) -> None:
+        """Runs a new instance; with `resumed`, one left on a provider by a suspended cluster."""
         self.instances.append(service)
         self._stop_requests[service.id] = asyncio.Event()
-        task = asyncio.create_task(self._lifecycle(service, network, network_address), name=f"service-{service.id}")
+        self._suspend_requests[service.id] = asyncio.Event()
+        if resumed is not None:
+            self._taken_up[service.id] = asyncio.Event()
+        task = asyncio.create_task(self._lifecycle(service, network, network_address, resumed),
+                                   name=f"service-{service.id}")
         self._tasks.append(task)
 
     def stop_instance(self, service: Service) -> None:
         self._stop_requests[service.id].set()
+
+    def suspend_instance(self, service: Service) -> None:
+        """Leaves the instance as it is on its provider (no shutdown, agreement and activity kept)."""
+        self._suspend_requests[service.id].set()
+
+    def suspend(self) -> None:
+        self.suspended = True
+        for service in self.instances:
+            self.suspend_instance(service)
+
+    async def taken_up(self) -> None:
+        """Waits until every resumed instance is bound to its activity again (or failed to be)."""
+        await asyncio.gather(*(event.wait() for event in self._taken_up.values()))
 
     async def wait(self) -> None:
         """Waits until every instance is terminated."""
@@ -170,20 +155,26 @@ class ServiceRunner:
             exc_info=service.exc_info if service.exc_info[1] is not None else None,  # type: ignore[arg-type]
         ))
 
-    async def _lifecycle(self, service: Service, network: Network | None, network_address: str | None) -> None:
+    async def _lifecycle(self, service: Service, network: Network | None, network_address: str | None,
+                         resumed: Resumed | None = None) -> None:
         stop = self._stop_requests[service.id]
         failed_providers: set[str] = set()
         backoff = RespawnBackoff()
         try:
             while True:
-                if network is None:
+                if resumed is not None:
+                    handle = await self._take_up(service, resumed, network)
+                elif self._suspend_requests[service.id].is_set():
+                    handle = None  # suspended before it had an activity: nothing to keep
+                elif network is None:
                     handle = await self._place(service, stop, failed_providers)
                 else:
                     handle = await self._place_on_network(service, stop, failed_providers, network, network_address)
                 if handle is None:
                     self._transition(service, "terminate")
                     return
-                restart = await self._run_on(service, handle, stop)
+                restart = await self._run_on(service, handle, stop, resumed.state if resumed else None)
+                resumed = None
                 if not restart:
                     return
                 failed_providers.add(handle.offer.provider_id)
@@ -204,9 +195,24 @@ class ServiceRunner:
             if service.state is not ServiceState.terminated:
                 self._transition(service, "terminate")
         finally:
+            if service.id in self._taken_up:
+                self._taken_up[service.id].set()
             if network is not None and network_address is not None:
                 network.release_promise(network_address)
             self._engine.emit(events.ServiceFinished(job=self._job, service=service))
+
+    async def _take_up(self, service: Service, resumed: Resumed, network: Network | None) -> ActivityHandle | None:
+        """The activity a suspended instance left, found again on its provider; None (the error
+        recorded) when it is gone or is not this requestor's."""
+        try:
+            handle = await self._engine.resume(self._job, resumed.provider, resumed.agreement_id, resumed.activity_id)
+        except RequestorError as exc:
+            log.warning("event=resume_failed service=%s agreement=%s error=%s", service.id, resumed.agreement_id, exc)
+            service.instance.record_error(exc)
+            return None
+        if network is not None and resumed.network_ip is not None:
+            service.instance.network_node = network.rejoin(handle.client, handle.offer.provider_id, resumed.network_ip)
+        return handle
 
     async def _place_on_network(self, service: Service, stop: asyncio.Event, avoid: set[str], network: Network,
                                 address: str | None) -> ActivityHandle | None:
@@ -250,25 +256,44 @@ class ServiceRunner:
             service.instance.record_error(exc)
             return None
 
-    async def _run_on(self, service: Service, handle: ActivityHandle, stop: asyncio.Event) -> bool:
-        """Runs the handlers on one activity; returns whether to restart elsewhere."""
+    async def _run_on(self, service: Service, handle: ActivityHandle, stop: asyncio.Event,
+                      resumed_in: ServiceState | None = None) -> bool:
+        """Runs the handlers on one activity (from the state it was suspended in, when resumed);
+        returns whether to restart elsewhere."""
         ctx = WorkContext(handle, self._job, self._engine.emit)
         service.instance.ctx = ctx
         watch = ActivityWatch(handle, self._engine.unresponsive_after)
+        suspend = self._suspend_requests[service.id]
         restart = False
+        result = Result(Outcome.DONE)
         try:
-            self._transition(service, "start", handle)
-            result = await self._run_handler(service, "start", ctx, watch, stop)
-            if result.outcome is Outcome.DONE:
-                self._transition(service, "ready", handle)
-                result = await self._run_handler(service, "run", ctx, watch, stop)
+            phase = resumed_in or ServiceState.pending
+            if phase is ServiceState.pending:
+                self._transition(service, "start", handle)
+                phase = ServiceState.starting
+            else:
+                service.instance.change_state(phase)
+            if service.id in self._taken_up:
+                self._taken_up[service.id].set()
+            if phase is ServiceState.starting:
+                result = await self._run_handler(service, "start", ctx, watch, stop, suspend)
+                if result.outcome is Outcome.DONE:
+                    self._transition(service, "ready", handle)
+                    phase = ServiceState.running
+            if phase is ServiceState.running and result.outcome is Outcome.DONE:
+                result = await self._run_handler(service, "run", ctx, watch, stop, suspend)
                 if result.outcome in (Outcome.DONE, Outcome.ERROR, Outcome.STOPPED):
                     service.instance.record_error(result.error)
                     self._transition(service, "stop", handle)
-                    shutdown = await self._run_handler(service, "shutdown", ctx, watch, None)
-                    if shutdown.error is not None and result.error is None:
-                        service.instance.record_error(shutdown.error)
-                    result = shutdown if shutdown.outcome in (Outcome.GONE, Outcome.UNRESPONSIVE) else result
+                    phase = ServiceState.stopping
+            if phase is ServiceState.stopping and result.outcome in (Outcome.DONE, Outcome.ERROR, Outcome.STOPPED):
+                shutdown = await self._run_handler(service, "shutdown", ctx, watch, None, suspend)
+                if shutdown.error is not None and result.error is None:
+                    service.instance.record_error(shutdown.error)
+                result = shutdown if shutdown.outcome in (Outcome.GONE, Outcome.UNRESPONSIVE, Outcome.SUSPENDED) \
+                    else result
+            if result.outcome is Outcome.SUSPENDED:
+                return False
             service.instance.record_error(result.error or service.exc_info[1])
             if result.outcome is Outcome.UNRESPONSIVE:
                 self._transition(service, "mark_unresponsive", handle)
@@ -278,20 +303,24 @@ class ServiceRunner:
             )
         finally:
             await watch.close()
-            await self._engine.release(handle, self._job, service.exc_info[1])
-            node = service.network_node
-            if node is not None:  # after the activity is gone: its address is free for a respawn
-                node.network.leave(node)
-                service.instance.network_node = None
-            self._transition(service, "terminate", handle)
+            if result.outcome is Outcome.SUSPENDED:  # left running on the provider, for resume_service
+                self._engine.suspend(handle)
+                self._transition(service, "suspend", handle)
+            else:
+                await self._engine.release(handle, self._job, service.exc_info[1])
+                node = service.network_node
+                if node is not None:  # after the activity is gone: its address is free for a respawn
+                    node.network.leave(node)
+                    service.instance.network_node = None
+                self._transition(service, "terminate", handle)
         return restart
 
     async def _run_handler(self, service: Service, name: str, ctx: WorkContext, watch: ActivityWatch,
-                           stop: asyncio.Event | None) -> Result:
+                           stop: asyncio.Event | None, suspend: asyncio.Event) -> Result:
         """Runs the service's `name` handler; one that raised is logged with its traceback, as
         yapapi logs it (the state change that follows says why too)."""
         try:
-            result = await self._drive(_handler(service, name), ctx, watch, stop)
+            result = await self._drive(_handler(service, name), ctx, watch, stop, suspend)
         except TypeError as exc:  # not an async generator
             result = Result(Outcome.ERROR, exc)
         if result.outcome is Outcome.ERROR and result.error is not None:
@@ -300,15 +329,20 @@ class ServiceRunner:
         return result
 
     async def _drive(self, handler: AsyncGenerator[Script, Any], ctx: WorkContext, watch: ActivityWatch,
-                     stop: asyncio.Event | None) -> Result:
-        """Runs one handler until it returns, fails, is stopped, or loses its provider."""
+                     stop: asyncio.Event | None, suspend: asyncio.Event) -> Result:
+        """Runs one handler until it returns, fails, is stopped or suspended, or loses its provider."""
+        if suspend.is_set():
+            return Result(Outcome.SUSPENDED)
         pump = asyncio.create_task(self._pump(handler, ctx))
-        waiters: set[asyncio.Future[Any]] = {pump, watch.ended}
+        suspended = asyncio.create_task(suspend.wait())
+        waiters: set[asyncio.Future[Any]] = {pump, watch.ended, suspended}
         stopped = asyncio.create_task(stop.wait()) if stop else None
         if stopped:
             waiters.add(stopped)
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if suspended.done() and not pump.done():
+                return Result(Outcome.SUSPENDED)
             if watch.ended.done() and not (pump.done() and pump.exception() is None):
                 return self._lost(watch.ended.result())
             if pump.done():
@@ -321,6 +355,7 @@ class ServiceRunner:
                 return self._lost(lost) if lost is not None else Result(Outcome.ERROR, error)
             return Result(Outcome.STOPPED)
         finally:
+            suspended.cancel()
             if stopped:
                 stopped.cancel()
             if not pump.done():

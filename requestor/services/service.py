@@ -190,6 +190,28 @@ class Service:
     async def reset(self) -> None:
         """Called before a failed instance is restarted on another provider; undo per-run state here."""
 
+    # Suspend and resume (yapapi's)
+
+    def _serialize_init_params(self) -> dict[str, Any]:
+        """The keyword arguments that make this instance again (`resume_service` passes them to
+        __init__); override it in a service whose __init__ takes any."""
+        return {}
+
+    def serialize(self) -> dict[str, Any]:
+        """What `golem.resume_service(...)` needs to take this instance up again (JSON-able): yapapi's
+        keys, plus `provider` (its `host:port#provider-id`), where yagna's ids name a provider alone."""
+        handle = self.ctx.handle if self.ctx else None
+        node = self.network_node
+        return {
+            "params": self._serialize_init_params(),
+            "activity_id": handle.activity.id if handle else None,
+            "agreement_id": handle.agreement.id if handle else None,
+            "state": (self._instance.suspended_in or self.state).value,
+            "network_node": {"network_id": node.network.network_id, "node_id": node.node_id, "ip": node.ip}
+            if node else None,
+            "provider": f"{handle.client.address}#{handle.agreement.provider_id}" if handle else None,
+        }
+
     @property
     def restart_condition(self) -> bool:
         """Whether a terminated instance is restarted: by default, when an error ended it before

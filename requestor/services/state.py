@@ -20,6 +20,8 @@ class ServiceState(Enum):
     """No longer bound to an activity."""
     unresponsive = "unresponsive"
     """The provider stopped answering; the instance will be terminated."""
+    suspended = "suspended"
+    """Left running on its provider, agreement and activity kept, for a later `resume_service`."""
 
     def __repr__(self) -> str:
         return f"ServiceState.{self.name}"
@@ -36,6 +38,7 @@ TRANSITIONS: dict[str, tuple[frozenset[ServiceState], ServiceState]] = {
     "terminate": (frozenset({S.pending, S.starting, S.running, S.stopping, S.terminated, S.unresponsive}), S.terminated),
     "mark_unresponsive": (frozenset({S.starting, S.running, S.stopping}), S.unresponsive),
     "restart": (frozenset(S), S.pending),
+    "suspend": (frozenset({S.starting, S.running, S.stopping}), S.suspended),
 }
 
 

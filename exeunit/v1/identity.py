@@ -1,0 +1,74 @@
+"""Identities on the wire, as both sides of the contract compute them.
+
+A node (provider or requestor) is an ECDSA P-256 key; its id is "0x" and the first 20 bytes, in
+hex, of the SHA-256 of the public key's DER SubjectPublicKeyInfo (the shape of Golem's node ids,
+from an encoding anyone can recompute from a key or a certificate).
+
+A provider proves its id with its TLS certificate. A requestor proves its id on every call with
+four metadata entries: its public key, the time, a fresh nonce, and a signature over those bound
+to the provider id and the method called. The provider takes the caller's id from the verified
+key, never from a claim; a proof cannot be replayed at another provider (another id), on another
+method, later (the time window), or twice (the nonce). gRPC's Python server cannot ask for a
+client certificate without also verifying it against fixed roots, so the proof rides in metadata
+rather than in the TLS handshake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+ID_BYTES = 20
+KEY_METADATA = "x-requestor-key-bin"  # DER SubjectPublicKeyInfo
+TIME_METADATA = "x-requestor-time"  # milliseconds since the epoch, decimal
+NONCE_METADATA = "x-requestor-nonce"  # 16 random bytes, hex
+SIGNATURE_METADATA = "x-requestor-signature-bin"  # ECDSA-SHA256, DER
+PROOF_DOMAIN = b"exeunit-call-proof/1"
+MAX_CLOCK_SKEW_SECONDS = 60.0  # a proof is accepted this far from the provider's clock, either way
+NONCE_HEX_CHARS = 32
+
+
+def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The P-256 key in `path` (PEM, PKCS#8), made there, readable by this user only, when there
+    is none; ValueError saying what to do when the file holds something else."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        partial = path.with_name(path.name + ".partial")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+        os.replace(partial, path)  # whole or absent
+        return key
+    try:
+        loaded = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path} is not a usable private key ({exc}); move it aside") from None
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey) or not isinstance(loaded.curve, ec.SECP256R1):
+        raise ValueError(f"{path} is not a P-256 key; move it aside and a new one is made")
+    return loaded
+
+
+def node_id_of(public_key: ec.EllipticCurvePublicKey) -> str:
+    """The id of a provider's or a requestor's public key (see the module's docstring)."""
+    return node_id_of_spki(public_key.public_bytes(serialization.Encoding.DER,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def node_id_of_spki(spki_der: bytes) -> str:
+    return "0x" + hashlib.sha256(spki_der).digest()[:ID_BYTES].hex()
+
+
+def proof_message(provider_id: str, method: str, time_ms: int, nonce: str) -> bytes:
+    """The bytes a requestor signs for one call."""
+    return b"\0".join((PROOF_DOMAIN, provider_id.encode(), method.encode(), str(time_ms).encode(), nonce.encode()))
+
+
+SIGNATURE_ALGORITHM = ec.ECDSA(hashes.SHA256())

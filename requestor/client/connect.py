@@ -1,0 +1,260 @@
+"""Reaching a provider, and knowing it is the one chosen.
+
+Beyond loopback a provider speaks TLS with a self-signed certificate of its key, and its id is
+derived from that key (exeunit.v1.identity). Before the gRPC channel is made, the certificate is
+fetched and its id checked: against the pin of `host:port#PROVIDER_ID`, or, for a bare
+`host:port`, against the known-providers file (trusted and written there on first use, as SSH's
+known_hosts; a provider whose key changed is refused, naming the file). The channel then trusts
+that certificate and nothing else, so a party in the middle with another key fails the handshake.
+
+On loopback a provider may speak plaintext; the requestor learns its id from its offer there (the
+host's own processes are trusted as the host is). Either way every call carries a proof of the
+requestor's key bound to that id (`CallSigner`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from exeunit.v1 import identity as wire
+from exeunit.v1 import market_pb2 as mkt
+from exeunit.v1 import market_pb2_grpc as mkt_grpc
+from requestor.errors import ProviderUnreachableError, RequestorError
+from requestor.client.identity import RequestorIdentity, config_dir
+
+log = logging.getLogger(__name__)
+
+KNOWN_PROVIDERS_FILE = "known-providers"
+HANDSHAKE_TIMEOUT = 10.0
+GET_OFFER = "/exeunit.v1.Market/GetOffer"
+
+
+class ProviderIdentityError(RequestorError):
+    """The provider at an address is not (or cannot prove it is) the provider expected there."""
+
+
+@dataclass(frozen=True)
+class ProviderAddress:
+    """`host:port`, optionally pinned to a provider id: `host:port#0x...`."""
+
+    host: str
+    port: int
+    pinned_id: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ProviderAddress:
+        where, _, pin = text.strip().partition("#")
+        host, colon, port = where.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError(f"{text!r} is not a provider address: give host:port, or host:port#PROVIDER_ID")
+        if pin and not (pin.startswith("0x") and len(pin) == 2 + 2 * wire.ID_BYTES):
+            raise ValueError(f"{text!r}: a provider id is 0x and {2 * wire.ID_BYTES} hex digits "
+                             "(`exeunit id` prints it on the provider's host)")
+        return cls(host.strip("[]"), int(port), pin.lower() or None)
+
+    @property
+    def hostport(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class KnownProviders:
+    """The providers trusted on first use: one `host:port provider-id` per line."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or Path(os.environ.get("GOLEM_KNOWN_PROVIDERS") or config_dir() / KNOWN_PROVIDERS_FILE)
+
+    def lookup(self, hostport: str) -> str | None:
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return None
+        for line in lines:
+            fields = line.split()
+            if len(fields) == 2 and fields[0] == hostport:
+                return fields[1]
+        return None
+
+    def remember(self, hostport: str, provider_id: str) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.path, "a") as out:  # one short append: whole lines even with writers at once
+            out.write(f"{hostport} {provider_id}\n")
+
+
+async def fetch_certificate(address: ProviderAddress) -> bytes | None:
+    """The provider's certificate (DER), or None when it answers but not in TLS;
+    ProviderUnreachableError when nothing answers."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # verified below by its key's id, not by a CA
+    context.set_alpn_protocols(["h2"])
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(address.host, address.port), HANDSHAKE_TIMEOUT)
+    except (OSError, TimeoutError) as exc:
+        raise ProviderUnreachableError(f"provider {address.hostport} cannot be reached: {exc}") from None
+    try:
+        await asyncio.wait_for(writer.start_tls(context, server_hostname=None if _is_ip(address.host) else address.host),
+                               HANDSHAKE_TIMEOUT)
+    except (ssl.SSLError, ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+        writer.transport.abort()
+        return None
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    writer.transport.abort()
+    return der
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def certified_id(certificate_der: bytes) -> str:
+    public_key = x509.load_der_x509_certificate(certificate_der).public_key()
+    return wire.node_id_of_spki(public_key.public_bytes(serialization.Encoding.DER,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def check_identity(address: ProviderAddress, proven_id: str, known: KnownProviders) -> None:
+    """ProviderIdentityError unless `proven_id` is the provider expected at `address`; a provider
+    never seen at a bare address is trusted now and remembered."""
+    if address.pinned_id is not None:
+        if proven_id != address.pinned_id:
+            raise ProviderIdentityError(
+                f"provider {address.hostport} proves id {proven_id}, not {address.pinned_id} as pinned: "
+                "something else answers at that address, or the pin is wrong"
+            )
+        return
+    remembered = known.lookup(address.hostport)
+    if remembered is None:
+        known.remember(address.hostport, proven_id)
+        log.warning("event=provider_trusted_on_first_use provider=%s address=%s file=%s hint=%r", proven_id,
+                    address.hostport, known.path, "pin it as host:port#ID to check it from the start")
+    elif remembered != proven_id:
+        raise ProviderIdentityError(
+            f"provider {address.hostport} now proves id {proven_id}, but {known.path} knows it as {remembered}: "
+            "its key changed, or something else answers there. If the provider's key was replaced on purpose, "
+            f"remove the line for {address.hostport} from {known.path}"
+        )
+
+
+class CallSigner:
+    """Adds the requestor's proof for `provider_id` to every call of a channel made with its
+    `interceptors()` (none while the id is not yet known: only GetOffer is answered then)."""
+
+    def __init__(self, identity: RequestorIdentity) -> None:
+        self.identity = identity
+        self.provider_id: str | None = None
+
+    def signed(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        if self.provider_id is None:
+            return details
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), *self.identity.proof(self.provider_id, method))
+        return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
+                                          details.wait_for_ready)
+
+    def interceptors(self) -> list[grpc.aio.ClientInterceptor]:
+        """One per call shape: grpc.aio files an interceptor under the first shape it has only."""
+        return [_SignUnaryUnary(self), _SignUnaryStream(self), _SignStreamUnary(self), _SignStreamStream(self)]
+
+
+class _SignUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, signer: CallSigner) -> None:
+        self.signer = signer
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self.signer.signed(details), request)
+
+
+class _SignUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, signer: CallSigner) -> None:
+        self.signer = signer
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self.signer.signed(details), request)
+
+
+class _SignStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, signer: CallSigner) -> None:
+        self.signer = signer
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self.signer.signed(details), requests)
+
+
+class _SignStreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, signer: CallSigner) -> None:
+        self.signer = signer
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self.signer.signed(details), requests)
+
+
+@dataclass
+class Connection:
+    channel: grpc.aio.Channel
+    provider_id: str
+    tls: bool
+
+
+async def connect(address: ProviderAddress, identity: RequestorIdentity, options: list[tuple[str, Any]],
+                  known: KnownProviders | None = None, metadata: tuple[tuple[str, str], ...] = ()) -> Connection:
+    """A channel to the provider at `address`, its identity checked (see the module's docstring),
+    every call signed by `identity`. `metadata` goes with the offer asked for on loopback (a token)."""
+    signer = CallSigner(identity)
+    certificate = await fetch_certificate(address)
+    if certificate is None:
+        if not address.is_loopback:
+            raise ProviderIdentityError(
+                f"provider {address.hostport} does not speak TLS, and beyond loopback nothing else is trusted: "
+                "is it an exeunit daemon (older ones listened in plaintext)?"
+            )
+        channel = grpc.aio.insecure_channel(address.hostport, options=options, interceptors=signer.interceptors())
+        try:
+            offer = await mkt_grpc.MarketStub(channel).GetOffer(mkt.GetOfferRequest(), metadata=metadata,
+                                                                timeout=HANDSHAKE_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            await channel.close()
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise ProviderUnreachableError(f"provider {address.hostport} did not answer: {exc.details()}") from None
+            raise ProviderIdentityError(f"provider {address.hostport} did not say who it is: "
+                                        f"{exc.code().name}: {exc.details()}") from None
+        provider_id = offer.offer.provider_id
+        if address.pinned_id is not None and provider_id != address.pinned_id:
+            await channel.close()
+            raise ProviderIdentityError(f"provider {address.hostport} is {provider_id}, not {address.pinned_id} "
+                                        "as pinned")
+        signer.provider_id = provider_id
+        return Connection(channel, provider_id, tls=False)
+    provider_id = certified_id(certificate)
+    check_identity(address, provider_id, known or KnownProviders())
+    pem = ssl.DER_cert_to_PEM_cert(certificate).encode()
+    channel = grpc.aio.secure_channel(
+        address.hostport, grpc.ssl_channel_credentials(root_certificates=pem),
+        options=[*options, ("grpc.ssl_target_name_override", provider_id)], interceptors=signer.interceptors(),
+    )
+    signer.provider_id = provider_id
+    return Connection(channel, provider_id, tls=True)
