@@ -77,7 +77,7 @@ async def browse_mdns(seconds: float) -> list[str]:
             if not await info.async_request(zeroconf.zeroconf, 3000):
                 log.info("event=mdns_unresolved name=%r", name)
                 continue
-            provider_id = (info.properties or {}).get(b"id", b"").decode(errors="replace")
+            provider_id = ((info.properties or {}).get(b"id") or b"").decode(errors="replace")
             for address in info.parsed_addresses(IPVersion.V4Only)[:1]:
                 found.append(f"{address}:{info.port}" + (f"#{provider_id}" if provider_id else ""))
     finally:

@@ -22,6 +22,7 @@ from requestor import Golem
 from requestor.services import Service, ServiceState
 from requestor.client import ProviderClient
 from requestor.client.connect import KnownProviders, ProviderIdentityError
+from requestor.errors import ProviderUnreachableError
 from requestor.client.identity import RequestorIdentity
 from requestor.payload import vm
 from tests.client import ContractClient
@@ -232,3 +233,23 @@ async def test_a_caller_with_the_token_and_another_key_gets_nothing_of_another_r
         assert (await victim.get_network("victims-net")).network_id == "victims-net"
         again = await victim.run_batch(activity, [victim.run("/bin/echo", "still mine")])
         assert again.stdout() == b"still mine\n"
+
+
+async def test_a_connected_requestor_finds_a_restarted_provider_again_over_tls(
+        simulated_lan: SimulatedLan, provider_daemons) -> None:
+    """The provider presents the same certificate after a crash and restart (it is kept in its
+    home): the requestor's channel, which trusts the one it fetched, reconnects."""
+    provider = provider_daemons(simulated_lan.add_host("p1"))
+    client = ProviderClient(provider.pinned_address, RequestorIdentity.ephemeral())
+    before = await client.offer()
+    provider.kill()
+    provider.start()
+    after = None
+    for _ in range(50):
+        try:
+            after = await client.offer()
+            break
+        except ProviderUnreachableError:
+            await asyncio.sleep(0.2)
+    assert after is not None and after.provider_id == before.provider_id
+    await client.close()

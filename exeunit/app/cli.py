@@ -157,7 +157,8 @@ def serve(args: argparse.Namespace) -> int:
         try:
             tls = None
             if args.tls_on_loopback or not is_loopback(args.listen):
-                tls = keys.tls_credentials(keys.load_or_create(home.identity.key_file))
+                tls = keys.tls_credentials(keys.load_or_create(home.identity.key_file),
+                                           home.path / keys.CERTIFICATE_FILE)
             asyncio.run(serve_until_signalled(provider, args.listen, token, args.keep_activities_on_shutdown,
                                               home.path / ADMIN_SOCKET, tls, args.announce))
         finally:

@@ -11,6 +11,7 @@ node ids, from a standard encoding anyone can recompute from a certificate.
 from __future__ import annotations
 
 import datetime
+import os
 from pathlib import Path
 
 from cryptography import x509
@@ -22,6 +23,7 @@ from exeunit import errors
 from exeunit.v1.identity import load_or_create_key, node_id_of
 
 KEY_FILE = "provider-key.pem"
+CERTIFICATE_FILE = "provider-cert.pem"
 CERTIFICATE_YEARS = 20
 
 
@@ -38,14 +40,24 @@ def provider_id_of(public_key: ec.EllipticCurvePublicKey) -> str:
     return node_id_of(public_key)
 
 
-def tls_credentials(key: ec.EllipticCurvePrivateKey) -> tuple[bytes, bytes]:
+def tls_credentials(key: ec.EllipticCurvePrivateKey, certificate_file: Path) -> tuple[bytes, bytes]:
     """(private key PEM, certificate PEM) for serving TLS as the provider this key is.
 
-    The certificate is self-signed, made afresh at each start, and names the provider id as its
-    subject and DNS name. Requestors do not trust it for a CA's signature but for its key, whose
-    id they pin; it is marked as a CA so that a requestor holding the certificate of an earlier
-    start (same key, same name) also accepts the next one.
+    The certificate is self-signed and names the provider id as its subject and DNS name.
+    Requestors trust it not for a CA's signature but for its key, whose id they pin, and keep
+    using the certificate they fetched while they stay connected: so it is made once, kept in
+    `certificate_file` beside the key, and presented again after every restart (one made afresh
+    would not verify against the one a connected requestor holds). A file that is missing,
+    unreadable or of another key is replaced.
     """
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    try:
+        kept = certificate_file.read_bytes()
+        if x509.load_pem_x509_certificate(kept).public_key() == key.public_key():
+            return key_pem, kept
+    except (OSError, ValueError):
+        pass
     provider_id = node_id_of(key.public_key())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, provider_id)])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -58,9 +70,10 @@ def tls_credentials(key: ec.EllipticCurvePrivateKey) -> tuple[bytes, bytes]:
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=365 * CERTIFICATE_YEARS))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(provider_id)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    return key_pem, certificate.public_bytes(serialization.Encoding.PEM)
+    pem = certificate.public_bytes(serialization.Encoding.PEM)
+    partial = certificate_file.with_name(certificate_file.name + ".partial")
+    partial.write_bytes(pem)
+    os.replace(partial, certificate_file)
+    return key_pem, pem
