@@ -162,7 +162,9 @@ def check_identity(address: ProviderAddress, proven_id: str, known: KnownProvide
 
 class CallSigner:
     """Adds the requestor's proof for `provider_id` to every call of a channel made with its
-    `interceptors()` (none while the id is not yet known: only GetOffer is answered then)."""
+    `interceptors()` (none while the id is not yet known: only GetOffer is answered then). For
+    raw stubs (tests, tools): ProviderClient signs each call itself, as grpc.aio's interceptors
+    leave a pending task behind when a streaming call is cancelled."""
 
     def __init__(self, identity: RequestorIdentity) -> None:
         self.identity = identity
@@ -220,11 +222,11 @@ class Connection:
     tls: bool
 
 
-async def connect(address: ProviderAddress, identity: RequestorIdentity, options: list[tuple[str, Any]],
-                  known: KnownProviders | None = None, metadata: tuple[tuple[str, str], ...] = ()) -> Connection:
-    """A channel to the provider at `address`, its identity checked (see the module's docstring),
-    every call signed by `identity`. `metadata` goes with the offer asked for on loopback (a token)."""
-    signer = CallSigner(identity)
+async def connect(address: ProviderAddress, options: list[tuple[str, Any]], known: KnownProviders | None = None,
+                  metadata: tuple[tuple[str, str], ...] = ()) -> Connection:
+    """A channel to the provider at `address`, its identity checked (see the module's docstring).
+    The caller signs its calls for `provider_id` (RequestorIdentity.proof). `metadata` goes with
+    the offer asked for on loopback (a token)."""
     certificate = await fetch_certificate(address)
     if certificate is None:
         if not address.is_loopback:
@@ -232,7 +234,7 @@ async def connect(address: ProviderAddress, identity: RequestorIdentity, options
                 f"provider {address.hostport} does not speak TLS, and beyond loopback nothing else is trusted: "
                 "is it an exeunit daemon (older ones listened in plaintext)?"
             )
-        channel = grpc.aio.insecure_channel(address.hostport, options=options, interceptors=signer.interceptors())
+        channel = grpc.aio.insecure_channel(address.hostport, options=options)
         try:
             offer = await mkt_grpc.MarketStub(channel).GetOffer(mkt.GetOfferRequest(), metadata=metadata,
                                                                 timeout=HANDSHAKE_TIMEOUT)
@@ -247,14 +249,12 @@ async def connect(address: ProviderAddress, identity: RequestorIdentity, options
             await channel.close()
             raise ProviderIdentityError(f"provider {address.hostport} is {provider_id}, not {address.pinned_id} "
                                         "as pinned")
-        signer.provider_id = provider_id
         return Connection(channel, provider_id, tls=False)
     provider_id = certified_id(certificate)
     check_identity(address, provider_id, known or KnownProviders())
     pem = ssl.DER_cert_to_PEM_cert(certificate).encode()
     channel = grpc.aio.secure_channel(
         address.hostport, grpc.ssl_channel_credentials(root_certificates=pem),
-        options=[*options, ("grpc.ssl_target_name_override", provider_id)], interceptors=signer.interceptors(),
+        options=[*options, ("grpc.ssl_target_name_override", provider_id)],
     )
-    signer.provider_id = provider_id
     return Connection(channel, provider_id, tls=True)

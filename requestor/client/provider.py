@@ -45,6 +45,7 @@ UPLOAD_AHEAD = 4  # chunks read and hashed ahead of the one being sent
 RECONNECT_BACKOFF_MS = (100, 1000)
 RECONNECT_SLACK = 1.5  # beyond a reconnect window: one backoff period (with jitter) to find it back
 UNAVAILABLE_PAUSE = 0.5  # between calls to a provider that answers UNAVAILABLE (shutting down, engine away)
+SERVICE_NAMES = {"market": "Market", "activity": "Activity", "transfer": "Transfer", "network": "Network"}
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 8 << 20), ("grpc.keepalive_time_ms", 10_000),
                    ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
                    ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1])]
@@ -80,12 +81,19 @@ class ProviderClient:
         """Connects once (checking the provider's identity); later calls return the connection."""
         async with self._connecting:
             if self._connection is None:
-                self._connection = await connect(self._where, self.identity, CHANNEL_OPTIONS, self._known, self._metadata)
+                self._connection = await connect(self._where, CHANNEL_OPTIONS, self._known, self._metadata)
                 self._market = mkt_grpc.MarketStub(self._connection.channel)
                 self._activity = act_grpc.ActivityStub(self._connection.channel)
                 self._transfer = xfer_grpc.TransferStub(self._connection.channel)
                 self._network = net_grpc.NetworkStub(self._connection.channel)
             return self._connection
+
+    def signed(self, service: str, method: str) -> tuple[tuple[str, str | bytes], ...]:
+        """The metadata of one call of `method` of `service` ("activity", ...): the token, if any,
+        and a fresh proof of this requestor's key for the connected provider."""
+        assert self._connection is not None, "connect() first"
+        path = f"/exeunit.v1.{SERVICE_NAMES[service]}/{method}"
+        return (*self._metadata, *self.identity.proof(self._connection.provider_id, path))
 
     @property
     def _channel(self) -> grpc.aio.Channel:
@@ -101,7 +109,7 @@ class ProviderClient:
         await self.connect()
         call = getattr(getattr(self, f"_{service}"), method)
         try:
-            return await call(request, metadata=self._metadata, timeout=timeout or self._timeout)
+            return await call(request, metadata=self.signed(service, method), timeout=timeout or self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(method, self.address, exc) from exc
 
@@ -194,10 +202,11 @@ class ProviderClient:
         while True:
             if wire_commands is not None and next_sequence == 0:
                 exec_request = act.ExecRequest(activity_id=activity_id, commands=wire_commands, batch_id=batch_id)
-                method, stream = "ExecStream", self._activity.ExecStream(exec_request, metadata=self._metadata)
+                method, stream = "ExecStream", self._activity.ExecStream(exec_request, metadata=self.signed("activity", "ExecStream"))
             else:
                 request = act.StreamBatchEventsRequest(activity_id=activity_id, batch_id=batch_id, from_sequence=next_sequence)
-                method, stream = "StreamBatchEvents", self._activity.StreamBatchEvents(request, metadata=self._metadata)
+                method, stream = "StreamBatchEvents", self._activity.StreamBatchEvents(
+                    request, metadata=self.signed("activity", "StreamBatchEvents"))
             try:
                 async for message in stream:
                     deadline = None
@@ -224,7 +233,7 @@ class ProviderClient:
         await self.connect()
         while True:
             try:
-                async for status in self._activity.WatchActivity(request, metadata=self._metadata):
+                async for status in self._activity.WatchActivity(request, metadata=self.signed("activity", "WatchActivity")):
                     deadline = None
                     yield convert.status_from(status)
                 return
@@ -257,7 +266,7 @@ class ProviderClient:
         have closed; half-closes pass through. Raises ProviderCallError when the tunnel cannot
         open (nothing listens there, say)."""
         await self.connect()
-        call = self._activity.Tunnel(metadata=self._metadata)
+        call = self._activity.Tunnel(metadata=self.signed("activity", "Tunnel"))
         async with self._translated("Tunnel"):
             await call.write(act.TunnelRequest(open=act.TunnelOpen(activity_id=activity_id, port=port)))
             opened = await call.read()
@@ -319,7 +328,7 @@ class ProviderClient:
         reader = asyncio.create_task(read_ahead())
         try:
             async with self._translated("Upload"):
-                response = await self._transfer.Upload(requests(), metadata=self._metadata)
+                response = await self._transfer.Upload(requests(), metadata=self.signed("transfer", "Upload"))
         finally:
             reader.cancel()
         return response.sha256
@@ -333,7 +342,8 @@ class ProviderClient:
         received = 0
         await self.connect()
         async with self._translated("Download"):
-            async for part in self._transfer.Download(xfer.DownloadRequest(activity_id=activity_id, path=path), metadata=self._metadata):
+            async for part in self._transfer.Download(xfer.DownloadRequest(activity_id=activity_id, path=path),
+                                                       metadata=self.signed("transfer", "Download")):
                 kind = part.WhichOneof("part")
                 if kind == "header":
                     announced = part.header.size
