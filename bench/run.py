@@ -43,6 +43,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import span  # noqa: E402
 from bench.attack import attack  # noqa: E402
 from exeunit.testing.hosts import SimulatedLan  # noqa: E402
 from exeunit.testing.providers import ProviderDaemon  # noqa: E402
@@ -676,6 +677,14 @@ async def case_remote(golem: Golem, client: docker.DockerClient, states: States,
     ]
 
 
+async def case_span(states: States, megabytes: int) -> list[Row]:
+    """One network on two providers of simulated hosts: a TCP stream and round trips between its
+    instances, direct, then relayed (the hosts partitioned), against two on one provider."""
+    direct = await span.measure(False, megabytes, states)
+    relayed = await span.measure(True, max(megabytes // 8, 16), states)
+    return span.rows(direct, relayed, Row)
+
+
 def print_table(rows: list[Row]) -> None:
     header = f"{'case':<30} {'ours':>12} {'raw docker':>12} {'unit':>6} {'ratio':>7}  {'target':<34} met"
     print(header)
@@ -685,7 +694,7 @@ def print_table(rows: list[Row]) -> None:
               f"{'yes' if r.met else 'NO'}" + (f"  {r.notes}" if r.notes else ""))
 
 
-CASES = ("exec", "start", "scale", "output", "transfer", "tunnel", "background", "memory", "attack", "remote")
+CASES = ("exec", "start", "scale", "output", "transfer", "tunnel", "background", "memory", "attack", "remote", "span")
 
 
 async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list[Row]:
@@ -696,7 +705,7 @@ async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list
     sizes = dict(rounds=7 if quick else 25, start_rounds=3 if quick else 9, scale=10 if quick else 50,
                  output=(20 if quick else 100) * 1000 * 1000, transfer=(64 if quick else 256) * MIB,
                  transfer_rounds=2 if quick else 3, tunnel=(32 if quick else 128) * MIB, memory_activities=100 if quick else 1000,
-                 attack_seconds=15 if quick else 60)
+                 attack_seconds=15 if quick else 60, span=128 if quick else 512)
     try:
         async with Golem(budget=100.0, subnet_tag="public", providers=[f"127.0.0.1:{daemon.port}"],
                          event_consumer=states) as golem:
@@ -713,6 +722,7 @@ async def main(quick: bool, output: Path, only: tuple[str, ...] = CASES) -> list
             }
             several = {
                 "remote": lambda: case_remote(golem, client, states, sizes["rounds"], sizes["output"]),
+                "span": lambda: case_span(states, sizes["span"]),
             }
             for name in [n for case in only for n in ((case, "exec-docker") if case == "exec" else (case,))]:
                 print(f"[bench] {name}...", file=sys.stderr, flush=True)

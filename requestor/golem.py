@@ -24,6 +24,7 @@ from requestor.errors import NoMatchingProviderError, RequestorError
 from requestor.log import log_summary
 from requestor.client.identity import RequestorIdentity
 from requestor.network import Network
+from requestor.relay import Relay
 from requestor.payload import Payload
 from requestor.payload.vm import TEST_COUNTERS_RUNTIME, VM_CAPS_VPN, VmPackage
 from requestor.props import inf
@@ -112,6 +113,7 @@ class Golem:
         self._payment_driver = payment_driver
         self._payment_network = payment_network
         self._networks: list[Network] = []
+        self._relay = Relay()  # frames between providers of a network that cannot reach each other
         self._pending_consumers: set[asyncio.Task[Any]] = set()
 
     # Life
@@ -159,6 +161,7 @@ class Golem:
             if not network.suspended:
                 await network.remove()
         self._networks.clear()
+        await self._relay.close()
         if self._engine is not None:
             await self._engine.close()
             for client in self._engine.clients:
@@ -225,7 +228,7 @@ class Golem:
 
         With `network` (from `create_network`), each instance joins it: at the next entry of
         `network_addresses`, or at the network's first free address once they run out. Instances
-        of one network share a provider for now (see requestor.network).
+        of one network may sit on any providers whose daemons run an overlay (see requestor.network).
         """
         if self._engine is None:
             raise RequestorError("Golem is not started: use `async with Golem(...) as golem:` or `await golem.start()`")
@@ -259,6 +262,7 @@ class Golem:
         if self._engine is None:
             raise RequestorError("Golem is not started: use `async with Golem(...) as golem:` or `await golem.start()`")
         network = Network.deserialize(obj_dict, self.requestor_id)
+        network.relay = self._relay
         if network.owner_id != self.requestor_id:
             log.warning("event=network_of_another_identity network=%s owner=%s requestor=%s hint=%r",
                         network.network_id, network.owner_id, self.requestor_id,
@@ -290,6 +294,7 @@ class Golem:
         if self._engine is None:
             raise RequestorError("Golem is not started: use `async with Golem(...) as golem:` or `await golem.start()`")
         network = await Network.create(ip, self.requestor_id, owner_ip, mask, gateway)
+        network.relay = self._relay
         self._networks.append(network)
         return network
 

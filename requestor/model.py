@@ -65,6 +65,12 @@ class Offer:
     accepts_image_urls: bool
     capabilities: tuple[str, ...]
     runtimes: tuple[str, ...] = ()  # every runtime it runs (runtime_name first)
+    overlay_port: int = 0  # where the other providers of a network spanning several reach it (0: none)
+
+    @property
+    def overlay_endpoint(self) -> str:
+        """host:port of its overlay, at the host the requestor reaches it at; "" without one."""
+        return f"{self.address.rpartition(':')[0]}:{self.overlay_port}" if self.overlay_port else ""
 
 
 @dataclass(frozen=True)

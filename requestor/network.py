@@ -4,8 +4,10 @@ Instances on one network reach each other by address, on any port, TCP and UDP; 
 reaches them or is reached by them. The requestor holds the address plan (`nodes_dict`, first
 free address first, an ended instance's address free again); each provider that hosts a member
 holds its own part of the network (exeunit's Network service), created when the first instance
-lands there. Until a network can span providers, its instances share one provider: the first
-instance picks it, the others follow, and an instance that cannot go there fails saying so.
+lands there. Instances may sit on any providers: each provider's part gets the network's secret
+(32 random bytes made here, which seal the frames between providers) and the list of the other
+providers (`SetNetworkPeers` when one joins); the providers' overlays send frames directly to
+each other where they can, and through this requestor (requestor.relay) where they cannot.
 
 The requestor itself is not on the network (there is no VPN to the requestor's host): it reaches
 an instance's port through a tunnel (`requestor.contrib.service.socket_proxy.SocketProxy`,
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import uuid
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
@@ -27,6 +30,8 @@ from requestor.errors import RequestorError
 
 if TYPE_CHECKING:
     from requestor.client import ProviderClient
+    from requestor.model import Offer
+    from requestor.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +115,9 @@ class Network:
         self._hosts: dict[str, ProviderClient] = {}  # providers where it exists, by provider id
         self.placement = asyncio.Lock()  # held by the instance choosing a provider (the runner's)
         self.suspended = False  # a cluster on it was suspended: it stays on its providers when Golem stops
+        self.secret = os.urandom(32)  # seals its frames between providers
+        self.relay: Relay | None = None  # set by Golem: frames between providers that cannot reach each other
+        self._endpoints: dict[str, str] = {}  # overlay host:port of each provider it is on
         owner = str(self._checked(owner_ip)) if owner_ip else self._next_address()
         self._owner_ip = owner
         self._nodes[owner] = Node(self, owner_id, owner)
@@ -219,6 +227,7 @@ class Network:
             "owner_ip": self._owner_ip,
             "state": self._state.value,
             "nodes": self.nodes_dict,
+            "overlay_secret": self.secret.hex(),  # ours: the providers' parts keep sealing with it
         }
 
     @classmethod
@@ -228,6 +237,8 @@ class Network:
         network = cls(obj_dict["ip"], obj_dict.get("owner_id") or owner_id or "", obj_dict.get("owner_ip"),
                       gateway=obj_dict.get("gateway"))
         network._network_id = str(obj_dict["_network_id"])
+        if obj_dict.get("overlay_secret"):
+            network.secret = bytes.fromhex(obj_dict["overlay_secret"])
         if obj_dict.get("state") in (NetworkState.removing.value, NetworkState.removed.value):
             network._state = NetworkState.removed
         return network
@@ -252,19 +263,53 @@ class Network:
     def release_promise(self, ip: str) -> None:
         self._promised.discard(str(self._checked(ip)))
 
-    async def join(self, client: ProviderClient, provider_id: str, ip: str | None) -> Node:
+    async def join(self, client: ProviderClient, offer: Offer, ip: str | None) -> Node:
         """Puts the network on the provider and a member for an instance there. The provider is
         asked every time (it is idempotent): it drops a requestor's networks when its last
-        agreement there ends, as between an instance and its respawn."""
+        agreement there ends, as between an instance and its respawn. A provider new to the
+        network is told of the others, and they of it."""
         self._ensure_ready()
-        await client.create_network(self._network_id, self._ip_network.with_prefixlen, self._gateway or "")
+        provider_id = offer.provider_id
+        others = {p: e for p, e in self._endpoints.items() if p != provider_id}
+        if offer.overlay_endpoint:
+            await client.create_network(self._network_id, self._ip_network.with_prefixlen, self._gateway or "",
+                                        self.secret, others)
+        elif others or any(p != provider_id for p in self._hosts):
+            raise NetworkError(f"provider {offer.provider_name} cannot join a network that spans providers "
+                               "(its offer has no overlay_port)")
+        else:
+            await client.create_network(self._network_id, self._ip_network.with_prefixlen, self._gateway or "")
+        new = provider_id not in self._endpoints
         self._hosts[provider_id] = client
+        if offer.overlay_endpoint:
+            self._endpoints[provider_id] = offer.overlay_endpoint
+        if new and len(self._endpoints) > 1:
+            await self._tell_peers()
         return self._add(provider_id, ip, promised=ip is not None and ip in self._promised)
 
-    def rejoin(self, client: ProviderClient, provider_id: str, ip: str) -> Node:
+    async def _tell_peers(self) -> None:
+        """Every provider of the network learns the others (yapapi's add_node reaching them all)."""
+        for provider_id, client in list(self._hosts.items()):
+            if provider_id not in self._endpoints:
+                continue
+            if self.relay is not None:
+                self.relay.ensure(provider_id, client)
+            peers = {p: e for p, e in self._endpoints.items() if p != provider_id}
+            try:
+                await client.set_network_peers(self._network_id, peers)
+            except RequestorError as exc:
+                log.warning("event=network_peers_not_set network=%s provider=%s error=%s",
+                            self._network_id, provider_id, exc)
+
+    def rejoin(self, client: ProviderClient, provider_id: str, ip: str, endpoint: str = "") -> Node:
         """A resumed instance's member, as it was: the provider kept the network and the activity's
         place on it while the instance was suspended."""
         self._hosts[provider_id] = client
+        if endpoint:
+            self._endpoints[provider_id] = endpoint
+            if self.relay is not None and len(self._endpoints) > 1:
+                for host, host_client in self._hosts.items():
+                    self.relay.ensure(host, host_client)
         node = Node(self, provider_id, str(self._checked(ip)))
         self._nodes[node.ip] = node
         return node

@@ -97,6 +97,7 @@ def offer_to_proto(offer: Offer) -> mkt.Offer:
         max_agreement_duration=duration(s.max_agreement_seconds),
         agreement_idle_timeout=duration(s.agreement_idle_seconds),
         limits=limits_to_proto(offer.limits, s.images.fetches_per_requestor),
+        overlay_port=offer.overlay_port,
     )
 
 

@@ -12,6 +12,7 @@ from exeunit.api import convert
 from exeunit.services import telemetry
 from exeunit.domain.market import Agreement
 from exeunit.services.provider import Provider
+from exeunit.services.relay import RelayedFrame
 from exeunit.services.transfers import PortConnection
 from exeunit.api.auth import Caller, OperatorCaller
 from exeunit.api.status import anonymous_ok, streaming, unary
@@ -98,9 +99,26 @@ class NetworkServicer(net_grpc.NetworkServicer):
     async def CreateNetwork(self, request: net.CreateNetworkRequest, context: Context, requestor_id: str) -> net.NetworkInfo:
         network = self.provider.create_network(
             requestor_id, _required(request.network_id, "network_id"), _required(request.address, "address"),
-            request.gateway,
+            request.gateway, request.overlay_secret, {p.provider_id: p.endpoint for p in request.peers},
         )
         return convert.network_to_proto(network)
+
+    @unary
+    async def SetNetworkPeers(self, request: net.SetNetworkPeersRequest, context: Context,
+                              requestor_id: str) -> net.NetworkInfo:
+        network = self.provider.set_network_peers(requestor_id, _required(request.network_id, "network_id"),
+                                                  {p.provider_id: p.endpoint for p in request.peers})
+        return convert.network_to_proto(network)
+
+    @streaming
+    async def RelayFrames(self, request: AsyncIterator[net.RelayFrame], context: Context,
+                          requestor_id: str) -> AsyncIterator[net.RelayFrame]:
+        async def incoming() -> AsyncIterator[RelayedFrame]:
+            async for frame in request:
+                yield RelayedFrame(frame.network_id, frame.peer, frame.sealed)
+
+        async for frame in self.provider.relays.stream(requestor_id, incoming()):
+            yield net.RelayFrame(network_id=frame.network_id, peer=frame.peer, sealed=frame.sealed)
 
     @unary
     async def GetNetwork(self, request: net.GetNetworkRequest, context: Context, requestor_id: str) -> net.NetworkInfo:

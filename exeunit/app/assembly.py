@@ -5,6 +5,7 @@ for `exeunit serve` and the embedded provider alike."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -17,6 +18,7 @@ from exeunit.persistence.journals import JournalDirectory
 from exeunit.runtime.agent.executor import AgentExecutors
 from exeunit.runtime.bridges import BridgePlumbing
 from exeunit.runtime.docker import DockerRuntime
+from exeunit.runtime.overlay.process import AgentProcess
 from exeunit.runtime.protocols import Runtime
 from exeunit.runtime.storage import DirectoryStorage, LoopStorage
 from exeunit.services.provider import Machinery, Provider
@@ -61,5 +63,19 @@ def assemble(settings: ProviderSettings, limits: ActivityLimits, storage: LoopSt
     its batch journals in `journals` (a temporary directory of its own when None)."""
     engine: Runtime = runtime or DockerRuntime()
     executors = AgentExecutors(storage.channel_dir, engine.executor, limits.agent_start_seconds)
-    machinery = Machinery(engine, executors, storage, BridgePlumbing(settings.home_id), JournalDirectory(journals))
+    overlay: Callable[[Callable[[str, str, bytes], None]], AgentProcess] | None = None
+    if settings.overlay_listen:
+        listen = settings.overlay_listen
+        overlay = lambda on_relay: AgentProcess(listen, on_relay, _overlay_status)  # noqa: E731
+    machinery = Machinery(engine, executors, storage, BridgePlumbing(settings.home_id), JournalDirectory(journals),
+                          overlay)
     return Provider(settings, machinery, limits, store)
+
+
+def _overlay_status(status: dict) -> None:
+    """The overlay's news: how a peer is reached, or what went wrong."""
+    if status.get("op") == "path":
+        log.info("event=overlay_path network=%s peer=%s path=%s", status.get("network"), status.get("peer"),
+                 status.get("path"))
+    elif status.get("op") == "error":
+        log.warning("event=overlay_error error=%r", status.get("error"))

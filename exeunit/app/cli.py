@@ -43,6 +43,7 @@ def provider_settings(args: argparse.Namespace, identity: Identity, storage_dir:
         storage_bytes=min(measured.storage_bytes, int((args.max_storage_gib or 1e9) * GIB)),
     )
     return ProviderSettings(
+        overlay_listen=args.overlay_listen or f"{args.listen.rpartition(':')[0]}:0",
         provider_id=identity.provider_id,
         home_id=identity.home_id,
         name=args.name,

@@ -58,6 +58,7 @@ class LocalProvider:
             provider_id=node_id_of(ec.generate_private_key(ec.SECP256R1()).public_key()),  # a key of its own, unkept
             name=self._name,
             subnet_tag=self._subnet_tag,
+            overlay_listen="127.0.0.1:0",
             pricing=LinearPricing(start_fee=0.0, per_cpu_second=0.00001, per_duration_second=0.000002,
                                   per_unit={CUSTOM_COUNTER: 0.00001}),
             runtimes=(DOCKER_VM_RUNTIME, TEST_COUNTERS_RUNTIME),  # yapapi's custom-usage-counter example runs here

@@ -114,6 +114,10 @@ def _identity_options(serve: argparse.ArgumentParser) -> None:
                             "up (to upgrade the daemon under running services); without it they end")
     ident.add_argument("--tls-on-loopback", action="store_true",
                        help="speak TLS on a loopback --listen too (beyond loopback it always does)")
+    ident.add_argument("--overlay-listen", type=listen_address, metavar="HOST:PORT",
+                       help="where the other providers of a requestor's network that spans several reach this "
+                            "one's part of it (sealed frames, TCP; the offer says the port). Default: --listen's "
+                            "host, a free port")
     ident.add_argument("--announce", action="store_true",
                        help="publish this provider on the LAN with DNS-SD over mDNS (_exeunit._tcp), with its id, so "
                             "requestors find it with GOLEM_PROVIDERS=mdns")

@@ -79,6 +79,7 @@ class Offer:
     free: Resources
     images: tuple[str, ...]
     limits: ActivityLimits = field(default_factory=ActivityLimits)
+    overlay_port: int = 0  # where networks that span providers reach this one (0: they cannot)
 
 
 class RefusalReason(Enum):

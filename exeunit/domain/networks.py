@@ -5,6 +5,7 @@ which exeunit.runtime.bridges implements)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,6 +35,14 @@ class PrivateNetwork:
     members: dict[str, Member] = field(default_factory=dict)  # by activity id
     built: bool = False  # its namespace exists
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
+    secret: bytes = field(default=b"", repr=False)  # seals its frames between providers; b"": it spans none
+    peers: dict[str, str] = field(default_factory=dict)  # the other providers: id -> their overlay's host:port
+
+    @property
+    def wire_id(self) -> str:
+        """Its name between providers: the same on each (derived from requestor and network ids,
+        which every provider of it knows), never the requestor's id itself."""
+        return hashlib.sha256(f"{self.requestor_id}\0{self.network_id}".encode()).hexdigest()[:32]
 
     def holder_of(self, ip: IPv4Address) -> str | None:
         return next((m.activity_id for m in self.members.values() if m.ip == ip), None)
@@ -48,6 +57,21 @@ class NetworkRecord:
     subnet: str
     gateway: str
     key: str
+    secret: str = ""  # hex
+    peers: dict[str, str] = field(default_factory=dict)
+
+
+class NetworkOverlay(Protocol):
+    """The data plane of networks that span providers (exeunit.runtime.overlay): it carries a
+    joined network's frames to its peers, directly or out through `on_relay` for the requestor."""
+
+    port: int  # where the other providers' overlays reach this one
+
+    def join(self, network: str, netns: str, secret: bytes, node: str, peers: dict[str, str]) -> None: ...
+    def set_peers(self, network: str, peers: dict[str, str]) -> None: ...
+    def leave(self, network: str) -> None: ...
+    def relay_in(self, network: str, peer: str, sealed: bytes) -> None: ...
+    def close(self) -> None: ...
 
 
 class NetworkPlumbing(Protocol):

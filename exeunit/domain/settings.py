@@ -87,3 +87,5 @@ class ProviderSettings:
     # Labels every container of this provider's home (exeunit.persistence.home); a fresh one unless the
     # home's identity gives it, so two providers never claim each other's containers.
     home_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Where the overlay (networks that span providers) listens, "host:port"; "": networks stay here.
+    overlay_listen: str = ""

@@ -17,28 +17,45 @@ from ipaddress import IPv4Address, IPv4Network
 
 from exeunit import errors
 from exeunit.domain.networks import (
-    NETWORK_ID_PATTERN, Member, NetworkPlumbing, NetworkRecord, PrivateNetwork, parse_member_address, parse_subnet,
+    NETWORK_ID_PATTERN, Member, NetworkOverlay, NetworkPlumbing, NetworkRecord, PrivateNetwork, parse_member_address,
+    parse_subnet,
 )
 
 log = logging.getLogger(__name__)
+SECRET_BYTES = 32
+MAX_PEERS = 64
+
 
 class Networks:
+    """A network that spans providers has a secret and peers (the requestor's, at creation and by
+    SetNetworkPeers); while its namespace exists here, the overlay carries it to them."""
+
     def __init__(self, plumbing: NetworkPlumbing, per_requestor: int,
-                 on_change: Callable[[PrivateNetwork | None, tuple[str, str]], None] = lambda n, k: None) -> None:
+                 on_change: Callable[[PrivateNetwork | None, tuple[str, str]], None] = lambda n, k: None,
+                 node_id: str = "") -> None:
         self._plumbing = plumbing
         self._per_requestor = per_requestor
         self._on_change = on_change  # persists a network's record (None: it is gone)
         self.unavailable = plumbing.unavailable()  # why this host cannot build networks, or None
         self._networks: dict[tuple[str, str], PrivateNetwork] = {}
+        self.node_id = node_id  # this provider, as its peers know it
+        self.overlay: NetworkOverlay | None = None  # set once the provider's overlay runs
 
     # Owning
 
-    def create(self, requestor_id: str, network_id: str, address: str, gateway: str) -> PrivateNetwork:
+    def create(self, requestor_id: str, network_id: str, address: str, gateway: str, secret: bytes = b"",
+               peers: dict[str, str] | None = None) -> PrivateNetwork:
         if self.unavailable:
             raise errors.FailedPrecondition(f"this provider cannot make networks: {self.unavailable}")
         if not NETWORK_ID_PATTERN.match(network_id):
             raise errors.InvalidArgument(f"network_id {network_id!r} must be 1-64 of [A-Za-z0-9._-]")
         subnet = parse_subnet(address)
+        if secret and len(secret) != SECRET_BYTES:
+            raise errors.InvalidArgument(f"overlay_secret must be {SECRET_BYTES} bytes (or empty: not spanning)")
+        if secret and self.overlay is None:
+            raise errors.FailedPrecondition("this provider's networks cannot span providers (its offer has no "
+                                            "overlay_port); keep the network's instances here")
+        peers = _checked_peers(peers or {}, self.node_id)
         if gateway:
             gateway = str(parse_member_address(gateway, subnet, "gateway"))
         existing = self._networks.get((requestor_id, network_id))
@@ -53,11 +70,26 @@ class Networks:
             raise errors.ResourceExhausted(
                 f"a requestor may have {self._per_requestor} networks on this provider; remove one first"
             )
-        network = PrivateNetwork(requestor_id, network_id, subnet, gateway, uuid.uuid4().hex[:16])
+        network = PrivateNetwork(requestor_id, network_id, subnet, gateway, uuid.uuid4().hex[:16],
+                                 secret=secret, peers=peers)
         self._networks[(requestor_id, network_id)] = network
         self._on_change(network, (requestor_id, network_id))
         log.info("event=network_created requestor=%s network=%s address=%s", requestor_id, network_id, subnet)
         return network
+
+    def set_peers(self, requestor_id: str, network_id: str, peers: dict[str, str]) -> PrivateNetwork:
+        network = self.get(requestor_id, network_id)
+        if not network.secret:
+            raise errors.FailedPrecondition(f"network {network_id!r} was created without an overlay_secret: "
+                                            "it does not span providers")
+        network.peers = _checked_peers(peers, self.node_id)
+        self._on_change(network, (requestor_id, network_id))
+        if network.built and self.overlay is not None:
+            self.overlay.set_peers(network.wire_id, network.peers)
+        return network
+
+    def by_wire_id(self, wire_id: str) -> PrivateNetwork | None:
+        return next((n for n in self._networks.values() if n.wire_id == wire_id), None)
 
     def get(self, requestor_id: str, network_id: str) -> PrivateNetwork:
         network = self._networks.get((requestor_id, network_id))
@@ -85,6 +117,7 @@ class Networks:
             cut = list(network.members)
             network.members.clear()
             if network.built:
+                self._leave_overlay(network)
                 await self._plumbing.remove(network.key, cut)
                 network.built = False
         log.info("event=network_removed requestor=%s network=%s detached=%d", requestor_id, network_id, len(cut))
@@ -126,6 +159,7 @@ class Networks:
             if not network.built:
                 await self._plumbing.create(network.key)
                 network.built = True
+                self._join_overlay(network)
             await self._plumbing.attach(network.key, activity_id, netns_fd, member.ip, network.subnet)
             member.attached = True
         log.info("event=network_joined activity=%s network=%s ip=%s", activity_id, network.network_id, member.ip)
@@ -153,6 +187,7 @@ class Networks:
                 if member.attached:
                     await self._plumbing.detach(network.key, activity_id)
             else:
+                self._leave_overlay(network)
                 await self._plumbing.remove(network.key, [activity_id])
                 network.built = False
 
@@ -160,7 +195,8 @@ class Networks:
 
     def restore(self, record: NetworkRecord) -> PrivateNetwork:
         network = PrivateNetwork(record.requestor_id, record.network_id, IPv4Network(record.subnet),
-                                 record.gateway, record.key)
+                                 record.gateway, record.key, secret=bytes.fromhex(record.secret),
+                                 peers=dict(record.peers))
         self._networks[(record.requestor_id, record.network_id)] = network
         return network
 
@@ -186,5 +222,37 @@ class Networks:
         for network in list(self._networks.values()):
             async with network.lock:
                 if network.built:
+                    self._leave_overlay(network)
                     await self._plumbing.remove(network.key, list(network.members))
                     network.built = False
+
+    def _join_overlay(self, network: PrivateNetwork) -> None:
+        if network.secret and self.overlay is not None:
+            self.overlay.join(network.wire_id, self._plumbing.namespace(network.key), network.secret, self.node_id,
+                              network.peers)
+            log.info("event=network_spans network=%s peers=%d", network.network_id, len(network.peers))
+
+    def _leave_overlay(self, network: PrivateNetwork) -> None:
+        if network.secret and self.overlay is not None:
+            self.overlay.leave(network.wire_id)
+
+    def rejoin_overlay(self) -> None:
+        """The overlay (re)started: every spanning network built here joins it again."""
+        for network in self._networks.values():
+            if network.built:
+                self._join_overlay(network)
+
+
+def _checked_peers(peers: dict[str, str], own_id: str) -> dict[str, str]:
+    """Peers as given, checked: at most MAX_PEERS, each a provider id and a host:port."""
+    if len(peers) > MAX_PEERS:
+        raise errors.InvalidArgument(f"a network spans at most {MAX_PEERS + 1} providers")
+    checked = {}
+    for provider_id, endpoint in peers.items():
+        host, colon, port = endpoint.rpartition(":")
+        if not provider_id or len(provider_id) > 128 or not colon or not host or not port.isdigit() \
+                or not 0 < int(port) < 65536:
+            raise errors.InvalidArgument(f"peer {provider_id!r} at {endpoint!r}: give a provider id and host:port")
+        if provider_id != own_id:
+            checked[provider_id] = endpoint
+    return checked

@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +23,7 @@ from exeunit.domain.batch import Batch, BatchEvent
 from exeunit.domain.clock import utcnow
 from exeunit.domain.commands import Command, Deploy
 from exeunit.domain.market import Agreement, AgreementState, Demand, ImageRef, Market, Offer, Refusal
-from exeunit.domain.networks import NetworkPlumbing, NetworkRecord, PrivateNetwork
+from exeunit.domain.networks import NetworkOverlay, NetworkPlumbing, NetworkRecord, PrivateNetwork
 from exeunit.domain.event_log import MemoryPool
 from exeunit.domain.records import Journals, Store
 from exeunit.domain.reports import ActivityStatus, ActivitySummary, Usage
@@ -37,6 +37,7 @@ from exeunit.services.fairness import ConcurrencyQuota
 from exeunit.services.housekeeping import Housekeeping
 from exeunit.services.images import ImageResolver
 from exeunit.services.networks import Networks
+from exeunit.services.relay import RelayHub
 from exeunit.services.pacing import Pacer
 from exeunit.services.recovery import recover
 from exeunit.services.transfers import PortConnection, Transfers
@@ -55,6 +56,8 @@ class Machinery:
     storage: LoopStorage
     plumbing: NetworkPlumbing
     journals: Journals
+    # Starts the data plane of networks that span providers, given where it sends frames to relay.
+    overlay: Callable[[Callable[[str, str, bytes], None]], NetworkOverlay] | None = None
 
 
 class Provider:
@@ -63,7 +66,10 @@ class Provider:
         self.storage = machinery.storage
         self._store = store  # None: nothing survives this daemon (the embedded provider, tests)
         self.closing = False
-        self.networks = Networks(machinery.plumbing, limits.networks_per_requestor, self._persist_network)
+        self.networks = Networks(machinery.plumbing, limits.networks_per_requestor, self._persist_network,
+                                 settings.provider_id)
+        self.relays = RelayHub(self.networks)
+        self._start_overlay = machinery.overlay
         if self.networks.unavailable is None and VPN_CAPABILITY not in settings.capabilities:
             settings = dataclasses.replace(settings, capabilities=(*settings.capabilities, VPN_CAPABILITY))
         elif self.networks.unavailable is not None:
@@ -98,8 +104,12 @@ class Provider:
         if self.storage.owner == (0, 0):
             log.warning("event=engine_without_userns_remap message=%r", "root in a container is root on this host; "
                         "start dockerd with --userns-remap=default so that it is not")
+        if self._start_overlay is not None and self.networks.unavailable is None:
+            self.relays.bind(asyncio.get_running_loop())
+            self.networks.overlay = await asyncio.to_thread(self._start_overlay, self.relays.from_agent)
         if self._store is not None:
             await recover(self, self._store)
+        self.networks.rejoin_overlay()
         await self.housekeeping.sweep_leftovers()
         self.housekeeping.start()
 
@@ -121,6 +131,8 @@ class Provider:
             )
             await asyncio.gather(*(a.close() for a in self._activities.values()))
             await self.networks.close()
+            if self.networks.overlay is not None:
+                await asyncio.to_thread(self.networks.overlay.close)
             await asyncio.to_thread(self.storage.close)
             await asyncio.to_thread(self._journals.close)
         self.housekeeping.stop()
@@ -140,7 +152,9 @@ class Provider:
 
     async def offer(self) -> Offer:
         names = sorted({name for image in await self.images.offered() for name in (*image.tags, image.id)})
-        return Offer(self.settings, self.market.free(), tuple(names), self._limits)
+        overlay = self.networks.overlay
+        return Offer(self.settings, self.market.free(), tuple(names), self._limits,
+                     overlay.port if overlay is not None else 0)
 
     async def propose(self, requestor_id: str, demand: Demand) -> Agreement | Refusal:
         self._check_open()
@@ -368,14 +382,18 @@ class Provider:
 
     # Networks
 
-    def create_network(self, requestor_id: str, network_id: str, address: str, gateway: str) -> PrivateNetwork:
+    def create_network(self, requestor_id: str, network_id: str, address: str, gateway: str, secret: bytes = b"",
+                       peers: dict[str, str] | None = None) -> PrivateNetwork:
         self._check_open()
         if not self._has_live_agreement(requestor_id):
             raise errors.FailedPrecondition("a network needs a live agreement with this provider; make one first")
-        return self.networks.create(requestor_id, network_id, address, gateway)
+        return self.networks.create(requestor_id, network_id, address, gateway, secret, peers)
 
     def network(self, requestor_id: str, network_id: str) -> PrivateNetwork:
         return self.networks.get(requestor_id, network_id)
+
+    def set_network_peers(self, requestor_id: str, network_id: str, peers: dict[str, str]) -> PrivateNetwork:
+        return self.networks.set_peers(requestor_id, network_id, peers)
 
     async def remove_network(self, requestor_id: str, network_id: str) -> list[str]:
         cut = await self.networks.remove(requestor_id, network_id)
@@ -391,7 +409,8 @@ class Provider:
             self._store.forget_network(*key)
         else:
             self._store.put_network(NetworkRecord(network.requestor_id, network.network_id, str(network.subnet),
-                                                  network.gateway, network.key))
+                                                  network.gateway, network.key, network.secret.hex(),
+                                                  dict(network.peers)))
 
     # Transfers (exeunit.services.transfers)
 

@@ -59,7 +59,7 @@ class LinearPricing(_message.Message):
     def __init__(self, start_fee: _Optional[float] = ..., per_cpu_second: _Optional[float] = ..., per_duration_second: _Optional[float] = ..., per_unit: _Optional[_Mapping[str, float]] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class Offer(_message.Message):
-    __slots__ = ("provider_id", "provider_name", "subnet_tag", "runtime_name", "runtime_version", "cpu_threads", "memory_bytes", "storage_bytes", "total_cpu_threads", "total_memory_bytes", "total_storage_bytes", "pricing", "images", "accepts_image_urls", "capabilities", "max_agreement_duration", "agreement_idle_timeout", "runtimes", "limits")
+    __slots__ = ("provider_id", "provider_name", "subnet_tag", "runtime_name", "runtime_version", "cpu_threads", "memory_bytes", "storage_bytes", "total_cpu_threads", "total_memory_bytes", "total_storage_bytes", "pricing", "images", "accepts_image_urls", "capabilities", "max_agreement_duration", "agreement_idle_timeout", "runtimes", "limits", "overlay_port")
     PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_NAME_FIELD_NUMBER: _ClassVar[int]
     SUBNET_TAG_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class Offer(_message.Message):
     AGREEMENT_IDLE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     RUNTIMES_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_PORT_FIELD_NUMBER: _ClassVar[int]
     provider_id: str
     provider_name: str
     subnet_tag: str
@@ -98,7 +99,8 @@ class Offer(_message.Message):
     agreement_idle_timeout: _duration_pb2.Duration
     runtimes: _containers.RepeatedScalarFieldContainer[str]
     limits: OfferLimits
-    def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., subnet_tag: _Optional[str] = ..., runtime_name: _Optional[str] = ..., runtime_version: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., total_cpu_threads: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., total_storage_bytes: _Optional[int] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., accepts_image_urls: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ..., max_agreement_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., agreement_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runtimes: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[OfferLimits, _Mapping]] = ...) -> None: ...
+    overlay_port: int
+    def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., subnet_tag: _Optional[str] = ..., runtime_name: _Optional[str] = ..., runtime_version: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., total_cpu_threads: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., total_storage_bytes: _Optional[int] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., accepts_image_urls: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ..., max_agreement_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., agreement_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runtimes: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[OfferLimits, _Mapping]] = ..., overlay_port: _Optional[int] = ...) -> None: ...
 
 class OfferLimits(_message.Message):
     __slots__ = ("batches_queued", "batches_kept", "batch_ids_remembered", "replay_window_bytes", "result_output_bytes", "transfers_per_activity", "transfers_per_requestor", "tunnels_per_activity", "networks_per_requestor", "tunnels_per_requestor", "streams_per_requestor", "image_fetches_per_requestor")

@@ -6,15 +6,45 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class NetworkPeer(_message.Message):
+    __slots__ = ("provider_id", "endpoint")
+    PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    provider_id: str
+    endpoint: str
+    def __init__(self, provider_id: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
+
+class SetNetworkPeersRequest(_message.Message):
+    __slots__ = ("network_id", "peers")
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    peers: _containers.RepeatedCompositeFieldContainer[NetworkPeer]
+    def __init__(self, network_id: _Optional[str] = ..., peers: _Optional[_Iterable[_Union[NetworkPeer, _Mapping]]] = ...) -> None: ...
+
+class RelayFrame(_message.Message):
+    __slots__ = ("network_id", "peer", "sealed")
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    peer: str
+    sealed: bytes
+    def __init__(self, network_id: _Optional[str] = ..., peer: _Optional[str] = ..., sealed: _Optional[bytes] = ...) -> None: ...
+
 class CreateNetworkRequest(_message.Message):
-    __slots__ = ("network_id", "address", "gateway")
+    __slots__ = ("network_id", "address", "gateway", "overlay_secret", "peers")
     NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_SECRET_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
     network_id: str
     address: str
     gateway: str
-    def __init__(self, network_id: _Optional[str] = ..., address: _Optional[str] = ..., gateway: _Optional[str] = ...) -> None: ...
+    overlay_secret: bytes
+    peers: _containers.RepeatedCompositeFieldContainer[NetworkPeer]
+    def __init__(self, network_id: _Optional[str] = ..., address: _Optional[str] = ..., gateway: _Optional[str] = ..., overlay_secret: _Optional[bytes] = ..., peers: _Optional[_Iterable[_Union[NetworkPeer, _Mapping]]] = ...) -> None: ...
 
 class NetworkMember(_message.Message):
     __slots__ = ("activity_id", "ip", "attached")

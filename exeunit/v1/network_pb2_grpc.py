@@ -49,6 +49,16 @@ class NetworkStub:
                 request_serializer=exeunit_dot_v1_dot_network__pb2.RemoveNetworkRequest.SerializeToString,
                 response_deserializer=exeunit_dot_v1_dot_network__pb2.RemoveNetworkResponse.FromString,
                 _registered_method=True)
+        self.SetNetworkPeers = channel.unary_unary(
+                '/exeunit.v1.Network/SetNetworkPeers',
+                request_serializer=exeunit_dot_v1_dot_network__pb2.SetNetworkPeersRequest.SerializeToString,
+                response_deserializer=exeunit_dot_v1_dot_network__pb2.NetworkInfo.FromString,
+                _registered_method=True)
+        self.RelayFrames = channel.stream_stream(
+                '/exeunit.v1.Network/RelayFrames',
+                request_serializer=exeunit_dot_v1_dot_network__pb2.RelayFrame.SerializeToString,
+                response_deserializer=exeunit_dot_v1_dot_network__pb2.RelayFrame.FromString,
+                _registered_method=True)
 
 
 class NetworkServicer:
@@ -80,6 +90,25 @@ class NetworkServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetNetworkPeers(self, request, context):
+        """Replaces the providers this provider's part of a spanning network exchanges frames with
+        (yapapi's add_node / remove_node reaching every member). NOT_FOUND for a network the caller
+        does not have here; FAILED_PRECONDITION for one created without an overlay secret.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RelayFrames(self, request_iterator, context):
+        """Frames for peers this provider cannot reach directly go out on this stream (`peer` names
+        the destination), and frames other providers sent through the requestor come in on it
+        (`peer` names the sender); sealed by the providers, opaque to the requestor, which only
+        forwards them (as Golem's relay). One stream per requestor: frames of all its networks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NetworkServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +126,16 @@ def add_NetworkServicer_to_server(servicer, server):
                     servicer.RemoveNetwork,
                     request_deserializer=exeunit_dot_v1_dot_network__pb2.RemoveNetworkRequest.FromString,
                     response_serializer=exeunit_dot_v1_dot_network__pb2.RemoveNetworkResponse.SerializeToString,
+            ),
+            'SetNetworkPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetNetworkPeers,
+                    request_deserializer=exeunit_dot_v1_dot_network__pb2.SetNetworkPeersRequest.FromString,
+                    response_serializer=exeunit_dot_v1_dot_network__pb2.NetworkInfo.SerializeToString,
+            ),
+            'RelayFrames': grpc.stream_stream_rpc_method_handler(
+                    servicer.RelayFrames,
+                    request_deserializer=exeunit_dot_v1_dot_network__pb2.RelayFrame.FromString,
+                    response_serializer=exeunit_dot_v1_dot_network__pb2.RelayFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +219,60 @@ class Network:
             '/exeunit.v1.Network/RemoveNetwork',
             exeunit_dot_v1_dot_network__pb2.RemoveNetworkRequest.SerializeToString,
             exeunit_dot_v1_dot_network__pb2.RemoveNetworkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetNetworkPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exeunit.v1.Network/SetNetworkPeers',
+            exeunit_dot_v1_dot_network__pb2.SetNetworkPeersRequest.SerializeToString,
+            exeunit_dot_v1_dot_network__pb2.NetworkInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RelayFrames(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/exeunit.v1.Network/RelayFrames',
+            exeunit_dot_v1_dot_network__pb2.RelayFrame.SerializeToString,
+            exeunit_dot_v1_dot_network__pb2.RelayFrame.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,7 @@ def offer_from(address: str, o: mkt.Offer) -> Offer:
         accepts_image_urls=o.accepts_image_urls,
         capabilities=tuple(o.capabilities),
         runtimes=tuple(o.runtimes) or (o.runtime_name,),
+        overlay_port=o.overlay_port,
     )
 
 

@@ -142,10 +142,30 @@ class ProviderClient:
 
     # Networks
 
-    async def create_network(self, network_id: str, address: str, gateway: str = "") -> None:
-        """Creates the requestor's network on this provider (idempotent for the same address)."""
-        request = net.CreateNetworkRequest(network_id=network_id, address=address, gateway=gateway)
+    async def create_network(self, network_id: str, address: str, gateway: str = "", secret: bytes = b"",
+                             peers: dict[str, str] | None = None) -> None:
+        """Creates the requestor's network on this provider (idempotent for the same address); with
+        `secret`, its part of a network spanning `peers` (provider id -> overlay host:port)."""
+        request = net.CreateNetworkRequest(network_id=network_id, address=address, gateway=gateway,
+                                           overlay_secret=secret, peers=_peers(peers or {}))
         await self._call("network", "CreateNetwork", request)
+
+    async def set_network_peers(self, network_id: str, peers: dict[str, str]) -> None:
+        request = net.SetNetworkPeersRequest(network_id=network_id, peers=_peers(peers))
+        await self._call("network", "SetNetworkPeers", request)
+
+    async def relay_frames(self, outgoing: AsyncIterator[tuple[str, str, bytes]]) -> AsyncIterator[tuple[str, str, bytes]]:
+        """The requestor's relay with this provider: (network id, sender, sealed) frames in, and
+        out (network id, destination, sealed) ones its overlay cannot deliver directly."""
+        await self.connect()
+
+        async def requests() -> AsyncIterator[net.RelayFrame]:
+            async for network_id, peer, sealed in outgoing:
+                yield net.RelayFrame(network_id=network_id, peer=peer, sealed=sealed)
+
+        async with self._translated("RelayFrames"):
+            async for frame in self._network.RelayFrames(requests(), metadata=self.signed("network", "RelayFrames")):
+                yield frame.network_id, frame.peer, frame.sealed
 
     async def remove_network(self, network_id: str) -> list[str]:
         """Removes it here; returns the activities that were cut off it."""
@@ -369,6 +389,10 @@ class ProviderClient:
         raise errors.RequestorError(
             f"download of {path} from {self.address} ended after {received} bytes without its trailer"
         )
+
+
+def _peers(peers: dict[str, str]) -> list[net.NetworkPeer]:
+    return [net.NetworkPeer(provider_id=provider_id, endpoint=endpoint) for provider_id, endpoint in peers.items()]
 
 
 @dataclass(frozen=True)

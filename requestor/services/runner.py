@@ -211,29 +211,27 @@ class ServiceRunner:
             service.instance.record_error(exc)
             return None
         if network is not None and resumed.network_ip is not None:
-            service.instance.network_node = network.rejoin(handle.client, handle.offer.provider_id, resumed.network_ip)
+            service.instance.network_node = network.rejoin(handle.client, handle.offer.provider_id, resumed.network_ip,
+                                                           handle.offer.overlay_endpoint)
         return handle
 
     async def _place_on_network(self, service: Service, stop: asyncio.Event, avoid: set[str], network: Network,
                                 address: str | None) -> ActivityHandle | None:
-        """As _place, on the provider that hosts the network's other instances (any provider for
-        the first), and with the instance's member of the network; None when it cannot join."""
-        async with network.placement:  # the first instance picks the provider; the others wait for that
-            host = network.hosting_provider_id
-            why = (f"hosts no instance of network {network.network_id}: instances of one network run on one "
-                   f"provider for now (its instances are on {host})")
-            handle = await self._place(service, stop, avoid, host, why)
-            if handle is None:
-                return None
-            try:
-                node = await network.join(handle.client, handle.offer.provider_id, address)
-            except RequestorError as exc:
-                log.debug("event=service_not_placed service=%s error=%s", service.id, exc)
-                service.instance.record_error(exc)
-                await self._engine.release(handle, self._job, exc)
-                return None
-            service.instance.network_node = node
-            return handle
+        """As _place, on any provider that makes networks, with the instance's member of the
+        network there; None when it cannot join."""
+        handle = await self._place(service, stop, avoid)
+        if handle is None:
+            return None
+        try:
+            async with network.placement:  # one provider joins at a time: each learns every other
+                node = await network.join(handle.client, handle.offer, address)
+        except RequestorError as exc:
+            log.debug("event=service_not_placed service=%s error=%s", service.id, exc)
+            service.instance.record_error(exc)
+            await self._engine.release(handle, self._job, exc)
+            return None
+        service.instance.network_node = node
+        return handle
 
     async def _place(self, service: Service, stop: asyncio.Event, avoid: set[str], only_provider: str | None = None,
                      why_only: str = "") -> ActivityHandle | None:

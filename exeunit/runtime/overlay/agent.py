@@ -46,7 +46,8 @@ MAGIC = b"EXOV1\n"
 MAX_FRAME = OVERLAY_MTU + 1024  # an Ethernet frame at the MTU, sealed, with room to spare
 MAX_HELLO = 1024
 HANDSHAKE_SECONDS = 5.0
-DIAL_EVERY = 1.0  # seconds between attempts at a peer without a direct connection
+DIAL_FIRST, DIAL_MOST = 0.1, 2.0  # seconds between attempts at a peer: doubling from the first to the most
+PEER_TIMEOUT_MS = 5000
 SOCKET_BUFFER = 4 << 20  # bytes in flight per direction of a peer connection
 MAX_HANDSHAKES = 32  # connections being authenticated at once; more wait in the listen backlog
 TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
@@ -88,6 +89,8 @@ class Peer:
     session: Session | None = None
     sock: socket.socket | None = None
     dialing: bool = False
+    next_dial: float = 0.0  # monotonic time of the next attempt (the dialing side's)
+    dial_delay: float = 0.0  # grows while attempts fail, so a peer gone quiet costs little
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send_direct(self, frame: bytes) -> bool:
@@ -153,6 +156,7 @@ class OverlayNetwork:
                 self.peers[node] = Peer(node, (host.strip("[]"), int(port)))
             else:
                 self.peers[node].address = (host.strip("[]"), int(port))
+            self.peers[node].next_dial, self.peers[node].dial_delay = 0.0, 0.0  # try it now
 
     def close(self) -> None:
         self.closed = True
@@ -193,6 +197,7 @@ class Agent:
         self.control = control
         self.networks: dict[str, OverlayNetwork] = {}
         self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
+        self._dial_now = threading.Event()  # peers changed: try them at once, not at the next round
 
     def serve(self) -> None:
         threading.Thread(target=self._accept, name="accept", daemon=True).start()
@@ -236,6 +241,7 @@ class Agent:
             self.networks[wire_id].set_peers(order["peers"])
         elif order["op"] == "leave" and wire_id in self.networks:
             self.networks.pop(wire_id).close()
+        self._dial_now.set()
 
     # Direct connections
 
@@ -280,11 +286,16 @@ class Agent:
 
     def _dial(self) -> None:
         while True:
-            time.sleep(DIAL_EVERY)
+            self._dial_now.wait(DIAL_FIRST)
+            self._dial_now.clear()
+            now = time.monotonic()
             for network in list(self.networks.values()):
                 for peer in list(network.peers.values()):
-                    if peer.sock is None and not peer.dialing and network.node < peer.node and not network.closed:
+                    if peer.sock is None and not peer.dialing and network.node < peer.node and not network.closed \
+                            and now >= peer.next_dial:
                         peer.dialing = True
+                        peer.dial_delay = min(max(peer.dial_delay * 2, DIAL_FIRST), DIAL_MOST)
+                        peer.next_dial = now + peer.dial_delay
                         threading.Thread(target=self._connect, args=(network, peer), daemon=True).start()
 
     def _connect(self, network: OverlayNetwork, peer: Peer) -> None:
@@ -315,7 +326,15 @@ class Agent:
         self._receive(network, peer, sock, stream, session)
 
     def _receive(self, network: OverlayNetwork, peer: Peer, sock: socket.socket, stream, session: Session) -> None:
+        peer.dial_delay = 0.0
+        # A peer that vanished (link down, host gone) must not hold frames forever: unacknowledged
+        # data fails the connection after PEER_TIMEOUT_MS, and an idle one is probed, so that its
+        # frames go through the relay instead.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, PEER_TIMEOUT_MS)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)

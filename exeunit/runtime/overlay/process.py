@@ -42,10 +42,14 @@ class AgentProcess:
     def _receive(self) -> bytes:
         return self._sock.recv(MAX_FRAME + 4096)
 
-    def _send(self, message: bytes) -> None:
+    def _send(self, message: bytes, droppable: bool = False) -> None:
         with self._lock:
             try:
-                self._sock.send(message)
+                self._sock.send(message, socket.MSG_DONTWAIT if droppable else 0)
+            except BlockingIOError:
+                if not droppable:
+                    raise
+                # the agent is behind: the relayed frame is dropped, as a congested link drops one
             except OSError:
                 if self.process.poll() is None and self._sock.fileno() != -1:
                     raise
@@ -80,8 +84,8 @@ class AgentProcess:
         self._send(b"J" + json.dumps({"op": "leave", "network": network}).encode())
 
     def relay_in(self, network: str, peer: str, sealed: bytes) -> None:
-        """A frame `peer` sent through the requestor."""
-        self._send(relay_message(network, peer, sealed))
+        """A frame `peer` sent through the requestor (dropped when the agent is behind: never waits)."""
+        self._send(relay_message(network, peer, sealed), droppable=True)
 
     def close(self) -> None:
         try:  # shutdown, not only close: it wakes the reading thread and tells the agent at once
