@@ -203,3 +203,18 @@ def test_sealing_refuses_replays_and_forgeries() -> None:
     late = [a.seal("0xb", bytes([n])) for n in range(3)]
     assert [b.open("0xa", late[i]) for i in (2, 0, 1)] == [b"\2", b"\0", b"\1"]  # reordered, each once
 
+
+
+def test_a_requestor_cannot_point_an_agent_at_its_hosts_loopback(simulated_lan: SimulatedLan, halves) -> None:
+    """Peers' endpoints come from the requestor: an agent on a LAN address dials no loopback,
+    link-local, multicast or unspecified address it is given (no probing of the host's own services)."""
+    made, _ = halves
+    listener = made[0].host.spawn([sys.executable, "-c",
+                                   "import socket; s = socket.create_server(('127.0.0.1', 7300)); print('ready', flush=True);"
+                                   "s.settimeout(3)\ntry: s.accept(); print('dialled')\nexcept OSError: print('quiet')"],
+                                  stdout=subprocess.PIPE, text=True)
+    assert listener.stdout is not None and listener.stdout.readline() == "ready\n"
+    made[0].agent.join("net-2", made[0].netns, os.urandom(32), made[0].node,
+                       {"0x" + "f" * 40: "127.0.0.1:7300", "0x" + "e" * 40: "169.254.1.1:7300"})
+    assert listener.stdout.readline() == "quiet\n"
+    listener.wait(10)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import ipaddress
 import json
 import logging
 import os
@@ -300,8 +301,10 @@ class Agent:
 
     def _connect(self, network: OverlayNetwork, peer: Peer) -> None:
         try:
-            sock = socket.create_connection(peer.address, timeout=HANDSHAKE_SECONDS)
-        except OSError:
+            target = self._dialable(peer.address)
+            sock = socket.create_connection(target, timeout=HANDSHAKE_SECONDS)
+        except (OSError, ValueError) as exc:
+            log.debug("overlay peer %s not dialled: %s", peer.node, exc)
             peer.dialing = False
             return
         try:
@@ -324,6 +327,17 @@ class Agent:
         finally:
             peer.dialing = False
         self._receive(network, peer, sock, stream, session)
+
+    def _dialable(self, address: tuple[str, int]) -> tuple[str, int]:
+        """The peer's address, resolved, unless it is one a requestor must not point this host at:
+        the unspecified, multicast or link-local addresses, or loopback (unless this agent itself
+        listens on loopback: providers on one machine, as in tests)."""
+        resolved = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)[0][4]
+        ip = ipaddress.ip_address(resolved[0])
+        own = ipaddress.ip_address(self.listener.getsockname()[0])
+        if ip.is_unspecified or ip.is_multicast or ip.is_link_local or (ip.is_loopback and not own.is_loopback):
+            raise ValueError(f"{ip} is not an address a peer provider is reached at")
+        return resolved[0], resolved[1]
 
     def _receive(self, network: OverlayNetwork, peer: Peer, sock: socket.socket, stream, session: Session) -> None:
         peer.dial_delay = 0.0
