@@ -62,3 +62,36 @@ async def test_instances_on_providers_that_cannot_reach_each_other_are_relayed(s
     assert lines == ["tcp hello from 192.168.62.2", "udp hello from 192.168.62.2"]
     assert golem._relay.forwarded > 0
     assert not any("path=direct" in line for p in providers for line in p.log)
+
+
+async def test_a_provider_killed_and_restarted_rejoins_its_network(simulated_lan: SimulatedLan, provider_daemons) -> None:
+    """SIGKILL of the daemon holding the server: its container and its part of the network stay
+    (the daemon's own restart recovery), and once it is back its overlay rejoins: a new prober on
+    the other provider reaches the server again, at the same address."""
+    providers = {p.provider_id: p for p in (provider_daemons(simulated_lan.add_host(name), *ONE_INSTANCE_EACH)
+                                            for name in ("pa", "pb"))}
+    recorder = Recorder()
+    base = "192.168.63"
+    async with Golem(budget=10.0, providers=[p.pinned_address for p in providers.values()], event_consumer=recorder,
+                     unresponsive_after=30) as golem:
+        network = await golem.create_network(f"{base}.1/24")
+        servers = await golem.run_service(EchoServer, network=network, network_addresses=[f"{base}.5"])
+        [server] = servers.instances
+        await recorder.until(lambda: server.state is S.running)
+        first = await golem.run_service(Prober, network=network, instance_params=[{"target": f"{base}.5"}])
+        await recorder.until(lambda: bool(first.instances[0].lines))
+        assert first.instances[0].lines[0].startswith("tcp hello")
+        await first.terminate()  # its provider's slot is free for the next prober
+
+        holder = providers[server.provider_id]
+        holder.kill()
+        holder.start()
+        second = await golem.run_service(Prober, network=network, instance_params=[{"target": f"{base}.5"}])
+        [prober] = second.instances
+        await recorder.until(lambda: bool(prober.lines) or prober.state is S.terminated, timeout=60)
+        assert prober.provider_id != server.provider_id
+        assert prober.lines == [f"tcp hello from {prober.network_node.ip}", f"udp hello from {prober.network_node.ip}"]
+        assert server.state is S.running
+        await second.terminate()
+        await servers.terminate()
+        await network.remove()
