@@ -5,12 +5,19 @@ providers' hosts reach each other and relayed through the requestor when they ca
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
 
 from exeunit.testing.hosts import SimulatedLan
-from requestor import Golem
-from tests.test_requestor_networks import EchoServer, Prober
+from requestor import Golem, events
+from tests.test_requestor_networks import EchoServer, FailsOnFirstStart, Prober
 from tests.test_requestor_services import Recorder
+from tests.test_yapapi_examples import RunningScript, free_port, post, until_it_answers
 from requestor.services import ServiceState
 
 S = ServiceState
@@ -95,3 +102,90 @@ async def test_a_provider_killed_and_restarted_rejoins_its_network(simulated_lan
         await second.terminate()
         await servers.terminate()
         await network.remove()
+
+
+async def test_an_instance_failing_on_one_provider_comes_back_on_another_at_its_address(
+        simulated_lan: SimulatedLan, provider_daemons) -> None:
+    """yapapi's goth scenario across providers: the respawn goes to the other provider (the failed
+    one is avoided), takes the same address, and the network's other member reaches it there."""
+    providers = [provider_daemons(simulated_lan.add_host(name), "--max-cpu-threads", "2") for name in ("pa", "pb")]
+    recorder = Recorder()
+    base = "192.168.64"
+    FailsOnFirstStart.failures = 0
+    async with Golem(budget=10.0, providers=[p.pinned_address for p in providers], event_consumer=recorder) as golem:
+        network = await golem.create_network(f"{base}.1/24")
+        flaky = await golem.run_service(FailsOnFirstStart, network=network, network_addresses=[f"{base}.5"])
+        [instance] = flaky.instances
+        await recorder.until(lambda: instance.state is S.running, timeout=90)
+        assert recorder.states(instance) == [S.pending, S.starting, S.terminated, S.pending, S.starting, S.running]
+        started_on = [e.agreement.provider_id for e in recorder.events
+                      if isinstance(e, events.ServiceStateChanged) and e.service is instance and e.new is S.starting]
+        assert len(set(started_on)) == 2, "the respawn was meant for the other provider"
+        assert instance.network_node.ip == f"{base}.5"
+        probers = await golem.run_service(Prober, network=network, instance_params=[{"target": f"{base}.5"}])
+        [prober] = probers.instances
+        await recorder.until(lambda: bool(prober.lines) or prober.state is S.terminated, timeout=60)
+        assert prober.lines == [f"tcp hello from {prober.network_node.ip}", f"udp hello from {prober.network_node.ip}"]
+        await probers.terminate()
+        await flaky.terminate()
+        await network.remove()
+
+
+async def test_networks_across_providers_stay_apart(simulated_lan: SimulatedLan, provider_daemons) -> None:
+    """Two networks of one requestor, both across the same two providers and on the same subnet:
+    a member of one reaches its own network's server on the other provider, and not the other
+    network's server at the same address (beside it, or across)."""
+    cheap = provider_daemons(simulated_lan.add_host("pa"), "--max-cpu-threads", "1", "--price-cpu-sec", "0.000001",
+                             "--price-duration-sec", "0.000001")
+    dear = provider_daemons(simulated_lan.add_host("pb"), "--max-cpu-threads", "2", "--price-cpu-sec", "0.00001",
+                            "--price-duration-sec", "0.00001")
+    providers = [cheap, dear]
+    recorder = Recorder()
+    base = "192.168.65"
+    async with Golem(budget=10.0, providers=[p.pinned_address for p in providers], event_consumer=recorder) as golem:
+        mine = await golem.create_network(f"{base}.1/24")
+        theirs = await golem.create_network(f"{base}.1/24")
+        servers = {}
+        for network in (mine, theirs):  # one after the other: mine takes the cheap provider's only slot
+            cluster = await golem.run_service(EchoServer, network=network, network_addresses=[f"{base}.5"])
+            servers[network] = cluster.instances[0]
+            await recorder.until(lambda: servers[network].state is S.running)
+        assert servers[mine].provider_id == cheap.provider_id and servers[theirs].provider_id == dear.provider_id
+        # a prober on `mine`, on the dear provider (the cheap one is full), beside `theirs`' server at the same address
+        probers = await golem.run_service(Prober, network=mine, instance_params=[{"target": f"{base}.5"}])
+        [prober] = probers.instances
+        await recorder.until(lambda: bool(prober.lines) or prober.state is S.terminated, timeout=60)
+        assert prober.provider_id == dear.provider_id
+        assert prober.lines == [f"tcp hello from {prober.network_node.ip}", f"udp hello from {prober.network_node.ip}"]
+        # stop mine's server: the same address on `theirs` must not answer in its place, from across either
+        await servers[mine].cluster.terminate()
+        again = await golem.run_service(Prober, network=mine, instance_params=[{"target": f"{base}.5"}])
+        [second] = again.instances
+        await recorder.until(lambda: bool(second.lines) or second.state is S.terminated, timeout=60)
+        assert second.lines and not any(line.startswith(("tcp hello", "udp hello")) for line in second.lines), second.lines
+        for cluster in (probers, again, servers[theirs].cluster):
+            await cluster.terminate()
+        await mine.remove()
+        await theirs.remove()
+
+
+def test_yapapi_webapp_with_its_database_on_another_provider(simulated_lan: SimulatedLan, provider_daemons,
+                                                             tmp_path: Path) -> None:
+    """yapapi's webapp example as it is, on two providers with room for one instance each: the web
+    instance reaches the database instance on the other provider; a message posted reads back."""
+    providers = [provider_daemons(simulated_lan.add_host(name), *ONE_INSTANCE_EACH) for name in ("pa", "pb")]
+    env = {**os.environ, "GOLEM_PROVIDERS": ",".join(p.pinned_address for p in providers)}
+    port = free_port()
+    script = RunningScript("webapp.py", tmp_path, "--port", str(port), "--log-file", str(tmp_path / "webapp.log"),
+                           env=env)
+    script.wait_for(r"DB instance started")
+    script.wait_for(r"Local HTTP server listening on")
+    placed = script.wait_for(r"\[<HttpService running on (provider-p.) .*<DbService running on (provider-p.) ")
+    assert placed.group(1) != placed.group(2), placed.group(0)
+    url = f"http://127.0.0.1:{port}/"
+    until_it_answers(url)
+    message = f"across providers {time.time_ns()}"
+    assert post(url, urllib.parse.urlencode({"message": message}).encode(), "application/x-www-form-urlencoded") == 200
+    assert f"<li>{message}</li>" in urllib.request.urlopen(url, timeout=20).read().decode()
+    script.process.send_signal(signal.SIGINT)
+    script.finish()
