@@ -189,3 +189,33 @@ def test_yapapi_webapp_with_its_database_on_another_provider(simulated_lan: Simu
     assert f"<li>{message}</li>" in urllib.request.urlopen(url, timeout=20).read().decode()
     script.process.send_signal(signal.SIGINT)
     script.finish()
+
+
+async def test_a_provider_that_loses_its_link_takes_only_its_own_members_away(simulated_lan: SimulatedLan,
+                                                                              provider_daemons) -> None:
+    """Three providers on one network; the third's cable is pulled: the first two go on talking
+    (after at most a few seconds of a stalled send to the third), and only its member is lost."""
+    hosts = {name: simulated_lan.add_host(name) for name in ("pa", "pb", "pc")}
+    providers = {name: provider_daemons(host, *ONE_INSTANCE_EACH) for name, host in hosts.items()}
+    recorder = Recorder()
+    base = "192.168.66"
+    async with Golem(budget=10.0, providers=[p.pinned_address for p in providers.values()], event_consumer=recorder,
+                     unresponsive_after=3) as golem:
+        network = await golem.create_network(f"{base}.1/24")
+        servers = await golem.run_service(EchoServer, network=network, num_instances=2,
+                                          network_addresses=[f"{base}.5", f"{base}.6"])
+        await recorder.until(lambda: all(s.state is S.running for s in servers.instances))
+        by_ip = {s.network_node.ip: s for s in servers.instances}
+        doomed = by_ip[f"{base}.6"]
+        cut = next(name for name, p in providers.items() if p.provider_id == doomed.provider_id)
+        hosts[cut].link_down()
+        probers = await golem.run_service(Prober, network=network, instance_params=[{"target": f"{base}.5"}])
+        [prober] = probers.instances
+        await recorder.until(lambda: bool(prober.lines) or prober.state is S.terminated, timeout=60)
+        assert prober.lines == [f"tcp hello from {prober.network_node.ip}", f"udp hello from {prober.network_node.ip}"]
+        await recorder.until(lambda: doomed.state in (S.unresponsive, S.terminated), timeout=60)
+        assert by_ip[f"{base}.5"].state is S.running
+        hosts[cut].link_up()
+        await probers.terminate()
+        await servers.terminate()
+        await network.remove()

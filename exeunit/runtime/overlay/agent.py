@@ -49,6 +49,7 @@ MAX_HELLO = 1024
 HANDSHAKE_SECONDS = 5.0
 DIAL_FIRST, DIAL_MOST = 0.1, 2.0  # seconds between attempts at a peer: doubling from the first to the most
 PEER_TIMEOUT_MS = 5000
+SEND_STALL_SECONDS = 2
 SOCKET_BUFFER = 4 << 20  # bytes in flight per direction of a peer connection
 MAX_HANDSHAKES = 32  # connections being authenticated at once; more wait in the listen backlog
 TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
@@ -349,6 +350,9 @@ class Agent:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, PEER_TIMEOUT_MS)
+        # and a send that cannot go on for SEND_STALL_SECONDS gives the peer up (its frames then go
+        # through the relay) rather than holding up the frames of the network's other peers
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", SEND_STALL_SECONDS, 0))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
