@@ -121,3 +121,26 @@ async def test_a_proof_holds_for_one_call_to_one_provider_of_one_method_now(daem
             raise AssertionError("a stale proof was accepted")
         except grpc.aio.AioRpcError as exc:
             assert exc.code() is grpc.StatusCode.UNAUTHENTICATED and "set this host's clock right" in exc.details()
+
+
+async def test_a_second_proof_in_one_call_is_refused(daemons) -> None:
+    """A caller's own valid proof, followed by another requestor's recent nonce: refused outright
+    (the daemon must never pair one proof's verification with another's nonce)."""
+    import grpc
+
+    from exeunit.v1 import activity_pb2 as act
+    from exeunit.v1 import identity as wire
+    from tests.client import identity_named
+
+    server = await daemons.start()
+    async with ContractClient(f"127.0.0.1:{server.port}", None) as raw:
+        method = "/exeunit.v1.Activity/ListActivities"
+        victims = dict(identity_named("victim-of-nonces").proof(raw.provider_id, method))
+        await raw.activity.ListActivities(act.ListActivitiesRequest(), metadata=tuple(victims.items()))
+        mine = identity_named("nonce-thief").proof(raw.provider_id, method)
+        try:
+            await raw.activity.ListActivities(act.ListActivitiesRequest(), metadata=(
+                *mine, (wire.NONCE_METADATA, victims[wire.NONCE_METADATA])))
+            raise AssertionError("a call with two nonces was answered")
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() is grpc.StatusCode.UNAUTHENTICATED and "given twice" in exc.details()

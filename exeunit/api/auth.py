@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 AUTHORIZATION_KEY = "authorization"
 OPEN_SERVICES = ("/grpc.health.v1.Health/",)
 ANONYMOUS_METHODS = ("/exeunit.v1.Market/GetOffer",)
+PROOF_KEYS = frozenset({identity.KEY_METADATA, identity.TIME_METADATA, identity.NONCE_METADATA,
+                        identity.SIGNATURE_METADATA})
 MAX_KEY_BYTES = 512
 MAX_SIGNATURE_BYTES = 256
 # Proofs seen are remembered until they could no longer be accepted anyway; verifying one costs the
@@ -66,10 +68,10 @@ class Caller:
     def identify(self, context: grpc.aio.ServicerContext, anonymous_ok: bool = False) -> str:
         """The proven requestor id; "" for an anonymous call to a handler that takes one."""
         key = nonce = None
-        for name, value in context.invocation_metadata() or ():
-            if name == identity.KEY_METADATA:
+        for name, value in context.invocation_metadata() or ():  # the first of each, as CallGate read them
+            if name == identity.KEY_METADATA and key is None:
                 key = value
-            elif name == identity.NONCE_METADATA:
+            elif name == identity.NONCE_METADATA and nonce is None:
                 nonce = value
         requestor_id = self._proofs.proven(nonce) if self._proofs and key and isinstance(nonce, str) else ""
         if not requestor_id:
@@ -200,6 +202,8 @@ class CallGate(grpc.aio.ServerInterceptor):
             return handler
         metadata: dict[str, str | bytes] = {}
         for key, value in details.invocation_metadata or ():
+            if key in PROOF_KEYS and key in metadata:  # one proof per call: a second could name another's nonce
+                return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED, f"{key} is given twice; send one proof")
             metadata.setdefault(key, value)
         if self._expected is not None:
             given = metadata.get(AUTHORIZATION_KEY, "")
