@@ -123,19 +123,23 @@ class SegmentedJournal:
             return []
         found: list[BatchEvent] = []
         size = 0
+        expected = sequence
         for number in sorted(n for n in segments if n >= numbers[-1]):
             try:
                 data = self._path(number).read_bytes()
             except FileNotFoundError:  # dropped meanwhile
                 break
             for event in self.replay_segment(data).events:
-                if event.sequence < sequence:
+                if event.sequence < expected:
                     continue
+                if event.sequence != expected:  # a gap: the end of a segment still being written
+                    return found  # what is contiguous; the reader asks again from there
                 found.append(event)
+                expected += 1
                 size += len(event.data) + 64
             if size >= max_bytes:
                 break
-        return found if found and found[0].sequence == sequence else []
+        return found
 
     # Results
 
