@@ -5,7 +5,6 @@ round trips between instances on different providers, direct and relayed through
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from datetime import timedelta
 from collections.abc import Callable
 from typing import Any
@@ -96,11 +95,7 @@ async def measure(relayed: bool, megabytes: int, states: Any) -> dict[str, tuple
                               "--price-cpu-sec", "0.00001", "--name", "span-b")
         try:
             if relayed:
-                for host, other in ((cheap.host, dear.host), (dear.host, cheap.host)):
-                    rules = (f"table inet partition {{ chain in {{ type filter hook input priority 0; "
-                             f"ip saddr {other.address} drop; }}; }}")
-                    subprocess.run(["ip", "netns", "exec", host.netns, "nft", "-f", "-"], input=rules, text=True,
-                                   check=True)
+                lan.partition(cheap.host, dear.host)
             async with Golem(budget=100.0, providers=[cheap.pinned_address, dear.pinned_address],
                              event_consumer=states) as golem:
                 network = await golem.create_network("192.168.70.1/24")

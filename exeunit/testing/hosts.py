@@ -12,6 +12,7 @@ this process's own namespace in too, so that a test can talk to the hosts direct
 (to check what travels in clear).
 
 Faults, as a real network has them: `link_down()` / `link_up()` pull and replug a host's cable;
+`lan.partition(a, b)` cuts two hosts off from each other only;
 `impair(loss_percent=..., rate_kbit=..., delay_ms=...)` drops a share of its packets both ways
 (nftables' random numbers), caps its bandwidth both ways (`tc tbf`) and delays them (`tc netem`,
 where the kernel has it: CONFIG_NET_SCH_NETEM; otherwise asking for delay raises, saying so);
@@ -76,6 +77,7 @@ while True:
 
 NO_NETEM = "this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM), so delay cannot be simulated here"
 IMPAIRMENT_TABLE = "exsim_impair"
+PARTITION_TABLE = "exsim_partition"
 
 
 @dataclass
@@ -124,14 +126,22 @@ class SimulatedHost:
         if loss_percent:
             threshold = round(loss_percent * 100)  # of 10,000
             chance = "" if threshold >= 10000 else f"numgen random mod 10000 < {threshold} "
-            rules = f"""table inet {IMPAIRMENT_TABLE} {{
+            self._nft(f"""table inet {IMPAIRMENT_TABLE} {{
                 chain inbound {{ type filter hook input priority 0; iifname "eth0" {chance}drop; }}
                 chain outbound {{ type filter hook output priority 0; oifname "eth0" {chance}drop; }}
-            }}"""
-            done = subprocess.run(["ip", "netns", "exec", self.netns, "nft", "-f", "-"], input=rules,
-                                  capture_output=True, text=True, timeout=30)
-            if done.returncode != 0:
-                raise SimulationError(f"nft on host {self.name} failed: {done.stderr.strip()}")
+            }}""")
+
+    def refuse_from(self, other: SimulatedHost) -> None:
+        """Drops everything `other` sends this host (one half of SimulatedLan.partition)."""
+        self._nft(f"""table inet {PARTITION_TABLE} {{
+            chain inbound {{ type filter hook input priority 0; ip saddr {other.address} drop; }}
+        }}""")
+
+    def _nft(self, rules: str) -> None:
+        done = subprocess.run(["ip", "netns", "exec", self.netns, "nft", "-f", "-"], input=rules,
+                              capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise SimulationError(f"nft on host {self.name} failed: {done.stderr.strip()}")
 
     def clear_impairment(self) -> None:
         for netns, device in ((self.lan.switch, self.port), (self.netns, "eth0")):
@@ -214,6 +224,12 @@ class SimulatedLan:
         host = SimulatedHost(name, address, netns, port, self)
         self.hosts[name] = host
         return host
+
+    def partition(self, one: SimulatedHost, other: SimulatedHost) -> None:
+        """Cuts the two hosts off from each other, both ways, while each still reaches every other
+        host (a firewall between two providers that both reach the requestor)."""
+        one.refuse_from(other)
+        other.refuse_from(one)
 
     def capture(self) -> Capture:
         """Starts recording the frames crossing the switch; `stop()` returns them."""
