@@ -74,14 +74,20 @@ class Control:
         self.send(b"S", json.dumps(fields).encode())
 
     def relay_out(self, network: str, peer: str, sealed: bytes) -> None:
-        header = json.dumps({"network": network, "peer": peer}).encode()
-        self.send(b"O", struct.pack("!H", len(header)) + header + sealed)
+        self.send(b"O", relay_body(network, peer, sealed))
 
 
-def relay_message(network: str, peer: str, sealed: bytes) -> bytes:
-    """An `R` message for the agent (what the daemon sends with a frame the requestor relayed)."""
+def relay_body(network: str, peer: str, sealed: bytes) -> bytes:
+    """A relayed frame on the control channel (after its kind byte: `R` in, `O` out)."""
     header = json.dumps({"network": network, "peer": peer}).encode()
-    return b"R" + struct.pack("!H", len(header)) + header + sealed
+    return struct.pack("!H", len(header)) + header + sealed
+
+
+def parse_relay_body(body: bytes) -> tuple[str, str, bytes]:
+    """(network, peer, sealed) of a relay_body."""
+    (size,) = struct.unpack("!H", body[:2])
+    header = json.loads(body[2:2 + size])
+    return header["network"], header["peer"], body[2 + size:]
 
 
 @dataclass
@@ -220,12 +226,11 @@ class Agent:
     def _handle(self, message: bytes) -> None:
         kind, body = message[:1], message[1:]
         if kind == b"R":
-            (size,) = struct.unpack("!H", body[:2])
-            header = json.loads(body[2:2 + size])
-            network = self.networks.get(header["network"])
-            if network is not None and header["peer"] in network.peers:
+            wire_id, sender, sealed = parse_relay_body(body)
+            network = self.networks.get(wire_id)
+            if network is not None and sender in network.peers:
                 try:
-                    network.deliver(header["peer"], network.relay.open(header["peer"], body[2 + size:]))
+                    network.deliver(sender, network.relay.open(sender, sealed))
                 except SealError as exc:
                     log.debug("relayed frame refused: %s", exc)
             return

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import socket
-import struct
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
 
-from exeunit.runtime.overlay.agent import MAX_FRAME, relay_message
+from exeunit.runtime.overlay.agent import MAX_FRAME, parse_relay_body, relay_body
 
 RelayHandler = Callable[[str, str, bytes], None]  # (network, peer, sealed frame): for the requestor to relay
 StatusHandler = Callable[[dict], None]
@@ -65,9 +64,7 @@ class AgentProcess:
                 return
             kind, body = message[:1], message[1:]
             if kind == b"O":
-                (size,) = struct.unpack("!H", body[:2])
-                header = json.loads(body[2:2 + size])
-                self._on_relay(header["network"], header["peer"], body[2 + size:])
+                self._on_relay(*parse_relay_body(body))
             elif kind == b"S":
                 self._on_status(json.loads(body))
 
@@ -85,7 +82,7 @@ class AgentProcess:
 
     def relay_in(self, network: str, peer: str, sealed: bytes) -> None:
         """A frame `peer` sent through the requestor (dropped when the agent is behind: never waits)."""
-        self._send(relay_message(network, peer, sealed), droppable=True)
+        self._send(b"R" + relay_body(network, peer, sealed), droppable=True)
 
     def close(self) -> None:
         try:  # shutdown, not only close: it wakes the reading thread and tells the agent at once
