@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from exeunit.api.announce import Announcement, announced_addresses
+from exeunit.api.announce import Announcement
 from exeunit.api.handlers import add_service
 from exeunit.services.provider import Provider
 from exeunit.api.servicers import (
@@ -138,22 +138,22 @@ async def create_server(provider: Provider, address: str, token: str | None = No
 
 async def serve_until_signalled(provider: Provider, address: str, token: str | None,
                                 keep_activities: bool = False, admin_socket: Path | None = None,
-                                tls: tuple[bytes, bytes] | None = None, announce: bool = False) -> None:
+                                tls: tuple[bytes, bytes] | None = None, announce: list[str] | None = None) -> None:
     """Serves until SIGTERM or SIGINT, then shuts down cleanly (see RunningServer.stop); with
-    `announce`, published on the LAN with mDNS meanwhile."""
+    `announce` (the addresses to publish, exeunit.api.announce.announced_addresses), published on
+    the LAN with mDNS meanwhile."""
     loop = asyncio.get_running_loop()
     # Every Docker call runs in a worker thread: enough of them for many activities at once.
     loop.set_default_executor(ThreadPoolExecutor(max_workers=DOCKER_CALL_THREADS, thread_name_prefix="docker-call"))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before serving: a signal during start-up is not lost
         loop.add_signal_handler(sig, stop.set)
-    addresses = announced_addresses(address.rpartition(":")[0]) if announce else []  # ValueError before serving
     running = await create_server(provider, address, token, admin_socket, tls)
     announcement = None
     try:
         if announce:
             settings = provider.settings
-            announcement = Announcement(settings.provider_id, settings.name, settings.subnet_tag, addresses,
+            announcement = Announcement(settings.provider_id, settings.name, settings.subnet_tag, announce,
                                         running.port, tls is not None)
             await announcement.publish()
         await stop.wait()

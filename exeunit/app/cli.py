@@ -126,9 +126,10 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"exeunit: {exc}", file=sys.stderr)
         return 2
+    announce = None
     if args.announce:
         try:
-            announced_addresses(args.listen.rpartition(":")[0])
+            announce = announced_addresses(args.listen.rpartition(":")[0])
         except ValueError as exc:
             print(f"exeunit: {exc}", file=sys.stderr)
             return 2
@@ -161,7 +162,7 @@ def serve(args: argparse.Namespace) -> int:
                 tls = keys.tls_credentials(keys.load_or_create(home.identity.key_file),
                                            home.path / keys.CERTIFICATE_FILE)
             asyncio.run(serve_until_signalled(provider, args.listen, token, args.keep_activities_on_shutdown,
-                                              home.path / ADMIN_SOCKET, tls, args.announce))
+                                              home.path / ADMIN_SOCKET, tls, announce))
         finally:
             state.close()
             if exporter is not None:
