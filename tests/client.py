@@ -5,7 +5,6 @@ assert exact status codes and messages."""
 from __future__ import annotations
 
 import hashlib
-import ssl
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -23,9 +22,7 @@ from exeunit.v1 import network_pb2 as net
 from exeunit.v1 import network_pb2_grpc as net_grpc
 from exeunit.v1 import transfer_pb2 as xfer
 from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
-from requestor.client.connect import (
-    CallSigner, KnownProviders, ProviderAddress, certified_id, check_identity, fetch_certificate,
-)
+from requestor.client.connect import CallSigner, KnownProviders, OfferRefused, ProviderAddress, connect
 from requestor.client.identity import RequestorIdentity
 
 CHUNK = 1 << 20
@@ -92,21 +89,11 @@ class ContractClient:
         options = [("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 64 << 20)]
         signer = CallSigner(self.identity or RequestorIdentity.ephemeral())
         interceptors = signer.interceptors() if self.identity is not None else []
-        certificate = await fetch_certificate(where)
-        if certificate is not None:  # checked as the requestor library checks it
-            self.provider_id = certified_id(certificate)
-            check_identity(where, self.provider_id, KnownProviders())
-            credentials = grpc.ssl_channel_credentials(root_certificates=ssl.DER_cert_to_PEM_cert(certificate).encode())
-            self.channel = grpc.aio.secure_channel(
-                where.hostport, credentials, options=[*options, ("grpc.ssl_target_name_override", self.provider_id)],
-                interceptors=interceptors)
-        else:
+        try:  # checked as the requestor library checks it
+            connection = await connect(where, options, KnownProviders(), self.metadata, interceptors)
+            self.channel, self.provider_id = connection.channel, connection.provider_id
+        except OfferRefused:  # a wrong token, say: the calls go unsigned and the test sees how they are refused
             self.channel = grpc.aio.insecure_channel(where.hostport, options=options, interceptors=interceptors)
-            try:
-                offer = await mkt_grpc.MarketStub(self.channel).GetOffer(mkt.GetOfferRequest(), metadata=self.metadata)
-                self.provider_id = offer.offer.provider_id
-            except grpc.aio.AioRpcError:
-                pass  # a wrong token, say: the calls go unsigned and the test sees how they are refused
         signer.provider_id = self.provider_id or None
         self.market = mkt_grpc.MarketStub(self.channel)
         self.activity = act_grpc.ActivityStub(self.channel)

@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import os
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,11 @@ GET_OFFER = "/exeunit.v1.Market/GetOffer"
 
 class ProviderIdentityError(RequestorError):
     """The provider at an address is not (or cannot prove it is) the provider expected there."""
+
+
+class OfferRefused(ProviderIdentityError):
+    """A plaintext (loopback) provider would not give its offer, so its id is not known (a wrong
+    token, say)."""
 
 
 @dataclass(frozen=True)
@@ -223,10 +229,11 @@ class Connection:
 
 
 async def connect(address: ProviderAddress, options: list[tuple[str, Any]], known: KnownProviders | None = None,
-                  metadata: tuple[tuple[str, str], ...] = ()) -> Connection:
+                  metadata: tuple[tuple[str, str], ...] = (),
+                  interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> Connection:
     """A channel to the provider at `address`, its identity checked (see the module's docstring).
-    The caller signs its calls for `provider_id` (RequestorIdentity.proof). `metadata` goes with
-    the offer asked for on loopback (a token)."""
+    The caller signs its calls for `provider_id` (RequestorIdentity.proof, or a CallSigner's
+    `interceptors`). `metadata` goes with the offer asked for on loopback (a token)."""
     certificate = await fetch_certificate(address)
     if certificate is None:
         if not address.is_loopback:
@@ -234,7 +241,7 @@ async def connect(address: ProviderAddress, options: list[tuple[str, Any]], know
                 f"provider {address.hostport} does not speak TLS, and beyond loopback nothing else is trusted: "
                 "is it an exeunit daemon (older ones listened in plaintext)?"
             )
-        channel = grpc.aio.insecure_channel(address.hostport, options=options)
+        channel = grpc.aio.insecure_channel(address.hostport, options=options, interceptors=interceptors)
         try:
             offer = await mkt_grpc.MarketStub(channel).GetOffer(mkt.GetOfferRequest(), metadata=metadata,
                                                                 timeout=HANDSHAKE_TIMEOUT)
@@ -242,8 +249,8 @@ async def connect(address: ProviderAddress, options: list[tuple[str, Any]], know
             await channel.close()
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise ProviderUnreachableError(f"provider {address.hostport} did not answer: {exc.details()}") from None
-            raise ProviderIdentityError(f"provider {address.hostport} did not say who it is: "
-                                        f"{exc.code().name}: {exc.details()}") from None
+            raise OfferRefused(f"provider {address.hostport} did not say who it is: "
+                               f"{exc.code().name}: {exc.details()}") from None
         provider_id = offer.offer.provider_id
         if address.pinned_id is not None and provider_id != address.pinned_id:
             await channel.close()
@@ -255,6 +262,6 @@ async def connect(address: ProviderAddress, options: list[tuple[str, Any]], know
     pem = ssl.DER_cert_to_PEM_cert(certificate).encode()
     channel = grpc.aio.secure_channel(
         address.hostport, grpc.ssl_channel_credentials(root_certificates=pem),
-        options=[*options, ("grpc.ssl_target_name_override", provider_id)],
+        options=[*options, ("grpc.ssl_target_name_override", provider_id)], interceptors=interceptors,
     )
     return Connection(channel, provider_id, tls=True)
