@@ -257,6 +257,50 @@ def command_script(*argv: str) -> Callable[..., object]:
     return make
 
 
+async def true_round_trip(worker: Worker) -> float:
+    """Seconds for `run /bin/true` on `worker`, as the requestor sees it."""
+    elapsed = stopwatch()
+    await worker.submit(command_script("/bin/true"))
+    return elapsed()
+
+
+def raw_true(container) -> Callable[[], Awaitable[float]]:
+    """The raw counterpart: seconds for `exec_run(["true"])` on `container`."""
+    async def measure() -> float:
+        elapsed = stopwatch()
+        await asyncio.to_thread(container.exec_run, ["true"])
+        return elapsed()
+
+    return measure
+
+
+class OutputRate:
+    """MiB/s of `size` bytes of stdout streamed to the requestor by a worker, checked whole; the
+    golems it measures through count the bytes (`add_event_consumer(rate.count, ...)`)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.received = 0
+
+    def count(self, event: events.Event) -> None:
+        if isinstance(event, events.CommandStdOut):
+            self.received += len(event.output)
+
+    def flood(self, ctx):
+        script = ctx.new_script()
+        script.run("/usr/bin/head", "-c", str(self.size), "/dev/zero", output_limit=0)  # streamed, not kept: as raw
+        return script
+
+    async def of(self, worker: Worker) -> float:
+        self.received = 0
+        elapsed = stopwatch()
+        await worker.submit(self.flood)
+        took = elapsed()
+        if self.received != self.size:
+            raise SystemExit(f"output lost: {self.received} of {self.size} bytes arrived")
+        return self.size / took / MIB
+
+
 async def case_exec(golem: Golem, client: docker.DockerClient, states: States, rounds: int,
                     executor: str) -> Row:
     """`run /bin/true` through the agent (the base image) or docker exec (an image without python3)."""
@@ -267,15 +311,9 @@ async def case_exec(golem: Golem, client: docker.DockerClient, states: States, r
     container = raw_container(client)
 
     async def ours() -> float:
-        elapsed = stopwatch()
-        await worker.submit(command_script("/bin/true"))
-        return elapsed()
+        return await true_round_trip(worker)
 
-    async def raw() -> float:
-        elapsed = stopwatch()
-        await asyncio.to_thread(container.exec_run, ["true"])
-        return elapsed()
-
+    raw = raw_true(container)
     for _ in range(3):  # warm up both paths
         await ours()
         await raw()
@@ -392,27 +430,11 @@ async def case_output(golem: Golem, client: docker.DockerClient, states: States,
     [worker] = cluster.instances
     await states.until(lambda: worker.state is ServiceState.running)
     container = raw_container(client)
-    received = {"bytes": 0}
-
-    def count(event: events.Event) -> None:
-        if isinstance(event, events.CommandStdOut):
-            received["bytes"] += len(event.output)
-
-    golem.add_event_consumer(count, (events.CommandStdOut,))
-
-    def flood(ctx):
-        script = ctx.new_script()
-        script.run("/usr/bin/head", "-c", str(size), "/dev/zero", output_limit=0)  # streamed, not kept: as raw
-        return script
+    rate = OutputRate(size)
+    golem.add_event_consumer(rate.count, (events.CommandStdOut,))
 
     async def ours() -> float:
-        received["bytes"] = 0
-        elapsed = stopwatch()
-        await worker.submit(flood)
-        took = elapsed()
-        if received["bytes"] != size:
-            raise SystemExit(f"output lost: {received['bytes']} of {size} bytes arrived")
-        return size / took / MIB
+        return await rate.of(worker)
 
     def raw_flood() -> float:
         elapsed = stopwatch()
@@ -617,57 +639,29 @@ async def case_remote(golem: Golem, client: docker.DockerClient, states: States,
                 await states.until(lambda: far.state is ServiceState.running and near.state is ServiceState.running)
                 container = raw_container(client)
 
-                async def true_on(worker: Worker) -> float:
-                    elapsed = stopwatch()
-                    await worker.submit(command_script("/bin/true"))
-                    return elapsed()
-
-                async def raw_true() -> float:
-                    elapsed = stopwatch()
-                    await asyncio.to_thread(container.exec_run, ["true"])
-                    return elapsed()
-
-                received = {"bytes": 0}
-
-                def count(event: events.Event) -> None:
-                    if isinstance(event, events.CommandStdOut):
-                        received["bytes"] += len(event.output)
-
-                golem.add_event_consumer(count, (events.CommandStdOut,))
-                remote.add_event_consumer(count, (events.CommandStdOut,))
-
-                def flood(ctx):
-                    script = ctx.new_script()
-                    script.run("/usr/bin/head", "-c", str(size), "/dev/zero", output_limit=0)
-                    return script
-
-                async def output_of(worker: Worker) -> float:
-                    received["bytes"] = 0
-                    elapsed = stopwatch()
-                    await worker.submit(flood)
-                    took = elapsed()
-                    if received["bytes"] != size:
-                        raise SystemExit(f"output lost: {received['bytes']} of {size} bytes arrived")
-                    return size / took / MIB
+                raw = raw_true(container)
+                output = OutputRate(size)
+                golem.add_event_consumer(output.count, (events.CommandStdOut,))
+                remote.add_event_consumer(output.count, (events.CommandStdOut,))
 
                 for _ in range(3):  # warm up every path
-                    await true_on(far), await true_on(near), await raw_true()
-                tls, plain, raw = [], [], []
+                    await true_round_trip(far), await true_round_trip(near), await raw()
+                tls, plain, raw_times = [], [], []
                 for _ in range(rounds):
-                    tls.append(await true_on(far))
-                    plain.append(await true_on(near))
-                    raw.append(await raw_true())
+                    tls.append(await true_round_trip(far))
+                    plain.append(await true_round_trip(near))
+                    raw_times.append(await raw())
                 tls_out, plain_out = [], []
-                await output_of(far), await output_of(near)
+                await output.of(far), await output.of(near)
                 for _ in range(max(3, rounds // 3)):
-                    tls_out.append(await output_of(far))
-                    plain_out.append(await output_of(near))
+                    tls_out.append(await output.of(far))
+                    plain_out.append(await output.of(near))
                 container.remove(force=True, v=True)
                 for cluster in (far.cluster, near.cluster):
                     await cluster.terminate()
         finally:
             provider.stop()
-    a, b, c = (statistics.median(x) for x in (tls, plain, raw))
+    a, b, c = (statistics.median(x) for x in (tls, plain, raw_times))
     out_tls, out_plain = statistics.median(tls_out), statistics.median(plain_out)
     return [
         Row("exec over TLS, other host", a * 1000, c * 1000, "ms", a / c, "ratio <= 0.1", a / c <= 0.1,
