@@ -4,10 +4,12 @@ Instances on one network reach each other by address, on any port, TCP and UDP; 
 reaches them or is reached by them. The requestor holds the address plan (`nodes_dict`, first
 free address first, an ended instance's address free again); each provider that hosts a member
 holds its own part of the network (exeunit's Network service), created when the first instance
-lands there. Instances may sit on any providers: each provider's part gets the network's secret
-(32 random bytes made here, which seal the frames between providers) and the list of the other
-providers (`SetNetworkPeers` when one joins); the providers' overlays send frames directly to
-each other where they can, and through this requestor (requestor.relay) where they cannot.
+lands there. Instances may sit on any providers: each provider's part gets the list of the other
+providers by id (`SetNetworkPeers` when one joins); the providers' overlays link up over TLS,
+each end proving the provider id named here with its key, directly where they can and through
+this requestor (requestor.relay) where they cannot. No secret is shared: the requestor relays
+sessions it cannot read, and a provider removed from the network holds nothing that opens the
+others' traffic.
 
 The requestor itself is not on the network (there is no VPN to the requestor's host): it reaches
 an instance's port through a tunnel (`requestor.contrib.service.socket_proxy.SocketProxy`,
@@ -20,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import os
 import uuid
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
@@ -115,7 +116,6 @@ class Network:
         self._hosts: dict[str, ProviderClient] = {}  # providers where it exists, by provider id
         self.placement = asyncio.Lock()  # held by the instance choosing a provider (the runner's)
         self.suspended = False  # a cluster on it was suspended: it stays on its providers when Golem stops
-        self.secret = os.urandom(32)  # seals its frames between providers
         self.relay: Relay | None = None  # set by Golem: frames between providers that cannot reach each other
         self._endpoints: dict[str, str] = {}  # overlay host:port of each provider it is on
         owner = str(self._checked(owner_ip)) if owner_ip else self._next_address()
@@ -227,7 +227,6 @@ class Network:
             "owner_ip": self._owner_ip,
             "state": self._state.value,
             "nodes": self.nodes_dict,
-            "overlay_secret": self.secret.hex(),  # ours: the providers' parts keep sealing with it
         }
 
     @classmethod
@@ -237,8 +236,6 @@ class Network:
         network = cls(obj_dict["ip"], obj_dict.get("owner_id") or owner_id or "", obj_dict.get("owner_ip"),
                       gateway=obj_dict.get("gateway"))
         network._network_id = str(obj_dict["_network_id"])
-        if obj_dict.get("overlay_secret"):
-            network.secret = bytes.fromhex(obj_dict["overlay_secret"])
         if obj_dict.get("state") in (NetworkState.removing.value, NetworkState.removed.value):
             network._state = NetworkState.removed
         return network
@@ -273,7 +270,7 @@ class Network:
         others = {p: e for p, e in self._endpoints.items() if p != provider_id}
         if offer.overlay_endpoint:
             await client.create_network(self._network_id, self._ip_network.with_prefixlen, self._gateway or "",
-                                        self.secret, others)
+                                        True, others)
         elif others or any(p != provider_id for p in self._hosts):
             raise NetworkError(f"provider {offer.provider_name} cannot join a network that spans providers "
                                "(its offer has no overlay_port)")

@@ -1,20 +1,27 @@
-"""The overlay agent (exeunit.runtime.overlay, issue 20's data plane) on simulated hosts: two
-providers' halves of one network carry TCP between their members, directly when the hosts reach
-each other and through a relay (this test, standing in for the requestor) when they do not,
-sealed either way; a host without the network's secret reaches no member."""
+"""The overlay agent (exeunit.runtime.overlay, issue 20's data plane, on TLS since issue 25) on
+simulated hosts: two providers' halves of one network carry TCP between their members, directly
+when the hosts reach each other and through a relay (this test, standing in for the requestor)
+when they do not; each link is TLS 1.3 authenticated as the provider the requestor named, so a
+host without a member's key, a member claiming to be another, a removed member and a replay
+after a restart all reach no member; slow handshakes hold up no real peer; tables are bounded."""
 
 from __future__ import annotations
 
-import os
+import ipaddress
+import json
 import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from exeunit.runtime.overlay.process import AgentProcess
+from exeunit.persistence import keys
+from exeunit.runtime.overlay.addresses import PeerAddressPolicy
+from exeunit.runtime.overlay.process import AgentOptions, AgentProcess
 from exeunit.testing.hosts import SimulatedHost, SimulatedLan
 
 SUBNET = "192.168.90"
@@ -31,14 +38,23 @@ SINK = ("import socket, time\n"
         "print(n, seen, time.monotonic() - started, flush=True)\n")
 
 
+def provider_files(directory: Path) -> AgentOptions:
+    """A provider's key and certificate, as a daemon's home holds them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = keys.load_or_create(directory / keys.KEY_FILE)
+    keys.tls_credentials(key, directory / keys.CERTIFICATE_FILE)
+    return AgentOptions(str(directory / keys.CERTIFICATE_FILE), str(directory / keys.KEY_FILE), macs_per_network=64)
+
+
 class ProviderHalf:
     """What a provider holds of one network: its namespace with a bridge, one member on it (a
     namespace with eth0 at `ip`, MTU 65000), and its overlay agent on the provider's host."""
 
-    def __init__(self, host: SimulatedHost, tag: str, ip: str, relay) -> None:
+    def __init__(self, host: SimulatedHost, tag: str, ip: str, relay, files: Path) -> None:
         self.host = host
         self.netns, self.member = f"exov-{tag}-n", f"exov-{tag}-m"
         self.ip = ip
+        self.options = provider_files(files)
         for command in (
             f"netns add {self.netns}", f"-n {self.netns} link add br0 type bridge", f"-n {self.netns} link set br0 up",
             f"netns add {self.member}", f"-n {self.member} link set lo up",
@@ -48,8 +64,13 @@ class ProviderHalf:
         ):
             subprocess.run(["ip", *command.split()], check=True, capture_output=True)
         self.paths: list[dict] = []
-        self.agent = AgentProcess(f"{host.address}:0", relay, self.paths.append,
-                                  prefix=["nsenter", f"--net=/run/netns/{host.netns}", "--"])
+        self.relay = relay
+        self.start_agent()
+
+    def start_agent(self) -> None:
+        self.agent = AgentProcess(f"{self.host.address}:0", self.options, lambda *m: self.relay(self, *m),
+                                  self.paths.append, prefix=["nsenter", f"--net=/run/netns/{self.host.netns}", "--"])
+        self.node = self.agent.node
 
     @property
     def endpoint(self) -> str:
@@ -58,6 +79,17 @@ class ProviderHalf:
     def run(self, code: str, **popen) -> subprocess.Popen:
         return subprocess.Popen(["ip", "netns", "exec", self.member, sys.executable, "-c", code], text=True, **popen)
 
+    def stats(self, timeout: float = 5.0) -> dict:
+        self.agent.request_stats()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [p for p in self.paths if p.get("op") == "stats"]
+            if found:
+                self.paths.remove(found[-1])
+                return found[-1]["networks"]
+            time.sleep(0.02)
+        raise AssertionError("the agent did not answer with its stats")
+
     def close(self) -> None:
         self.agent.close()
         for name in (self.member, self.netns):
@@ -65,31 +97,41 @@ class ProviderHalf:
 
 
 @pytest.fixture
-def halves(simulated_lan: SimulatedLan):
+def halves(simulated_lan: SimulatedLan, tmp_path: Path):
+    """Two (or, with `add`, more) providers' halves, and the relay standing in for the requestor:
+    while `relayed["on"]`, it carries each message to the provider named, counting and keeping them."""
     made: list[ProviderHalf] = []
-    relayed: dict[str, int] = {"frames": 0}
+    relayed: dict = {"frames": 0, "messages": [], "on": False}
 
-    def relay(network: str, peer: str, sealed: bytes) -> None:  # the requestor's part, when asked
+    def relay(sender: ProviderHalf, network: str, peer: str, message: bytes) -> None:
         target = next((h for h in made if h.node == peer), None)
-        sender = next(h for h in made if h.node != peer)
-        if target is not None and relayed.get("on"):
+        if target is not None and relayed["on"]:
             relayed["frames"] += 1
-            target.agent.relay_in(network, sender.node, sealed)
+            relayed["messages"].append((sender.node, peer, network, message))
+            target.agent.relay_in(network, sender.node, message)
 
     tag = secrets.token_hex(3)
-    for index, name in enumerate(("pa", "pb")):
-        half = ProviderHalf(simulated_lan.add_host(name), f"{tag}{index}", f"{SUBNET}.{index + 2}", relay)
-        half.node = f"0x{index + 1:040x}"
+
+    def add(name: str) -> ProviderHalf:
+        index = len(made)
+        half = ProviderHalf(simulated_lan.add_host(name), f"{tag}{index}", f"{SUBNET}.{index + 2}", relay,
+                            tmp_path / name)
         made.append(half)
+        return half
+
+    add("pa")
+    add("pb")
+    made.sort(key=lambda h: h.node)  # made[0] dials made[1]
+    relayed["add"] = add
     yield made, relayed
     for half in made:
         half.close()
 
 
-def join_all(made: list[ProviderHalf], secret: bytes, network: str = "net-1") -> None:
+def join_all(made: list[ProviderHalf], network: str = "net-1") -> None:
     peers = {h.node: h.endpoint for h in made}
     for half in made:
-        half.agent.join(network, half.netns, secret, half.node, peers)
+        half.agent.join(network, half.netns, peers)
 
 
 def stream(sender: ProviderHalf, receiver: ProviderHalf, megabytes: int) -> tuple[int, bool, float]:
@@ -109,18 +151,33 @@ def stream(sender: ProviderHalf, receiver: ProviderHalf, megabytes: int) -> tupl
     return int(received), seen == "True", int(received) / float(took) / 1e6
 
 
-def wait_for_path(half: ProviderHalf, path: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(p.get("path") == path for p in half.paths):
+def reaches(sender: ProviderHalf, receiver: ProviderHalf, seconds: float = 3.0) -> bool:
+    """Whether a TCP connection from one member to the other opens within `seconds`."""
+    sink = receiver.run(SINK, stdout=subprocess.PIPE)
+    assert sink.stdout is not None and sink.stdout.readline() == "ready\n"
+    probe = sender.run(f"import socket\nsocket.create_connection(('{receiver.ip}', 7100), timeout={seconds}).close()\n",
+                       stderr=subprocess.DEVNULL)
+    opened = probe.wait(seconds + 10) == 0
+    sink.kill()
+    sink.wait()
+    return opened
+
+
+def wait_for_path(half: ProviderHalf, path: str, peer: str | None = None, timeout: float = 10.0) -> float:
+    """Seconds until `half` reports `path` (to `peer`, when given)."""
+    started = deadline = time.monotonic()
+    deadline += timeout
+    while not any(p.get("path") == path and peer in (None, p.get("peer")) for p in half.paths):
         assert time.monotonic() < deadline, f"no {path} path: {half.paths}"
         time.sleep(0.05)
+    return time.monotonic() - started
 
 
-def test_members_on_two_providers_talk_directly_sealed(simulated_lan: SimulatedLan, halves) -> None:
+def test_members_on_two_providers_talk_directly_over_tls(simulated_lan: SimulatedLan, halves) -> None:
     made, relayed = halves
     capture = simulated_lan.capture()
     try:
-        join_all(made, os.urandom(32))
+        join_all(made)
         wait_for_path(made[0], "direct")
         received, seen, rate = stream(made[0], made[1], 64)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:  # something in clear, to see the capture works
@@ -131,86 +188,190 @@ def test_members_on_two_providers_talk_directly_sealed(simulated_lan: SimulatedL
     assert wire.count(MARKER) >= 1 and MARKER + b"\0" * 16 not in wire  # only the one sent in clear
     assert bytes(4096) not in wire, "the stream's zeros crossed the LAN in clear"
     assert relayed["frames"] == 0
+    assert b"\x17\x03\x03" in wire, "no TLS application records on the wire"
     print(f"direct: {rate:.0f} MB/s")
 
 
-def test_providers_that_cannot_reach_each_other_are_relayed(simulated_lan: SimulatedLan, halves) -> None:
+def test_providers_that_cannot_reach_each_other_are_relayed_unreadably(simulated_lan: SimulatedLan, halves) -> None:
     made, relayed = halves
     relayed["on"] = True
     simulated_lan.partition(made[0].host, made[1].host)
-    join_all(made, os.urandom(32))
+    join_all(made)
     received, seen, rate = stream(made[0], made[1], 16)
     assert received == 16 * (1 << 20) + len(MARKER) and seen
     assert relayed["frames"] > 100
     assert not any(p.get("path") == "direct" for half in made for p in half.paths)
+    carried = b"".join(m for *_, m in relayed["messages"])
+    assert MARKER not in carried and bytes(4096) not in carried, "the relay saw the members' bytes in clear"
     print(f"relayed: {rate:.0f} MB/s")
 
 
-def test_a_host_without_the_secret_reaches_no_member(simulated_lan: SimulatedLan, halves) -> None:
+def test_relayed_messages_replayed_after_a_restart_reach_no_member(simulated_lan: SimulatedLan, halves) -> None:
+    made, relayed = halves
+    relayed["on"] = True
+    simulated_lan.partition(made[0].host, made[1].host)
+    join_all(made)
+    received, seen, _ = stream(made[0], made[1], 2)
+    assert seen
+    recorded = [m for m in relayed["messages"] if m[1] == made[1].node]
+    made[1].agent.close()  # the receiving provider restarts
+    made[1].paths.clear()
+    made[1].start_agent()
+    made[1].agent.join("net-1", made[1].netns, {h.node: h.endpoint for h in made})
+    relayed["on"] = False
+    before = made[1].stats()["net-1"]["delivered"]
+    answers: list[bytes] = []
+    made[1].relay = lambda sender, network, peer, message: answers.append(message)
+    for sender, _, network, message in recorded:
+        made[1].agent.relay_in(network, sender, message)
+    time.sleep(1)
+    assert made[1].stats()["net-1"]["delivered"] == before == 0
+    assert answers and all(a[:1] in (b"X", b"h", b"T") for a in answers)
+    assert any(a[:1] == b"X" for a in answers), "records of a session it never had were not refused"
+
+
+def test_a_host_without_the_key_reaches_no_member(simulated_lan: SimulatedLan, halves, tmp_path: Path) -> None:
     made, _ = halves
-    join_all(made, os.urandom(32))
-    wait_for_path(made[0], "direct")
+    join_all(made)
+    wait_for_path(made[1], "direct")
     stranger = simulated_lan.add_host("evil")
+    their = provider_files(tmp_path / "evil")
+    # the dialer's certificate is public: the stranger shows it, but holds another key
     attack = (
-        "import os, socket, sys\n"
-        "from exeunit.runtime.overlay.sealing import hello\n"
-        "def answer(payload):\n"
-        f"    with socket.create_connection(('{made[0].host.address}', {made[0].agent.port}), timeout=5) as raw:\n"
-        "        raw.sendall(payload); raw.settimeout(5)\n"
-        "        try: return raw.recv(100)\n"
-        "        except OSError: return b'?'\n"
+        "import socket, ssl, sys\n"
         "field = lambda b: len(b).to_bytes(4, 'big') + b\n"
-        # a hello claiming to be the other provider, sealed with a secret that is not the network's
-        f"forged = hello(os.urandom(32), 'net-1', '{made[1].node}', '{made[0].node}', os.urandom(16))\n"
-        "print(answer(b'EXOV1\\n' + field(b'net-1') + field(forged)))\n"
-        "print(answer(b'EXOV1\\n' + field(b'net-1') + field(os.urandom(200)) + os.urandom(1 << 16)))\n"
-        "print(answer(os.urandom(1 << 16)))\n"
+        f"cert = open('{made[0].options.certificate_file}', 'rb').read()\n"
+        "from cryptography import x509; from cryptography.hazmat.primitives import serialization\n"
+        "der = x509.load_pem_x509_certificate(cert).public_bytes(serialization.Encoding.DER)\n"
+        "def attempt(preamble, tls=True):\n"
+        f"    raw = socket.create_connection(('{made[1].host.address}', {made[1].agent.port}), timeout=5)\n"
+        "    raw.sendall(preamble)\n"
+        "    if not tls: raw.settimeout(8); return raw.recv(100)\n"
+        "    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n"
+        f"    ctx.load_cert_chain('{their.certificate_file}', '{their.key_file}')\n"
+        "    try:\n"
+        "        n = int.from_bytes(raw.recv(4), 'big'); raw.recv(n)\n"
+        "        s = ctx.wrap_socket(raw); s.sendall(b'x' * 100); s.settimeout(5); return s.recv(100)\n"
+        "    except (OSError, ValueError) as e: return type(e).__name__\n"
+        "print(attempt(b'EXOV2\\n' + field(b'net-1') + field(der)))\n"
+        "print(attempt(b'EXOV2\\n' + field(b'net-1') + field(bytes(300)), tls=False))\n"
+        "print(attempt(bytes(1 << 12), tls=False))\n"
     )
     done = stranger.run([sys.executable, "-c", attack], timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["b''"] * 3, done.stdout  # closed without a word, each time
-    # the genuine peer is still the only one connected, and the members still talk
-    assert [p for p in made[0].paths if p.get("path") == "direct"] == \
-        [{"op": "path", "network": "net-1", "peer": made[1].node, "path": "direct"}]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "b''" or not lines[0].startswith("b'"), lines  # TLS refused it: not a byte back
+    assert lines[1:] == ["b''", "b''"], lines  # closed without a word
+    direct = [p for p in made[1].paths if p.get("path") == "direct"]
+    assert direct == [{"op": "path", "network": "net-1", "peer": made[0].node, "path": "direct"}]
     received, seen, _ = stream(made[0], made[1], 4)
     assert received == 4 * (1 << 20) + len(MARKER) and seen
 
 
-def test_sealing_refuses_replays_and_forgeries() -> None:
-    from exeunit.runtime.overlay.sealing import RelaySealer, SealError, Session
+def test_a_member_cannot_pass_for_another_and_a_removed_one_is_cut_off(simulated_lan: SimulatedLan, halves) -> None:
+    made, relayed = halves
+    third = relayed["add"]("pc")
+    everyone = sorted(made, key=lambda h: h.node)
+    join_all(everyone)
+    for half in everyone:
+        for other in everyone:
+            if other is not half:
+                wait_for_path(half, "direct", other.node, timeout=15)
+    a, b = made[0], made[1]
+    # the third member shows a's certificate to b: it holds its own key only, so the handshake fails
+    attack = (
+        "import socket, ssl\n"
+        "from cryptography import x509; from cryptography.hazmat.primitives import serialization\n"
+        "field = lambda x: len(x).to_bytes(4, 'big') + x\n"
+        f"der = x509.load_pem_x509_certificate(open('{a.options.certificate_file}', 'rb').read())"
+        ".public_bytes(serialization.Encoding.DER)\n"
+        f"raw = socket.create_connection(('{b.host.address}', {b.agent.port}), timeout=5)\n"
+        "raw.sendall(b'EXOV2\\n' + field(b'net-1') + field(der))\n"
+        "n = int.from_bytes(raw.recv(4), 'big'); raw.recv(n)\n"
+        "ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n"
+        f"ctx.load_cert_chain('{third.options.certificate_file}', '{third.options.key_file}')\n"
+        "try:\n"
+        "    s = ctx.wrap_socket(raw); s.sendall(b'x'); s.settimeout(5); print(s.recv(10))\n"
+        "except (OSError, ValueError) as e: print('refused', type(e).__name__)\n"
+    )
+    done = third.host.run([sys.executable, "-c", attack], timeout=60)
+    assert done.returncode == 0 and (done.stdout.startswith("refused") or done.stdout == "b''\n"), \
+        (done.stdout, done.stderr)  # TLS refused it: not a byte back
+    assert [p["peer"] for p in b.paths if p.get("path") == "direct"].count(a.node) == 1, "a's link was replaced"
+    assert reaches(a, b)
+    # the requestor removes the third member from a and b: its links go, and it cannot come back
+    for half in (a, b):
+        half.agent.set_peers("net-1", {h.node: h.endpoint for h in (a, b)})
+    time.sleep(1)
+    assert not reaches(third, a) and not reaches(third, b)
+    assert reaches(a, b)
 
-    secret = os.urandom(32)
-    dialer, acceptor = Session(secret, b"a" * 16, b"b" * 16, True), Session(secret, b"a" * 16, b"b" * 16, False)
-    first, second = dialer.seal(b"one"), dialer.seal(b"two")
-    assert acceptor.open(first) == b"one"
-    with pytest.raises(SealError):
-        acceptor.open(first)  # replayed
-    with pytest.raises(SealError):
-        acceptor.open(second[:-1] + bytes([second[-1] ^ 1]))  # forged
-    a, b = RelaySealer(secret, "net", "0xa"), RelaySealer(secret, "net", "0xb")
-    sealed = a.seal("0xb", b"frame")
-    assert b.open("0xa", sealed) == b"frame"
-    with pytest.raises(SealError):
-        b.open("0xa", sealed)  # replayed
-    with pytest.raises(SealError):
-        RelaySealer(secret, "another-net", "0xb").open("0xa", a.seal("0xb", b"frame"))
-    with pytest.raises(SealError):
-        RelaySealer(os.urandom(32), "net", "0xb").open("0xa", a.seal("0xb", b"frame"))
-    late = [a.seal("0xb", bytes([n])) for n in range(3)]
-    assert [b.open("0xa", late[i]) for i in (2, 0, 1)] == [b"\2", b"\0", b"\1"]  # reordered, each once
+
+def test_slow_handshakes_hold_up_no_real_peer(simulated_lan: SimulatedLan, halves) -> None:
+    made, _ = halves
+    evil = simulated_lan.add_host("slow")
+    slow = evil.spawn([sys.executable, "-c",
+                       "import socket, time\n"
+                       "held = []\n"
+                       "for _ in range(100):\n"
+                       f"    try: s = socket.create_connection(('{made[1].host.address}', {made[1].agent.port}), timeout=2)\n"
+                       "    except OSError: continue\n"
+                       "    s.sendall(b'EX'); held.append(s)\n"
+                       "print('holding', len(held), flush=True); time.sleep(30)\n"],
+                      stdout=subprocess.PIPE, text=True)
+    assert slow.stdout is not None and slow.stdout.readline().startswith("holding")
+    try:
+        join_all(made)  # the genuine dialer's handshake starts now, behind a hundred slow ones
+        took = wait_for_path(made[1], "direct", made[0].node, timeout=4)
+    finally:
+        slow.kill()
+        slow.wait()
+    assert reaches(made[0], made[1])
+    print(f"direct link {took:.2f} s after join, with 100 slow connections open")
 
 
+def test_the_learning_table_stops_at_its_bound(simulated_lan: SimulatedLan, halves) -> None:
+    made, _ = halves
+    join_all(made)
+    wait_for_path(made[1], "direct")
+    # a member sends broadcast frames from 500 forged source addresses; the far side learns 64
+    flood = made[0].run(
+        "import os, socket\n"
+        "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(('eth0', 0))\n"
+        "for _ in range(500):\n"
+        "    source = bytes([os.urandom(1)[0] & 0xFE]) + os.urandom(5)\n"
+        "    s.send(b'\\xff' * 6 + source + b'\\x88\\xb5' + bytes(46))\n")
+    assert flood.wait(30) == 0
+    deadline = time.monotonic() + 5
+    while (table := made[1].stats()["net-1"])["macs_refused"] < 400 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert table["macs"] == 64 and table["macs_refused"] >= 400, table
+    assert reaches(made[0], made[1])  # frames to unlearnt addresses still arrive (flooded)
 
-def test_a_requestor_cannot_point_an_agent_at_its_hosts_loopback(simulated_lan: SimulatedLan, halves) -> None:
-    """Peers' endpoints come from the requestor: an agent on a LAN address dials no loopback,
-    link-local, multicast or unspecified address it is given (no probing of the host's own services)."""
+
+def test_an_agent_dials_none_of_its_hosts_addresses_in_any_spelling(simulated_lan: SimulatedLan, halves) -> None:
     made, _ = halves
     listener = made[0].host.spawn([sys.executable, "-c",
-                                   "import socket; s = socket.create_server(('127.0.0.1', 7300)); print('ready', flush=True);"
-                                   "s.settimeout(3)\ntry: s.accept(); print('dialled')\nexcept OSError: print('quiet')"],
+                                   "import socket; s = socket.create_server(('::', 7300), family=socket.AF_INET6, "
+                                   "dualstack_ipv6=True); print('ready', flush=True); s.settimeout(3)\n"
+                                   "try: s.accept(); print('dialled')\nexcept OSError: print('quiet')"],
                                   stdout=subprocess.PIPE, text=True)
     assert listener.stdout is not None and listener.stdout.readline() == "ready\n"
-    made[0].agent.join("net-2", made[0].netns, os.urandom(32), made[0].node,
-                       {"0x" + "f" * 40: "127.0.0.1:7300", "0x" + "e" * 40: "169.254.1.1:7300"})
+    own = made[0].host.address
+    made[0].agent.join("net-2", made[0].netns, {
+        "0x" + "f" * 40: "127.0.0.1:7300", "0x" + "e" * 40: "[::ffff:127.0.0.1]:7300", "0x" + "d" * 40: "[::1]:7300",
+        "0x" + "c" * 40: f"{own}:7300", "0x" + "b" * 40: f"[::ffff:{own}]:7300", "0x" + "a" * 40: "169.254.1.1:7300"})
     assert listener.stdout.readline() == "quiet\n"
     listener.wait(10)
+
+
+def test_the_address_rules() -> None:
+    lan = PeerAddressPolicy("10.1.2.3")
+    for refused in ("127.0.0.1", "::1", "::ffff:127.0.0.1", "0.0.0.0", "::", "224.0.0.1", "ff02::1", "169.254.9.9",
+                    "fe80::1", "::ffff:169.254.9.9"):
+        assert lan.refusal(ipaddress.ip_address(refused)), refused
+    assert lan.refusal(ipaddress.ip_address("10.1.2.4")) is None
+    ranged = PeerAddressPolicy("10.1.2.3", [ipaddress.ip_network("10.1.2.0/24")])
+    assert ranged.refusal(ipaddress.ip_address("10.1.2.4")) is None
+    assert "overlay-peer-ranges" in ranged.refusal(ipaddress.ip_address("172.17.0.2"))
+    assert "loopback" not in (PeerAddressPolicy("127.0.0.1").refusal(ipaddress.ip_address("127.0.0.1")) or "")

@@ -110,6 +110,8 @@ def limits_to_proto(limits: ActivityLimits, image_fetches_per_requestor: int) ->
         streams_per_requestor=limits.streams_per_requestor,
         networks_per_requestor=limits.networks_per_requestor,
         image_fetches_per_requestor=image_fetches_per_requestor,
+        peers_per_network=limits.peers_per_network, macs_per_network=limits.overlay_macs_per_network,
+        relay_queue_bytes=limits.relay_queue_bytes,
     )
 
 

@@ -99,7 +99,7 @@ class NetworkServicer(net_grpc.NetworkServicer):
     async def CreateNetwork(self, request: net.CreateNetworkRequest, context: Context, requestor_id: str) -> net.NetworkInfo:
         network = self.provider.create_network(
             requestor_id, _required(request.network_id, "network_id"), _required(request.address, "address"),
-            request.gateway, request.overlay_secret, {p.provider_id: p.endpoint for p in request.peers},
+            request.gateway, request.spans_providers, {p.provider_id: p.endpoint for p in request.peers},
         )
         return convert.network_to_proto(network)
 

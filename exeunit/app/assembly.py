@@ -18,7 +18,7 @@ from exeunit.persistence.journals import JournalDirectory
 from exeunit.runtime.agent.executor import AgentExecutors
 from exeunit.runtime.bridges import BridgePlumbing
 from exeunit.runtime.docker import DockerRuntime
-from exeunit.runtime.overlay.process import AgentProcess
+from exeunit.runtime.overlay.process import AgentOptions, AgentProcess
 from exeunit.runtime.protocols import Runtime
 from exeunit.runtime.storage import DirectoryStorage, LoopStorage
 from exeunit.services.provider import Machinery, Provider
@@ -64,9 +64,11 @@ def assemble(settings: ProviderSettings, limits: ActivityLimits, storage: LoopSt
     engine: Runtime = runtime or DockerRuntime()
     executors = AgentExecutors(storage.channel_dir, engine.executor, limits.agent_start_seconds)
     overlay: Callable[[Callable[[str, str, bytes], None]], AgentProcess] | None = None
-    if settings.overlay_listen:
+    if settings.overlay_listen and settings.overlay_certificate_file:
         listen = settings.overlay_listen
-        overlay = lambda on_relay: AgentProcess(listen, on_relay, _overlay_status)  # noqa: E731
+        options = AgentOptions(settings.overlay_certificate_file, settings.overlay_key_file,
+                               settings.overlay_peer_ranges, limits.overlay_macs_per_network)
+        overlay = lambda on_relay: AgentProcess(listen, options, on_relay, _overlay_status)  # noqa: E731
     machinery = Machinery(engine, executors, storage, BridgePlumbing(settings.home_id), JournalDirectory(journals),
                           overlay)
     return Provider(settings, machinery, limits, store)

@@ -35,7 +35,21 @@ JOURNAL_SLACK_MIB = 8  # beyond the replay window, a running batch's journal hol
 log = logging.getLogger("exeunit")
 
 
-def provider_settings(args: argparse.Namespace, identity: Identity, storage_dir: Path) -> ProviderSettings:
+def overlay_files(home: ProviderHome) -> tuple[str, str]:
+    """(certificate, key) files the overlay authenticates this provider with; ("", "") for a home
+    whose id predates keys (its peers could not tell it from its key: its networks stay here)."""
+    key = keys.load_or_create(home.identity.key_file)
+    if keys.provider_id_of(key.public_key()) != home.identity.provider_id:
+        log.warning("event=overlay_off reason=%r", "this home's provider id is not derived from its key; networks "
+                    "here cannot span providers")
+        return "", ""
+    certificate = home.path / keys.CERTIFICATE_FILE
+    keys.tls_credentials(key, certificate)
+    return str(certificate), str(home.identity.key_file)
+
+
+def provider_settings(args: argparse.Namespace, identity: Identity, storage_dir: Path,
+                      overlay: tuple[str, str] = ("", "")) -> ProviderSettings:
     measured = measured_capacity(storage_dir)
     capacity = Resources(
         cpu_threads=int(min(measured.cpu_threads, args.max_cpu_threads or measured.cpu_threads) * args.cpu_overcommit),
@@ -43,7 +57,10 @@ def provider_settings(args: argparse.Namespace, identity: Identity, storage_dir:
         storage_bytes=min(measured.storage_bytes, int((args.max_storage_gib or 1e9) * GIB)),
     )
     return ProviderSettings(
-        overlay_listen=args.overlay_listen or f"{args.listen.rpartition(':')[0]}:0",
+        overlay_listen=(args.overlay_listen or f"{args.listen.rpartition(':')[0]}:0") if overlay[0] else "",
+        overlay_certificate_file=overlay[0],
+        overlay_key_file=overlay[1],
+        overlay_peer_ranges=args.overlay_peer_ranges,
         provider_id=identity.provider_id,
         home_id=identity.home_id,
         name=args.name,
@@ -79,6 +96,9 @@ def activity_limits(args: argparse.Namespace) -> ActivityLimits:
         tunnels_per_requestor=args.tunnels_per_requestor,
         streams_per_requestor=args.streams_per_requestor,
         networks_per_requestor=args.networks_per_requestor,
+        peers_per_network=args.peers_per_network,
+        overlay_macs_per_network=args.overlay_macs_per_network,
+        relay_queue_bytes=args.relay_queue_mib << 20,
         replay_window_bytes=args.replay_window_mib << 20,
         output_memory_bytes=args.output_memory_kib << 10,
         output_memory_per_requestor_bytes=args.output_memory_per_requestor_mib << 20,
@@ -144,7 +164,7 @@ def serve(args: argparse.Namespace) -> int:
         home = ProviderHome.open(home_path(args), args.provider_id)  # before anything else
         runtime = DockerRuntime()
         base = storage_dir(args, home)
-        settings = provider_settings(args, home.identity, base)
+        settings = provider_settings(args, home.identity, base, overlay_files(home))
         storage = activity_storage(
             base, runtime, args.unenforced_storage,
             "Run as root on a host with loop devices, or pass --unenforced-storage to run with volumes of unlimited size",

@@ -15,15 +15,13 @@ import tempfile
 import threading
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from exeunit.api.server import RunningServer, create_server
 from exeunit.app.assembly import activity_storage, assemble, measured_capacity
 from exeunit.domain.resources import LinearPricing, Resources
 from exeunit.domain.settings import ActivityLimits, FetchPolicy, ImagePolicy, ProviderSettings
 from exeunit.errors import ExeUnitError
+from exeunit.persistence import keys
 from exeunit.runtime.docker import DockerRuntime
-from exeunit.v1.identity import node_id_of
 from exeunit.v1.conventions import CUSTOM_COUNTER, DOCKER_VM_RUNTIME, GIB, TEST_COUNTERS_RUNTIME
 
 log = logging.getLogger(__name__)
@@ -54,11 +52,16 @@ class LocalProvider:
             raise NoEngine(str(exc)) from None
         self._storage_dir = Path(tempfile.mkdtemp(prefix="exeunit-embedded-"))
         capacity = await asyncio.to_thread(measured_capacity, self._storage_dir)
+        key_file, certificate_file = self._storage_dir / keys.KEY_FILE, self._storage_dir / keys.CERTIFICATE_FILE
+        key = keys.load_or_create(key_file)  # a key of its own, gone with the provider
+        keys.tls_credentials(key, certificate_file)
         settings = ProviderSettings(
-            provider_id=node_id_of(ec.generate_private_key(ec.SECP256R1()).public_key()),  # a key of its own, unkept
+            provider_id=keys.provider_id_of(key.public_key()),
             name=self._name,
             subnet_tag=self._subnet_tag,
             overlay_listen="127.0.0.1:0",
+            overlay_certificate_file=str(certificate_file),
+            overlay_key_file=str(key_file),
             pricing=LinearPricing(start_fee=0.0, per_cpu_second=0.00001, per_duration_second=0.000002,
                                   per_unit={CUSTOM_COUNTER: 0.00001}),
             runtimes=(DOCKER_VM_RUNTIME, TEST_COUNTERS_RUNTIME),  # yapapi's custom-usage-counter example runs here

@@ -39,6 +39,13 @@ class ProviderState(Collector):
             agreements.add_metric([state], count)
         yield agreements
         yield GaugeMetricFamily("exeunit_networks", "Requestors' private networks", value=self._provider.networks.count)
+        queued = self._provider.relays.queued_bytes()
+        yield GaugeMetricFamily("exeunit_relay_queued_bytes", "Relayed bytes waiting for requestors' RelayFrames "
+                                "streams, all requestors together", value=sum(queued.values()))
+        yield GaugeMetricFamily("exeunit_relay_queued_bytes_max", "Relayed bytes waiting for the fullest "
+                                "requestor's stream (bounded by --relay-queue-mib)", value=max(queued.values(), default=0))
+        yield GaugeMetricFamily("exeunit_relay_refused", "Relayed messages handed back to the overlay (no stream open, "
+                                "or the bound reached); each restarts a session", value=self._provider.relays.refused)
 
 
 class MetricsServer:

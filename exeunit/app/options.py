@@ -116,8 +116,11 @@ def _identity_options(serve: argparse.ArgumentParser) -> None:
                        help="speak TLS on a loopback --listen too (beyond loopback it always does)")
     ident.add_argument("--overlay-listen", type=listen_address, metavar="HOST:PORT",
                        help="where the other providers of a requestor's network that spans several reach this "
-                            "one's part of it (sealed frames, TCP; the offer says the port). Default: --listen's "
-                            "host, a free port")
+                            "one's part of it (TLS 1.3 links authenticated by provider key; the offer says the "
+                            "port). Default: --listen's host, a free port")
+    ident.add_argument("--overlay-peer-ranges", type=cidr_list, default="", metavar="CIDR[,CIDR...]",
+                       help="the only address ranges this provider's overlay dials peers in (say, your LAN's); "
+                            "default: any address but loopback, link-local, multicast and this host's own")
     ident.add_argument("--announce", action="store_true",
                        help="publish this provider on the LAN with DNS-SD over mDNS (_exeunit._tcp), with its id, so "
                             "requestors find it with GOLEM_PROVIDERS=mdns")
@@ -226,6 +229,14 @@ def _limit_options(serve: argparse.ArgumentParser) -> None:
     limits.add_argument("--networks-per-requestor", type=positive(int), default=8, metavar="N",
                         help="private networks (Golem's VPN) one requestor may have on this provider at once; "
                              "each lives while the requestor has an agreement here (default: %(default)s)")
+    limits.add_argument("--peers-per-network", type=positive(int), default=64, metavar="N",
+                        help="other providers one network spanning providers may name (default: %(default)s)")
+    limits.add_argument("--overlay-macs-per-network", type=positive(int), default=4096, metavar="N",
+                        help="MAC addresses the overlay learns per spanning network; past it, frames to a new "
+                             "address go to every peer of the network (default: %(default)s)")
+    limits.add_argument("--relay-queue-mib", type=positive(int), default=64, metavar="MIB",
+                        help="relayed bytes waiting for one requestor's RelayFrames stream; past it a relayed "
+                             "TLS session is reset, never cut (default: %(default)s)")
     limits.add_argument("--batches-kept", type=positive(int), default=256, metavar="N",
                         help="finished batches kept per activity for GetBatch and replay, in memory and in the "
                              "state directory; older ones are forgotten (default: %(default)s)")
@@ -283,6 +294,16 @@ def unit_price(text: str) -> tuple[str, float]:
     if not equals or not name.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not COUNTER=AMOUNT (e.g. {CUSTOM_COUNTER}=0.001)")
     return name.strip(), non_negative(amount)
+
+
+def cidr_list(text: str) -> str:
+    """An argparse type: comma-separated CIDRs, as given (each checked)."""
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a CIDR range, as 192.168.1.0/24 ({exc})") from None
+    return text
 
 
 def listen_address(text: str) -> str:

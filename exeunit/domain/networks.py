@@ -35,7 +35,7 @@ class PrivateNetwork:
     members: dict[str, Member] = field(default_factory=dict)  # by activity id
     built: bool = False  # its namespace exists
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
-    secret: bytes = field(default=b"", repr=False)  # seals its frames between providers; b"": it spans none
+    spans: bool = False  # it spans providers: the overlay carries it to `peers`
     peers: dict[str, str] = field(default_factory=dict)  # the other providers: id -> their overlay's host:port
 
     @property
@@ -57,20 +57,22 @@ class NetworkRecord:
     subnet: str
     gateway: str
     key: str
-    secret: str = ""  # hex
+    spans: bool = False
     peers: dict[str, str] = field(default_factory=dict)
 
 
 class NetworkOverlay(Protocol):
     """The data plane of networks that span providers (exeunit.runtime.overlay): it carries a
-    joined network's frames to its peers, directly or out through `on_relay` for the requestor."""
+    joined network's frames to its peers over TLS links authenticated by provider id, directly or
+    through the requestor (messages out through `on_relay`, in through `relay_in`)."""
 
     port: int  # where the other providers' overlays reach this one
 
-    def join(self, network: str, netns: str, secret: bytes, node: str, peers: dict[str, str]) -> None: ...
+    def join(self, network: str, netns: str, peers: dict[str, str]) -> None: ...
     def set_peers(self, network: str, peers: dict[str, str]) -> None: ...
     def leave(self, network: str) -> None: ...
-    def relay_in(self, network: str, peer: str, sealed: bytes) -> None: ...
+    def relay_in(self, network: str, peer: str, message: bytes, wait: bool = True) -> bool: ...
+    def relay_lost(self, network: str, peer: str) -> None: ...
     def close(self) -> None: ...
 
 

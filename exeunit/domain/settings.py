@@ -63,6 +63,9 @@ class ActivityLimits:
     tunnels_per_requestor: int = 16  # and into all of one requestor's activities
     streams_per_requestor: int = 256  # event streams and activity watches one requestor has open at once
     networks_per_requestor: int = 8  # private networks one requestor may have on the provider
+    peers_per_network: int = 64  # other providers one spanning network may name
+    overlay_macs_per_network: int = 4096  # MAC addresses the overlay learns per network (then it floods)
+    relay_queue_bytes: int = 64 << 20  # relayed bytes waiting for one requestor's RelayFrames stream
 
 
 @dataclass(frozen=True)
@@ -89,3 +92,8 @@ class ProviderSettings:
     home_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # Where the overlay (networks that span providers) listens, "host:port"; "": networks stay here.
     overlay_listen: str = ""
+    # The provider's certificate and key, which authenticate it to its peers (its home's files).
+    overlay_certificate_file: str = ""
+    overlay_key_file: str = ""
+    # CIDRs the overlay may dial peers in, comma-separated; "": any address its rules allow.
+    overlay_peer_ranges: str = ""

@@ -102,7 +102,7 @@ class StateStore:
 
     def networks(self) -> list[NetworkRecord]:
         rows = self._db.execute("SELECT record FROM networks").fetchall()
-        return [NetworkRecord(**{k: v for k, v in json.loads(record).items() if k != "v"}) for (record,) in rows]
+        return [_network_from(json.loads(record)) for (record,) in rows]
 
     # Batches (their events are in journals, exeunit.persistence.journals)
 
@@ -207,3 +207,12 @@ def _activity_from(fields: dict[str, Any]) -> ActivityRecord:
     fields = {key: value for key, value in fields.items() if key != "v"}
     fields["started"], fields["ended"] = _parse_time(fields["started"]), _parse_time(fields["ended"])
     return ActivityRecord(**fields)
+
+
+def _network_from(stored: dict) -> NetworkRecord:
+    """A network's record; one from before spans_providers kept the network's secret instead, which
+    is read as "spans" and not kept (the next write of the record leaves it out)."""
+    stored.pop("v", None)
+    legacy_secret = stored.pop("secret", "")
+    stored.setdefault("spans", bool(legacy_secret))
+    return NetworkRecord(**stored)

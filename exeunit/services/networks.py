@@ -22,40 +22,37 @@ from exeunit.domain.networks import (
 )
 
 log = logging.getLogger(__name__)
-SECRET_BYTES = 32
-MAX_PEERS = 64
 
 
 class Networks:
-    """A network that spans providers has a secret and peers (the requestor's, at creation and by
+    """A network that spans providers has peers (the requestor's, at creation and by
     SetNetworkPeers); while its namespace exists here, the overlay carries it to them."""
 
     def __init__(self, plumbing: NetworkPlumbing, per_requestor: int,
                  on_change: Callable[[PrivateNetwork | None, tuple[str, str]], None] = lambda n, k: None,
-                 node_id: str = "") -> None:
+                 node_id: str = "", peers_per_network: int = 64) -> None:
         self._plumbing = plumbing
         self._per_requestor = per_requestor
         self._on_change = on_change  # persists a network's record (None: it is gone)
         self.unavailable = plumbing.unavailable()  # why this host cannot build networks, or None
         self._networks: dict[tuple[str, str], PrivateNetwork] = {}
         self.node_id = node_id  # this provider, as its peers know it
+        self.peers_per_network = peers_per_network
         self.overlay: NetworkOverlay | None = None  # set once the provider's overlay runs
 
     # Owning
 
-    def create(self, requestor_id: str, network_id: str, address: str, gateway: str, secret: bytes = b"",
+    def create(self, requestor_id: str, network_id: str, address: str, gateway: str, spans: bool = False,
                peers: dict[str, str] | None = None) -> PrivateNetwork:
         if self.unavailable:
             raise errors.FailedPrecondition(f"this provider cannot make networks: {self.unavailable}")
         if not NETWORK_ID_PATTERN.match(network_id):
             raise errors.InvalidArgument(f"network_id {network_id!r} must be 1-64 of [A-Za-z0-9._-]")
         subnet = parse_subnet(address)
-        if secret and len(secret) != SECRET_BYTES:
-            raise errors.InvalidArgument(f"overlay_secret must be {SECRET_BYTES} bytes (or empty: not spanning)")
-        if secret and self.overlay is None:
+        if spans and self.overlay is None:
             raise errors.FailedPrecondition("this provider's networks cannot span providers (its offer has no "
                                             "overlay_port); keep the network's instances here")
-        peers = _checked_peers(peers or {}, self.node_id)
+        peers = _checked_peers(peers or {}, self.node_id, self.peers_per_network)
         if gateway:
             gateway = str(parse_member_address(gateway, subnet, "gateway"))
         existing = self._networks.get((requestor_id, network_id))
@@ -71,7 +68,7 @@ class Networks:
                 f"a requestor may have {self._per_requestor} networks on this provider; remove one first"
             )
         network = PrivateNetwork(requestor_id, network_id, subnet, gateway, uuid.uuid4().hex[:16],
-                                 secret=secret, peers=peers)
+                                 spans=spans, peers=peers)
         self._networks[(requestor_id, network_id)] = network
         self._on_change(network, (requestor_id, network_id))
         log.info("event=network_created requestor=%s network=%s address=%s", requestor_id, network_id, subnet)
@@ -79,10 +76,10 @@ class Networks:
 
     def set_peers(self, requestor_id: str, network_id: str, peers: dict[str, str]) -> PrivateNetwork:
         network = self.get(requestor_id, network_id)
-        if not network.secret:
-            raise errors.FailedPrecondition(f"network {network_id!r} was created without an overlay_secret: "
+        if not network.spans:
+            raise errors.FailedPrecondition(f"network {network_id!r} was created without spans_providers: "
                                             "it does not span providers")
-        network.peers = _checked_peers(peers, self.node_id)
+        network.peers = _checked_peers(peers, self.node_id, self.peers_per_network)
         self._on_change(network, (requestor_id, network_id))
         if network.built and self.overlay is not None:
             self.overlay.set_peers(network.wire_id, network.peers)
@@ -195,7 +192,7 @@ class Networks:
 
     def restore(self, record: NetworkRecord) -> PrivateNetwork:
         network = PrivateNetwork(record.requestor_id, record.network_id, IPv4Network(record.subnet),
-                                 record.gateway, record.key, secret=bytes.fromhex(record.secret),
+                                 record.gateway, record.key, spans=record.spans,
                                  peers=dict(record.peers))
         self._networks[(record.requestor_id, record.network_id)] = network
         return network
@@ -227,13 +224,12 @@ class Networks:
                     network.built = False
 
     def _join_overlay(self, network: PrivateNetwork) -> None:
-        if network.secret and self.overlay is not None:
-            self.overlay.join(network.wire_id, self._plumbing.namespace(network.key), network.secret, self.node_id,
-                              network.peers)
+        if network.spans and self.overlay is not None:
+            self.overlay.join(network.wire_id, self._plumbing.namespace(network.key), network.peers)
             log.info("event=network_spans network=%s peers=%d", network.network_id, len(network.peers))
 
     def _leave_overlay(self, network: PrivateNetwork) -> None:
-        if network.secret and self.overlay is not None:
+        if network.spans and self.overlay is not None:
             self.overlay.leave(network.wire_id)
 
     def rejoin_overlay(self) -> None:
@@ -243,10 +239,11 @@ class Networks:
                 self._join_overlay(network)
 
 
-def _checked_peers(peers: dict[str, str], own_id: str) -> dict[str, str]:
-    """Peers as given, checked: at most MAX_PEERS, each a provider id and a host:port."""
-    if len(peers) > MAX_PEERS:
-        raise errors.InvalidArgument(f"a network spans at most {MAX_PEERS + 1} providers")
+def _checked_peers(peers: dict[str, str], own_id: str, most: int) -> dict[str, str]:
+    """Peers as given, checked: at most `most`, each a provider id and a host:port."""
+    if len(peers) > most:
+        raise errors.ResourceExhausted(f"a network may name {most} other providers here (--peers-per-network); "
+                                       f"{len(peers)} were given")
     checked = {}
     for provider_id, endpoint in peers.items():
         host, colon, port = endpoint.rpartition(":")

@@ -67,8 +67,8 @@ class Provider:
         self._store = store  # None: nothing survives this daemon (the embedded provider, tests)
         self.closing = False
         self.networks = Networks(machinery.plumbing, limits.networks_per_requestor, self._persist_network,
-                                 settings.provider_id)
-        self.relays = RelayHub(self.networks)
+                                 settings.provider_id, limits.peers_per_network)
+        self.relays = RelayHub(self.networks, limits.relay_queue_bytes)
         self._start_overlay = machinery.overlay
         if self.networks.unavailable is None and VPN_CAPABILITY not in settings.capabilities:
             settings = dataclasses.replace(settings, capabilities=(*settings.capabilities, VPN_CAPABILITY))
@@ -382,12 +382,12 @@ class Provider:
 
     # Networks
 
-    def create_network(self, requestor_id: str, network_id: str, address: str, gateway: str, secret: bytes = b"",
+    def create_network(self, requestor_id: str, network_id: str, address: str, gateway: str, spans: bool = False,
                        peers: dict[str, str] | None = None) -> PrivateNetwork:
         self._check_open()
         if not self._has_live_agreement(requestor_id):
             raise errors.FailedPrecondition("a network needs a live agreement with this provider; make one first")
-        return self.networks.create(requestor_id, network_id, address, gateway, secret, peers)
+        return self.networks.create(requestor_id, network_id, address, gateway, spans, peers)
 
     def network(self, requestor_id: str, network_id: str) -> PrivateNetwork:
         return self.networks.get(requestor_id, network_id)
@@ -409,7 +409,7 @@ class Provider:
             self._store.forget_network(*key)
         else:
             self._store.put_network(NetworkRecord(network.requestor_id, network.network_id, str(network.subnet),
-                                                  network.gateway, network.key, network.secret.hex(),
+                                                  network.gateway, network.key, network.spans,
                                                   dict(network.peers)))
 
     # Transfers (exeunit.services.transfers)

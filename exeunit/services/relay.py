@@ -1,9 +1,14 @@
-"""Frames of spanning networks that go through the requestor (as Golem's relay): the overlay
-hands out frames for peers it cannot reach directly, and each requestor's RelayFrames stream
-carries them out; frames the requestor relays from other providers go into the overlay.
+"""Messages of spanning networks that go through the requestor (as Golem's relay): the overlay
+hands out the TLS records of its links with peers it cannot reach directly, and each requestor's
+RelayFrames stream carries them out; what the requestor relays from other providers goes into the
+overlay.
 
-A requestor's queue is bounded and drops what does not fit, as a congested network drops
-packets (the members' TCP sends again): one requestor's relay never holds the daemon's memory."""
+The messages are pieces of TLS sessions, so none is dropped once taken: the way in waits for the
+overlay (and with it the requestor's stream, by gRPC's flow control) rather than dropping; the way
+out is bounded by bytes per requestor (the overlay's sessions keep a window each, so an honest
+flow stays far below), and a message that finds no stream open or the bound reached is refused
+back to the overlay (`relay_lost`), whose session then starts afresh. One requestor's relay never
+holds the daemon's memory, and never a piece of another's."""
 
 from __future__ import annotations
 
@@ -17,53 +22,77 @@ from exeunit.services.networks import Networks
 
 log = logging.getLogger(__name__)
 
-QUEUED_FRAMES = 256  # per requestor; a frame is at most ~64 KiB
-
 
 @dataclass(frozen=True)
 class RelayedFrame:
     network_id: str
     peer: str  # out: the provider it is for; in: the provider that sent it
     sealed: bytes
+    wire_id: str = ""  # out: the network's id between providers (for a refusal back to the overlay)
+
+
+class _Outbox:
+    """One requestor's messages waiting for its stream, bounded by bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.queued = 0
+        self.items: asyncio.Queue[RelayedFrame] = asyncio.Queue()
+
+    def offer(self, frame: RelayedFrame) -> bool:
+        if self.queued + len(frame.sealed) > self.limit:
+            return False
+        self.queued += len(frame.sealed)
+        self.items.put_nowait(frame)
+        return True
+
+    async def take(self) -> RelayedFrame:
+        frame = await self.items.get()
+        self.queued -= len(frame.sealed)
+        return frame
 
 
 class RelayHub:
-    def __init__(self, networks: Networks) -> None:
+    def __init__(self, networks: Networks, queue_bytes: int = 64 << 20) -> None:
         self._networks = networks
-        self._queues: dict[str, asyncio.Queue[RelayedFrame]] = {}
+        self._queue_bytes = queue_bytes
+        self._outboxes: dict[str, _Outbox] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.dropped = 0
+        self.refused = 0  # messages handed back to the overlay (no stream, or the bound reached)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
+    def queued_bytes(self) -> dict[str, int]:
+        """Bytes waiting per requestor (the metrics' relay queue depth)."""
+        return {requestor: box.queued for requestor, box in self._outboxes.items()}
+
     def from_agent(self, wire_id: str, peer: str, sealed: bytes) -> None:
-        """The overlay's frame for `peer` (called from its thread)."""
+        """The overlay's message for `peer` (called from its thread)."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._enqueue, wire_id, peer, sealed)
 
     def _enqueue(self, wire_id: str, peer: str, sealed: bytes) -> None:
         network = self._networks.by_wire_id(wire_id)
         if network is None:
-            return
-        queue = self._queues.get(network.requestor_id)
-        if queue is None:
-            return  # the requestor has no relay stream open: as a link down
-        try:
-            queue.put_nowait(RelayedFrame(network.network_id, peer, sealed))
-        except asyncio.QueueFull:
-            self.dropped += 1
+            return  # the network is gone, and its sessions with it
+        box = self._outboxes.get(network.requestor_id)
+        if box is None or not box.offer(RelayedFrame(network.network_id, peer, sealed, wire_id)):
+            self.refused += 1  # no relay stream (as a link down), or over the bound: refused whole
+            overlay = self._networks.overlay
+            if overlay is not None:
+                overlay.relay_lost(wire_id, peer)
 
     async def stream(self, requestor_id: str, incoming: AsyncIterator[RelayedFrame]) -> AsyncIterator[RelayedFrame]:
         """The requestor's relay: what its networks' overlays send out, while `incoming` goes in."""
-        if requestor_id in self._queues:
+        if requestor_id in self._outboxes:
             raise errors.AlreadyExists("this requestor has a relay stream open already; close it first")
-        queue: asyncio.Queue[RelayedFrame] = asyncio.Queue(QUEUED_FRAMES)
-        self._queues[requestor_id] = queue
+        box = _Outbox(self._queue_bytes)
+        self._outboxes[requestor_id] = box
         reading = asyncio.create_task(self._take_in(requestor_id, incoming))
         try:
-            while not reading.done() or not queue.empty():
-                getting = asyncio.ensure_future(queue.get())
+            while not reading.done() or not box.items.empty():
+                getting = asyncio.ensure_future(box.take())
                 await asyncio.wait({getting, reading}, return_when=asyncio.FIRST_COMPLETED)
                 if not getting.done():
                     getting.cancel()
@@ -72,12 +101,24 @@ class RelayHub:
             if reading.exception() is not None:  # a frame for a network not the caller's, say
                 raise reading.exception()  # type: ignore[misc]
         finally:
-            del self._queues[requestor_id]
+            del self._outboxes[requestor_id]
             reading.cancel()
+            self._refuse_all(box)
+
+    def _refuse_all(self, box: _Outbox) -> None:
+        """The stream ended with messages still waiting: their sessions start afresh."""
+        overlay = self._networks.overlay
+        while not box.items.empty():
+            frame = box.items.get_nowait()
+            if overlay is not None:
+                overlay.relay_lost(frame.wire_id, frame.peer)
 
     async def _take_in(self, requestor_id: str, incoming: AsyncIterator[RelayedFrame]) -> None:
         async for frame in incoming:
             network = self._networks.get(requestor_id, frame.network_id)  # NotFound: not the caller's
             overlay = self._networks.overlay
-            if network.built and network.secret and overlay is not None:
-                overlay.relay_in(network.wire_id, frame.peer, frame.sealed)
+            if network.built and network.spans and overlay is not None:
+                if not overlay.relay_in(network.wire_id, frame.peer, frame.sealed, wait=False):
+                    # the overlay is behind: wait for it (off the loop) rather than drop a piece of a session,
+                    # and read nothing more from this requestor meanwhile
+                    await asyncio.to_thread(overlay.relay_in, network.wire_id, frame.peer, frame.sealed)

@@ -59,7 +59,7 @@ class LinearPricing(_message.Message):
     def __init__(self, start_fee: _Optional[float] = ..., per_cpu_second: _Optional[float] = ..., per_duration_second: _Optional[float] = ..., per_unit: _Optional[_Mapping[str, float]] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class Offer(_message.Message):
-    __slots__ = ("provider_id", "provider_name", "subnet_tag", "runtime_name", "runtime_version", "cpu_threads", "memory_bytes", "storage_bytes", "total_cpu_threads", "total_memory_bytes", "total_storage_bytes", "pricing", "images", "accepts_image_urls", "capabilities", "max_agreement_duration", "agreement_idle_timeout", "runtimes", "limits", "overlay_port")
+    __slots__ = ("provider_id", "provider_name", "subnet_tag", "runtime_name", "runtime_version", "cpu_threads", "memory_bytes", "storage_bytes", "total_cpu_threads", "total_memory_bytes", "total_storage_bytes", "pricing", "images", "accepts_image_urls", "capabilities", "max_agreement_duration", "agreement_idle_timeout", "runtimes", "limits", "overlay_port", "boot_epoch")
     PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_NAME_FIELD_NUMBER: _ClassVar[int]
     SUBNET_TAG_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,7 @@ class Offer(_message.Message):
     RUNTIMES_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_PORT_FIELD_NUMBER: _ClassVar[int]
+    BOOT_EPOCH_FIELD_NUMBER: _ClassVar[int]
     provider_id: str
     provider_name: str
     subnet_tag: str
@@ -100,10 +101,11 @@ class Offer(_message.Message):
     runtimes: _containers.RepeatedScalarFieldContainer[str]
     limits: OfferLimits
     overlay_port: int
-    def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., subnet_tag: _Optional[str] = ..., runtime_name: _Optional[str] = ..., runtime_version: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., total_cpu_threads: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., total_storage_bytes: _Optional[int] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., accepts_image_urls: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ..., max_agreement_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., agreement_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runtimes: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[OfferLimits, _Mapping]] = ..., overlay_port: _Optional[int] = ...) -> None: ...
+    boot_epoch: str
+    def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., subnet_tag: _Optional[str] = ..., runtime_name: _Optional[str] = ..., runtime_version: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., total_cpu_threads: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., total_storage_bytes: _Optional[int] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., accepts_image_urls: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ..., max_agreement_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., agreement_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runtimes: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[OfferLimits, _Mapping]] = ..., overlay_port: _Optional[int] = ..., boot_epoch: _Optional[str] = ...) -> None: ...
 
 class OfferLimits(_message.Message):
-    __slots__ = ("batches_queued", "batches_kept", "batch_ids_remembered", "replay_window_bytes", "result_output_bytes", "transfers_per_activity", "transfers_per_requestor", "tunnels_per_activity", "networks_per_requestor", "tunnels_per_requestor", "streams_per_requestor", "image_fetches_per_requestor")
+    __slots__ = ("batches_queued", "batches_kept", "batch_ids_remembered", "replay_window_bytes", "result_output_bytes", "transfers_per_activity", "transfers_per_requestor", "tunnels_per_activity", "networks_per_requestor", "tunnels_per_requestor", "streams_per_requestor", "image_fetches_per_requestor", "peers_per_network", "macs_per_network", "relay_queue_bytes")
     BATCHES_QUEUED_FIELD_NUMBER: _ClassVar[int]
     BATCHES_KEPT_FIELD_NUMBER: _ClassVar[int]
     BATCH_IDS_REMEMBERED_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +118,9 @@ class OfferLimits(_message.Message):
     TUNNELS_PER_REQUESTOR_FIELD_NUMBER: _ClassVar[int]
     STREAMS_PER_REQUESTOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FETCHES_PER_REQUESTOR_FIELD_NUMBER: _ClassVar[int]
+    PEERS_PER_NETWORK_FIELD_NUMBER: _ClassVar[int]
+    MACS_PER_NETWORK_FIELD_NUMBER: _ClassVar[int]
+    RELAY_QUEUE_BYTES_FIELD_NUMBER: _ClassVar[int]
     batches_queued: int
     batches_kept: int
     batch_ids_remembered: int
@@ -128,7 +133,10 @@ class OfferLimits(_message.Message):
     tunnels_per_requestor: int
     streams_per_requestor: int
     image_fetches_per_requestor: int
-    def __init__(self, batches_queued: _Optional[int] = ..., batches_kept: _Optional[int] = ..., batch_ids_remembered: _Optional[int] = ..., replay_window_bytes: _Optional[int] = ..., result_output_bytes: _Optional[int] = ..., transfers_per_activity: _Optional[int] = ..., transfers_per_requestor: _Optional[int] = ..., tunnels_per_activity: _Optional[int] = ..., networks_per_requestor: _Optional[int] = ..., tunnels_per_requestor: _Optional[int] = ..., streams_per_requestor: _Optional[int] = ..., image_fetches_per_requestor: _Optional[int] = ...) -> None: ...
+    peers_per_network: int
+    macs_per_network: int
+    relay_queue_bytes: int
+    def __init__(self, batches_queued: _Optional[int] = ..., batches_kept: _Optional[int] = ..., batch_ids_remembered: _Optional[int] = ..., replay_window_bytes: _Optional[int] = ..., result_output_bytes: _Optional[int] = ..., transfers_per_activity: _Optional[int] = ..., transfers_per_requestor: _Optional[int] = ..., tunnels_per_activity: _Optional[int] = ..., networks_per_requestor: _Optional[int] = ..., tunnels_per_requestor: _Optional[int] = ..., streams_per_requestor: _Optional[int] = ..., image_fetches_per_requestor: _Optional[int] = ..., peers_per_network: _Optional[int] = ..., macs_per_network: _Optional[int] = ..., relay_queue_bytes: _Optional[int] = ...) -> None: ...
 
 class ImageRef(_message.Message):
     __slots__ = ("hash", "tag", "url")

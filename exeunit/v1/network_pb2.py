@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65xeunit/v1/network.proto\x12\nexeunit.v1\"4\n\x0bNetworkPeer\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\"T\n\x16SetNetworkPeersRequest\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12&\n\x05peers\x18\x02 \x03(\x0b\x32\x17.exeunit.v1.NetworkPeer\">\n\nRelayFrame\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x0e\n\x06sealed\x18\x03 \x01(\x0c\"\x8c\x01\n\x14\x43reateNetworkRequest\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07gateway\x18\x03 \x01(\t\x12\x16\n\x0eoverlay_secret\x18\x04 \x01(\x0c\x12&\n\x05peers\x18\x05 \x03(\x0b\x32\x17.exeunit.v1.NetworkPeer\"B\n\rNetworkMember\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\n\n\x02ip\x18\x02 \x01(\t\x12\x10\n\x08\x61ttached\x18\x03 \x01(\x08\"o\n\x0bNetworkInfo\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07gateway\x18\x03 \x01(\t\x12*\n\x07members\x18\x04 \x03(\x0b\x32\x19.exeunit.v1.NetworkMember\"\'\n\x11GetNetworkRequest\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\"*\n\x14RemoveNetworkRequest\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\"6\n\x15RemoveNetworkResponse\x12\x1d\n\x15\x64\x65tached_activity_ids\x18\x01 \x03(\t2\x84\x03\n\x07Network\x12J\n\rCreateNetwork\x12 .exeunit.v1.CreateNetworkRequest\x1a\x17.exeunit.v1.NetworkInfo\x12\x44\n\nGetNetwork\x12\x1d.exeunit.v1.GetNetworkRequest\x1a\x17.exeunit.v1.NetworkInfo\x12T\n\rRemoveNetwork\x12 .exeunit.v1.RemoveNetworkRequest\x1a!.exeunit.v1.RemoveNetworkResponse\x12N\n\x0fSetNetworkPeers\x12\".exeunit.v1.SetNetworkPeersRequest\x1a\x17.exeunit.v1.NetworkInfo\x12\x41\n\x0bRelayFrames\x12\x16.exeunit.v1.RelayFrame\x1a\x16.exeunit.v1.RelayFrame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65xeunit/v1/network.proto\x12\nexeunit.v1\"4\n\x0bNetworkPeer\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\"T\n\x16SetNetworkPeersRequest\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12&\n\x05peers\x18\x02 \x03(\x0b\x32\x17.exeunit.v1.NetworkPeer\">\n\nRelayFrame\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x0e\n\x06sealed\x18\x03 \x01(\x0c\"\xa3\x01\n\x14\x43reateNetworkRequest\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07gateway\x18\x03 \x01(\t\x12\x17\n\x0fspans_providers\x18\x06 \x01(\x08\x12&\n\x05peers\x18\x05 \x03(\x0b\x32\x17.exeunit.v1.NetworkPeerJ\x04\x08\x04\x10\x05R\x0eoverlay_secret\"B\n\rNetworkMember\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\n\n\x02ip\x18\x02 \x01(\t\x12\x10\n\x08\x61ttached\x18\x03 \x01(\x08\"o\n\x0bNetworkInfo\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07gateway\x18\x03 \x01(\t\x12*\n\x07members\x18\x04 \x03(\x0b\x32\x19.exeunit.v1.NetworkMember\"\'\n\x11GetNetworkRequest\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\"*\n\x14RemoveNetworkRequest\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\"6\n\x15RemoveNetworkResponse\x12\x1d\n\x15\x64\x65tached_activity_ids\x18\x01 \x03(\t2\x84\x03\n\x07Network\x12J\n\rCreateNetwork\x12 .exeunit.v1.CreateNetworkRequest\x1a\x17.exeunit.v1.NetworkInfo\x12\x44\n\nGetNetwork\x12\x1d.exeunit.v1.GetNetworkRequest\x1a\x17.exeunit.v1.NetworkInfo\x12T\n\rRemoveNetwork\x12 .exeunit.v1.RemoveNetworkRequest\x1a!.exeunit.v1.RemoveNetworkResponse\x12N\n\x0fSetNetworkPeers\x12\".exeunit.v1.SetNetworkPeersRequest\x1a\x17.exeunit.v1.NetworkInfo\x12\x41\n\x0bRelayFrames\x12\x16.exeunit.v1.RelayFrame\x1a\x16.exeunit.v1.RelayFrame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,17 +38,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELAYFRAME']._serialized_start=180
   _globals['_RELAYFRAME']._serialized_end=242
   _globals['_CREATENETWORKREQUEST']._serialized_start=245
-  _globals['_CREATENETWORKREQUEST']._serialized_end=385
-  _globals['_NETWORKMEMBER']._serialized_start=387
-  _globals['_NETWORKMEMBER']._serialized_end=453
-  _globals['_NETWORKINFO']._serialized_start=455
-  _globals['_NETWORKINFO']._serialized_end=566
-  _globals['_GETNETWORKREQUEST']._serialized_start=568
-  _globals['_GETNETWORKREQUEST']._serialized_end=607
-  _globals['_REMOVENETWORKREQUEST']._serialized_start=609
-  _globals['_REMOVENETWORKREQUEST']._serialized_end=651
-  _globals['_REMOVENETWORKRESPONSE']._serialized_start=653
-  _globals['_REMOVENETWORKRESPONSE']._serialized_end=707
-  _globals['_NETWORK']._serialized_start=710
-  _globals['_NETWORK']._serialized_end=1098
+  _globals['_CREATENETWORKREQUEST']._serialized_end=408
+  _globals['_NETWORKMEMBER']._serialized_start=410
+  _globals['_NETWORKMEMBER']._serialized_end=476
+  _globals['_NETWORKINFO']._serialized_start=478
+  _globals['_NETWORKINFO']._serialized_end=589
+  _globals['_GETNETWORKREQUEST']._serialized_start=591
+  _globals['_GETNETWORKREQUEST']._serialized_end=630
+  _globals['_REMOVENETWORKREQUEST']._serialized_start=632
+  _globals['_REMOVENETWORKREQUEST']._serialized_end=674
+  _globals['_REMOVENETWORKRESPONSE']._serialized_start=676
+  _globals['_REMOVENETWORKRESPONSE']._serialized_end=730
+  _globals['_NETWORK']._serialized_start=733
+  _globals['_NETWORK']._serialized_end=1121
 # @@protoc_insertion_point(module_scope)

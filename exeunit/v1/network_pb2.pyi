@@ -33,18 +33,18 @@ class RelayFrame(_message.Message):
     def __init__(self, network_id: _Optional[str] = ..., peer: _Optional[str] = ..., sealed: _Optional[bytes] = ...) -> None: ...
 
 class CreateNetworkRequest(_message.Message):
-    __slots__ = ("network_id", "address", "gateway", "overlay_secret", "peers")
+    __slots__ = ("network_id", "address", "gateway", "spans_providers", "peers")
     NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
-    OVERLAY_SECRET_FIELD_NUMBER: _ClassVar[int]
+    SPANS_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     network_id: str
     address: str
     gateway: str
-    overlay_secret: bytes
+    spans_providers: bool
     peers: _containers.RepeatedCompositeFieldContainer[NetworkPeer]
-    def __init__(self, network_id: _Optional[str] = ..., address: _Optional[str] = ..., gateway: _Optional[str] = ..., overlay_secret: _Optional[bytes] = ..., peers: _Optional[_Iterable[_Union[NetworkPeer, _Mapping]]] = ...) -> None: ...
+    def __init__(self, network_id: _Optional[str] = ..., address: _Optional[str] = ..., gateway: _Optional[str] = ..., spans_providers: _Optional[bool] = ..., peers: _Optional[_Iterable[_Union[NetworkPeer, _Mapping]]] = ...) -> None: ...
 
 class NetworkMember(_message.Message):
     __slots__ = ("activity_id", "ip", "attached")

@@ -93,17 +93,17 @@ class NetworkServicer:
     def SetNetworkPeers(self, request, context):
         """Replaces the providers this provider's part of a spanning network exchanges frames with
         (yapapi's add_node / remove_node reaching every member). NOT_FOUND for a network the caller
-        does not have here; FAILED_PRECONDITION for one created without an overlay secret.
+        does not have here; FAILED_PRECONDITION for one created without spans_providers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RelayFrames(self, request_iterator, context):
-        """Frames for peers this provider cannot reach directly go out on this stream (`peer` names
-        the destination), and frames other providers sent through the requestor come in on it
-        (`peer` names the sender); sealed by the providers, opaque to the requestor, which only
-        forwards them (as Golem's relay). One stream per requestor: frames of all its networks.
+        """Messages of the TLS links between providers that cannot reach each other directly go out on
+        this stream (`peer` names the destination), and those other providers sent through the
+        requestor come in on it (`peer` names the sender); opaque to the requestor, which forwards
+        them in order and drops none (as Golem's relay). One stream per requestor: all its networks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

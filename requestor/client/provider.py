@@ -142,12 +142,12 @@ class ProviderClient:
 
     # Networks
 
-    async def create_network(self, network_id: str, address: str, gateway: str = "", secret: bytes = b"",
+    async def create_network(self, network_id: str, address: str, gateway: str = "", spans: bool = False,
                              peers: dict[str, str] | None = None) -> None:
         """Creates the requestor's network on this provider (idempotent for the same address); with
-        `secret`, its part of a network spanning `peers` (provider id -> overlay host:port)."""
+        `spans`, its part of a network spanning `peers` (provider id -> overlay host:port)."""
         request = net.CreateNetworkRequest(network_id=network_id, address=address, gateway=gateway,
-                                           overlay_secret=secret, peers=_peers(peers or {}))
+                                           spans_providers=spans, peers=_peers(peers or {}))
         await self._call("network", "CreateNetwork", request)
 
     async def set_network_peers(self, network_id: str, peers: dict[str, str]) -> None:
