@@ -1,4 +1,6 @@
-"""A provider's home: the state directory that holds its identity and its lock.
+"""A provider's home: the state directory that holds its identity and its lock, readable by the
+daemon's user only (made so at every start, whoever made it: it holds the provider's key and the
+requestors' records).
 
 One daemon per home at a time: the lock (`flock` on `DIR/lock`, which holds the owner's pid) is
 taken before anything else is touched, so a second daemon started on the same directory by
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from exeunit import errors
 from exeunit.persistence import keys
+from exeunit.v1 import private_files
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,11 @@ class ProviderHome:
         """Locks `path` (made if missing) and reads its identity, making one on first use.
         `provider_id`, when given, must match the one the home already has."""
         try:
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            changed = private_files.private_directory(path)
+            fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except PermissionError as exc:
+            raise errors.FailedPrecondition(f"cannot use {path} as the state directory: {exc.strerror or exc}; "
+                                            "or give this daemon a --state-dir of its own") from None
         except OSError as exc:
             raise errors.FailedPrecondition(f"cannot use {path} as the state directory: {exc.strerror}") from None
         try:
@@ -64,7 +70,10 @@ class ProviderHome:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if changed is not None:
+            log.warning("event=home_made_private path=%s mode_was=%o", path, changed)
         try:
+            _tighten_files(path)
             identity = _identity(path, provider_id)
         except BaseException:
             os.close(fd)
@@ -75,6 +84,18 @@ class ProviderHome:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _tighten_files(path: Path) -> None:
+    """The home's files readable by this user only, whoever made them (by hand, an older daemon, a
+    loose umask); FailedPrecondition naming the fix when that cannot be done."""
+    for name in (LOCK_FILE, IDENTITY_FILE, keys.KEY_FILE, keys.CERTIFICATE_FILE):
+        try:
+            changed = private_files.tighten(path / name)
+        except PermissionError as exc:
+            raise errors.FailedPrecondition(str(exc)) from None
+        if changed is not None:
+            log.warning("event=home_file_made_private path=%s mode_was=%o", path / name, changed)
 
 
 def read_identity(path: Path) -> Identity | None:
@@ -102,9 +123,8 @@ def _identity(path: Path, provider_id: str) -> Identity:
                 f"home's key ({key_file}) gives {derived}; drop --provider-id"
             ) from None
         identity = Identity(derived, uuid.uuid4().hex, key_file)
-        partial = file.with_suffix(".partial")
-        partial.write_text(json.dumps({"provider_id": identity.provider_id, "home_id": identity.home_id}) + "\n")
-        os.replace(partial, file)  # whole or absent, whatever happens meanwhile
+        record = json.dumps({"provider_id": identity.provider_id, "home_id": identity.home_id}) + "\n"
+        private_files.replace(file, record.encode())  # whole or absent, whatever happens meanwhile
         log.info("event=home_created path=%s provider=%s", path, identity.provider_id)
         return identity
     except (OSError, ValueError, KeyError, TypeError) as exc:

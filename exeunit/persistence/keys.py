@@ -11,7 +11,6 @@ node ids, from a standard encoding anyone can recompute from a certificate.
 from __future__ import annotations
 
 import datetime
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from exeunit import errors
+from exeunit.v1 import private_files
 from exeunit.v1.identity import load_or_create_key, node_id_of
 
 KEY_FILE = "provider-key.pem"
@@ -48,11 +48,12 @@ def tls_credentials(key: ec.EllipticCurvePrivateKey, certificate_file: Path) -> 
     using the certificate they fetched while they stay connected: so it is made once, kept in
     `certificate_file` beside the key, and presented again after every restart (one made afresh
     would not verify against the one a connected requestor holds). A file that is missing,
-    unreadable or of another key is replaced.
+    unreadable or of another key is replaced; either way it is readable by this user only.
     """
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     try:
+        private_files.tighten(certificate_file)
         kept = certificate_file.read_bytes()
         if x509.load_pem_x509_certificate(kept).public_key() == key.public_key():
             return key_pem, kept
@@ -73,7 +74,5 @@ def tls_credentials(key: ec.EllipticCurvePrivateKey, certificate_file: Path) -> 
         .sign(key, hashes.SHA256())
     )
     pem = certificate.public_bytes(serialization.Encoding.PEM)
-    partial = certificate_file.with_name(certificate_file.name + ".partial")
-    partial.write_bytes(pem)
-    os.replace(partial, certificate_file)
+    private_files.replace(certificate_file, pem)
     return key_pem, pem

@@ -1,8 +1,8 @@
 """What a restarted daemon recovers: agreements and activities, persisted as they change.
 
-One sqlite3 database in the provider's home (`STATE_DIR/state.sqlite3`), in WAL mode: a commit
-is one append to the log, and a daemon killed at any moment leaves either the old or the new
-record of a row, never half of one. A host crash may lose the last commits (synchronous=NORMAL),
+One sqlite3 database in the provider's home (`STATE_DIR/state.sqlite3`, mode 0600), in WAL mode:
+a commit is one append to the log, and a daemon killed at any moment leaves either the old or the
+new record of a row, never half of one. A host crash may lose the last commits (synchronous=NORMAL),
 which is fine: activities do not outlive a host crash anyway. Records are JSON with a version
 number (`v`), so that a newer daemon can read what an older one wrote.
 
@@ -22,6 +22,7 @@ from typing import Any
 from exeunit import errors
 from exeunit.domain.commands import Command, Deploy, Run, Start, Terminate, name_of
 from exeunit.domain.market import Agreement, AgreementState, Demand, ImageRef
+from exeunit.v1 import private_files
 from exeunit.v1.conventions import DOCKER_VM_RUNTIME
 from exeunit.domain.resources import LinearPricing, Resources
 from exeunit.domain.networks import NetworkRecord
@@ -39,11 +40,24 @@ CREATE TABLE IF NOT EXISTS networks (requestor_id TEXT NOT NULL, network_id TEXT
 """
 
 
+def _make_private(path: Path) -> None:
+    """The database and its log files readable by this user only: made empty (which sqlite takes as
+    a new database) with mode 0600 before sqlite makes it, as sqlite makes its -wal and -shm files
+    with the database's mode; files an older daemon made are tightened."""
+    private_files.create(path, b"")
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        private_files.tighten(name)
+
+
 class StateStore:
     """The database (a `Store`, exeunit.domain.records); every call is a short transaction on the
     caller's thread."""
 
     def __init__(self, path: Path) -> None:
+        try:
+            _make_private(path)
+        except OSError as exc:
+            raise errors.FailedPrecondition(f"cannot open the state database {path}: {exc}") from None
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")

@@ -16,11 +16,12 @@ rather than in the TLS handshake.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from exeunit.v1 import private_files
 
 ID_BYTES = 20
 KEY_METADATA = "x-requestor-key-bin"  # DER SubjectPublicKeyInfo
@@ -33,20 +34,26 @@ NONCE_HEX_CHARS = 32
 
 
 def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    """The P-256 key in `path` (PEM, PKCS#8), made there, readable by this user only, when there
-    is none; ValueError saying what to do when the file holds something else."""
+    """The P-256 key in `path` (PEM, PKCS#8), made there when there is none (exeunit.v1.private_files:
+    never through a link planted there; a key another process made meanwhile is the one used),
+    readable by this user only (an existing file is made so); ValueError saying what to do when
+    the file holds something else."""
+    try:
+        private_files.tighten(path)
+    except PermissionError as exc:
+        raise ValueError(str(exc)) from None
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         key = ec.generate_private_key(ec.SECP256R1())
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-        partial = path.with_name(path.name + ".partial")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(pem)
-        os.replace(partial, path)  # whole or absent
-        return key
+        if private_files.create(path, pem):
+            return key
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ValueError(f"{path} is a link to nothing; remove it and a new key is made") from None
     try:
         loaded = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:

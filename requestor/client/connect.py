@@ -31,8 +31,9 @@ from cryptography.hazmat.primitives import serialization
 from exeunit.v1 import identity as wire
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1 import market_pb2_grpc as mkt_grpc
+from exeunit.v1 import private_files
 from requestor.errors import ProviderUnreachableError, RequestorError
-from requestor.client.identity import RequestorIdentity, config_dir
+from requestor.client.identity import RequestorIdentity, config_dir, make_directory_for
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,8 @@ class ProviderAddress:
 
 
 class KnownProviders:
-    """The providers trusted on first use: one `host:port provider-id` per line."""
+    """The providers trusted on first use: one `host:port provider-id` per line, in a file only
+    its owner may read or write (it decides whom the requestor trusts)."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or Path(os.environ.get("GOLEM_KNOWN_PROVIDERS") or config_dir() / KNOWN_PROVIDERS_FILE)
@@ -101,9 +103,23 @@ class KnownProviders:
         return None
 
     def remember(self, hostport: str, provider_id: str) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(self.path, "a") as out:  # one short append: whole lines even with writers at once
+        """ProviderIdentityError when it cannot be written down (a provider not remembered would
+        be trusted on first use again next time)."""
+        try:
+            make_directory_for(self.path)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         private_files.FILE_MODE)
+        except OSError as exc:
+            hint = " (a link, which is not followed: set GOLEM_KNOWN_PROVIDERS to the file itself)" \
+                if os.path.islink(self.path) else ""
+            raise ProviderIdentityError(f"cannot remember provider {provider_id} at {hostport} in {self.path}"
+                                        f"{hint}: {exc.strerror or exc}") from None
+        with os.fdopen(fd, "a") as out:  # one short append: whole lines even with writers at once
             out.write(f"{hostport} {provider_id}\n")
+        try:
+            private_files.tighten(self.path)
+        except PermissionError as exc:  # another user's list, writable by this one: theirs to fix
+            log.warning("event=known_providers_not_private file=%s error=%r", self.path, str(exc))
 
 
 async def fetch_certificate(address: ProviderAddress) -> bytes | None:

@@ -1,9 +1,10 @@
 """The requestor's identity: a key it holds, from which providers derive its requestor id.
 
 Made on first use in the user's config directory (`$XDG_CONFIG_HOME/golem/requestor-key.pem`,
-else `~/.config/golem/...`), or where `Golem(identity=PATH)` or `GOLEM_IDENTITY` says. Keeping the
-file keeps the identity: the same agreements, activities and networks can be taken up by a later
-process (suspend and resume), and by nobody without the file.
+else `~/.config/golem/...`; the directory 0700, the key 0600, whoever made them), or where
+`Golem(identity=PATH)` or `GOLEM_IDENTITY` says. Keeping the file keeps the identity: the same
+agreements, activities and networks can be taken up by a later process (suspend and resume), and
+by nobody without the file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from exeunit.v1 import identity as wire
+from exeunit.v1 import private_files
 from requestor.errors import RequestorError
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,17 @@ def config_dir() -> Path:
 
 def default_identity_path() -> Path:
     return Path(os.environ.get(IDENTITY_ENV) or config_dir() / KEY_FILE)
+
+
+def make_directory_for(path: Path) -> None:
+    """Makes the directory `path` goes in (0700) when missing; the config directory, which holds
+    the identity and the providers trusted, is made 0700 whoever made it (OSError when it cannot)."""
+    if path.parent != config_dir():
+        path.parent.mkdir(mode=private_files.DIRECTORY_MODE, parents=True, exist_ok=True)
+        return
+    changed = private_files.private_directory(path.parent)
+    if changed is not None:
+        log.warning("event=config_dir_made_private path=%s mode_was=%o", path.parent, changed)
 
 
 class RequestorIdentity:
@@ -53,7 +66,7 @@ class RequestorIdentity:
         where = Path(path) if path is not None else default_identity_path()
         existed = where.exists()
         try:
-            where.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_directory_for(where)
             key = wire.load_or_create_key(where)
         except (OSError, ValueError) as exc:
             raise RequestorError(f"cannot use the requestor identity {where}: {exc}") from None
