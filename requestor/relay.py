@@ -1,8 +1,10 @@
 """The requestor's relay for networks that span providers (as Golem's relay): providers that
-cannot reach each other directly send their sealed frames here, over the connection each already
-has with the requestor, and this forwards them to the provider they are for. The frames stay
-sealed (the requestor never holds a network's frames in clear, nor needs to); a frame for a
-provider whose link is full or gone is dropped, as a congested network drops a packet."""
+cannot reach each other directly send the messages of their TLS sessions here, over the
+connection each already has with the requestor, and this forwards them, in order, to the provider
+they are for. It cannot read them (the sessions are between the providers' keys) and drops none
+of a session it carries: a message for a provider whose link is full or gone is answered with a
+reset of its session (the message's clear header names it), and the two providers start a new one.
+The providers' windows keep an honest flow far below the bound."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ from requestor.errors import RequestorError
 
 log = logging.getLogger(__name__)
 
-QUEUED_FRAMES = 256  # per provider link
+QUEUED_MESSAGES = 1024  # per provider link (each at most ~66 KiB: the providers' windows stay below)
 RETRY_SECONDS = 1.0
+SESSION_HEADER = 9  # a relayed message's kind byte and session id (exeunit.runtime.overlay.relayed)
+RESET = b"X"
 
 
 class Relay:
@@ -31,7 +35,7 @@ class Relay:
     def ensure(self, provider_id: str, client: ProviderClient) -> None:
         """Keeps a relay stream open with this provider (until `close`)."""
         if provider_id not in self._tasks:
-            self._queues[provider_id] = asyncio.Queue(QUEUED_FRAMES)
+            self._queues[provider_id] = asyncio.Queue(QUEUED_MESSAGES)
             self._tasks[provider_id] = asyncio.create_task(self._link(provider_id, client), name=f"relay-{provider_id[:10]}")
 
     async def _link(self, provider_id: str, client: ProviderClient) -> None:
@@ -45,17 +49,25 @@ class Relay:
             try:
                 async for network_id, destination, sealed in client.relay_frames(outgoing()):
                     target = self._queues.get(destination)
-                    if target is None:
-                        self.dropped += 1
-                        continue
                     try:
+                        if target is None:
+                            raise asyncio.QueueFull
                         target.put_nowait((network_id, provider_id, sealed))
                         self.forwarded += 1
                     except asyncio.QueueFull:
-                        self.dropped += 1
+                        self._refuse(queue, network_id, destination, sealed)
             except RequestorError as exc:
                 log.debug("event=relay_link_lost provider=%s error=%s", provider_id, exc)
             await asyncio.sleep(RETRY_SECONDS)
+
+    def _refuse(self, source: asyncio.Queue, network_id: str, destination: str, message: bytes) -> None:
+        """Not carried: the sender hears its session is reset (from the destination, as it would)."""
+        self.dropped += 1
+        if len(message) >= SESSION_HEADER and message[:1] != RESET:
+            try:
+                source.put_nowait((network_id, destination, RESET + message[1:SESSION_HEADER]))
+            except asyncio.QueueFull:
+                pass  # the sender's own link is full: its session times out on its own
 
     async def close(self) -> None:
         for task in self._tasks.values():

@@ -236,6 +236,9 @@ class OverlayNetwork:
                 self._want_session(peer)
                 return  # shed: no session yet (ARP and TCP send again)
             if not session.has_room():
+                if session.stalled():  # what it waits for was lost on the way: start afresh
+                    peer.relayed = None
+                    self.agent.control.relay_out(self.wire_id, peer.node, relayed.message(relayed.RESET, session.session))
                 return  # shed before sealing: the relay holds a window's worth already
             try:
                 records = session.link.seal(FRAME, frame)
@@ -322,6 +325,7 @@ class OverlayNetwork:
                 self.deliver(peer.node, payload)
             elif kind == ACK:
                 session.acked = max(session.acked, relayed.acked_count(payload))
+                session.progress = time.monotonic()
         if session.consumed - session.acknowledged >= relayed.ACK_EVERY:
             session.acknowledged = session.consumed
             records = session.link.seal(*relayed.ack(session.consumed))  # type: ignore[union-attr]

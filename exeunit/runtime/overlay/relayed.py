@@ -33,6 +33,7 @@ SESSION_BYTES = 8
 WINDOW = 4 << 20  # bytes of frames in flight through the relay, per session
 ACK_EVERY = WINDOW // 4
 RETRY_SECONDS = 1.0  # between attempts to open a session (or to ask for one)
+STALL_SECONDS = 5.0  # a full window with no acknowledgement for this long: the session is given up
 
 
 def message(kind: bytes, session: bytes, data: bytes = b"") -> bytes:
@@ -70,6 +71,7 @@ class RelayedSession:
     consumed: int = 0  # bytes of frames received from the peer
     acknowledged: int = 0  # of those, how many we have told it of
     started: float = field(default_factory=time.monotonic)
+    progress: float = field(default_factory=time.monotonic)  # when the peer last acknowledged
 
     @property
     def established(self) -> bool:
@@ -77,3 +79,7 @@ class RelayedSession:
 
     def has_room(self) -> bool:
         return self.sent - self.acked < WINDOW
+
+    def stalled(self) -> bool:
+        """Its window full and nothing acknowledged for STALL_SECONDS (a message lost on the way)."""
+        return not self.has_room() and time.monotonic() - self.progress > STALL_SECONDS
