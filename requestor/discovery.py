@@ -3,12 +3,18 @@
 `Golem(providers=...)` and `GOLEM_PROVIDERS` take, besides `host:port[#PROVIDER_ID]`:
 
 - `mdns` (or `mdns:SECONDS`, how long to listen; default 2): DNS-SD over mDNS on this host's LANs,
-  for providers started with `exeunit serve --announce`. Each is pinned to the id its TXT record
-  carries, so an impostor answering at the announced address is refused.
+  for providers started with `exeunit serve --announce`, with the id its TXT record carries.
 - `srv:NAME` (or `srv:NAME@DNS_SERVER`): the SRV records of NAME (say `_exeunit._tcp.example.org`,
-  or what Consul's or Kubernetes' DNS serves for a service). A target host's TXT record
-  `exeunit:PORT=PROVIDER_ID` pins the provider on that port; one without is trusted on first use
-  (requestor.client.connect). Without `@DNS_SERVER`, the system's resolver answers.
+  or what Consul's or Kubernetes' DNS serves for a service), with the id a target host's TXT
+  record `exeunit:PORT=PROVIDER_ID` gives the provider on that port. Without `@DNS_SERVER`, the
+  system's resolver answers.
+
+Neither is authenticated: anyone on the LAN, or whoever answers DNS, can announce any address
+with any id. So an announced id is not a pin: it comes as `host:port#announced=ID`, which
+requestor.client.connect checks against the known-providers file first (a contradiction is
+refused as a changed key is) and uses only for an address never seen. An announcement without
+an id is a bare `host:port`, trusted on first use. A malformed one (a bad id, port or address) is
+skipped, said in the log: it never keeps the others from being found.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from exeunit.v1.conventions import MDNS_SERVICE_TYPE, SRV_TXT_PREFIX
+from requestor.client.connect import ANNOUNCED, ProviderAddress
 from requestor.errors import RequestorError
 
 log = logging.getLogger(__name__)
@@ -40,8 +47,8 @@ def is_discovery(source: str) -> bool:
 
 
 async def discover(source: str) -> list[str]:
-    """Provider addresses (`host:port#PROVIDER_ID`, or `host:port` where no id is published) that
-    `source` names now."""
+    """Provider addresses (`host:port#announced=PROVIDER_ID`, or `host:port` where no id is
+    published) that `source` names now."""
     if source == "mdns" or source.startswith("mdns:"):
         seconds = DEFAULT_MDNS_SECONDS
         if source.startswith("mdns:"):
@@ -79,7 +86,8 @@ async def browse_mdns(seconds: float) -> list[str]:
                 continue
             provider_id = ((info.properties or {}).get(b"id") or b"").decode(errors="replace")
             for address in info.parsed_addresses(IPVersion.V4Only)[:1]:
-                found.append(f"{address}:{info.port}" + (f"#{provider_id}" if provider_id else ""))
+                if (announced := _announced("mdns", name, address, info.port, provider_id)) is not None:
+                    found.append(announced)
     finally:
         await zeroconf.async_close()
     log.info("event=providers_discovered source=mdns count=%d", len(found))
@@ -101,10 +109,16 @@ async def resolve_srv(name: str, server: str | None) -> list[str]:
     found = []
     for record in records:
         target = record.target.to_text(omit_final_dot=True)
+        if not target:  # "." : the service is not offered there (RFC 2782)
+            continue
         host = await _address_of(resolver, target)
-        pins = await _pins_of(resolver, target)
-        pin = pins.get(record.port)
-        found.append(f"{host}:{record.port}" + (f"#{pin}" if pin else ""))
+        ids = sorted((await _ids_of(resolver, target)).get(record.port, ()))
+        if len(ids) > 1:
+            log.warning("event=announcement_skipped source=srv name=%r reason=%r", target,
+                        f"its TXT records give port {record.port} two ids: {', '.join(ids)}")
+            continue
+        if (announced := _announced("srv", target, host, record.port, "".join(ids))) is not None:
+            found.append(announced)
     log.info("event=providers_discovered source=srv name=%s count=%d", name, len(found))
     return found
 
@@ -120,18 +134,30 @@ async def _address_of(resolver: dns.asyncresolver.Resolver, target: str) -> str:
     return addresses[0] if addresses else target
 
 
-async def _pins_of(resolver: dns.asyncresolver.Resolver, target: str) -> dict[int, str]:
-    """The target's `exeunit:PORT=PROVIDER_ID` TXT strings, by port."""
+async def _ids_of(resolver: dns.asyncresolver.Resolver, target: str) -> dict[int, set[str]]:
+    """The ids the target's `exeunit:PORT=PROVIDER_ID` TXT strings give, by port."""
     try:
         answer = await resolver.resolve(target, "TXT")
     except (dns.exception.DNSException, OSError):
         return {}
-    pins = {}
+    ids: dict[int, set[str]] = {}
     for record in answer:
         for text in record.strings:
             entry = text.decode(errors="replace")
             if entry.startswith(SRV_TXT_PREFIX) and "=" in entry:
                 port, _, provider_id = entry[len(SRV_TXT_PREFIX):].partition("=")
                 if port.isdigit():
-                    pins[int(port)] = provider_id
-    return pins
+                    ids.setdefault(int(port), set()).add(provider_id.strip().lower())
+    return ids
+
+
+def _announced(source: str, name: str, host: str, port: object, provider_id: str) -> str | None:
+    """What a requestor is given for one announcement (see the module's docstring); None, said in
+    the log, for a malformed one."""
+    text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        address = ProviderAddress.parse(text + (f"#{ANNOUNCED}{provider_id}" if provider_id else ""))
+    except ValueError as exc:
+        log.warning("event=announcement_skipped source=%s name=%r reason=%r", source, name, str(exc))
+        return None
+    return address.text

@@ -1,9 +1,10 @@
 """`exeunit serve --announce`: the provider published on its LAN with DNS-SD over mDNS, so that
 requestors find it without a list (`GOLEM_PROVIDERS=mdns`).
 
-The service type is `_exeunit._tcp.local.`; the TXT record carries the provider id (which a
-requestor pins, so a discovered provider is still verified by its key), its name, its subnet and
-whether it speaks TLS. A wildcard --listen announces every non-loopback IPv4 address of the host.
+The service type is `_exeunit._tcp.local.`; the TXT record carries the provider id (a claim
+anyone on the LAN could make: a requestor checks it against the providers it knows, and then the
+provider's key against it, requestor.discovery), its name, its subnet and whether it speaks TLS.
+A wildcard --listen ([::] too) announces every non-loopback IPv4 address of the host.
 """
 
 from __future__ import annotations

@@ -4,8 +4,11 @@ Beyond loopback a provider speaks TLS with a self-signed certificate of its key,
 derived from that key (exeunit.v1.identity). Before the gRPC channel is made, the certificate is
 fetched and its id checked: against the pin of `host:port#PROVIDER_ID`, or, for a bare
 `host:port`, against the known-providers file (trusted and written there on first use, as SSH's
-known_hosts; a provider whose key changed is refused, naming the file). The channel then trusts
-that certificate and nothing else, so a party in the middle with another key fails the handshake.
+known_hosts; a provider whose key changed is refused, naming the file). An id announced with a
+discovered address (mDNS, DNS: anybody may announce anything) is checked against that file too
+and never overrides it; it only stands in for it at an address never seen. The channel then
+trusts that certificate and nothing else, so a party in the middle with another key fails the
+handshake.
 
 On loopback a provider may speak plaintext; the requestor learns its id from its offer there (the
 host's own processes are trusted as the host is). Either way every call carries a proof of the
@@ -18,6 +21,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +42,9 @@ from requestor.client.identity import RequestorIdentity, config_dir, make_direct
 log = logging.getLogger(__name__)
 
 KNOWN_PROVIDERS_FILE = "known-providers"
+ANNOUNCED = "announced="  # host:port#announced=ID: an id only claimed (requestor.discovery)
+PROVIDER_ID = re.compile(rf"0x[0-9a-fA-F]{{{2 * wire.ID_BYTES}}}")
+HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?")  # a DNS name or an IPv4 address
 HANDSHAKE_TIMEOUT = 10.0
 GET_OFFER = "/exeunit.v1.Market/GetOffer"
 
@@ -53,26 +60,52 @@ class OfferRefused(ProviderIdentityError):
 
 @dataclass(frozen=True)
 class ProviderAddress:
-    """`host:port`, optionally pinned to a provider id: `host:port#0x...`."""
+    """`host:port` (IPv6 as `[::1]:port`), optionally pinned to a provider id: `host:port#0x...`;
+    or with the id an announcement claimed, `host:port#announced=0x...` (requestor.discovery).
+    A pin is the user's word and is checked alone; an announced id is anybody's word, so what
+    the known-providers file says of the address wins over it (check_identity)."""
 
     host: str
     port: int
     pinned_id: str | None = None
+    announced_id: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> ProviderAddress:
-        where, _, pin = text.strip().partition("#")
+        """ValueError saying what is wrong."""
+        where, _, after = text.strip().partition("#")
         host, colon, port = where.rpartition(":")
         if not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535:
             raise ValueError(f"{text!r} is not a provider address: give host:port, or host:port#PROVIDER_ID")
-        if pin and not (pin.startswith("0x") and len(pin) == 2 + 2 * wire.ID_BYTES):
+        if host.startswith("["):
+            if not host.endswith("]") or not _is_ipv6(host[1:-1]):
+                raise ValueError(f"{text!r}: between brackets goes an IPv6 address, as [::1]:50051")
+            host = host[1:-1]
+        elif ":" in host:
+            raise ValueError(f"{text!r}: an IPv6 address goes in brackets, as [{host}]:{port}")
+        elif not HOST_NAME.fullmatch(host):
+            raise ValueError(f"{text!r}: {host!r} is neither an IP address nor a host name")
+        announced = after.startswith(ANNOUNCED)
+        provider_id = after[len(ANNOUNCED):] if announced else after
+        if after and not PROVIDER_ID.fullmatch(provider_id):
             raise ValueError(f"{text!r}: a provider id is 0x and {2 * wire.ID_BYTES} hex digits "
                              "(`exeunit id` prints it on the provider's host)")
-        return cls(host.strip("[]"), int(port), pin.lower() or None)
+        if announced:
+            return cls(host, int(port), announced_id=provider_id.lower())
+        return cls(host, int(port), pinned_id=provider_id.lower() or None)
 
     @property
     def hostport(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def text(self) -> str:
+        """As `parse` reads it."""
+        if self.pinned_id is not None:
+            return f"{self.hostport}#{self.pinned_id}"
+        if self.announced_id is not None:
+            return f"{self.hostport}#{ANNOUNCED}{self.announced_id}"
+        return self.hostport
 
     @property
     def is_loopback(self) -> bool:
@@ -153,6 +186,14 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def certified_id(certificate_der: bytes) -> str:
     public_key = x509.load_der_x509_certificate(certificate_der).public_key()
     return wire.node_id_of_spki(public_key.public_bytes(serialization.Encoding.DER,
@@ -160,8 +201,10 @@ def certified_id(certificate_der: bytes) -> str:
 
 
 def check_identity(address: ProviderAddress, proven_id: str, known: KnownProviders) -> None:
-    """ProviderIdentityError unless `proven_id` is the provider expected at `address`; a provider
-    never seen at a bare address is trusted now and remembered."""
+    """ProviderIdentityError unless `proven_id` is the provider expected at `address`: the pinned
+    one; else the one the known-providers file names for the address, which no announcement
+    overrides (a claim to the contrary is refused as a changed key is); else, for an address
+    never seen, the announced one if any, and then it is trusted now and remembered."""
     if address.pinned_id is not None:
         if proven_id != address.pinned_id:
             raise ProviderIdentityError(
@@ -170,16 +213,28 @@ def check_identity(address: ProviderAddress, proven_id: str, known: KnownProvide
             )
         return
     remembered = known.lookup(address.hostport)
-    if remembered is None:
-        known.remember(address.hostport, proven_id)
-        log.warning("event=provider_trusted_on_first_use provider=%s address=%s file=%s hint=%r", proven_id,
-                    address.hostport, known.path, "pin it as host:port#ID to check it from the start")
-    elif remembered != proven_id:
+    if remembered is not None:
+        for claim, claimed in (("proves", proven_id), ("is announced with", address.announced_id)):
+            if claimed is not None and claimed != remembered:
+                raise _changed_key(address, claim, claimed, remembered, known)
+        return
+    if address.announced_id is not None and proven_id != address.announced_id:
         raise ProviderIdentityError(
-            f"provider {address.hostport} now proves id {proven_id}, but {known.path} knows it as {remembered}: "
-            "its key changed, or something else answers there. If the provider's key was replaced on purpose, "
-            f"remove the line for {address.hostport} from {known.path}"
+            f"provider {address.hostport} proves id {proven_id}, not {address.announced_id} as announced: "
+            "something else answers at that address, or the announcement is wrong"
         )
+    known.remember(address.hostport, proven_id)
+    log.warning("event=provider_trusted_on_first_use provider=%s address=%s file=%s hint=%r", proven_id,
+                address.hostport, known.path, "pin it as host:port#ID to check it from the start")
+
+
+def _changed_key(address: ProviderAddress, claim: str, claimed: str, remembered: str,
+                 known: KnownProviders) -> ProviderIdentityError:
+    return ProviderIdentityError(
+        f"provider {address.hostport} now {claim} id {claimed}, but {known.path} knows it as {remembered}: "
+        "its key changed, or something else answers there. If the provider's key was replaced on purpose, "
+        f"remove the line for {address.hostport} from {known.path}"
+    )
 
 
 class CallSigner:
@@ -268,10 +323,10 @@ async def connect(address: ProviderAddress, options: list[tuple[str, Any]], know
             raise OfferRefused(f"provider {address.hostport} did not say who it is: "
                                f"{exc.code().name}: {exc.details()}") from None
         provider_id = offer.offer.provider_id
-        if address.pinned_id is not None and provider_id != address.pinned_id:
-            await channel.close()
-            raise ProviderIdentityError(f"provider {address.hostport} is {provider_id}, not {address.pinned_id} "
-                                        "as pinned")
+        for how, expected in (("pinned", address.pinned_id), ("announced", address.announced_id)):
+            if expected is not None and provider_id != expected:
+                await channel.close()
+                raise ProviderIdentityError(f"provider {address.hostport} is {provider_id}, not {expected} as {how}")
         return Connection(channel, provider_id, tls=False)
     provider_id = certified_id(certificate)
     check_identity(address, provider_id, known or KnownProviders())
