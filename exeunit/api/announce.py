@@ -34,6 +34,9 @@ def announced_addresses(listen_host: str) -> list[str]:
     if ipaddress.ip_address(host).is_loopback:
         raise ValueError("--announce with a loopback --listen would tell the LAN of an address it cannot reach; "
                          "listen on the LAN's address (or 0.0.0.0)")
+    if ipaddress.ip_address(host).version == 6:
+        raise ValueError("--announce publishes IPv4 addresses only (as requestors browse); listen on [::] or "
+                         "0.0.0.0, whose IPv4 addresses are announced, or on the LAN's IPv4 address")
     return [host]
 
 
