@@ -165,6 +165,7 @@ async def test_a_caller_with_the_token_and_another_key_gets_nothing_of_another_r
                "batch_id": run.batch_id}
         claim = (*attacker.metadata, ("x-requestor-id", victim.requestor_id), ("x-requestor-id", "victim"))
         victim_bytes = [value.encode() for value in (agreement, activity, run.batch_id)]
+        refusals: dict[str, str] = {}
 
         for service in (mkt.DESCRIPTOR.services_by_name["Market"], act.DESCRIPTOR.services_by_name["Activity"],
                         net.DESCRIPTOR.services_by_name["Network"], xfer.DESCRIPTOR.services_by_name["Transfer"]):
@@ -185,6 +186,9 @@ async def test_a_caller_with_the_token_and_another_key_gets_nothing_of_another_r
                                 xfer.UploadRequest(chunk=b"x"), xfer.UploadRequest(trailer=xfer.UploadTrailer())]
                 elif method.name == "Tunnel":
                     requests = [act.TunnelRequest(open=act.TunnelOpen(activity_id=activity, port=22))]
+                elif method.name == "RelayFrames":  # a message for the victim's network, as if from a member
+                    requests = [net.RelayFrame(network_id="victims-net", peer="0x" + "1" * 40,
+                                               sealed=b"X" + bytes(8))]
                 else:
                     request = request_class()
                     _victims_ids(request, ids)
@@ -211,6 +215,7 @@ async def test_a_caller_with_the_token_and_another_key_gets_nothing_of_another_r
                     assert exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND,
                                           grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION), \
                         f"{method.name}: {exc.code()} {exc.details()}"
+                    refusals[method.name] = exc.details() or ""
                     continue
                 # answered: then only about the attacker's own things (a new agreement, its own network, its
                 # own empty list, a removal of a network it does not have, which is idempotent)
@@ -218,6 +223,10 @@ async def test_a_caller_with_the_token_and_another_key_gets_nothing_of_another_r
                     method.name
                 for value in victim_bytes:
                     assert not any(value in answer for answer in answers), f"{method.name} gave away {value!r}"
+
+        # the victim's network was named, and not found for the attacker (not another refusal)
+        assert "victims-net" in refusals["RelayFrames"] and "not found" in refusals["RelayFrames"], refusals
+        assert "victims-net" in refusals["SetNetworkPeers"], refusals
 
         # a call with the victim's claim and no proof at all is refused outright
         unsigned = ContractClient(address, None, token=provider.token)
