@@ -2,8 +2,8 @@
 on both sides (the requestor imports nothing of the daemon's but this package, so it lives here).
 
 New files are written to a temporary file made with O_CREAT | O_EXCL | O_NOFOLLOW (mode 0600), so
-that a link planted where the file goes is neither followed nor written through, and then moved
-into place whole. Files and directories made by someone else (an older version, another tool, a
+that a link planted where the file goes is neither followed nor written through, and then linked
+or renamed into place whole. Files and directories made by someone else (an older version, another tool, a
 careless umask) are tightened through a descriptor opened without following links: a link is left
 alone, never the file it points at.
 """
@@ -62,18 +62,18 @@ def replace(path: Path, data: bytes) -> None:
 
 
 def tighten(path: Path, mode: int = FILE_MODE) -> int | None:
-    """Takes group's and others' permissions off the file or directory `path` (down to `mode`);
-    returns the mode it had when it changed it, None when there was nothing to do (no such
-    file, a link, already private). PermissionError when this user may not change it."""
+    """Takes group's and others' permissions off the file `path` (down to `mode`); returns the
+    mode it had when it changed it, None when there was nothing to do (no such file, a link,
+    already private). PermissionError when this user may not change it."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # non-blocking: a fifo planted there
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
         return None
-    except OSError as exc:
+    except OSError:
         if os.path.islink(path):  # ELOOP: a link, whatever it points at is not ours to change
             return None
-        raise exc
+        raise
     try:
         before = stat.S_IMODE(os.fstat(fd).st_mode)
         if not before & 0o077:
