@@ -9,9 +9,8 @@ import os
 import socket
 
 from exeunit.runtime.overlay.addresses import PeerAddressPolicy, parse_ranges
-from exeunit.runtime.overlay.agent import (
-    DEFAULT_HANDSHAKES_PER_SOURCE, DEFAULT_MACS_PER_NETWORK, Agent, Control,
-)
+from exeunit.runtime.overlay.agent import DEFAULT_MACS_PER_NETWORK, Agent, Control
+from exeunit.runtime.overlay.direct import DEFAULT_HANDSHAKES_PER_SOURCE
 from exeunit.runtime.overlay.tls import OverlayIdentity
 
 

@@ -1,0 +1,133 @@
+"""A network's other provider, as the overlay agent holds it: its direct link (a TCP connection
+carrying a TLS session) and its session through the relay, each replaced or dropped under one lock;
+and the shapes the direct and relayed paths see of a network and of the agent (so that neither
+imports the agent)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from exeunit.runtime.overlay.addresses import PeerAddressPolicy
+from exeunit.runtime.overlay.tls import FRAME, LinkError, OverlayIdentity, TlsLink
+
+WINDOW = 4 << 20  # bytes of frames in flight through the relay, per session
+ACK_EVERY = WINDOW // 4
+STALL_SECONDS = 5.0  # a full window with no acknowledgement for this long: the session is given up
+
+
+@dataclass
+class RelayedSession:
+    """One session with a peer through the relay, as one side sees it."""
+
+    session: bytes
+    link: TlsLink | None = None  # the dialer's, once the acceptor's certificate arrived
+    sent: int = 0  # bytes of frames sealed into it
+    acked: int = 0  # of those, how many the peer has consumed
+    consumed: int = 0  # bytes of frames received from the peer
+    acknowledged: int = 0  # of those, how many we have told it of
+    started: float = field(default_factory=time.monotonic)
+    progress: float = field(default_factory=time.monotonic)  # when the peer last acknowledged
+
+    @property
+    def established(self) -> bool:
+        return self.link is not None and self.link.established
+
+    def has_room(self) -> bool:
+        return self.sent - self.acked < WINDOW
+
+    def stalled(self) -> bool:
+        """Its window full and nothing acknowledged for STALL_SECONDS (a message lost on the way)."""
+        return not self.has_room() and time.monotonic() - self.progress > STALL_SECONDS
+
+
+@dataclass
+class Peer:
+    node: str
+    address: tuple[str, int]
+    link: TlsLink | None = None  # the direct one
+    sock: socket.socket | None = None
+    relayed: RelayedSession | None = None  # established through the relay
+    pending: RelayedSession | None = None  # being opened through the relay
+    next_relay_attempt: float = 0.0
+    dialing: bool = False
+    next_dial: float = 0.0  # monotonic time of the next attempt (the dialing side's)
+    dial_delay: float = 0.0  # grows while attempts fail, so a peer gone quiet costs little
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send_direct(self, frame: bytes) -> bool:
+        """Sends over the direct link; False when there is none (or it just broke)."""
+        with self.send_lock:
+            sock, link = self.sock, self.link
+            if sock is None or link is None:
+                return False
+            try:
+                sock.sendall(link.seal(FRAME, frame))
+                return True
+            except (OSError, LinkError):
+                self._drop_locked(sock)
+                return False
+
+    def attach(self, sock: socket.socket, link: TlsLink) -> None:
+        with self.send_lock:
+            old, self.sock, self.link = self.sock, sock, link
+        if old is not None:
+            close_socket(old)
+
+    def drop(self, sock: socket.socket | None = None) -> None:
+        """Forgets the direct link (`sock`: only if it is still that one)."""
+        with self.send_lock:
+            self._drop_locked(sock)
+
+    def _drop_locked(self, sock: socket.socket | None = None) -> None:
+        if sock is not None and self.sock is not sock:
+            return
+        old, self.sock, self.link = self.sock, None, None
+        if old is not None:
+            close_socket(old)
+
+    def forget(self) -> None:
+        """The peer left the network: every link with it goes."""
+        self.drop()
+        with self.send_lock:
+            self.relayed = self.pending = None
+
+
+
+def close_socket(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+class ControlSide(Protocol):
+    """The agent's channel to its daemon (exeunit.runtime.overlay.agent.Control)."""
+
+    def status(self, **fields: object) -> None: ...
+    def relay_out(self, network: str, peer: str, body: bytes) -> None: ...
+
+
+class NetworkSide(Protocol):
+    """One network as the paths see it (exeunit.runtime.overlay.agent.OverlayNetwork)."""
+
+    wire_id: str
+    node: str
+    closed: bool
+    peers: dict[str, Peer]
+
+    def deliver(self, sender: str, frame: bytes) -> None: ...
+
+
+class AgentSide(Protocol):
+    """The agent as the direct path sees it (exeunit.runtime.overlay.agent.Agent)."""
+
+    control: ControlSide
+    identity: OverlayIdentity
+    policy: PeerAddressPolicy
+    networks: dict
+    dial_now: threading.Event
