@@ -99,7 +99,7 @@ async def queued_batches(attacker: Requestor, until: float) -> None:
         request = act.ExecRequest(activity_id=attacker.activity_id, commands=[wire("/bin/sleep", "0.2")],
                                   batch_id=f"queued-{n}")
         try:
-            await attacker.activity.Exec(request, metadata=attacker.client.signed("activity", "Exec"))
+            await attacker.activity.Exec(request, metadata=attacker.client.signed("activity", "Exec", request))
             n += 1
         except grpc.aio.AioRpcError as exc:
             assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
@@ -109,7 +109,7 @@ async def queued_batches(attacker: Requestor, until: float) -> None:
 async def slow_reader(attacker: Requestor, until: float) -> None:
     request = act.ExecRequest(activity_id=attacker.activity_id,
                               commands=[wire("/usr/bin/head", "-c", str(8 << 30), "/dev/zero")], batch_id="huge")
-    stream = attacker.activity.ExecStream(request, metadata=attacker.client.signed("activity", "ExecStream"))
+    stream = attacker.activity.ExecStream(request, metadata=attacker.client.signed("activity", "ExecStream", request))
     async for _ in stream:
         if time.monotonic() >= until:
             stream.cancel()
@@ -119,14 +119,17 @@ async def slow_reader(attacker: Requestor, until: float) -> None:
 
 async def stalled_uploads(attacker: Requestor, until: float) -> None:
     async def one(n: int) -> None:
+        header = xfer.UploadRequest(header=xfer.UploadHeader(activity_id=attacker.activity_id,
+                                                             path=f"/golem/work/stall-{n}", size=256 * MIB))
+
         async def parts() -> AsyncIterator[xfer.UploadRequest]:
-            yield xfer.UploadRequest(header=xfer.UploadHeader(activity_id=attacker.activity_id,
-                                                              path=f"/golem/work/stall-{n}", size=256 * MIB))
+            yield header
             yield xfer.UploadRequest(chunk=bytes(MIB))
             await asyncio.sleep(until - time.monotonic())  # and never another byte
 
         try:
-            await attacker.transfer.Upload(parts(), metadata=attacker.client.signed("transfer", "Upload"), timeout=until - time.monotonic())
+            await attacker.transfer.Upload(parts(), metadata=attacker.client.signed("transfer", "Upload", header),
+                                           timeout=until - time.monotonic())
         except grpc.aio.AioRpcError:
             pass  # refused past the limit, cut when idle, or our own deadline
         except asyncio.CancelledError:  # how grpc ends a call refused while its sender sleeps
@@ -143,8 +146,9 @@ async def deaf_tunnels(attacker: Requestor, until: float) -> None:
     await asyncio.sleep(0.5)
     calls = []
     for _ in range(80):  # more than --tunnels-per-activity: the rest are refused
-        call = attacker.activity.Tunnel(metadata=attacker.client.signed("activity", "Tunnel"))
-        await call.write(act.TunnelRequest(open=act.TunnelOpen(activity_id=attacker.activity_id, port=FLOOD_PORT)))
+        opening = act.TunnelRequest(open=act.TunnelOpen(activity_id=attacker.activity_id, port=FLOOD_PORT))
+        call = attacker.activity.Tunnel(metadata=attacker.client.signed("activity", "Tunnel", opening))
+        await call.write(opening)
         calls.append(call)  # never read
     await asyncio.sleep(max(until - time.monotonic(), 0))
     for call in calls:

@@ -73,3 +73,10 @@ class ProviderCallError(RequestorError):
         self.code = code
         self.details = details
         super().__init__(f"{method} on provider {address} failed: {code}: {details}")
+
+
+class ProviderRestartedError(ProviderCallError):
+    """The provider's daemon started again since this client learned its boot epoch, and refused
+    a call signed for the earlier start; the client has learned the new one. Calls it can repeat by
+    itself it does so once; an upload, whose chunks it cannot read twice, raises this: send it
+    again (requestor.script does)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from requestor.client import ProviderClient
-from requestor.errors import CommandExecutionError
+from requestor.errors import CommandExecutionError, ProviderRestartedError
 from requestor.events import CommandExecuted
 from requestor.model import CommandSpec, DeploySpec, RunSpec, StartSpec, TerminateSpec
 
@@ -137,7 +137,11 @@ class _Send(Transfer):
 
     async def perform(self, client: ProviderClient, activity_id: str) -> str:
         size, chunks = await self._source()
-        sha = await client.upload(activity_id, self.dst_path, size, chunks)
+        try:
+            sha = await client.upload(activity_id, self.dst_path, size, chunks)
+        except ProviderRestartedError:  # refused before anything was written: read the source again
+            size, chunks = await self._source()
+            sha = await client.upload(activity_id, self.dst_path, size, chunks)
         return f"uploaded {size} bytes to {self.dst_path} (sha256 {sha[:12]})"
 
 

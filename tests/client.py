@@ -72,7 +72,8 @@ class ContractClient:
     """Raw stubs whose calls carry the proof of the requestor named `label` (one key per label;
     label None: calls with no proof at all). Connects on `async with`: over TLS, checking the
     provider's id when the address pins one (`host:port#0x...`); in plaintext on loopback, learning
-    the provider's id from its offer."""
+    the provider's id from its offer; either way, its boot epoch from the offer (a client made
+    before the daemon restarted signs for its earlier start, and is refused)."""
 
     def __init__(self, address: str, label: str | None, token: str | None = None,
                  identity: RequestorIdentity | None = None) -> None:
@@ -83,6 +84,7 @@ class ContractClient:
         if token is not None:
             self.metadata += (("authorization", f"Bearer {token}"),)
         self.provider_id = ""
+        self.boot_epoch = ""
 
     async def connect(self) -> None:
         where = ProviderAddress.parse(self.address)
@@ -91,10 +93,10 @@ class ContractClient:
         interceptors = signer.interceptors() if self.identity is not None else []
         try:  # checked as the requestor library checks it
             connection = await connect(where, options, KnownProviders(), self.metadata, interceptors)
-            self.channel, self.provider_id = connection.channel, connection.provider_id
+            self.channel, self.provider_id, self.boot_epoch = connection.channel, connection.provider_id, connection.boot_epoch
+            signer.connection = connection
         except OfferRefused:  # a wrong token, say: the calls go unsigned and the test sees how they are refused
             self.channel = grpc.aio.insecure_channel(where.hostport, options=options, interceptors=interceptors)
-        signer.provider_id = self.provider_id or None
         self.market = mkt_grpc.MarketStub(self.channel)
         self.activity = act_grpc.ActivityStub(self.channel)
         self.transfer = xfer_grpc.TransferStub(self.channel)

@@ -23,6 +23,7 @@ from exeunit.v1.conventions import GIB
 from exeunit.domain.resources import LinearPricing, Resources
 from exeunit.domain.settings import ProviderSettings
 from exeunit.app.assembly import assemble
+from exeunit.api.nonces import NonceBounds
 from exeunit.api.server import RunningServer, create_server
 from exeunit.runtime.storage import LoopStorage
 from tests.client import ContractClient
@@ -85,12 +86,12 @@ class Daemons:
 
     async def start(
         self, name: str = "provider-a", token: str | None = None, limits: ActivityLimits | None = None,
-        **settings: object,
+        nonce_bounds: NonceBounds = NonceBounds(), **settings: object,
     ) -> RunningServer:
         runtime = DockerRuntime()
         storage = LoopStorage(Path(tempfile.mkdtemp(prefix="exeunit-test-storage-")), *runtime.container_root_owner())
         provider = assemble(settings_for(name, **settings), limits or ActivityLimits(), storage, runtime)
-        running = await create_server(provider, "127.0.0.1:0", token)
+        running = await create_server(provider, "127.0.0.1:0", token, nonce_bounds=nonce_bounds)
         self._running.append(running)
         return running
 

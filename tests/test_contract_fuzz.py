@@ -130,28 +130,31 @@ class Caller:
             f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
         )
         self.identity = identity_named(requestor)
-        self.provider_id = self.typed(method("GetOffer"), mkt.GetOfferRequest()).offer.provider_id
+        offer = self.typed(method("GetOffer"), mkt.GetOfferRequest()).offer
+        self.provider_id, self.boot_epoch = offer.provider_id, offer.boot_epoch
 
-    def proof(self, path: str) -> Any:
-        """Signed as the requestor library signs (the offer, asked for first, needs no proof)."""
-        return self.identity.proof(self.provider_id, path) if hasattr(self, "provider_id") else ()
+    def proof(self, path: str, head: bytes) -> Any:
+        """Signed as the requestor library signs, for the bytes sent (the offer, asked for first,
+        needs no proof)."""
+        return self.identity.proof(self.provider_id, self.boot_epoch, path, head) if hasattr(self, "provider_id") else ()
 
     def call(self, method: MethodDescriptor, requests: list[bytes]) -> grpc.StatusCode:
         path = f"/{method.containing_service.full_name}/{method.name}"
         identity = dict(request_serializer=None, response_deserializer=None)
+        head = requests[0] if requests else b""
         try:
             if method.client_streaming and not method.server_streaming:
-                self.channel.stream_unary(path, **identity)(iter(requests), metadata=self.proof(path), timeout=15)
+                self.channel.stream_unary(path, **identity)(iter(requests), metadata=self.proof(path, head), timeout=15)
             elif method.server_streaming:
                 stream = self.channel.unary_stream(path, **identity)(
-                    requests[0] if requests else b"", metadata=self.proof(path), timeout=3
+                    head, metadata=self.proof(path, head), timeout=3
                 )
                 for _ in zip(range(3), stream):  # enough to see the first answers; live streams go on
                     pass
                 stream.cancel()
             else:
                 self.channel.unary_unary(path, **identity)(
-                    requests[0] if requests else b"", metadata=self.proof(path), timeout=15
+                    head, metadata=self.proof(path, head), timeout=15
                 )
         except grpc.RpcError as exc:
             code = exc.code()
@@ -165,7 +168,7 @@ class Caller:
         response_class = message_factory.GetMessageClass(method.output_type)
         call = self.channel.unary_unary(path, request_serializer=type(request).SerializeToString,
                                         response_deserializer=response_class.FromString)
-        return call(request, metadata=self.proof(path), timeout=30)
+        return call(request, metadata=self.proof(path, request.SerializeToString()), timeout=30)
 
 
 def method(name: str) -> MethodDescriptor:

@@ -102,19 +102,21 @@ async def test_a_proof_holds_for_one_call_to_one_provider_of_one_method_now(daem
             return grpc.StatusCode.OK
 
         method = "/exeunit.v1.Activity/ListActivities"
-        proof = me.proof(raw.provider_id, method)
+        epoch, body = raw.boot_epoch, act.ListActivitiesRequest().SerializeToString()
+        proof = me.proof(raw.provider_id, epoch, method, body)
         assert await list_with(proof) is grpc.StatusCode.OK
         assert await list_with(proof) is grpc.StatusCode.UNAUTHENTICATED  # replayed
-        assert await list_with(me.proof(raw.provider_id, "/exeunit.v1.Activity/GetActivityState")) \
+        assert await list_with(me.proof(raw.provider_id, epoch, "/exeunit.v1.Activity/GetActivityState", body)) \
             is grpc.StatusCode.UNAUTHENTICATED  # signed for another method
-        assert await list_with(me.proof("0x" + "00" * 20, method)) is grpc.StatusCode.UNAUTHENTICATED  # another provider
+        assert await list_with(me.proof("0x" + "00" * 20, epoch, method, body)) \
+            is grpc.StatusCode.UNAUTHENTICATED  # another provider
         # a signature by another key over the same message, with my key: refused
-        forged = dict(me.proof(raw.provider_id, method))
-        forged[wire.SIGNATURE_METADATA] = dict(RequestorIdentity.ephemeral().proof(raw.provider_id, method))[
+        forged = dict(me.proof(raw.provider_id, epoch, method, body))
+        forged[wire.SIGNATURE_METADATA] = dict(RequestorIdentity.ephemeral().proof(raw.provider_id, epoch, method, body))[
             wire.SIGNATURE_METADATA]
         assert await list_with(tuple(forged.items())) is grpc.StatusCode.UNAUTHENTICATED
         # a proof made too far from the provider's clock: refused, saying what to fix
-        stale = dict(me.proof(raw.provider_id, method))
+        stale = dict(me.proof(raw.provider_id, epoch, method, body))
         stale[wire.TIME_METADATA] = str(int((time.time() - 3600) * 1000))
         try:
             await raw.activity.ListActivities(act.ListActivitiesRequest(), metadata=tuple(stale.items()))
@@ -135,9 +137,10 @@ async def test_a_second_proof_in_one_call_is_refused(daemons) -> None:
     server = await daemons.start()
     async with ContractClient(f"127.0.0.1:{server.port}", None) as raw:
         method = "/exeunit.v1.Activity/ListActivities"
-        victims = dict(identity_named("victim-of-nonces").proof(raw.provider_id, method))
+        epoch, body = raw.boot_epoch, act.ListActivitiesRequest().SerializeToString()
+        victims = dict(identity_named("victim-of-nonces").proof(raw.provider_id, epoch, method, body))
         await raw.activity.ListActivities(act.ListActivitiesRequest(), metadata=tuple(victims.items()))
-        mine = identity_named("nonce-thief").proof(raw.provider_id, method)
+        mine = identity_named("nonce-thief").proof(raw.provider_id, epoch, method, body)
         try:
             await raw.activity.ListActivities(act.ListActivitiesRequest(), metadata=(
                 *mine, (wire.NONCE_METADATA, victims[wire.NONCE_METADATA])))

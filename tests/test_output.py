@@ -78,8 +78,10 @@ async def test_get_batch_fits_a_default_grpc_client_however_much_was_kept(client
     assert run.succeeded
     async with grpc.aio.insecure_channel(client.address) as plain:  # gRPC's default limits
         stub = act_grpc.ActivityStub(plain)
-        proof = client.identity.proof(client.provider_id, "/exeunit.v1.Activity/GetBatch")
-        batch = await stub.GetBatch(act.GetBatchRequest(activity_id=ready, batch_id=run.batch_id), metadata=proof)
+        request = act.GetBatchRequest(activity_id=ready, batch_id=run.batch_id)
+        proof = client.identity.proof(client.provider_id, client.boot_epoch, "/exeunit.v1.Activity/GetBatch",
+                                      request.SerializeToString())
+        batch = await stub.GetBatch(request, metadata=proof)
     sizes = [len(r.stdout) for r in batch.results]
     assert sum(sizes) == 3 << 20 and sizes[:3] == [1 << 20] * 3 and sizes[3:] == [0, 0]
     assert [r.stdout_truncated for r in batch.results] == [False, False, False, True, True]

@@ -22,6 +22,7 @@ from exeunit.api.servicers import (
     ActivityServicer, MarketServicer, NetworkServicer, OperatorActivityServicer, TransferServicer,
 )
 from exeunit.api.auth import CallGate, Caller, ProofCheck
+from exeunit.api.nonces import NonceBounds, NonceLedger
 from exeunit.v1 import activity_pb2, market_pb2, network_pb2, transfer_pb2
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,13 @@ async def create_admin_server(provider: Provider, path: Path) -> grpc.aio.Server
 
 
 async def create_server(provider: Provider, address: str, token: str | None = None,
-                        admin_socket: Path | None = None, tls: tuple[bytes, bytes] | None = None) -> RunningServer:
+                        admin_socket: Path | None = None, tls: tuple[bytes, bytes] | None = None,
+                        nonce_bounds: NonceBounds = NonceBounds()) -> RunningServer:
     """Binds address ("host:port"; port 0 picks one), then opens the provider and starts serving:
     over TLS with `tls` (private key PEM, certificate PEM), else in plaintext (loopback only; the
     command line sees to that). A port that cannot be bound fails before the provider touches
-    anything."""
-    proofs = ProofCheck(provider.settings.provider_id)
+    anything. Each server has a boot epoch of its own (ProofCheck): proofs made for another are refused."""
+    proofs = ProofCheck(provider.settings.provider_id, NonceLedger(nonce_bounds, provider.market.holds_agreement))
     server = grpc.aio.server(
         interceptors=[CallGate(proofs, token)],
         options=[
@@ -131,8 +133,8 @@ async def create_server(provider: Provider, address: str, token: str | None = No
     await server.start()
     if admin is not None:
         await admin.start()
-    log.info("event=listening address=%s port=%d transport=%s provider=%s name=%s", address, port,
-             "tls" if tls else "plaintext", provider.settings.provider_id, provider.settings.name)
+    log.info("event=listening address=%s port=%d transport=%s provider=%s name=%s boot_epoch=%s", address, port,
+             "tls" if tls else "plaintext", provider.settings.provider_id, provider.settings.name, proofs.boot_epoch)
     return RunningServer(server, port, provider, health_servicer, admin)
 
 

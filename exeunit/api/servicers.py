@@ -62,7 +62,9 @@ class MarketServicer(mkt_grpc.MarketServicer):
     @unary
     @anonymous_ok
     async def GetOffer(self, request: mkt.GetOfferRequest, context: Context, requestor_id: str) -> mkt.GetOfferResponse:
-        return mkt.GetOfferResponse(offer=convert.offer_to_proto(await self.provider.offer()))
+        offer = convert.offer_to_proto(await self.provider.offer())
+        offer.boot_epoch = self.caller.boot_epoch  # the API's: proofs are signed for it (exeunit.api.auth)
+        return mkt.GetOfferResponse(offer=offer)
 
     @unary
     async def ProposeAgreement(

@@ -6,6 +6,7 @@ offer always shows what is still free and a demand the host cannot fit is refuse
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
 import uuid
@@ -178,6 +179,7 @@ class Market:
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings
         self._agreements: dict[str, Agreement] = {}
+        self._approved_of: collections.Counter[str] = collections.Counter()  # requestor -> live agreements
 
     def reserved(self) -> Resources:
         total = Resources(0, 0, 0)
@@ -216,6 +218,7 @@ class Market:
             created=now,
         )
         self._agreements[agreement.agreement_id] = agreement
+        self._approved_of[requestor_id] += 1
         log.info(
             "event=agreement_approved agreement=%s requestor=%s image=%s expires=%s",
             agreement.agreement_id, requestor_id, demand.image.describe(), demand.expiration.isoformat(),
@@ -224,10 +227,24 @@ class Market:
 
     def restore(self, agreement: Agreement) -> None:
         """Takes back an agreement a previous daemon on this home signed (with its reservation)."""
+        self.forget(agreement.agreement_id)
         self._agreements[agreement.agreement_id] = agreement
+        if agreement.state is AgreementState.APPROVED:
+            self._approved_of[agreement.requestor_id] += 1
 
     def forget(self, agreement_id: str) -> None:
-        self._agreements.pop(agreement_id, None)
+        agreement = self._agreements.pop(agreement_id, None)
+        if agreement is not None and agreement.state is AgreementState.APPROVED:
+            self._ended(agreement.requestor_id)
+
+    def holds_agreement(self, requestor_id: str) -> bool:
+        """Whether the requestor has an approved agreement here (in constant time: every call asks)."""
+        return requestor_id in self._approved_of
+
+    def _ended(self, requestor_id: str) -> None:
+        self._approved_of[requestor_id] -= 1
+        if self._approved_of[requestor_id] <= 0:
+            del self._approved_of[requestor_id]
 
     def get(self, agreement_id: str) -> Agreement:
         try:
@@ -243,6 +260,8 @@ class Market:
         if agreement.state is AgreementState.TERMINATED:
             return False
         agreement.state = AgreementState.TERMINATED
+        if self._agreements.get(agreement.agreement_id) is agreement:
+            self._ended(agreement.requestor_id)
         agreement.termination_reason = reason
         agreement.termination_message = message
         log.info("event=agreement_terminated agreement=%s reason=%s", agreement.agreement_id, reason)

@@ -11,14 +11,16 @@ trusts that certificate and nothing else, so a party in the middle with another 
 handshake.
 
 On loopback a provider may speak plaintext; the requestor learns its id from its offer there (the
-host's own processes are trusted as the host is). Either way every call carries a proof of the
-requestor's key bound to that id (`CallSigner`).
+host's own processes are trusted as the host is). Either way the offer tells the boot epoch of
+the daemon's current start, and every call carries a proof of the requestor's key bound to that
+id, that epoch and the request (`CallSigner`, ProviderClient.signed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import logging
 import os
 import re
@@ -238,20 +240,24 @@ def _changed_key(address: ProviderAddress, claim: str, claimed: str, remembered:
 
 
 class CallSigner:
-    """Adds the requestor's proof for `provider_id` to every call of a channel made with its
-    `interceptors()` (none while the id is not yet known: only GetOffer is answered then). For
-    raw stubs (tests, tools): ProviderClient signs each call itself, as grpc.aio's interceptors
-    leave a pending task behind when a streaming call is cancelled."""
+    """Adds the requestor's proof for the provider of `connection` to every call of a channel made
+    with its `interceptors()` (none while there is no connection: only GetOffer is answered then).
+    For raw stubs (tests, tools): ProviderClient signs each call itself, as grpc.aio's interceptors
+    leave a pending task behind when a streaming call is cancelled. A client stream is signed for
+    its first message, taken from its iterator before the call starts (a call written to with
+    `write()` has none then, and is signed for sending none)."""
 
     def __init__(self, identity: RequestorIdentity) -> None:
         self.identity = identity
-        self.provider_id: str | None = None
+        self.connection: Connection | None = None
 
-    def signed(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        if self.provider_id is None:
+    def signed(self, details: grpc.aio.ClientCallDetails, head: bytes) -> grpc.aio.ClientCallDetails:
+        if self.connection is None:
             return details
         method = details.method.decode() if isinstance(details.method, bytes) else details.method
-        metadata = grpc.aio.Metadata(*(details.metadata or ()), *self.identity.proof(self.provider_id, method))
+        proof = self.identity.proof(self.connection.provider_id, self.connection.boot_epoch, method,
+                                    b"" if method in wire.UNBOUND_STREAMS else head)
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), *proof)
         return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
                                           details.wait_for_ready)
 
@@ -260,12 +266,37 @@ class CallSigner:
         return [_SignUnaryUnary(self), _SignUnaryStream(self), _SignStreamUnary(self), _SignStreamStream(self)]
 
 
+def serialized(request: Any) -> bytes:
+    """A request's bytes as gRPC sends them (raw bytes pass as they are)."""
+    return request if isinstance(request, bytes) else request.SerializeToString()
+
+
+async def _first_taken(requests: Any) -> tuple[bytes, Any]:
+    """The bytes of a client stream's first message, and the stream with that message still in it."""
+    if requests is None:
+        return b"", None
+    if hasattr(requests, "__aiter__"):
+        rest = aiter(requests)
+        first = await anext(rest, None)
+
+        async def again() -> Any:
+            if first is not None:
+                yield first
+            async for request in rest:
+                yield request
+
+        return (b"" if first is None else serialized(first)), again()
+    rest = iter(requests)
+    first = next(rest, None)
+    return (b"" if first is None else serialized(first)), itertools.chain(() if first is None else (first,), rest)
+
+
 class _SignUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, signer: CallSigner) -> None:
         self.signer = signer
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self.signer.signed(details), request)
+        return await continuation(self.signer.signed(details, serialized(request)), request)
 
 
 class _SignUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
@@ -273,7 +304,7 @@ class _SignUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
         self.signer = signer
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self.signer.signed(details), request)
+        return await continuation(self.signer.signed(details, serialized(request)), request)
 
 
 class _SignStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
@@ -281,7 +312,8 @@ class _SignStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
         self.signer = signer
 
     async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(self.signer.signed(details), requests)
+        head, requests = await _first_taken(requests)
+        return await continuation(self.signer.signed(details, head), requests)
 
 
 class _SignStreamStream(grpc.aio.StreamStreamClientInterceptor):
@@ -289,22 +321,43 @@ class _SignStreamStream(grpc.aio.StreamStreamClientInterceptor):
         self.signer = signer
 
     async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(self.signer.signed(details), requests)
+        head, requests = await _first_taken(requests)
+        return await continuation(self.signer.signed(details, head), requests)
 
 
 @dataclass
 class Connection:
+    """A checked channel to one provider, and the boot epoch of its daemon's current start (from
+    its offer; renewed by the client when the daemon says it started again)."""
+
     channel: grpc.aio.Channel
     provider_id: str
     tls: bool
+    boot_epoch: str = ""
+
+
+async def fetch_offer(channel: grpc.aio.Channel, address: ProviderAddress,
+                      metadata: tuple[tuple[str, str], ...] = ()) -> mkt.Offer:
+    """The provider's offer, asked for without a proof (its id and boot epoch are what a proof
+    needs); ProviderUnreachableError when it does not answer, OfferRefused when it refuses."""
+    try:
+        response = await mkt_grpc.MarketStub(channel).GetOffer(mkt.GetOfferRequest(), metadata=metadata,
+                                                               timeout=HANDSHAKE_TIMEOUT)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise ProviderUnreachableError(f"provider {address.hostport} did not answer: {exc.details()}") from None
+        raise OfferRefused(f"provider {address.hostport} did not say who it is: "
+                           f"{exc.code().name}: {exc.details()}") from None
+    return response.offer
 
 
 async def connect(address: ProviderAddress, options: list[tuple[str, Any]], known: KnownProviders | None = None,
                   metadata: tuple[tuple[str, str], ...] = (),
                   interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> Connection:
-    """A channel to the provider at `address`, its identity checked (see the module's docstring).
-    The caller signs its calls for `provider_id` (RequestorIdentity.proof, or a CallSigner's
-    `interceptors`). `metadata` goes with the offer asked for on loopback (a token)."""
+    """A channel to the provider at `address`, its identity checked (see the module's docstring),
+    and its daemon's boot epoch learned from its offer. The caller signs its calls for
+    `provider_id` and `boot_epoch` (RequestorIdentity.proof, or a CallSigner's `interceptors`).
+    `metadata` goes with the offer asked for (a token)."""
     certificate = await fetch_certificate(address)
     if certificate is None:
         if not address.is_loopback:
@@ -314,20 +367,16 @@ async def connect(address: ProviderAddress, options: list[tuple[str, Any]], know
             )
         channel = grpc.aio.insecure_channel(address.hostport, options=options, interceptors=interceptors)
         try:
-            offer = await mkt_grpc.MarketStub(channel).GetOffer(mkt.GetOfferRequest(), metadata=metadata,
-                                                                timeout=HANDSHAKE_TIMEOUT)
-        except grpc.aio.AioRpcError as exc:
+            offer = await fetch_offer(channel, address, metadata)
+        except RequestorError:
             await channel.close()
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise ProviderUnreachableError(f"provider {address.hostport} did not answer: {exc.details()}") from None
-            raise OfferRefused(f"provider {address.hostport} did not say who it is: "
-                               f"{exc.code().name}: {exc.details()}") from None
-        provider_id = offer.offer.provider_id
+            raise
+        provider_id = offer.provider_id
         for how, expected in (("pinned", address.pinned_id), ("announced", address.announced_id)):
             if expected is not None and provider_id != expected:
                 await channel.close()
                 raise ProviderIdentityError(f"provider {address.hostport} is {provider_id}, not {expected} as {how}")
-        return Connection(channel, provider_id, tls=False)
+        return Connection(channel, provider_id, tls=False, boot_epoch=offer.boot_epoch)
     provider_id = certified_id(certificate)
     check_identity(address, provider_id, known or KnownProviders())
     pem = ssl.DER_cert_to_PEM_cert(certificate).encode()
@@ -335,4 +384,9 @@ async def connect(address: ProviderAddress, options: list[tuple[str, Any]], know
         address.hostport, grpc.ssl_channel_credentials(root_certificates=pem),
         options=[*options, ("grpc.ssl_target_name_override", provider_id)], interceptors=interceptors,
     )
-    return Connection(channel, provider_id, tls=True)
+    try:
+        offer = await fetch_offer(channel, address, metadata)
+    except RequestorError:
+        await channel.close()
+        raise
+    return Connection(channel, provider_id, tls=True, boot_epoch=offer.boot_epoch)

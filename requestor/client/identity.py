@@ -80,13 +80,17 @@ class RequestorIdentity:
         """A key kept nowhere: a requestor nobody, not even a later run of itself, can be again."""
         return cls(ec.generate_private_key(ec.SECP256R1()))
 
-    def proof(self, provider_id: str, method: str) -> tuple[tuple[str, str | bytes], ...]:
-        """The metadata proving this identity for one call of `method` to `provider_id`."""
+    def proof(self, provider_id: str, boot_epoch: str, method: str, head: bytes) -> tuple[tuple[str, str | bytes], ...]:
+        """The metadata proving this identity for one call of `method` to `provider_id` in its
+        daemon's start `boot_epoch` (its offer's), carrying the request whose serialized bytes are
+        `head` (a client stream's first message; b"" for one of wire.UNBOUND_STREAMS)."""
         stamp = int(time.time() * 1000)
         nonce = secrets.token_hex(wire.NONCE_HEX_CHARS // 2)
-        signature = self._key.sign(wire.proof_message(provider_id, method, stamp, nonce), wire.SIGNATURE_ALGORITHM)
-        return ((wire.KEY_METADATA, self._spki), (wire.TIME_METADATA, str(stamp)),
-                (wire.NONCE_METADATA, nonce), (wire.SIGNATURE_METADATA, signature))
+        digest = wire.body_digest(head)
+        message = wire.proof_message(provider_id, boot_epoch, method, stamp, nonce, digest)
+        signature = self._key.sign(message, wire.SIGNATURE_ALGORITHM)
+        return ((wire.KEY_METADATA, self._spki), (wire.TIME_METADATA, str(stamp)), (wire.NONCE_METADATA, nonce),
+                (wire.EPOCH_METADATA, boot_epoch), (wire.BODY_METADATA, digest), (wire.SIGNATURE_METADATA, signature))
 
     def __repr__(self) -> str:
         return f"RequestorIdentity({self.requestor_id}, path={self.path})"

@@ -1,7 +1,9 @@
 """One provider daemon as the requestor sees it: typed calls over the ExeUnit contract.
 
 Every call carries the requestor's proof of its key (requestor.client.connect, which also checks
-the provider is the one chosen) and, when a token is set, the token.
+the provider is the one chosen) and, when a token is set, the token. A proof is bound to the
+request and to the daemon's current start: when the daemon says it started again, the client asks
+for its offer, learns the new boot epoch, and makes the refused call once more.
 Calls take and return the records of requestor.model (converted in requestor.client.convert), and
 gRPC errors become requestor exceptions (requestor.client.status), here and nowhere else. Batch
 event streams survive a dropped connection: they resume from the next sequence number.
@@ -21,6 +23,7 @@ import grpc
 
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import activity_pb2_grpc as act_grpc
+from exeunit.v1 import identity as wire
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1 import market_pb2_grpc as mkt_grpc
 from exeunit.v1 import network_pb2 as net
@@ -30,8 +33,8 @@ from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
 from exeunit.v1.conventions import CHUNK_SIZE
 from requestor import errors
 from requestor.client import convert
-from requestor.client.connect import Connection, KnownProviders, ProviderAddress, connect
-from requestor.client.status import UNREACHABLE_CODES, from_rpc_error
+from requestor.client.connect import Connection, KnownProviders, ProviderAddress, connect, fetch_offer, serialized
+from requestor.client.status import UNREACHABLE_CODES, from_rpc_error, restarted_as
 from requestor.client.identity import RequestorIdentity
 from requestor.model import (
     Activity, ActivityStatus, Agreement, AgreementInfo, BatchEvent, CommandSpec, DemandSpec, Offer, Refusal, Usage,
@@ -88,12 +91,40 @@ class ProviderClient:
                 self._network = net_grpc.NetworkStub(self._connection.channel)
             return self._connection
 
-    def signed(self, service: str, method: str) -> tuple[tuple[str, str | bytes], ...]:
-        """The metadata of one call of `method` of `service` ("activity", ...): the token, if any,
-        and a fresh proof of this requestor's key for the connected provider."""
+    def signed(self, service: str, method: str, head: Any) -> tuple[tuple[str, str | bytes], ...]:
+        """The metadata of one call of `method` of `service` ("activity", ...) carrying `head`
+        (the request; a client stream's first message; b"" for none): the token, if any, and a
+        fresh proof of this requestor's key for the connected provider's current start."""
         assert self._connection is not None, "connect() first"
         path = f"/exeunit.v1.{SERVICE_NAMES[service]}/{method}"
-        return (*self._metadata, *self.identity.proof(self._connection.provider_id, path))
+        body = b"" if path in wire.UNBOUND_STREAMS else serialized(head)
+        proof = self.identity.proof(self._connection.provider_id, self._connection.boot_epoch, path, body)
+        return (*self._metadata, *proof)
+
+    async def _renewed(self, exc: grpc.aio.AioRpcError, sent: tuple[tuple[str, str | bytes], ...],
+                       unheard: bool = False) -> bool:
+        """True when `exc` refused a proof (metadata `sent`) made for an earlier start of the
+        provider's daemon, and the boot epoch it runs under now is learned from its offer: the call
+        may be signed and made again. With `unheard`, also an INTERNAL failure of a client stream
+        (grpc loses a refusal that comes while it is still sending) when the offer names another
+        epoch than the one signed; and when the offer cannot be had (the daemon is gone again). False
+        for any other failure."""
+        now = restarted_as(exc)
+        signed_for = dict(sent).get(wire.EPOCH_METADATA)
+        if self._connection is None or now == signed_for:
+            return False
+        if now is None and not (unheard and exc.code() is grpc.StatusCode.INTERNAL):
+            return False
+        if now is None or self._connection.boot_epoch != now:
+            try:
+                offer = await fetch_offer(self._connection.channel, self._where, self._metadata)
+            except errors.ProviderUnreachableError:
+                return True  # gone again: made again, the call meets the outage as any call does
+            if offer.boot_epoch != self._connection.boot_epoch:
+                log.info("event=provider_restarted provider=%s address=%s boot_epoch=%s",
+                         self._connection.provider_id, self.address, offer.boot_epoch)
+            self._connection.boot_epoch = offer.boot_epoch
+        return self._connection.boot_epoch != signed_for and now in (None, self._connection.boot_epoch)
 
     @property
     def _channel(self) -> grpc.aio.Channel:
@@ -105,13 +136,37 @@ class ProviderClient:
             await self._connection.channel.close()
 
     async def _call(self, service: str, method: str, request: Any, timeout: float | None = None) -> Any:
-        """`method` of `service` ("market", "activity", "transfer", "network") on this provider."""
+        """`method` of `service` ("market", "activity", "transfer", "network") on this provider
+        (once more when the daemon started again since the last call)."""
         await self.connect()
         call = getattr(getattr(self, f"_{service}"), method)
-        try:
-            return await call(request, metadata=self.signed(service, method), timeout=timeout or self._timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(method, self.address, exc) from exc
+        for attempt in (1, 2):
+            sent = self.signed(service, method, request)
+            try:
+                return await call(request, metadata=sent, timeout=timeout or self._timeout)
+            except grpc.aio.AioRpcError as exc:
+                if attempt == 1 and await self._renewed(exc, sent):
+                    continue
+                raise from_rpc_error(method, self.address, exc) from exc
+        raise AssertionError("unreachable")
+
+    async def _answers(self, service: str, method: str, request: Any) -> AsyncIterator[Any]:
+        """The responses of a server-streaming call (made once more when the daemon refused it,
+        before any answer, for an earlier start)."""
+        await self.connect()
+        call = getattr(getattr(self, f"_{service}"), method)
+        for attempt in (1, 2):
+            sent = self.signed(service, method, request)
+            answered = False
+            try:
+                async for response in call(request, metadata=sent):
+                    answered = True
+                    yield response
+                return
+            except grpc.aio.AioRpcError as exc:
+                if attempt == 1 and not answered and await self._renewed(exc, sent):
+                    continue
+                raise from_rpc_error(method, self.address, exc) from exc
 
     @asynccontextmanager
     async def _translated(self, method: str) -> AsyncIterator[None]:
@@ -163,9 +218,13 @@ class ProviderClient:
             async for network_id, peer, sealed in outgoing:
                 yield net.RelayFrame(network_id=network_id, peer=peer, sealed=sealed)
 
-        async with self._translated("RelayFrames"):
-            async for frame in self._network.RelayFrames(requests(), metadata=self.signed("network", "RelayFrames")):
+        sent = self.signed("network", "RelayFrames", b"")
+        try:
+            async for frame in self._network.RelayFrames(requests(), metadata=sent):
                 yield frame.network_id, frame.peer, frame.sealed
+        except grpc.aio.AioRpcError as exc:
+            await self._renewed(exc, sent)  # the caller opens it again (`outgoing` cannot be read twice at once)
+            raise from_rpc_error("RelayFrames", self.address, exc) from exc
 
     async def remove_network(self, network_id: str) -> list[str]:
         """Removes it here; returns the activities that were cut off it."""
@@ -220,13 +279,15 @@ class ProviderClient:
         wire_commands = [convert.command_to(c) for c in commands] if commands is not None else None
         await self.connect()
         while True:
+            request: Any
             if wire_commands is not None and next_sequence == 0:
-                exec_request = act.ExecRequest(activity_id=activity_id, commands=wire_commands, batch_id=batch_id)
-                method, stream = "ExecStream", self._activity.ExecStream(exec_request, metadata=self.signed("activity", "ExecStream"))
+                method = "ExecStream"
+                request = act.ExecRequest(activity_id=activity_id, commands=wire_commands, batch_id=batch_id)
             else:
+                method = "StreamBatchEvents"
                 request = act.StreamBatchEventsRequest(activity_id=activity_id, batch_id=batch_id, from_sequence=next_sequence)
-                method, stream = "StreamBatchEvents", self._activity.StreamBatchEvents(
-                    request, metadata=self.signed("activity", "StreamBatchEvents"))
+            sent = self.signed("activity", method, request)
+            stream = getattr(self._activity, method)(request, metadata=sent)
             try:
                 async for message in stream:
                     deadline = None
@@ -237,6 +298,8 @@ class ProviderClient:
                         return
                 return
             except grpc.aio.AioRpcError as exc:
+                if await self._renewed(exc, sent):
+                    continue  # the daemon started again: signed for its new start, the stream goes on
                 deadline = deadline or loop.time() + reconnect_for
                 if await self._reconnected(method, exc, deadline):
                     deadline = None
@@ -252,12 +315,15 @@ class ProviderClient:
         request = act.WatchActivityRequest(activity_id=activity_id)
         await self.connect()
         while True:
+            sent = self.signed("activity", "WatchActivity", request)
             try:
-                async for status in self._activity.WatchActivity(request, metadata=self.signed("activity", "WatchActivity")):
+                async for status in self._activity.WatchActivity(request, metadata=sent):
                     deadline = None
                     yield convert.status_from(status)
                 return
             except grpc.aio.AioRpcError as exc:
+                if await self._renewed(exc, sent):
+                    continue
                 deadline = deadline or loop.time() + reconnect_for
                 if await self._reconnected("WatchActivity", exc, deadline):
                     deadline = None
@@ -286,14 +352,8 @@ class ProviderClient:
         have closed; half-closes pass through. Raises ProviderCallError when the tunnel cannot
         open (nothing listens there, say)."""
         await self.connect()
-        call = self._activity.Tunnel(metadata=self.signed("activity", "Tunnel"))
+        call = await self._open_tunnel(act.TunnelRequest(open=act.TunnelOpen(activity_id=activity_id, port=port)))
         async with self._translated("Tunnel"):
-            await call.write(act.TunnelRequest(open=act.TunnelOpen(activity_id=activity_id, port=port)))
-            opened = await call.read()
-            if opened is grpc.aio.EOF or opened.WhichOneof("part") != "opened":
-                await call  # raises the provider's status
-                raise errors.RequestorError(f"provider {self.address} did not open the tunnel")
-
             async def upstream() -> None:
                 while data := await local_reader.read(CHUNK_SIZE):
                     await call.write(act.TunnelRequest(data=data))
@@ -317,6 +377,26 @@ class ProviderClient:
                 sending.cancel()
                 call.cancel()
 
+    async def _open_tunnel(self, opening: act.TunnelRequest) -> Any:
+        """A Tunnel call the provider answered `opened` (made once more when its daemon refused
+        it for an earlier start)."""
+        for attempt in (1, 2):
+            sent = self.signed("activity", "Tunnel", opening)
+            call = self._activity.Tunnel(metadata=sent)
+            try:
+                await call.write(opening)
+                opened = await call.read()
+                if opened is grpc.aio.EOF or opened.WhichOneof("part") != "opened":
+                    await call  # raises the provider's status
+                    raise errors.RequestorError(f"provider {self.address} did not open the tunnel")
+                return call
+            except grpc.aio.AioRpcError as exc:
+                call.cancel()
+                if attempt == 1 and await self._renewed(exc, sent):
+                    continue
+                raise from_rpc_error("Tunnel", self.address, exc) from exc
+        raise AssertionError("unreachable")
+
     # Transfers
 
     async def upload(self, activity_id: str, path: str, size: int, chunks: AsyncIterator[bytes]) -> str:
@@ -336,8 +416,10 @@ class ProviderClient:
             except Exception as exc:  # handed to the sender, which raises it
                 await ahead.put(exc)
 
+        header = xfer.UploadRequest(header=xfer.UploadHeader(activity_id=activity_id, path=path, size=size))
+
         async def requests() -> AsyncIterator[xfer.UploadRequest]:
-            yield xfer.UploadRequest(header=xfer.UploadHeader(activity_id=activity_id, path=path, size=size))
+            yield header
             while (piece := await ahead.get()) is not None:
                 if isinstance(piece, BaseException):
                     raise piece
@@ -346,9 +428,14 @@ class ProviderClient:
 
         await self.connect()
         reader = asyncio.create_task(read_ahead())
+        sent = self.signed("transfer", "Upload", header)
         try:
-            async with self._translated("Upload"):
-                response = await self._transfer.Upload(requests(), metadata=self.signed("transfer", "Upload"))
+            response = await self._transfer.Upload(requests(), metadata=sent)
+        except grpc.aio.AioRpcError as exc:
+            if await self._renewed(exc, sent, unheard=True):  # `chunks` are read already: the caller sends again
+                raise errors.ProviderRestartedError("Upload", self.address, exc.code().name,
+                                                    exc.details() or "the provider's daemon started again") from exc
+            raise from_rpc_error("Upload", self.address, exc) from exc
         finally:
             reader.cancel()
         return response.sha256
@@ -360,32 +447,29 @@ class ProviderClient:
         hashing: asyncio.Future[None] | None = None  # one chunk hashed in a thread while the next arrives
         announced: int | None = None
         received = 0
-        await self.connect()
-        async with self._translated("Download"):
-            async for part in self._transfer.Download(xfer.DownloadRequest(activity_id=activity_id, path=path),
-                                                       metadata=self.signed("transfer", "Download")):
-                kind = part.WhichOneof("part")
-                if kind == "header":
-                    announced = part.header.size
-                elif kind == "chunk":
-                    received += len(part.chunk)
-                    if hashing is not None:
-                        await hashing
-                    hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, part.chunk))
-                    yield part.chunk
-                elif kind == "trailer":
-                    if hashing is not None:
-                        await hashing
-                    if received != announced:
-                        raise errors.RequestorError(
-                            f"download of {path} from {self.address} is incomplete: {received} bytes arrived, "
-                            f"{announced} were announced"
-                        )
-                    if part.trailer.sha256 != digest.hexdigest():
-                        raise errors.RequestorError(
-                            f"download of {path} from {self.address} arrived corrupted (checksum mismatch)"
-                        )
-                    return
+        async for part in self._answers("transfer", "Download", xfer.DownloadRequest(activity_id=activity_id, path=path)):
+            kind = part.WhichOneof("part")
+            if kind == "header":
+                announced = part.header.size
+            elif kind == "chunk":
+                received += len(part.chunk)
+                if hashing is not None:
+                    await hashing
+                hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, part.chunk))
+                yield part.chunk
+            elif kind == "trailer":
+                if hashing is not None:
+                    await hashing
+                if received != announced:
+                    raise errors.RequestorError(
+                        f"download of {path} from {self.address} is incomplete: {received} bytes arrived, "
+                        f"{announced} were announced"
+                    )
+                if part.trailer.sha256 != digest.hexdigest():
+                    raise errors.RequestorError(
+                        f"download of {path} from {self.address} arrived corrupted (checksum mismatch)"
+                    )
+                return
         raise errors.RequestorError(
             f"download of {path} from {self.address} ended after {received} bytes without its trailer"
         )
