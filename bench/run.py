@@ -31,6 +31,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,10 @@ sys.path.insert(0, str(REPO))
 
 from bench import span  # noqa: E402
 from bench.attack import attack  # noqa: E402
+from exeunit.api.auth import ProofCheck  # noqa: E402
+from exeunit.api.nonces import NonceBounds, NonceLedger  # noqa: E402
+from exeunit.v1 import activity_pb2 as act  # noqa: E402
+from exeunit.v1 import identity as wire  # noqa: E402
 from exeunit.testing.hosts import SimulatedLan  # noqa: E402
 from exeunit.testing.providers import ProviderDaemon  # noqa: E402
 from requestor import Golem, events  # noqa: E402
@@ -321,8 +326,48 @@ async def case_exec(golem: Golem, client: docker.DockerClient, states: States, r
     container.remove(force=True, v=True)
     await cluster.terminate()
     target, limit = ("ratio <= 0.1", 0.1) if executor == "agent" else ("ratio <= 1.15", 1.15)
-    extra = {"spawn_floor_ms": round(spawn_floor() * 1000, 2)} if executor == "agent" else {}
+    extra: dict[str, float | str] = {}
+    if executor == "agent":
+        costs = proof_costs()
+        per_call = costs["proof_sign_us"] + costs["proof_verify_us"]
+        extra = {"spawn_floor_ms": round(spawn_floor() * 1000, 2), **costs,
+                 "proof_share_of_round_trip": round(per_call / (a * 1e6), 4)}  # one call (ExecStream) per round trip
     return Row(f"exec round trip ({executor})", a * 1000, b * 1000, "ms", a / b, target, a / b <= limit, extra)
+
+
+def proof_costs(rounds: int = 2000, remembered: int = 100_000) -> dict[str, float | str]:
+    """What a call's proof costs, in microseconds of one core, for the round trip's request: the
+    requestor serializes it again and signs (its SHA-256 included: proof_sign_us); the daemon
+    hashes the bytes it received (proof_hash_us), verifies the signature and records the nonce
+    (proof_verify_us). And the bytes a remembered nonce holds (nonce_ledger_bytes_each)."""
+    me = RequestorIdentity.ephemeral()
+    check = ProofCheck("0x" + "ab" * wire.ID_BYTES)
+    method = "/exeunit.v1.Activity/ExecStream"
+    request = act.ExecRequest(activity_id=os.urandom(16).hex(), batch_id=os.urandom(16).hex(),
+                              commands=[act.Command(run=act.RunCommand(entry_point="/bin/true"))])
+    elapsed = stopwatch()
+    proofs = [me.proof(check.provider_id, check.boot_epoch, method, request.SerializeToString()) for _ in range(rounds)]
+    sign = elapsed() / rounds
+    body = request.SerializeToString()
+    elapsed = stopwatch()
+    for _ in range(rounds):
+        wire.body_digest(body)
+    hashing = elapsed() / rounds
+    metadata = [dict(proof) for proof in proofs]
+    elapsed = stopwatch()
+    for each in metadata:
+        check.verify(method, each)
+    verify = elapsed() / rounds
+    tracemalloc.start()
+    ledger = NonceLedger(NonceBounds(remembered, remembered, remembered))
+    now = time.time()
+    for n in range(remembered):
+        ledger.record(f"0x{n % 100:040x}", os.urandom(16).hex(), now + 60, now)  # 100 requestors
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return {"proof_sign_us": round(sign * 1e6, 1), "proof_hash_us": round(hashing * 1e6, 2),
+            "proof_verify_us": round(verify * 1e6, 1), "request_bytes": len(body),
+            "nonce_ledger_bytes_each": round(held / remembered)}
 
 
 async def case_attack(daemon: Daemon, seconds: float) -> Row:
