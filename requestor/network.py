@@ -286,6 +286,8 @@ class Network:
 
     async def _tell_peers(self) -> None:
         """Every provider of the network learns the others (yapapi's add_node reaching them all)."""
+        if self.relay is not None:
+            self.relay.admit(self._network_id, set(self._endpoints))
         for provider_id, client in list(self._hosts.items()):
             if provider_id not in self._endpoints:
                 continue
@@ -305,6 +307,7 @@ class Network:
         if endpoint:
             self._endpoints[provider_id] = endpoint
             if self.relay is not None and len(self._endpoints) > 1:
+                self.relay.admit(self._network_id, set(self._endpoints))
                 for host, host_client in self._hosts.items():
                     self.relay.ensure(host, host_client)
         node = Node(self, provider_id, str(self._checked(ip)))

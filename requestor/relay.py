@@ -17,7 +17,8 @@ from requestor.errors import RequestorError
 
 log = logging.getLogger(__name__)
 
-QUEUED_MESSAGES = 1024  # per provider link (each at most ~66 KiB: the providers' windows stay below)
+QUEUED_MESSAGES = 512  # per provider link (the providers' windows keep an honest flow below)
+MAX_MESSAGE = 68 * 1024  # a frame at the overlay's MTU in its TLS records; larger is no honest provider's
 RETRY_SECONDS = 1.0
 SESSION_HEADER = 9  # a relayed message's kind byte and session id (exeunit.runtime.overlay.relayed)
 RESET = b"X"
@@ -29,8 +30,14 @@ class Relay:
     def __init__(self) -> None:
         self._queues: dict[str, asyncio.Queue[tuple[str, str, bytes]]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._members: dict[str, set[str]] = {}  # network id -> the providers that host part of it
         self.forwarded = 0
         self.dropped = 0
+
+    def admit(self, network_id: str, provider_ids: set[str]) -> None:
+        """The providers that host part of `network_id`: only messages between two of them, for
+        it, are carried (a provider cannot aim messages at a network it is not on)."""
+        self._members[network_id] = set(provider_ids)
 
     def ensure(self, provider_id: str, client: ProviderClient) -> None:
         """Keeps a relay stream open with this provider (until `close`)."""
@@ -48,6 +55,10 @@ class Relay:
         while True:
             try:
                 async for network_id, destination, sealed in client.relay_frames(outgoing()):
+                    members = self._members.get(network_id, set())
+                    if provider_id not in members or destination not in members or len(sealed) > MAX_MESSAGE:
+                        self.dropped += 1  # not a message of one of our networks' members to another
+                        continue
                     target = self._queues.get(destination)
                     try:
                         if target is None:

@@ -375,3 +375,75 @@ def test_the_address_rules() -> None:
     assert ranged.refusal(ipaddress.ip_address("10.1.2.4")) is None
     assert "overlay-peer-ranges" in ranged.refusal(ipaddress.ip_address("172.17.0.2"))
     assert "loopback" not in (PeerAddressPolicy("127.0.0.1").refusal(ipaddress.ip_address("127.0.0.1")) or "")
+
+
+def test_a_link_is_bound_to_its_network(tmp_path: Path) -> None:
+    """Two genuine providers, but the ends were opened for different networks (an on-path party
+    swapped the clear preambles of two connections): the handshake fails."""
+    from exeunit.runtime.overlay.tls import LinkError, OverlayIdentity, TlsLink
+
+    ends = []
+    for name in ("one", "two"):
+        files = provider_files(tmp_path / name)
+        ends.append(OverlayIdentity.load(files.certificate_file, files.key_file))
+    one, two = sorted(ends, key=lambda e: e.node)
+
+    def handshake(client_network: str, server_network: str) -> None:
+        client = TlsLink(one, two.node, two.certificate_der, server_side=False, network=client_network)
+        server = TlsLink(two, one.node, one.certificate_der, server_side=True, network=server_network)
+        out = client.handshake()
+        for _ in range(4):
+            out = client.handshake(server.handshake(out)) if out else b""
+            if client.established and server.established:
+                return
+        raise AssertionError("no handshake")
+
+    handshake("net-a", "net-a")
+    with pytest.raises(LinkError):
+        handshake("net-a", "net-b")
+
+
+def test_a_strangers_relayed_bytes_end_no_agent(simulated_lan: SimulatedLan, halves) -> None:
+    """A certificate of a key kind nobody takes, an acknowledgement of the wrong size, a message
+    too short: each is refused, and the agent goes on carrying the network."""
+    made, relayed = halves
+    relayed["on"] = True
+    simulated_lan.partition(made[0].host, made[1].host)
+    join_all(made)
+    assert reaches(made[0], made[1], seconds=8)
+    der = made[0].options.certificate_file
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    certificate = x509.load_pem_x509_certificate(Path(der).read_bytes()).public_bytes(serialization.Encoding.DER)
+    unknown_curve = certificate.replace(bytes.fromhex("2a8648ce3d0201"), bytes.fromhex("2a8648ce3d0209"), 1)
+    for message in (b"H" + bytes(8) + unknown_curve, b"H" + bytes(8) + b"junk", b"T" + bytes(3), b"", b"h" + bytes(8)):
+        made[1].agent.relay_in("net-1", made[0].node, message)
+    time.sleep(0.5)
+    assert made[1].agent.process.poll() is None, "the agent ended"
+    assert reaches(made[0], made[1], seconds=8)
+
+
+def test_a_member_cannot_draw_anothers_traffic_by_its_address(simulated_lan: SimulatedLan, halves) -> None:
+    """A member sends a frame from the address of a member on the other provider: the other
+    provider drops it (that address lives there), so its members' traffic is not drawn away."""
+    made, _ = halves
+    join_all(made)
+    wait_for_path(made[1], "direct")
+    assert reaches(made[0], made[1])  # b's member has spoken: its address is known to live at b
+    victim_mac = subprocess.run(["ip", "-n", made[1].member, "-j", "link", "show", "eth0"], capture_output=True,
+                                text=True, check=True).stdout
+    victim = json.loads(victim_mac)[0]["address"]
+    spoof = made[0].run(
+        "import socket\n"
+        "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(('eth0', 0))\n"
+        f"s.send(b'\\xff' * 6 + bytes.fromhex('{victim.replace(':', '')}') + b'\\x88\\xb5' + bytes(46))\n")
+    assert spoof.wait(30) == 0
+    deadline = time.monotonic() + 5
+    while made[1].stats()["net-1"]["spoofed"] < 1:
+        assert time.monotonic() < deadline, ("the spoofed frame was delivered", victim, made[1].stats())
+        time.sleep(0.1)
+    # b's bridge still sends its member's traffic to its member, not out to the overlay
+    fdb = subprocess.run(["bridge", "-n", made[1].netns, "fdb", "show", "br", "br0"], capture_output=True, text=True,
+                         check=True).stdout
+    assert any(line.startswith(victim) and " dev vm " in line for line in fdb.splitlines()), fdb
+    assert not any(line.startswith(victim) and " dev ov0 " in line for line in fdb.splitlines()), fdb

@@ -61,6 +61,11 @@ class NetworkRecord:
     peers: dict[str, str] = field(default_factory=dict)
 
 
+# The largest relayed message the overlay takes: a frame at the overlay's MTU (65000) in its TLS
+# records, with room to spare. A larger one is no message of an honest provider's, and is skipped.
+MAX_RELAYED_MESSAGE = 68 * 1024
+
+
 class NetworkOverlay(Protocol):
     """The data plane of networks that span providers (exeunit.runtime.overlay): it carries a
     joined network's frames to its peers over TLS links authenticated by provider id, directly or

@@ -18,9 +18,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from exeunit import errors
+from exeunit.domain.networks import MAX_RELAYED_MESSAGE
 from exeunit.services.networks import Networks
 
 log = logging.getLogger(__name__)
+ITEM_OVERHEAD = 256  # bytes a queued message costs beyond its own (what the bound counts, not only its length)
 
 
 @dataclass(frozen=True)
@@ -40,15 +42,16 @@ class _Outbox:
         self.items: asyncio.Queue[RelayedFrame] = asyncio.Queue()
 
     def offer(self, frame: RelayedFrame) -> bool:
-        if self.queued + len(frame.sealed) > self.limit:
+        cost = len(frame.sealed) + ITEM_OVERHEAD
+        if self.queued + cost > self.limit:
             return False
-        self.queued += len(frame.sealed)
+        self.queued += cost
         self.items.put_nowait(frame)
         return True
 
     async def take(self) -> RelayedFrame:
         frame = await self.items.get()
-        self.queued -= len(frame.sealed)
+        self.queued -= len(frame.sealed) + ITEM_OVERHEAD
         return frame
 
 
@@ -59,6 +62,8 @@ class RelayHub:
         self._outboxes: dict[str, _Outbox] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.refused = 0  # messages handed back to the overlay (no stream, or the bound reached)
+        self.skipped = 0  # relayed messages in that no honest provider sends (over the largest)
+        self._refusing: set[tuple[str, str]] = set()  # (network, peer) told of a refusal, not accepted since
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -77,11 +82,20 @@ class RelayHub:
         if network is None:
             return  # the network is gone, and its sessions with it
         box = self._outboxes.get(network.requestor_id)
-        if box is None or not box.offer(RelayedFrame(network.network_id, peer, sealed, wire_id)):
-            self.refused += 1  # no relay stream (as a link down), or over the bound: refused whole
-            overlay = self._networks.overlay
-            if overlay is not None:
-                overlay.relay_lost(wire_id, peer)
+        if box is not None and box.offer(RelayedFrame(network.network_id, peer, sealed, wire_id)):
+            self._refusing.discard((wire_id, peer))
+            return
+        self.refused += 1  # no relay stream (as a link down), or over the bound: refused whole
+        self._refuse(wire_id, peer)
+
+    def _refuse(self, wire_id: str, peer: str) -> None:
+        """Tells the overlay its session with `peer` lost a message: once, until one is carried
+        again (a flood of refusals costs the loop one notice, not one each)."""
+        overlay = self._networks.overlay
+        if overlay is not None and (wire_id, peer) not in self._refusing:
+            if len(self._refusing) < 65536:
+                self._refusing.add((wire_id, peer))
+            overlay.relay_lost(wire_id, peer)
 
     async def stream(self, requestor_id: str, incoming: AsyncIterator[RelayedFrame]) -> AsyncIterator[RelayedFrame]:
         """The requestor's relay: what its networks' overlays send out, while `incoming` goes in."""
@@ -107,16 +121,20 @@ class RelayHub:
 
     def _refuse_all(self, box: _Outbox) -> None:
         """The stream ended with messages still waiting: their sessions start afresh."""
-        overlay = self._networks.overlay
+        lost = set()
         while not box.items.empty():
             frame = box.items.get_nowait()
-            if overlay is not None:
-                overlay.relay_lost(frame.wire_id, frame.peer)
+            lost.add((frame.wire_id, frame.peer))
+        for wire_id, peer in lost:
+            self._refuse(wire_id, peer)
 
     async def _take_in(self, requestor_id: str, incoming: AsyncIterator[RelayedFrame]) -> None:
         async for frame in incoming:
             network = self._networks.get(requestor_id, frame.network_id)  # NotFound: not the caller's
             overlay = self._networks.overlay
+            if len(frame.sealed) > MAX_RELAYED_MESSAGE:
+                self.skipped += 1  # no provider's; its session (if any) notices the gap and starts afresh
+                continue
             if network.built and network.spans and overlay is not None:
                 if not overlay.relay_in(network.wire_id, frame.peer, frame.sealed, wait=False):
                     # the overlay is behind: wait for it (off the loop) rather than drop a piece of a session,

@@ -19,6 +19,10 @@ import psutil
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# IPv6 forms that carry an IPv4 address for a translator or tunnel to reach (NAT64, 6to4, SIIT,
+# IPv4-compatible): never a peer's own address, and a way around the rules for IPv4 ones.
+TRANSLATED = [ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16",
+                                                  "::ffff:0:0:0/96", "::/96")]
 
 
 def canonical(ip: IPAddress) -> IPAddress:
@@ -51,6 +55,8 @@ class PeerAddressPolicy:
         ip = canonical(ip)
         if ip.is_unspecified or ip.is_multicast or ip.is_link_local:
             return f"{ip} is not an address a peer provider is reached at"
+        if isinstance(ip, ipaddress.IPv6Address) and any(ip in network for network in TRANSLATED):
+            return f"{ip} carries an IPv4 address for a translator; name the peer by its own address"
         if ip.is_loopback:
             return None if self._loopback_host else f"{ip} is this host's loopback"
         if not self._loopback_host and ip in host_addresses():

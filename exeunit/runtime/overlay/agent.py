@@ -32,15 +32,15 @@ import logging
 import os
 import socket
 import struct
-import subprocess
 import threading
+import time
 
 from exeunit.runtime.overlay.addresses import PeerAddressPolicy
 from exeunit.runtime.overlay.direct import DEFAULT_HANDSHAKES_PER_SOURCE, DirectLinks
 from exeunit.runtime.overlay.peer import Peer
 from exeunit.runtime.overlay.relayed import RelayedPath
 from exeunit.runtime.overlay.tap import TAP_NAME, open_tap, run
-from exeunit.runtime.overlay.tls import LinkError, OverlayIdentity
+from exeunit.runtime.overlay.tls import OverlayIdentity
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ OVERLAY_MTU = 65000
 MAX_FRAME = OVERLAY_MTU + 1024  # an Ethernet frame at the MTU, with room to spare
 MAX_MESSAGE = MAX_FRAME + 2048  # a frame's TLS records, or a relayed message
 DEFAULT_MACS_PER_NETWORK = 4096
+MAC_MOVE_SECONDS = 30.0  # a MAC seen behind one peer is not taken as behind another for this long
 
 
 class Control:
@@ -93,8 +94,11 @@ class OverlayNetwork:
         self.netns = netns
         self.node = agent.identity.node
         self.peers: dict[str, Peer] = {}
-        self.macs: collections.OrderedDict[bytes, str] = collections.OrderedDict()
+        self.macs: dict[bytes, tuple[str, float]] = {}  # a member's MAC -> (the peer it is behind, last seen)
+        self.local_macs: collections.OrderedDict[bytes, float] = collections.OrderedDict()  # members here
+        self._macs_lock = threading.Lock()
         self.macs_refused = 0
+        self.spoofed = 0  # frames from a peer with a source that lives elsewhere (dropped)
         self.delivered = 0  # frames from peers written into the bridge
         self.closed = False
         self.relayed = RelayedPath(self, agent.control, agent.identity)
@@ -105,8 +109,9 @@ class OverlayNetwork:
     def set_peers(self, peers: dict[str, str]) -> None:
         for node in [n for n in self.peers if n not in peers]:
             self.peers.pop(node).forget()
-            for mac in [m for m, owner in self.macs.items() if owner == node]:
-                self.macs.pop(mac, None)
+            with self._macs_lock:
+                for mac in [m for m, (owner, _) in self.macs.items() if owner == node]:
+                    del self.macs[mac]
         for node, address in peers.items():
             host, _, port = address.rpartition(":")
             if node == self.node:
@@ -129,9 +134,12 @@ class OverlayNetwork:
                 frame = os.read(self.tap, MAX_FRAME)
             except OSError:
                 return
-            destination = frame[:6]
-            owner = self.macs.get(destination) if not destination[0] & 1 else None
-            for peer in ([self.peers[owner]] if owner in self.peers else list(self.peers.values())):
+            destination, source = frame[:6], frame[6:12]
+            with self._macs_lock:
+                self._seen_here(source)
+                owner = self.macs.get(destination, ("", 0.0))[0] if not destination[0] & 1 else ""
+            known = self.peers.get(owner)
+            for peer in ([known] if known is not None else list(self.peers.values())):
                 if not peer.send_direct(frame):
                     self.relayed.send(peer, frame)
 
@@ -139,23 +147,46 @@ class OverlayNetwork:
         """A frame from peer `sender`, authentic: into the bridge, and its source learnt."""
         if len(frame) < 14 or self.closed:
             return
-        self._learn(frame[6:12], sender)
+        with self._macs_lock:
+            if not self._learn(frame[6:12], sender):
+                self.spoofed += 1
+                return
         self.delivered += 1
         try:
             os.write(self.tap, frame)
         except OSError:
             pass  # the network is going away
 
-    def _learn(self, source: bytes, sender: str) -> None:
+    def _seen_here(self, source: bytes) -> None:
+        """A frame from a member on this provider: its MAC lives here (bounded as the table is)."""
         if source[0] & 1:
             return
-        if source in self.macs:
-            self.macs[source] = sender
-            return
+        self.local_macs[source] = time.monotonic()
+        self.local_macs.move_to_end(source)
+        if len(self.local_macs) > self.agent.macs_per_network:
+            self.local_macs.popitem(last=False)
+        self.macs.pop(source, None)
+
+    def _learn(self, source: bytes, sender: str) -> bool:
+        """Learns where `source` lives; False for a frame that must not be delivered: one whose
+        source is a member here or behind another peer, seen there within MAC_MOVE_SECONDS (a
+        member passing for another's address, to draw its traffic)."""
+        if source[0] & 1:
+            return False  # no frame comes from a group address
+        now = time.monotonic()
+        if now - self.local_macs.get(source, -MAC_MOVE_SECONDS) < MAC_MOVE_SECONDS:
+            return False
+        owner = self.macs.get(source)
+        if owner is not None:
+            if owner[0] != sender and now - owner[1] < MAC_MOVE_SECONDS:
+                return False
+            self.macs[source] = (sender, now)
+            return True
         if len(self.macs) >= self.agent.macs_per_network:
             self.macs_refused += 1  # a full table learns nothing new: those destinations go to every peer
-            return
-        self.macs[source] = sender
+            return True
+        self.macs[source] = (sender, now)
+        return True
 
 
 class Agent:
@@ -185,8 +216,8 @@ class Agent:
                 return  # the daemon is gone
             try:
                 self._handle(message)
-            except (ValueError, KeyError, OSError, subprocess.SubprocessError, LinkError) as exc:
-                self.control.status(op="error", error=str(exc)[:500])
+            except Exception as exc:  # one bad message (a stranger's bytes, say) never ends the agent
+                self.control.status(op="error", error=f"{type(exc).__name__}: {exc}"[:500])
 
     def _handle(self, message: bytes) -> None:
         kind, body = message[:1], message[1:]
@@ -216,7 +247,7 @@ class Agent:
         elif order["op"] == "stats":
             self.control.status(op="stats", networks={
                 w: {"macs": len(n.macs), "macs_refused": n.macs_refused, "peers": len(n.peers),
-                    "delivered": n.delivered}
+                    "delivered": n.delivered, "spoofed": n.spoofed}
                 for w, n in self.networks.items()})
         self.dial_now.set()
 

@@ -3,20 +3,23 @@ the smaller id dialing, carrying a TLS session (exeunit.runtime.overlay.tls).
 
 A connection opens with a short preamble in clear (magic, the network's wire id, the dialer's
 certificate), answered with the acceptor's certificate; each side then trusts only the certificate
-whose key is the peer the requestor named, and TLS proves the rest. A handshake has
-HANDSHAKE_SECONDS as a whole; at most `handshakes_per_source` run at once per source address and
-MAX_HANDSHAKES in all, so slow or half-open connections delay no real peer.
+whose key is the peer the requestor named, and TLS proves the rest (ALPN binds the network). A
+handshake has HANDSHAKE_SECONDS as a whole; at most `handshakes_per_source` run at once from one
+named peer's address, or from one /24 or /64 of other addresses, and MAX_HANDSHAKES from all of
+those together, so slow or half-open connections from strangers delay no real peer.
 """
 
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 import socket
 import struct
 import threading
 import time
 
+from exeunit.runtime.overlay.addresses import canonical
 from exeunit.runtime.overlay.peer import AgentSide, NetworkSide, Peer, close_socket
 from exeunit.runtime.overlay.tls import FRAME, MAX_CERTIFICATE, LinkError, TlsLink, certificate_id
 
@@ -49,16 +52,27 @@ class DirectLinks:
                 sock, address = self.listener.accept()
             except OSError:
                 return
-            source = address[0]
+            source = self._source(address[0])
             with self._handshakes_lock:
-                busy = (self._handshakes[source] >= self._per_source
-                        or sum(self._handshakes.values()) >= MAX_HANDSHAKES)
+                strangers = sum(n for s, n in self._handshakes.items() if s.startswith("stranger "))
+                busy = self._handshakes[source] >= self._per_source or (
+                    source.startswith("stranger ") and strangers >= MAX_HANDSHAKES)
                 if not busy:
                     self._handshakes[source] += 1
             if busy:
                 close_socket(sock)  # a flood of unauthenticated connections: the real peers retry
                 continue
             threading.Thread(target=self._accepted, args=(sock, source), daemon=True).start()
+
+    def _source(self, address: str) -> str:
+        """Whom a connection is counted against: a peer's own address (named by a requestor) has
+        a quota of its own; any other address shares its /24 or /64's, and all of those together
+        MAX_HANDSHAKES, so that strangers with many addresses still cannot crowd out a real peer."""
+        ip = canonical(ipaddress.ip_address(address.split("%")[0]))
+        for network in list(self.agent.networks.values()):
+            if any(peer.address[0] == str(ip) for peer in list(network.peers.values())):
+                return f"peer {ip}"
+        return f"stranger {ipaddress.ip_network(f'{ip}/{24 if ip.version == 4 else 64}', strict=False)}"
 
     def _accepted(self, sock: socket.socket, source: str) -> None:
         deadline = time.monotonic() + HANDSHAKE_SECONDS
@@ -73,10 +87,10 @@ class DirectLinks:
             peer = network.peers.get(sender)
             if peer is None or not sender < network.node:
                 raise LinkError(f"{sender} is not a peer that dials this node on this network")
-            link = TlsLink(self.agent.identity, sender, their_certificate, server_side=True)
+            link = TlsLink(self.agent.identity, sender, their_certificate, server_side=True, network=network.wire_id)
             _send_within(sock, _field(self.agent.identity.certificate_der), deadline)
             _handshake(sock, link, deadline)
-        except (OSError, LinkError, ValueError) as exc:
+        except Exception as exc:  # whatever a stranger's bytes make of the preamble or handshake
             log.debug("overlay link refused: %s", exc)
             close_socket(sock)
             return
@@ -115,7 +129,8 @@ class DirectLinks:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             _send_within(sock, MAGIC + _field(network.wire_id.encode()) + _field(self.agent.identity.certificate_der),
                          deadline)
-            link = TlsLink(self.agent.identity, peer.node, _read_field(sock, MAX_CERTIFICATE, deadline), server_side=False)
+            link = TlsLink(self.agent.identity, peer.node, _read_field(sock, MAX_CERTIFICATE, deadline), server_side=False,
+                           network=network.wire_id)
             _handshake(sock, link, deadline)
         except (OSError, LinkError, ValueError) as exc:
             log.debug("overlay dial to %s failed: %s", peer.node, exc)
@@ -142,10 +157,9 @@ class DirectLinks:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-        if network.closed or network.peers.get(peer.node) is not peer:
+        if network.closed or not peer.attach(sock, link):  # removed meanwhile: its link goes with it
             close_socket(sock)
             return
-        peer.attach(sock, link)
         self.agent.control.status(op="path", network=network.wire_id, peer=peer.node, path="direct")
         buffer = bytearray(1 << 18)
         view = memoryview(buffer)
@@ -155,7 +169,7 @@ class DirectLinks:
                 if not count:
                     break
                 for kind, payload in link.receive(view[:count]):
-                    if kind == FRAME:
+                    if kind == FRAME and not peer.gone:
                         network.deliver(peer.node, payload)
         except (OSError, LinkError) as exc:
             log.debug("overlay link to %s ended: %s", peer.node, exc)
@@ -211,3 +225,4 @@ def _read_field(sock: socket.socket, limit: int, deadline: float) -> bytes:
     if size > limit:
         raise ValueError(f"a field of {size} bytes, over {limit}")
     return _read_exactly(sock, size, deadline)
+

@@ -56,11 +56,15 @@ class Peer:
     dialing: bool = False
     next_dial: float = 0.0  # monotonic time of the next attempt (the dialing side's)
     dial_delay: float = 0.0  # grows while attempts fail, so a peer gone quiet costs little
-    send_lock: threading.Lock = field(default_factory=threading.Lock)
+    gone: bool = False  # removed from the network: no link attaches to it any more
+    # One lock for the direct link (held through a send), another for the relayed session, so that
+    # a peer slow to read its direct link never holds up the thread that handles relayed messages.
+    direct_lock: threading.Lock = field(default_factory=threading.Lock)
+    relay_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send_direct(self, frame: bytes) -> bool:
         """Sends over the direct link; False when there is none (or it just broke)."""
-        with self.send_lock:
+        with self.direct_lock:
             sock, link = self.sock, self.link
             if sock is None or link is None:
                 return False
@@ -71,15 +75,20 @@ class Peer:
                 self._drop_locked(sock)
                 return False
 
-    def attach(self, sock: socket.socket, link: TlsLink) -> None:
-        with self.send_lock:
-            old, self.sock, self.link = self.sock, sock, link
+    def attach(self, sock: socket.socket, link: TlsLink) -> bool:
+        """Makes `link` the direct one; False (and it is closed) when the peer is gone."""
+        with self.direct_lock:
+            if self.gone:
+                old = sock
+            else:
+                old, self.sock, self.link = self.sock, sock, link
         if old is not None:
             close_socket(old)
+        return old is not sock
 
     def drop(self, sock: socket.socket | None = None) -> None:
         """Forgets the direct link (`sock`: only if it is still that one)."""
-        with self.send_lock:
+        with self.direct_lock:
             self._drop_locked(sock)
 
     def _drop_locked(self, sock: socket.socket | None = None) -> None:
@@ -90,11 +99,12 @@ class Peer:
             close_socket(old)
 
     def forget(self) -> None:
-        """The peer left the network: every link with it goes."""
-        self.drop()
-        with self.send_lock:
+        """The peer left the network: every link with it goes, and none comes back."""
+        with self.direct_lock:
+            self.gone = True
+            self._drop_locked()
+        with self.relay_lock:
             self.relayed = self.pending = None
-
 
 
 def close_socket(sock: socket.socket) -> None:

@@ -45,7 +45,6 @@ class AgentProcess:
         self._on_status = on_status
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = ours
-        self._lock = threading.Lock()
         self.process = subprocess.Popen(
             [*prefix, sys.executable, "-m", "exeunit.runtime.overlay", "--listen", listen,
              "--control-fd", str(theirs.fileno()),
@@ -64,18 +63,19 @@ class AgentProcess:
         return self._sock.recv(MAX_MESSAGE + 4096)
 
     def _send(self, message: bytes, wait: bool = True) -> bool:
-        """Hands the agent a message; False when it would have to wait and `wait` is False."""
-        with self._lock:
-            try:
-                self._sock.send(message, 0 if wait else socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                if wait:
-                    raise
-                return False
-            except OSError:
-                if self.process.poll() is None and self._sock.fileno() != -1:
-                    raise
-                # the agent is gone (closed, or died): a message for it is dropped, as a network would
+        """Hands the agent a message; False when it would have to wait and `wait` is False. No
+        lock: a SOCK_SEQPACKET send is one whole message whichever thread sends it, and a sender
+        that waits for the agent holds up no other."""
+        try:
+            self._sock.send(message, 0 if wait else socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            if wait:
+                raise
+            return False
+        except OSError:
+            if self.process.poll() is None and self._sock.fileno() != -1:
+                raise
+            # the agent is gone (closed, or died): a message for it is dropped, as a network would
         return True
 
     def _listen(self) -> None:
@@ -109,8 +109,10 @@ class AgentProcess:
         return self._send(b"R" + relay_body(network, peer, message), wait=wait)
 
     def relay_lost(self, network: str, peer: str) -> None:
-        """A message the agent handed out for `peer` could not be carried: its session restarts."""
-        self._send(b"L" + relay_body(network, peer, b""))
+        """A message the agent handed out for `peer` could not be carried: its session restarts.
+        Never waits (the event loop calls it): when the agent is behind, the notice is dropped and
+        the session, its window full and unacknowledged, is given up on its own after a while."""
+        self._send(b"L" + relay_body(network, peer, b""), wait=False)
 
     def request_stats(self) -> None:
         """Asks for the tables' sizes; they come back as a status {"op": "stats", ...}."""

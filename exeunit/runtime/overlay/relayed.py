@@ -44,7 +44,7 @@ def message(kind: bytes, session: bytes, data: bytes = b"") -> bytes:
 def parse(body: bytes) -> tuple[bytes, bytes, bytes]:
     """(kind, session, data); ValueError for a message too short to be one."""
     if len(body) < 1 + SESSION_BYTES:
-        raise ValueError("a relayed message too short to be one")
+        raise LinkError("a relayed message too short to be one")
     return body[:1], body[1:1 + SESSION_BYTES], body[1 + SESSION_BYTES:]
 
 
@@ -57,6 +57,8 @@ def ack(consumed: int) -> tuple[bytes, bytes]:
 
 
 def acked_count(payload: bytes) -> int:
+    if len(payload) != 8:
+        raise LinkError("an acknowledgement that is not one")
     (count,) = struct.unpack("!Q", payload)
     return count
 
@@ -71,7 +73,7 @@ class RelayedPath:
 
     def send(self, peer: Peer, frame: bytes) -> None:
         """Seals `frame` into the session with `peer` if it has room (else sheds it, or opens one)."""
-        with peer.send_lock:
+        with peer.relay_lock:
             session = peer.relayed
             if session is None or session.link is None:
                 self._want_session(peer)
@@ -110,11 +112,11 @@ class RelayedPath:
         kind, session, data = parse(body)
         out: list[bytes] = []
         try:
-            with peer.send_lock:
+            with peer.relay_lock:
                 self._on_relayed_locked(peer, kind, session, data, out)
         except LinkError as exc:
             log.debug("relayed session with %s dropped: %s", sender, exc)
-            with peer.send_lock:
+            with peer.relay_lock:
                 for name in ("relayed", "pending"):
                     if getattr(peer, name) is not None and getattr(peer, name).session == session:
                         setattr(peer, name, None)
@@ -131,12 +133,14 @@ class RelayedPath:
         elif kind == OPEN:  # we accept: the sender must be the smaller id
             if not peer.node < self.network.node or len(data) > MAX_CERTIFICATE:
                 raise LinkError(f"{peer.node} may not open a relayed session with this node")
-            peer.pending = RelayedSession(session, TlsLink(identity, peer.node, data, server_side=True))
+            peer.pending = RelayedSession(session, TlsLink(identity, peer.node, data, server_side=True,
+                                                                     network=self.network.wire_id))
             out.append(message(OPENED, session, identity.certificate_der))
         elif kind == OPENED:
             if peer.pending is None or peer.pending.session != session or peer.pending.link is not None:
                 return  # an answer to an attempt given up
-            peer.pending.link = TlsLink(identity, peer.node, data, server_side=False)
+            peer.pending.link = TlsLink(identity, peer.node, data, server_side=False,
+                                        network=self.network.wire_id)
             out.append(message(RECORDS, session, peer.pending.link.handshake()))
         elif kind == RECORDS:
             if peer.relayed is not None and peer.relayed.session == session:
@@ -176,5 +180,5 @@ class RelayedPath:
         """The daemon could not carry a message to `peer_node`: the session starts afresh."""
         peer = self.network.peers.get(peer_node)
         if peer is not None:
-            with peer.send_lock:
+            with peer.relay_lock:
                 peer.relayed = peer.pending = None

@@ -14,7 +14,9 @@ runs a full handshake.
 A `TlsLink` is one end of such a session over memory buffers (ssl.MemoryBIO), whatever carries
 its bytes: a TCP connection (the direct path) or the requestor's relay. One lock serialises the
 session's crypto (OpenSSL's SSL objects are not for concurrent use); the carrier's I/O happens
-outside it. Inside the session, messages are framed as a kind byte and a 4-byte length.
+outside it. Inside the session, messages are framed as a kind byte and a 4-byte length. ALPN names
+the network, so a link is bound to the network it was opened for too: an on-path party that swaps
+two connections' clear preambles gets handshakes that fail.
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ def certificate_id(der: bytes) -> str:
     first 20 bytes of SHA-256 over the DER SubjectPublicKeyInfo)."""
     try:
         key = x509.load_der_x509_certificate(der).public_key()
-    except ValueError:
-        raise LinkError("a certificate that does not parse") from None
-    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    except Exception:  # anything a stranger's bytes make the parser raise (unknown curves too)
+        raise LinkError("a certificate that does not parse, or of a key this overlay does not take") from None
     return "0x" + hashlib.sha256(spki).digest()[:ID_BYTES].hex()
 
 
@@ -66,9 +68,11 @@ class OverlayIdentity:
             der = x509.load_pem_x509_certificate(f.read()).public_bytes(serialization.Encoding.DER)
         return cls(certificate_file, key_file, der, certificate_id(der))
 
-    def context(self, server_side: bool, peer_certificate_der: bytes) -> ssl.SSLContext:
-        """TLS 1.3 only, our certificate presented, the peer's one certificate the only trust."""
+    def context(self, server_side: bool, peer_certificate_der: bytes, network: str) -> ssl.SSLContext:
+        """TLS 1.3 only, our certificate presented, the peer's one certificate the only trust, and
+        the network named in ALPN (so a link is bound to its network, not only to its two ends)."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
+        context.set_alpn_protocols([alpn_name(network)])
         context.minimum_version = ssl.TLSVersion.TLSv1_3
         context.load_cert_chain(self.certificate_file, self.key_file)
         context.check_hostname = False  # the peer is checked by its key's id, below and in `peer_id`
@@ -77,6 +81,11 @@ class OverlayIdentity:
         if server_side:
             context.num_tickets = 0  # no resumption: each link a full, forward-secret handshake
         return context
+
+
+def alpn_name(network: str) -> str:
+    """The ALPN protocol both ends of a link on `network` must agree on."""
+    return f"exov2/{network}"[:255]
 
 
 def checked_peer_certificate(der: bytes, expected: str) -> bytes:
@@ -93,15 +102,17 @@ class TlsLink:
     """One end of a TLS session with `peer`; bytes in (`receive`) and out (returned) as the
     carrier moves them."""
 
-    def __init__(self, identity: OverlayIdentity, peer: str, peer_certificate_der: bytes, server_side: bool) -> None:
+    def __init__(self, identity: OverlayIdentity, peer: str, peer_certificate_der: bytes, server_side: bool,
+                 network: str) -> None:
         self.peer = peer
+        self.network = network
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        context = identity.context(server_side, checked_peer_certificate(peer_certificate_der, peer))
+        context = identity.context(server_side, checked_peer_certificate(peer_certificate_der, peer), network)
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
         self._lock = threading.Lock()
         self._plain = bytearray()
-        self._buffer = bytearray(1 << 18)
+        self._buffer = bytearray(MAX_MESSAGE + HEADER.size)
         self.established = False
 
     def handshake(self, received: bytes = b"") -> bytes:
@@ -119,6 +130,8 @@ class TlsLink:
             der = self._tls.getpeercert(binary_form=True)
             if der is None or certificate_id(der) != self.peer:
                 raise LinkError(f"the TLS peer is not {self.peer}")
+            if self._tls.selected_alpn_protocol() != alpn_name(self.network):
+                raise LinkError(f"{self.peer} is not on network {self.network} (ALPN)")
             self.established = True
             return self._outgoing.read()
 
