@@ -12,7 +12,6 @@ event streams survive a dropped connection: they resume from the next sequence n
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,21 +27,19 @@ from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1 import market_pb2_grpc as mkt_grpc
 from exeunit.v1 import network_pb2 as net
 from exeunit.v1 import network_pb2_grpc as net_grpc
-from exeunit.v1 import transfer_pb2 as xfer
 from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
-from exeunit.v1.conventions import CHUNK_SIZE
 from requestor import errors
 from requestor.client import convert
 from requestor.client.connect import Connection, KnownProviders, ProviderAddress, connect, fetch_offer, serialized
 from requestor.client.status import UNREACHABLE_CODES, from_rpc_error, restarted_as
 from requestor.client.identity import RequestorIdentity
+from requestor.client.streams import ByteCalls
 from requestor.model import (
     Activity, ActivityStatus, Agreement, AgreementInfo, BatchEvent, CommandSpec, DemandSpec, Offer, Refusal, Usage,
 )
 
 log = logging.getLogger(__name__)
 
-UPLOAD_AHEAD = 4  # chunks read and hashed ahead of the one being sent
 # gRPC tries to reach a provider that went away again after 0.1 s, then at most every second
 # (its default backoff grows to two minutes): a restarted daemon is found within a second.
 RECONNECT_BACKOFF_MS = (100, 1000)
@@ -54,7 +51,7 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 8 << 20), ("grpc.keepaliv
                    ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1])]
 
 
-class ProviderClient:
+class ProviderClient(ByteCalls):
     """Calls to one provider daemon at `address` ("host:port")."""
 
     def __init__(self, address: str, identity: RequestorIdentity, token: str | None = None, call_timeout: float = 30.0,
@@ -343,136 +340,6 @@ class ProviderClient:
 
     async def destroy(self, activity_id: str) -> None:
         await self._call("activity", "DestroyActivity", act.DestroyActivityRequest(activity_id=activity_id))
-
-    # Tunnels
-
-    async def tunnel(self, activity_id: str, port: int, local_reader: asyncio.StreamReader,
-                     local_writer: asyncio.StreamWriter) -> None:
-        """Carries one local TCP connection to `port` of the activity and back, until both sides
-        have closed; half-closes pass through. Raises ProviderCallError when the tunnel cannot
-        open (nothing listens there, say)."""
-        await self.connect()
-        call = await self._open_tunnel(act.TunnelRequest(open=act.TunnelOpen(activity_id=activity_id, port=port)))
-        async with self._translated("Tunnel"):
-            async def upstream() -> None:
-                while data := await local_reader.read(CHUNK_SIZE):
-                    await call.write(act.TunnelRequest(data=data))
-                await call.write(act.TunnelRequest(close=act.TunnelClose()))
-                await call.done_writing()
-
-            sending = asyncio.create_task(upstream())
-            try:
-                while (response := await call.read()) is not grpc.aio.EOF:
-                    kind = response.WhichOneof("part")
-                    if kind == "data":
-                        local_writer.write(response.data)
-                        await local_writer.drain()
-                    elif kind == "closed" and local_writer.can_write_eof():
-                        try:
-                            local_writer.write_eof()
-                        except OSError:
-                            pass  # the local side is gone already: nothing left to half-close
-                await sending
-            finally:
-                sending.cancel()
-                call.cancel()
-
-    async def _open_tunnel(self, opening: act.TunnelRequest) -> Any:
-        """A Tunnel call the provider answered `opened` (made once more when its daemon refused
-        it for an earlier start)."""
-        for attempt in (1, 2):
-            sent = self.signed("activity", "Tunnel", opening)
-            call = self._activity.Tunnel(metadata=sent)
-            try:
-                await call.write(opening)
-                opened = await call.read()
-                if opened is grpc.aio.EOF or opened.WhichOneof("part") != "opened":
-                    await call  # raises the provider's status
-                    raise errors.RequestorError(f"provider {self.address} did not open the tunnel")
-                return call
-            except grpc.aio.AioRpcError as exc:
-                call.cancel()
-                if attempt == 1 and await self._renewed(exc, sent):
-                    continue
-                raise from_rpc_error("Tunnel", self.address, exc) from exc
-        raise AssertionError("unreachable")
-
-    # Transfers
-
-    async def upload(self, activity_id: str, path: str, size: int, chunks: AsyncIterator[bytes]) -> str:
-        """Streams `size` bytes to `path`; returns the sha256 both sides agreed on."""
-        digest = hashlib.sha256()
-        ahead: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(UPLOAD_AHEAD)
-
-        async def read_ahead() -> None:
-            """Reads and hashes (in a thread) the next chunks while earlier ones are sent."""
-            try:
-                async for chunk in chunks:
-                    for start in range(0, len(chunk), CHUNK_SIZE):
-                        piece = chunk if len(chunk) <= CHUNK_SIZE else chunk[start : start + CHUNK_SIZE]
-                        await asyncio.to_thread(digest.update, piece)
-                        await ahead.put(piece)
-                await ahead.put(None)
-            except Exception as exc:  # handed to the sender, which raises it
-                await ahead.put(exc)
-
-        header = xfer.UploadRequest(header=xfer.UploadHeader(activity_id=activity_id, path=path, size=size))
-
-        async def requests() -> AsyncIterator[xfer.UploadRequest]:
-            yield header
-            while (piece := await ahead.get()) is not None:
-                if isinstance(piece, BaseException):
-                    raise piece
-                yield xfer.UploadRequest(chunk=piece)
-            yield xfer.UploadRequest(trailer=xfer.UploadTrailer(sha256=digest.hexdigest()))
-
-        await self.connect()
-        reader = asyncio.create_task(read_ahead())
-        sent = self.signed("transfer", "Upload", header)
-        try:
-            response = await self._transfer.Upload(requests(), metadata=sent)
-        except grpc.aio.AioRpcError as exc:
-            if await self._renewed(exc, sent, unheard=True):  # `chunks` are read already: the caller sends again
-                raise errors.ProviderRestartedError("Upload", self.address, exc.code().name,
-                                                    exc.details() or "the provider's daemon started again") from exc
-            raise from_rpc_error("Upload", self.address, exc) from exc
-        finally:
-            reader.cancel()
-        return response.sha256
-
-    async def download(self, activity_id: str, path: str) -> AsyncIterator[bytes]:
-        """The file's chunks; raises at the end unless exactly the announced size arrived with a
-        matching checksum (never a silently short or corrupted file)."""
-        digest = hashlib.sha256()
-        hashing: asyncio.Future[None] | None = None  # one chunk hashed in a thread while the next arrives
-        announced: int | None = None
-        received = 0
-        async for part in self._answers("transfer", "Download", xfer.DownloadRequest(activity_id=activity_id, path=path)):
-            kind = part.WhichOneof("part")
-            if kind == "header":
-                announced = part.header.size
-            elif kind == "chunk":
-                received += len(part.chunk)
-                if hashing is not None:
-                    await hashing
-                hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, part.chunk))
-                yield part.chunk
-            elif kind == "trailer":
-                if hashing is not None:
-                    await hashing
-                if received != announced:
-                    raise errors.RequestorError(
-                        f"download of {path} from {self.address} is incomplete: {received} bytes arrived, "
-                        f"{announced} were announced"
-                    )
-                if part.trailer.sha256 != digest.hexdigest():
-                    raise errors.RequestorError(
-                        f"download of {path} from {self.address} arrived corrupted (checksum mismatch)"
-                    )
-                return
-        raise errors.RequestorError(
-            f"download of {path} from {self.address} ended after {received} bytes without its trailer"
-        )
 
 
 def _peers(peers: dict[str, str]) -> list[net.NetworkPeer]:

@@ -1,0 +1,166 @@
+"""The provider's calls that carry bytes both ways, as a part of ProviderClient (requestor.client
+.provider): tunnels to an activity's port, uploads and downloads. Each checks what it carried:
+an upload's sha256 is agreed by both sides, a download arrives whole with a matching checksum."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from exeunit.v1 import activity_pb2 as act
+from exeunit.v1 import transfer_pb2 as xfer
+from exeunit.v1.conventions import CHUNK_SIZE
+from requestor import errors
+from requestor.client.status import from_rpc_error
+
+UPLOAD_AHEAD = 4  # chunks read and hashed ahead of the one being sent
+
+
+class ByteCalls:
+    """Tunnel, Upload and Download, on the client's channel, proofs and retry rules."""
+
+    address: str
+    _activity: Any
+    _transfer: Any
+
+    if TYPE_CHECKING:  # ProviderClient's
+        async def connect(self) -> Any: ...
+        def signed(self, service: str, method: str, head: Any) -> tuple[tuple[str, str | bytes], ...]: ...
+        async def _renewed(self, exc: grpc.aio.AioRpcError, sent: tuple[tuple[str, str | bytes], ...],
+                           unheard: bool = False) -> bool: ...
+        def _translated(self, method: str) -> Any: ...
+        def _answers(self, service: str, method: str, request: Any) -> AsyncIterator[Any]: ...
+
+    # Tunnels
+
+    async def tunnel(self, activity_id: str, port: int, local_reader: asyncio.StreamReader,
+                     local_writer: asyncio.StreamWriter) -> None:
+        """Carries one local TCP connection to `port` of the activity and back, until both sides
+        have closed; half-closes pass through. Raises ProviderCallError when the tunnel cannot
+        open (nothing listens there, say)."""
+        await self.connect()
+        call = await self._open_tunnel(act.TunnelRequest(open=act.TunnelOpen(activity_id=activity_id, port=port)))
+        async with self._translated("Tunnel"):
+            async def upstream() -> None:
+                while data := await local_reader.read(CHUNK_SIZE):
+                    await call.write(act.TunnelRequest(data=data))
+                await call.write(act.TunnelRequest(close=act.TunnelClose()))
+                await call.done_writing()
+
+            sending = asyncio.create_task(upstream())
+            try:
+                while (response := await call.read()) is not grpc.aio.EOF:
+                    kind = response.WhichOneof("part")
+                    if kind == "data":
+                        local_writer.write(response.data)
+                        await local_writer.drain()
+                    elif kind == "closed" and local_writer.can_write_eof():
+                        try:
+                            local_writer.write_eof()
+                        except OSError:
+                            pass  # the local side is gone already: nothing left to half-close
+                await sending
+            finally:
+                sending.cancel()
+                call.cancel()
+
+    async def _open_tunnel(self, opening: act.TunnelRequest) -> Any:
+        """A Tunnel call the provider answered `opened` (made once more when its daemon refused
+        it for an earlier start)."""
+        for attempt in (1, 2):
+            sent = self.signed("activity", "Tunnel", opening)
+            call = self._activity.Tunnel(metadata=sent)
+            try:
+                await call.write(opening)
+                opened = await call.read()
+                if opened is grpc.aio.EOF or opened.WhichOneof("part") != "opened":
+                    await call  # raises the provider's status
+                    raise errors.RequestorError(f"provider {self.address} did not open the tunnel")
+                return call
+            except grpc.aio.AioRpcError as exc:
+                call.cancel()
+                if attempt == 1 and await self._renewed(exc, sent):
+                    continue
+                raise from_rpc_error("Tunnel", self.address, exc) from exc
+        raise AssertionError("unreachable")
+
+    # Transfers
+
+    async def upload(self, activity_id: str, path: str, size: int, chunks: AsyncIterator[bytes]) -> str:
+        """Streams `size` bytes to `path`; returns the sha256 both sides agreed on."""
+        digest = hashlib.sha256()
+        ahead: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(UPLOAD_AHEAD)
+
+        async def read_ahead() -> None:
+            """Reads and hashes (in a thread) the next chunks while earlier ones are sent."""
+            try:
+                async for chunk in chunks:
+                    for start in range(0, len(chunk), CHUNK_SIZE):
+                        piece = chunk if len(chunk) <= CHUNK_SIZE else chunk[start : start + CHUNK_SIZE]
+                        await asyncio.to_thread(digest.update, piece)
+                        await ahead.put(piece)
+                await ahead.put(None)
+            except Exception as exc:  # handed to the sender, which raises it
+                await ahead.put(exc)
+
+        header = xfer.UploadRequest(header=xfer.UploadHeader(activity_id=activity_id, path=path, size=size))
+
+        async def requests() -> AsyncIterator[xfer.UploadRequest]:
+            yield header
+            while (piece := await ahead.get()) is not None:
+                if isinstance(piece, BaseException):
+                    raise piece
+                yield xfer.UploadRequest(chunk=piece)
+            yield xfer.UploadRequest(trailer=xfer.UploadTrailer(sha256=digest.hexdigest()))
+
+        await self.connect()
+        reader = asyncio.create_task(read_ahead())
+        sent = self.signed("transfer", "Upload", header)
+        try:
+            response = await self._transfer.Upload(requests(), metadata=sent)
+        except grpc.aio.AioRpcError as exc:
+            if await self._renewed(exc, sent, unheard=True):  # `chunks` are read already: the caller sends again
+                raise errors.ProviderRestartedError("Upload", self.address, exc.code().name,
+                                                    exc.details() or "the provider's daemon started again") from exc
+            raise from_rpc_error("Upload", self.address, exc) from exc
+        finally:
+            reader.cancel()
+        return response.sha256
+
+    async def download(self, activity_id: str, path: str) -> AsyncIterator[bytes]:
+        """The file's chunks; raises at the end unless exactly the announced size arrived with a
+        matching checksum (never a silently short or corrupted file)."""
+        digest = hashlib.sha256()
+        hashing: asyncio.Future[None] | None = None  # one chunk hashed in a thread while the next arrives
+        announced: int | None = None
+        received = 0
+        async for part in self._answers("transfer", "Download", xfer.DownloadRequest(activity_id=activity_id, path=path)):
+            kind = part.WhichOneof("part")
+            if kind == "header":
+                announced = part.header.size
+            elif kind == "chunk":
+                received += len(part.chunk)
+                if hashing is not None:
+                    await hashing
+                hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, part.chunk))
+                yield part.chunk
+            elif kind == "trailer":
+                if hashing is not None:
+                    await hashing
+                if received != announced:
+                    raise errors.RequestorError(
+                        f"download of {path} from {self.address} is incomplete: {received} bytes arrived, "
+                        f"{announced} were announced"
+                    )
+                if part.trailer.sha256 != digest.hexdigest():
+                    raise errors.RequestorError(
+                        f"download of {path} from {self.address} arrived corrupted (checksum mismatch)"
+                    )
+                return
+        raise errors.RequestorError(
+            f"download of {path} from {self.address} ended after {received} bytes without its trailer"
+        )
