@@ -53,7 +53,7 @@ class Relay:
                 yield await queue.get()
 
         while True:
-            try:
+            try:  # a generator of its own for each attempt: a failed call's may still be running
                 async for network_id, destination, sealed in client.relay_frames(outgoing()):
                     members = self._members.get(network_id, set())
                     if provider_id not in members or destination not in members or len(sealed) > MAX_MESSAGE:

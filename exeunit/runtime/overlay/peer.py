@@ -5,6 +5,7 @@ imports the agent)."""
 
 from __future__ import annotations
 
+import collections
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ from exeunit.runtime.overlay.tls import FRAME, LinkError, OverlayIdentity, TlsLi
 
 WINDOW = 4 << 20  # bytes of frames in flight through the relay, per session
 ACK_EVERY = WINDOW // 4
+BACKLOG_FRAMES = 16
 STALL_SECONDS = 5.0  # a full window with no acknowledgement for this long: the session is given up
 
 
@@ -57,6 +59,8 @@ class Peer:
     next_dial: float = 0.0  # monotonic time of the next attempt (the dialing side's)
     dial_delay: float = 0.0  # grows while attempts fail, so a peer gone quiet costs little
     gone: bool = False  # removed from the network: no link attaches to it any more
+    # frames for it while no link is up, sent once a relayed session is (the oldest go first when full)
+    backlog: collections.deque = field(default_factory=lambda: collections.deque(maxlen=BACKLOG_FRAMES))
     # One lock for the direct link (held through a send), another for the relayed session, so that
     # a peer slow to read its direct link never holds up the thread that handles relayed messages.
     direct_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -105,6 +109,7 @@ class Peer:
             self._drop_locked()
         with self.relay_lock:
             self.relayed = self.pending = None
+            self.backlog.clear()
 
 
 def close_socket(sock: socket.socket) -> None:

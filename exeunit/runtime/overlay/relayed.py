@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 OPEN, OPENED, RECORDS, RESET, PLEASE_OPEN = b"H", b"h", b"T", b"X", b"P"
 SESSION_BYTES = 8
-RETRY_SECONDS = 1.0  # between attempts to open a session (or to ask for one)
+RETRY_SECONDS = 0.5  # between attempts to open a session (or to ask for one)
 
 
 def message(kind: bytes, session: bytes, data: bytes = b"") -> bytes:
@@ -76,8 +76,9 @@ class RelayedPath:
         with peer.relay_lock:
             session = peer.relayed
             if session is None or session.link is None:
+                peer.backlog.append(frame)  # the first frames (ARP, a SYN) go once the session is up
                 self._want_session(peer)
-                return  # shed: no session yet (ARP and TCP send again)
+                return
             if not session.has_room():
                 if session.stalled():  # what it waits for was lost on the way: start afresh
                     peer.relayed = None
@@ -127,7 +128,8 @@ class RelayedPath:
     def _on_relayed_locked(self, peer: Peer, kind: bytes, session: bytes, data: bytes, out: list[bytes]) -> None:
         identity = self.identity
         if kind == PLEASE_OPEN:
-            if self.network.node < peer.node and peer.relayed is None and peer.pending is None:
+            stale = peer.pending is not None and time.monotonic() - peer.pending.started > RETRY_SECONDS
+            if self.network.node < peer.node and peer.relayed is None and (peer.pending is None or stale):
                 peer.next_relay_attempt = 0.0
                 self._want_session(peer)
         elif kind == OPEN:  # we accept: the sender must be the smaller id
@@ -154,6 +156,10 @@ class RelayedPath:
                     peer.relayed, peer.pending = pending, None
                     self.control.status(op="path", network=self.network.wire_id, peer=peer.node, path="relay")
                     self._receive_relayed(peer, pending, b"", out)  # what came after its Finished
+                    while peer.backlog:  # what waited for the session
+                        frame = peer.backlog.popleft()
+                        out.append(message(RECORDS, session, pending.link.seal(FRAME, frame)))
+                        pending.sent += len(frame)
             else:
                 out.append(message(RESET, session))  # a session this side does not have (a restart)
         elif kind == RESET:
