@@ -134,8 +134,9 @@ class WorkContext:
             raise RequestorError("a script can only be run by the work context that created it")
         self.emit(events.ScriptSent, script=script)
         timeout = script.timeout.total_seconds() if script.timeout else None
-        try:
-            results = await asyncio.wait_for(self._execute(script), timeout)
+        try:  # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the stop's cancellation
+            async with asyncio.timeout(timeout):
+                results = await self._execute(script)
         except TimeoutError:
             error = BatchTimeoutError(repr(script), f"script timed out after {timeout:g}s")
             for command in script.commands:
