@@ -80,9 +80,19 @@ class Relay:
             except asyncio.QueueFull:
                 pass  # the sender's own link is full: its session times out on its own
 
-    async def close(self) -> None:
+    async def close(self, timeout: float | None = None) -> None:
+        """Ends every provider's relay stream, in order: each link is cancelled, which ends its call
+        and then the call's writer (ProviderClient.relay_frames), and is waited for, `timeout`
+        seconds at most (Golem's exit gives one): a link that has not ended by then is named in a
+        warning. Only then are the queues dropped, with nothing left reading them."""
         for task in self._tasks.values():
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks.values(), timeout=timeout)
+            for provider_id, task in self._tasks.items():
+                if task in pending:  # the shape of requestor.leaving.log_given_up
+                    log.warning("event=shutdown_gave_up step=relay provider=%s waited=%.1fs", provider_id, timeout or 0.0)
+                elif not task.cancelled():
+                    task.exception()  # a link ends by its cancellation; anything else is retrieved here
         self._tasks.clear()
         self._queues.clear()

@@ -210,18 +210,26 @@ class ProviderClient(ByteCalls):
         """The requestor's relay with this provider: (network id, sender, sealed) frames in, and
         out (network id, destination, sealed) ones its overlay cannot deliver directly."""
         await self.connect()
-
-        async def requests() -> AsyncIterator[net.RelayFrame]:
-            async for network_id, peer, sealed in outgoing:
-                yield net.RelayFrame(network_id=network_id, peer=peer, sealed=sealed)
-
         sent = self.signed("network", "RelayFrames", b"")
+        call = self._network.RelayFrames(metadata=sent)
+
+        async def send() -> None:  # ours, not grpc's request iterator, which outlives a failed call
+            async for network_id, peer, sealed in outgoing:  # (waiting on `outgoing`, then destroyed pending)
+                await call.write(net.RelayFrame(network_id=network_id, peer=peer, sealed=sealed))
+
+        sending = asyncio.create_task(send())
         try:
-            async for frame in self._network.RelayFrames(requests(), metadata=sent):
+            while (frame := await call.read()) is not grpc.aio.EOF:
                 yield frame.network_id, frame.peer, frame.sealed
         except grpc.aio.AioRpcError as exc:
             await self._renewed(exc, sent)  # the caller opens it again (`outgoing` cannot be read twice at once)
             raise from_rpc_error("RelayFrames", self.address, exc) from exc
+        finally:  # the call, then its writer: nothing of this stream is left reading `outgoing`
+            call.cancel()
+            sending.cancel()
+            await asyncio.wait({sending})
+            if not sending.cancelled():
+                sending.exception()  # a write to a call that had ended: the call's own error is raised above
 
     async def remove_network(self, network_id: str) -> list[str]:
         """Removes it here; returns the activities that were cut off it."""
