@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TypeVar
 
 from requestor import events
 from requestor.budget import Budget, BudgetWatch, money
@@ -22,11 +23,13 @@ from requestor.errors import (
     ProviderCallError,
     RequestorError,
 )
+from requestor.leaving import log_given_up
 from requestor.model import AgreementInfo, DemandSpec, Offer, Pricing, Refusal
 from requestor.payload.vm import GIB, VmPackage
 from requestor.strategy import MarketStrategy, mismatch, score
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -56,6 +59,12 @@ class Engine:
         self.unresponsive_after = unresponsive_after
         self._live: dict[str, ActivityHandle] = {}  # by agreement id: what the budget watch reads
         self._budget_watch = BudgetWatch(budget, self._cost_of, self._end_all_for_budget)
+        self._leave_by: float | None = None  # loop time by which releases end, once Golem is leaving
+
+    def leave_by(self, deadline: float) -> None:
+        """Golem is leaving: every release from now on ends by `deadline` (loop time), giving up
+        the calls its provider has not answered by then (requestor.leaving)."""
+        self._leave_by = deadline
 
     async def close(self) -> None:
         await self._budget_watch.close()
@@ -244,24 +253,45 @@ class Engine:
         client = handle.client
         self._live.pop(handle.agreement.id, None)
         self._budget_watch.discard(handle.agreement.id)
-        try:
-            cost: float | Decimal = (await client.usage(handle.activity.id)).cost
+        cost: float | Decimal = self.budget.accrued_for(handle.agreement.id)  # the last reading, unless read now
+        try:  # each call gets a share of what is left when leaving: the agreement's end gets the most
+            cost = (await self._ending("usage", handle.agreement, client.usage(handle.activity.id), 4)).cost
         except RequestorError as exc:
-            cost = self.budget.accrued_for(handle.agreement.id)  # the last reading
             log.warning("event=usage_unknown agreement=%s error=%s counted=%s", handle.agreement.id, exc, cost)
+        except TimeoutError:
+            pass  # said by _ending
         try:
-            await client.destroy(handle.activity.id)
+            await self._ending("destroy_activity", handle.agreement, client.destroy(handle.activity.id), 3)
         except RequestorError as exc:
             log.warning("event=destroy_failed activity=%s error=%s", handle.activity.id, exc)
+        except TimeoutError:
+            pass
         reason = "Failure" if error is not None else "Finished"
         await self._end_agreement(client, handle.agreement, job, reason, cost)
+
+    async def _ending(self, step: str, agreement: events.Agreement, call: Awaitable[T], share: int) -> T:
+        """`call`, when Golem is leaving within 1/`share` of the time left for releases (else as it
+        is); TimeoutError, said in a warning naming the step, provider and agreement, when that
+        is not enough."""
+        if self._leave_by is None:
+            return await call
+        seconds = max(self._leave_by - asyncio.get_running_loop().time(), 0.0) / share
+        try:
+            async with asyncio.timeout(seconds):
+                return await call
+        except TimeoutError:
+            log_given_up(log, step, seconds, provider=agreement.provider_id, address=agreement.address,
+                         agreement=agreement.id)
+            raise
 
     async def _end_agreement(self, client: ProviderClient, agreement: events.Agreement, job: events.Job,
                              reason: str, cost: float | Decimal) -> None:
         try:
-            await client.terminate_agreement(agreement.id, reason)
+            await self._ending("terminate_agreement", agreement, client.terminate_agreement(agreement.id, reason), 1)
         except RequestorError as exc:
             log.warning("event=terminate_agreement_failed agreement=%s error=%s", agreement.id, exc)
+        except TimeoutError:
+            pass
         final = self.budget.settle(agreement.id, cost)
         self.emit(events.AgreementTerminated(job=job, agreement=agreement, reason={"message": reason, "cost": str(final)}))
         self.emit(events.InvoiceAccepted(job=job, agreement=agreement, amount=final))

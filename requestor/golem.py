@@ -21,6 +21,7 @@ from requestor.discovery import discover, is_discovery
 from requestor.embedded import EmbeddedProvider
 from requestor.engine import Engine
 from requestor.errors import NoMatchingProviderError, RequestorError
+from requestor.leaving import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownPlan, log_given_up
 from requestor.log import log_summary
 from requestor.client.identity import RequestorIdentity
 from requestor.network import Network
@@ -30,7 +31,7 @@ from requestor.payload.vm import TEST_COUNTERS_RUNTIME, VM_CAPS_VPN, VmPackage
 from requestor.props import inf
 from requestor.props.base import KEY, KIND
 from requestor.services.cluster import Cluster
-from requestor.services.runner import ServiceRunner
+from requestor.services.runner import HANDLER_CANCEL_GRACE, ServiceRunner
 from requestor.services.service import ServiceType
 from requestor.strategy import LeastExpensiveLinearPayuMS, MarketStrategy
 
@@ -72,6 +73,12 @@ class Golem:
     - `auth_token`: the providers' shared secret (default `GOLEM_PROVIDER_TOKEN`).
     - `unresponsive_after`: seconds a provider may stay silent before its instances are marked
       unresponsive (batch streams and watches are retried meanwhile).
+    - `shutdown_timeout`: seconds leaving Golem (`stop()`, the end of `async with`) may take,
+      whatever the providers do (default 60): the instances' `shutdown` handlers get what is left
+      after a reserve (half of it, at most 15 s) for ending agreements and closing links; what is
+      not done in time is given up with a warning naming the step, provider and agreement
+      (`event=shutdown_gave_up`; see requestor.leaving). An embedded provider's own stop (it
+      removes its containers) comes after, and is not counted.
     - `payment_driver`, `payment_network`, `app_key`: yapapi's; accepted and reported
       (`golem.payment_driver`), nothing is paid on a chain here.
     """
@@ -88,12 +95,15 @@ class Golem:
         identity: str | os.PathLike[str] | RequestorIdentity | None = None,
         auth_token: str | None = None,
         unresponsive_after: float = 5.0,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         payment_driver: str | None = None,
         payment_network: str | None = None,
         app_key: str | None = None,
     ) -> None:
         if budget <= 0:
             raise ValueError(f"budget must be positive, got {budget}")
+        if shutdown_timeout <= 0:
+            raise ValueError(f"shutdown_timeout must be positive seconds, got {shutdown_timeout}")
         self.budget = Budget(budget)
         self.subnet_tag = subnet_tag or DEFAULT_SUBNET
         self.strategy = strategy or LeastExpensiveLinearPayuMS()
@@ -101,6 +111,7 @@ class Golem:
         self.requestor_id = self.identity.requestor_id
         self._auth_token = auth_token if auth_token is not None else os.environ.get(TOKEN_ENV) or None
         self._unresponsive_after = unresponsive_after
+        self._shutdown_timeout = shutdown_timeout
         self._provider_addresses = _configured_providers(providers)
         self._consumers: list[tuple[EventConsumer, tuple[type[events.Event], ...]]] = []
         self.add_event_consumer(event_consumer or log_summary(stream_output=stream_output))
@@ -108,7 +119,7 @@ class Golem:
             self.add_event_consumer(self.strategy.on_event)
         self._embedded: EmbeddedProvider | None = None
         self._engine: Engine | None = None
-        self._clusters: list[Cluster[Any]] = []
+        self._runners: list[ServiceRunner] = []  # each cluster's
         self._job_numbers = itertools.count(1)  # clusters are "Cluster 1", "Cluster 2", ... as in yapapi
         self._payment_driver = payment_driver
         self._payment_network = payment_network
@@ -150,29 +161,61 @@ class Golem:
 
     async def stop(self, wait_for_payments: bool = True) -> None:
         """Stops every cluster (running instances go through shutdown; suspended ones stay on their
-        providers), then the providers' links. `wait_for_payments` is yapapi's: payments are
-        settled locally here, at once, either way."""
+        providers), then the providers' links, within `shutdown_timeout` seconds whatever the
+        providers do (what is not done by then is given up, each with a warning; see
+        requestor.leaving). `wait_for_payments` is yapapi's: payments are settled locally here, at
+        once, either way."""
         log.info("Golem is shutting down...")
-        for cluster in self._clusters:
-            await cluster.terminate()
-        self._clusters.clear()
+        plan = ShutdownPlan.starting_now(self._shutdown_timeout)
+        await self._stop_instances(plan)
         log.info("All jobs have finished")
-        for network in self._networks:  # those the script did not remove itself, unless suspended
-            if not network.suspended:
-                await network.remove()
-        self._networks.clear()
-        await self._relay.close()
-        if self._engine is not None:
-            await self._engine.close()
-            for client in self._engine.clients:
-                await client.close()
-            self._engine = None
-        if self._embedded is not None:
+        await self._close_links(plan)
+        if self._embedded is not None:  # ours, on this host: not bounded (it removes its containers)
             await self._embedded.stop()
             self._embedded = None
         if self._pending_consumers:
-            await asyncio.gather(*self._pending_consumers, return_exceptions=True)
+            _, late = await asyncio.wait(self._pending_consumers, timeout=plan.left())
+            for task in late:
+                log_given_up(log, "event_consumer", plan.elapsed(), task=task.get_name())
+                task.cancel()
+        log.debug("event=golem_stopped took=%.1fs limit=%.1fs", plan.elapsed(), plan.total)
         self.emit(events.ShutdownFinished())
+
+    async def _stop_instances(self, plan: ShutdownPlan) -> None:
+        """The instances' handlers until the plan's `handlers_until`, their agreements' end until
+        `release_until` (the engine bounds each call); an instance still not ended then is
+        abandoned, with a warning."""
+        runners, self._runners = self._runners, []
+        if self._engine is not None:
+            self._engine.leave_by(plan.release_until)
+        for runner in runners:
+            runner.stop()
+
+        async def all_ended(until: float) -> bool:
+            return all(await asyncio.gather(*(runner.wait(plan.left(until)) for runner in runners)))
+
+        if not await all_ended(plan.handlers_until):
+            for runner in runners:
+                runner.give_up()
+            if not await all_ended(plan.release_until):
+                grace = min(HANDLER_CANCEL_GRACE, plan.left())
+                await asyncio.gather(*(runner.abandon(grace, plan.elapsed()) for runner in runners))
+
+    async def _close_links(self, plan: ShutdownPlan) -> None:
+        """Networks (those the script did not remove itself, unless suspended), the relay, the
+        budget watch and the channels, by the plan's end."""
+        networks, self._networks = [n for n in self._networks if not n.suspended], []
+        await asyncio.gather(*(network.remove(plan.left()) for network in networks))
+        await self._relay.close(plan.left())
+        if self._engine is not None:
+            try:
+                async with asyncio.timeout(plan.left()):
+                    await self._engine.close()
+            except TimeoutError:
+                log_given_up(log, "budget_watch", plan.elapsed())
+            for client in self._engine.clients:
+                await client.close()  # gRPC's close without grace: it cancels the channel's calls at once
+            self._engine = None
 
     async def __aenter__(self) -> Golem:
         await self.start()
@@ -253,7 +296,7 @@ class Golem:
         job = events.Job(id=str(next(self._job_numbers)), payload=payload, expiration=expiration)
         runner = ServiceRunner(self._engine, job, respawn_unstarted_instances)
         cluster: Cluster[ServiceType] = Cluster(runner, job, service_class, network)
-        self._clusters.append(cluster)
+        self._runners.append(runner)
         cluster.spawn_instances(num_instances, instance_params, network_addresses)
         return cluster
 

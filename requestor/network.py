@@ -28,6 +28,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from typing import TYPE_CHECKING, Any
 
 from requestor.errors import RequestorError
+from requestor.leaving import log_given_up
 
 if TYPE_CHECKING:
     from requestor.client import ProviderClient
@@ -197,21 +198,29 @@ class Network:
     async def refresh_nodes(self) -> None:
         """Nothing to refresh: members learn of each other by address, not from a node list."""
 
-    async def remove(self) -> None:
-        """Removes the network from every provider that hosts it; members lose their interface on
-        it, and every connection it carried ends."""
+    async def remove(self, timeout: float | None = None) -> None:
+        """Removes the network from every provider that hosts it (all at once); members lose their
+        interface on it, and every connection it carried ends. With `timeout` (seconds; Golem's
+        exit gives one), a provider that has not answered by then is given up, with a warning: it
+        drops the network itself once this requestor's last agreement there has ended."""
         if self._state in (NetworkState.removing, NetworkState.removed):
             return
         self._state = NetworkState.removing
-        for provider_id, client in list(self._hosts.items()):
-            try:
-                await client.remove_network(self._network_id)
-            except RequestorError as exc:
-                log.warning("event=network_remove_failed network=%s provider=%s error=%s",
-                            self._network_id, provider_id, exc)
+        await asyncio.gather(*(self._remove_from(provider_id, client, timeout)
+                               for provider_id, client in list(self._hosts.items())))
         self._hosts.clear()
         self._state = NetworkState.removed
         log.info("Removed network: %s", self)
+
+    async def _remove_from(self, provider_id: str, client: ProviderClient, timeout: float | None) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await client.remove_network(self._network_id)
+        except RequestorError as exc:
+            log.warning("event=network_remove_failed network=%s provider=%s error=%s", self._network_id, provider_id, exc)
+        except TimeoutError:
+            log_given_up(log, "remove_network", timeout or 0.0, network=self._network_id, provider=provider_id,
+                         address=client.address)
 
     # Suspend and resume (yapapi's shape; see serialize)
 

@@ -4,7 +4,6 @@ notices a provider that ends the activity or stops answering, and releases what 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -14,13 +13,11 @@ from typing import Any, Protocol
 from requestor import events
 from requestor.client import ActivityHandle
 from requestor.ctx import WorkContext
-from requestor.errors import (
-    CommandExecutionError,
-    ProviderUnreachableError,
-    RequestorError,
-)
+from requestor.errors import ProviderUnreachableError, RequestorError
+from requestor.leaving import log_given_up
 from requestor.network import Network
 from requestor.script import Script
+from requestor.services.handlers import drive_scripts, handler_of
 from requestor.services.service import Service
 from requestor.services.state import ServiceState, next_state
 from requestor.services.watch import ActivityWatch
@@ -58,6 +55,7 @@ class Resumed:
     network_ip: str | None
 
 RESPAWN_FIRST_DELAY, RESPAWN_MAX_DELAY = 1.0, 30.0  # seconds (see RespawnBackoff)
+HANDLER_CANCEL_GRACE = 1.0  # seconds a cancelled handler may take to unwind once Golem is leaving
 
 
 class Outcome(Enum):
@@ -67,6 +65,7 @@ class Outcome(Enum):
     GONE = "gone"  # the provider ended the activity
     UNRESPONSIVE = "unresponsive"  # the provider stopped answering
     SUSPENDED = "suspended"  # the requestor suspended the instance: left as it is on the provider
+    ABANDONED = "abandoned"  # Golem is leaving and stopped waiting for the handler (requestor.leaving)
 
 
 @dataclass
@@ -105,7 +104,8 @@ class ServiceRunner:
         self._stop_requests: dict[str, asyncio.Event] = {}
         self._suspend_requests: dict[str, asyncio.Event] = {}
         self._taken_up: dict[str, asyncio.Event] = {}  # resumed instances: set once bound to their activity, or failed
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # each instance's life, by service id
+        self._giving_up = asyncio.Event()  # Golem is leaving: handlers still running are abandoned
         self.suspended = False
 
     def add_instance(self, service: Service, network: Network | None = None, network_address: str | None = None,
@@ -116,9 +116,8 @@ class ServiceRunner:
         self._suspend_requests[service.id] = asyncio.Event()
         if resumed is not None:
             self._taken_up[service.id] = asyncio.Event()
-        task = asyncio.create_task(self._lifecycle(service, network, network_address, resumed),
-                                   name=f"service-{service.id}")
-        self._tasks.append(task)
+        self._tasks[service.id] = asyncio.create_task(self._lifecycle(service, network, network_address, resumed),
+                                                      name=f"service-{service.id}")
 
     def stop_instance(self, service: Service) -> None:
         self._stop_requests[service.id].set()
@@ -136,10 +135,39 @@ class ServiceRunner:
         """Waits until every resumed instance is bound to its activity again (or failed to be)."""
         await asyncio.gather(*(event.wait() for event in self._taken_up.values()))
 
-    async def wait(self) -> None:
-        """Waits until every instance is terminated."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+    def stop(self) -> None:
+        """Stops every instance, unless the cluster is suspended (its instances stay as they are)."""
+        if not self.suspended:
+            for service in self.instances:
+                self.stop_instance(service)
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Waits until every instance is terminated, or `timeout` seconds; whether they are."""
+        if not self._tasks:
+            return True
+        _, pending = await asyncio.wait(self._tasks.values(), timeout=timeout)
+        for task in self._tasks.values():
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: _lifecycle logs its own crashes
+        return not pending
+
+    def give_up(self) -> None:
+        """Golem is leaving and has no more time for handlers: those still running are abandoned,
+        each with a warning; every instance's agreement is still ended (within the engine's time)."""
+        self._giving_up.set()
+
+    async def abandon(self, grace: float, waited: float) -> None:
+        """Cancels the instances whose end did not come in time (`waited` seconds: a warning names
+        each, its provider and agreement), waiting `grace` seconds at most for them to unwind."""
+        left = [(service, self._tasks[service.id]) for service in self.instances if not self._tasks[service.id].done()]
+        for service, task in left:
+            handle = service.ctx.handle if service.ctx else None
+            log_given_up(log, "instance", waited, service=service.id, state=service.state.value,
+                         provider=handle.agreement.provider_id if handle else None,
+                         agreement=handle.agreement.id if handle else None)
+            task.cancel()
+        if left:
+            await asyncio.wait([task for _, task in left], timeout=grace)
 
     # One instance
 
@@ -317,10 +345,14 @@ class ServiceRunner:
                            stop: asyncio.Event | None, suspend: asyncio.Event) -> Result:
         """Runs the service's `name` handler; one that raised is logged with its traceback, as
         yapapi logs it (the state change that follows says why too)."""
+        began = asyncio.get_running_loop().time()
         try:
-            result = await self._drive(_handler(service, name), ctx, watch, stop, suspend)
+            result = await self._drive(handler_of(service, name), ctx, watch, stop, suspend)
         except TypeError as exc:  # not an async generator
             result = Result(Outcome.ERROR, exc)
+        if result.outcome is Outcome.ABANDONED:
+            log_given_up(log, f"{name}_handler", asyncio.get_running_loop().time() - began, service=service.id,
+                         provider=ctx.handle.agreement.provider_id, agreement=ctx.handle.agreement.id)
         if result.outcome is Outcome.ERROR and result.error is not None:
             log.warning("Unhandled exception in service %s (%s)", type(service).__name__, name,
                         exc_info=result.error)
@@ -331,9 +363,10 @@ class ServiceRunner:
         """Runs one handler until it returns, fails, is stopped or suspended, or loses its provider."""
         if suspend.is_set():
             return Result(Outcome.SUSPENDED)
-        pump = asyncio.create_task(self._pump(handler, ctx))
+        pump = asyncio.create_task(drive_scripts(handler, ctx))
         suspended = asyncio.create_task(suspend.wait())
-        waiters: set[asyncio.Future[Any]] = {pump, watch.ended, suspended}
+        giving_up = asyncio.create_task(self._giving_up.wait())
+        waiters: set[asyncio.Future[Any]] = {pump, watch.ended, suspended, giving_up}
         stopped = asyncio.create_task(stop.wait()) if stop else None
         if stopped:
             waiters.add(stopped)
@@ -351,62 +384,37 @@ class ServiceRunner:
                     return Result(Outcome.UNRESPONSIVE, error)
                 lost = await watch.check()  # did the handler fail because the provider ended it?
                 return self._lost(lost) if lost is not None else Result(Outcome.ERROR, error)
-            return Result(Outcome.STOPPED)
+            return Result(Outcome.STOPPED if stopped and stopped.done() else Outcome.ABANDONED)
         finally:
             suspended.cancel()
+            giving_up.cancel()
             if stopped:
                 stopped.cancel()
+            if await self._cancelled(pump):
+                await handler.aclose()
+            else:  # still inside the handler: closing it now would fail ("already running")
+                log.warning("event=handler_left_running provider=%s agreement=%s hint=%r",
+                            ctx.handle.agreement.provider_id, ctx.handle.agreement.id,
+                            "the handler went on after it was cancelled (does it catch CancelledError?)")
+
+    async def _cancelled(self, pump: asyncio.Task[None]) -> bool:
+        """Cancels the pump and waits for the handler's reaction, for as long as Golem is not
+        leaving, then HANDLER_CANCEL_GRACE; whether it ended."""
+        if not pump.done():
+            pump.cancel()
+            giving_up = asyncio.create_task(self._giving_up.wait())
+            try:
+                await asyncio.wait({pump, giving_up}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                giving_up.cancel()
             if not pump.done():
-                pump.cancel()
-                try:
-                    await pump
-                except BaseException:  # the handler's own reaction to cancellation
-                    pass
-            await handler.aclose()
+                await asyncio.wait({pump}, timeout=HANDLER_CANCEL_GRACE)
+        if pump.done() and not pump.cancelled():
+            pump.exception()  # the handler's own reaction to cancellation: retrieved, not raised
+        return pump.done()
 
     @staticmethod
     def _lost(error: BaseException) -> Result:
         if isinstance(error, ProviderUnreachableError):
             return Result(Outcome.UNRESPONSIVE, error)
         return Result(Outcome.GONE, error)
-
-    @staticmethod
-    async def _pump(handler: AsyncGenerator[Script, Any], ctx: WorkContext) -> None:
-        """Feeds the handler's scripts to the activity and their results back to the handler."""
-        to_send: Any = None
-        to_throw: BaseException | None = None
-        while True:
-            try:
-                script = await (handler.athrow(to_throw) if to_throw else handler.asend(to_send))
-            except StopAsyncIteration:
-                return
-            to_send, to_throw = None, None
-            if script is None:
-                continue
-            if not isinstance(script, Script):
-                raise TypeError(f"service handlers yield Scripts from self._ctx.new_script(), not {script!r}")
-            if not script.wait_for_results:
-                to_send = asyncio.ensure_future(ctx.execute(script))
-                to_send.add_done_callback(lambda f: f.cancelled() or f.exception())
-                continue
-            try:
-                results = await ctx.execute(script)
-            except CommandExecutionError as exc:
-                to_throw = exc
-                continue
-            done: asyncio.Future[list[events.CommandExecuted]] = asyncio.get_running_loop().create_future()
-            done.set_result(results)
-            to_send = done
-
-
-def _handler(service: Service, name: str) -> AsyncGenerator[Script, Any]:
-    """The service's `name` handler, checked to be an async generator (what the runner drives)."""
-    handler = getattr(service, name)()
-    if not inspect.isasyncgen(handler):
-        if inspect.iscoroutine(handler):
-            handler.close()  # never awaited: no warning about it
-        raise TypeError(
-            f"{type(service).__name__}.{name}() must be an async generator (an `async def` that yields "
-            f"scripts, or at least contains a `yield`), but it returned {type(handler).__name__}"
-        )
-    return handler

@@ -10,6 +10,7 @@ from requestor.errors import ActivityTerminatedError, ProviderUnreachableError, 
 
 # Activity termination reasons that come from this requestor, not from the provider.
 OWN_REASONS = frozenset({"Requested", "Destroyed"})
+CLOSE_SECONDS = 1.0
 
 
 class ActivityWatch:
@@ -57,8 +58,10 @@ class ActivityWatch:
         return None
 
     async def close(self) -> None:
+        """Stops watching, waiting CLOSE_SECONDS at most: a watch that goes on after its cancellation
+        (Python 3.11's wait_for can swallow one while the client reconnects) must not hold up the
+        release that follows; it ends at the latest when the client's channel is closed."""
         self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        await asyncio.wait({self._task}, timeout=CLOSE_SECONDS)
+        if self._task.done() and not self._task.cancelled():
+            self._task.exception()  # _follow handles what it expects; anything else is retrieved here
