@@ -1,5 +1,5 @@
 """A network's other provider, as the overlay agent holds it: its direct link (a TCP connection
-carrying a TLS session) and its session through the relay, each replaced or dropped under one lock;
+carrying a TLS session) and its session through the relay, each replaced or dropped under a lock of its own;
 and the shapes the direct and relayed paths see of a network and of the agent (so that neither
 imports the agent)."""
 
@@ -101,6 +101,17 @@ class Peer:
         old, self.sock, self.link = self.sock, None, None
         if old is not None:
             close_socket(old)
+
+    def forget_session(self, session: bytes) -> bool:
+        """Drops the relayed session (established or opening) with this id; whether there was one.
+        Called under relay_lock."""
+        found = False
+        for name in ("relayed", "pending"):
+            current = getattr(self, name)
+            if current is not None and current.session == session:
+                setattr(self, name, None)
+                found = True
+        return found
 
     def forget(self) -> None:
         """The peer left the network: every link with it goes, and none comes back."""

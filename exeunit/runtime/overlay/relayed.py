@@ -14,7 +14,8 @@ session with new keys (nothing recorded before replays into it). A message is a 
 The node with the smaller id dials, as on the direct path. TLS needs every byte in order, so
 nothing on the way may drop a sealed message: the sender keeps at most peer.WINDOW bytes of frames
 unacknowledged (the receiver acknowledges inside the session), and sheds a frame before sealing
-it when its window is full, as a congested link drops a packet. A daemon that cannot carry a
+it when its window is full, as a congested link drops a packet; while a session opens, the last
+peer.BACKLOG_FRAMES frames wait for it. A daemon that cannot carry a
 message after all (no relay stream, over its bound) says so (`relay_lost`) and the session is
 started afresh.
 """
@@ -42,7 +43,7 @@ def message(kind: bytes, session: bytes, data: bytes = b"") -> bytes:
 
 
 def parse(body: bytes) -> tuple[bytes, bytes, bytes]:
-    """(kind, session, data); ValueError for a message too short to be one."""
+    """(kind, session, data); LinkError for a message too short to be one."""
     if len(body) < 1 + SESSION_BYTES:
         raise LinkError("a relayed message too short to be one")
     return body[:1], body[1:1 + SESSION_BYTES], body[1 + SESSION_BYTES:]
@@ -93,7 +94,7 @@ class RelayedPath:
         self.control.relay_out(self.network.wire_id, peer.node, message(RECORDS, session.session, records))
 
     def _want_session(self, peer: Peer) -> None:
-        """Opens a relayed session (the dialing side), or asks the peer to (called under send_lock)."""
+        """Opens a relayed session (the dialing side), or asks the peer to (called under relay_lock)."""
         now = time.monotonic()
         if now < peer.next_relay_attempt:
             return
@@ -118,9 +119,7 @@ class RelayedPath:
         except LinkError as exc:
             log.debug("relayed session with %s dropped: %s", sender, exc)
             with peer.relay_lock:
-                for name in ("relayed", "pending"):
-                    if getattr(peer, name) is not None and getattr(peer, name).session == session:
-                        setattr(peer, name, None)
+                peer.forget_session(session)
             out.append(message(RESET, session))
         for answer in out:
             self.control.relay_out(self.network.wire_id, sender, answer)
@@ -162,12 +161,8 @@ class RelayedPath:
                         pending.sent += len(frame)
             else:
                 out.append(message(RESET, session))  # a session this side does not have (a restart)
-        elif kind == RESET:
-            for name in ("relayed", "pending"):
-                current = getattr(peer, name)
-                if current is not None and current.session == session:
-                    setattr(peer, name, None)
-                    peer.next_relay_attempt = 0.0
+        elif kind == RESET and peer.forget_session(session):
+            peer.next_relay_attempt = 0.0
 
     def _receive_relayed(self, peer: Peer, session: RelayedSession, data: bytes, out: list[bytes]) -> None:
         for kind, payload in session.link.receive(data):  # type: ignore[union-attr]
