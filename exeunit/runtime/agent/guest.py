@@ -23,7 +23,8 @@ command blocks on its pipe, nothing is dropped), and the agent connects again an
 RESUME from the daemon that comes back. A command is over when its process has exited and its
 pipes are closed, or idle for DRAIN_IDLE seconds after the exit: a background child that keeps
 the pipes open keeps running, does not hold up the next command, and what it writes later is read
-and dropped (it never blocks on a full pipe).
+and dropped (it never blocks on a full pipe). Idle counts only while the pipes are read: while the
+spool is full they are not, and what the command left in them at its exit is its output still.
 
 One thread does everything (a poll loop over the socket, the pipes and a pidfd per process), so
 a command costs no thread hand-off. The agent runs with exactly the container's privileges; the
@@ -71,7 +72,7 @@ class Command:
         self.total = 0
         self.code = None  # set once the command is over
         self.status = None  # the process's exit code, once reaped
-        self.last_output = time.monotonic()
+        self.quiet_since = time.monotonic()  # since when its pipes, read, gave nothing (None: not read now)
         self.pipes = {}  # fd -> OUT or ERR, while open
         self.pidfd = None
         self.pid = None
@@ -110,6 +111,11 @@ class Command:
         (then what comes is dropped)."""
         return self.code is not None or self.total - self.acked + PIECE_COST * len(self.pieces) < SPOOL_BYTES
 
+    def not_read(self):
+        """Its pipes are left unread this turn (the spool is full): their silence says nothing,
+        and idle time counts again from when they are read."""
+        self.quiet_since = None
+
     def read(self, fd):
         try:
             data = os.read(fd, READ_CHUNK)
@@ -119,7 +125,7 @@ class Command:
             del self.pipes[fd]
             os.close(fd)
             return
-        self.last_output = time.monotonic()
+        self.quiet_since = time.monotonic()
         if self.code is None:
             self._append(self.pipes[fd], data)
 
@@ -151,7 +157,11 @@ class Command:
                 os.close(self.pidfd)
                 self.pidfd = None
         if self.code is None and self.status is not None:
-            if not self.pipes or time.monotonic() - self.last_output > DRAIN_IDLE:
+            if not self.pipes:
+                self.finish(self.status)
+            elif self.quiet_since is None:
+                self.quiet_since = time.monotonic()  # read from now on: idle counts from here
+            elif time.monotonic() - self.quiet_since > DRAIN_IDLE:
                 self.finish(self.status)
 
     def lingers(self):
@@ -168,7 +178,9 @@ class Command:
             return None
         if not self.pipes:
             return 0
-        return max(DRAIN_IDLE - (time.monotonic() - self.last_output), 0) + 0.001
+        if self.quiet_since is None:  # not read while the spool is full: the daemon's ACK wakes us
+            return None if not self.wants_output() else 0
+        return max(DRAIN_IDLE - (time.monotonic() - self.quiet_since), 0) + 0.001
 
     def finish(self, code):
         self.code = code
@@ -394,6 +406,8 @@ class Agent:
                     for fd in command.pipes:
                         readers[fd] = command
                         poller.register(fd, select.POLLIN)
+                else:
+                    command.not_read()
                 if command.pidfd is not None and command.status is None:
                     readers[command.pidfd] = command
                     poller.register(command.pidfd, select.POLLIN)
