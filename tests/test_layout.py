@@ -1,199 +1,255 @@
-"""The borders of the code's layout, kept by a test (README, "Layout").
+"""The borders of the code's layout, kept by a test (README, "Layout"; docs/layout.md).
 
-Walks every import of both packages (those under `if TYPE_CHECKING:` and inside functions too)
-and fails on an import circle, on a dependency that points the wrong way between the daemon's
-layers, on Docker outside the Docker runtime, on gRPC or protobuf in the requestor outside its
-client package, on a requestor module reaching into the daemon other than through the contract
-or the embedded provider's entry point, and on a module past the size a reader can hold.
+Walks every import of both packages (those under `if TYPE_CHECKING:` and inside functions too,
+`importlib.import_module("x")` and `__import__("x")` as well, and a run of the Docker CLI as a use of
+Docker; see tests/layout_rules.py) and fails on:
+
+- an import circle;
+- a dependency that points the wrong way between the daemon's layers (errors and exeunit.v1 <
+  domain < runtime, persistence < services < api < app, __main__, testing);
+- an implementation (exeunit.runtime.docker, .agent, .overlay, .bridges, exeunit.persistence)
+  imported by anything but exeunit.app or itself: the rest see the protocols;
+- gRPC, grpc_*, protobuf or generated contract code (exeunit.v1.*_pb2*) below exeunit.api (in
+  errors, domain, runtime, persistence, services or the contract's hand-written modules); of
+  exeunit.v1 these see only conventions (persistence and exeunit.v1 itself identity and
+  private_files too);
+- a daemon module importing the requestor;
+- Docker (the SDK, requests, or the docker CLI) outside exeunit.runtime.docker;
+- gRPC, protobuf or the contract (bar its conventions) in the requestor outside requestor.client;
+- a requestor module reaching into the daemon other than through the contract or the embedded
+  provider's entry point, and `import requestor` loading any of the daemon;
+- exeunit.v1.conventions importing anything;
+- a module past the size a reader can hold.
+
+Each border is checked on the tree as it is and, by a mutation test, on the tree with one
+offending line added to one module, where the rule must report exactly that line: a rule that
+cannot fail would pass whatever the code does.
 """
 
 from __future__ import annotations
 
-import ast
-import subprocess
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("exeunit", "requestor")
-CONTRACT = "exeunit.v1"
-CONVENTIONS = "exeunit.v1.conventions"  # the contract's hand-written constants: both sides import it
-MAX_MODULE_LINES = 450
-
-# The daemon's layers, lowest first: a module imports only from its own layer or lower ones.
-# `exeunit.errors` is the one exception root every layer raises.
-DAEMON_LAYERS = (
-    ("exeunit.errors", "exeunit.v1"),
-    ("exeunit.domain",),
-    ("exeunit.runtime", "exeunit.persistence"),
-    ("exeunit.services",),
-    ("exeunit.api",),
-    ("exeunit.app", "exeunit.__main__", "exeunit.testing"),
+from tests.layout_rules import (
+    CONVENTIONS, DOCKER_CLI, DYNAMIC, MAX_MODULE_LINES, REQUESTOR_TO_DAEMON, Import, circles, conventions_imports,
+    daemon_imports_of_the_requestor, daemon_loaded_by, describe, docker_outside_its_runtime, graph_of, imports_of,
+    long_modules, read_tree, requestor_into_the_daemon, requestor_transport_outside_its_client, transport_below_api,
+    unwired_implementations, upward_imports,
 )
-# Implementations behind the runtime's protocols and the domain's Store: only the app picks them.
-RUNTIME_IMPLEMENTATIONS = ("exeunit.runtime.docker", "exeunit.runtime.agent", "exeunit.persistence")
-DOCKER_MODULES = ("docker", "requests")
-GRPC_MODULES = ("grpc", "grpc_health", "grpc_reflection", "google.protobuf", CONTRACT)
-REQUESTOR_CLIENT = "requestor.client"
-# What a requestor module may import of the daemon's package, by where it is imported from.
-REQUESTOR_TO_DAEMON = {
-    "requestor": (CONVENTIONS,),
-    REQUESTOR_CLIENT: (CONTRACT,),
-    "requestor.embedded": ("exeunit.app.embedded",),
-}
 
-
-@dataclass(frozen=True)
-class Import:
-    source: str  # the importing module
-    target: str  # the module imported (a submodule where `from package import name` names one)
-    line: int
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def own_modules() -> dict[str, Path]:
-    found = {}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            name = module_name(path)
-            if not (within(name, CONTRACT) and "_pb2" in name):  # generated code aside
-                found[name] = path
-    return found
-
-
-def within(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
-
-
-def imports_of(name: str, path: Path, known: set[str]) -> Iterator[Import]:
-    is_package = path.name == "__init__.py"
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield Import(name, alias.name, node.lineno)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = name.split(".")
-                base = base[: len(base) - node.level + (1 if is_package else 0)]
-                module = ".".join(base + ([node.module] if node.module else []))
-            else:
-                module = node.module or ""
-            for alias in node.names:
-                submodule = f"{module}.{alias.name}"
-                yield Import(name, submodule if submodule in known else module, node.lineno)
+Tree = tuple[dict[str, str], frozenset[str]]
+Rule = Callable[[list[Import]], list[Import]]
 
 
 @pytest.fixture(scope="module")
-def graph() -> list[Import]:
-    modules = own_modules()
-    known = set(modules)
-    return [edge for name, path in modules.items() for edge in imports_of(name, path, known)]
+def tree() -> Tree:
+    return read_tree()
 
 
-def describe(edges: list[Import]) -> str:
-    return "\n".join(f"  {e.source} imports {e.target} (line {e.line})" for e in edges)
+@pytest.fixture(scope="module")
+def graph(tree: Tree) -> list[Import]:
+    return graph_of(*tree)
 
+
+# The tree as it is -------------------------------------------------------------------------------
 
 def test_no_import_circles(graph: list[Import]) -> None:
-    known = set(own_modules())
-    edges: dict[str, set[str]] = {name: set() for name in known}
-    for edge in graph:
-        if edge.target in known and edge.target != edge.source:
-            edges[edge.source].add(edge.target)
-    circles = []
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(name: str) -> None:
-        state[name] = 1
-        path.append(name)
-        for target in sorted(edges[name]):
-            if state.get(target) == 1:
-                circles.append(path[path.index(target):] + [target])
-            elif target not in state:
-                visit(target)
-        path.pop()
-        state[name] = 2
-
-    for name in sorted(known):
-        if name not in state:
-            visit(name)
-    assert not circles, "import circles (break them with a module both sides can import):\n" + "\n".join(
-        "  " + " -> ".join(circle) for circle in circles
-    )
+    found = circles(graph)
+    assert not found, "import circles (break them with a module both sides can import):\n" + "\n".join(
+        "  " + " -> ".join(circle) for circle in found)
 
 
 def test_the_contracts_conventions_import_nothing(graph: list[Import]) -> None:
     """Both sides import them, the requestor outside its client too: no protobuf, no daemon."""
-    assert [e.target for e in graph if e.source == CONVENTIONS] == ["__future__"]
-
-
-def layer_of(name: str) -> int | None:
-    for rank, prefixes in enumerate(DAEMON_LAYERS):
-        if any(within(name, prefix) for prefix in prefixes):
-            return rank
-    return None
+    assert not (wrong := conventions_imports(graph)), describe(wrong)
 
 
 def test_daemon_dependencies_point_down(graph: list[Import]) -> None:
-    upward = [
-        e for e in graph
-        if within(e.source, "exeunit") and within(e.target, "exeunit")
-        and (source := layer_of(e.source)) is not None and (target := layer_of(e.target)) is not None
-        and target > source
-    ]
-    assert not upward, "imports from a higher layer (api/app -> services -> domain, runtime and persistence " \
-        "below services):\n" + describe(upward)
-    unwired = [
-        e for e in graph
-        if any(within(e.target, impl) for impl in RUNTIME_IMPLEMENTATIONS)
-        and not within(e.source, "exeunit.app")
-        and not any(within(e.source, impl) for impl in RUNTIME_IMPLEMENTATIONS)
-    ]
-    assert not unwired, "implementations are chosen by exeunit.app only; others use " \
-        "exeunit.runtime.protocols and exeunit.domain.records.Store:\n" + describe(unwired)
+    assert not (wrong := upward_imports(graph)), "imports from a higher layer (api/app -> services -> " \
+        "domain, runtime and persistence below services):\n" + describe(wrong)
 
 
-def test_docker_is_imported_only_by_the_docker_runtime(graph: list[Import]) -> None:
-    wrong = [e for e in graph if any(within(e.target, m) for m in DOCKER_MODULES)
-             and not within(e.source, "exeunit.runtime.docker")]
-    assert not wrong, "the Docker SDK belongs in exeunit.runtime.docker:\n" + describe(wrong)
+def test_implementations_are_picked_by_the_app_only(graph: list[Import]) -> None:
+    assert not (wrong := unwired_implementations(graph)), "implementations are chosen by exeunit.app only; " \
+        "others use exeunit.runtime.protocols and the domain's Store, NetworkPlumbing, NetworkOverlay:\n" \
+        + describe(wrong)
+
+
+def test_grpc_and_generated_code_stay_in_the_api(graph: list[Import]) -> None:
+    """The gRPC layer is a thin skin (exeunit.api) converting messages to domain values; below it
+    the daemon could run behind another transport, and a service never holds a protobuf message."""
+    assert not (wrong := transport_below_api(graph)), "gRPC, protobuf and exeunit.v1's generated code " \
+        "belong in exeunit.api (and exeunit.app's client); below it only exeunit.v1.conventions " \
+        "(persistence: identity, private_files):\n" + describe(wrong)
+
+
+def test_the_daemon_never_imports_the_requestor(graph: list[Import]) -> None:
+    """The requestor embeds the daemon (requestor.embedded -> exeunit.app.embedded), never the
+    reverse, or either would load the other and a circle would span the packages. Nothing in the
+    daemon, exeunit.testing and exeunit.app.embedded included, imports it today."""
+    assert not (wrong := daemon_imports_of_the_requestor(graph)), describe(wrong)
+
+
+def test_docker_is_reached_only_by_the_docker_runtime(graph: list[Import]) -> None:
+    assert not (wrong := docker_outside_its_runtime(graph)), \
+        "the Docker SDK and CLI belong in exeunit.runtime.docker:\n" + describe(wrong)
 
 
 def test_grpc_in_the_requestor_only_in_its_client(graph: list[Import]) -> None:
-    wrong = [e for e in graph if within(e.source, "requestor") and not within(e.source, REQUESTOR_CLIENT)
-             and any(within(e.target, m) for m in GRPC_MODULES) and e.target != CONVENTIONS]
-    assert not wrong, f"gRPC and protobuf belong in {REQUESTOR_CLIENT}:\n" + describe(wrong)
+    assert not (wrong := requestor_transport_outside_its_client(graph)), \
+        "gRPC, protobuf and the contract belong in requestor.client:\n" + describe(wrong)
 
 
-def test_the_requestor_reaches_the_daemon_only_through_the_contract_and_the_embedded_entry(graph: list[Import]) -> None:
-    def allowed(edge: Import) -> bool:
-        return any(within(edge.source, where) and any(within(edge.target, t) for t in targets)
-                   for where, targets in REQUESTOR_TO_DAEMON.items())
-
-    wrong = [e for e in graph if within(e.source, "requestor") and within(e.target, "exeunit") and not allowed(e)]
-    assert not wrong, "requestor modules import the daemon only as " + repr(REQUESTOR_TO_DAEMON) + ":\n" + describe(wrong)
+def test_the_requestor_reaches_the_daemon_only_through_the_contract_and_the_embedded_entry(
+        graph: list[Import]) -> None:
+    assert not (wrong := requestor_into_the_daemon(graph)), \
+        f"requestor modules import the daemon only as {REQUESTOR_TO_DAEMON!r}:\n" + describe(wrong)
 
 
 def test_importing_the_requestor_loads_no_daemon() -> None:
-    probe = (
-        "import sys, requestor, requestor.services, requestor.payload.vm\n"
-        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('docker', 'prometheus_client', 'psutil') "
-        "or (m.startswith('exeunit.') and not m.startswith('exeunit.v1')))))"
-    )
-    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert loaded.stdout.split() == [], f"import requestor loaded: {loaded.stdout}"
+    """The import graph sees only this tree; this sees what Python actually loads."""
+    loaded = daemon_loaded_by(["requestor", "requestor.services", "requestor.payload.vm"])
+    assert loaded == [], f"import requestor loaded: {loaded}"
 
 
-def test_no_module_is_past_the_size_a_reader_holds() -> None:
-    long = {name: lines for name, path in own_modules().items()
-            if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
-    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them by concern): {long}"
+def test_no_module_is_past_the_size_a_reader_holds(tree: Tree) -> None:
+    assert not (long := long_modules(tree[0])), f"modules over {MAX_MODULE_LINES} lines (split them by concern): {long}"
+
+
+# Each border catches its mutation ------------------------------------------------------------------
+
+def mutated(tree: Tree, graph: list[Import], module: str, code: str) -> tuple[list[Import], int]:
+    """The graph with `code` appended to `module` (only that module parsed again), and the line of
+    the code's last line, where the offence is."""
+    sources, known = tree
+    source = sources[module].rstrip("\n") + "\n" + code.strip("\n") + "\n"
+    is_package = any(name.startswith(module + ".") for name in known)
+    return [e for e in graph if e.source != module] + imports_of(module, source, set(known), is_package), \
+        source.count("\n")
+
+
+MUTATIONS = [  # (rule, module, offending code, what the rule must report it as: (target, how))
+    (conventions_imports, CONVENTIONS, "import grpc", ("grpc", "import")),
+    (upward_imports, "exeunit.domain.records", "from exeunit.services.provider import Provider",
+     ("exeunit.services.provider", "import")),
+    (upward_imports, "exeunit.runtime.files", "if TYPE_CHECKING:\n    from exeunit.api import server",
+     ("exeunit.api.server", "import")),
+    (unwired_implementations, "exeunit.services.networks", "from exeunit.runtime.overlay.process import AgentProcess",
+     ("exeunit.runtime.overlay.process", "import")),
+    (unwired_implementations, "exeunit.services.activity", "import exeunit.runtime.overlay",
+     ("exeunit.runtime.overlay", "import")),
+    (unwired_implementations, "exeunit.services.networks", "from exeunit.runtime.bridges import BridgePlumbing",
+     ("exeunit.runtime.bridges", "import")),
+    (unwired_implementations, "exeunit.runtime.docker.runtime", "from exeunit.runtime.agent import executor",
+     ("exeunit.runtime.agent.executor", "import")),
+    (unwired_implementations, "exeunit.api.servicers", "from exeunit.persistence.store import FileStore",
+     ("exeunit.persistence.store", "import")),
+    (transport_below_api, "exeunit.services.provider", "import grpc", ("grpc", "import")),
+    (transport_below_api, "exeunit.services.activity", "from google.protobuf import message",
+     ("google.protobuf", "import")),
+    (transport_below_api, "exeunit.runtime.storage", "from grpc_health.v1 import health", ("grpc_health.v1", "import")),
+    (transport_below_api, "exeunit.persistence.store", "def f():\n    import grpc.aio", ("grpc.aio", "import")),
+    (transport_below_api, "exeunit.domain.market", "from exeunit.v1 import activity_pb2",
+     ("exeunit.v1.activity_pb2", "import")),
+    (transport_below_api, "exeunit.domain.market", "import exeunit.v1.market_pb2_grpc",
+     ("exeunit.v1.market_pb2_grpc", "import")),
+    (transport_below_api, "exeunit.services.networks", "from exeunit.v1.network_pb2 import Member",
+     ("exeunit.v1.network_pb2", "import")),
+    (transport_below_api, "exeunit.domain.settings", "from exeunit.v1 import identity",
+     ("exeunit.v1.identity", "import")),
+    (transport_below_api, "exeunit.v1.identity", "import google.protobuf.message",
+     ("google.protobuf.message", "import")),
+    (transport_below_api, "exeunit.services.provider", 'importlib.import_module("grpc")', ("grpc", DYNAMIC)),
+    (daemon_imports_of_the_requestor, "exeunit.services.provider", "import requestor", ("requestor", "import")),
+    (daemon_imports_of_the_requestor, "exeunit.app.embedded", "def f():\n    from requestor.golem import Golem",
+     ("requestor.golem", "import")),
+    (daemon_imports_of_the_requestor, "exeunit.testing.providers", "from requestor import Golem",
+     ("requestor", "import")),
+    (docker_outside_its_runtime, "exeunit.services.images", "import docker", ("docker", "import")),
+    (docker_outside_its_runtime, "exeunit.services.images", 'importlib.import_module("docker")', ("docker", DYNAMIC)),
+    (docker_outside_its_runtime, "exeunit.services.images", 'x = __import__("docker.errors")',
+     ("docker.errors", DYNAMIC)),
+    (docker_outside_its_runtime, "exeunit.services.images", 'subprocess.run(["docker", "ps"])', ("docker", DOCKER_CLI)),
+    (docker_outside_its_runtime, "exeunit.runtime.storage", 'subprocess.run(["/usr/bin/docker", "rm", "-f", cid])',
+     ("docker", DOCKER_CLI)),
+    (docker_outside_its_runtime, "exeunit.services.images", 'os.system(f"docker rm -f {cid}")', ("docker", DOCKER_CLI)),
+    (docker_outside_its_runtime, "exeunit.services.images", 'os.popen("sudo docker ps")', ("docker", DOCKER_CLI)),
+    (docker_outside_its_runtime, "exeunit.services.activity",
+     'async def f():\n    await asyncio.create_subprocess_exec("docker", "rm", cid)', ("docker", DOCKER_CLI)),
+    (docker_outside_its_runtime, "exeunit.services.activity",
+     'from subprocess import check_output as sh\nsh("docker ps -q", shell=True)', ("docker", DOCKER_CLI)),
+    (docker_outside_its_runtime, "exeunit.runtime.bridges", 'argv = ["docker", "network", "ls"]',
+     ("docker", DOCKER_CLI)),
+    (docker_outside_its_runtime, "exeunit.runtime.storage", '_run("docker", "volume", "rm", name)',
+     ("docker", DOCKER_CLI)),
+    (docker_outside_its_runtime, "requestor.golem", "import requests", ("requests", "import")),
+    (requestor_transport_outside_its_client, "requestor.golem", "import grpc", ("grpc", "import")),
+    (requestor_transport_outside_its_client, "requestor.ctx", "from exeunit.v1 import activity_pb2",
+     ("exeunit.v1.activity_pb2", "import")),
+    (requestor_transport_outside_its_client, "requestor.engine", 'importlib.import_module("google.protobuf")',
+     ("google.protobuf", DYNAMIC)),
+    (requestor_into_the_daemon, "requestor.golem", "from exeunit.domain.market import Offer",
+     ("exeunit.domain.market", "import")),
+    (requestor_into_the_daemon, "requestor.client.provider", "from exeunit.app.embedded import LocalProvider",
+     ("exeunit.app.embedded", "import")),
+]
+
+
+@pytest.mark.parametrize(("rule", "module", "code", "expected"), MUTATIONS,
+                         ids=[f"{m[0].__name__}:{m[1]}:{m[2].splitlines()[-1].strip()}" for m in MUTATIONS])
+def test_each_border_catches_its_mutation(tree: Tree, graph: list[Import], rule: Rule, module: str, code: str,
+                                          expected: tuple[str, str]) -> None:
+    assert rule(graph) == []
+    changed, line = mutated(tree, graph, module, code)
+    assert rule(changed) == [Import(module, expected[0], line, expected[1])]
+
+
+@pytest.mark.parametrize(("module", "code"), [
+    ("exeunit.runtime.docker.runtime", 'subprocess.run(["docker", "info"])'),
+    ("exeunit.runtime.docker.runtime", 'importlib.import_module("docker")'),
+    ("exeunit.app.assembly", "from exeunit.runtime.overlay.agent import Agent"),
+    ("exeunit.persistence.keys", "from exeunit.v1 import identity"),
+    ("exeunit.api.convert", "from exeunit.v1 import transfer_pb2"),
+    ("requestor.client.convert", "from exeunit.v1 import transfer_pb2"),
+    ("exeunit.services.images", 'logging.getLogger("docker")'),
+    ("exeunit.services.images", 'subprocess.run(["ip", "link", "add", "docker-vm0"])'),
+])
+def test_what_the_borders_allow_stays_allowed(tree: Tree, graph: list[Import], module: str, code: str) -> None:
+    """The same kinds of lines where they belong, or not what they look like, break nothing."""
+    changed, _ = mutated(tree, graph, module, code)
+    rules = (conventions_imports, upward_imports, unwired_implementations, transport_below_api,
+             daemon_imports_of_the_requestor, docker_outside_its_runtime, requestor_transport_outside_its_client,
+             requestor_into_the_daemon)
+    assert {rule.__name__: rule(changed) for rule in rules} == {rule.__name__: [] for rule in rules}
+
+
+def test_circles_are_caught_through_type_checking_imports(tree: Tree, graph: list[Import]) -> None:
+    """exeunit.domain.batch imports the clock; the clock naming a batch type back is a circle even
+    if only a type checker follows it: neither module can be read (or checked) before the other."""
+    changed, _ = mutated(tree, graph, "exeunit.domain.clock",
+                         "from typing import TYPE_CHECKING\n"
+                         "if TYPE_CHECKING:\n    from exeunit.domain.batch import Batch")
+    assert circles(graph) == []
+    assert circles(changed) == [["exeunit.domain.batch", "exeunit.domain.clock", "exeunit.domain.batch"]]
+
+
+def test_a_circle_through_a_relative_import_in_a_package_is_caught() -> None:
+    sources = {"p": "from . import b", "p.b": "def f():\n    import p\n"}
+    assert circles(graph_of(sources)) == [["p", "p.b", "p"]]
+
+
+def test_the_size_border_catches_a_long_module(tree: Tree) -> None:
+    sources = dict(tree[0])
+    sources["exeunit.services.pacing"] = "x = 1\n" * (MAX_MODULE_LINES + 1)
+    assert long_modules(sources) == {"exeunit.services.pacing": MAX_MODULE_LINES + 1}
+
+
+def test_the_load_probe_catches_a_requestor_that_loads_the_daemon(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    for name, text in {"requestor/__init__.py": "import exeunit.services.leak\n", "exeunit/__init__.py": "",
+                       "exeunit/services/__init__.py": "", "exeunit/services/leak.py": "",
+                       "exeunit/v1/__init__.py": ""}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert daemon_loaded_by(["requestor"], tmp_path) == ["exeunit.services", "exeunit.services.leak"]
