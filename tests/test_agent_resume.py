@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import tempfile
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import docker
 import pytest
 import pytest_asyncio
 
-from exeunit.runtime.agent.executor import AgentChannel, AgentExecutor, AgentFailure, guest_binds, guest_entrypoint
+from exeunit.runtime.agent.executor import ACK_EVERY, AgentChannel, AgentExecutor, AgentFailure, guest_binds, guest_entrypoint
+from exeunit.runtime.agent.guest import SPOOL_BYTES
 from exeunit.runtime.docker import DockerRuntime
 from exeunit.runtime.protocols import STDOUT, ContainerOwner, ContainerSpec, GuestSetup
 from tests.conftest import BASE_IMAGE
@@ -80,13 +82,55 @@ async def read_until(command: object, limit: int) -> bytes:
     return bytes(got)
 
 
-async def test_a_command_survives_its_daemon_and_resumes_without_a_lost_byte(guest: Guest) -> None:
+def process_of(engine: docker.DockerClient, container_id: str, marker: str) -> int:
+    """The host pid of the one process in the container whose command line holds `marker`."""
+    top = engine.api.top(container_id)
+    column, command = top["Titles"].index("PID"), top["Titles"].index("CMD")
+    [pid] = [int(row[column]) for row in top["Processes"] if marker in row[command]]
+    return pid
+
+
+def written(pid: int) -> int:
+    """Bytes the process has written (its stdout is the agent's pipe: what the agent took, and the pipe holds)."""
+    try:
+        io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    except FileNotFoundError:
+        return -1  # it ended
+    return int(io["wchar"])
+
+
+def waits_on_its_pipe(pid: int) -> bool:
+    """Whether the process sleeps in a write to a full pipe (the agent no longer reads it)."""
+    try:
+        return "pipe_write" in Path(f"/proc/{pid}/wchan").read_text()
+    except FileNotFoundError:
+        return False  # it ended
+
+
+async def until(condition: Callable[[], bool], what: Callable[[], str], timeout: float = 30.0) -> None:
+    """Polls `condition` until it holds; after `timeout` s, fails with `what()` (said then)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:.0f} s: {what()}")
+        await asyncio.sleep(0.02)
+
+
+async def test_a_command_survives_its_daemon_and_resumes_without_a_lost_byte(guest: Guest,
+                                                                            engine: docker.DockerClient) -> None:
     count = 800_000  # 11 MB: more than the agent's 8 MiB spool holds, so the command waits for us
     channel, executor = await guest.daemon_side()
     first = executor.run(guest.container_id, ["/bin/sh", "-c", NUMBERED.format(count=count, pause="")], {}, None, None)
     before = await read_until(first, 1 << 20)
+    pid = process_of(engine, guest.container_id, "printf 'line")
     channel.close()  # the daemon dies: the agent loses its connection mid-command
-    await asyncio.sleep(1.5)  # the command runs on meanwhile, into the agent's spool
+    # The command runs on meanwhile, into the agent's spool, till the spool is full and the command waits on
+    # its pipe: it has then written most of a spool's worth past what the daemon read (the spool holds up to
+    # SPOOL_BYTES past what was acknowledged, at most ACK_EVERY behind what was read).
+    beyond = SPOOL_BYTES - 2 * ACK_EVERY
+    await until(lambda: written(pid) >= len(before) + beyond and waits_on_its_pipe(pid),
+                lambda: f"the agent's spool full: the command waiting on its pipe, {beyond} bytes or more past the "
+                f"{len(before)} read (it wrote {written(pid) - len(before)} past them)")
 
     channel, executor = await guest.daemon_side()
     resumed = executor.resume(guest.container_id, first.command_id, len(before), timeout=60)
@@ -96,12 +140,15 @@ async def test_a_command_survives_its_daemon_and_resumes_without_a_lost_byte(gue
     assert hashlib.sha256(before + after).hexdigest() == hashlib.sha256(expected_lines(count)).hexdigest()
 
 
-async def test_a_command_that_ended_while_no_daemon_was_there_still_reports_its_exit(guest: Guest) -> None:
+async def test_a_command_that_ended_while_no_daemon_was_there_still_reports_its_exit(
+        guest: Guest, engine: docker.DockerClient) -> None:
     channel, executor = await guest.daemon_side()
     first = executor.run(guest.container_id, ["/bin/sh", "-c", "echo one; sleep 1; echo two; exit 7"], {}, None, None)
     before = await read_until(first, 4)
+    pid = process_of(engine, guest.container_id, "echo two")
     channel.close()
-    await asyncio.sleep(2)  # it ends while no daemon is connected
+    # it ends while no daemon is connected: its process exits, and the agent reaps it (the pid is gone)
+    await until(lambda: not Path(f"/proc/{pid}").exists(), lambda: "the command ended and the agent reaped it")
 
     channel, executor = await guest.daemon_side()
     resumed = executor.resume(guest.container_id, first.command_id, len(before), timeout=10)

@@ -93,21 +93,36 @@ async def test_sigterm_terminates_activities_and_leaves_no_container(daemon: Dae
         assert len(engine.containers.list(all=True, filters=label)) == 2
         long_batch = (await client.exec(ids[0], [client.run("/bin/sleep", "600")])).batch_id
 
+        # what SIGTERM must reach: a watch that has had its first status, a stream that has had the
+        # long command's start (so the command runs, and both streams are open on the daemon)
+        watching, running = asyncio.Event(), asyncio.Event()
+
         async def watch() -> list[act.ActivityStatus]:
             seen = []
             request = act.WatchActivityRequest(activity_id=ids[1])
             with contextlib.suppress(grpc.aio.AioRpcError):
                 async for status in client.activity.WatchActivity(request, metadata=client.metadata):
                     seen.append(status)
+                    watching.set()
             return seen
 
         async def batch_end() -> list[act.BatchEvent]:
+            events: list[act.BatchEvent] = []
             with contextlib.suppress(grpc.aio.AioRpcError):
-                return [event async for event in client.events(ids[0], long_batch)]
-            return []
+                async for event in client.events(ids[0], long_batch):
+                    events.append(event)
+                    if event.WhichOneof("kind") == "started":
+                        running.set()
+            return events
 
         watcher, stream = asyncio.create_task(watch()), asyncio.create_task(batch_end())
-        await asyncio.sleep(0.5)
+        try:
+            async with asyncio.timeout(30):
+                await asyncio.gather(watching.wait(), running.wait())
+        except TimeoutError:
+            pytest.fail(f"after 30 s the watch had {'a' if watching.is_set() else 'no'} status and the long "
+                        f"command {'had' if running.is_set() else 'had not'} started; nothing to cut short")
+        assert watcher.done() is stream.done() is False, "a stream ended before SIGTERM"
         daemon.process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(daemon.process.wait, 60) == 0
         statuses, events = await watcher, await stream

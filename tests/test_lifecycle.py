@@ -207,11 +207,17 @@ def test_usage_read_from_the_cgroup_agrees_with_the_engines_stats(engine) -> Non
     polling every few seconds would otherwise give it); they must say what the engine says."""
     from exeunit.runtime.docker.cgroups import cgroup_usage
 
-    container = engine.containers.run(BASE_IMAGE, ["python3", "-c", "import time\nend = time.time() + 0.5\n"
-                                                   "while time.time() < end: pass\ntime.sleep(30)"],
-                                      detach=True, network_mode="none", labels={"io.exeunit.test": "1"})
+    # half a second of the process's own CPU time (however busy the machine), then it says so and idles
+    burn = ("import time\nwhile time.process_time() < 0.5: pass\nprint('burnt', flush=True)\ntime.sleep(30)")
+    container = engine.containers.run(BASE_IMAGE, ["python3", "-c", burn], detach=True, network_mode="none",
+                                      labels={"io.exeunit.test": "1"})
     try:
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60
+        while b"burnt" not in container.logs():  # the burn's end: its CPU time counted, no more coming
+            container.reload()
+            assert container.status == "running", f"the burner ended: {container.logs()!r}"
+            assert time.monotonic() < deadline, "the container did not burn half a CPU second in 60 s"
+            time.sleep(0.05)
         ours = cgroup_usage(container.id)
         stats = container.stats(stream=False, one_shot=True)
         assert ours is not None, "no cgroup layout of this engine is known"
