@@ -1,12 +1,12 @@
 """A network across two providers on simulated hosts (bench case `span`): a TCP stream and small
 round trips between instances on different providers, direct and relayed through the requestor
-(a partition between the two hosts), against two instances of the network on one provider."""
+(a partition between the two hosts), against two instances of the network on one provider.
+bench/cases_load.py makes the rows."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from collections.abc import Callable
 from typing import Any
 
 from exeunit.testing.hosts import SimulatedLan
@@ -117,19 +117,4 @@ async def measure(relayed: bool, megabytes: int, states: Any) -> dict[str, tuple
         finally:
             cheap.stop()
             dear.stop()
-
-
-def rows(direct: dict[str, tuple[float, float]], relayed: dict[str, tuple[float, float]],
-         row: Callable[..., Any]) -> list[Any]:
-    same_rate, same_rtt = direct["same provider"]
-    far_rate, far_rtt = direct["other provider"]
-    relay_rate, relay_rtt = relayed["other provider"]
-    return [
-        row("network across providers, direct", far_rate, same_rate, "MB/s", far_rate / same_rate,
-            ">= 370 MB/s (raw: two instances on one provider)", far_rate >= 370,
-            {"rtt_ms": far_rtt, "same_provider_rtt_ms": same_rtt}),
-        row("network across providers, relayed", relay_rate, same_rate, "MB/s", relay_rate / same_rate,
-            ">= 37 MB/s (raw: two instances on one provider)", relay_rate >= 37,
-            {"rtt_ms": relay_rtt, "same_provider_rtt_ms": relayed["same provider"][1]}),
-    ]
 

@@ -1,0 +1,230 @@
+"""Bench cases about bytes: a command's output, uploads and downloads, a tunnel to a port.
+
+The same bytes go the same way on both sides and the clock stops at the same point: a command's
+answer (output), the transfer's end with the file in place (upload, download), the last echoed
+byte read back (tunnel). What differs is said in each case: ours checks transfers end to end
+(sha256), which the engine's archive calls do not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import docker
+
+from bench.common import (MIB, Daemon, OutputRate, Row, States, alternate, raw_container, row, running_worker,
+                          stopwatch)
+from requestor import Golem, events
+from requestor.contrib.service.socket_proxy import SocketProxy
+
+
+async def case_output(golem: Golem, client: docker.DockerClient, states: States, size: int, rounds: int) -> Row:
+    """`head -c size /dev/zero` streamed to the requestor and counted, until the command's result,
+    against `exec_create` + `exec_start(stream=True)` counted, until `exec_inspect` has its exit
+    code (the raw answer: before issue 26 the raw side stopped at the stream's end)."""
+    worker = await running_worker(golem, states)
+    container = raw_container(client)
+    rate = OutputRate(size)
+    golem.add_event_consumer(rate.count, (events.CommandStdOut,))
+
+    async def ours() -> float:
+        return await rate.of(worker)
+
+    def raw_flood() -> float:
+        elapsed = stopwatch()
+        exec_id = client.api.exec_create(container.id, ["head", "-c", str(size), "/dev/zero"])["Id"]
+        got = sum(len(chunk) for chunk in client.api.exec_start(exec_id, stream=True))
+        code = client.api.exec_inspect(exec_id)["ExitCode"]
+        took = elapsed()
+        if got != size or code != 0:
+            raise SystemExit(f"raw output lost: {got} of {size}, exit code {code}")
+        return size / took / MIB
+
+    async def raw() -> float:
+        return await asyncio.to_thread(raw_flood)
+
+    await ours()  # warm up both paths
+    await raw()
+    a, b = await alternate("output", rounds, ours, raw)
+    container.remove(force=True, v=True)
+    await worker.cluster.terminate()
+    return row("output", f"output stream: {size // 1000 // 1000} MB of stdout consumed by the requestor", "MiB/s",
+               a, b, "ratio >= 1.0", lambda r: r >= 1.0)
+
+
+async def case_transfer(golem: Golem, client: docker.DockerClient, states: States, daemon: Daemon, size: int,
+                        rounds: int, scratch: Path) -> list[Row]:
+    """A file of `size` random bytes uploaded to /golem/work and downloaded back to a local file,
+    against `put_archive` / `get_archive` of the same file to and from the raw container's
+    /golem/work (the image's declared VOLUME on both sides; before issue 26 the raw side wrote to
+    /tmp in the container's root). The raw side sends a tar made beforehand: the file behind a
+    512-byte header, read from disk as ours reads the file. Ours also hashes every byte at both
+    ends and compares (sha256); the archive calls check nothing. The daemon's RSS growth is noted."""
+    worker = await running_worker(golem, states)
+    container = raw_container(client)
+    source = scratch / "payload.bin"
+    with open(source, "wb") as out:
+        block = os.urandom(MIB)
+        for _ in range(size // MIB):
+            out.write(block)
+    tar_path = scratch / "payload.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(source, arcname="payload.bin")
+    target = scratch / "back.bin"
+    growth = {"upload": 0.0, "download": 0.0}
+
+    def upload(ctx):
+        script = ctx.new_script()
+        script.upload_file(source, "/golem/work/payload.bin")
+        return script
+
+    def download(ctx):
+        script = ctx.new_script()
+        script.download_file("/golem/work/payload.bin", target)
+        return script
+
+    async def ours_with(make, name: str) -> float:
+        before = daemon.reset_peak()
+        elapsed = stopwatch()
+        await worker.submit(make)
+        rate = size / elapsed() / MIB
+        growth[name] = max(growth[name], (daemon.peak - before) / MIB)
+        return rate
+
+    def raw_up_sync() -> float:
+        elapsed = stopwatch()
+        with open(tar_path, "rb") as data:
+            if not client.api.put_archive(container.id, "/golem/work", data):
+                raise SystemExit("put_archive refused the payload")
+        return size / elapsed() / MIB
+
+    def raw_down_sync() -> float:
+        elapsed = stopwatch()
+        stream, _ = client.api.get_archive(container.id, "/golem/work/payload.bin", chunk_size=MIB)
+        with open(scratch / "raw-back.tar", "wb") as out:
+            for chunk in stream:
+                out.write(chunk)
+        return size / elapsed() / MIB
+
+    async def ours_up() -> float:
+        return await ours_with(upload, "upload")
+
+    async def ours_down() -> float:
+        return await ours_with(download, "download")
+
+    async def raw_up() -> float:
+        return await asyncio.to_thread(raw_up_sync)
+
+    async def raw_down() -> float:
+        return await asyncio.to_thread(raw_down_sync)
+
+    await ours_up()  # warm up both paths
+    await raw_up()
+    measured = {"upload": await alternate("upload", rounds, ours_up, raw_up),
+                "download": await alternate("download", rounds, ours_down, raw_down)}
+    container.remove(force=True, v=True)
+    await worker.cluster.terminate()
+    rows = []
+    for name, call in (("upload", "put_archive"), ("download", "get_archive")):
+        grown = growth[name]
+        a, b = measured[name]
+        rows.append(row(name, f"{name} {size // MIB} MiB with checksums vs `{call}`", "MiB/s", a, b,
+                        "ratio >= 1.0; daemon +<= 64 MiB", lambda r, grown=grown: r >= 1.0 and grown <= 64,
+                        {"daemon_rss_growth_mib": round(grown, 1)}))
+    return rows
+
+
+# Sends back every byte it gets; half-closes when the client does. The same program on both sides.
+ECHO_SERVER = """
+import socket, threading
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("0.0.0.0", 9001))
+server.listen()
+def echo(conn):
+    while data := conn.recv(1 << 20):
+        conn.sendall(data)
+    conn.shutdown(socket.SHUT_WR)
+while True:
+    threading.Thread(target=echo, args=(server.accept()[0],)).start()
+"""
+
+
+def echo_through(host: str, port: int, payload: bytes) -> float:
+    """Sends `payload` to an echo server while reading it back; MiB/s of payload. The clock starts
+    once connected: for ours that is to the local proxy, which opens its tunnel to the container
+    after, within the clock (a few ms against the payload's hundreds); the raw side's handshake
+    with the container itself is done before the clock."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            conn = socket.create_connection((host, port), timeout=30)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    elapsed = stopwatch()
+
+    def send() -> None:
+        conn.sendall(payload)
+        conn.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    got = 0
+    while chunk := conn.recv(1 << 20):
+        got += len(chunk)
+    sender.join()
+    took = elapsed()
+    conn.close()
+    if got != len(payload):
+        raise SystemExit(f"echo lost bytes: {got} of {len(payload)} came back")
+    return len(payload) / took / MIB
+
+
+async def case_tunnel(golem: Golem, client: docker.DockerClient, states: States, size: int, rounds: int) -> Row:
+    """A port of a service reached through SocketProxy (local port -> Tunnel -> the container's
+    namespace) against a direct socket to the container's address on a Docker bridge network
+    (how one reaches a raw container's port without publishing it): the same echo program in the
+    same image, the same payload sent and read back whole on both sides."""
+    worker = await running_worker(golem, states)
+
+    def serve(ctx):
+        script = ctx.new_script()
+        script.run("/bin/sh", "-c", f"cat > /tmp/echo.py <<'EOF'\n{ECHO_SERVER}\nEOF\n(python3 /tmp/echo.py >/dev/null 2>&1 &)")
+        return script
+
+    await worker.submit(serve)
+    proxy = SocketProxy()
+    server = await proxy.run_server(worker, 9001)
+    network = client.networks.create(f"exeunit-bench-{os.getpid()}", driver="bridge", internal=True,
+                                      labels={"io.exeunit.bench": "1"})
+    container = client.containers.run("exeunit-base:latest", ["python3", "-c", ECHO_SERVER], detach=True,
+                                      network=network.name, labels={"io.exeunit.bench": "1"})
+    container.reload()
+    address = container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+    payload = os.urandom(size)
+    try:
+        async def ours() -> float:
+            return await asyncio.to_thread(echo_through, "127.0.0.1", server.local_port, payload)
+
+        async def raw() -> float:
+            return await asyncio.to_thread(echo_through, address, 9001, payload)
+
+        await ours()
+        await raw()
+        a, b = await alternate("tunnel", rounds, ours, raw)
+    finally:
+        await proxy.stop()
+        container.remove(force=True, v=True)
+        network.remove()
+        await worker.cluster.terminate()
+    return row("tunnel", f"tunnel: {size // MIB} MiB echoed through `SocketProxy` vs a socket to the container's "
+               "address on a Docker bridge", "MiB/s", a, b, "ratio >= 0.2", lambda r: r >= 0.2)
