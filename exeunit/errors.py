@@ -48,7 +48,8 @@ class TimedOut(ExeUnitError):
 
 
 class DataLoss(ExeUnitError):
-    """Transferred data did not match its declared size or checksum."""
+    """Data was lost or damaged: a transfer that did not match its declared size or checksum, or
+    events a batch's journal should have kept."""
 
 
 class Unavailable(ExeUnitError):

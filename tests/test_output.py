@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import grpc
+import pytest
 
 from exeunit.domain.settings import ActivityLimits
 from exeunit.v1 import activity_pb2 as act
@@ -85,3 +87,53 @@ async def test_get_batch_fits_a_default_grpc_client_however_much_was_kept(client
     sizes = [len(r.stdout) for r in batch.results]
     assert sum(sizes) == 3 << 20 and sizes[:3] == [1 << 20] * 3 and sizes[3:] == [0, 0]
     assert [r.stdout_truncated for r in batch.results] == [False, False, False, True, True]
+
+
+async def until_finished(client: ContractClient, activity_id: str, batch_id: str) -> None:
+    for _ in range(300):
+        result = await client.get_batch(activity_id, batch_id)
+        if result.results and result.results[-1].state == act.COMMAND_STATE_SUCCEEDED:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"batch {batch_id} did not finish in 15 s")
+
+
+async def until_released(client: ContractClient, activity_id: str, batch_id: str) -> None:
+    """Until the ended activity's batches are released (GetBatch finds them no more)."""
+    for _ in range(300):
+        try:
+            await client.get_batch(activity_id, batch_id)
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the batches of {activity_id} were not released in 15 s")
+
+
+async def test_a_reader_still_reading_an_ended_activitys_output_gets_all_of_it(daemons: Daemons) -> None:
+    """Its batches are released a replay grace after the end only once their readers stop reading:
+    one that reads on, however slowly, is never cut off (issue 26), one that stands still is, and is
+    told why."""
+    server = await daemons.start(limits=ActivityLimits(replay_grace_seconds=0.5))
+    size = 24 << 20  # within the replay window: the command ends while its reader has read nothing
+    async with ContractClient(f"127.0.0.1:{server.port}", "r") as client:
+        activity_id = await client.ready_activity(BASE_IMAGE)
+        head = [client.run("/usr/bin/head", "-c", str(size), "/dev/zero")]
+        reading = aiter(client.events(activity_id, (await client.exec(activity_id, head)).batch_id))
+        standing = aiter(client.events(activity_id, (await client.exec(activity_id, head)).batch_id))
+        received = len((await anext(reading)).stdout.data)
+        await anext(standing)
+        finished = (await client.exec(activity_id, [client.run("/bin/true")])).batch_id
+        await until_finished(client, activity_id, finished)
+        await client.destroy(activity_id)
+        async for event in reading:  # slowly, 0.1 s a MiB: more than gRPC's windows buffer, many graces
+            before, received = received, received + len(event.stdout.data)
+            if before >> 20 != received >> 20:
+                await asyncio.sleep(0.1)
+        assert received == size
+        await until_released(client, activity_id, finished)
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            async for _ in standing:
+                pass
+        assert cut.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert "the activity ended" in cut.value.details()

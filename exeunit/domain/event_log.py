@@ -34,7 +34,7 @@ class Journal(Protocol[T]):
     """Where a log keeps its events on disk (exeunit.persistence.journal), in segments that go
     whole, oldest first."""
 
-    def append(self, event: T) -> None: ...
+    def append(self, event: T) -> bool: ...  # False: not kept (the journal was closed)
     def retained_bytes(self) -> int: ...
     def first_retained(self) -> int | None: ...  # the first sequence kept (None: no event yet)
     def next_boundary(self) -> int | None: ...  # where the second-oldest segment begins, if any
@@ -67,6 +67,9 @@ class EventLog(Generic[T]):
         self._memory: deque[tuple[T, int]] = deque()  # the newest events, from _memory_first on
         self._memory_first = 0
         self._memory_bytes = 0
+        self._on_disk_before = 0  # events before this are in the journal; later ones only in memory
+        self._released = ""  # why the events are gone for good (the activity's end), once they are
+        self._delivered = 0  # events handed to readers, all readers together (progress, for release)
         self._next = 0
         self._closed = False
         self._holding = True
@@ -81,7 +84,7 @@ class EventLog(Generic[T]):
         self._next = first + len(events)
         self._closed = closed
         if self._journal is not None:
-            self._memory_first = self._next
+            self._memory_first = self._on_disk_before = self._next
         else:
             self._memory = deque((event, self._size_of(event)) for event in events)
             self._memory_first = first
@@ -105,8 +108,8 @@ class EventLog(Generic[T]):
             event = make(self._next)
             size = self._size_of(event)
             await self._make_room(size)
-            if self._journal is not None:
-                self._journal.append(event)
+            if self._journal is not None and self._journal.append(event) and self._on_disk_before == self._next:
+                self._on_disk_before += 1
             self._next += 1
             self._memory.append((event, size))
             self._memory_bytes += size
@@ -146,10 +149,12 @@ class EventLog(Generic[T]):
             self._evict_oldest()
 
     def _trim_memory(self) -> None:
-        """Keeps memory within this log's window and its pool (the journal has what goes)."""
+        """Keeps memory within this log's window and its pool (the journal has what goes; what it
+        did not take, after it was closed, stays: the few last events of an ending activity)."""
         if self._journal is None:
             return
-        while self._memory and (self._memory_bytes > self._memory_window or (self._pool is not None and self._pool.over)):
+        while self._memory and self._memory_first < self._on_disk_before and (
+                self._memory_bytes > self._memory_window or (self._pool is not None and self._pool.over)):
             self._evict_oldest()
 
     def _evict_oldest(self) -> None:
@@ -162,7 +167,7 @@ class EventLog(Generic[T]):
     def _release_memory(self) -> None:
         """A closed log nobody reads holds no memory: its events are in the journal."""
         if self._journal is not None and self._closed and not self._cursors:
-            while self._memory:
+            while self._memory and self._memory_first < self._on_disk_before:
                 self._evict_oldest()
 
     async def stop_holding(self) -> None:
@@ -211,7 +216,7 @@ class EventLog(Generic[T]):
                         raise self._gone(self._memory_first, cursor)
                     batch = await asyncio.to_thread(self._journal.read_from, cursor, JOURNAL_READ_BYTES)
                     if not batch:
-                        raise self._gone(self._first_retained(), cursor)
+                        raise self._missing(cursor)
                 if not batch:
                     return  # closed and read through
                 for event in batch:
@@ -219,6 +224,7 @@ class EventLog(Generic[T]):
                 cursor += len(batch)
                 async with self._cond:
                     self._cursors[reader] = cursor
+                    self._delivered += len(batch)
                     self._cond.notify_all()
         finally:
             async with self._cond:
@@ -232,6 +238,36 @@ class EventLog(Generic[T]):
             return self._memory_first
         first = self._journal.first_retained()
         return self._next if first is None else first
+
+    def _missing(self, cursor: int) -> errors.OutOfRange | errors.DataLoss:
+        """Why the journal had nothing from `cursor` on: it dropped those events (the reader fell
+        out of the window of an ending activity), the log was released with its activity, or the
+        journal lost what it says it keeps (a fault of ours, never reported as the reader's)."""
+        if self._released:
+            return errors.OutOfRange(f"events from {cursor} on are gone: {self._released}")
+        first = self._first_retained()
+        if cursor < first:
+            return self._gone(first, cursor)
+        return errors.DataLoss(
+            f"the journal of this batch lost events from {cursor} on (it keeps {first} to {self._next - 1}); "
+            "read the batch's results with GetBatch"
+        )
+
+    @property
+    def has_readers(self) -> bool:
+        return bool(self._cursors)
+
+    @property
+    def delivered(self) -> int:
+        """Events handed to readers so far: whether attached readers still move."""
+        return self._delivered
+
+    async def release(self, reason: str) -> None:
+        """The events are gone for good (the activity ended long enough ago): readers still
+        behind the memory tail are told `reason`, readers that come later that nothing is kept."""
+        async with self._cond:
+            self._released = reason
+            self._cond.notify_all()
 
     @staticmethod
     def _gone(first: int, asked: int) -> errors.OutOfRange:

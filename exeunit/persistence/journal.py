@@ -68,7 +68,10 @@ class SegmentedJournal:
     def _segments(self) -> list[Path]:
         return sorted(self.directory.glob("*.seg"))
 
-    def append(self, event: BatchEvent) -> None:
+    def append(self, event: BatchEvent) -> bool:
+        """Writes the event; False when the journal was closed (the activity ended) and did not."""
+        if self._closed:
+            return False
         offset = 0
         if event.kind in (EventKind.STDOUT, EventKind.STDERR):
             offset = self._offsets.get(event.command_index, 0) + len(event.data)
@@ -81,6 +84,7 @@ class SegmentedJournal:
         )
         self._write(LENGTH.pack(len(head) + len(message) + len(event.data)) + head + message, event.data)
         self._first_sequence.setdefault(self._number, event.sequence)
+        return True
 
     def note(self, index: int, command_id: int) -> None:
         body = NOTE_BODY.pack(NOTE, index, command_id)

@@ -247,11 +247,27 @@ class BatchQueue:
         if self._store is not None:
             self._store.forget_batches(self._activity_id)
         directory = self._journals.directory(self._activity_id)
-        asyncio.get_running_loop().call_later(self._limits.replay_grace_seconds, self._release, directory)
+        asyncio.get_running_loop().call_later(self._limits.replay_grace_seconds, self._release_when_read, directory, None)
 
-    def _release(self, directory: Path) -> None:
+    def _release_when_read(self, directory: Path, progress: list[int] | None) -> None:
+        """Releases the batches once the replay grace passed, or, while readers are attached and
+        still read, once a grace passes in which they did not: a reader that keeps reading the end
+        of an ended activity's output gets all of it, one that stands still is cut."""
+        attached = [batch.events for batch in self._batches.values() if batch.events.has_readers]
+        now = [events.delivered for events in attached]
+        if attached and now != progress:
+            asyncio.get_running_loop().call_later(self._limits.replay_grace_seconds, self._release_when_read,
+                                                  directory, now)
+            return
+        asyncio.get_running_loop().create_task(self._release(directory))
+
+    async def _release(self, directory: Path) -> None:
+        reason = (f"the activity ended, and its batches were released once no reader had read for "
+                  f"{self._limits.replay_grace_seconds:g} s")
+        for batch in self._batches.values():
+            await batch.events.release(reason)
         self._batches.clear()
-        asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, directory, True)
+        await asyncio.to_thread(shutil.rmtree, directory, True)
         release_memory()
 
     def _close_journals(self) -> None:
