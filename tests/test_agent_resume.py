@@ -6,12 +6,10 @@ and executor objects, which are what a daemon restart throws away and makes anew
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import tempfile
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from exeunit.runtime.agent.guest import SPOOL_BYTES
 from exeunit.runtime.docker import DockerRuntime
 from exeunit.runtime.protocols import STDOUT, ContainerOwner, ContainerSpec, GuestSetup
 from tests.conftest import BASE_IMAGE
+from tests.waiting import until
 
 # Numbered lines, so that a lost, repeated or reordered byte shows; `seconds` spreads them out.
 NUMBERED = "i=0; while [ $i -lt {count} ]; do printf 'line %08d\\n' $i; i=$((i+1)); {pause} done"
@@ -105,15 +104,6 @@ def waits_on_its_pipe(pid: int) -> bool:
         return "pipe_write" in Path(f"/proc/{pid}/wchan").read_text()
     except FileNotFoundError:
         return False  # it ended
-
-
-async def until(condition: Callable[[], bool], what: Callable[[], str], timeout: float = 30.0) -> None:
-    """Polls `condition` until it holds; after `timeout` s, fails with `what()` (said then)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout:.0f} s: {what()}")
-        await asyncio.sleep(0.02)
 
 
 async def test_a_command_survives_its_daemon_and_resumes_without_a_lost_byte(guest: Guest,

@@ -5,25 +5,30 @@ providers' hosts reach each other and relayed through the requestor when they ca
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from exeunit.testing.hosts import SimulatedLan
+from exeunit.testing.hosts import SimulatedHost, SimulatedLan
 from requestor import Golem, events
+from requestor.relay import Relay
+from requestor.services import Service, ServiceState
+from tests.test_networks import PROBE
 from tests.test_requestor_networks import EchoServer, FailsOnFirstStart, Prober
-from tests.test_requestor_services import Recorder
+from tests.test_requestor_services import Recorder, base_payload
 from tests.test_yapapi_examples import RunningScript, free_port, post, until_it_answers
-from requestor.services import ServiceState
+from tests.waiting import until
 
 S = ServiceState
 ONE_INSTANCE_EACH = ("--max-cpu-threads", "1")  # the default allotment is a thread: one activity per provider
 
 
-async def run_pair(providers, recorder: Recorder, base: str, direct: bool = False):
+async def run_pair(providers, recorder: Recorder, base: str):
     """An echo server on one provider and a prober on the other, on one network; the prober's lines."""
     async with Golem(budget=10.0, providers=[p.pinned_address for p in providers], event_consumer=recorder) as golem:
         network = await golem.create_network(f"{base}.1/24")
@@ -35,23 +40,161 @@ async def run_pair(providers, recorder: Recorder, base: str, direct: bool = Fals
         await recorder.until(lambda: bool(prober.lines) or prober.state is S.terminated, timeout=60)
         placed = {server.provider_id, prober.provider_id}
         lines = list(prober.lines)
-        for _ in range(100 if direct else 0):  # the first frames may go through the relay, till the peers connect
-            if any("event=overlay_path" in line and "path=direct" in line for p in providers for line in p.log):
-                break
-            await asyncio.sleep(0.05)
         await probers.terminate()
         await servers.terminate()
         await network.remove()
         return lines, placed, golem
 
 
+BULK = 4_000_000  # bytes the second round sends: far more than anything else between the hosts meanwhile
+
+# Reads a TCP connection to its end on port 7002 and answers how many bytes came.
+SINK = r'''
+import socket
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("0.0.0.0", 7002))
+server.listen()
+while True:
+    conn, _ = server.accept()
+    got = 0
+    while data := conn.recv(1 << 16):
+        got += len(data)
+    conn.sendall(b"sink got %d" % got)
+    conn.close()
+'''
+
+# Sends BULK bytes to the sink at argv[1], then prints its answer.
+SEND = r'''
+import socket, sys
+conn = socket.create_connection((sys.argv[1], 7002), timeout=20)
+conn.sendall(bytes(int(sys.argv[2])))
+conn.shutdown(socket.SHUT_WR)
+print(conn.recv(100).decode())
+'''
+
+
+class EchoAndSink(EchoServer):
+    """The echo server, and a sink on TCP 7002."""
+
+    async def start(self):
+        async for script in super().start():
+            yield script
+        script = self._ctx.new_script()
+        script.run("/bin/sh", "-c", f"cat > /tmp/sink.py <<'EOF'\n{SINK}\nEOF\n"
+                                    "(python3 /tmp/sink.py >/dev/null 2>&1 &)")
+        yield script
+
+
+class TwoRounds(Service):
+    """Probes `target` once it runs (`lines`); then, once `go` is set, probes it again and sends it
+    BULK bytes (`second`)."""
+
+    get_payload = staticmethod(base_payload)
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+        self.lines: list[str] = []
+        self.second: list[str] | None = None
+        self.go = asyncio.Event()
+
+    def _probe(self, bulk: bool):
+        script = self._ctx.new_script()
+        send = f"cat > /tmp/send.py <<'EOF'\n{SEND}\nEOF\npython3 /tmp/send.py {self.target} {BULK}\n" if bulk else ""
+        return script, script.run("/bin/sh", "-c", f"cat > /tmp/probe.py <<'EOF'\n{PROBE}\nEOF\n"
+                                                   f"python3 /tmp/probe.py {self.target}\n{send}")
+
+    async def run(self):
+        script, result = self._probe(bulk=False)
+        yield script
+        self.lines = (await result).stdout.splitlines()
+        await self.go.wait()
+        script, result = self._probe(bulk=True)
+        yield script
+        self.second = (await result).stdout.splitlines()
+        async for script in super().run():
+            yield script
+
+
+COUNTS = "exsim_count"  # nftables table of the byte counters on each simulated host
+
+
+def count_from(host: SimulatedHost, other: SimulatedHost) -> None:
+    """Counts the bytes `host` receives from `other` (the hosts' direct path; what is relayed comes
+    from the requestor): read with `counted`."""
+    rules = f"""table inet {COUNTS} {{
+        chain inbound {{ type filter hook input priority -10; ip saddr {other.address} counter; }}
+    }}"""
+    subprocess.run(["ip", "netns", "exec", host.netns, "nft", "-f", "-"], input=rules, text=True, check=True,
+                   capture_output=True, timeout=30)
+
+
+def counted(host: SimulatedHost) -> int:
+    listed = subprocess.run(["ip", "netns", "exec", host.netns, "nft", "-j", "list", "table", "inet", COUNTS],
+                            capture_output=True, text=True, check=True, timeout=30).stdout
+    return sum(item["rule"]["expr"][-1]["counter"]["bytes"] for item in json.loads(listed)["nftables"]
+               if "rule" in item)
+
+
+def relayed(relay: Relay) -> int:
+    """Messages the requestor's relay took from a provider, carried or not (one network here: all its)."""
+    return relay.forwarded + relay.dropped
+
+
+async def relay_quiet(relay: Relay, seconds: float = 1.0, timeout: float = 30.0) -> None:
+    """Until the relay has carried nothing for `seconds` (a relayed session opened for the first frames,
+    before the direct link was up, ends its handshake and sends what waited for it)."""
+    last, since = relayed(relay), time.monotonic()
+
+    def quiet() -> bool:
+        nonlocal last, since
+        if relayed(relay) != last:
+            last, since = relayed(relay), time.monotonic()
+        return time.monotonic() - since >= seconds
+
+    await until(quiet, lambda: f"the relay still carries messages ({relayed(relay)} in all)", timeout, every=0.1)
+
+
 async def test_instances_on_two_providers_talk_directly(simulated_lan: SimulatedLan, provider_daemons) -> None:
-    providers = [provider_daemons(simulated_lan.add_host(name), *ONE_INSTANCE_EACH) for name in ("pa", "pb")]
-    lines, placed, _ = await run_pair(providers, Recorder(), "192.168.61", direct=True)
-    assert placed == {p.provider_id for p in providers}, "the two instances were meant for two providers"
-    assert lines == ["tcp hello from 192.168.61.2", "udp hello from 192.168.61.2"]
-    assert any("event=overlay_path" in line and "path=direct" in line for p in providers for line in p.log), \
-        [line for p in providers for line in p.log if "overlay" in line or "Error" in line or "Traceback" in line]
+    """Once the providers' direct link is up, what the members send each other goes over it: the
+    requestor's relay carries none of it, and the bytes between the two hosts grow by what was sent."""
+    a, b = providers = [provider_daemons(simulated_lan.add_host(name), *ONE_INSTANCE_EACH) for name in ("pa", "pb")]
+    count_from(a.host, b.host)
+    count_from(b.host, a.host)
+    recorder = Recorder()
+    base = "192.168.61"
+    async with Golem(budget=10.0, providers=[p.pinned_address for p in providers], event_consumer=recorder) as golem:
+        network = await golem.create_network(f"{base}.1/24")
+        servers = await golem.run_service(EchoAndSink, network=network, network_addresses=[f"{base}.5"])
+        [server] = servers.instances
+        await recorder.until(lambda: server.state is S.running)
+        probers = await golem.run_service(TwoRounds, network=network, instance_params=[{"target": f"{base}.5"}])
+        [prober] = probers.instances
+        await recorder.until(lambda: bool(prober.lines) or prober.state is S.terminated, timeout=60)
+        assert {server.provider_id, prober.provider_id} == {a.provider_id, b.provider_id}, \
+            "the two instances were meant for two providers"
+        assert prober.lines == [f"tcp hello from {base}.2", f"udp hello from {base}.2"]
+
+        def direct_on_both() -> bool:
+            return all(any("event=overlay_path" in line and "path=direct" in line for line in p.log) for p in providers)
+
+        await until(direct_on_both, lambda: "the direct link on both providers; their overlay lines: " + repr(
+            [line for p in providers for line in p.log if "overlay" in line or "Error" in line]))
+        await relay_quiet(golem._relay)
+        relayed_before, direct_before = relayed(golem._relay), counted(a.host) + counted(b.host)
+        prober.go.set()
+        await until(lambda: prober.second is not None or prober.state is S.terminated,
+                    lambda: f"the second round's end (the prober is {prober.state})", timeout=60)
+        relayed_after, direct_after = relayed(golem._relay), counted(a.host) + counted(b.host)
+        assert relayed_after == relayed_before, \
+            f"the relay carried {relayed_after - relayed_before} messages of the direct network's second round"
+        assert prober.second == [f"tcp hello from {base}.2", f"udp hello from {base}.2", f"sink got {BULK}"]
+        assert direct_after - direct_before >= BULK, \
+            f"only {direct_after - direct_before} bytes went between the hosts while {BULK} were sent"
+        await probers.terminate()
+        await servers.terminate()
+        await network.remove()
 
 
 async def test_instances_on_providers_that_cannot_reach_each_other_are_relayed(simulated_lan: SimulatedLan,
