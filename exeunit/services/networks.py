@@ -65,7 +65,8 @@ class Networks:
         owned = sum(1 for owner, _ in self._networks if owner == requestor_id)
         if owned >= self._per_requestor:
             raise errors.ResourceExhausted(
-                f"a requestor may have {self._per_requestor} networks on this provider; remove one first"
+                f"a requestor may have {self._per_requestor} networks on this provider (--networks-per-requestor); "
+                "remove one first"
             )
         network = PrivateNetwork(requestor_id, network_id, subnet, gateway, uuid.uuid4().hex[:16],
                                  spans=spans, peers=peers)

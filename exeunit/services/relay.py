@@ -86,6 +86,10 @@ class RelayHub:
             self._refusing.discard((wire_id, peer))
             return
         self.refused += 1  # no relay stream (as a link down), or over the bound: refused whole
+        if box is not None and (wire_id, peer) not in self._refusing:
+            log.warning("event=relay_queue_full requestor=%s network=%s peer=%s queued=%d limit=%d: the session is "
+                        "reset (raise --relay-queue-mib)", network.requestor_id, network.network_id, peer,
+                        box.queued, box.limit)
         self._refuse(wire_id, peer)
 
     def _refuse(self, wire_id: str, peer: str) -> None:
