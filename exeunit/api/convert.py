@@ -14,7 +14,7 @@ from exeunit.domain.market import Agreement, AgreementState, Demand, ImageRef, O
 from exeunit.domain.networks import PrivateNetwork
 from exeunit.domain.reports import ActivityStatus, ActivitySummary, Usage
 from exeunit.domain.resources import LinearPricing
-from exeunit.domain.settings import ActivityLimits
+from exeunit.domain.settings import ActivityLimits, ProviderSettings
 from exeunit.domain.states import ActivityState
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
@@ -96,22 +96,28 @@ def offer_to_proto(offer: Offer) -> mkt.Offer:
         capabilities=list(s.capabilities),
         max_agreement_duration=duration(s.max_agreement_seconds),
         agreement_idle_timeout=duration(s.agreement_idle_seconds),
-        limits=limits_to_proto(offer.limits, s.images.fetches_per_requestor),
+        limits=limits_to_proto(offer.limits, s),
         overlay_port=offer.overlay_port,
     )
 
 
-def limits_to_proto(limits: ActivityLimits, image_fetches_per_requestor: int) -> mkt.OfferLimits:
+def limits_to_proto(limits: ActivityLimits, s: ProviderSettings) -> mkt.OfferLimits:
+    """Every bound the operator sets with a flag of `exeunit serve` (OfferLimits names each flag)."""
     return mkt.OfferLimits(
         batches_queued=limits.batches_queued, batches_kept=limits.batches_kept,
         batch_ids_remembered=limits.batch_ids_remembered, replay_window_bytes=limits.replay_window_bytes,
         result_output_bytes=limits.result_output_cap, transfers_per_activity=limits.transfers_per_activity,
-        transfers_per_requestor=limits.transfers_per_requestor, tunnels_per_activity=limits.tunnels_per_activity, tunnels_per_requestor=limits.tunnels_per_requestor,
-        streams_per_requestor=limits.streams_per_requestor,
+        transfers_per_requestor=limits.transfers_per_requestor, tunnels_per_activity=limits.tunnels_per_activity,
+        tunnels_per_requestor=limits.tunnels_per_requestor, streams_per_requestor=limits.streams_per_requestor,
         networks_per_requestor=limits.networks_per_requestor,
-        image_fetches_per_requestor=image_fetches_per_requestor,
+        image_fetches_per_requestor=s.images.fetches_per_requestor,
         peers_per_network=limits.peers_per_network, macs_per_network=limits.overlay_macs_per_network,
-        relay_queue_bytes=limits.relay_queue_bytes,
+        relay_queue_bytes=limits.relay_queue_bytes, pids_limit=limits.pids_limit,
+        transfer_idle_timeout=duration(limits.transfer_idle_seconds),
+        output_memory_bytes=limits.output_memory_bytes,
+        output_memory_per_requestor_bytes=limits.output_memory_per_requestor_bytes,
+        journal_bytes_per_activity=limits.journal_bytes_per_activity, image_bytes=s.images.fetch.max_bytes,
+        ended_retention=duration(s.ended_retention_seconds),
     )
 
 

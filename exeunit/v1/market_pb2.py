@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65xeunit/v1/market.proto\x12\nexeunit.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x01\n\rLinearPricing\x12\x11\n\tstart_fee\x18\x01 \x01(\x01\x12\x16\n\x0eper_cpu_second\x18\x02 \x01(\x01\x12\x1b\n\x13per_duration_second\x18\x03 \x01(\x01\x12\x38\n\x08per_unit\x18\x05 \x03(\x0b\x32&.exeunit.v1.LinearPricing.PerUnitEntry\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x1a.\n\x0cPerUnitEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd5\x04\n\x05Offer\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x15\n\rprovider_name\x18\x02 \x01(\t\x12\x12\n\nsubnet_tag\x18\x03 \x01(\t\x12\x14\n\x0cruntime_name\x18\x04 \x01(\t\x12\x17\n\x0fruntime_version\x18\x05 \x01(\t\x12\x13\n\x0b\x63pu_threads\x18\x06 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x04\x12\x15\n\rstorage_bytes\x18\x08 \x01(\x04\x12\x19\n\x11total_cpu_threads\x18\t \x01(\r\x12\x1a\n\x12total_memory_bytes\x18\n \x01(\x04\x12\x1b\n\x13total_storage_bytes\x18\x0b \x01(\x04\x12*\n\x07pricing\x18\x0c \x01(\x0b\x32\x19.exeunit.v1.LinearPricing\x12\x0e\n\x06images\x18\r \x03(\t\x12\x1a\n\x12\x61\x63\x63\x65pts_image_urls\x18\x0e \x01(\x08\x12\x14\n\x0c\x63\x61pabilities\x18\x0f \x03(\t\x12\x39\n\x16max_agreement_duration\x18\x10 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x39\n\x16\x61greement_idle_timeout\x18\x11 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08runtimes\x18\x12 \x03(\t\x12\'\n\x06limits\x18\x13 \x01(\x0b\x32\x17.exeunit.v1.OfferLimits\x12\x14\n\x0coverlay_port\x18\x14 \x01(\r\x12\x12\n\nboot_epoch\x18\x15 \x01(\t\"\xc5\x03\n\x0bOfferLimits\x12\x16\n\x0e\x62\x61tches_queued\x18\x01 \x01(\r\x12\x14\n\x0c\x62\x61tches_kept\x18\x02 \x01(\r\x12\x1c\n\x14\x62\x61tch_ids_remembered\x18\x03 \x01(\x04\x12\x1b\n\x13replay_window_bytes\x18\x04 \x01(\x04\x12\x1b\n\x13result_output_bytes\x18\x05 \x01(\x04\x12\x1e\n\x16transfers_per_activity\x18\x06 \x01(\r\x12\x1f\n\x17transfers_per_requestor\x18\x07 \x01(\r\x12\x1c\n\x14tunnels_per_activity\x18\x08 \x01(\r\x12\x1e\n\x16networks_per_requestor\x18\t \x01(\r\x12\x1d\n\x15tunnels_per_requestor\x18\n \x01(\r\x12\x1d\n\x15streams_per_requestor\x18\x0b \x01(\r\x12#\n\x1bimage_fetches_per_requestor\x18\x0c \x01(\r\x12\x19\n\x11peers_per_network\x18\r \x01(\r\x12\x18\n\x10macs_per_network\x18\x0e \x01(\r\x12\x19\n\x11relay_queue_bytes\x18\x0f \x01(\x04\"2\n\x08ImageRef\x12\x0c\n\x04hash\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\"\xe6\x01\n\x06\x44\x65mand\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.exeunit.v1.ImageRef\x12\x18\n\x10min_memory_bytes\x18\x02 \x01(\x04\x12\x19\n\x11min_storage_bytes\x18\x03 \x01(\x04\x12\x17\n\x0fmin_cpu_threads\x18\x04 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12\x12\n\nsubnet_tag\x18\x06 \x01(\t\x12.\n\nexpiration\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07runtime\x18\x08 \x01(\t\"\x9f\x03\n\tAgreement\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x13\n\x0bprovider_id\x18\x02 \x01(\t\x12\x14\n\x0crequestor_id\x18\x03 \x01(\t\x12\"\n\x06\x64\x65mand\x18\x04 \x01(\x0b\x32\x12.exeunit.v1.Demand\x12*\n\x07pricing\x18\x05 \x01(\x0b\x32\x19.exeunit.v1.LinearPricing\x12)\n\x05state\x18\x06 \x01(\x0e\x32\x1a.exeunit.v1.AgreementState\x12+\n\x07\x63reated\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpiration\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63pu_threads\x18\t \x01(\r\x12\x14\n\x0cmemory_bytes\x18\n \x01(\x04\x12\x15\n\rstorage_bytes\x18\x0b \x01(\x04\x12\x1a\n\x12termination_reason\x18\x0c \x01(\t\x12\x1b\n\x13termination_message\x18\r \x01(\t\"E\n\x07Refusal\x12)\n\x06reason\x18\x01 \x01(\x0e\x32\x19.exeunit.v1.RefusalReason\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x11\n\x0fGetOfferRequest\"4\n\x10GetOfferResponse\x12 \n\x05offer\x18\x01 \x01(\x0b\x32\x11.exeunit.v1.Offer\"=\n\x17ProposeAgreementRequest\x12\"\n\x06\x64\x65mand\x18\x01 \x01(\x0b\x32\x12.exeunit.v1.Demand\"y\n\x18ProposeAgreementResponse\x12*\n\tagreement\x18\x01 \x01(\x0b\x32\x15.exeunit.v1.AgreementH\x00\x12&\n\x07refusal\x18\x02 \x01(\x0b\x32\x13.exeunit.v1.RefusalH\x00\x42\t\n\x07outcome\"+\n\x13GetAgreementRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\"@\n\x14GetAgreementResponse\x12(\n\tagreement\x18\x01 \x01(\x0b\x32\x15.exeunit.v1.Agreement\"R\n\x19TerminateAgreementRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"F\n\x1aTerminateAgreementResponse\x12(\n\tagreement\x18\x01 \x01(\x0b\x32\x15.exeunit.v1.Agreement*o\n\x0e\x41greementState\x12\x1f\n\x1b\x41GREEMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41GREEMENT_STATE_APPROVED\x10\x01\x12\x1e\n\x1a\x41GREEMENT_STATE_TERMINATED\x10\x02*\x97\x02\n\rRefusalReason\x12\x1e\n\x1aREFUSAL_REASON_UNSPECIFIED\x10\x00\x12\"\n\x1eREFUSAL_REASON_SUBNET_MISMATCH\x10\x01\x12)\n%REFUSAL_REASON_INSUFFICIENT_RESOURCES\x10\x02\x12%\n!REFUSAL_REASON_MISSING_CAPABILITY\x10\x03\x12$\n REFUSAL_REASON_IMAGE_UNAVAILABLE\x10\x04\x12%\n!REFUSAL_REASON_EXPIRATION_TOO_FAR\x10\x05\x12#\n\x1fREFUSAL_REASON_RUNTIME_MISMATCH\x10\x06\x32\xe6\x02\n\x06Market\x12\x45\n\x08GetOffer\x12\x1b.exeunit.v1.GetOfferRequest\x1a\x1c.exeunit.v1.GetOfferResponse\x12]\n\x10ProposeAgreement\x12#.exeunit.v1.ProposeAgreementRequest\x1a$.exeunit.v1.ProposeAgreementResponse\x12Q\n\x0cGetAgreement\x12\x1f.exeunit.v1.GetAgreementRequest\x1a .exeunit.v1.GetAgreementResponse\x12\x63\n\x12TerminateAgreement\x12%.exeunit.v1.TerminateAgreementRequest\x1a&.exeunit.v1.TerminateAgreementResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65xeunit/v1/market.proto\x12\nexeunit.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x01\n\rLinearPricing\x12\x11\n\tstart_fee\x18\x01 \x01(\x01\x12\x16\n\x0eper_cpu_second\x18\x02 \x01(\x01\x12\x1b\n\x13per_duration_second\x18\x03 \x01(\x01\x12\x38\n\x08per_unit\x18\x05 \x03(\x0b\x32&.exeunit.v1.LinearPricing.PerUnitEntry\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x1a.\n\x0cPerUnitEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd5\x04\n\x05Offer\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x15\n\rprovider_name\x18\x02 \x01(\t\x12\x12\n\nsubnet_tag\x18\x03 \x01(\t\x12\x14\n\x0cruntime_name\x18\x04 \x01(\t\x12\x17\n\x0fruntime_version\x18\x05 \x01(\t\x12\x13\n\x0b\x63pu_threads\x18\x06 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x04\x12\x15\n\rstorage_bytes\x18\x08 \x01(\x04\x12\x19\n\x11total_cpu_threads\x18\t \x01(\r\x12\x1a\n\x12total_memory_bytes\x18\n \x01(\x04\x12\x1b\n\x13total_storage_bytes\x18\x0b \x01(\x04\x12*\n\x07pricing\x18\x0c \x01(\x0b\x32\x19.exeunit.v1.LinearPricing\x12\x0e\n\x06images\x18\r \x03(\t\x12\x1a\n\x12\x61\x63\x63\x65pts_image_urls\x18\x0e \x01(\x08\x12\x14\n\x0c\x63\x61pabilities\x18\x0f \x03(\t\x12\x39\n\x16max_agreement_duration\x18\x10 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x39\n\x16\x61greement_idle_timeout\x18\x11 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08runtimes\x18\x12 \x03(\t\x12\'\n\x06limits\x18\x13 \x01(\x0b\x32\x17.exeunit.v1.OfferLimits\x12\x14\n\x0coverlay_port\x18\x14 \x01(\r\x12\x12\n\nboot_epoch\x18\x15 \x01(\t\"\xc8\x05\n\x0bOfferLimits\x12\x16\n\x0e\x62\x61tches_queued\x18\x01 \x01(\r\x12\x14\n\x0c\x62\x61tches_kept\x18\x02 \x01(\r\x12\x1c\n\x14\x62\x61tch_ids_remembered\x18\x03 \x01(\x04\x12\x1b\n\x13replay_window_bytes\x18\x04 \x01(\x04\x12\x1b\n\x13result_output_bytes\x18\x05 \x01(\x04\x12\x1e\n\x16transfers_per_activity\x18\x06 \x01(\r\x12\x1f\n\x17transfers_per_requestor\x18\x07 \x01(\r\x12\x1c\n\x14tunnels_per_activity\x18\x08 \x01(\r\x12\x1e\n\x16networks_per_requestor\x18\t \x01(\r\x12\x1d\n\x15tunnels_per_requestor\x18\n \x01(\r\x12\x1d\n\x15streams_per_requestor\x18\x0b \x01(\r\x12#\n\x1bimage_fetches_per_requestor\x18\x0c \x01(\r\x12\x19\n\x11peers_per_network\x18\r \x01(\r\x12\x18\n\x10macs_per_network\x18\x0e \x01(\r\x12\x19\n\x11relay_queue_bytes\x18\x0f \x01(\x04\x12\x12\n\npids_limit\x18\x10 \x01(\r\x12\x38\n\x15transfer_idle_timeout\x18\x11 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x13output_memory_bytes\x18\x12 \x01(\x04\x12)\n!output_memory_per_requestor_bytes\x18\x13 \x01(\x04\x12\"\n\x1ajournal_bytes_per_activity\x18\x14 \x01(\x04\x12\x13\n\x0bimage_bytes\x18\x15 \x01(\x04\x12\x32\n\x0f\x65nded_retention\x18\x16 \x01(\x0b\x32\x19.google.protobuf.Duration\"2\n\x08ImageRef\x12\x0c\n\x04hash\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\"\xe6\x01\n\x06\x44\x65mand\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.exeunit.v1.ImageRef\x12\x18\n\x10min_memory_bytes\x18\x02 \x01(\x04\x12\x19\n\x11min_storage_bytes\x18\x03 \x01(\x04\x12\x17\n\x0fmin_cpu_threads\x18\x04 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12\x12\n\nsubnet_tag\x18\x06 \x01(\t\x12.\n\nexpiration\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07runtime\x18\x08 \x01(\t\"\x9f\x03\n\tAgreement\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x13\n\x0bprovider_id\x18\x02 \x01(\t\x12\x14\n\x0crequestor_id\x18\x03 \x01(\t\x12\"\n\x06\x64\x65mand\x18\x04 \x01(\x0b\x32\x12.exeunit.v1.Demand\x12*\n\x07pricing\x18\x05 \x01(\x0b\x32\x19.exeunit.v1.LinearPricing\x12)\n\x05state\x18\x06 \x01(\x0e\x32\x1a.exeunit.v1.AgreementState\x12+\n\x07\x63reated\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpiration\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63pu_threads\x18\t \x01(\r\x12\x14\n\x0cmemory_bytes\x18\n \x01(\x04\x12\x15\n\rstorage_bytes\x18\x0b \x01(\x04\x12\x1a\n\x12termination_reason\x18\x0c \x01(\t\x12\x1b\n\x13termination_message\x18\r \x01(\t\"E\n\x07Refusal\x12)\n\x06reason\x18\x01 \x01(\x0e\x32\x19.exeunit.v1.RefusalReason\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x11\n\x0fGetOfferRequest\"4\n\x10GetOfferResponse\x12 \n\x05offer\x18\x01 \x01(\x0b\x32\x11.exeunit.v1.Offer\"=\n\x17ProposeAgreementRequest\x12\"\n\x06\x64\x65mand\x18\x01 \x01(\x0b\x32\x12.exeunit.v1.Demand\"y\n\x18ProposeAgreementResponse\x12*\n\tagreement\x18\x01 \x01(\x0b\x32\x15.exeunit.v1.AgreementH\x00\x12&\n\x07refusal\x18\x02 \x01(\x0b\x32\x13.exeunit.v1.RefusalH\x00\x42\t\n\x07outcome\"+\n\x13GetAgreementRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\"@\n\x14GetAgreementResponse\x12(\n\tagreement\x18\x01 \x01(\x0b\x32\x15.exeunit.v1.Agreement\"R\n\x19TerminateAgreementRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"F\n\x1aTerminateAgreementResponse\x12(\n\tagreement\x18\x01 \x01(\x0b\x32\x15.exeunit.v1.Agreement*o\n\x0e\x41greementState\x12\x1f\n\x1b\x41GREEMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41GREEMENT_STATE_APPROVED\x10\x01\x12\x1e\n\x1a\x41GREEMENT_STATE_TERMINATED\x10\x02*\x97\x02\n\rRefusalReason\x12\x1e\n\x1aREFUSAL_REASON_UNSPECIFIED\x10\x00\x12\"\n\x1eREFUSAL_REASON_SUBNET_MISMATCH\x10\x01\x12)\n%REFUSAL_REASON_INSUFFICIENT_RESOURCES\x10\x02\x12%\n!REFUSAL_REASON_MISSING_CAPABILITY\x10\x03\x12$\n REFUSAL_REASON_IMAGE_UNAVAILABLE\x10\x04\x12%\n!REFUSAL_REASON_EXPIRATION_TOO_FAR\x10\x05\x12#\n\x1fREFUSAL_REASON_RUNTIME_MISMATCH\x10\x06\x32\xe6\x02\n\x06Market\x12\x45\n\x08GetOffer\x12\x1b.exeunit.v1.GetOfferRequest\x1a\x1c.exeunit.v1.GetOfferResponse\x12]\n\x10ProposeAgreement\x12#.exeunit.v1.ProposeAgreementRequest\x1a$.exeunit.v1.ProposeAgreementResponse\x12Q\n\x0cGetAgreement\x12\x1f.exeunit.v1.GetAgreementRequest\x1a .exeunit.v1.GetAgreementResponse\x12\x63\n\x12TerminateAgreement\x12%.exeunit.v1.TerminateAgreementRequest\x1a&.exeunit.v1.TerminateAgreementResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LINEARPRICING_PERUNITENTRY']._loaded_options = None
   _globals['_LINEARPRICING_PERUNITENTRY']._serialized_options = b'8\001'
-  _globals['_AGREEMENTSTATE']._serialized_start=2674
-  _globals['_AGREEMENTSTATE']._serialized_end=2785
-  _globals['_REFUSALREASON']._serialized_start=2788
-  _globals['_REFUSALREASON']._serialized_end=3067
+  _globals['_AGREEMENTSTATE']._serialized_start=2933
+  _globals['_AGREEMENTSTATE']._serialized_end=3044
+  _globals['_REFUSALREASON']._serialized_start=3047
+  _globals['_REFUSALREASON']._serialized_end=3326
   _globals['_LINEARPRICING']._serialized_start=105
   _globals['_LINEARPRICING']._serialized_end=316
   _globals['_LINEARPRICING_PERUNITENTRY']._serialized_start=270
@@ -46,31 +46,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OFFER']._serialized_start=319
   _globals['_OFFER']._serialized_end=916
   _globals['_OFFERLIMITS']._serialized_start=919
-  _globals['_OFFERLIMITS']._serialized_end=1372
-  _globals['_IMAGEREF']._serialized_start=1374
-  _globals['_IMAGEREF']._serialized_end=1424
-  _globals['_DEMAND']._serialized_start=1427
-  _globals['_DEMAND']._serialized_end=1657
-  _globals['_AGREEMENT']._serialized_start=1660
-  _globals['_AGREEMENT']._serialized_end=2075
-  _globals['_REFUSAL']._serialized_start=2077
-  _globals['_REFUSAL']._serialized_end=2146
-  _globals['_GETOFFERREQUEST']._serialized_start=2148
-  _globals['_GETOFFERREQUEST']._serialized_end=2165
-  _globals['_GETOFFERRESPONSE']._serialized_start=2167
-  _globals['_GETOFFERRESPONSE']._serialized_end=2219
-  _globals['_PROPOSEAGREEMENTREQUEST']._serialized_start=2221
-  _globals['_PROPOSEAGREEMENTREQUEST']._serialized_end=2282
-  _globals['_PROPOSEAGREEMENTRESPONSE']._serialized_start=2284
-  _globals['_PROPOSEAGREEMENTRESPONSE']._serialized_end=2405
-  _globals['_GETAGREEMENTREQUEST']._serialized_start=2407
-  _globals['_GETAGREEMENTREQUEST']._serialized_end=2450
-  _globals['_GETAGREEMENTRESPONSE']._serialized_start=2452
-  _globals['_GETAGREEMENTRESPONSE']._serialized_end=2516
-  _globals['_TERMINATEAGREEMENTREQUEST']._serialized_start=2518
-  _globals['_TERMINATEAGREEMENTREQUEST']._serialized_end=2600
-  _globals['_TERMINATEAGREEMENTRESPONSE']._serialized_start=2602
-  _globals['_TERMINATEAGREEMENTRESPONSE']._serialized_end=2672
-  _globals['_MARKET']._serialized_start=3070
-  _globals['_MARKET']._serialized_end=3428
+  _globals['_OFFERLIMITS']._serialized_end=1631
+  _globals['_IMAGEREF']._serialized_start=1633
+  _globals['_IMAGEREF']._serialized_end=1683
+  _globals['_DEMAND']._serialized_start=1686
+  _globals['_DEMAND']._serialized_end=1916
+  _globals['_AGREEMENT']._serialized_start=1919
+  _globals['_AGREEMENT']._serialized_end=2334
+  _globals['_REFUSAL']._serialized_start=2336
+  _globals['_REFUSAL']._serialized_end=2405
+  _globals['_GETOFFERREQUEST']._serialized_start=2407
+  _globals['_GETOFFERREQUEST']._serialized_end=2424
+  _globals['_GETOFFERRESPONSE']._serialized_start=2426
+  _globals['_GETOFFERRESPONSE']._serialized_end=2478
+  _globals['_PROPOSEAGREEMENTREQUEST']._serialized_start=2480
+  _globals['_PROPOSEAGREEMENTREQUEST']._serialized_end=2541
+  _globals['_PROPOSEAGREEMENTRESPONSE']._serialized_start=2543
+  _globals['_PROPOSEAGREEMENTRESPONSE']._serialized_end=2664
+  _globals['_GETAGREEMENTREQUEST']._serialized_start=2666
+  _globals['_GETAGREEMENTREQUEST']._serialized_end=2709
+  _globals['_GETAGREEMENTRESPONSE']._serialized_start=2711
+  _globals['_GETAGREEMENTRESPONSE']._serialized_end=2775
+  _globals['_TERMINATEAGREEMENTREQUEST']._serialized_start=2777
+  _globals['_TERMINATEAGREEMENTREQUEST']._serialized_end=2859
+  _globals['_TERMINATEAGREEMENTRESPONSE']._serialized_start=2861
+  _globals['_TERMINATEAGREEMENTRESPONSE']._serialized_end=2931
+  _globals['_MARKET']._serialized_start=3329
+  _globals['_MARKET']._serialized_end=3687
 # @@protoc_insertion_point(module_scope)
