@@ -5,7 +5,10 @@ journals on disk stay within their budget, and queued batches are counted."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import http.server
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -14,6 +17,8 @@ import pytest
 
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
+from exeunit.v1 import network_pb2 as net
+from exeunit.v1 import transfer_pb2 as xfer
 from tests.client import ContractClient
 from tests.conftest import BASE_IMAGE
 from tests.daemon_process import Daemon
@@ -153,3 +158,207 @@ async def test_streams_past_the_requestors_bound_are_refused_naming_it() -> None
                 watch.cancel()
     finally:
         daemon.stop()
+
+
+# Every bound a flag sets, small, on one daemon: each test below drives one to its refusal.
+LIMITED = ("--tunnels-per-activity", "2", "--tunnels-per-requestor", "3", "--transfers-per-activity", "2",
+           "--transfers-per-requestor", "3", "--networks-per-requestor", "2", "--peers-per-network", "2",
+           "--batches-kept", "1", "--batch-ids-remembered", "3", "--image-fetches-per-requestor", "1",
+           "--allow-private-image-hosts", "--relay-queue-mib", "3", "--overlay-macs-per-network", "7",
+           "--pids-limit", "99", "--transfer-idle-seconds", "30", "--output-memory-kib", "512",
+           "--output-memory-per-requestor-mib", "5", "--journal-mib-per-activity", "48", "--max-image-gib", "1",
+           "--forget-ended-after", "600", "--cpu-overcommit", "8")
+# Holds every connection it accepts (a tunnel stays open until the test lets it go).
+HOLDER = ("import socket\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+          "s.bind(('127.0.0.1', 9000)); s.listen(64); held = []\nwhile True: held.append(s.accept()[0])\n")
+
+
+@pytest.fixture(scope="module")
+def limited() -> Iterator[Daemon]:
+    running = Daemon(*LIMITED)
+    yield running
+    running.stop()
+
+
+def refused(details: str, flag: str) -> bool:
+    """Whether a refusal names the flag that would lift it, as "(--flag)" or "(--flag, ...)"."""
+    return f"({flag})" in details or f"({flag}," in details
+
+
+async def test_every_bound_flag_is_in_the_offer(limited: Daemon) -> None:
+    async with ContractClient(f"127.0.0.1:{limited.port}", "r") as client:
+        offer = (await client.market.GetOffer(mkt.GetOfferRequest(), metadata=client.metadata)).offer
+    l = offer.limits
+    assert (l.tunnels_per_activity, l.tunnels_per_requestor, l.transfers_per_activity, l.transfers_per_requestor,
+            l.networks_per_requestor, l.peers_per_network, l.batches_kept, l.batch_ids_remembered,
+            l.image_fetches_per_requestor, l.relay_queue_bytes, l.macs_per_network, l.pids_limit,
+            l.transfer_idle_timeout.seconds, l.output_memory_bytes, l.output_memory_per_requestor_bytes,
+            l.journal_bytes_per_activity, l.image_bytes, l.ended_retention.seconds) == (
+        2, 3, 2, 3, 2, 2, 1, 3, 1, 3 * MIB, 7, 99, 30, 512 << 10, 5 * MIB, 48 * MIB, 1 << 30, 600)
+    assert (l.batches_queued, l.streams_per_requestor, l.replay_window_bytes, l.result_output_bytes) == (
+        64, 256, 32 * MIB, 1 << 20)  # the defaults
+    if offer.overlay_port:  # the overlay agent learns as many MACs as the flag says
+        agents = [p.cmdline() for p in psutil.Process(limited.process.pid).children(recursive=True)]
+        assert any("--macs-per-network" in a and a[a.index("--macs-per-network") + 1] == "7" for a in agents), agents
+
+
+async def held_open(client: ContractClient, activity_id: str, release: asyncio.Event) -> grpc.aio.StreamStreamCall:
+    """A tunnel to the activity's port 9000 that stays open until `release`; returns it opened."""
+
+    async def requests() -> AsyncIterator[act.TunnelRequest]:
+        yield act.TunnelRequest(open=act.TunnelOpen(activity_id=activity_id, port=9000))
+        await release.wait()
+
+    call = client.activity.Tunnel(requests(), metadata=client.metadata)
+    assert (await call.read()).WhichOneof("part") == "opened"
+    return call
+
+
+async def tunnel_refusal(client: ContractClient, activity_id: str) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as refusal:
+        await held_open(client, activity_id, asyncio.Event())
+    return refusal.value
+
+
+async def holding_activity(client: ContractClient) -> str:
+    activity_id = await client.ready_activity(BASE_IMAGE)
+    wait = "import socket, time\nfor _ in range(100):\n    try: socket.create_connection(('127.0.0.1', 9000)); break\n" \
+           "    except OSError: time.sleep(0.1)\n"
+    run = await client.run_batch(activity_id, [client.sh(
+        f"python3 -c \"$HOLD\" >/dev/null 2>&1 & python3 -c \"$WAIT\"", env={"HOLD": HOLDER, "WAIT": wait})])
+    assert run.succeeded, run.finished
+    return activity_id
+
+
+async def test_tunnels_past_the_bounds_are_refused_naming_them(limited: Daemon) -> None:
+    release = asyncio.Event()
+    async with ContractClient(f"127.0.0.1:{limited.port}", "tunnels") as client:
+        first, second = await holding_activity(client), await holding_activity(client)
+        held = [await held_open(client, first, release) for _ in range(2)]
+        refusal = await tunnel_refusal(client, first)
+        assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused(refusal.details(), "--tunnels-per-activity"), refusal.details()
+        held.append(await held_open(client, second, release))  # the requestor's third
+        refusal = await tunnel_refusal(client, second)
+        assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused(refusal.details(), "--tunnels-per-requestor"), refusal.details()
+        release.set()
+        for call in held:
+            call.cancel()
+        for _ in range(100):  # the slots come back once the daemon saw the tunnels end
+            try:
+                (await held_open(client, second, asyncio.Event())).cancel()
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the ended tunnels' slots never came back")
+
+
+async def test_transfers_past_the_bounds_are_refused_naming_them(limited: Daemon) -> None:
+    release = asyncio.Event()
+    async with ContractClient(f"127.0.0.1:{limited.port}", "transfers") as client:
+        first, second = await client.ready_activity(BASE_IMAGE), await client.ready_activity(BASE_IMAGE)
+
+        def stalled(activity_id: str) -> asyncio.Future[object]:
+            async def requests() -> AsyncIterator[xfer.UploadRequest]:
+                yield xfer.UploadRequest(header=xfer.UploadHeader(activity_id=activity_id, path="/golem/input/x",
+                                                                  size=10))
+                await release.wait()
+            return asyncio.ensure_future(client.transfer.Upload(requests(), metadata=client.metadata))
+
+        async def refusal(activity_id: str) -> grpc.aio.AioRpcError:
+            for _ in range(100):  # until the daemon has given the stalled ones their slots
+                try:
+                    await client.upload(activity_id, "/golem/input/y", [], 0)  # an empty file, while a slot is free
+                except grpc.aio.AioRpcError as exc:
+                    return exc
+                await asyncio.sleep(0.05)
+            pytest.fail("the transfers past the bound were never refused")
+
+        held = [stalled(first), stalled(first)]
+        err = await refusal(first)
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and refused(err.details(), "--transfers-per-activity")
+        held.append(stalled(second))
+        err = await refusal(second)
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and refused(err.details(), "--transfers-per-requestor")
+        for call in held:
+            call.cancel()
+        release.set()
+
+
+async def test_networks_and_their_peers_past_the_bounds_are_refused_naming_them(limited: Daemon) -> None:
+    async with ContractClient(f"127.0.0.1:{limited.port}", "networks") as client:
+        offer = (await client.market.GetOffer(mkt.GetOfferRequest(), metadata=client.metadata)).offer
+        await client.agreement(BASE_IMAGE)  # a requestor's networks live while it has an agreement here
+        peers = [net.NetworkPeer(provider_id=f"0x{i:040x}", endpoint=f"192.0.2.{i}:7000") for i in range(1, 4)]
+
+        async def create(network_id: str, peers: list[net.NetworkPeer]) -> net.NetworkInfo:
+            request = net.CreateNetworkRequest(network_id=network_id, address="10.99.0.0/24",
+                                               spans_providers=bool(offer.overlay_port), peers=peers)
+            return await client.network.CreateNetwork(request, metadata=client.metadata)
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await create("too-many-peers", peers)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused(caught.value.details(), "--peers-per-network"), caught.value.details()
+        await create("n1", peers[:2])
+        if offer.overlay_port:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await client.network.SetNetworkPeers(net.SetNetworkPeersRequest(network_id="n1", peers=peers),
+                                                     metadata=client.metadata)
+            assert refused(caught.value.details(), "--peers-per-network"), caught.value.details()
+        await create("n2", [])
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await create("n3", [])
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused(caught.value.details(), "--networks-per-requestor"), caught.value.details()
+
+
+async def test_an_activity_runs_as_many_batches_as_it_remembers_ids_of(limited: Daemon) -> None:
+    async with ContractClient(f"127.0.0.1:{limited.port}", "batch-ids") as client:
+        activity_id = await client.ready_activity(BASE_IMAGE)  # its deploy and start: a batch too
+        ran = 1
+        with pytest.raises(grpc.aio.AioRpcError) as caught:  # noqa: PT012
+            for _ in range(10):
+                assert (await client.run_batch(activity_id, [client.run("/bin/true")])).succeeded
+                ran += 1
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused(caught.value.details(), "--batch-ids-remembered"), caught.value.details()
+        assert ran == 1 + 3  # the one kept (--batches-kept) and the three remembered
+
+
+class _Stalled(http.server.BaseHTTPRequestHandler):
+    """An image url that answers and then sends nothing for as long as the fetch waits."""
+
+    asked = threading.Event()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.flush()
+        _Stalled.asked.set()
+        time.sleep(20)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+async def test_image_fetches_past_the_bound_are_refused_naming_it(limited: Daemon) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stalled)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url, image = f"http://127.0.0.1:{server.server_port}/image.tar", "sha256:" + "5" * 64
+    try:
+        async with ContractClient(f"127.0.0.1:{limited.port}", "fetches") as client:
+            fetching = await client.new_activity(url=url, hash=image)
+            await client.exec(fetching, [client.deploy()])
+            assert await asyncio.to_thread(_Stalled.asked.wait, 30)
+            second = await client.new_activity(url=url, hash=image)
+            run = await client.run_batch(second, [client.deploy()])
+            assert not run.succeeded  # a deploy's refusal is its command's failure
+            assert refused(run.finished[0].message, "--image-fetches-per-requestor"), run.finished[0].message
+            await client.destroy(fetching)
+    finally:
+        server.shutdown()
+        server.server_close()
