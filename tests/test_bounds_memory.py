@@ -93,6 +93,18 @@ async def test_a_requestors_output_held_for_readers_that_do_not_read_stays_withi
         assert read + await rest_of(call) == 120 * MIB  # whole, once read
         assert await batch_state(client, activities[0], batch_id) == act.BATCH_STATE_SUCCEEDED
 
+        # A batch forgotten past --journal-mib-per-activity tells a reader still behind why.
+        batch_id, call, read = await stalled_reader(client, activities[1], OUTPUT_MIB)
+        while await batch_state(client, activities[1], batch_id) != act.BATCH_STATE_SUCCEEDED:
+            await asyncio.sleep(0.2)
+        assert (await client.run_batch(activities[1], [client.run("/usr/bin/head", "-c", str(OUTPUT_MIB * MIB),
+                                                                  "/dev/zero")])).succeeded
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await rest_of(call)
+        assert gone.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert f"batch {batch_id!r} was forgotten" in gone.value.details()
+        assert "(--journal-mib-per-activity)" in gone.value.details(), gone.value.details()
+
 
 class _Overlay:
     def __init__(self) -> None:

@@ -62,6 +62,7 @@ class BatchQueue:
         self._batches: dict[str, Batch] = {}  # in the order they were queued
         self._unfinished = 0  # queued or running
         self._forgotten = journals.forgotten_ids(activity_id)  # so that no batch id runs twice
+        self._dropping: set[asyncio.Task[None]] = set()  # forgotten batches' journals being removed
         self._submitted = 0
         self._queue: asyncio.Queue[tuple[Batch, int, Resume | None]] = asyncio.Queue()
         self._worker = asyncio.create_task(self._run_batches(), name=f"batches-{activity_id}")
@@ -212,7 +213,7 @@ class BatchQueue:
         finished = [b for b in self._batches.values() if b.events.closed and b is not finishing]  # oldest first
         excess = max(len(finished) + 1 - self._limits.batches_kept, 0)
         for old in finished[:excess]:
-            self._forget(old)
+            self._forget(old, f"an activity keeps its last {self._limits.batches_kept} finished batches (--batches-kept)")
         on_disk = sum(b.journal.disk_bytes() for b in self._batches.values() if b.journal is not None)
         for old in finished[excess:]:
             if on_disk <= self._limits.journal_bytes_per_activity:
@@ -220,15 +221,25 @@ class BatchQueue:
             on_disk -= old.journal.disk_bytes() if old.journal is not None else 0
             log.info("event=batch_forgotten %s batch=%s reason=journal_bytes_per_activity", self._runner.log_ids,
                      old.batch_id)
-            self._forget(old)
+            self._forget(old, f"the activity's journals passed {self._limits.journal_bytes_per_activity >> 20} MiB "
+                              "(--journal-mib-per-activity)")
 
-    def _forget(self, batch: Batch) -> None:
+    def _forget(self, batch: Batch, why: str) -> None:
+        """Forgets a finished batch; readers still behind its memory tail are told `why`."""
         del self._batches[batch.batch_id]
         self._forgotten.add(batch.batch_id)
         if self._store is not None:
             self._store.forget_batch(self._activity_id, batch.batch_id)
         directory = self._journals.directory(self._activity_id, batch.batch_id)
-        asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, directory, True)
+        task = asyncio.get_running_loop().create_task(self._drop(batch, f"batch {batch.batch_id!r} was forgotten: {why}",
+                                                                 directory))
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
+
+    @staticmethod
+    async def _drop(batch: Batch, reason: str, directory: Path) -> None:
+        await batch.events.release(reason)  # before its journal goes: no reader is told of a loss
+        await asyncio.to_thread(shutil.rmtree, directory, True)
 
     # The activity ends, or the daemon lets go of it
 
