@@ -103,7 +103,7 @@ async def test_transfers_that_stand_still_are_cut(daemons: Daemons) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as cut:
             await stalled_upload(client, activity_id, release)
         assert cut.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert cut.value.details() == "the upload to /golem/input/f stood still for 1s and was cut"
+        assert cut.value.details() == "the upload to /golem/input/f stood still for 1s and was cut (--transfer-idle-seconds)"
         big = await client.run_batch(activity_id, [client.sh("head -c 67108864 /dev/zero > /golem/output/big")])
         assert big.succeeded
         unread = client.transfer.Download(xfer.DownloadRequest(activity_id=activity_id, path="/golem/output/big"),
@@ -113,7 +113,7 @@ async def test_transfers_that_stand_still_are_cut(daemons: Daemons) -> None:
             async for _ in unread:
                 pass
         assert cut.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert cut.value.details() == "the download of /golem/output/big stood still for 1s and was cut"
+        assert cut.value.details() == "the download of /golem/output/big stood still for 1s and was cut (--transfer-idle-seconds)"
         # the container is not left locked by the abandoned archive: a new download works at once
         header, chunks, _ = await client.download(activity_id, "/golem/output/big")
         assert header.size == 64 << 20 and sum(map(len, chunks)) == 64 << 20

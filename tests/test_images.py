@@ -271,11 +271,11 @@ async def test_archives_and_unpacked_images_larger_than_the_agreement_storage_ar
     async with ContractClient(f"127.0.0.1:{server.port}", "r") as client:
         _, failure = await deploy_message(client, url=bomb.as_uri(), hash=bomb_id, min_storage_bytes=64 * MIB)
         assert failure == (f"the image unpacks to more than {64 * MIB} bytes, the most this agreement's storage and "
-                           "the provider allow; nothing was loaded")
+                           "the provider (--max-image-gib) allow; nothing was loaded")
         assert not image_present(engine, bomb_id)
         archive, image_id = tiny_archive
         _, failure = await deploy_message(client, url=archive.as_uri(), hash=image_id, min_storage_bytes=4096)
-        assert failure.startswith("the image archive is larger than 4096 bytes")
+        assert failure.startswith("the image archive is larger than 4096 bytes") and "(--max-image-gib)" in failure
 
 
 class _Trickle(http.server.BaseHTTPRequestHandler):

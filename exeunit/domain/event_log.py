@@ -272,6 +272,6 @@ class EventLog(Generic[T]):
     @staticmethod
     def _gone(first: int, asked: int) -> errors.OutOfRange:
         return errors.OutOfRange(
-            f"events before {first} are no longer retained (asked from {asked}); "
-            "keep a reader attached to receive all output"
+            f"events before {first} are no longer retained (asked from {asked}; the provider keeps "
+            "--replay-window-mib of a batch's events); keep a reader attached to receive all output"
         )

@@ -90,7 +90,7 @@ def check_unpacked_size(archive: Path, limit: int) -> int:
     if total > limit:
         raise errors.ResourceExhausted(
             f"the image unpacks to more than {limit} bytes, the most this agreement's storage and the provider "
-            "allow; nothing was loaded"
+            "(--max-image-gib) allow; nothing was loaded"
         )
     return total
 

@@ -197,7 +197,7 @@ class ArchiveFetch:
                 if copied > self._max_bytes:
                     raise errors.ResourceExhausted(
                         f"the image archive is larger than {self._max_bytes} bytes, the most this agreement's "
-                        "storage and the provider allow"
+                        "storage and the provider (--max-image-gib) allow"
                     )
                 digest.update(chunk)
                 out.write(chunk)

@@ -78,4 +78,4 @@ async def idle_timeout(seconds: float, what: str) -> AsyncIterator[Callable[[], 
         async with asyncio.timeout_at(loop.time() + seconds) as deadline:
             yield lambda: deadline.reschedule(loop.time() + seconds)
     except TimeoutError:
-        raise errors.TimedOut(f"{what} stood still for {seconds:g}s and was cut") from None
+        raise errors.TimedOut(f"{what} stood still for {seconds:g}s and was cut (--transfer-idle-seconds)") from None

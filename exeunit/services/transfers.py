@@ -170,7 +170,7 @@ class Transfers:
             # gets the reason when it reads on, and until it leaves it holds one descriptor and a
             # slot of its own requestor's quota.
             watchdog = IdleWatchdog(idle, lambda: opened.cut(
-                errors.TimedOut(f"the download of {dest.path} stood still for {idle:g}s and was cut")))
+                errors.TimedOut(f"the download of {dest.path} stood still for {idle:g}s and was cut (--transfer-idle-seconds)")))
             opened.on_progress = watchdog.progress
             opened.pace = self._pacer.pace_for(requestor_id)
             ended = errors.FailedPrecondition(f"the download of {dest.path} was cut: the activity ended")
