@@ -137,3 +137,30 @@ async def test_a_reader_still_reading_an_ended_activitys_output_gets_all_of_it(d
                 pass
         assert cut.value.code() == grpc.StatusCode.OUT_OF_RANGE
         assert "the activity ended" in cut.value.details()
+
+
+async def test_reading_on_keeps_an_ended_activitys_output_for_a_bounded_time(
+    daemons: Daemons, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trickle of reads cannot pin an ended activity's journals (which hold no capacity) on the
+    provider's disk for ever: past RELEASE_GRACES_WHILE_READ graces they go, and the reader is told."""
+    from exeunit.services import batches
+
+    monkeypatch.setattr(batches, "RELEASE_GRACES_WHILE_READ", 3)
+    server = await daemons.start(limits=ActivityLimits(replay_grace_seconds=0.3))
+    size = 24 << 20
+    async with ContractClient(f"127.0.0.1:{server.port}", "r") as client:
+        activity_id = await client.ready_activity(BASE_IMAGE)
+        batch_id = (await client.exec(activity_id, [client.run("/usr/bin/head", "-c", str(size), "/dev/zero")])).batch_id
+        reading = aiter(client.events(activity_id, batch_id))
+        received = len((await anext(reading)).stdout.data)
+        await until_finished(client, activity_id, batch_id)
+        await client.destroy(activity_id)
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            async for event in reading:  # 0.1 s a MiB: 2.4 s in all, past the 0.9 s it may keep them
+                before, received = received, received + len(event.stdout.data)
+                if before >> 20 != received >> 20:
+                    await asyncio.sleep(0.1)
+        assert cut.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert "while read, 0.9 s at most" in cut.value.details()
+        assert 0 < received < size
