@@ -1,4 +1,4 @@
-"""The borders of the code's layout, kept by a test (README, "Layout"; docs/layout.md).
+"""The borders of the code's layout, kept by a test (docs/layout.md, "The borders").
 
 Walks every import of both packages (those under `if TYPE_CHECKING:` and inside functions too,
 `importlib.import_module("x")` and `__import__("x")` as well, and a run of the Docker CLI as a use of
