@@ -1,6 +1,6 @@
 """The requestor library: Golem's Service API (as yapapi's) over ExeUnit provider daemons.
 
-    from requestor import Golem
+    from requestor import Golem, Task, WorkContext
     from requestor.services import Service, ServiceState
     from requestor.payload import vm
 """
@@ -10,6 +10,7 @@ from requestor.ctx import WorkContext
 from requestor.errors import (
     BatchTimeoutError, CommandExecutionError, NoMatchingProviderError, NoPaymentAccountError, RequestorError,
 )
+from requestor.executor import Task
 from requestor.golem import Golem
 from requestor.strategy import LeastExpensiveLinearPayuMS, MarketStrategy
 from requestor.version import __version__
@@ -28,6 +29,7 @@ __all__ = [
     "NoMatchingProviderError",
     "NoPaymentAccountError",
     "RequestorError",
+    "Task",
     "WorkContext",
     "events",
     "windows_event_loop_fix",

@@ -39,6 +39,7 @@ class _Attempt:
     reasons: dict[str, str]
     capacity_busy: bool = False
     budget_error: BudgetExceededError | None = None
+    on_agreement: Callable[[events.Agreement], None] | None = None  # told before the activity is made
 
 
 class Engine:
@@ -99,10 +100,12 @@ class Engine:
         return offers
 
     async def acquire(self, job: events.Job, avoid: set[str], stop: asyncio.Event,
-                      only_provider: str | None = None, why_only: str = "") -> ActivityHandle:
+                      only_provider: str | None = None, why_only: str = "",
+                      on_agreement: Callable[[events.Agreement], None] | None = None) -> ActivityHandle:
         """An activity on the best provider for the job's payload; providers in `avoid` (where
         the instance failed before) only when no other one takes it; with `only_provider`, on
-        that provider or none (`why_only` says why, in the error).
+        that provider or none (`why_only` says why, in the error). `on_agreement` is called with
+        each agreement once confirmed, before its activity is created (a task worker starts there).
 
         Waits while matching providers are only busy; raises NoMatchingProviderError when none
         can ever take it, BudgetExceededError when the budget is what stands in the way.
@@ -110,7 +113,7 @@ class Engine:
         payload: VmPackage = job.payload
         delay = 0.5
         while True:
-            attempt = _Attempt(reasons={})
+            attempt = _Attempt(reasons={}, on_agreement=on_agreement)
             handle = await self._try_providers(job, payload, avoid, attempt, only_provider, why_only)
             if handle is not None:
                 return handle
@@ -189,6 +192,8 @@ class Engine:
         self.budget.open(agreement.id, offer.pricing.start_fee)
         self.emit(events.AgreementCreated(job=job, agreement=agreement))
         self.emit(events.AgreementConfirmed(job=job, agreement=agreement))
+        if attempt.on_agreement is not None:
+            attempt.on_agreement(agreement)
         try:
             activity_id = await client.create_activity(agreement.id)
         except RequestorError as exc:
@@ -248,8 +253,11 @@ class Engine:
         log.info("event=activity_suspended agreement=%s activity=%s spent_so_far=%s", handle.agreement.id,
                  handle.activity.id, spent)
 
-    async def release(self, handle: ActivityHandle, job: events.Job, error: BaseException | None) -> None:
-        """Reads the final cost, destroys the activity and ends the agreement. Never raises."""
+    async def release(self, handle: ActivityHandle, job: events.Job, error: BaseException | None,
+                      ending: tuple[str, str] | None = None) -> None:
+        """Reads the final cost, destroys the activity and ends the agreement. Never raises.
+        `ending` is the agreement's (reason, message) as yapapi's task executor gives them
+        (("Success", ...), ("Cancelled", ...)); by default "Finished", or "Failure" after `error`."""
         client = handle.client
         self._live.pop(handle.agreement.id, None)
         self._budget_watch.discard(handle.agreement.id)
@@ -266,8 +274,8 @@ class Engine:
             log.warning("event=destroy_failed activity=%s error=%s", handle.activity.id, exc)
         except TimeoutError:
             pass
-        reason = "Failure" if error is not None else "Finished"
-        await self._end_agreement(client, handle.agreement, job, reason, cost)
+        reason, message = ending or ("Failure" if error is not None else "Finished", "")
+        await self._end_agreement(client, handle.agreement, job, reason, cost, message)
 
     async def _ending(self, step: str, agreement: events.Agreement, call: Awaitable[T], share: int) -> T:
         """`call`, when Golem is leaving within 1/`share` of the time left for releases (else as it
@@ -285,15 +293,17 @@ class Engine:
             raise
 
     async def _end_agreement(self, client: ProviderClient, agreement: events.Agreement, job: events.Job,
-                             reason: str, cost: float | Decimal) -> None:
+                             reason: str, cost: float | Decimal, message: str = "") -> None:
         try:
-            await self._ending("terminate_agreement", agreement, client.terminate_agreement(agreement.id, reason), 1)
+            await self._ending("terminate_agreement", agreement,
+                               client.terminate_agreement(agreement.id, reason, message), 1)
         except RequestorError as exc:
             log.warning("event=terminate_agreement_failed agreement=%s error=%s", agreement.id, exc)
         except TimeoutError:
             pass
         final = self.budget.settle(agreement.id, cost)
-        self.emit(events.AgreementTerminated(job=job, agreement=agreement, reason={"message": reason, "cost": str(final)}))
+        said = {"message": message, "golem.requestor.code": reason} if message else {"message": reason}
+        self.emit(events.AgreementTerminated(job=job, agreement=agreement, reason={**said, "cost": str(final)}))
         self.emit(events.InvoiceAccepted(job=job, agreement=agreement, amount=final))
 
 

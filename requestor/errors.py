@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 
 class RequestorError(Exception):
     """Root of every error this library raises on purpose."""
@@ -80,3 +83,45 @@ class ProviderRestartedError(ProviderCallError):
     a call signed for the earlier start; the client has learned the new one. Calls it can repeat by
     itself it does so once; an upload, whose chunks it cannot read twice, raises this: send it
     again (requestor.script does)."""
+
+
+class TaskTimeoutError(RequestorError):
+    """An attempt at a task ran past its `attempt_timeout`: its worker is stopped, its activity
+    destroyed and its agreement ended, and the task goes to another worker (while it has attempts)."""
+
+    def __init__(self, task: object, seconds: float) -> None:
+        self.task = task
+        self.seconds = seconds
+        super().__init__(f"{task!r} was not done within its attempt timeout of {seconds:g}s")
+
+
+class TaskFailedError(RequestorError):
+    """Raised by `execute_tasks`' iterator at the job's end (after every accepted task was yielded)
+    when tasks used all their attempts; `tasks` are those tasks, each with its `failure`."""
+
+    def __init__(self, tasks: list[Any]) -> None:
+        self.tasks = tasks
+        named = "; ".join(f"{t!r} after {t.attempts} attempt(s): {t.failure}" for t in tasks[:5])
+        more = f"; and {len(tasks) - 5} more" if len(tasks) > 5 else ""
+        super().__init__(f"{len(tasks)} task(s) failed: {named}{more}")
+
+
+class JobTimeoutError(RequestorError, TimeoutError):
+    """The job ran past its `timeout` (yapapi raises TimeoutError: this is one). The message and
+    the attributes say what was left undone: `running` and `waiting` tasks, and whether `data`
+    still had tasks not read (`data_exhausted` false)."""
+
+    def __init__(self, timeout: timedelta, running: list[Any], waiting: list[Any], data_exhausted: bool) -> None:
+        self.timeout = timeout
+        self.running = running
+        self.waiting = waiting
+        self.data_exhausted = data_exhausted
+
+        def listed(tasks: list[Any]) -> str:
+            ids = ", ".join(str(t.id) for t in tasks[:10])
+            return f"{len(tasks)} {ids and '(ids ' + ids + (', ...' if len(tasks) > 10 else '') + ')'}".strip()
+
+        super().__init__(
+            f"Job timed out after {timeout}; left undone: {listed(running)} running, {listed(waiting)} waiting"
+            + ("" if data_exhausted else ", and data not read to its end")
+        )

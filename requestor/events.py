@@ -7,8 +7,9 @@ Where yapapi carries its REST objects (agreement, activity), these carry request
     Event
         JobEvent: JobStarted, JobFinished, ProposalReceived, ProposalRejected, NoProposalsConfirmed
             AgreementEvent: AgreementCreated, AgreementConfirmed, AgreementRejected,
-                            AgreementTerminated, ActivityCreateFailed, InvoiceAccepted
-                ActivityEvent: ActivityCreated
+                            AgreementTerminated, ActivityCreateFailed, InvoiceAccepted, WorkerStarted
+                ActivityEvent: ActivityCreated, WorkerFinished
+                    TaskEvent: TaskStarted, TaskFinished, TaskAccepted, TaskRejected, TaskFailed
                     ServiceEvent: ServiceStateChanged, ServiceFinished
                     ScriptEvent: ScriptSent, GettingResults, ScriptFinished
                         CommandEvent: CommandStarted, CommandStdOut, CommandStdErr,
@@ -28,8 +29,9 @@ from requestor.model import Activity, Agreement, Job, Offer
 
 ExcInfo = tuple[type[BaseException], BaseException, Optional[TracebackType]]
 
-# Events sit below what emits them: the instance, script and command they are about are typed
-# Any here (a requestor.services.Service, a requestor.script.Script or Command, a ServiceState).
+# Events sit below what emits them: the instance, task, script and command they are about are typed
+# Any here (a requestor.services.Service, a requestor.executor.Task, a requestor.script.Script or
+# Command, a ServiceState).
 
 
 @dataclass(kw_only=True, repr=False)
@@ -84,6 +86,21 @@ class AgreementEvent(JobEvent):
 @dataclass(kw_only=True, repr=False)
 class ActivityEvent(AgreementEvent):
     activity: Activity
+
+
+@dataclass(kw_only=True, repr=False)
+class TaskEvent(ActivityEvent):
+    """An event of one attempt at a task, on the worker's activity."""
+
+    task: Any
+
+    @property
+    def task_id(self) -> str:
+        return str(self.task.id)
+
+    @property
+    def task_data(self) -> Any:
+        return self.task.data
 
 
 @dataclass(kw_only=True, repr=False)
@@ -172,6 +189,41 @@ class ActivityCreateFailed(AgreementEvent):
 
 class ActivityCreated(ActivityEvent):
     pass
+
+
+class WorkerStarted(AgreementEvent):
+    """A task worker got an agreement; its activity comes next."""
+
+
+class WorkerFinished(ActivityEvent):
+    """A task worker ended; it failed when `exception` is set (its tasks go to other workers)."""
+
+
+class TaskStarted(TaskEvent):
+    pass
+
+
+class TaskFinished(TaskEvent):
+    pass
+
+
+class TaskAccepted(TaskEvent):
+    @property
+    def result(self) -> Any:
+        return self.task.result
+
+
+@dataclass(kw_only=True, repr=False)
+class TaskRejected(TaskEvent):
+    reason: str | None
+
+
+@dataclass(kw_only=True, repr=False)
+class TaskFailed(TaskEvent):
+    """Not yapapi's: the task used its last attempt (`Task(max_attempts=...)`) and is given up;
+    `reason` says how its last attempt ended. The job's iterator raises TaskFailedError at its end."""
+
+    reason: str
 
 
 @dataclass(kw_only=True, repr=False)

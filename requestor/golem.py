@@ -8,7 +8,7 @@ import inspect
 import itertools
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any
@@ -21,6 +21,9 @@ from requestor.discovery import discover, is_discovery
 from requestor.embedded import EmbeddedProvider
 from requestor.engine import Engine
 from requestor.errors import NoMatchingProviderError, RequestorError
+from requestor.executor.job import TaskJob, new_job_id
+from requestor.executor.task import DEFAULT_MAX_ATTEMPTS, Task
+from requestor.executor.worker import WorkerFunction
 from requestor.leaving import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownPlan, log_given_up
 from requestor.log import log_summary
 from requestor.client.identity import RequestorIdentity
@@ -120,6 +123,7 @@ class Golem:
         self._embedded: EmbeddedProvider | None = None
         self._engine: Engine | None = None
         self._runners: list[ServiceRunner] = []  # each cluster's
+        self._task_jobs: set[TaskJob] = set()  # execute_tasks' jobs while they run
         self._job_numbers = itertools.count(1)  # clusters are "Cluster 1", "Cluster 2", ... as in yapapi
         self._payment_driver = payment_driver
         self._payment_network = payment_network
@@ -167,7 +171,7 @@ class Golem:
         once, either way."""
         log.info("Golem is shutting down...")
         plan = ShutdownPlan.starting_now(self._shutdown_timeout)
-        await self._stop_instances(plan)
+        await asyncio.gather(self._stop_instances(plan), self._stop_task_jobs(plan))
         log.info("All jobs have finished")
         await self._close_links(plan)
         if self._embedded is not None:  # ours, on this host: not bounded (it removes its containers)
@@ -200,6 +204,15 @@ class Golem:
             if not await all_ended(plan.release_until):
                 grace = min(HANDLER_CANCEL_GRACE, plan.left())
                 await asyncio.gather(*(runner.abandon(grace, plan.elapsed()) for runner in runners))
+
+    async def _stop_task_jobs(self, plan: ShutdownPlan) -> None:
+        """Ends the task jobs still running (a caller that left its loop without the job's end):
+        their workers stop and their agreements end by the plan's `release_until`."""
+        if self._engine is not None and self._task_jobs:
+            self._engine.leave_by(plan.release_until)
+            closing = [asyncio.create_task(job.close()) for job in self._task_jobs]
+            if (await asyncio.wait(closing, timeout=plan.left(plan.release_until)))[1]:
+                log_given_up(log, "task_jobs", plan.elapsed())
 
     async def _close_links(self, plan: ShutdownPlan) -> None:
         """Networks (those the script did not remove itself, unless suspended), the relay, the
@@ -249,6 +262,39 @@ class Golem:
                     task.add_done_callback(self._pending_consumers.discard)
             except Exception:
                 log.exception("event consumer %r failed on %r", consumer, event)
+
+    # Tasks
+
+    async def execute_tasks(
+        self, worker: WorkerFunction, data: Iterable[Task[Any, Any]] | AsyncIterable[Task[Any, Any]],
+        payload: Payload, max_workers: int | None = None, timeout: timedelta | None = None, job_id: str | None = None,
+        implicit_init: bool = True, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        attempt_timeout: timedelta | float | None = None,
+    ) -> AsyncIterator[Task[Any, Any]]:
+        """Computes `data`'s tasks with `worker` on providers; yields each accepted task as it is
+        accepted (yapapi's; see requestor.executor for an example).
+
+        `worker(ctx, tasks)` is an async generator taking tasks and yielding scripts; `data` gives
+        Task objects, sync or async, read as workers need them. `max_workers` defaults to 5,
+        `timeout` to 15 min (then JobTimeoutError, a TimeoutError, names what was left undone);
+        a `job_id` used before in this process is a ValueError. Not yapapi's: each task is tried
+        at most `max_attempts` times, each attempt at most `attempt_timeout` (a Task's own values
+        win); a task out of attempts emits TaskFailed, and the iterator raises TaskFailedError
+        after the job's other tasks. Leaving the loop (`break`, an exception) ends the job.
+        """
+        if self._engine is None:
+            raise RequestorError("Golem is not started: use `async with Golem(...) as golem:` or `await golem.start()`")
+        tasks = TaskJob(self._engine, new_job_id(job_id, self._job_numbers), runnable(payload), worker, data,
+                        max_workers=max_workers, timeout=timeout, implicit_init=implicit_init,
+                        max_attempts=max_attempts, attempt_timeout=attempt_timeout)
+        self._task_jobs.add(tasks)
+        tasks.start()
+        try:
+            while (task := await tasks.next_accepted()) is not None:
+                yield task
+        finally:
+            await tasks.close()
+            self._task_jobs.discard(tasks)
 
     # Services
 

@@ -10,14 +10,18 @@ too. The library never configures handlers itself; `enable_default_logger()` is 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
+import time
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
 
 from requestor import events
+from requestor.errors import CommandExecutionError
 from requestor.version import __version__
 
 summary_log = logging.getLogger("requestor.summary")
@@ -96,6 +100,10 @@ class SummaryLogger:
         self._stream_output = stream_output
         self._costs: dict[str, Decimal] = {}  # agreement id -> cost
         self._names: dict[str, str] = {}  # agreement id -> provider name
+        self._job_started: dict[str, float] = {}  # task jobs' start (time.time()), by job id
+        self._job_agreements: dict[str, set[str]] = defaultdict(set)  # confirmed ones, by job id
+        self._tasks_by: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)  # job -> (id, name) -> tasks
+        self._failures: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)  # job -> (id, name) -> failures
 
     def log(self, event: events.Event) -> None:
         if self._wrapped is not None:
@@ -110,7 +118,10 @@ class SummaryLogger:
             self._names[event.agr_id] = event.provider_name
             summary_log.info("Agreement proposed to provider '%s' (%s)", event.provider_name, event.provider_id)
         elif isinstance(event, events.AgreementConfirmed):
+            self._job_agreements[event.job_id].add(event.agr_id)
             summary_log.info("Agreement confirmed by provider '%s'", event.provider_name)
+        elif isinstance(event, (events.JobStarted, events.JobFinished, events.TaskEvent, events.WorkerFinished)):
+            self._handle_task_job(event)
         elif isinstance(event, events.ServiceStateChanged):
             where = f" on {event.agreement.provider_name}" if event.agreement else ""
             line = f"{_name(event.service)}{where}: {event.old.value} -> {event.new.value}"
@@ -127,7 +138,8 @@ class SummaryLogger:
         elif isinstance(event, events.InvoiceAccepted):
             self._costs[event.agr_id] = event.amount
             summary_log.info("Accepted invoice from '%s', amount: %s", event.provider_name, event.amount)
-        elif isinstance(event, events.AgreementTerminated) and event.reason.get("message") not in ("Finished", "Success"):
+        elif isinstance(event, events.AgreementTerminated) and event.reason.get("message") not in ("Finished", "Success") \
+                and event.reason.get("golem.requestor.code") != "Success":
             summary_log.info("Terminated agreement with %s (%s)", event.provider_name, event.reason.get("message"))
         elif isinstance(event, events.ProposalRejected) and event.reason:
             summary_log.debug("Offer of %s not taken: %s", event.address, event.reason)
@@ -146,6 +158,59 @@ class SummaryLogger:
             stream = "stdout" if isinstance(event, events.CommandStdOut) else "stderr"
             for line in event.output.rstrip("\n").splitlines():
                 summary_log.info("[%s %s] %s", event.provider_name, stream, line)
+
+
+    def _handle_task_job(self, event: events.Event) -> None:
+        """The Task API's lines, in yapapi's words."""
+        if isinstance(event, events.JobStarted):
+            self._job_started[event.job_id] = time.time()
+        elif isinstance(event, events.TaskStarted):
+            summary_log.info("Task started on provider '%s', task data: %s", event.provider_name,
+                             str_capped(event.task_data, 200))
+        elif isinstance(event, events.TaskFinished):
+            summary_log.info("Task finished by provider '%s', task data: %s", event.provider_name,
+                             str_capped(event.task_data, 200))
+            self._tasks_by[event.job_id][(event.provider_id, event.provider_name)] += 1
+        elif isinstance(event, events.TaskFailed):
+            summary_log.warning("Task failed after %s, last on provider '%s'; reason: %s; task data: %s",
+                                pluralize(event.task.attempts, "attempt"), event.provider_name, event.reason,
+                                str_capped(event.task_data, 200))
+        elif isinstance(event, events.WorkerFinished) and event.exc_info is not None:
+            self._failures[event.job_id][(event.provider_id, event.provider_name)] += 1
+            error = event.exception
+            reason = str(error) or repr(error) or "unexpected error"
+            if isinstance(error, CommandExecutionError):
+                summary_log.warning("Activity failed on provider '%s'; reason: %s", event.provider_name, reason)
+            else:
+                summary_log.warning("Worker for provider '%s' failed; reason: %s", event.provider_name, reason)
+        elif isinstance(event, events.JobFinished):
+            error = event.exception
+            if error is None:
+                started = self._job_started.get(event.job_id, time.time())
+                summary_log.info("Job finished in %.1fs", time.time() - started)
+            elif isinstance(error, asyncio.CancelledError):
+                summary_log.warning("Job cancelled")
+            else:
+                summary_log.error("Job failed, reason: %s", str(error) or repr(error) or "unexpected error")
+            self._job_summary(event.job_id)
+
+    def _job_summary(self, job_id: str) -> None:
+        agreements = self._job_agreements.pop(job_id, set())
+        tasks = self._tasks_by.pop(job_id, Counter())
+        summary_log.info("Negotiated %d agreements with %s", len(agreements),
+                         pluralize(len({self._names.get(a) for a in agreements}), "provider"))
+        for (_, name), count in tasks.items():
+            summary_log.info("Provider '%s' computed %s", name, pluralize(count, "task"))
+        for name in sorted({self._names.get(a, "?") for a in agreements} - {name for _, name in tasks}):
+            summary_log.info("Provider '%s' did not compute any tasks", name)
+        for (_, name), count in self._failures.pop(job_id, Counter()).items():
+            summary_log.info("Activity failed %s on provider '%s'", pluralize(count, "time"), name)
+
+
+def str_capped(thing: object, max_len: int) -> str:
+    """str(thing), cut to `max_len` characters with "..." at the end when longer."""
+    text = str(thing)
+    return text if len(text) <= max_len else (text[: max_len - 3] + "..." if max_len >= 3 else "...")
 
 
 def log_summary(wrapped_emitter: EventConsumer | None = None, stream_output: bool = False) -> EventConsumer:
