@@ -1,4 +1,4 @@
-"""The borders of the code's layout as pure functions, for tests/test_layout.py (README, "Layout").
+"""The borders of the code's layout as pure functions, for tests/test_layout.py (docs/layout.md).
 
 Everything here works on a map of module name -> source text, never on the files themselves, so a
 test can apply a rule to the tree as it is and to the same map with one offending line added (and

@@ -63,7 +63,7 @@ async def test_size_mismatch_is_data_loss(client: ContractClient, ready: str) ->
     [
         ("/golem/input/../../etc/passwd", grpc.StatusCode.INVALID_ARGUMENT, "contains '..'"),
         ("relative/file", grpc.StatusCode.INVALID_ARGUMENT, "must be absolute"),
-        ("/etc/passwd", grpc.StatusCode.FAILED_PRECONDITION, "root filesystem is read-only"),
+        ("/etc/passwd", grpc.StatusCode.FAILED_PRECONDITION, "only the image's volumes can be transferred"),
         ("/golem/inputs/x", grpc.StatusCode.FAILED_PRECONDITION, "/golem/input, /golem/output, /golem/work"),
         ("/golem/input", grpc.StatusCode.INVALID_ARGUMENT, "volume's root directory"),
     ],

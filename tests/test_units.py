@@ -104,8 +104,8 @@ class TestConfine:
         [
             ("/golem/work/../etc", errors.InvalidArgument, "contains '..'"),
             ("golem/work/x", errors.InvalidArgument, "must be absolute"),
-            ("/etc/passwd", errors.FailedPrecondition, "not under a writable volume"),
-            ("/golem/workshop/x", errors.FailedPrecondition, "not under a writable volume"),
+            ("/etc/passwd", errors.FailedPrecondition, "is not under a volume"),
+            ("/golem/workshop/x", errors.FailedPrecondition, "is not under a volume"),
             ("/golem/work", errors.InvalidArgument, "volume's root directory"),
         ],
     )

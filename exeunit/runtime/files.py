@@ -1,7 +1,7 @@
 """Files in and out of an activity's container, through the host directories of its volumes.
 
-Only the image's declared VOLUMEs are writable (the root filesystem is read-only), so transfers are
-confined to them. Their directories are on the host (see `exeunit.runtime.storage`), so the daemon reads
+Transfers reach only the image's declared VOLUMEs (the container's root is writable, as a VM's,
+but it is the engine's layer, not a directory of ours), so they are confined to them. Their directories are on the host (see `exeunit.runtime.storage`), so the daemon reads
 and writes them itself, without the engine. The container can change them at any moment (swap a
 directory for a symbolic link between a check and a use), so a path is never resolved by name: it is
 opened one component at a time, each relative to the directory already opened and refusing symbolic
@@ -67,8 +67,8 @@ def confine(path: str, volumes: tuple[str, ...]) -> Destination:
         if normalized == volume.rstrip("/"):
             raise errors.InvalidArgument(f"path {path!r} is a volume's root directory; name a file inside it")
     raise errors.FailedPrecondition(
-        f"path {path!r} is not under a writable volume: the container's root filesystem is read-only "
-        f"and only the image's volumes can be transferred to or from ({writable})"
+        f"path {path!r} is not under a volume: only the image's volumes can be transferred to or from "
+        f"({writable}); a command can copy a file from there to anywhere in the container"
     )
 
 

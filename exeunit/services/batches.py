@@ -262,7 +262,7 @@ class BatchQueue:
             self._store.forget_batches(self._activity_id)
         directory = self._journals.directory(self._activity_id)
         asyncio.get_running_loop().call_later(self._limits.replay_grace_seconds, self._release_when_read, directory,
-                                              None, RELEASE_GRACES_WHILE_READ)
+                                              None, RELEASE_GRACES_WHILE_READ - 1)
 
     def _release_when_read(self, directory: Path, progress: list[int] | None, graces_left: int) -> None:
         """Releases the batches once the replay grace passed, or, while readers are attached and
