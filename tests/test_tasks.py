@@ -11,7 +11,7 @@ import pytest
 
 from exeunit.domain.resources import LinearPricing, Resources
 from exeunit.v1.conventions import GIB
-from requestor import CommandExecutionError, Golem, Task, WorkContext, events
+from requestor import BatchTimeoutError, CommandExecutionError, Golem, Task, WorkContext, events
 from requestor.errors import JobTimeoutError, TaskFailedError, TaskTimeoutError
 from requestor.executor import TaskStatus
 from requestor.log import log_summary
@@ -346,3 +346,61 @@ async def test_an_exception_in_the_callers_loop_ends_the_job_and_golem_leaves(da
                 print(1 / 0, task)
     assert recorder.names(events.JobFinished, events.ShutdownFinished) == ["JobFinished", "ShutdownFinished"]
     assert [e.reason["golem.requestor.code"] for e in recorder.of(events.AgreementTerminated)] == ["Cancelled"]
+
+
+async def test_a_provider_that_goes_away_mid_task_loses_only_that_attempt(daemons: Daemons) -> None:
+    servers = {}
+    for name in ("provider-0", "provider-1"):
+        server = await daemons.start(name, capacity=Resources(cpu_threads=1, memory_bytes=2 * GIB, storage_bytes=4 * GIB))
+        servers[f"127.0.0.1:{server.port}"] = server
+    recorder = Recorder()
+    stopping: list[asyncio.Task[None]] = []
+    gone: list[str] = []
+
+    def consumer(event: events.Event) -> None:
+        recorder(event)
+        if isinstance(event, events.CommandStarted) and "sleep 30" in repr(event.command) and not stopping:
+            gone.append(event.agreement.address)
+            stopping.append(asyncio.create_task(servers[event.agreement.address].stop(grace=0)))
+
+    async def worker(ctx: WorkContext, tasks):
+        async for task in tasks:
+            script = ctx.new_script()
+            doomed = task.data == "doomed" and task.attempts == 1
+            result = script.run("/bin/sh", "-c", "sleep 30" if doomed else f"echo {task.data}")
+            yield script
+            task.accept_result(result=(await result).stdout.strip())
+
+    golem = Golem(budget=10.0, subnet_tag="public", providers=list(servers), event_consumer=consumer,
+                  unresponsive_after=1.0)
+    async with golem:
+        data = [Task(data="doomed"), Task(data="fine")]
+        done = [t async for t in golem.execute_tasks(worker, data, payload=await payload(), max_workers=2)]
+    await stopping[0]
+    assert sorted(t.result for t in done) == ["doomed", "fine"]
+    assert data[0].attempts == 2 and data[1].attempts == 1
+    failures = [e for e in recorder.of(events.WorkerFinished) if e.exception is not None]
+    assert len(failures) == 1, "only the worker on the provider that went away failed"
+    assert failures[0].agreement.address == gone[0]
+    assert isinstance(failures[0].exception, CommandExecutionError) and "ProviderShutdown" in str(failures[0].exception)
+    accepted = {e.task.data: e.agreement.address for e in recorder.of(events.TaskAccepted)}
+    assert accepted["doomed"] != gone[0]
+
+
+async def test_a_script_past_its_timeout_raises_batch_timeout_error_at_the_yield(daemons: Daemons) -> None:
+    addresses = await start_providers(daemons, 1)
+    recorder = Recorder()
+
+    async def worker(ctx: WorkContext, tasks):
+        async for task in tasks:
+            script = ctx.new_script(timeout=timedelta(seconds=0.5))
+            script.run("/bin/sh", "-c", "sleep 30")
+            try:
+                yield script
+            except BatchTimeoutError as exc:
+                task.accept_result(result=type(exc).__name__)
+
+    async with golem_for(addresses, recorder) as golem:
+        done = [t async for t in golem.execute_tasks(worker, [Task(data=1)], payload=await payload())]
+    assert [t.result for t in done] == ["BatchTimeoutError"]
+    assert not [e for e in recorder.of(events.WorkerFinished) if e.exception]
