@@ -404,3 +404,24 @@ async def test_a_script_past_its_timeout_raises_batch_timeout_error_at_the_yield
         done = [t async for t in golem.execute_tasks(worker, [Task(data=1)], payload=await payload())]
     assert [t.result for t in done] == ["BatchTimeoutError"]
     assert not [e for e in recorder.of(events.WorkerFinished) if e.exception]
+
+
+async def test_data_that_raises_ends_the_job_with_its_error(daemons: Daemons) -> None:
+    addresses = await start_providers(daemons, 1)
+    recorder = Recorder()
+
+    def data():
+        yield Task(data="one")
+        yield Task(data="two")
+        raise LookupError("the source ran dry")
+
+    seen = []
+    async with golem_for(addresses, recorder) as golem:
+        with pytest.raises(LookupError, match="the source ran dry"):
+            async for task in golem.execute_tasks(echo_worker, data(), payload=await payload(), max_workers=1):
+                seen.append(task.result)
+        with pytest.raises(ValueError, match="max_workers and max_attempts must be at least 1"):
+            async for task in golem.execute_tasks(echo_worker, [], payload=await payload(), max_attempts=0):
+                pass
+    assert isinstance(recorder.of(events.JobFinished)[0].exception, LookupError)
+    assert all(e.reason["golem.requestor.code"] == "Cancelled" for e in recorder.of(events.AgreementTerminated))

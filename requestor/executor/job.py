@@ -42,8 +42,8 @@ class TaskJob:
         timeout = timeout or DEFAULT_EXECUTOR_TIMEOUT
         if isinstance(attempt_timeout, timedelta):
             attempt_timeout = attempt_timeout.total_seconds()
-        if max_workers < 1:
-            raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        if max_workers < 1 or max_attempts < 1:
+            raise ValueError(f"max_workers and max_attempts must be at least 1, got {max_workers}, {max_attempts}")
         self.job = events.Job(id=job_id, payload=payload, expiration=datetime.now(timezone.utc) + timeout)
         self._engine = engine
         self._worker = worker
@@ -187,7 +187,7 @@ class TaskJob:
             if worker.error is not None:
                 self._failed_providers.add(worker.ctx.provider_id)
         if isinstance(failure, (NoMatchingProviderError, BudgetExceededError)):
-            if not any(w.ctx is not None for w in self._workers) and not self.queue.all_done():
+            if not self._workers and not self.queue.all_done():
                 self._fatal = failure  # no worker, and none can be had
             else:
                 self._retry_delay = min(max(self._retry_delay * 2, PLACEMENT_RETRY_FIRST), PLACEMENT_RETRY_MAX)
