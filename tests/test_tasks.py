@@ -425,3 +425,26 @@ async def test_data_that_raises_ends_the_job_with_its_error(daemons: Daemons) ->
                 pass
     assert isinstance(recorder.of(events.JobFinished)[0].exception, LookupError)
     assert all(e.reason["golem.requestor.code"] == "Cancelled" for e in recorder.of(events.AgreementTerminated))
+
+
+async def test_without_implicit_init_the_worker_deploys_and_starts_itself(daemons: Daemons) -> None:
+    addresses = await start_providers(daemons, 1)
+    recorder = Recorder()
+
+    async def worker(ctx: WorkContext, tasks):
+        script = ctx.new_script()
+        script.deploy()
+        script.start()
+        yield script
+        async for task in tasks:
+            script = ctx.new_script()
+            result = script.run("/bin/echo", task.data)
+            yield script
+            task.accept_result(result=(await result).stdout.strip())
+
+    async with golem_for(addresses, recorder) as golem:
+        done = [t async for t in golem.execute_tasks(worker, [Task(data="hi")], payload=await payload(),
+                                                       implicit_init=False)]
+    assert [t.result for t in done] == ["hi"]
+    sent = [e.script for e in recorder.of(events.ScriptSent)]
+    assert [repr(c) for c in sent[0].commands] == ["deploy", "start"] and len(sent) == 2, "no implicit init"
