@@ -205,24 +205,16 @@ async def test_a_task_out_of_attempts_is_reported_failed_after_the_others(daemon
     assert any(line.startswith("Job failed, reason: 1 task(s) failed") for line in lines)
 
 
-class Waiter:
-    """An event consumer that lets a test wait for one kind of event, without sleeping."""
-
-    def __init__(self, recorder: Recorder, kind: type[events.Event]) -> None:
-        self._recorder = recorder
-        self._kind = kind
-        self.seen = asyncio.Event()
-
-    def __call__(self, event: events.Event) -> None:
-        self._recorder(event)
-        if isinstance(event, self._kind):
-            self.seen.set()
-
-
 async def test_an_endless_async_generator_is_read_as_needed_and_break_ends_the_job(daemons: Daemons) -> None:
     addresses = await start_providers(daemons, 2)
     recorder = Recorder()
-    finished = Waiter(recorder, events.JobFinished)
+    finished = asyncio.Event()  # the job's end, waited for without sleeping
+
+    def consumer(event: events.Event) -> None:
+        recorder(event)
+        if isinstance(event, events.JobFinished):
+            finished.set()
+
     read = 0
 
     async def endless():
@@ -233,7 +225,7 @@ async def test_an_endless_async_generator_is_read_as_needed_and_break_ends_the_j
             yield Task(data=f"n{n}")
             n += 1
 
-    golem = Golem(budget=10.0, subnet_tag="public", providers=addresses, event_consumer=finished)
+    golem = Golem(budget=10.0, subnet_tag="public", providers=addresses, event_consumer=consumer)
     await golem.start()
     try:
         results = []
@@ -241,7 +233,7 @@ async def test_an_endless_async_generator_is_read_as_needed_and_break_ends_the_j
             results.append(task.result)
             if len(results) == 5:
                 break
-        await asyncio.wait_for(finished.seen.wait(), 30)  # the job ends by itself once the loop is left
+        await asyncio.wait_for(finished.wait(), 30)  # the job ends by itself once the loop is left
         started = {e.task for e in recorder.of(events.TaskStarted)}
         assert read <= len(started) + 2, "data is read no further than a lookahead of max_workers"
         assert len(started) < 20, "the workers stopped once the loop was left"
