@@ -185,3 +185,17 @@ def test_quoted_paths_and_tests_exist(page: Path) -> None:
     tests = sorted(set(TEST_NAME.findall(text)) - defined_tests())
     assert not paths, f"{page.relative_to(ROOT)} quotes paths that do not exist: {paths}"
     assert not tests, f"{page.relative_to(ROOT)} names tests that are not defined: {tests}"
+
+
+def test_the_bench_table_is_the_records() -> None:
+    """docs/bench.md's table is what `python bench/report.py` renders from bench/latest.json: no
+    figure in the docs without the full run behind it (re-render with `--write docs/bench.md`)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "bench/report.py", "--check", "docs/bench.md"], cwd=root,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = (root / "bench" / "latest.json").read_text()
+    assert '"mode": "full"' in record and '"only": null' in record, "the record must be a full run of every case"
