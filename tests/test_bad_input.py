@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 
@@ -13,6 +11,7 @@ from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
 from tests.client import ContractClient, expiration
 from tests.conftest import BASE_IMAGE, Daemons
+from tests.waiting import until
 
 
 async def rpc_error(awaitable) -> grpc.aio.AioRpcError:
@@ -230,28 +229,38 @@ async def test_agreements_longer_than_the_providers_maximum_are_refused(daemons:
 
 async def test_an_agreement_without_a_live_activity_gives_its_capacity_back(daemons: Daemons) -> None:
     server = await daemons.start(agreement_idle_seconds=0.5,
-                                 capacity=Resources(cpu_threads=1, memory_bytes=GIB, storage_bytes=4 * GIB))
+                                 capacity=Resources(cpu_threads=2, memory_bytes=GIB, storage_bytes=4 * GIB))
     async with ContractClient(f"127.0.0.1:{server.port}", "r") as client:
-        idle = await client.agreement(BASE_IMAGE)
+        idle = await client.agreement(BASE_IMAGE, min_cpu_threads=2)
         err = await rpc_error(client.propose(client.demand(BASE_IMAGE)))
-        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # the idle agreement holds the only thread
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # the idle agreement holds every thread
         await wait_for_agreement_state(client, idle, mkt.AGREEMENT_STATE_TERMINATED)
         ended = await client.market.GetAgreement(mkt.GetAgreementRequest(agreement_id=idle), metadata=client.metadata)
         assert ended.agreement.termination_reason == "Idle"
         # an agreement with a live activity is not idle; once its activity ends, it is again
         activity_id = await client.new_activity(BASE_IMAGE)
         agreement_id = (await client.state(activity_id)).agreement_id
-        await asyncio.sleep(1.0)  # twice the idle time: the live activity keeps the agreement
+        # A negative check ("its idle timer does not fire") made without a fixed sleep: a witness
+        # agreement made after it, with no activity, ends Idle; its timer, armed later for the same
+        # time, fires after the activity's agreement's would have, so by then that one has had its chance.
+        witness = await client.agreement(BASE_IMAGE)
+        witnessed = await wait_for_agreement_state(client, witness, mkt.AGREEMENT_STATE_TERMINATED)
+        assert witnessed.termination_reason == "Idle", witnessed
         agreement = await client.market.GetAgreement(mkt.GetAgreementRequest(agreement_id=agreement_id), metadata=client.metadata)
-        assert agreement.agreement.state == mkt.AGREEMENT_STATE_APPROVED
+        assert agreement.agreement.state == mkt.AGREEMENT_STATE_APPROVED, \
+            f"the live activity's agreement ended: {agreement.agreement.termination_reason}: {agreement.agreement.termination_message}"
         await client.destroy(activity_id)
         await wait_for_agreement_state(client, agreement_id, mkt.AGREEMENT_STATE_TERMINATED)
 
 
-async def wait_for_agreement_state(client: ContractClient, agreement_id: str, state: int) -> None:
+async def wait_for_agreement_state(client: ContractClient, agreement_id: str, state: int) -> mkt.Agreement:
     request = mkt.GetAgreementRequest(agreement_id=agreement_id)
-    for _ in range(100):
-        if (await client.market.GetAgreement(request, metadata=client.metadata)).agreement.state == state:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"agreement {agreement_id} never reached state {state}")
+    seen: list[mkt.Agreement] = []
+
+    async def reached() -> bool:
+        seen[:] = [(await client.market.GetAgreement(request, metadata=client.metadata)).agreement]
+        return seen[0].state == state
+
+    await until(reached, lambda: f"agreement {agreement_id} is still {mkt.AgreementState.Name(seen[0].state)}, "
+                                 f"not {mkt.AgreementState.Name(state)}", timeout=10)
+    return seen[0]
