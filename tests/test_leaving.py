@@ -22,6 +22,7 @@ from requestor.services import ServiceState
 from tests.conftest import Daemons
 from tests.daemon_process import Daemon
 from tests.test_requestor_services import Forever, Recorder, golem_for, start_provider
+from tests.waiting import until
 
 S = ServiceState
 LIMIT = 6.0  # shutdown_timeout of these tests: handlers 3 s, agreements' end until 5 s, the rest by 6 s
@@ -30,6 +31,10 @@ SLACK = 1.0  # the loop's own scheduling, on a loaded machine
 
 def gave_up(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "event=shutdown_gave_up" in r.getMessage()]
+
+
+def links_lost(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "event=relay_link_lost" in r.getMessage()]
 
 
 async def leave_after(fault: str, simulated_lan: SimulatedLan, provider_daemons: Any) -> tuple[float, Any, str, Any]:
@@ -95,10 +100,12 @@ async def test_a_shutdown_handler_longer_than_the_time_is_cut_and_the_agreement_
     assert daemons.containers_of(server) == []  # the provider ended the agreement, and its container
 
 
-async def test_a_relay_link_to_a_provider_that_went_away_leaves_nothing_pending(tmp_path: Any) -> None:
+async def test_a_relay_link_to_a_provider_that_went_away_leaves_nothing_pending(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     """Each failed RelayFrames attempt used to leave grpc's request-iterator task waiting on the
     link's queue (one more a second while the provider is away); once the queue was dropped they
     were destroyed pending, and their generators' aclose() failed as 'already running'."""
+    caplog.set_level(logging.DEBUG, logger="requestor.relay")
     reported: list[dict[str, Any]] = []
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _, context: reported.append(context))
@@ -112,7 +119,8 @@ async def test_a_relay_link_to_a_provider_that_went_away_leaves_nothing_pending(
         before = asyncio.all_tasks()
         daemon.process.kill()
         daemon.process.wait()
-        await asyncio.sleep(3.5)  # three attempts at least, each failing
+        await until(lambda: len(links_lost(caplog)) >= 3,  # three attempts at least, each failing
+                    lambda: f"{len(links_lost(caplog))} failed relay attempts: {links_lost(caplog)}", timeout=15)
         assert len(asyncio.all_tasks() - before) <= 1, [t.get_coro() for t in asyncio.all_tasks() - before]
         await relay.close(timeout=2.0)
         await client.close()
