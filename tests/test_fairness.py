@@ -4,7 +4,7 @@ control calls nor outlive the provider's idle timeout, and what one requestor ho
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -12,12 +12,14 @@ import pytest
 from exeunit.domain.settings import ActivityLimits
 from exeunit.v1.conventions import GIB
 from exeunit.domain.resources import Resources
-from exeunit.services import telemetry
+from exeunit.services import telemetry, transfers
+from exeunit.services.fairness import IdleWatchdog
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1 import transfer_pb2 as xfer
 from tests.client import ContractClient
 from tests.conftest import BASE_IMAGE, Daemons
+from tests.waiting import until
 
 LIMITS = ActivityLimits(transfers_per_activity=3, transfers_per_requestor=4, transfer_idle_seconds=60.0)
 PROMPT = 10.0  # a control call that needs longer than this is stuck behind someone else's work
@@ -95,7 +97,22 @@ async def test_stalled_transfers_of_one_requestor_leave_others_control_calls_pro
         assert grpc.StatusCode.DATA_LOSS in codes and codes <= {grpc.StatusCode.DATA_LOSS, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
-async def test_transfers_that_stand_still_are_cut(daemons: Daemons) -> None:
+class _WatchedWatchdog(IdleWatchdog):
+    """The download's watchdog, as the provider's, that also counts the downloads it gave up on."""
+
+    fired = 0
+
+    def __init__(self, seconds: float, on_idle: Callable[[], None]) -> None:
+        def counted() -> None:
+            _WatchedWatchdog.fired += 1
+            on_idle()
+
+        super().__init__(seconds, counted)
+
+
+async def test_transfers_that_stand_still_are_cut(daemons: Daemons, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transfers, "IdleWatchdog", _WatchedWatchdog)
+    monkeypatch.setattr(_WatchedWatchdog, "fired", 0)
     server = await daemons.start(limits=ActivityLimits(transfer_idle_seconds=1.0))
     async with ContractClient(f"127.0.0.1:{server.port}", "slow") as client:
         activity_id = await client.ready_activity(BASE_IMAGE)
@@ -108,7 +125,9 @@ async def test_transfers_that_stand_still_are_cut(daemons: Daemons) -> None:
         assert big.succeeded
         unread = client.transfer.Download(xfer.DownloadRequest(activity_id=activity_id, path="/golem/output/big"),
                                           metadata=client.metadata)
-        await asyncio.sleep(3)  # the client reads nothing: the provider must give up on it
+        # the client reads nothing: the provider must give up on it (the client hears why when it reads on)
+        await until(lambda: _WatchedWatchdog.fired >= 1, lambda: "the provider has not given up on a download "
+                    f"that nobody reads for longer than its 1 s idle time ({_WatchedWatchdog.fired} cut)", timeout=15)
         with pytest.raises(grpc.aio.AioRpcError) as cut:
             async for _ in unread:
                 pass
@@ -150,10 +169,17 @@ async def test_ended_activities_are_forgotten_and_their_agreement_goes_on(daemon
 
         first = await new_activity()
         await client.destroy(first)
-        await asyncio.sleep(0.5)
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await client.state(first)
-        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        seen: list[str] = []
+
+        async def forgotten() -> bool:
+            try:
+                seen[:] = [act.ActivityState.Name((await client.state(first)).state)]
+            except grpc.aio.AioRpcError as err:
+                seen[:] = [f"{err.code().name}: {err.details()}"]
+                return err.code() == grpc.StatusCode.NOT_FOUND
+            return False
+
+        await until(forgotten, lambda: f"the ended activity is not forgotten (ended_retention_seconds=0.2): {seen}", timeout=10)
         second = await new_activity()  # the agreement still lists the forgotten one
         assert (await client.state(second)).state == act.ACTIVITY_STATE_NEW
 
