@@ -79,7 +79,8 @@ async def test_demands_that_do_not_match_are_refused_with_the_reason(client: Con
     assert response.refusal.reason == mkt.REFUSAL_REASON_INSUFFICIENT_RESOURCES
     response = await client.propose(client.demand(BASE_IMAGE, capabilities=["vpn", "gpu"]))
     assert response.refusal.reason == mkt.REFUSAL_REASON_MISSING_CAPABILITY
-    assert response.refusal.message == "demand needs capabilities gpu; this provider offers vpn"
+    assert response.refusal.message == ("demand needs capabilities gpu; this provider offers vpn, "
+                                        "golem.srv.caps.multi-activity")
 
 
 async def test_malformed_demands_are_invalid(client: ContractClient) -> None:

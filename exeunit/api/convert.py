@@ -155,8 +155,8 @@ AGREEMENT_STATES = {
 }
 
 
-def agreement_to_proto(agreement: Agreement) -> mkt.Agreement:
-    return mkt.Agreement(
+def agreement_to_proto(agreement: Agreement, usage: Usage | None = None) -> mkt.Agreement:
+    message = mkt.Agreement(
         agreement_id=agreement.agreement_id,
         provider_id=agreement.provider_id,
         requestor_id=agreement.requestor_id,
@@ -170,7 +170,14 @@ def agreement_to_proto(agreement: Agreement) -> mkt.Agreement:
         storage_bytes=agreement.reserved.storage_bytes,
         termination_reason=agreement.termination_reason,
         termination_message=agreement.termination_message,
+        activity_ids=agreement.activity_ids,
     )
+    if usage is not None:
+        message.usage.CopyFrom(mkt.AgreementUsage(
+            cpu_seconds=usage.cpu_seconds, duration=duration(usage.duration_seconds), cost=usage.cost,
+            counters=usage.counters, measured=timestamp(usage.measured),
+        ))
+    return message
 
 
 REFUSAL_REASONS = {

@@ -80,7 +80,8 @@ class MarketServicer(mkt_grpc.MarketServicer):
     @unary
     async def GetAgreement(self, request: mkt.GetAgreementRequest, context: Context, requestor_id: str) -> mkt.GetAgreementResponse:
         agreement = self.provider.agreement(requestor_id, _required(request.agreement_id, "agreement_id"))
-        return mkt.GetAgreementResponse(agreement=convert.agreement_to_proto(agreement))
+        usage = await self.provider.agreement_usage(agreement)
+        return mkt.GetAgreementResponse(agreement=convert.agreement_to_proto(agreement, usage))
 
     @unary
     async def TerminateAgreement(
@@ -89,7 +90,8 @@ class MarketServicer(mkt_grpc.MarketServicer):
         agreement = await self.provider.terminate_agreement(
             requestor_id, _required(request.agreement_id, "agreement_id"), request.reason, request.message
         )
-        return mkt.TerminateAgreementResponse(agreement=convert.agreement_to_proto(agreement))
+        usage = await self.provider.agreement_usage(agreement)
+        return mkt.TerminateAgreementResponse(agreement=convert.agreement_to_proto(agreement, usage))
 
 
 class NetworkServicer(net_grpc.NetworkServicer):

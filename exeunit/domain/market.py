@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import Enum
 
 from exeunit import errors
-from exeunit.domain.resources import LinearPricing, Resources, describe
+from exeunit.domain.resources import LinearPricing, Resources, Spent, describe
 from exeunit.domain.settings import ActivityLimits, ProviderSettings
 from exeunit.v1.conventions import DOCKER_VM_RUNTIME
 
@@ -115,7 +115,8 @@ class Agreement:
     state: AgreementState = AgreementState.APPROVED
     termination_reason: str = ""
     termination_message: str = ""
-    activity_ids: list[str] = field(default_factory=list)
+    activity_ids: list[str] = field(default_factory=list)  # oldest first; at most one live at a time
+    spent: Spent = field(default_factory=Spent)  # what its ended activities used
 
     @property
     def expiration(self) -> datetime:

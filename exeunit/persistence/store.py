@@ -24,7 +24,7 @@ from exeunit.domain.commands import Command, Deploy, Run, Start, Terminate, name
 from exeunit.domain.market import Agreement, AgreementState, Demand, ImageRef
 from exeunit.v1 import private_files
 from exeunit.v1.conventions import DOCKER_VM_RUNTIME
-from exeunit.domain.resources import LinearPricing, Resources
+from exeunit.domain.resources import LinearPricing, Resources, Spent
 from exeunit.domain.networks import NetworkRecord
 from exeunit.domain.records import ActivityRecord
 
@@ -182,6 +182,7 @@ def _agreement_record(agreement: Agreement) -> dict[str, Any]:
         "termination_reason": agreement.termination_reason,
         "termination_message": agreement.termination_message,
         "activity_ids": list(agreement.activity_ids),
+        "spent": {**vars(agreement.spent), "last_ended": _time(agreement.spent.last_ended)},
     }
 
 
@@ -208,7 +209,16 @@ def _agreement_from(record: dict[str, Any]) -> Agreement:
         termination_reason=record["termination_reason"],
         termination_message=record["termination_message"],
         activity_ids=list(record["activity_ids"]),
+        spent=_spent_from(record.get("spent")),  # absent in records of daemons before multi-activity
     )
+
+
+def _spent_from(stored: dict[str, Any] | None) -> Spent:
+    if not stored:
+        return Spent()
+    return Spent(cpu_seconds=stored["cpu_seconds"], duration_seconds=stored["duration_seconds"],
+                 counters=dict(stored["counters"]), billed=list(stored["billed"]),
+                 last_ended=_parse_time(stored["last_ended"]))
 
 
 def _activity_record(record: ActivityRecord) -> dict[str, Any]:

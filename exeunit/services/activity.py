@@ -384,15 +384,20 @@ class Activity:
         self._usage_read_at = loop.time()
         self._last_usage = (usage.cpu_seconds, usage.memory_bytes)
 
+    def counted(self, now: datetime) -> tuple[float, float, dict[str, float]]:
+        """(cpu seconds, duration seconds, counters) as last read: what its agreement is billed."""
+        started = self._started_at
+        duration = ((self._ended_at or now) - started).total_seconds() if started else 0.0
+        return self._last_usage[0], duration, dict(self._counters)
+
     async def usage(self) -> Usage:
+        """Its usage; its cost is its part of its agreement's: the start fee is on the first activity."""
         await self._refresh_usage()
         now = utcnow()
-        duration = 0.0
-        if self._started_at:
-            duration = ((self._ended_at or now) - self._started_at).total_seconds()
-        cpu, memory = self._last_usage
-        counters = dict(self._counters)
-        cost = self.agreement.pricing.cost(cpu, duration, counters)
+        cpu, duration, counters = self.counted(now)
+        memory = self._last_usage[1]
+        first = not self.agreement.activity_ids or self.agreement.activity_ids[0] == self.activity_id
+        cost = self.agreement.pricing.cost(cpu, duration, counters, start_fee=first)
         storage = 0
         if self.volumes is not None and self.state is not ActivityState.TERMINATED:
             try:

@@ -26,7 +26,7 @@ from exeunit.domain.market import Agreement, AgreementState, Demand, ImageRef, M
 from exeunit.domain.networks import NetworkOverlay, NetworkPlumbing, NetworkRecord, PrivateNetwork
 from exeunit.domain.event_log import MemoryPool
 from exeunit.domain.records import Journals, Store
-from exeunit.domain.reports import ActivityStatus, ActivitySummary, Usage
+from exeunit.domain.reports import ActivityStatus, ActivitySummary, Usage, agreement_usage
 from exeunit.domain.settings import TEST_COUNTERS_IMAGE, ActivityLimits, ProviderSettings
 from exeunit.domain.states import ActivityState
 from exeunit.runtime.files import Download, Upload
@@ -41,7 +41,7 @@ from exeunit.services.relay import RelayHub
 from exeunit.services.pacing import Pacer
 from exeunit.services.recovery import recover
 from exeunit.services.transfers import PortConnection, Transfers
-from exeunit.v1.conventions import TEST_COUNTERS_RUNTIME, VPN_CAPABILITY
+from exeunit.v1.conventions import MULTI_ACTIVITY_CAPABILITY, TEST_COUNTERS_RUNTIME, VPN_CAPABILITY
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,6 +74,8 @@ class Provider:
             settings = dataclasses.replace(settings, capabilities=(*settings.capabilities, VPN_CAPABILITY))
         elif self.networks.unavailable is not None:
             log.warning("event=networks_unavailable reason=%r", self.networks.unavailable)
+        if MULTI_ACTIVITY_CAPABILITY not in settings.capabilities:  # activities one after another
+            settings = dataclasses.replace(settings, capabilities=(*settings.capabilities, MULTI_ACTIVITY_CAPABILITY))
         self.settings = settings
         self.market = Market(settings)
         self._runtime = machinery.runtime
@@ -180,14 +182,17 @@ class Provider:
         await self.terminate(agreement, "Expired", f"the agreement expired at {agreement.expiration.isoformat()}")
 
     def arm_idle(self, agreement: Agreement) -> None:
-        """Ends the agreement if no activity is created under it within the idle time."""
+        """Ends the agreement if no activity is created under it within the idle time, counted
+        from its last activity's end (or its signing), through a restart too."""
         if agreement.state is not AgreementState.APPROVED:
             return
         self._disarm_idle(agreement)
         idle = self.settings.agreement_idle_seconds
+        since = agreement.spent.last_ended or agreement.created
+        delay = max(idle - (utcnow() - since).total_seconds(), 0.0)
         message = f"no activity ran under the agreement for {idle:g}s; capacity returned to the offer"
         self._idle[agreement.agreement_id] = asyncio.get_running_loop().call_later(
-            idle, lambda: self._spawn(self.terminate(agreement, "Idle", message))
+            delay, lambda: self._spawn(self.terminate(agreement, "Idle", message))
         )
 
     def _disarm_idle(self, agreement: Agreement) -> None:
@@ -208,6 +213,12 @@ class Provider:
         if agreement.requestor_id != requestor_id:
             raise errors.PermissionDenied(f"agreement {agreement_id} belongs to another requestor")
         return agreement
+
+    async def agreement_usage(self, agreement: Agreement) -> Usage:
+        """What the agreement used over all its activities, ended and live: it is billed as one."""
+        live = [self._activities[a] for a in self.live_activities(agreement)]
+        usages = await asyncio.gather(*(a.usage() for a in live))
+        return agreement_usage(agreement, {a.activity_id: u for a, u in zip(live, usages)}, utcnow())
 
     async def terminate_agreement(self, requestor_id: str, agreement_id: str, reason: str, message: str) -> Agreement:
         agreement = self.agreement(requestor_id, agreement_id)
@@ -273,7 +284,10 @@ class Provider:
                 if a in self._activities and self._activities[a].state is not ActivityState.TERMINATED]
 
     def new_activity(self, activity_id: str, agreement: Agreement) -> Activity:
-        def ended() -> None:
+        def ended() -> None:  # its usage goes to its agreement's bill, and the agreement may idle
+            now = utcnow()
+            if agreement.spent.add(activity_id, *activity.counted(now), activity.ended_at or now):
+                self._persist_agreement(agreement)
             self.arm_idle(agreement)
             self.forget_activity_later(activity.activity_id, self.settings.ended_retention_seconds)
 

@@ -96,7 +96,8 @@ class ActivityServicer:
 
     def CreateActivity(self, request, context):
         """Creates an activity under an agreement the caller owns. FAILED_PRECONDITION when the
-        agreement is terminated or already has a live activity.
+        agreement is terminated or already has a live activity (the message names it). An agreement
+        holds any number of activities one after another (the offer's "golem.srv.caps.multi-activity").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -16,6 +16,9 @@ DOCKER_VM_RUNTIME = "docker-vm"
 TEST_COUNTERS_RUNTIME = "test-counters"
 CUSTOM_COUNTER = "golem.usage.custom.counter"
 VPN_CAPABILITY = "vpn"  # an offer with it can join its activities to private networks (as Golem's vm)
+# An offer with it takes activities one after another on one agreement (at most one live at a
+# time), billed as one agreement: Golem's `golem.srv.caps.multi-activity`.
+MULTI_ACTIVITY_CAPABILITY = "golem.srv.caps.multi-activity"
 
 # Providers found without a list: DNS-SD over mDNS on a LAN (TXT: id, name, subnet, tls), and
 # DNS SRV records in a zone, whose target hosts may name the provider on each port in a TXT

@@ -183,7 +183,7 @@ class Demand(_message.Message):
     def __init__(self, image: _Optional[_Union[ImageRef, _Mapping]] = ..., min_memory_bytes: _Optional[int] = ..., min_storage_bytes: _Optional[int] = ..., min_cpu_threads: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., subnet_tag: _Optional[str] = ..., expiration: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., runtime: _Optional[str] = ...) -> None: ...
 
 class Agreement(_message.Message):
-    __slots__ = ("agreement_id", "provider_id", "requestor_id", "demand", "pricing", "state", "created", "expiration", "cpu_threads", "memory_bytes", "storage_bytes", "termination_reason", "termination_message")
+    __slots__ = ("agreement_id", "provider_id", "requestor_id", "demand", "pricing", "state", "created", "expiration", "cpu_threads", "memory_bytes", "storage_bytes", "termination_reason", "termination_message", "activity_ids", "usage")
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTOR_ID_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +197,8 @@ class Agreement(_message.Message):
     STORAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     TERMINATION_REASON_FIELD_NUMBER: _ClassVar[int]
     TERMINATION_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_IDS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     agreement_id: str
     provider_id: str
     requestor_id: str
@@ -210,7 +212,30 @@ class Agreement(_message.Message):
     storage_bytes: int
     termination_reason: str
     termination_message: str
-    def __init__(self, agreement_id: _Optional[str] = ..., provider_id: _Optional[str] = ..., requestor_id: _Optional[str] = ..., demand: _Optional[_Union[Demand, _Mapping]] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., state: _Optional[_Union[AgreementState, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expiration: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., termination_reason: _Optional[str] = ..., termination_message: _Optional[str] = ...) -> None: ...
+    activity_ids: _containers.RepeatedScalarFieldContainer[str]
+    usage: AgreementUsage
+    def __init__(self, agreement_id: _Optional[str] = ..., provider_id: _Optional[str] = ..., requestor_id: _Optional[str] = ..., demand: _Optional[_Union[Demand, _Mapping]] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., state: _Optional[_Union[AgreementState, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expiration: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., termination_reason: _Optional[str] = ..., termination_message: _Optional[str] = ..., activity_ids: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[AgreementUsage, _Mapping]] = ...) -> None: ...
+
+class AgreementUsage(_message.Message):
+    __slots__ = ("cpu_seconds", "duration", "cost", "counters", "measured")
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_FIELD_NUMBER: _ClassVar[int]
+    cpu_seconds: float
+    duration: _duration_pb2.Duration
+    cost: float
+    counters: _containers.ScalarMap[str, float]
+    measured: _timestamp_pb2.Timestamp
+    def __init__(self, cpu_seconds: _Optional[float] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cost: _Optional[float] = ..., counters: _Optional[_Mapping[str, float]] = ..., measured: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Refusal(_message.Message):
     __slots__ = ("reason", "message")

@@ -77,7 +77,7 @@ class MarketServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAgreement(self, request, context):
-        """Returns an agreement. NOT_FOUND for an unknown id.
+        """Returns an agreement, with its usage over all its activities. NOT_FOUND for an unknown id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
