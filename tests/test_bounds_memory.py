@@ -22,17 +22,19 @@ from tests.client import ContractClient
 from tests.conftest import BASE_IMAGE
 from tests.daemon_process import Daemon
 from tests.test_bounds import MIB, rss_mib
+from tests.waiting import until
 
 OUTPUT_MIB, ACTIVITIES = 36, 4  # each activity's output, held in memory up to 32 MiB without the pool
 # What readers that do not read may cost the daemon: their streams' buffers (gRPC's, a journal read
 # each), not their output (measured: 27 MiB; 144 MiB with no bound per requestor).
 HELD_BOUND_MIB = 48
+WINDOW_MIB = 40  # --replay-window-mib
 
 
 @pytest.fixture
 def daemon() -> Iterator[Daemon]:
     running = Daemon("--output-memory-kib", str(32 << 10), "--output-memory-per-requestor-mib", "1",
-                     "--replay-window-mib", "40", "--journal-mib-per-activity", "48", "--cpu-overcommit", "4")
+                     "--replay-window-mib", str(WINDOW_MIB), "--journal-mib-per-activity", "48", "--cpu-overcommit", "4")
     yield running
     running.stop()
 
@@ -85,9 +87,13 @@ async def test_a_requestors_output_held_for_readers_that_do_not_read_stays_withi
         # Past the replay window the command waits for its reader, and the disk stays within the window.
         batch_id, call, read = await stalled_reader(client, activities[0], 120)
         journal = daemon.state_dir / "journals" / activities[0] / batch_id
-        await asyncio.sleep(5)  # far longer than printing 120 MiB takes
-        assert await batch_state(client, activities[0], batch_id) == act.BATCH_STATE_RUNNING
-        assert on_disk_mib(journal) <= 40 + 8
+        await until(lambda: on_disk_mib(journal) >= WINDOW_MIB - 1,  # within an output chunk of the window
+                    lambda: f"the journal holds {on_disk_mib(journal):.1f} MiB, short of the {WINDOW_MIB} MiB window",
+                    timeout=60)
+        state = await batch_state(client, activities[0], batch_id)
+        assert state == act.BATCH_STATE_RUNNING, \
+            f"the batch is {act.BatchState.Name(state)} with its reader stalled and {on_disk_mib(journal):.1f} MiB journaled"
+        assert on_disk_mib(journal) <= WINDOW_MIB + 8
         held = rss_mib(daemon) - baseline
         assert held < HELD_BOUND_MIB, f"the daemon grew by {held:.0f} MiB for a reader that does not read"
         assert read + await rest_of(call) == 120 * MIB  # whole, once read
@@ -95,8 +101,14 @@ async def test_a_requestors_output_held_for_readers_that_do_not_read_stays_withi
 
         # A batch forgotten past --journal-mib-per-activity tells a reader still behind why.
         batch_id, call, read = await stalled_reader(client, activities[1], OUTPUT_MIB)
-        while await batch_state(client, activities[1], batch_id) != act.BATCH_STATE_SUCCEEDED:
-            await asyncio.sleep(0.2)
+        states: list[int] = []
+
+        async def succeeded() -> bool:
+            states[:] = [await batch_state(client, activities[1], batch_id)]
+            return states[0] == act.BATCH_STATE_SUCCEEDED
+
+        await until(succeeded, lambda: f"a batch whose output fits in the replay window is {act.BatchState.Name(states[0])}",
+                    timeout=120, every=0.2)
         assert (await client.run_batch(activities[1], [client.run("/usr/bin/head", "-c", str(OUTPUT_MIB * MIB),
                                                                   "/dev/zero")])).succeeded
         with pytest.raises(grpc.aio.AioRpcError) as gone:
@@ -138,7 +150,7 @@ async def test_relayed_messages_past_the_requestors_queue_reset_the_session_nami
     with caplog.at_level(logging.WARNING, logger="exeunit.services.relay"):
         for _ in range(40):
             hub.from_agent("wire", "peer", message)
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0)  # one turn: the loop runs the 40 callbacks from_agent queued, in order, before this task
     fit = MIB // (len(message) + ITEM_OVERHEAD)
     assert hub.queued_bytes() == {"r": fit * (len(message) + ITEM_OVERHEAD)}
     assert hub.refused == 40 - fit and networks.overlay.lost == [("wire", "peer")]
