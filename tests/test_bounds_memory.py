@@ -87,9 +87,14 @@ async def test_a_requestors_output_held_for_readers_that_do_not_read_stays_withi
         # Past the replay window the command waits for its reader, and the disk stays within the window.
         batch_id, call, read = await stalled_reader(client, activities[0], 120)
         journal = daemon.state_dir / "journals" / activities[0] / batch_id
-        await until(lambda: on_disk_mib(journal) >= WINDOW_MIB - 1,  # within an output chunk of the window
-                    lambda: f"the journal holds {on_disk_mib(journal):.1f} MiB, short of the {WINDOW_MIB} MiB window",
-                    timeout=60)
+        sizes: list[float] = []
+
+        def stopped_at_the_window() -> bool:  # within an output chunk of it, and no longer growing
+            sizes.append(on_disk_mib(journal))
+            return len(sizes) > 1 and sizes[-1] == sizes[-2] >= WINDOW_MIB - 1
+
+        await until(stopped_at_the_window, lambda: f"the journal did not stop at the {WINDOW_MIB} MiB window; "
+                    f"its last sizes, MiB: {[round(size, 1) for size in sizes[-5:]]}", timeout=60, every=0.2)
         state = await batch_state(client, activities[0], batch_id)
         assert state == act.BATCH_STATE_RUNNING, \
             f"the batch is {act.BatchState.Name(state)} with its reader stalled and {on_disk_mib(journal):.1f} MiB journaled"
