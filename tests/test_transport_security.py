@@ -253,12 +253,14 @@ async def test_a_connected_requestor_finds_a_restarted_provider_again_over_tls(
     before = await client.offer()
     provider.kill()
     provider.start()
-    after = None
-    for _ in range(50):
+    after, unreachable = None, None
+    for _ in range(50):  # a bounded poll while the restarted provider comes up
         try:
             after = await client.offer()
             break
-        except ProviderUnreachableError:
+        except ProviderUnreachableError as exc:
+            unreachable = exc
             await asyncio.sleep(0.2)
-    assert after is not None and after.provider_id == before.provider_id
+    assert after is not None, f"the restarted provider never answered over TLS: {unreachable}"
+    assert after.provider_id == before.provider_id
     await client.close()
