@@ -338,7 +338,7 @@ class _Stalled(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.flush()
         _Stalled.asked.set()
-        time.sleep(20)
+        time.sleep(20)  # the workload: a source that stands still, longer than the fetch waits for it
 
     def log_message(self, format: str, *args: object) -> None:
         pass

@@ -289,7 +289,7 @@ class _Trickle(http.server.BaseHTTPRequestHandler):
                 if self.path != "/silent":
                     self.wfile.write(b"x")
                     self.wfile.flush()
-                time.sleep(0.2)
+                time.sleep(0.2)  # slow on purpose: the workload is a source that trickles (or is silent)
         except OSError:
             pass
 

@@ -95,6 +95,8 @@ async def test_a_command_taken_up_after_a_restart_keeps_only_what_is_left_of_its
             before = await read_until_lines(client, activity_id, "timed", 1)
     finally:
         kill(first)
+    # the downtime is the workload, not a wait for something: the daemon stays away for the
+    # command's whole 6 s timeout (no daemon is there meanwhile to be asked anything)
     await asyncio.sleep(6)
     second = Daemon(state_dir=home)
     try:
@@ -227,9 +229,9 @@ async def test_a_requestor_rides_out_twenty_kills_at_random_moments(home: Path) 
             for _ in range(20):
                 done = len(instance.outputs)
                 await recorder.until(lambda: len(instance.outputs) > done)  # it works (again)
-                await asyncio.sleep(chance.uniform(0.0, 1.0))  # somewhere in its next commands
+                await asyncio.sleep(chance.uniform(0.0, 1.0))  # the workload: a kill somewhere in its next commands
                 kill(daemon)
-                await asyncio.sleep(chance.uniform(0.5, 4.0))
+                await asyncio.sleep(chance.uniform(0.5, 4.0))  # and a downtime of random length
                 daemon = await asyncio.to_thread(Daemon, *listen, state_dir=home)
                 assert instance.state is S.running, f"seed {seed}: {recorder.states(instance)} {instance.exc_info[1]!r}"
             done = len(instance.outputs)
