@@ -27,6 +27,7 @@ from requestor.client.identity import RequestorIdentity
 from requestor.payload import vm
 from tests.client import ContractClient
 from tests.conftest import BASE_IMAGE
+from tests.waiting import until
 
 SECRET_COMMAND = "secret-command-word-7f3a91"
 SECRET_OUTPUT = "secret-output-word-5d8e27"
@@ -65,8 +66,8 @@ async def test_a_requestor_on_another_host_runs_a_service_over_tls_and_nothing_t
         async with Golem(budget=1.0, providers=[provider.pinned_address]) as golem:
             cluster = await golem.run_service(Secretive)
             [instance] = cluster.instances
-            while instance.state is not ServiceState.terminated:
-                await asyncio.sleep(0.1)
+            await until(lambda: instance.state is ServiceState.terminated,
+                        lambda: f"the service instance is still {instance.state.name}", timeout=120)
             assert instance.printed.strip() == SECRET_OUTPUT
             assert instance.downloaded == SECRET_FILE
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:  # the capture sees what is in clear
