@@ -2,6 +2,8 @@
 
 It gathers offers, keeps the ones that match a payload, tries them cheapest first within the
 budget, signs agreements, creates activities, and at the end settles each agreement's real cost.
+Task workers' agreements on providers that take several activities one after another go back to
+a pool when their worker ends normally, for a later worker to take up (requestor.agreements_pool).
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TypeVar
 
 from requestor import events
+from requestor.agreements_pool import AgreementsPool, Reusable, multi_activity
 from requestor.budget import Budget, BudgetWatch, money
 from requestor.client import ActivityHandle, ProviderClient
 from requestor.errors import (
@@ -40,6 +44,7 @@ class _Attempt:
     capacity_busy: bool = False
     budget_error: BudgetExceededError | None = None
     on_agreement: Callable[[events.Agreement], None] | None = None  # told before the activity is made
+    reuse: bool = False  # a task worker's: its agreement may hold a next activity
 
 
 class Engine:
@@ -61,6 +66,8 @@ class Engine:
         self._live: dict[str, ActivityHandle] = {}  # by agreement id: what the budget watch reads
         self._budget_watch = BudgetWatch(budget, self._cost_of, self._end_all_for_budget)
         self._leave_by: float | None = None  # loop time by which releases end, once Golem is leaving
+        self.pool = AgreementsPool()  # agreements waiting for a next activity
+        self._reusable: dict[str, Reusable] = {}  # by agreement id: those an activity runs on now
 
     def leave_by(self, deadline: float) -> None:
         """Golem is leaving: every release from now on ends by `deadline` (loop time), giving up
@@ -68,13 +75,20 @@ class Engine:
         self._leave_by = deadline
 
     async def close(self) -> None:
+        """Ends the agreements kept for a next activity ("Success", as yapapi ends them once the
+        work is done), then the budget watch."""
+        await asyncio.gather(*(self._end_agreement(a.client, a.agreement, a.job, "Success", a.spent,
+                                                   "Successfully finished all work") for a in self.pool.drain()))
         await self._budget_watch.close()
 
-    async def _cost_of(self, agreement_id: str) -> float:
+    async def _cost_of(self, agreement_id: str) -> Decimal:
+        """The agreement's cost so far: its ended activities' and its live one's."""
         handle = self._live.get(agreement_id)
         if handle is None:  # released while the watch was reading the others
             raise RequestorError(f"agreement {agreement_id} has ended")
-        return (await handle.client.usage(handle.activity.id)).cost
+        reusable = self._reusable.get(agreement_id)
+        earlier = reusable.spent if reusable is not None else Decimal(0)
+        return earlier + money((await handle.client.usage(handle.activity.id)).cost)
 
     async def _end_all_for_budget(self, message: str) -> None:
         """Ends every live agreement; their instances learn it from their activities' end."""
@@ -101,19 +115,26 @@ class Engine:
 
     async def acquire(self, job: events.Job, avoid: set[str], stop: asyncio.Event,
                       only_provider: str | None = None, why_only: str = "",
-                      on_agreement: Callable[[events.Agreement], None] | None = None) -> ActivityHandle:
+                      on_agreement: Callable[[events.Agreement], None] | None = None,
+                      reuse: bool = False) -> ActivityHandle:
         """An activity on the best provider for the job's payload; providers in `avoid` (where
         the instance failed before) only when no other one takes it; with `only_provider`, on
         that provider or none (`why_only` says why, in the error). `on_agreement` is called with
         each agreement once confirmed, before its activity is created (a task worker starts there).
+        With `reuse` (task workers), an agreement from the pool for the same demand is taken up
+        first, and a new agreement on a multi-activity provider may go back to the pool at release.
 
         Waits while matching providers are only busy; raises NoMatchingProviderError when none
         can ever take it, BudgetExceededError when the budget is what stands in the way.
         """
         payload: VmPackage = job.payload
+        if reuse:
+            taken = await self._take_up(job, avoid, only_provider, on_agreement)
+            if taken is not None:
+                return taken
         delay = 0.5
         while True:
-            attempt = _Attempt(reasons={}, on_agreement=on_agreement)
+            attempt = _Attempt(reasons={}, on_agreement=on_agreement, reuse=reuse)
             handle = await self._try_providers(job, payload, avoid, attempt, only_provider, why_only)
             if handle is not None:
                 return handle
@@ -201,14 +222,46 @@ class Engine:
             self.emit(events.ActivityCreateFailed(job=job, agreement=agreement, exc_info=(type(exc), exc, exc.__traceback__)))
             await self._end_agreement(client, agreement, job, "ActivityCreateFailed", 0.0)
             return None
-        handle = ActivityHandle(client, offer, agreement, events.Activity(activity_id))
+        if attempt.reuse and multi_activity(offer):
+            demand = _demand(job.payload, self.subnet_tag, job)
+            self._reusable[agreement.id] = Reusable(client, offer, agreement, agreement_info, demand, job)
+        return self._activated(job, ActivityHandle(client, offer, agreement, events.Activity(activity_id)),
+                               agreement_info.cpu_threads)
+
+    def _activated(self, job: events.Job, handle: ActivityHandle, cpu_threads: int) -> ActivityHandle:
+        agreement = handle.agreement
         self._live[agreement.id] = handle
-        self._budget_watch.add(agreement.id, _max_rate(offer.pricing, agreement_info.cpu_threads))
-        activity = handle.activity
-        self.emit(events.ActivityCreated(job=job, agreement=agreement, activity=activity))
+        self._budget_watch.add(agreement.id, _max_rate(handle.offer.pricing, cpu_threads))
+        self.emit(events.ActivityCreated(job=job, agreement=agreement, activity=handle.activity))
         log.debug("event=activity_ready job=%s provider=%s agreement=%s activity=%s",
-                 job.id, offer.provider_name, agreement.id, activity_id)
+                  job.id, handle.offer.provider_name, agreement.id, handle.activity.id)
         return handle
+
+    async def _take_up(self, job: events.Job, avoid: set[str], only_provider: str | None,
+                       on_agreement: Callable[[events.Agreement], None] | None) -> ActivityHandle | None:
+        """A new activity on an agreement from the pool signed for the same demand, or None. An
+        agreement that cannot take one (its provider ended it meanwhile, say) is ended."""
+        for late in self.pool.expiring(datetime.now(timezone.utc)):
+            await self._end_agreement(late.client, late.agreement, late.job, "Success", late.spent,
+                                      "Successfully finished all work")
+        demand = _demand(job.payload, self.subnet_tag, job)
+        while not self.budget.exhausted and (pooled := self.pool.take(demand, avoid, only_provider)) is not None:
+            pooled.job, agreement = job, pooled.agreement
+            log.debug("event=agreement_reused job=%s agreement=%s provider=%s", job.id, agreement.id,
+                      agreement.provider_name)
+            if on_agreement is not None:
+                on_agreement(agreement)
+            try:
+                activity_id = await pooled.client.create_activity(agreement.id)
+            except RequestorError as exc:
+                self.emit(events.ActivityCreateFailed(job=job, agreement=agreement,
+                                                      exc_info=(type(exc), exc, exc.__traceback__)))
+                await self._end_agreement(pooled.client, agreement, job, "ActivityCreateFailed", pooled.spent)
+                continue
+            self._reusable[agreement.id] = pooled
+            handle = ActivityHandle(pooled.client, pooled.offer, agreement, events.Activity(activity_id))
+            return self._activated(job, handle, pooled.info.cpu_threads)
+        return None
 
     async def resume(self, job: events.Job, provider: str | None, agreement_id: str, activity_id: str) -> ActivityHandle:
         """The activity a suspended instance left on `provider` (host:port[#id]; None: whichever
@@ -254,26 +307,39 @@ class Engine:
                  handle.activity.id, spent)
 
     async def release(self, handle: ActivityHandle, job: events.Job, error: BaseException | None,
-                      ending: tuple[str, str] | None = None) -> None:
+                      ending: tuple[str, str] | None = None, keep: bool = False) -> None:
         """Reads the final cost, destroys the activity and ends the agreement. Never raises.
         `ending` is the agreement's (reason, message) as yapapi's task executor gives them
-        (("Success", ...), ("Cancelled", ...)); by default "Finished", or "Failure" after `error`."""
+        (("Success", ...), ("Cancelled", ...)); by default "Finished", or "Failure" after `error`.
+        With `keep` (a task worker that ended normally), an agreement that may hold a next
+        activity goes to the pool instead, while Golem is not leaving and the budget lasts."""
         client = handle.client
         self._live.pop(handle.agreement.id, None)
         self._budget_watch.discard(handle.agreement.id)
-        cost: float | Decimal = self.budget.accrued_for(handle.agreement.id)  # the last reading, unless read now
+        reusable = self._reusable.pop(handle.agreement.id, None)
+        cost: Decimal = self.budget.accrued_for(handle.agreement.id)  # the last reading, unless read now
         try:  # each call gets a share of what is left when leaving: the agreement's end gets the most
-            cost = (await self._ending("usage", handle.agreement, client.usage(handle.activity.id), 4)).cost
+            usage = await self._ending("usage", handle.agreement, client.usage(handle.activity.id), 4)
+            cost = (reusable.spent if reusable is not None else Decimal(0)) + money(usage.cost)
         except RequestorError as exc:
             log.warning("event=usage_unknown agreement=%s error=%s counted=%s", handle.agreement.id, exc, cost)
         except TimeoutError:
             pass  # said by _ending
+        destroyed = False
         try:
             await self._ending("destroy_activity", handle.agreement, client.destroy(handle.activity.id), 3)
+            destroyed = True
         except RequestorError as exc:
             log.warning("event=destroy_failed activity=%s error=%s", handle.activity.id, exc)
         except TimeoutError:
             pass
+        if (keep and error is None and destroyed and reusable is not None and self._leave_by is None
+                and not self.budget.exhausted):
+            reusable.spent = cost
+            self.budget.accrue(handle.agreement.id, cost)
+            self.pool.put(reusable)
+            log.debug("event=agreement_pooled agreement=%s spent=%s", handle.agreement.id, cost)
+            return
         reason, message = ending or ("Failure" if error is not None else "Finished", "")
         await self._end_agreement(client, handle.agreement, job, reason, cost, message)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -16,6 +17,9 @@ from exeunit.domain.resources import LinearPricing
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1.conventions import MULTI_ACTIVITY_CAPABILITY
+from requestor import Golem, Task, events
+from requestor.log import log_summary
+from requestor.payload import vm
 from tests.client import ContractClient
 from tests.conftest import BASE_IMAGE, Daemons
 from tests.daemon_process import Daemon
@@ -167,3 +171,82 @@ async def test_a_restart_keeps_the_agreement_usable_and_its_usage(tmp_path) -> N
             assert after.cost == pytest.approx(0.1 * after.cpu_seconds + 0.001 * seconds(after.duration))
     finally:
         second.stop()
+
+
+async def one_task_worker(ctx, tasks):
+    """As goth's multi-activity requestor's: computes one task and ends (normally)."""
+    async for task in tasks:
+        script = ctx.new_script()
+        result = script.run("/bin/sh", "-c", f"echo {task.data}")
+        yield script
+        task.accept_result(result=(await result).stdout.strip())
+        return
+
+
+async def test_two_jobs_one_after_another_run_on_one_agreement(daemons: Daemons) -> None:
+    server = await daemons.start(pricing=PRICING)
+    seen: list[events.Event] = []
+    package = await vm.repo(image_tag=BASE_IMAGE, min_mem_gib=0.25, min_storage_gib=0.5)
+    async with Golem(budget=10.0, subnet_tag="public", providers=[f"127.0.0.1:{server.port}"],
+                     event_consumer=log_summary(seen.append)) as golem:
+        results = []
+        for job in ("first", "second"):
+            async for task in golem.execute_tasks(one_task_worker, [Task(data=f"{job}-{n}") for n in range(2)],
+                                                  payload=package, max_workers=1, timeout=timedelta(minutes=2)):
+                results.append(task.result)
+        assert sorted(results) == ["first-0", "first-1", "second-0", "second-1"]
+        assert not [e for e in seen if isinstance(e, events.AgreementTerminated)]  # kept for a next activity
+    created = [e for e in seen if isinstance(e, events.AgreementCreated)]
+    confirmed = [e for e in seen if isinstance(e, events.AgreementConfirmed)]
+    assert len(created) == len(confirmed) == 1, created
+    agreement_id = created[0].agreement.id
+    activities = [e for e in seen if isinstance(e, events.ActivityCreated)]
+    assert len(activities) == 4  # one worker per task: each a new activity on the one agreement
+    assert {e.agreement.id for e in activities} == {agreement_id}
+    assert len({e.activity.id for e in activities}) == 4
+    assert len({e.job_id for e in activities}) == 2  # both jobs
+    finished = [e for e in seen if isinstance(e, events.WorkerFinished)]
+    assert len(finished) == 4 and all(e.exc_info is None for e in finished)
+    assert {e.agreement.id for e in finished} == {agreement_id}
+    terminated = [e for e in seen if isinstance(e, events.AgreementTerminated)]
+    assert len(terminated) == 1 and terminated[0].agreement.id == agreement_id
+    assert terminated[0].reason["golem.requestor.code"] == "Success"
+    names = [type(e).__name__ for e in seen]
+    assert names.index("AgreementTerminated") > max(i for i, n in enumerate(names) if n == "JobFinished")
+    assert names[-1] == "ShutdownFinished"
+    async with ContractClient(f"127.0.0.1:{server.port}", None, identity=golem.identity) as client:
+        agreement = await get_agreement(client, agreement_id)
+    assert agreement.state == mkt.AGREEMENT_STATE_TERMINATED and agreement.termination_reason == "Success"
+    assert len(agreement.activity_ids) == 4
+    cost = [e for e in seen if isinstance(e, events.InvoiceAccepted)]
+    # One start fee (1.0) for the four activities; each activity's usage is read just before it is
+    # destroyed, so the provider's bill has a few more milliseconds of duration.
+    assert len(cost) == 1 and float(cost[0].amount) == pytest.approx(agreement.usage.cost, abs=0.01)
+    assert agreement.usage.cost < 2 * PRICING.start_fee
+
+
+async def test_a_failed_workers_agreement_ends_and_the_next_worker_signs_anew(daemons: Daemons) -> None:
+    server = await daemons.start()
+    seen: list[events.Event] = []
+    failed_once: list[str] = []
+
+    async def failing_first(ctx, tasks):
+        async for task in tasks:
+            if not failed_once:
+                failed_once.append("failed")
+                raise RuntimeError("the first worker fails")
+            script = ctx.new_script()
+            script.run("/bin/true")
+            yield script
+            task.accept_result(result="done")
+
+    package = await vm.repo(image_tag=BASE_IMAGE, min_mem_gib=0.25, min_storage_gib=0.5)
+    async with Golem(budget=10.0, subnet_tag="public", providers=[f"127.0.0.1:{server.port}"],
+                     event_consumer=seen.append) as golem:
+        done = [t async for t in golem.execute_tasks(failing_first, [Task(data=1)], payload=package, max_workers=1)]
+        assert [t.result for t in done] == ["done"]
+    created = [e.agreement.id for e in seen if isinstance(e, events.AgreementCreated)]
+    assert len(created) == 2  # the failed worker's agreement was not taken up again
+    terminated = {e.agreement.id: e.reason["golem.requestor.code"] for e in seen
+                  if isinstance(e, events.AgreementTerminated)}
+    assert terminated == {created[0]: "Cancelled", created[1]: "Success"}

@@ -5,9 +5,10 @@ The caller's worker is `async def worker(ctx, tasks)`: it takes tasks from `task
 scripts; each script runs on the activity and its result goes back at the `yield` (a failed
 command, a timed-out script or a lost provider raised there, as yapapi throws them). A worker that
 raises, or one of whose attempts runs past its time, ends: its activity is destroyed, its
-agreement ended ("Cancelled"), and the tasks it held go back to the queue. One activity per
-agreement for now: a worker is where a next activity on the same agreement would be taken
-(provider multi-activity agreements), without the job noticing.
+agreement ended ("Cancelled"), and the tasks it held go back to the queue. A worker that ends
+normally gives its agreement back to the engine's pool when its provider takes activities one
+after another (requestor.agreements_pool): a later worker, of this job or another, takes it up
+with a new activity instead of a new agreement, as yapapi's do.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ class Providers(Protocol):
 
     async def acquire(self, job: events.Job, avoid: set[str], stop: asyncio.Event, only_provider: str | None = None,
                       why_only: str = "", on_agreement: Callable[[events.Agreement], None] | None = None,
-                      ) -> ActivityHandle: ...
+                      reuse: bool = False) -> ActivityHandle: ...
 
     async def release(self, handle: ActivityHandle, job: events.Job, error: BaseException | None,
-                      ending: tuple[str, str] | None = None) -> None: ...
+                      ending: tuple[str, str] | None = None, keep: bool = False) -> None: ...
 
 
 class Worker:
@@ -91,7 +92,7 @@ class Worker:
 
     async def run(self, avoid: set[str]) -> None:
         try:
-            handle = await self._engine.acquire(self._job, avoid, self._stop, on_agreement=self._agreed)
+            handle = await self._engine.acquire(self._job, avoid, self._stop, on_agreement=self._agreed, reuse=True)
         except RequestorError:
             if self._stop.is_set():
                 return  # stopped while looking for a provider
@@ -110,7 +111,7 @@ class Worker:
             ctx.emit(events.WorkerFinished, exc_info=exc_info)
             self._queue.leave(self, f"{type(self.error).__name__}: {self.error}" if self.error else "worker stopped")
             ending = CANCELLED if self.error is not None or cancelled else SUCCESS
-            await self._engine.release(handle, self._job, self.error, ending)
+            await self._engine.release(handle, self._job, self.error, ending, keep=ending is SUCCESS)
 
     def _agreed(self, agreement: events.Agreement) -> None:
         self._engine.emit(events.WorkerStarted(job=self._job, agreement=agreement))
