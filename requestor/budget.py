@@ -88,10 +88,10 @@ class BudgetWatch:
     budget's end is split in two, between POLL_SECONDS and MAX_POLL_SECONDS; so a budget far
     from its end costs the providers almost no readings."""
 
-    def __init__(self, budget: Budget, read_cost: Callable[[str], Awaitable[float]],
+    def __init__(self, budget: Budget, read_cost: Callable[[str], Awaitable[float | Decimal]],
                  end_all: Callable[[str], Awaitable[None]], interval: float = POLL_SECONDS) -> None:
         self._budget = budget
-        self._read_cost = read_cost  # agreement id -> its activity's cost now
+        self._read_cost = read_cost  # agreement id -> its cost now (its activities' so far)
         self._end_all = end_all  # ends every live agreement, with the message given
         self._interval = interval  # the shortest time between readings
         self._live: dict[str, Decimal] = {}  # agreement id -> the most it can spend per second
