@@ -88,9 +88,7 @@ class ProviderHalf:
                 self.paths.remove(found[-1])
                 return found[-1]["networks"]
             time.sleep(0.02)
-        code = self.agent.process.poll()
-        raise AssertionError(f"the agent did not answer with its stats within {timeout:g} s "
-                             f"({'still running' if code is None else f'it ended with {code}'})")
+        raise AssertionError(f"no stats from the agent in {timeout:g} s (its exit code: {self.agent.process.poll()})")
 
     def close(self) -> None:
         self.agent.close()
@@ -226,11 +224,9 @@ def test_relayed_messages_replayed_after_a_restart_reach_no_member(simulated_lan
     made[1].relay = lambda sender, network, peer, message: answers.append(message)
     for sender, _, network, message in recorded:
         made[1].agent.relay_in(network, sender, message)
-    # the agent reads its control channel in order: it answers the stats once it has taken every
-    # relayed message (and sent its answers, on the same channel, before the stats)
+    # its control channel is in order: it answers stats once it has taken (and answered) every message
     assert made[1].stats()["net-1"]["delivered"] == before == 0
-    assert answers and all(a[:1] in (b"X", b"h", b"T", b"P") for a in answers), \
-        f"the kinds of the agent's answers to {len(recorded)} replayed messages: {sorted({a[:1] for a in answers})}"
+    assert answers and all(a[:1] in (b"X", b"h", b"T", b"P") for a in answers), sorted({a[:1] for a in answers})
     assert any(a[:1] == b"X" for a in answers), "records of a session it never had were not refused"
 
 
@@ -306,9 +302,7 @@ def test_a_member_cannot_pass_for_another_and_a_removed_one_is_cut_off(simulated
     # the requestor removes the third member from a and b: its links go, and it cannot come back
     for half in (a, b):
         half.agent.set_peers("net-1", {h.node: h.endpoint for h in (a, b)})
-    # stats come after the new peers on the agent's control channel: they show the third one gone
-    peers = {half.node: half.stats()["net-1"]["peers"] for half in (a, b)}
-    assert peers == {a.node: 1, b.node: 1}, f"peers each of a and b still has: {peers}"
+    assert [half.stats()["net-1"]["peers"] for half in (a, b)] == [1, 1], "a or b still counts the third as a peer"
     assert not reaches(third, a) and not reaches(third, b)
     assert reaches(a, b)
 
@@ -424,8 +418,7 @@ def test_a_strangers_relayed_bytes_end_no_agent(simulated_lan: SimulatedLan, hal
     unknown_curve = certificate.replace(bytes.fromhex("2a8648ce3d0201"), bytes.fromhex("2a8648ce3d0209"), 1)
     for message in (b"H" + bytes(8) + unknown_curve, b"H" + bytes(8) + b"junk", b"T" + bytes(3), b"", b"h" + bytes(8)):
         made[1].agent.relay_in("net-1", made[0].node, message)
-    # it answers stats only after it has taken every one of them (its control channel is in order)
-    assert made[1].stats()["net-1"]["peers"] == 1
+    assert made[1].stats()["net-1"]["peers"] == 1  # answered once it has taken them all (its channel is in order)
     assert made[1].agent.process.poll() is None, "the agent ended"
     assert reaches(made[0], made[1], seconds=8)
 
