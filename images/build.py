@@ -31,18 +31,19 @@ SUITE = "bookworm"
 BASE_PACKAGES = ["python3"]
 # The tutorial's base also draws its plots with Debian's matplotlib (pip has no registry here).
 PLOTS_BASE = "exeunit-debian-plots:bookworm"
-# The stand-ins of yapapi's example images (nginx, sshd, Flask) share one base of Debian's packages
-# in place of the Alpine and python:slim images they start from.
+# The stand-ins of yapapi's example images (nginx, sshd, Flask, python with GNU time) share one base
+# of Debian's packages in place of the Alpine and python:slim images they start from.
 SERVICES_BASE = "exeunit-debian-services:bookworm"
 SERVICES_PACKAGES = [*BASE_PACKAGES, "python-is-python3", "python3-pip", "bash", "procps", "iproute2", "net-tools",
-                     "nginx", "openssh-server", "inetutils-syslogd"]
+                     "nginx", "openssh-server", "inetutils-syslogd", "time"]
 DEBIAN_BASES = {DEBIAN_BASE: BASE_PACKAGES, PLOTS_BASE: [*BASE_PACKAGES, "python3-matplotlib"],
                 SERVICES_BASE: SERVICES_PACKAGES}
 # The Python of the Debian bases, for the wheels an image's requirements.txt asks for.
 IMAGE_PYTHON = "3.11"
 WHEEL_PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64")
 # Dockerfiles in build order; each is tagged exeunit-<folder>:latest.
-IMAGES = ["base", "simple-service", "webapp-db", "webapp-http", "webapp-fileupload", "http-proxy", "ssh"]
+IMAGES = ["base", "simple-service", "webapp-db", "webapp-http", "webapp-fileupload", "http-proxy", "ssh",
+          "hello-world", "market-strategy"]
 
 
 def say(message: str) -> None:
@@ -65,14 +66,6 @@ def debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def has_image(client: docker.DockerClient, tag: str) -> bool:
-    try:
-        client.images.get(tag)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
-
-
 CONTEXT_LABEL = "io.exeunit.context"  # what an image was built from: a changed Dockerfile rebuilds it
 
 
@@ -91,6 +84,18 @@ def up_to_date(client: docker.DockerClient, tag: str, digest: str) -> bool:
     except docker.errors.ImageNotFound:
         return False
     return labels.get(CONTEXT_LABEL) == digest
+
+
+def has_packages(client: docker.DockerClient, tag: str, packages: list[str]) -> bool:
+    """Whether the base `tag` exists with every one of `packages` installed (a base made before
+    a package was added to its list is built again)."""
+    try:
+        client.containers.run(tag, ["dpkg-query", "--show", *packages], remove=True, network_mode="none")
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+    except docker.errors.ContainerError:
+        return False
 
 
 def build_debian_base(client: docker.DockerClient, tag_name: str = DEBIAN_BASE) -> None:
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.base == DEBIAN_BASE:
         for base in DEBIAN_BASES:
-            if args.rebuild or not has_image(client, base):
+            if args.rebuild or not has_packages(client, base, DEBIAN_BASES[base]):
                 replacing(base)
                 build_debian_base(client, base)
     for name in IMAGES:
