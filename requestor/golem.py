@@ -25,7 +25,7 @@ from requestor.executor.job import TaskJob, new_job_id
 from requestor.executor.task import DEFAULT_MAX_ATTEMPTS, Task
 from requestor.executor.worker import WorkerFunction
 from requestor.leaving import DEFAULT_SHUTDOWN_TIMEOUT, ShutdownPlan, log_given_up
-from requestor.log import log_summary
+from requestor.log import log_event_repr, log_summary
 from requestor.client.identity import RequestorIdentity
 from requestor.network import Network
 from requestor.relay import Relay
@@ -68,7 +68,8 @@ class Golem:
       requestor.client.connect), or discovery sources: `"mdns"`, `"srv:_exeunit._tcp.DOMAIN"`
       (see requestor.discovery); without it `GOLEM_PROVIDERS` (comma-separated); without either,
       an embedded provider is started on loopback against the local Docker engine and stopped on exit.
-    - `event_consumer`: called with every event (default: `log_summary()`, readable log lines).
+    - `event_consumer`: called with every event (default, as yapapi's: `log_summary(log_event_repr)`,
+      readable lines, and each event's repr at DEBUG on the `requestor.events` logger).
     - `stream_output`: with the default consumer, log each command's output as it arrives.
     - `identity`: the requestor's key file (made on first use), or a RequestorIdentity; default
       `GOLEM_IDENTITY`, else `~/.config/golem/requestor-key.pem`. Providers know this requestor by
@@ -117,7 +118,7 @@ class Golem:
         self._shutdown_timeout = shutdown_timeout
         self._provider_addresses = _configured_providers(providers)
         self._consumers: list[tuple[EventConsumer, tuple[type[events.Event], ...]]] = []
-        self.add_event_consumer(event_consumer or log_summary(stream_output=stream_output))
+        self.add_event_consumer(event_consumer or log_summary(log_event_repr, stream_output=stream_output))
         if callable(getattr(self.strategy, "on_event", None)):  # strategies that learn from events
             self.add_event_consumer(self.strategy.on_event)
         self._embedded: EmbeddedProvider | None = None

@@ -3,7 +3,8 @@
 `log_summary()` is the consumer `Golem` uses unless given another: one line for each step a
 person follows (agreements proposed and confirmed, each instance's provider and state changes,
 failures with the failing command and its stderr, what each agreement cost, the total), with the
-wording yapapi's summary logger uses, so that what people and tests grep for is there. It wraps
+wording yapapi's summary logger uses, so that what people and tests grep for is there (a line about
+one job starts "[Job ID] ", as yapapi's; with several jobs at once, that tells them apart). It wraps
 another consumer when given one, as yapapi's does: `log_summary(log_event_repr)` logs every event
 too. The library never configures handlers itself; `enable_default_logger()` is for scripts.
 """
@@ -104,6 +105,7 @@ class SummaryLogger:
         self._job_agreements: dict[str, set[str]] = defaultdict(set)  # confirmed ones, by job id
         self._tasks_by: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)  # job -> (id, name) -> tasks
         self._failures: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)  # job -> (id, name) -> failures
+        self._offering: set[str] = set()  # providers whose offers were received
 
     def log(self, event: events.Event) -> None:
         if self._wrapped is not None:
@@ -114,12 +116,17 @@ class SummaryLogger:
             summary_log.exception("the summary logger failed on %r", event)
 
     def _handle(self, event: events.Event) -> None:
-        if isinstance(event, events.AgreementCreated):
+        if isinstance(event, events.ProposalReceived):
+            if event.provider_id not in self._offering:
+                self._offering.add(event.provider_id)
+                summary_log.info("Received proposals from %s so far", pluralize(len(self._offering), "provider"))
+        elif isinstance(event, events.AgreementCreated):
             self._names[event.agr_id] = event.provider_name
-            summary_log.info("Agreement proposed to provider '%s' (%s)", event.provider_name, event.provider_id)
+            summary_log.info("%sAgreement proposed to provider '%s' (%s)", _job(event), event.provider_name,
+                             event.provider_id)
         elif isinstance(event, events.AgreementConfirmed):
             self._job_agreements[event.job_id].add(event.agr_id)
-            summary_log.info("Agreement confirmed by provider '%s'", event.provider_name)
+            summary_log.info("%sAgreement confirmed by provider '%s'", _job(event), event.provider_name)
         elif isinstance(event, (events.JobStarted, events.JobFinished, events.TaskEvent, events.WorkerFinished)):
             self._handle_task_job(event)
         elif isinstance(event, events.ServiceStateChanged):
@@ -137,10 +144,11 @@ class SummaryLogger:
             )
         elif isinstance(event, events.InvoiceAccepted):
             self._costs[event.agr_id] = event.amount
-            summary_log.info("Accepted invoice from '%s', amount: %s", event.provider_name, event.amount)
+            summary_log.info("%sAccepted invoice from '%s', amount: %s", _job(event), event.provider_name, event.amount)
         elif isinstance(event, events.AgreementTerminated) and event.reason.get("message") not in ("Finished", "Success") \
                 and event.reason.get("golem.requestor.code") != "Success":
-            summary_log.info("Terminated agreement with %s (%s)", event.provider_name, event.reason.get("message"))
+            summary_log.info("%sTerminated agreement with %s (%s)", _job(event), event.provider_name,
+                             event.reason.get("message"))
         elif isinstance(event, events.ProposalRejected) and event.reason:
             summary_log.debug("Offer of %s not taken: %s", event.address, event.reason)
         elif isinstance(event, events.ShutdownFinished):
@@ -165,14 +173,14 @@ class SummaryLogger:
         if isinstance(event, events.JobStarted):
             self._job_started[event.job_id] = time.time()
         elif isinstance(event, events.TaskStarted):
-            summary_log.info("Task started on provider '%s', task data: %s", event.provider_name,
+            summary_log.info("%sTask started on provider '%s', task data: %s", _job(event), event.provider_name,
                              str_capped(event.task_data, 200))
         elif isinstance(event, events.TaskFinished):
-            summary_log.info("Task finished by provider '%s', task data: %s", event.provider_name,
+            summary_log.info("%sTask finished by provider '%s', task data: %s", _job(event), event.provider_name,
                              str_capped(event.task_data, 200))
             self._tasks_by[event.job_id][(event.provider_id, event.provider_name)] += 1
         elif isinstance(event, events.TaskFailed):
-            summary_log.warning("Task failed after %s, last on provider '%s'; reason: %s; task data: %s",
+            summary_log.warning("%sTask failed after %s, last on provider '%s'; reason: %s; task data: %s", _job(event),
                                 pluralize(event.task.attempts, "attempt"), event.provider_name, event.reason,
                                 str_capped(event.task_data, 200))
         elif isinstance(event, events.WorkerFinished) and event.exc_info is not None:
@@ -180,31 +188,40 @@ class SummaryLogger:
             error = event.exception
             reason = str(error) or repr(error) or "unexpected error"
             if isinstance(error, CommandExecutionError):
-                summary_log.warning("Activity failed on provider '%s'; reason: %s", event.provider_name, reason)
+                summary_log.warning("%sActivity failed on provider '%s'; reason: %s", _job(event), event.provider_name,
+                                    reason)
             else:
-                summary_log.warning("Worker for provider '%s' failed; reason: %s", event.provider_name, reason)
+                summary_log.warning("%sWorker for provider '%s' failed; reason: %s", _job(event), event.provider_name,
+                                    reason)
         elif isinstance(event, events.JobFinished):
             error = event.exception
             if error is None:
                 started = self._job_started.get(event.job_id, time.time())
-                summary_log.info("Job finished in %.1fs", time.time() - started)
+                summary_log.info("%sJob finished in %.1fs", _job(event), time.time() - started)
             elif isinstance(error, asyncio.CancelledError):
-                summary_log.warning("Job cancelled")
+                summary_log.warning("%sJob cancelled", _job(event))
             else:
-                summary_log.error("Job failed, reason: %s", str(error) or repr(error) or "unexpected error")
+                summary_log.error("%sJob failed, reason: %s", _job(event),
+                                  str(error) or repr(error) or "unexpected error")
             self._job_summary(event.job_id)
 
     def _job_summary(self, job_id: str) -> None:
         agreements = self._job_agreements.pop(job_id, set())
         tasks = self._tasks_by.pop(job_id, Counter())
-        summary_log.info("Negotiated %d agreements with %s", len(agreements),
+        job = f"[Job {job_id}] "
+        summary_log.info("%sNegotiated %d agreements with %s", job, len(agreements),
                          pluralize(len({self._names.get(a) for a in agreements}), "provider"))
         for (_, name), count in tasks.items():
-            summary_log.info("Provider '%s' computed %s", name, pluralize(count, "task"))
+            summary_log.info("%sProvider '%s' computed %s", job, name, pluralize(count, "task"))
         for name in sorted({self._names.get(a, "?") for a in agreements} - {name for _, name in tasks}):
-            summary_log.info("Provider '%s' did not compute any tasks", name)
+            summary_log.info("%sProvider '%s' did not compute any tasks", job, name)
         for (_, name), count in self._failures.pop(job_id, Counter()).items():
-            summary_log.info("Activity failed %s on provider '%s'", pluralize(count, "time"), name)
+            summary_log.info("%sActivity failed %s on provider '%s'", job, pluralize(count, "time"), name)
+
+
+def _job(event: events.JobEvent) -> str:
+    """What a line about one job starts with, as yapapi's: "[Job 1] "."""
+    return f"[Job {event.job_id}] "
 
 
 def str_capped(thing: object, max_len: int) -> str:

@@ -20,17 +20,24 @@ class Job:
 
 @dataclass(frozen=True)
 class Agreement:
-    """An agreement with one provider."""
+    """An agreement with one provider. Its repr is yapapi's, `Agreement(id=...)`: event reprs
+    carry it, and what reads them (goth's checks) matches on it."""
 
     id: str
     provider_id: str
     provider_name: str
     address: str
 
+    def __repr__(self) -> str:
+        return f"Agreement(id={self.id})"
+
 
 @dataclass(frozen=True)
 class Activity:
     id: str
+
+    def __repr__(self) -> str:
+        return f"Activity(id={self.id})"  # yapapi's
 
 
 # Providers' offers, and what the requestor asks of them
@@ -66,6 +73,17 @@ class Offer:
     capabilities: tuple[str, ...]
     runtimes: tuple[str, ...] = ()  # every runtime it runs (runtime_name first)
     overlay_port: int = 0  # where the other providers of a network spanning several reach it (0: none)
+
+    @property
+    def issuer(self) -> str:
+        """The provider's id (yapapi's `OfferProposal.issuer`, which strategies key their history by)."""
+        return self.provider_id
+
+    @property
+    def is_draft(self) -> bool:
+        """Always true: an offer here carries the terms an agreement is made on, as a draft (the
+        provider's answer to the demand) does in yapapi; there is no earlier, unanswered round."""
+        return True
 
     @property
     def overlay_endpoint(self) -> str:

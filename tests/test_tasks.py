@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -17,6 +18,9 @@ from requestor.executor import TaskStatus
 from requestor.log import log_summary
 from requestor.payload import vm
 from tests.conftest import BASE_IMAGE, Daemons
+
+
+JOB_PREFIX = re.compile(r"^\[Job [^]]+\] ")  # what the summary's lines about one job start with
 
 
 class Recorder:
@@ -97,7 +101,7 @@ async def test_tasks_over_two_workers_come_back_with_yapapis_events_in_order(dae
             assert tasks[n:n + 5] == ["TaskStarted", "ScriptSent", "CommandExecuted", "TaskAccepted", "TaskFinished"]
     assert all(e.reason["golem.requestor.code"] == "Success" for e in recorder.of(events.AgreementTerminated))
     assert not [e for e in recorder.of(events.WorkerFinished) if e.exception]
-    lines = [r.getMessage() for r in caplog.records if r.name == "requestor.summary"]
+    lines = [JOB_PREFIX.sub("", r.getMessage()) for r in caplog.records if r.name == "requestor.summary"]
     assert sum(line.startswith("Task started on provider 'provider-") for line in lines) == 6
     assert sum(line.startswith("Task finished by provider 'provider-") for line in lines) == 6
     assert any(line.startswith("Job finished in ") and line.endswith("s") for line in lines)
@@ -138,7 +142,7 @@ async def test_a_worker_that_raises_has_its_task_rescheduled_and_its_agreement_e
     retried = [t for t in done if t.attempts == 2]
     assert len(retried) == 1 and all(t.attempts == 1 for t in done if t not in retried)
     assert recorder.of(events.JobFinished)[0].exception is None
-    lines = [r.getMessage() for r in caplog.records if r.name == "requestor.summary"]
+    lines = [JOB_PREFIX.sub("", r.getMessage()) for r in caplog.records if r.name == "requestor.summary"]
     provider = failures[0].provider_name
     assert f"Activity failed on provider '{provider}'; reason: {failures[0].exception}" in lines
     assert f"Activity failed 1 time on provider '{provider}'" in lines
@@ -200,7 +204,7 @@ async def test_a_task_out_of_attempts_is_reported_failed_after_the_others(daemon
     assert [e.task for e in recorder.of(events.TaskFailed)] == [hopeless]
     assert len(recorder.of(events.TaskRejected)) == 3
     assert recorder.of(events.JobFinished)[0].exception is raised.value
-    lines = [r.getMessage() for r in caplog.records if r.name == "requestor.summary"]
+    lines = [JOB_PREFIX.sub("", r.getMessage()) for r in caplog.records if r.name == "requestor.summary"]
     assert any(line.startswith("Task failed after 3 attempts, last on provider 'provider-") for line in lines)
     assert any(line.startswith("Job failed, reason: 1 task(s) failed") for line in lines)
 
