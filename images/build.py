@@ -36,14 +36,16 @@ PLOTS_BASE = "exeunit-debian-plots:bookworm"
 SERVICES_BASE = "exeunit-debian-services:bookworm"
 SERVICES_PACKAGES = [*BASE_PACKAGES, "python-is-python3", "python3-pip", "bash", "procps", "iproute2", "net-tools",
                      "nginx", "openssh-server", "inetutils-syslogd", "time"]
+# The stand-in of yapapi's blender image renders with Debian's blender (3.4), installed without recommends.
+BLENDER_BASE = "exeunit-debian-blender:bookworm"
 DEBIAN_BASES = {DEBIAN_BASE: BASE_PACKAGES, PLOTS_BASE: [*BASE_PACKAGES, "python3-matplotlib"],
-                SERVICES_BASE: SERVICES_PACKAGES}
+                SERVICES_BASE: SERVICES_PACKAGES, BLENDER_BASE: [*BASE_PACKAGES, "blender"]}
 # The Python of the Debian bases, for the wheels an image's requirements.txt asks for.
 IMAGE_PYTHON = "3.11"
 WHEEL_PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64")
 # Dockerfiles in build order; each is tagged exeunit-<folder>:latest.
 IMAGES = ["base", "simple-service", "webapp-db", "webapp-http", "webapp-fileupload", "http-proxy", "ssh",
-          "hello-world", "market-strategy"]
+          "hello-world", "market-strategy", "blender"]
 
 
 def say(message: str) -> None:
