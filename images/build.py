@@ -38,14 +38,18 @@ SERVICES_PACKAGES = [*BASE_PACKAGES, "python-is-python3", "python3-pip", "bash",
                      "nginx", "openssh-server", "inetutils-syslogd", "time"]
 # The stand-in of yapapi's blender image renders with Debian's blender (3.4), installed without recommends.
 BLENDER_BASE = "exeunit-debian-blender:bookworm"
+# The stand-in of yapapi's yacat image cracks with Debian's hashcat on pocl, a CPU OpenCL runtime
+# (and the OpenCL loader hashcat opens it through).
+HASHCAT_BASE = "exeunit-debian-hashcat:bookworm"
 DEBIAN_BASES = {DEBIAN_BASE: BASE_PACKAGES, PLOTS_BASE: [*BASE_PACKAGES, "python3-matplotlib"],
-                SERVICES_BASE: SERVICES_PACKAGES, BLENDER_BASE: [*BASE_PACKAGES, "blender"]}
+                SERVICES_BASE: SERVICES_PACKAGES, BLENDER_BASE: [*BASE_PACKAGES, "blender"],
+                HASHCAT_BASE: [*BASE_PACKAGES, "hashcat", "pocl-opencl-icd", "ocl-icd-libopencl1"]}
 # The Python of the Debian bases, for the wheels an image's requirements.txt asks for.
 IMAGE_PYTHON = "3.11"
 WHEEL_PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64")
 # Dockerfiles in build order; each is tagged exeunit-<folder>:latest.
 IMAGES = ["base", "simple-service", "webapp-db", "webapp-http", "webapp-fileupload", "http-proxy", "ssh",
-          "hello-world", "market-strategy", "blender"]
+          "hello-world", "market-strategy", "blender", "yacat"]
 
 
 def say(message: str) -> None:
