@@ -42,6 +42,7 @@ class _Attempt:
 
     reasons: dict[str, str]
     capacity_busy: bool = False
+    strategy_refused: bool = False  # the market strategy turned an offer down (it may take it later)
     budget_error: BudgetExceededError | None = None
     on_agreement: Callable[[events.Agreement], None] | None = None  # told before the activity is made
     reuse: bool = False  # a task worker's: its agreement may hold a next activity
@@ -124,8 +125,11 @@ class Engine:
         With `reuse` (task workers), an agreement from the pool for the same demand is taken up
         first, and a new agreement on a multi-activity provider may go back to the pool at release.
 
-        Waits while matching providers are only busy; raises NoMatchingProviderError when none
-        can ever take it, BudgetExceededError when the budget is what stands in the way.
+        Waits while matching providers are only busy, and, for task workers, while the market
+        strategy turns them down (as yapapi's job waits for offers: a strategy may take an offer
+        later, as scan's takes each provider once and then waits for new ones; the job's timeout
+        bounds it); raises NoMatchingProviderError when none can ever take it,
+        BudgetExceededError when the budget is what stands in the way.
         """
         payload: VmPackage = job.payload
         if reuse:
@@ -138,14 +142,15 @@ class Engine:
             handle = await self._try_providers(job, payload, avoid, attempt, only_provider, why_only)
             if handle is not None:
                 return handle
-            if attempt.capacity_busy:
-                log.info("event=waiting_for_capacity job=%s retry_in=%.1fs", job.id, delay)
+            if attempt.capacity_busy or (reuse and attempt.strategy_refused):
+                waiting_for = "capacity" if attempt.capacity_busy else "offers_the_strategy_takes"
+                log.info("event=waiting_for_%s job=%s retry_in=%.1fs", waiting_for, job.id, delay)
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
                 except TimeoutError:
                     pass
                 if stop.is_set():
-                    raise NoMatchingProviderError("stopped while waiting for a provider with free capacity")
+                    raise NoMatchingProviderError(f"stopped while waiting for {waiting_for.replace('_', ' ')}")
                 delay = min(delay * 2, 5.0)
                 continue
             if attempt.budget_error is not None and all("budget" in r for r in attempt.reasons.values()):
@@ -166,6 +171,7 @@ class Engine:
             value = None if why else await score(self.strategy, offer)
             if why is None and value is None:
                 why = "rejected by the market strategy"
+                attempt.strategy_refused = True
             if why:
                 attempt.reasons[where] = why
                 self.emit(events.ProposalRejected(job=job, proposal=offer, address=offer.address, reason=why))

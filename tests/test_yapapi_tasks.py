@@ -94,17 +94,6 @@ def test_hello_world_image_has_the_volume_and_workdir_of_its_dockerfile(engine) 
     assert config["WorkingDir"] == "/golem/work" and set(config["Volumes"]) == {"/golem/input"}
 
 
-ACLOSE_ENDS_THE_AGREEMENT = (
-    "issue 27: a worker that closed its stream of tasks (`await tasks.aclose()`) gives its agreement back "
-    "to the pool, and the next worker takes it up on the same provider; in yapapi closing the stream "
-    "ends the agreement (consumer.finished -> StopAsyncIteration -> allow_agreement_reuse=False), so the "
-    "next task needs a new one (requestor/executor/worker.py, Worker.run: keep=ending is SUCCESS)")
-
-
-@pytest.mark.xfail(strict=True, reason=ACLOSE_ENDS_THE_AGREEMENT + "; and a job whose last worker finds every "
-                   "offer turned down by the market strategy fails (NoMatchingProviderError, 'Job failed' at ERROR), "
-                   "where yapapi's job waits for offers until its timeout or Ctrl-C (requestor/executor/job.py, "
-                   "TaskJob._ended)")
 def test_scan_computes_one_task_per_provider_and_waits_for_more(tmp_path: Path, engine) -> None:
     """goth's test_run_scan: two providers, three tasks: each provider scans once, the third
     task waits (no provider left that the strategy accepts) until Ctrl-C."""
@@ -122,7 +111,6 @@ def test_scan_computes_one_task_per_provider_and_waits_for_more(tmp_path: Path, 
     assert_all_invoices_accepted(script.lines)
 
 
-@pytest.mark.xfail(strict=True, reason=ACLOSE_ENDS_THE_AGREEMENT)
 def test_market_strategy_tries_each_new_provider_then_the_fastest(tmp_path: Path, engine) -> None:
     with providers(engine, 2, subnet="public") as daemons:
         ids = {d.provider_id: f"provider-{n}" for n, d in enumerate(daemons, 1)}

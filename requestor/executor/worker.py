@@ -65,6 +65,7 @@ class Worker:
         self.ctx: WorkContext | None = None
         self.error: BaseException | None = None  # why it failed, once it has
         self.takes_tasks = True  # until its generator stops asking for tasks
+        self.closed_tasks = False  # its generator closed its tasks itself: done with this agreement
         self._stop = asyncio.Event()  # the job ends, or an attempt ran past its time
         self._stop_reason: BaseException | None = None
 
@@ -111,7 +112,10 @@ class Worker:
             ctx.emit(events.WorkerFinished, exc_info=exc_info)
             self._queue.leave(self, f"{type(self.error).__name__}: {self.error}" if self.error else "worker stopped")
             ending = CANCELLED if self.error is not None or cancelled else SUCCESS
-            await self._engine.release(handle, self._job, self.error, ending, keep=ending is SUCCESS)
+            # A worker that closed its tasks is done with this provider (yapapi's market strategy
+            # closes them to take the next task elsewhere): its agreement ends, not pooled.
+            keep = ending is SUCCESS and not self.closed_tasks
+            await self._engine.release(handle, self._job, self.error, ending, keep=keep)
 
     def _agreed(self, agreement: events.Agreement) -> None:
         self._engine.emit(events.WorkerStarted(job=self._job, agreement=agreement))
@@ -171,6 +175,7 @@ class Worker:
             except GeneratorExit:
                 if self.takes_tasks:  # the worker closed its tasks: it wants no more
                     self.takes_tasks = False
+                    self.closed_tasks = True
                     task.emit(events.TaskFinished)
                 raise
             task.emit(events.TaskFinished)
