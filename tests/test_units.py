@@ -71,6 +71,28 @@ class TestMarket:
         assert not market.mark_terminated(agreement, "Other", "")
         assert market.free() == Resources(2, 2 * GIB, 10 * GIB)
 
+    def test_an_agreement_gets_the_preset_where_its_demand_asks_less_and_what_it_asks_above(self) -> None:
+        preset = Resources(1, 2 * GIB, 4 * GIB)
+        market = Market(settings_for("m", capacity=Resources(4, 5 * GIB, 20 * GIB), activity_preset=preset))
+        small = market.propose("r", demand(min_memory_bytes=GIB // 2, min_storage_bytes=2 * GIB), True, NOW)
+        assert not isinstance(small, Refusal) and small.reserved == preset  # yacat's 0.5 GiB gets 2
+        big = market.propose("r", demand(min_memory_bytes=3 * GIB, min_cpu_threads=2), True, NOW)
+        assert not isinstance(big, Refusal) and big.reserved == Resources(2, 3 * GIB, 4 * GIB)
+        assert market.free() == Resources(1, 0, 12 * GIB)  # both are held against the capacity
+        with pytest.raises(errors.ResourceExhausted, match="demand needs 1 cpu threads, 2.00 GiB memory"):
+            market.propose("r", demand(min_memory_bytes=GIB // 2), True, NOW)  # free 0 < the preset's 2 GiB
+
+    def test_the_preset_flag_and_its_default(self) -> None:
+        from exeunit.app.options import activity_preset, build_parser
+        from exeunit.domain.settings import DEFAULT_ACTIVITY_PRESET
+        assert build_parser().parse_args(["serve"]).activity_preset == DEFAULT_ACTIVITY_PRESET
+        assert activity_preset("memory-gib=1.5") == Resources(1, 3 * GIB // 2, 4 * GIB)
+        assert activity_preset("cpu=2, storage-gib=8") == Resources(2, 2 * GIB, 8 * GIB)
+        assert activity_preset("none") == Resources(0, 0, 0)
+        for wrong in ("mem=1", "cpu=0", "memory-gib=x", "cpu"):
+            with pytest.raises(Exception):
+                activity_preset(wrong)
+
     @pytest.mark.parametrize(
         ("fields", "present", "reason"),
         [

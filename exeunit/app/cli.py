@@ -18,7 +18,7 @@ from exeunit.app import ps as listing
 from exeunit.app.assembly import activity_storage, assemble, measured_capacity
 from exeunit.app.metrics import MetricsServer
 from exeunit.app.options import build_parser, is_loopback
-from exeunit.domain.resources import LinearPricing, Resources
+from exeunit.domain.resources import LinearPricing, Resources, capped
 from exeunit.domain.settings import DEFAULT_OFFERED_IMAGES, ActivityLimits, FetchPolicy, ImagePolicy, ProviderSettings
 from exeunit.persistence import keys
 from exeunit.persistence.home import Identity, ProviderHome, read_identity
@@ -70,6 +70,7 @@ def provider_settings(args: argparse.Namespace, identity: Identity, storage_dir:
         runtimes=(DOCKER_VM_RUNTIME, TEST_COUNTERS_RUNTIME) if args.test_counters_runtime else (DOCKER_VM_RUNTIME,),
         capacity=capacity,
         default_allotment=Resources(1, int(args.default_memory_gib * GIB), int(args.default_storage_gib * GIB)),
+        activity_preset=capped(args.activity_preset, capacity),
         capabilities=tuple(args.capability),
         images=ImagePolicy(
             offered=(*DEFAULT_OFFERED_IMAGES, *args.offer_image),

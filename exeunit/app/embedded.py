@@ -17,8 +17,8 @@ from pathlib import Path
 
 from exeunit.api.server import RunningServer, create_server
 from exeunit.app.assembly import activity_storage, assemble, measured_capacity
-from exeunit.domain.resources import LinearPricing, Resources
-from exeunit.domain.settings import ActivityLimits, FetchPolicy, ImagePolicy, ProviderSettings
+from exeunit.domain.resources import LinearPricing, Resources, capped
+from exeunit.domain.settings import DEFAULT_ACTIVITY_PRESET, ActivityLimits, FetchPolicy, ImagePolicy, ProviderSettings
 from exeunit.errors import ExeUnitError
 from exeunit.persistence import keys
 from exeunit.runtime.docker import DockerRuntime
@@ -67,6 +67,7 @@ class LocalProvider:
             runtimes=(DOCKER_VM_RUNTIME, TEST_COUNTERS_RUNTIME),  # yapapi's custom-usage-counter example runs here
             capacity=capacity,
             default_allotment=Resources(1, GIB // 2, 2 * GIB),
+            activity_preset=capped(DEFAULT_ACTIVITY_PRESET, capacity),  # what `exeunit serve` grants by default
             # The script's user owns this host: every local image is theirs to run, and their own
             # files and local servers are theirs to fetch image archives from.
             images=ImagePolicy(offered=("*",), fetch=FetchPolicy(file_root="/", allow_private_hosts=True)),

@@ -14,8 +14,9 @@ from typing import NoReturn
 
 from exeunit import __version__
 from exeunit.app import logs
-from exeunit.domain.settings import DEFAULT_OFFERED_IMAGES
-from exeunit.v1.conventions import CUSTOM_COUNTER
+from exeunit.domain.resources import Resources
+from exeunit.domain.settings import DEFAULT_ACTIVITY_PRESET, DEFAULT_OFFERED_IMAGES
+from exeunit.v1.conventions import CUSTOM_COUNTER, GIB
 
 DESCRIPTION = """\
 ExeUnit provider daemon: offers this host's capacity to requestors over gRPC and runs each
@@ -140,6 +141,13 @@ def _capacity_options(serve: argparse.ArgumentParser) -> None:
                      help="memory reserved for a demand that asks for none (default: %(default)s)")
     cap.add_argument("--default-storage-gib", type=positive(float), default=2.0, metavar="GIB",
                      help="storage reserved for a demand that asks for none (default: %(default)s)")
+    cap.add_argument("--activity-preset", type=activity_preset, default="cpu=1,memory-gib=2,storage-gib=4",
+                     metavar="cpu=N,memory-gib=GIB,storage-gib=GIB",
+                     help="what every agreement's activities get at least, each field capped by the capacity "
+                          "(a demand asking more gets what it asks): their containers' cpu threads, memory "
+                          "limit and storage quota, reserved from the capacity and stated in the offer, as "
+                          "a Golem provider's preset; fields left out keep their default; `none`: only the "
+                          "demand's minimums (default: cpu=1,memory-gib=2,storage-gib=4)")
     cap.add_argument("--test-counters-runtime", action="store_true",
                      help="also offer Golem's test runtime `test-counters` (the base image; `sleep MS` is "
                           f"waited out by the daemon and counted in {CUSTOM_COUNTER}), for yapapi's "
@@ -275,6 +283,26 @@ def positive(kind: type) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+PRESET_FIELDS = {"cpu": "cpu_threads", "memory-gib": "memory_bytes", "storage-gib": "storage_bytes"}
+
+
+def activity_preset(text: str) -> Resources:
+    """An argparse type: `cpu=N,memory-gib=GIB,storage-gib=GIB` (any of them; the others keep
+    DEFAULT_ACTIVITY_PRESET's), or `none` for no floor at all."""
+    if text.strip() == "none":
+        return Resources(0, 0, 0)
+    given: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, equals, value = part.partition("=")
+        if not equals or key.strip() not in PRESET_FIELDS:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not one of {', '.join(f'{k}=...' for k in PRESET_FIELDS)} (e.g. cpu=1,memory-gib=2)")
+        key = key.strip()
+        number = positive(int if key == "cpu" else float)(value.strip())
+        given[PRESET_FIELDS[key]] = int(number) if key == "cpu" else int(number * GIB)
+    return Resources(**{**vars(DEFAULT_ACTIVITY_PRESET), **given})
 
 
 def non_negative(text: str) -> float:

@@ -1,7 +1,9 @@
 """The provider's side of the market: its offer, demands matched against it, and agreements.
 
 Agreements reserve capacity (cpu threads, memory, storage) until they are terminated, so the
-offer always shows what is still free and a demand the host cannot fit is refused.
+offer always shows what is still free and a demand the host cannot fit is refused. What an
+agreement reserves is what its containers get: the demand's minimums raised to the operator's
+activity preset (`allotment`), as a Golem VM gets what its provider's preset grants.
 """
 
 from __future__ import annotations
@@ -165,12 +167,13 @@ def match(demand: Demand, settings: ProviderSettings, image_available: bool, now
 
 
 def allotment(demand: Demand, settings: ProviderSettings) -> Resources:
-    """What an agreement for this demand reserves: its minimums, or the provider's defaults."""
-    default = settings.default_allotment
+    """What an agreement for this demand gets and reserves: its minimums (the provider's default
+    allotment for those it leaves at zero), each raised to the provider's activity preset."""
+    default, preset = settings.default_allotment, settings.activity_preset
     return Resources(
-        cpu_threads=demand.min_cpu_threads or default.cpu_threads,
-        memory_bytes=demand.min_memory_bytes or default.memory_bytes,
-        storage_bytes=demand.min_storage_bytes or default.storage_bytes,
+        cpu_threads=max(demand.min_cpu_threads or default.cpu_threads, preset.cpu_threads),
+        memory_bytes=max(demand.min_memory_bytes or default.memory_bytes, preset.memory_bytes),
+        storage_bytes=max(demand.min_storage_bytes or default.storage_bytes, preset.storage_bytes),
     )
 
 

@@ -78,6 +78,15 @@ class Resources:
         )
 
 
+def capped(wanted: Resources, capacity: Resources) -> Resources:
+    """`wanted` with each field lowered to `capacity`'s (a preset never asks more than the host has)."""
+    return Resources(
+        min(wanted.cpu_threads, capacity.cpu_threads),
+        min(wanted.memory_bytes, capacity.memory_bytes),
+        min(wanted.storage_bytes, capacity.storage_bytes),
+    )
+
+
 def describe(resources: Resources) -> str:
     return (
         f"{resources.cpu_threads} cpu threads, {resources.memory_bytes / GIB:.2f} GiB memory, "

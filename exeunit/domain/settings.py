@@ -8,9 +8,12 @@ import uuid
 from dataclasses import dataclass, field
 
 from exeunit.domain.resources import LinearPricing, Resources
-from exeunit.v1.conventions import DOCKER_VM_RUNTIME
+from exeunit.v1.conventions import DOCKER_VM_RUNTIME, GIB
 
 DEFAULT_OFFERED_IMAGES = ("exeunit-*",)
+# What an activity gets at least unless the operator says otherwise (capped by the capacity): room
+# for what Golem's VM images run, hashcat on a CPU OpenCL runtime among them (about 1 GiB at peak).
+DEFAULT_ACTIVITY_PRESET = Resources(cpu_threads=1, memory_bytes=2 * GIB, storage_bytes=4 * GIB)
 TEST_COUNTERS_IMAGE = "exeunit-base:latest"  # what the test-counters runtime runs its activities in
 
 
@@ -77,7 +80,11 @@ class ProviderSettings:
     subnet_tag: str
     pricing: LinearPricing
     capacity: Resources
-    default_allotment: Resources
+    default_allotment: Resources  # what a demand that names no minimum reserves
+    # What every agreement's activities get at least, as a Golem VM gets its provider's preset: a
+    # demand's minimum below it is raised to it, one above it is granted as asked (capacity allowing).
+    # Zero in a field: no floor there, the demand's minimum (or the default allotment) is granted.
+    activity_preset: Resources = Resources(0, 0, 0)
     capabilities: tuple[str, ...] = ()
     images: ImagePolicy = field(default_factory=ImagePolicy)
     runtimes: tuple[str, ...] = (DOCKER_VM_RUNTIME,)  # the first is the offer's runtime_name

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65xeunit/v1/market.proto\x12\nexeunit.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x01\n\rLinearPricing\x12\x11\n\tstart_fee\x18\x01 \x01(\x01\x12\x16\n\x0eper_cpu_second\x18\x02 \x01(\x01\x12\x1b\n\x13per_duration_second\x18\x03 \x01(\x01\x12\x38\n\x08per_unit\x18\x05 \x03(\x0b\x32&.exeunit.v1.LinearPricing.PerUnitEntry\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x1a.\n\x0cPerUnitEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd5\x04\n\x05Offer\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x15\n\rprovider_name\x18\x02 \x01(\t\x12\x12\n\nsubnet_tag\x18\x03 \x01(\t\x12\x14\n\x0cruntime_name\x18\x04 \x01(\t\x12\x17\n\x0fruntime_version\x18\x05 \x01(\t\x12\x13\n\x0b\x63pu_threads\x18\x06 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x04\x12\x15\n\rstorage_bytes\x18\x08 \x01(\x04\x12\x19\n\x11total_cpu_threads\x18\t \x01(\r\x12\x1a\n\x12total_memory_bytes\x18\n \x01(\x04\x12\x1b\n\x13total_storage_bytes\x18\x0b \x01(\x04\x12*\n\x07pricing\x18\x0c \x01(\x0b\x32\x19.exeunit.v1.LinearPricing\x12\x0e\n\x06images\x18\r \x03(\t\x12\x1a\n\x12\x61\x63\x63\x65pts_image_urls\x18\x0e \x01(\x08\x12\x14\n\x0c\x63\x61pabilities\x18\x0f \x03(\t\x12\x39\n\x16max_agreement_duration\x18\x10 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x39\n\x16\x61greement_idle_timeout\x18\x11 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08runtimes\x18\x12 \x03(\t\x12\'\n\x06limits\x18\x13 \x01(\x0b\x32\x17.exeunit.v1.OfferLimits\x12\x14\n\x0coverlay_port\x18\x14 \x01(\r\x12\x12\n\nboot_epoch\x18\x15 \x01(\t\"\xc8\x05\n\x0bOfferLimits\x12\x16\n\x0e\x62\x61tches_queued\x18\x01 \x01(\r\x12\x14\n\x0c\x62\x61tches_kept\x18\x02 \x01(\r\x12\x1c\n\x14\x62\x61tch_ids_remembered\x18\x03 \x01(\x04\x12\x1b\n\x13replay_window_bytes\x18\x04 \x01(\x04\x12\x1b\n\x13result_output_bytes\x18\x05 \x01(\x04\x12\x1e\n\x16transfers_per_activity\x18\x06 \x01(\r\x12\x1f\n\x17transfers_per_requestor\x18\x07 \x01(\r\x12\x1c\n\x14tunnels_per_activity\x18\x08 \x01(\r\x12\x1e\n\x16networks_per_requestor\x18\t \x01(\r\x12\x1d\n\x15tunnels_per_requestor\x18\n \x01(\r\x12\x1d\n\x15streams_per_requestor\x18\x0b \x01(\r\x12#\n\x1bimage_fetches_per_requestor\x18\x0c \x01(\r\x12\x19\n\x11peers_per_network\x18\r \x01(\r\x12\x18\n\x10macs_per_network\x18\x0e \x01(\r\x12\x19\n\x11relay_queue_bytes\x18\x0f \x01(\x04\x12\x12\n\npids_limit\x18\x10 \x01(\r\x12\x38\n\x15transfer_idle_timeout\x18\x11 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x13output_memory_bytes\x18\x12 \x01(\x04\x12)\n!output_memory_per_requestor_bytes\x18\x13 \x01(\x04\x12\"\n\x1ajournal_bytes_per_activity\x18\x14 \x01(\x04\x12\x13\n\x0bimage_bytes\x18\x15 \x01(\x04\x12\x32\n\x0f\x65nded_retention\x18\x16 \x01(\x0b\x32\x19.google.protobuf.Duration\"2\n\x08ImageRef\x12\x0c\n\x04hash\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\"\xe6\x01\n\x06\x44\x65mand\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.exeunit.v1.ImageRef\x12\x18\n\x10min_memory_bytes\x18\x02 \x01(\x04\x12\x19\n\x11min_storage_bytes\x18\x03 \x01(\x04\x12\x17\n\x0fmin_cpu_threads\x18\x04 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12\x12\n\nsubnet_tag\x18\x06 \x01(\t\x12.\n\nexpiration\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07runtime\x18\x08 \x01(\t\"\xe0\x03\n\tAgreement\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x13\n\x0bprovider_id\x18\x02 \x01(\t\x12\x14\n\x0crequestor_id\x18\x03 \x01(\t\x12\"\n\x06\x64\x65mand\x18\x04 \x01(\x0b\x32\x12.exeunit.v1.Demand\x12*\n\x07pricing\x18\x05 \x01(\x0b\x32\x19.exeunit.v1.LinearPricing\x12)\n\x05state\x18\x06 \x01(\x0e\x32\x1a.exeunit.v1.AgreementState\x12+\n\x07\x63reated\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpiration\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63pu_threads\x18\t \x01(\r\x12\x14\n\x0cmemory_bytes\x18\n \x01(\x04\x12\x15\n\rstorage_bytes\x18\x0b \x01(\x04\x12\x1a\n\x12termination_reason\x18\x0c \x01(\t\x12\x1b\n\x13termination_message\x18\r \x01(\t\x12\x14\n\x0c\x61\x63tivity_ids\x18\x0e \x03(\t\x12)\n\x05usage\x18\x0f \x01(\x0b\x32\x1a.exeunit.v1.AgreementUsage\"\xfb\x01\n\x0e\x41greementUsage\x12\x13\n\x0b\x63pu_seconds\x18\x01 \x01(\x01\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04\x63ost\x18\x03 \x01(\x01\x12:\n\x08\x63ounters\x18\x04 \x03(\x0b\x32(.exeunit.v1.AgreementUsage.CountersEntry\x12,\n\x08measured\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"E\n\x07Refusal\x12)\n\x06reason\x18\x01 \x01(\x0e\x32\x19.exeunit.v1.RefusalReason\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x11\n\x0fGetOfferRequest\"4\n\x10GetOfferResponse\x12 \n\x05offer\x18\x01 \x01(\x0b\x32\x11.exeunit.v1.Offer\"=\n\x17ProposeAgreementRequest\x12\"\n\x06\x64\x65mand\x18\x01 \x01(\x0b\x32\x12.exeunit.v1.Demand\"y\n\x18ProposeAgreementResponse\x12*\n\tagreement\x18\x01 \x01(\x0b\x32\x15.exeunit.v1.AgreementH\x00\x12&\n\x07refusal\x18\x02 \x01(\x0b\x32\x13.exeunit.v1.RefusalH\x00\x42\t\n\x07outcome\"+\n\x13GetAgreementRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\"@\n\x14GetAgreementResponse\x12(\n\tagreement\x18\x01 \x01(\x0b\x32\x15.exeunit.v1.Agreement\"R\n\x19TerminateAgreementRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"F\n\x1aTerminateAgreementResponse\x12(\n\tagreement\x18\x01 \x01(\x0b\x32\x15.exeunit.v1.Agreement*o\n\x0e\x41greementState\x12\x1f\n\x1b\x41GREEMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41GREEMENT_STATE_APPROVED\x10\x01\x12\x1e\n\x1a\x41GREEMENT_STATE_TERMINATED\x10\x02*\x97\x02\n\rRefusalReason\x12\x1e\n\x1aREFUSAL_REASON_UNSPECIFIED\x10\x00\x12\"\n\x1eREFUSAL_REASON_SUBNET_MISMATCH\x10\x01\x12)\n%REFUSAL_REASON_INSUFFICIENT_RESOURCES\x10\x02\x12%\n!REFUSAL_REASON_MISSING_CAPABILITY\x10\x03\x12$\n REFUSAL_REASON_IMAGE_UNAVAILABLE\x10\x04\x12%\n!REFUSAL_REASON_EXPIRATION_TOO_FAR\x10\x05\x12#\n\x1fREFUSAL_REASON_RUNTIME_MISMATCH\x10\x06\x32\xe6\x02\n\x06Market\x12\x45\n\x08GetOffer\x12\x1b.exeunit.v1.GetOfferRequest\x1a\x1c.exeunit.v1.GetOfferResponse\x12]\n\x10ProposeAgreement\x12#.exeunit.v1.ProposeAgreementRequest\x1a$.exeunit.v1.ProposeAgreementResponse\x12Q\n\x0cGetAgreement\x12\x1f.exeunit.v1.GetAgreementRequest\x1a .exeunit.v1.GetAgreementResponse\x12\x63\n\x12TerminateAgreement\x12%.exeunit.v1.TerminateAgreementRequest\x1a&.exeunit.v1.TerminateAgreementResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65xeunit/v1/market.proto\x12\nexeunit.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x01\n\rLinearPricing\x12\x11\n\tstart_fee\x18\x01 \x01(\x01\x12\x16\n\x0eper_cpu_second\x18\x02 \x01(\x01\x12\x1b\n\x13per_duration_second\x18\x03 \x01(\x01\x12\x38\n\x08per_unit\x18\x05 \x03(\x0b\x32&.exeunit.v1.LinearPricing.PerUnitEntry\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x1a.\n\x0cPerUnitEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb2\x05\n\x05Offer\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x15\n\rprovider_name\x18\x02 \x01(\t\x12\x12\n\nsubnet_tag\x18\x03 \x01(\t\x12\x14\n\x0cruntime_name\x18\x04 \x01(\t\x12\x17\n\x0fruntime_version\x18\x05 \x01(\t\x12\x13\n\x0b\x63pu_threads\x18\x06 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x04\x12\x15\n\rstorage_bytes\x18\x08 \x01(\x04\x12\x19\n\x11total_cpu_threads\x18\t \x01(\r\x12\x1a\n\x12total_memory_bytes\x18\n \x01(\x04\x12\x1b\n\x13total_storage_bytes\x18\x0b \x01(\x04\x12*\n\x07pricing\x18\x0c \x01(\x0b\x32\x19.exeunit.v1.LinearPricing\x12\x0e\n\x06images\x18\r \x03(\t\x12\x1a\n\x12\x61\x63\x63\x65pts_image_urls\x18\x0e \x01(\x08\x12\x14\n\x0c\x63\x61pabilities\x18\x0f \x03(\t\x12\x39\n\x16max_agreement_duration\x18\x10 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x39\n\x16\x61greement_idle_timeout\x18\x11 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08runtimes\x18\x12 \x03(\t\x12\'\n\x06limits\x18\x13 \x01(\x0b\x32\x17.exeunit.v1.OfferLimits\x12\x14\n\x0coverlay_port\x18\x14 \x01(\r\x12\x12\n\nboot_epoch\x18\x15 \x01(\t\x12\x1c\n\x14\x61\x63tivity_cpu_threads\x18\x16 \x01(\r\x12\x1d\n\x15\x61\x63tivity_memory_bytes\x18\x17 \x01(\x04\x12\x1e\n\x16\x61\x63tivity_storage_bytes\x18\x18 \x01(\x04\"\xc8\x05\n\x0bOfferLimits\x12\x16\n\x0e\x62\x61tches_queued\x18\x01 \x01(\r\x12\x14\n\x0c\x62\x61tches_kept\x18\x02 \x01(\r\x12\x1c\n\x14\x62\x61tch_ids_remembered\x18\x03 \x01(\x04\x12\x1b\n\x13replay_window_bytes\x18\x04 \x01(\x04\x12\x1b\n\x13result_output_bytes\x18\x05 \x01(\x04\x12\x1e\n\x16transfers_per_activity\x18\x06 \x01(\r\x12\x1f\n\x17transfers_per_requestor\x18\x07 \x01(\r\x12\x1c\n\x14tunnels_per_activity\x18\x08 \x01(\r\x12\x1e\n\x16networks_per_requestor\x18\t \x01(\r\x12\x1d\n\x15tunnels_per_requestor\x18\n \x01(\r\x12\x1d\n\x15streams_per_requestor\x18\x0b \x01(\r\x12#\n\x1bimage_fetches_per_requestor\x18\x0c \x01(\r\x12\x19\n\x11peers_per_network\x18\r \x01(\r\x12\x18\n\x10macs_per_network\x18\x0e \x01(\r\x12\x19\n\x11relay_queue_bytes\x18\x0f \x01(\x04\x12\x12\n\npids_limit\x18\x10 \x01(\r\x12\x38\n\x15transfer_idle_timeout\x18\x11 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x13output_memory_bytes\x18\x12 \x01(\x04\x12)\n!output_memory_per_requestor_bytes\x18\x13 \x01(\x04\x12\"\n\x1ajournal_bytes_per_activity\x18\x14 \x01(\x04\x12\x13\n\x0bimage_bytes\x18\x15 \x01(\x04\x12\x32\n\x0f\x65nded_retention\x18\x16 \x01(\x0b\x32\x19.google.protobuf.Duration\"2\n\x08ImageRef\x12\x0c\n\x04hash\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\"\xe6\x01\n\x06\x44\x65mand\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.exeunit.v1.ImageRef\x12\x18\n\x10min_memory_bytes\x18\x02 \x01(\x04\x12\x19\n\x11min_storage_bytes\x18\x03 \x01(\x04\x12\x17\n\x0fmin_cpu_threads\x18\x04 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12\x12\n\nsubnet_tag\x18\x06 \x01(\t\x12.\n\nexpiration\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07runtime\x18\x08 \x01(\t\"\xe0\x03\n\tAgreement\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x13\n\x0bprovider_id\x18\x02 \x01(\t\x12\x14\n\x0crequestor_id\x18\x03 \x01(\t\x12\"\n\x06\x64\x65mand\x18\x04 \x01(\x0b\x32\x12.exeunit.v1.Demand\x12*\n\x07pricing\x18\x05 \x01(\x0b\x32\x19.exeunit.v1.LinearPricing\x12)\n\x05state\x18\x06 \x01(\x0e\x32\x1a.exeunit.v1.AgreementState\x12+\n\x07\x63reated\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpiration\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63pu_threads\x18\t \x01(\r\x12\x14\n\x0cmemory_bytes\x18\n \x01(\x04\x12\x15\n\rstorage_bytes\x18\x0b \x01(\x04\x12\x1a\n\x12termination_reason\x18\x0c \x01(\t\x12\x1b\n\x13termination_message\x18\r \x01(\t\x12\x14\n\x0c\x61\x63tivity_ids\x18\x0e \x03(\t\x12)\n\x05usage\x18\x0f \x01(\x0b\x32\x1a.exeunit.v1.AgreementUsage\"\xfb\x01\n\x0e\x41greementUsage\x12\x13\n\x0b\x63pu_seconds\x18\x01 \x01(\x01\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04\x63ost\x18\x03 \x01(\x01\x12:\n\x08\x63ounters\x18\x04 \x03(\x0b\x32(.exeunit.v1.AgreementUsage.CountersEntry\x12,\n\x08measured\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"E\n\x07Refusal\x12)\n\x06reason\x18\x01 \x01(\x0e\x32\x19.exeunit.v1.RefusalReason\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x11\n\x0fGetOfferRequest\"4\n\x10GetOfferResponse\x12 \n\x05offer\x18\x01 \x01(\x0b\x32\x11.exeunit.v1.Offer\"=\n\x17ProposeAgreementRequest\x12\"\n\x06\x64\x65mand\x18\x01 \x01(\x0b\x32\x12.exeunit.v1.Demand\"y\n\x18ProposeAgreementResponse\x12*\n\tagreement\x18\x01 \x01(\x0b\x32\x15.exeunit.v1.AgreementH\x00\x12&\n\x07refusal\x18\x02 \x01(\x0b\x32\x13.exeunit.v1.RefusalH\x00\x42\t\n\x07outcome\"+\n\x13GetAgreementRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\"@\n\x14GetAgreementResponse\x12(\n\tagreement\x18\x01 \x01(\x0b\x32\x15.exeunit.v1.Agreement\"R\n\x19TerminateAgreementRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"F\n\x1aTerminateAgreementResponse\x12(\n\tagreement\x18\x01 \x01(\x0b\x32\x15.exeunit.v1.Agreement*o\n\x0e\x41greementState\x12\x1f\n\x1b\x41GREEMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41GREEMENT_STATE_APPROVED\x10\x01\x12\x1e\n\x1a\x41GREEMENT_STATE_TERMINATED\x10\x02*\x97\x02\n\rRefusalReason\x12\x1e\n\x1aREFUSAL_REASON_UNSPECIFIED\x10\x00\x12\"\n\x1eREFUSAL_REASON_SUBNET_MISMATCH\x10\x01\x12)\n%REFUSAL_REASON_INSUFFICIENT_RESOURCES\x10\x02\x12%\n!REFUSAL_REASON_MISSING_CAPABILITY\x10\x03\x12$\n REFUSAL_REASON_IMAGE_UNAVAILABLE\x10\x04\x12%\n!REFUSAL_REASON_EXPIRATION_TOO_FAR\x10\x05\x12#\n\x1fREFUSAL_REASON_RUNTIME_MISMATCH\x10\x06\x32\xe6\x02\n\x06Market\x12\x45\n\x08GetOffer\x12\x1b.exeunit.v1.GetOfferRequest\x1a\x1c.exeunit.v1.GetOfferResponse\x12]\n\x10ProposeAgreement\x12#.exeunit.v1.ProposeAgreementRequest\x1a$.exeunit.v1.ProposeAgreementResponse\x12Q\n\x0cGetAgreement\x12\x1f.exeunit.v1.GetAgreementRequest\x1a .exeunit.v1.GetAgreementResponse\x12\x63\n\x12TerminateAgreement\x12%.exeunit.v1.TerminateAgreementRequest\x1a&.exeunit.v1.TerminateAgreementResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,46 +37,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LINEARPRICING_PERUNITENTRY']._serialized_options = b'8\001'
   _globals['_AGREEMENTUSAGE_COUNTERSENTRY']._loaded_options = None
   _globals['_AGREEMENTUSAGE_COUNTERSENTRY']._serialized_options = b'8\001'
-  _globals['_AGREEMENTSTATE']._serialized_start=3252
-  _globals['_AGREEMENTSTATE']._serialized_end=3363
-  _globals['_REFUSALREASON']._serialized_start=3366
-  _globals['_REFUSALREASON']._serialized_end=3645
+  _globals['_AGREEMENTSTATE']._serialized_start=3345
+  _globals['_AGREEMENTSTATE']._serialized_end=3456
+  _globals['_REFUSALREASON']._serialized_start=3459
+  _globals['_REFUSALREASON']._serialized_end=3738
   _globals['_LINEARPRICING']._serialized_start=105
   _globals['_LINEARPRICING']._serialized_end=316
   _globals['_LINEARPRICING_PERUNITENTRY']._serialized_start=270
   _globals['_LINEARPRICING_PERUNITENTRY']._serialized_end=316
   _globals['_OFFER']._serialized_start=319
-  _globals['_OFFER']._serialized_end=916
-  _globals['_OFFERLIMITS']._serialized_start=919
-  _globals['_OFFERLIMITS']._serialized_end=1631
-  _globals['_IMAGEREF']._serialized_start=1633
-  _globals['_IMAGEREF']._serialized_end=1683
-  _globals['_DEMAND']._serialized_start=1686
-  _globals['_DEMAND']._serialized_end=1916
-  _globals['_AGREEMENT']._serialized_start=1919
-  _globals['_AGREEMENT']._serialized_end=2399
-  _globals['_AGREEMENTUSAGE']._serialized_start=2402
-  _globals['_AGREEMENTUSAGE']._serialized_end=2653
-  _globals['_AGREEMENTUSAGE_COUNTERSENTRY']._serialized_start=2606
-  _globals['_AGREEMENTUSAGE_COUNTERSENTRY']._serialized_end=2653
-  _globals['_REFUSAL']._serialized_start=2655
-  _globals['_REFUSAL']._serialized_end=2724
-  _globals['_GETOFFERREQUEST']._serialized_start=2726
-  _globals['_GETOFFERREQUEST']._serialized_end=2743
-  _globals['_GETOFFERRESPONSE']._serialized_start=2745
-  _globals['_GETOFFERRESPONSE']._serialized_end=2797
-  _globals['_PROPOSEAGREEMENTREQUEST']._serialized_start=2799
-  _globals['_PROPOSEAGREEMENTREQUEST']._serialized_end=2860
-  _globals['_PROPOSEAGREEMENTRESPONSE']._serialized_start=2862
-  _globals['_PROPOSEAGREEMENTRESPONSE']._serialized_end=2983
-  _globals['_GETAGREEMENTREQUEST']._serialized_start=2985
-  _globals['_GETAGREEMENTREQUEST']._serialized_end=3028
-  _globals['_GETAGREEMENTRESPONSE']._serialized_start=3030
-  _globals['_GETAGREEMENTRESPONSE']._serialized_end=3094
-  _globals['_TERMINATEAGREEMENTREQUEST']._serialized_start=3096
-  _globals['_TERMINATEAGREEMENTREQUEST']._serialized_end=3178
-  _globals['_TERMINATEAGREEMENTRESPONSE']._serialized_start=3180
-  _globals['_TERMINATEAGREEMENTRESPONSE']._serialized_end=3250
-  _globals['_MARKET']._serialized_start=3648
-  _globals['_MARKET']._serialized_end=4006
+  _globals['_OFFER']._serialized_end=1009
+  _globals['_OFFERLIMITS']._serialized_start=1012
+  _globals['_OFFERLIMITS']._serialized_end=1724
+  _globals['_IMAGEREF']._serialized_start=1726
+  _globals['_IMAGEREF']._serialized_end=1776
+  _globals['_DEMAND']._serialized_start=1779
+  _globals['_DEMAND']._serialized_end=2009
+  _globals['_AGREEMENT']._serialized_start=2012
+  _globals['_AGREEMENT']._serialized_end=2492
+  _globals['_AGREEMENTUSAGE']._serialized_start=2495
+  _globals['_AGREEMENTUSAGE']._serialized_end=2746
+  _globals['_AGREEMENTUSAGE_COUNTERSENTRY']._serialized_start=2699
+  _globals['_AGREEMENTUSAGE_COUNTERSENTRY']._serialized_end=2746
+  _globals['_REFUSAL']._serialized_start=2748
+  _globals['_REFUSAL']._serialized_end=2817
+  _globals['_GETOFFERREQUEST']._serialized_start=2819
+  _globals['_GETOFFERREQUEST']._serialized_end=2836
+  _globals['_GETOFFERRESPONSE']._serialized_start=2838
+  _globals['_GETOFFERRESPONSE']._serialized_end=2890
+  _globals['_PROPOSEAGREEMENTREQUEST']._serialized_start=2892
+  _globals['_PROPOSEAGREEMENTREQUEST']._serialized_end=2953
+  _globals['_PROPOSEAGREEMENTRESPONSE']._serialized_start=2955
+  _globals['_PROPOSEAGREEMENTRESPONSE']._serialized_end=3076
+  _globals['_GETAGREEMENTREQUEST']._serialized_start=3078
+  _globals['_GETAGREEMENTREQUEST']._serialized_end=3121
+  _globals['_GETAGREEMENTRESPONSE']._serialized_start=3123
+  _globals['_GETAGREEMENTRESPONSE']._serialized_end=3187
+  _globals['_TERMINATEAGREEMENTREQUEST']._serialized_start=3189
+  _globals['_TERMINATEAGREEMENTREQUEST']._serialized_end=3271
+  _globals['_TERMINATEAGREEMENTRESPONSE']._serialized_start=3273
+  _globals['_TERMINATEAGREEMENTRESPONSE']._serialized_end=3343
+  _globals['_MARKET']._serialized_start=3741
+  _globals['_MARKET']._serialized_end=4099
 # @@protoc_insertion_point(module_scope)

@@ -59,7 +59,7 @@ class LinearPricing(_message.Message):
     def __init__(self, start_fee: _Optional[float] = ..., per_cpu_second: _Optional[float] = ..., per_duration_second: _Optional[float] = ..., per_unit: _Optional[_Mapping[str, float]] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class Offer(_message.Message):
-    __slots__ = ("provider_id", "provider_name", "subnet_tag", "runtime_name", "runtime_version", "cpu_threads", "memory_bytes", "storage_bytes", "total_cpu_threads", "total_memory_bytes", "total_storage_bytes", "pricing", "images", "accepts_image_urls", "capabilities", "max_agreement_duration", "agreement_idle_timeout", "runtimes", "limits", "overlay_port", "boot_epoch")
+    __slots__ = ("provider_id", "provider_name", "subnet_tag", "runtime_name", "runtime_version", "cpu_threads", "memory_bytes", "storage_bytes", "total_cpu_threads", "total_memory_bytes", "total_storage_bytes", "pricing", "images", "accepts_image_urls", "capabilities", "max_agreement_duration", "agreement_idle_timeout", "runtimes", "limits", "overlay_port", "boot_epoch", "activity_cpu_threads", "activity_memory_bytes", "activity_storage_bytes")
     PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_NAME_FIELD_NUMBER: _ClassVar[int]
     SUBNET_TAG_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,9 @@ class Offer(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_PORT_FIELD_NUMBER: _ClassVar[int]
     BOOT_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_CPU_THREADS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_STORAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     provider_id: str
     provider_name: str
     subnet_tag: str
@@ -102,7 +105,10 @@ class Offer(_message.Message):
     limits: OfferLimits
     overlay_port: int
     boot_epoch: str
-    def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., subnet_tag: _Optional[str] = ..., runtime_name: _Optional[str] = ..., runtime_version: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., total_cpu_threads: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., total_storage_bytes: _Optional[int] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., accepts_image_urls: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ..., max_agreement_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., agreement_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runtimes: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[OfferLimits, _Mapping]] = ..., overlay_port: _Optional[int] = ..., boot_epoch: _Optional[str] = ...) -> None: ...
+    activity_cpu_threads: int
+    activity_memory_bytes: int
+    activity_storage_bytes: int
+    def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., subnet_tag: _Optional[str] = ..., runtime_name: _Optional[str] = ..., runtime_version: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., total_cpu_threads: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., total_storage_bytes: _Optional[int] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., accepts_image_urls: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ..., max_agreement_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., agreement_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runtimes: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[OfferLimits, _Mapping]] = ..., overlay_port: _Optional[int] = ..., boot_epoch: _Optional[str] = ..., activity_cpu_threads: _Optional[int] = ..., activity_memory_bytes: _Optional[int] = ..., activity_storage_bytes: _Optional[int] = ...) -> None: ...
 
 class OfferLimits(_message.Message):
     __slots__ = ("batches_queued", "batches_kept", "batch_ids_remembered", "replay_window_bytes", "result_output_bytes", "transfers_per_activity", "transfers_per_requestor", "tunnels_per_activity", "networks_per_requestor", "tunnels_per_requestor", "streams_per_requestor", "image_fetches_per_requestor", "peers_per_network", "macs_per_network", "relay_queue_bytes", "pids_limit", "transfer_idle_timeout", "output_memory_bytes", "output_memory_per_requestor_bytes", "journal_bytes_per_activity", "image_bytes", "ended_retention")
