@@ -65,3 +65,4 @@ def run_golem_example(example_main, log_file=None) -> None:
 TEXT_COLOR_RED = "\033[31;1m"
 TEXT_COLOR_CYAN = "\033[36m"
 TEXT_COLOR_MAGENTA = "\033[35m"
+TEXT_COLOR_GREEN = "\033[32m"
