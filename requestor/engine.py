@@ -69,6 +69,7 @@ class Engine:
         self._leave_by: float | None = None  # loop time by which releases end, once Golem is leaving
         self.pool = AgreementsPool()  # agreements waiting for a next activity
         self._reusable: dict[str, Reusable] = {}  # by agreement id: those an activity runs on now
+        self.unpaid: set[str] = set()  # agreements whose provider was gone at their end: no invoice came
 
     def leave_by(self, deadline: float) -> None:
         """Golem is leaving: every release from now on ends by `deadline` (loop time), giving up
@@ -81,6 +82,8 @@ class Engine:
         await asyncio.gather(*(self._end_agreement(a.client, a.agreement, a.job, "Success", a.spent,
                                                    "Successfully finished all work") for a in self.pool.drain()))
         await self._budget_watch.close()
+        if self.unpaid:  # yapapi's warning, in its words: goth's power outage test waits for it
+            log.warning("Unpaid agreements: %s", self.unpaid)
 
     async def _cost_of(self, agreement_id: str) -> Decimal:
         """The agreement's cost so far: its ended activities' and its live one's."""
@@ -324,9 +327,11 @@ class Engine:
         self._budget_watch.discard(handle.agreement.id)
         reusable = self._reusable.pop(handle.agreement.id, None)
         cost: Decimal = self.budget.accrued_for(handle.agreement.id)  # the last reading, unless read now
+        usage_read = False
         try:  # each call gets a share of what is left when leaving: the agreement's end gets the most
             usage = await self._ending("usage", handle.agreement, client.usage(handle.activity.id), 4)
             cost = (reusable.spent if reusable is not None else Decimal(0)) + money(usage.cost)
+            usage_read = True
         except RequestorError as exc:
             log.warning("event=usage_unknown agreement=%s error=%s counted=%s", handle.agreement.id, exc, cost)
         except TimeoutError:
@@ -347,7 +352,7 @@ class Engine:
             log.debug("event=agreement_pooled agreement=%s spent=%s", handle.agreement.id, cost)
             return
         reason, message = ending or ("Failure" if error is not None else "Finished", "")
-        await self._end_agreement(client, handle.agreement, job, reason, cost, message)
+        await self._end_agreement(client, handle.agreement, job, reason, cost, message, usage_read=usage_read)
 
     async def _ending(self, step: str, agreement: events.Agreement, call: Awaitable[T], share: int) -> T:
         """`call`, when Golem is leaving within 1/`share` of the time left for releases (else as it
@@ -365,10 +370,15 @@ class Engine:
             raise
 
     async def _end_agreement(self, client: ProviderClient, agreement: events.Agreement, job: events.Job,
-                             reason: str, cost: float | Decimal, message: str = "") -> None:
+                             reason: str, cost: float | Decimal, message: str = "", usage_read: bool = True) -> None:
+        """Ends the agreement and settles its cost. When neither its final usage nor its end
+        reached the provider (it died), nothing was invoiced: the agreement stays unpaid (counted
+        against the budget at its last reading) and Golem's end names it, as yapapi's does."""
+        terminated = False
         try:
             await self._ending("terminate_agreement", agreement,
                                client.terminate_agreement(agreement.id, reason, message), 1)
+            terminated = True
         except RequestorError as exc:
             log.warning("event=terminate_agreement_failed agreement=%s error=%s", agreement.id, exc)
         except TimeoutError:
@@ -376,7 +386,10 @@ class Engine:
         final = self.budget.settle(agreement.id, cost)
         said = {"message": message, "golem.requestor.code": reason} if message else {"message": reason}
         self.emit(events.AgreementTerminated(job=job, agreement=agreement, reason={**said, "cost": str(final)}))
-        self.emit(events.InvoiceAccepted(job=job, agreement=agreement, amount=final))
+        if terminated or usage_read:
+            self.emit(events.InvoiceAccepted(job=job, agreement=agreement, amount=final))
+        else:
+            self.unpaid.add(agreement.id)
 
 
 def _max_rate(pricing: Pricing, cpu_threads: int) -> Decimal:

@@ -216,10 +216,6 @@ def test_power_outage(power_outage: tuple[RunningScript, Path]) -> None:
     assert all(text.endswith("three cubes\n") for text in outputs.values()), outputs
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 27: the agreement of a provider that died is settled locally as if invoiced (\"Accepted "
-    "invoice from 'provider-1'\"); yapapi gets no invoice from it and warns 'Unpaid agreements: [...]' "
-    "at shutdown (requestor/engine.py, Engine.release)"))
 def test_power_outage_leaves_the_lost_providers_agreement_unpaid(power_outage: tuple[RunningScript, Path]) -> None:
     lines = power_outage[0].lines
     expect_in_order(lines, r".*Unpaid agreements: ")
