@@ -1,5 +1,6 @@
-"""Where yapapi keeps CommandExecutionError; the class itself lives in requestor.errors."""
+"""Where yapapi keeps CommandExecutionError and BatchTimeoutError (scripts import them from
+here); the classes live in requestor.errors."""
 
-from requestor.errors import CommandExecutionError
+from requestor.errors import BatchTimeoutError, CommandExecutionError
 
-__all__ = ["CommandExecutionError"]
+__all__ = ["BatchTimeoutError", "CommandExecutionError"]

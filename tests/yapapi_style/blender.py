@@ -13,14 +13,16 @@ import pathlib
 import sys
 from datetime import datetime, timedelta
 
-from requestor import BatchTimeoutError, Golem, Task, WorkContext
+from requestor import Golem, Task, WorkContext
 from requestor.payload import vm
+from requestor.rest.activity import BatchTimeoutError
 
 sys.path.append(str(pathlib.Path(__file__).resolve().parent))
 
 from utils import (  # noqa: E402
     TEXT_COLOR_CYAN,
     TEXT_COLOR_DEFAULT,
+    TEXT_COLOR_MAGENTA,
     TEXT_COLOR_RED,
     build_parser,
     print_env_info,
@@ -28,7 +30,6 @@ from utils import (  # noqa: E402
 )
 
 IMAGE_TAG = "exeunit-blender:latest"
-TEXT_COLOR_USAGE = "\033[35m"
 
 
 async def main(subnet_tag, min_cpu_threads, scene_path, frames, resolution, samples,
@@ -90,7 +91,7 @@ async def main(subnet_tag, min_cpu_threads, scene_path, frames, resolution, samp
                 usage = await ctx.get_usage()
                 cost = await ctx.get_cost()
                 print(
-                    f"{TEXT_COLOR_USAGE}"
+                    f"{TEXT_COLOR_MAGENTA}"
                     f" --- {ctx.provider_name} STATE: {raw_state}\n"
                     f" --- {ctx.provider_name} USAGE: {usage}\n"
                     f" --- {ctx.provider_name}  COST: {cost}"
