@@ -73,6 +73,12 @@ class Offer:
     capabilities: tuple[str, ...]
     runtimes: tuple[str, ...] = ()  # every runtime it runs (runtime_name first)
     overlay_port: int = 0  # where the other providers of a network spanning several reach it (0: none)
+    # What an agreement's activities get at least (the operator's preset, as a Golem provider's):
+    # a demand's minimum below one is raised to it, one above it is granted while capacity is free.
+    # 0: no floor in that field. The agreement states what was granted (AgreementInfo).
+    activity_cpu_threads: int = 0
+    activity_memory_bytes: int = 0
+    activity_storage_bytes: int = 0
 
     @property
     def issuer(self) -> str:
@@ -113,9 +119,14 @@ class Refusal:
 
 @dataclass(frozen=True)
 class AgreementInfo:
+    """An agreement as its provider states it: what it granted (each activity's cpu threads,
+    memory limit and storage quota) and until when."""
+
     agreement_id: str
     cpu_threads: int
     expiration: datetime
+    memory_bytes: int = 0
+    storage_bytes: int = 0
 
 
 # Activities

@@ -42,6 +42,9 @@ def offer_from(address: str, o: mkt.Offer) -> Offer:
         capabilities=tuple(o.capabilities),
         runtimes=tuple(o.runtimes) or (o.runtime_name,),
         overlay_port=o.overlay_port,
+        activity_cpu_threads=o.activity_cpu_threads,
+        activity_memory_bytes=o.activity_memory_bytes,
+        activity_storage_bytes=o.activity_storage_bytes,
     )
 
 
@@ -69,6 +72,8 @@ def agreement_from(agreement: mkt.Agreement) -> AgreementInfo:
         agreement_id=agreement.agreement_id,
         cpu_threads=agreement.cpu_threads,
         expiration=agreement.expiration.ToDatetime(tzinfo=timezone.utc),
+        memory_bytes=agreement.memory_bytes,
+        storage_bytes=agreement.storage_bytes,
     )
 
 
