@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from decimal import Decimal
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -130,7 +131,9 @@ class FailsToStartOnBad(Service):
         type(self).resets += 1
 
 
-async def test_failed_start_respawns_on_another_provider(daemons: Daemons) -> None:
+async def test_failed_start_respawns_on_another_provider(daemons: Daemons, caplog) -> None:
+    """yapapi's INFO lines follow the instance, with its repr (goth's scripts wait for them)."""
+    caplog.set_level(logging.INFO, logger="requestor.services.runner")
     bad = await start_provider(daemons, "bad", pricing=LinearPricing(0.0, 0.000001, 0.000001))
     good = await start_provider(daemons, "good")
     recorder = Recorder()
@@ -145,6 +148,14 @@ async def test_failed_start_respawns_on_another_provider(daemons: Daemons) -> No
         assert failure.provider_name == "bad" and "no luck on bad" in failure.stderr
         cluster.stop()
         await recorder.until(lambda: instance.state is S.terminated)
+    said = [r.getMessage() for r in caplog.records
+            if r.name == "requestor.services.runner" and r.levelno == logging.INFO and "event=" not in r.getMessage()]
+    on = r"on (bad|good) \[ \S+ \]"
+    assert [re.fullmatch(pattern, line) is not None for pattern, line in zip(
+        [rf"<FailsToStartOnBad starting {on}> commissioned", rf"<FailsToStartOnBad terminated {on}> decommissioned",
+         rf"Restarting service <FailsToStartOnBad terminated {on}>", rf"<FailsToStartOnBad starting {on}> commissioned",
+         rf"<FailsToStartOnBad terminated {on}> decommissioned"], said)] == [True] * 5 and len(said) == 5, said
+    assert [re.search("bad|good", line).group(0) for line in said] == ["bad", "bad", "bad", "good", "good"]
 
 
 async def test_failed_start_without_respawn_terminates(daemons: Daemons) -> None:

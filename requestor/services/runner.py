@@ -207,6 +207,7 @@ class ServiceRunner:
                     return
                 failed_providers.add(handle.offer.provider_id)
                 delay = backoff.after(handle.offer.provider_id, service.exc_info[1])
+                log.info("Restarting service %s", repr(service))  # yapapi's line: "<X terminated on ...>"
                 await service.reset()
                 service.instance.record_error(None)
                 self._transition(service, "restart")
@@ -297,8 +298,10 @@ class ServiceRunner:
             if phase is ServiceState.pending:
                 self._transition(service, "start", handle)
                 phase = ServiceState.starting
+                log.info("%s commissioned", repr(service))  # yapapi's lines (its repr now, not when formatted)
             else:
                 service.instance.change_state(phase)
+                log.info("%s resumed", repr(service))
             if service.id in self._taken_up:
                 self._taken_up[service.id].set()
             if phase is ServiceState.starting:
@@ -337,8 +340,9 @@ class ServiceRunner:
                 node = service.network_node
                 if node is not None:  # after the activity is gone: its address is free for a respawn
                     node.network.leave(node)
-                    service.instance.network_node = None
                 self._transition(service, "terminate", handle)
+                log.info("%s decommissioned", repr(service))  # as yapapi's, still naming its address
+                service.instance.network_node = None
         return restart
 
     async def _run_handler(self, service: Service, name: str, ctx: WorkContext, watch: ActivityWatch,
@@ -354,8 +358,7 @@ class ServiceRunner:
             log_given_up(log, f"{name}_handler", asyncio.get_running_loop().time() - began, service=service.id,
                          provider=ctx.handle.agreement.provider_id, agreement=ctx.handle.agreement.id)
         if result.outcome is Outcome.ERROR and result.error is not None:
-            log.warning("Unhandled exception in service %s (%s)", type(service).__name__, name,
-                        exc_info=result.error)
+            log.warning("Unhandled exception in service", exc_info=result.error)  # yapapi's words (see the traceback)
         return result
 
     async def _drive(self, handler: AsyncGenerator[Script, Any], ctx: WorkContext, watch: ActivityWatch,
