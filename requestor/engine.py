@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -120,9 +120,10 @@ class Engine:
     async def acquire(self, job: events.Job, avoid: set[str], stop: asyncio.Event,
                       only_provider: str | None = None, why_only: str = "",
                       on_agreement: Callable[[events.Agreement], None] | None = None,
-                      reuse: bool = False) -> ActivityHandle:
+                      reuse: bool = False, exclude: Mapping[str, str] | None = None) -> ActivityHandle:
         """An activity on the best provider for the job's payload; providers in `avoid` (where
-        the instance failed before) only when no other one takes it; with `only_provider`, on
+        the instance failed before) only when no other one takes it, those in `exclude` (provider
+        id: why, as the error says it) never; with `only_provider`, on
         that provider or none (`why_only` says why, in the error). `on_agreement` is called with
         each agreement once confirmed, before its activity is created (a task worker starts there).
         With `reuse` (task workers), an agreement from the pool for the same demand is taken up
@@ -135,14 +136,15 @@ class Engine:
         BudgetExceededError when the budget is what stands in the way.
         """
         payload: VmPackage = job.payload
+        exclude = exclude or {}
         if reuse:
-            taken = await self._take_up(job, avoid, only_provider, on_agreement)
+            taken = await self._take_up(job, avoid | set(exclude), only_provider, on_agreement)
             if taken is not None:
                 return taken
         delay = 0.5
         while True:
             attempt = _Attempt(reasons={}, on_agreement=on_agreement, reuse=reuse)
-            handle = await self._try_providers(job, payload, avoid, attempt, only_provider, why_only)
+            handle = await self._try_providers(job, payload, avoid, attempt, only_provider, why_only, exclude)
             if handle is not None:
                 return handle
             if attempt.capacity_busy or (reuse and attempt.strategy_refused):
@@ -162,13 +164,16 @@ class Engine:
             raise NoMatchingProviderError(f"no provider can run {payload}: {details}")
 
     async def _try_providers(self, job: events.Job, payload: VmPackage, avoid: set[str], attempt: _Attempt,
-                             only_provider: str | None, why_only: str) -> ActivityHandle | None:
+                             only_provider: str | None, why_only: str,
+                             exclude: Mapping[str, str]) -> ActivityHandle | None:
         candidates: list[tuple[bool, float, Offer]] = []
         for offer in await self.offers(job, attempt.reasons):
             where = f"{offer.provider_name} ({offer.address})"
             why = None
             if only_provider is not None and offer.provider_id != only_provider:
                 why = why_only or "not the provider this instance must run on"
+            elif offer.provider_id in exclude:
+                why = exclude[offer.provider_id]
             else:
                 why = mismatch(offer, payload, self.subnet_tag)
             value = None if why else await score(self.strategy, offer)

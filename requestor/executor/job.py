@@ -3,7 +3,9 @@ accepted tasks on their way to the caller.
 
 Workers are started as soon as there are tasks no free worker will take (up to `max_workers`),
 not one every 2 s as yapapi does; a worker whose provider cannot be had is tried again after a
-backoff, and when no worker can be had at all the job fails with the reason. The job ends when
+backoff, and when no worker can be had at all the job fails with the reason. A provider where a
+worker failed is asked last, and after MAX_PROVIDER_FAILURES failed workers it gets no more of the
+job's (the error, when no provider is left, says which were excluded and why). The job ends when
 every task is done (JobFinished), when its timeout passes (JobTimeoutError, naming what was left
 undone), when `data` or a worker's placement raises, or when it is closed (the caller's `break`,
 an exception in the caller's loop, `Golem.stop()`): workers are stopped and their agreements
@@ -31,6 +33,12 @@ DEFAULT_EXECUTOR_TIMEOUT = timedelta(minutes=15)  # yapapi's: the whole job's
 DEFAULT_MAX_WORKERS = 5  # yapapi's
 WIND_DOWN = 30.0  # seconds stopped workers get to end their agreements before they are left behind
 PLACEMENT_RETRY_FIRST, PLACEMENT_RETRY_MAX = 1.0, 10.0  # seconds between tries for a worker's provider
+# Failed workers after which a provider gets no more workers of the job. One failure is asked
+# last only (a lost link, a task's own bug can happen anywhere); three in one job is a provider
+# that fails its tasks, and with the default 5 attempts a task failing there still has two left
+# for the others. Not a parameter: a job that must never retry a provider can say so in its
+# market strategy (score_offer), as yapapi's ProviderFilter does.
+MAX_PROVIDER_FAILURES = 3
 
 
 class TaskJob:
@@ -54,7 +62,8 @@ class TaskJob:
         self.queue = TaskQueue(data, max_workers, max_attempts, attempt_timeout, self._accepted.put_nowait)
         self._workers: dict[Worker, asyncio.Task[None]] = {}
         self._numbers = 0
-        self._failed_providers: set[str] = set()  # where this job's workers failed: asked last
+        self._failures: dict[str, int] = {}  # failed workers by provider id: asked last
+        self._excluded: dict[str, str] = {}  # providers past MAX_PROVIDER_FAILURES: why, never asked again
         self._retry_at = 0.0  # loop time before which no worker is started (after a placement failed)
         self._retry_delay = 0.0
         self._fatal: BaseException | None = None
@@ -174,7 +183,7 @@ class TaskJob:
     def _spawn(self) -> None:
         self._numbers += 1
         worker = Worker(self._numbers, self._engine, self.job, self.queue, self._worker, self._implicit_init)
-        task = asyncio.create_task(worker.run(set(self._failed_providers)),
+        task = asyncio.create_task(worker.run(set(self._failures), self._excluded),  # read as it grows
                                    name=f"task-job-{self.job.id}-worker-{worker.number}")
         self._workers[worker] = task
         task.add_done_callback(lambda t: self._ended(worker, t))
@@ -185,7 +194,7 @@ class TaskJob:
         if worker.ctx is not None:
             self._retry_delay = 0.0
             if worker.error is not None:
-                self._failed_providers.add(worker.ctx.provider_id)
+                self._failed_on(worker, worker.error)
         if isinstance(failure, (NoMatchingProviderError, BudgetExceededError)):
             if not self._workers and not self.queue.all_done():
                 self._fatal = failure  # no worker, and none can be had
@@ -197,6 +206,17 @@ class TaskJob:
         elif failure is not None:
             log.error("event=task_worker_crashed job=%s worker=%s", self.job.id, worker.number, exc_info=failure)
         self.queue.notify()
+
+
+    def _failed_on(self, worker: Worker, error: BaseException) -> None:
+        assert worker.ctx is not None
+        provider = worker.ctx.provider_id
+        failures = self._failures[provider] = self._failures.get(provider, 0) + 1
+        if failures >= MAX_PROVIDER_FAILURES and provider not in self._excluded:
+            self._excluded[provider] = (f"excluded from job {self.job.id} after {failures} failed workers "
+                                        f"(the last: {type(error).__name__}: {error})")
+            log.warning("Provider '%s' excluded from job %s after %d failed workers; last error: %s: %s",
+                        worker.ctx.provider_name, self.job.id, failures, type(error).__name__, error)
 
 
 _used_job_ids: set[str] = set()  # in this process, as yapapi's

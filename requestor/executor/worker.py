@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
 from requestor import events
@@ -43,7 +43,7 @@ class Providers(Protocol):
 
     async def acquire(self, job: events.Job, avoid: set[str], stop: asyncio.Event, only_provider: str | None = None,
                       why_only: str = "", on_agreement: Callable[[events.Agreement], None] | None = None,
-                      reuse: bool = False) -> ActivityHandle: ...
+                      reuse: bool = False, exclude: Mapping[str, str] | None = None) -> ActivityHandle: ...
 
     async def release(self, handle: ActivityHandle, job: events.Job, error: BaseException | None,
                       ending: tuple[str, str] | None = None, keep: bool = False) -> None: ...
@@ -91,9 +91,11 @@ class Worker:
         """The job ends: stops acquiring, or stops the caller's worker where it is."""
         self._stop.set()
 
-    async def run(self, avoid: set[str]) -> None:
+    async def run(self, avoid: set[str], exclude: Mapping[str, str]) -> None:
+        """`avoid`: providers asked last; `exclude`: never asked (provider id: why)."""
         try:
-            handle = await self._engine.acquire(self._job, avoid, self._stop, on_agreement=self._agreed, reuse=True)
+            handle = await self._engine.acquire(self._job, avoid, self._stop, on_agreement=self._agreed, reuse=True,
+                                                exclude=exclude)
         except RequestorError:
             if self._stop.is_set():
                 return  # stopped while looking for a provider
