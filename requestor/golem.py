@@ -227,6 +227,7 @@ class Golem:
                     await self._engine.close()
             except TimeoutError:
                 log_given_up(log, "budget_watch", plan.elapsed())
+            log.info("Waiting for Golem services to finish...")  # yapapi's line, after its unpaid warning
             for client in self._engine.clients:
                 await client.close()  # gRPC's close without grace: it cancels the channel's calls at once
             self._engine = None

@@ -18,7 +18,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 from requestor import events
@@ -106,6 +106,8 @@ class SummaryLogger:
         self._tasks_by: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)  # job -> (id, name) -> tasks
         self._failures: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)  # job -> (id, name) -> failures
         self._offering: set[str] = set()  # providers whose offers were received
+        self._waited_for_offers = timedelta(0)  # summed NoProposalsConfirmed timeouts
+        self._offers_collected: Counter[str] = Counter()  # ProposalReceived, by job id
 
     def log(self, event: events.Event) -> None:
         if self._wrapped is not None:
@@ -117,6 +119,7 @@ class SummaryLogger:
 
     def _handle(self, event: events.Event) -> None:
         if isinstance(event, events.ProposalReceived):
+            self._offers_collected[event.job_id] += 1
             if event.provider_id not in self._offering:
                 self._offering.add(event.provider_id)
                 summary_log.info("Received proposals from %s so far", pluralize(len(self._offering), "provider"))
@@ -145,10 +148,14 @@ class SummaryLogger:
         elif isinstance(event, events.InvoiceAccepted):
             self._costs[event.agr_id] = event.amount
             summary_log.info("%sAccepted invoice from '%s', amount: %s", _job(event), event.provider_name, event.amount)
-        elif isinstance(event, events.AgreementTerminated) and event.reason.get("message") not in ("Finished", "Success") \
-                and event.reason.get("golem.requestor.code") != "Success":
-            summary_log.info("%sTerminated agreement with %s (%s)", _job(event), event.provider_name,
-                             event.reason.get("message"))
+        elif isinstance(event, events.AgreementTerminated):
+            # yapapi's rule: every end but the one after all work succeeded (each instance's, each
+            # worker's that is not pooled); the reason is in the events' log
+            if "Success" not in (event.reason.get("golem.requestor.code"), event.reason.get("message")):
+                summary_log.info("%sTerminated agreement with %s", _job(event), event.provider_name)
+        elif isinstance(event, events.NoProposalsConfirmed):
+            self._waited_for_offers += event.timeout
+            summary_log.warning("%s", _no_offers(self._offers_collected[event.job_id], self._waited_for_offers))
         elif isinstance(event, events.ProposalRejected) and event.reason:
             summary_log.debug("Offer of %s not taken: %s", event.address, event.reason)
         elif isinstance(event, events.ShutdownFinished):
@@ -156,6 +163,7 @@ class SummaryLogger:
             summary_log.info("Negotiated %s with %s", pluralize(len(self._names), "agreement"),
                              pluralize(providers, "provider"))
             summary_log.info("Total cost: %s", sum(self._costs.values(), Decimal(0)).normalize())
+            self._costs.clear()
             if event.exc_info:
                 summary_log.error("Error when shutting down Golem engine: %s", event.exception)
             else:
@@ -172,6 +180,8 @@ class SummaryLogger:
         """The Task API's lines, in yapapi's words."""
         if isinstance(event, events.JobStarted):
             self._job_started[event.job_id] = time.time()
+            if self._costs:  # as yapapi's, when an earlier job already cost something
+                summary_log.info("The cost so far: %s", sum(self._costs.values(), Decimal(0)).normalize())
         elif isinstance(event, events.TaskStarted):
             summary_log.info("%sTask started on provider '%s', task data: %s", _job(event), event.provider_name,
                              str_capped(event.task_data, 200))
@@ -217,6 +227,16 @@ class SummaryLogger:
             summary_log.info("%sProvider '%s' did not compute any tasks", job, name)
         for (_, name), count in self._failures.pop(job_id, Counter()).items():
             summary_log.info("%sActivity failed %s on provider '%s'", job, pluralize(count, "time"), name)
+
+
+def _no_offers(collected: int, waited: timedelta) -> str:
+    """yapapi's warning while no provider answers a job's demand."""
+    if collected == 0:
+        said = f"No offers have been collected from the market for {waited.seconds}s."
+    else:
+        offers = "1 offer has" if collected == 1 else f"{collected} offers have"
+        said = f"{offers} been collected from the market, but no provider has responded for {waited.seconds}s."
+    return said + " Make sure you're using the latest released versions of yagna and yapapi, and the correct subnet. "
 
 
 def _job(event: events.JobEvent) -> str:
