@@ -326,6 +326,8 @@ def test_yapapi_webapp_with_its_database_on_another_provider(simulated_lan: Simu
     assert post(url, urllib.parse.urlencode({"message": message}).encode(), "application/x-www-form-urlencoded") == 200
     assert f"<li>{message}</li>" in urllib.request.urlopen(url, timeout=20).read().decode()
     script.process.send_signal(signal.SIGINT)
+    script.wait_for(r".*Service terminated.*", timeout=20)  # goth's test_run_webapp: "<...> decommissioned"
+    script.wait_for(r".*All jobs have finished", timeout=20)
     script.finish()
 
 

@@ -111,8 +111,16 @@ def test_ssh_example_takes_a_password_login_through_the_socket_proxy(tmp_path: P
             else:
                 raise AssertionError("a wrong password was let in")
     assert len(hostnames) == 2  # two instances, each its own machine
+    script.wait_for(r".*SshService running on .*SshService running on ", timeout=10)  # goth's test_run_ssh
     script.process.send_signal(signal.SIGINT)  # as a user's Ctrl-C
+    script.wait_for(r".*SshService terminated on ", timeout=120)  # yapapi's "<...> decommissioned", as goth waits
+    script.wait_for(r".*All jobs have finished", timeout=20)
     script.finish()
+    commissioned = [line for line in script.lines if re.search(
+        r"<SshService starting on \S+ \[ \S+ \] @ 192\.168\.0\.\d+> commissioned$", line)]
+    decommissioned = [line for line in script.lines if re.search(
+        r"<SshService terminated on \S+ \[ \S+ \] @ 192\.168\.0\.\d+> decommissioned$", line)]
+    assert len(commissioned) == 2 and len(decommissioned) == 2, "\n".join(script.lines)
 
 
 def until_it_answers(url: str, timeout: float = 30.0) -> None:
@@ -147,7 +155,11 @@ def test_webapp_example_keeps_a_posted_message_in_its_database_instance(tmp_path
     page = urllib.request.urlopen(url, timeout=20).read().decode()
     assert f"<li>{message}</li>" in page, page
     script.process.send_signal(signal.SIGINT)
+    script.wait_for(r".*Service terminated.*", timeout=20)  # goth's test_run_webapp, after SIGINT
+    script.wait_for(r".*All jobs have finished", timeout=20)
     script.finish()
+    ended = {m.group(1) for line in script.lines if (m := re.search(r"<(\w+) terminated on .*> decommissioned$", line))}
+    assert ended == {"HttpService", "DbService"}, "\n".join(script.lines)
 
 
 def test_webapp_fileupload_example_gives_back_an_uploaded_file(tmp_path: Path, engine) -> None:
