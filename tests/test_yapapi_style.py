@@ -54,6 +54,8 @@ def test_hello_world(tmp_path: Path, engine) -> None:
 def test_simple_service(tmp_path: Path, engine) -> None:
     lines = run_script("simple_service.py", tmp_path, "--running-time", "4", "--show-usage",
                        "--log-file", str(tmp_path / "simple.log"))
+    expect_in_order(lines, r"<SimpleService starting on \S+ \[ \S+ \]> commissioned$",
+                    r"<SimpleService terminated on \S+ \[ \S+ \]> decommissioned$", ".*All jobs have finished")
     expect_in_order(lines, r"Starting Cluster 1: 1x\[Service: SimpleService", "All instances started",
                     "instances:.*running", "instances:.*running", r"Stopping Cluster 1: 1x\[Service: SimpleService",
                     ".*All jobs have finished")
@@ -68,6 +70,13 @@ def test_instance_restart(tmp_path: Path, engine) -> None:
     lines = run_script("instance_restart.py", tmp_path)
     expect_in_order(lines, "STARTING 1$", ".*CommandExecutionError", "STARTING 2$", "RUNNING 2$",
                     ".*CommandExecutionError", "STOPPING 2$", "STARTING 3$", "Cluster stopped$")
+    name = "FirstInstanceFailsToStart"  # yapapi's runner lines, with the instance's repr
+    expect_in_order(lines, rf"<{name} starting on \S+ \[ \S+ \]> commissioned$", "STARTING 1$",
+                    rf"<{name} terminated on \S+ \[ \S+ \]> decommissioned$",
+                    rf"Restarting service <{name} terminated on \S+ \[ \S+ \]>$",
+                    rf"<{name} starting on .*> commissioned$", "STARTING 2$", "STOPPING 2$",
+                    rf"<{name} terminated on .*> decommissioned$", "STARTING 3$",
+                    rf"<{name} terminated on .*> decommissioned$", "Cluster stopped$")
     assert not any(re.search("STARTING 4", line) for line in lines)
     assert_all_invoices_accepted(lines)
 
