@@ -14,9 +14,10 @@
             print(task.result)
 
 Here: `task.py` (the Task), `queue.py` (a job's tasks, read lazily, put back, given up),
-`worker.py` (one worker on one activity), `job.py` (a job's workers, its end and time limit).
-Beyond yapapi: attempts per task are bounded (`max_attempts`, default 5), and so is each attempt
-(`attempt_timeout`); see `Golem.execute_tasks`.
+`worker.py` (one worker on one activity), `job.py` (a job's workers, its end and time limit),
+`progress.py` (its progress line on a terminal). Beyond yapapi: attempts per task are bounded
+(`max_attempts`, default 5), and so is each attempt (`attempt_timeout`); a provider that failed
+three of a job's workers gets no more of them; see `Golem.execute_tasks`.
 """
 
 from requestor.executor.task import DEFAULT_MAX_ATTEMPTS, Task, TaskStatus

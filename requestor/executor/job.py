@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, Iterable, Iterator
+import sys
+from collections.abc import AsyncIterable, Iterable, Iterator, Sized
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from requestor import events
 from requestor.errors import BudgetExceededError, JobTimeoutError, NoMatchingProviderError, TaskFailedError
+from requestor.executor import progress
 from requestor.executor.queue import TaskQueue
 from requestor.executor.task import Task
 from requestor.executor.worker import Providers, Worker, WorkerFunction
@@ -60,6 +62,7 @@ class TaskJob:
         self._implicit_init = implicit_init
         self._accepted: asyncio.Queue[Task[Any, Any] | None] = asyncio.Queue()
         self.queue = TaskQueue(data, max_workers, max_attempts, attempt_timeout, self._accepted.put_nowait)
+        self._total = len(data) if isinstance(data, Sized) else None  # for the progress line
         self._workers: dict[Worker, asyncio.Task[None]] = {}
         self._numbers = 0
         self._failures: dict[str, int] = {}  # failed workers by provider id: asked last
@@ -98,6 +101,7 @@ class TaskJob:
         self._engine.emit(events.JobStarted(job=self.job))
         filler = asyncio.create_task(self.queue.fill(), name=f"task-job-{self.job.id}-data")
         starter = asyncio.create_task(self._start_workers(), name=f"task-job-{self.job.id}-starter")
+        shown = asyncio.create_task(self._show_progress(), name=f"task-job-{self.job.id}-progress")
         error: BaseException | None = None
         try:
             async with asyncio.timeout(self._timeout.total_seconds()):
@@ -106,9 +110,9 @@ class TaskJob:
             running, waiting = self.queue.undone()
             error = JobTimeoutError(self._timeout, running, waiting, self.queue.exhausted)
         finally:
-            for helper in (filler, starter):
+            for helper in (filler, starter, shown):
                 helper.cancel()
-            await asyncio.wait({filler, starter})
+            await asyncio.wait({filler, starter, shown})
             await self._wind_down(stop=error is not None)
             self.queue.close()
             if error is None and self.queue.failed:
@@ -117,6 +121,19 @@ class TaskJob:
             exc_info = (type(error), error, error.__traceback__) if error is not None else None
             self._engine.emit(events.JobFinished(job=self.job, exc_info=exc_info))
             self._accepted.put_nowait(None)
+
+    async def _show_progress(self) -> None:
+        """The progress line on stderr while the job runs, when it is a terminal (see progress)."""
+        stream = sys.stderr
+        if not progress.wanted(stream):
+            return
+        line = progress.Progress(stream, f"[Job {self.job.id}]", self._total)
+        try:
+            while True:
+                line.show(self.queue.ended)
+                await self.queue.changed(1.0)  # a task done, or a second more for the rate
+        finally:
+            line.clear()
 
     async def _until_done(self, filler: asyncio.Task[None], starter: asyncio.Task[None]) -> BaseException | None:
         """None once every task is done and every worker has ended; else why the job must end."""

@@ -50,6 +50,7 @@ class TaskQueue:
         self._live: set[int] = set()  # numbers of the holders that may still take tasks
         self.exhausted = False  # data has no more tasks
         self.failed: list[Task[Any, Any]] = []
+        self.ended = 0  # tasks accepted, rejected for good or failed
         self._changed = asyncio.Event()
 
     # Signals
@@ -149,11 +150,13 @@ class TaskQueue:
             return
         if task.status is TaskStatus.ACCEPTED:
             self._forget(task)
+            self.ended += 1
             self._on_accepted(task)
         elif retry:
             self._put_back(task, holder, reason)
         else:
             self._forget(task)
+            self.ended += 1
         self.notify()
 
     def leave(self, holder: Holder, reason: str) -> None:
@@ -176,6 +179,7 @@ class TaskQueue:
             task._fail(reason)
             self._forget(task)
             self.failed.append(task)
+            self.ended += 1
             holder.emit(events.TaskFailed, task=task, reason=reason)
         else:
             task._requeue()
