@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,4 +74,7 @@ def test_webapp_suspended_by_one_process_is_resumed_by_another(simulated_lan: Si
     assert f"<li>{again}</li>" in urllib.request.urlopen(url, timeout=20).read().decode()
     second.process.send_signal(signal.SIGINT)
     second.finish()
+    resumed = {m.group(1) for line in second.lines if (m := re.search(r"<(\w+) running on .*> resumed$", line))}
+    assert resumed == {"HttpService", "DbService"}, "\n".join(second.lines)  # yapapi's line, not "commissioned"
+    assert not [line for line in second.lines if line.endswith("> commissioned")], "\n".join(second.lines)
     assert not [a for a in activities_of(provider) if not a["state"].startswith("Terminated")], "the resumed run ended its instances"
