@@ -121,8 +121,14 @@ class DecreaseScoreForUnconfirmedAgreement(WrappingMarketStrategy):
 
 
 async def score(strategy: MarketStrategy, offer: Offer) -> float | None:
-    """The strategy's score of the offer, or None when it rejects it."""
-    value = await _resolved(strategy.score_offer(offer))
+    """The strategy's score of the offer, or None when it rejects it (also when it raises: one bad
+    offer or a strategy's bug turns that offer down, as yapapi does, and is logged as yapapi's)."""
+    try:
+        value = await _resolved(strategy.score_offer(offer))
+    except Exception:  # noqa: BLE001 - the strategy is the caller's code
+        log.warning("Strategy error: score_offer(proposal) failed when calling with proposal: %s",
+                     offer.provider_id, exc_info=True)
+        return None
     if value is None or float(value) < 0:
         return None
     return float(value)

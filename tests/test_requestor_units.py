@@ -86,6 +86,20 @@ async def test_matching() -> None:
     assert mismatch(offer(accepts_image_urls=False), by_url, "public") is not None
 
 
+async def test_a_strategy_that_raises_turns_the_offer_down_with_yapapis_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from requestor.strategy import MarketStrategy, score
+
+    class Broken(MarketStrategy):
+        async def score_offer(self, offer: Offer) -> float:
+            raise KeyError("no such property")
+
+    with caplog.at_level("WARNING", logger="requestor.strategy"):
+        assert await score(Broken(), offer(provider_id="0xbad")) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "Strategy error: score_offer(proposal) failed when calling with proposal: 0xbad"]
+    assert caplog.records[0].exc_info is not None
+
+
 async def test_strategies_score_as_yapapis_do() -> None:
     from requestor.props import com
     from requestor.strategy import (

@@ -28,6 +28,7 @@ from requestor.executor import progress
 from requestor.executor.queue import TaskQueue
 from requestor.executor.task import Task
 from requestor.executor.worker import Providers, Worker, WorkerFunction
+from requestor.log import pluralize
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,10 @@ class TaskJob:
             for worker in self._workers:
                 worker.stop()
         tasks = list(self._workers.values())
-        _, late = await asyncio.wait(tasks, timeout=WIND_DOWN)
+        _, pending = await asyncio.wait(tasks, timeout=1.0)
+        if pending:  # yapapi's line, after the same second
+            log.info("[Job %s] Waiting for %s to finish...", self.job.id, pluralize(len(pending), "worker"))
+        _, late = await asyncio.wait(tasks, timeout=WIND_DOWN - 1.0)
         for task in late:
             log.warning("event=task_worker_given_up job=%s worker=%s waited=%.0fs", self.job.id, task.get_name(),
                         WIND_DOWN)
