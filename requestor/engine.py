@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TypeVar
@@ -25,11 +25,13 @@ from requestor.errors import (
     BudgetExceededError,
     NoMatchingProviderError,
     ProviderCallError,
+    ProviderUnreachableError,
     RequestorError,
 )
 from requestor.leaving import log_given_up
 from requestor.model import AgreementInfo, DemandSpec, Offer, Pricing, Refusal
 from requestor.payload.vm import GIB, VmPackage
+from requestor.placement import OfferBook, Spread, Unanswered, Waits
 from requestor.strategy import MarketStrategy, mismatch, score
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class _Attempt:
     reasons: dict[str, str]
     capacity_busy: bool = False
     strategy_refused: bool = False  # the market strategy turned an offer down (it may take it later)
+    silent: list[Unanswered] = field(default_factory=list)  # providers whose offer is not at hand
+    provider_slow: bool = False  # a provider did not answer in time while an agreement was being made
     budget_error: BudgetExceededError | None = None
     on_agreement: Callable[[events.Agreement], None] | None = None  # told before the activity is made
     reuse: bool = False  # a task worker's: its agreement may hold a next activity
@@ -70,6 +74,9 @@ class Engine:
         self.pool = AgreementsPool()  # agreements waiting for a next activity
         self._reusable: dict[str, Reusable] = {}  # by agreement id: those an activity runs on now
         self.unpaid: set[str] = set()  # agreements whose provider was gone at their end: no invoice came
+        self._book = OfferBook(clients)  # requestor.placement: offers read, slow providers asked again
+        self._spread = Spread(lambda: [h.agreement.provider_id for h in self._live.values()])
+        self._waits = Waits()
 
     def leave_by(self, deadline: float) -> None:
         """Golem is leaving: every release from now on ends by `deadline` (loop time), giving up
@@ -82,6 +89,7 @@ class Engine:
         await asyncio.gather(*(self._end_agreement(a.client, a.agreement, a.job, "Success", a.spent,
                                                    "Successfully finished all work") for a in self.pool.drain()))
         await self._budget_watch.close()
+        await self._book.close()
         if self.unpaid:  # yapapi's warning, in its words: goth's power outage test waits for it
             log.warning("Unpaid agreements: %s", self.unpaid)
 
@@ -102,19 +110,18 @@ class Engine:
             except RequestorError as exc:
                 log.warning("event=terminate_agreement_failed agreement=%s error=%s", agreement_id, exc)
 
-    async def offers(self, job: events.Job, reasons: dict[str, str]) -> list[Offer]:
-        """Current offers of every reachable provider; unreachable ones get a reason."""
-        results = await asyncio.gather(*(c.offer() for c in self.clients), return_exceptions=True)
-        offers = []
-        for client, result in zip(self.clients, results):
-            if isinstance(result, Offer):
-                offers.append(result)
-                self.emit(events.ProposalReceived(job=job, proposal=result))
-            elif isinstance(result, RequestorError):
-                reasons[client.address] = f"unreachable ({result})"
-                self.emit(events.ProposalRejected(job=job, address=client.address, reason=reasons[client.address]))
-            else:
-                raise result
+    async def offers(self, job: events.Job, reasons: dict[str, str],
+                     silent: list[Unanswered] | None = None) -> list[Offer]:
+        """Current offers of the providers that answer; the others get a reason, and are added to
+        `silent` (asked again after a backoff: requestor.placement.OfferBook)."""
+        offers, unanswered = await self._book.read()
+        for offer in offers:
+            self.emit(events.ProposalReceived(job=job, proposal=offer))
+        for quiet in unanswered:
+            reasons[quiet.where] = quiet.reason
+            self.emit(events.ProposalRejected(job=job, address=quiet.address, reason=quiet.reason))
+        if silent is not None:
+            silent.extend(unanswered)
         return offers
 
     async def acquire(self, job: events.Job, avoid: set[str], stop: asyncio.Event,
@@ -129,7 +136,8 @@ class Engine:
         With `reuse` (task workers), an agreement from the pool for the same demand is taken up
         first, and a new agreement on a multi-activity provider may go back to the pool at release.
 
-        Waits while matching providers are only busy, and, for task workers, while the market
+        Waits while matching providers are only busy or slow to answer (having answered before;
+        a job's placements say at INFO what they wait for), and, for task workers, while the market
         strategy turns them down (as yapapi's job waits for offers: a strategy may take an offer
         later, as scan's takes each provider once and then waits for new ones; the job's timeout
         bounds it); raises NoMatchingProviderError when none can ever take it,
@@ -142,32 +150,31 @@ class Engine:
             if taken is not None:
                 return taken
         delay = 0.5
-        while True:
-            attempt = _Attempt(reasons={}, on_agreement=on_agreement, reuse=reuse)
-            handle = await self._try_providers(job, payload, avoid, attempt, only_provider, why_only, exclude)
-            if handle is not None:
-                return handle
-            if attempt.capacity_busy or (reuse and attempt.strategy_refused):
-                waiting_for = "capacity" if attempt.capacity_busy else "offers_the_strategy_takes"
-                log.info("event=waiting_for_%s job=%s retry_in=%.1fs", waiting_for, job.id, delay)
+        with self._waits.placing(job.id, workers=reuse) as waits:
+            while True:
+                attempt = _Attempt(reasons={}, on_agreement=on_agreement, reuse=reuse)
+                handle = await self._try_providers(job, payload, avoid, attempt, only_provider, why_only, exclude)
+                if handle is not None:
+                    return handle
+                if not _worth_waiting(attempt):
+                    break
+                waits(attempt.reasons, attempt.silent)
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
                 except TimeoutError:
                     pass
                 if stop.is_set():
-                    raise NoMatchingProviderError(f"stopped while waiting for {waiting_for.replace('_', ' ')}")
+                    raise NoMatchingProviderError("stopped while waiting for a provider: " + _said(attempt.reasons))
                 delay = min(delay * 2, 5.0)
-                continue
-            if attempt.budget_error is not None and all("budget" in r for r in attempt.reasons.values()):
-                raise attempt.budget_error
-            details = "; ".join(f"{where}: {why}" for where, why in attempt.reasons.items()) or "no providers configured"
-            raise NoMatchingProviderError(f"no provider can run {payload}: {details}")
+        if attempt.budget_error is not None and all("budget" in r for r in attempt.reasons.values()):
+            raise attempt.budget_error
+        raise NoMatchingProviderError(f"no provider can run {payload}: {_said(attempt.reasons)}")
 
     async def _try_providers(self, job: events.Job, payload: VmPackage, avoid: set[str], attempt: _Attempt,
                              only_provider: str | None, why_only: str,
                              exclude: Mapping[str, str]) -> ActivityHandle | None:
         candidates: list[tuple[bool, float, Offer]] = []
-        for offer in await self.offers(job, attempt.reasons):
+        for offer in await self.offers(job, attempt.reasons, attempt.silent):
             where = f"{offer.provider_name} ({offer.address})"
             why = None
             if only_provider is not None and offer.provider_id != only_provider:
@@ -185,9 +192,10 @@ class Engine:
                 self.emit(events.ProposalRejected(job=job, proposal=offer, address=offer.address, reason=why))
                 continue
             assert value is not None
-            candidates.append((offer.provider_id in avoid, -value, offer))  # the highest score first
-        for _, _, offer in sorted(candidates, key=lambda candidate: candidate[:2]):
-            handle = await self._agree(job, payload, offer, attempt)
+            candidates.append((offer.provider_id in avoid, value, offer))
+        for offer in self._spread.order(candidates):  # equal scores: the least loaded provider first
+            with self._spread.making(offer.provider_id):
+                handle = await self._agree(job, payload, offer, attempt)
             if handle is not None:
                 return handle
         return None
@@ -212,6 +220,7 @@ class Engine:
             attempt.reasons[where] = exc.details
             return None
         except RequestorError as exc:
+            attempt.provider_slow = attempt.provider_slow or isinstance(exc, ProviderUnreachableError)
             attempt.reasons[where] = str(exc)
             return None
         if isinstance(outcome, Refusal):
@@ -395,6 +404,17 @@ class Engine:
             self.emit(events.InvoiceAccepted(job=job, agreement=agreement, amount=final))
         else:
             self.unpaid.add(agreement.id)
+
+
+def _worth_waiting(attempt: _Attempt) -> bool:
+    """Whether what stood in the way may pass: a provider only busy, or slow to answer (one heard
+    from before), or for a task worker a market strategy that may take an offer later."""
+    return (attempt.capacity_busy or attempt.provider_slow or any(s.worth_waiting for s in attempt.silent)
+            or (attempt.reuse and attempt.strategy_refused))
+
+
+def _said(reasons: dict[str, str]) -> str:
+    return "; ".join(f"{where}: {why}" for where, why in reasons.items()) or "no providers configured"
 
 
 def _max_rate(pricing: Pricing, cpu_threads: int) -> Decimal:
