@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from bench.cases_data import case_output, case_transfer, case_tunnel  # noqa: E402
 from bench.cases_exec import case_background, case_exec, case_remote, case_scale, case_start  # noqa: E402
 from bench.cases_load import case_attack, case_memory, case_span  # noqa: E402
+from bench.cases_tasks import case_scale_100, case_task_memory, case_tasks  # noqa: E402
 from bench.common import Daemon, Row, States, say  # noqa: E402
 from requestor import Golem  # noqa: E402
 
@@ -47,16 +48,19 @@ RECORD = REPO / "bench" / "latest.json"
 TRY_OUTPUT = Path(tempfile.gettempdir()) / "exeunit-bench-try.json"
 FORMAT = 2  # rows with min / median / max per side and ratio (bench/report.py reads this one only)
 
-CASES = ("exec", "start", "scale", "output", "transfer", "tunnel", "background", "memory", "attack", "remote", "span")
+CASES = ("exec", "start", "scale", "output", "transfer", "tunnel", "background", "memory", "attack", "remote", "span",
+         "tasks", "task-memory", "scale-100")
 
 # Rounds: at least three everywhere in full mode. A round of exec is one round trip; of attack,
 # a minute of attack and the idle figure before it; of memory, 1,000 activities and 25 s of wait.
 FULL = dict(rounds=25, start_rounds=9, scale=50, scale_rounds=3, output=100 * 1000 * 1000, output_rounds=8,
             transfer=256 << 20, transfer_rounds=3, tunnel=128 << 20, tunnel_rounds=8, background_rounds=3,
-            memory_activities=1000, memory_rounds=3, attack_seconds=60, attack_rounds=3, span=512, span_rounds=3)
+            memory_activities=1000, memory_rounds=3, attack_seconds=60, attack_rounds=3, span=512, span_rounds=3,
+            tasks=1000, tasks_rounds=3, task_memory=100_000, task_memory_rounds=3, scale_100=(100, 10), scale_100_rounds=3)
 QUICK = dict(rounds=7, start_rounds=3, scale=10, scale_rounds=2, output=20 * 1000 * 1000, output_rounds=3,
              transfer=64 << 20, transfer_rounds=2, tunnel=32 << 20, tunnel_rounds=3, background_rounds=2,
-             memory_activities=100, memory_rounds=1, attack_seconds=15, attack_rounds=1, span=128, span_rounds=1)
+             memory_activities=100, memory_rounds=1, attack_seconds=15, attack_rounds=1, span=128, span_rounds=1,
+             tasks=1000, tasks_rounds=2, task_memory=5000, task_memory_rounds=1, scale_100=(20, 4), scale_100_rounds=1)
 
 
 def print_table(rows: list[Row]) -> None:
@@ -130,6 +134,9 @@ async def main(quick: bool, output: Path, only: list[str] | None = None) -> list
                 "remote": lambda: case_remote(golem, client, states, n["rounds"], n["output"], n["output_rounds"]),
                 "span": lambda: case_span(states, n["span"], n["span_rounds"]),
                 "transfer": lambda: transfer(golem, client, states, daemon, n),
+                "tasks": lambda: case_tasks(n["tasks"], 5, n["tasks_rounds"]),  # and the workers-start row
+                "task-memory": lambda: case_task_memory(n["task_memory"], n["task_memory_rounds"]),
+                "scale-100": lambda: case_scale_100(client, *n["scale_100"], n["scale_100_rounds"]),
             }
             names = [x for case in (only or CASES) for x in ((case, "exec-docker") if case == "exec" else (case,))]
             for number, name in enumerate(names, 1):
