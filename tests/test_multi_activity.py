@@ -88,6 +88,26 @@ async def test_activities_one_after_another_on_one_agreement(daemons: Daemons) -
         assert list(agreement.activity_ids) == [first, second]
 
 
+async def test_an_agreement_holds_at_most_its_bound_of_activities_naming_the_flag(daemons: Daemons) -> None:
+    """Create/destroy without deploying costs the requestor nothing; without a bound one agreement
+    would grow its ended activities and its bill for ever (an attacker's review, issue 27)."""
+    from exeunit.domain.settings import ActivityLimits
+
+    server = await daemons.start(limits=ActivityLimits(activities_per_agreement=3))
+    async with ContractClient(f"127.0.0.1:{server.port}", "r") as client:
+        offer = (await client.market.GetOffer(mkt.GetOfferRequest())).offer
+        assert offer.limits.activities_per_agreement == 3
+        agreement_id = await client.agreement(BASE_IMAGE)
+        for _ in range(3):
+            await client.destroy(await create_activity(client, agreement_id))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await create_activity(client, agreement_id)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "(--activities-per-agreement); make a new agreement" in (refused.value.details() or "")
+        other = await client.agreement(BASE_IMAGE)  # a new agreement starts afresh
+        await client.destroy(await create_activity(client, other))
+
+
 async def test_a_second_live_activity_is_refused_naming_the_first(daemons: Daemons) -> None:
     server = await daemons.start()
     async with ContractClient(f"127.0.0.1:{server.port}", "r") as client:

@@ -108,6 +108,7 @@ def limits_to_proto(limits: ActivityLimits, s: ProviderSettings) -> mkt.OfferLim
     """Every bound the operator sets with a flag of `exeunit serve` (OfferLimits names each flag)."""
     return mkt.OfferLimits(
         batches_queued=limits.batches_queued, batches_kept=limits.batches_kept,
+        activities_per_agreement=limits.activities_per_agreement,
         batch_ids_remembered=limits.batch_ids_remembered, replay_window_bytes=limits.replay_window_bytes,
         result_output_bytes=limits.result_output_cap, transfers_per_activity=limits.transfers_per_activity,
         transfers_per_requestor=limits.transfers_per_requestor, tunnels_per_activity=limits.tunnels_per_activity,

@@ -105,6 +105,7 @@ def activity_limits(args: argparse.Namespace) -> ActivityLimits:
         output_memory_per_requestor_bytes=args.output_memory_per_requestor_mib << 20,
         journal_bytes_per_activity=args.journal_mib_per_activity << 20,
         batches_queued=args.batches_queued,
+        activities_per_agreement=args.activities_per_agreement,
         batch_ids_remembered=args.batch_ids_remembered,
         transfers_per_activity=args.transfers_per_activity,
         transfers_per_requestor=args.transfers_per_requestor,

@@ -265,6 +265,10 @@ def _limit_options(serve: argparse.ArgumentParser) -> None:
                         help="ids of an activity's forgotten batches it remembers (8 bytes each, in memory and in "
                              "its journals), so that a batch id never runs twice; an activity that has run this "
                              "many batches refuses more (default: %(default)s)")
+    limits.add_argument("--activities-per-agreement", type=positive(int), default=256, metavar="N",
+                        help="activities one agreement may hold one after another; more are refused "
+                             "RESOURCE_EXHAUSTED (each ended one is kept a while and billed in the agreement; "
+                             "default: %(default)s)")
     limits.add_argument("--batches-queued", type=positive(int), default=64, metavar="N",
                         help="batches of one activity queued or running at once; more are refused "
                              "RESOURCE_EXHAUSTED (default: %(default)s)")

@@ -54,6 +54,9 @@ class ActivityLimits:
     output_memory_per_requestor_bytes: int = 16 << 20  # and all of one requestor's activities together
     journal_bytes_per_activity: int = 512 << 20  # an activity's batch journals on disk; oldest finished go
     batches_queued: int = 64  # batches of one activity waiting or running at once; more are refused
+    # Activities one agreement may hold one after another: each ended one stays a while and in the
+    # agreement's bill, so an agreement churning create/destroy would grow both without end.
+    activities_per_agreement: int = 256
     batch_ids_remembered: int = 1_000_000  # forgotten batches' ids an activity keeps (8 bytes each), so none runs twice
     replay_grace_seconds: float = 10.0
     stop_timeout_seconds: int = 5

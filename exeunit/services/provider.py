@@ -270,6 +270,12 @@ class Provider:
             raise errors.FailedPrecondition(
                 f"agreement {agreement_id} already has a live activity {live[0]}; destroy it first"
             )
+        most = self._host.limits.activities_per_agreement
+        if len(agreement.activity_ids) >= most:
+            raise errors.ResourceExhausted(
+                f"agreement {agreement_id} has held {len(agreement.activity_ids)} activities, the most this provider "
+                "allows on one agreement (--activities-per-agreement); make a new agreement"
+            )
         activity = self.new_activity(uuid.uuid4().hex, agreement)
         self._disarm_idle(agreement)
         agreement.activity_ids.append(activity.activity_id)

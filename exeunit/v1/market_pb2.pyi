@@ -111,7 +111,7 @@ class Offer(_message.Message):
     def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., subnet_tag: _Optional[str] = ..., runtime_name: _Optional[str] = ..., runtime_version: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., total_cpu_threads: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., total_storage_bytes: _Optional[int] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., accepts_image_urls: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ..., max_agreement_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., agreement_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runtimes: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[OfferLimits, _Mapping]] = ..., overlay_port: _Optional[int] = ..., boot_epoch: _Optional[str] = ..., activity_cpu_threads: _Optional[int] = ..., activity_memory_bytes: _Optional[int] = ..., activity_storage_bytes: _Optional[int] = ...) -> None: ...
 
 class OfferLimits(_message.Message):
-    __slots__ = ("batches_queued", "batches_kept", "batch_ids_remembered", "replay_window_bytes", "result_output_bytes", "transfers_per_activity", "transfers_per_requestor", "tunnels_per_activity", "networks_per_requestor", "tunnels_per_requestor", "streams_per_requestor", "image_fetches_per_requestor", "peers_per_network", "macs_per_network", "relay_queue_bytes", "pids_limit", "transfer_idle_timeout", "output_memory_bytes", "output_memory_per_requestor_bytes", "journal_bytes_per_activity", "image_bytes", "ended_retention")
+    __slots__ = ("batches_queued", "batches_kept", "batch_ids_remembered", "replay_window_bytes", "result_output_bytes", "transfers_per_activity", "transfers_per_requestor", "tunnels_per_activity", "networks_per_requestor", "tunnels_per_requestor", "streams_per_requestor", "image_fetches_per_requestor", "peers_per_network", "macs_per_network", "relay_queue_bytes", "pids_limit", "transfer_idle_timeout", "output_memory_bytes", "output_memory_per_requestor_bytes", "journal_bytes_per_activity", "image_bytes", "ended_retention", "activities_per_agreement")
     BATCHES_QUEUED_FIELD_NUMBER: _ClassVar[int]
     BATCHES_KEPT_FIELD_NUMBER: _ClassVar[int]
     BATCH_IDS_REMEMBERED_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,7 @@ class OfferLimits(_message.Message):
     JOURNAL_BYTES_PER_ACTIVITY_FIELD_NUMBER: _ClassVar[int]
     IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     ENDED_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITIES_PER_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     batches_queued: int
     batches_kept: int
     batch_ids_remembered: int
@@ -156,7 +157,8 @@ class OfferLimits(_message.Message):
     journal_bytes_per_activity: int
     image_bytes: int
     ended_retention: _duration_pb2.Duration
-    def __init__(self, batches_queued: _Optional[int] = ..., batches_kept: _Optional[int] = ..., batch_ids_remembered: _Optional[int] = ..., replay_window_bytes: _Optional[int] = ..., result_output_bytes: _Optional[int] = ..., transfers_per_activity: _Optional[int] = ..., transfers_per_requestor: _Optional[int] = ..., tunnels_per_activity: _Optional[int] = ..., networks_per_requestor: _Optional[int] = ..., tunnels_per_requestor: _Optional[int] = ..., streams_per_requestor: _Optional[int] = ..., image_fetches_per_requestor: _Optional[int] = ..., peers_per_network: _Optional[int] = ..., macs_per_network: _Optional[int] = ..., relay_queue_bytes: _Optional[int] = ..., pids_limit: _Optional[int] = ..., transfer_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., output_memory_bytes: _Optional[int] = ..., output_memory_per_requestor_bytes: _Optional[int] = ..., journal_bytes_per_activity: _Optional[int] = ..., image_bytes: _Optional[int] = ..., ended_retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    activities_per_agreement: int
+    def __init__(self, batches_queued: _Optional[int] = ..., batches_kept: _Optional[int] = ..., batch_ids_remembered: _Optional[int] = ..., replay_window_bytes: _Optional[int] = ..., result_output_bytes: _Optional[int] = ..., transfers_per_activity: _Optional[int] = ..., transfers_per_requestor: _Optional[int] = ..., tunnels_per_activity: _Optional[int] = ..., networks_per_requestor: _Optional[int] = ..., tunnels_per_requestor: _Optional[int] = ..., streams_per_requestor: _Optional[int] = ..., image_fetches_per_requestor: _Optional[int] = ..., peers_per_network: _Optional[int] = ..., macs_per_network: _Optional[int] = ..., relay_queue_bytes: _Optional[int] = ..., pids_limit: _Optional[int] = ..., transfer_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., output_memory_bytes: _Optional[int] = ..., output_memory_per_requestor_bytes: _Optional[int] = ..., journal_bytes_per_activity: _Optional[int] = ..., image_bytes: _Optional[int] = ..., ended_retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., activities_per_agreement: _Optional[int] = ...) -> None: ...
 
 class ImageRef(_message.Message):
     __slots__ = ("hash", "tag", "url")
