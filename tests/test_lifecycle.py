@@ -265,3 +265,31 @@ async def test_the_test_counters_runtime_counts_what_sleep_waits_and_prices_it(d
         refused = await client.propose(mkt.Demand(runtime="test-counters", subnet_tag="public", expiration=expiration()))
         assert refused.refusal.reason == mkt.REFUSAL_REASON_RUNTIME_MISMATCH
         assert "this provider runs docker-vm" in refused.refusal.message
+
+
+KILL_KEEP_ALIVE = ("import os\nfor p in os.listdir('/proc'):\n"
+                   "    if p.isdigit() and open('/proc/%s/cmdline' % p, 'rb').read() == b'/bin/sh\\0':\n"
+                   "        os.kill(int(p), 9)")
+
+
+async def test_a_container_that_stops_itself_keeps_the_cpu_it_used_in_its_bill(daemons) -> None:
+    """Killing the keep-alive from inside stops the container; the engine then reads its CPU as 0,
+    which must not erase what it used (an attacker's review, issue 27: billed zero CPU)."""
+    server = await daemons.start()
+    async with ContractClient(f"127.0.0.1:{server.port}", "r") as client:
+        activity_id = await client.ready_activity(BASE_IMAGE)
+        burn = await client.run_batch(activity_id, [client.run(
+            "python3", "-c", "import time\nwhile time.process_time() < 0.5: pass")])
+        assert burn.succeeded
+        request = act.GetActivityUsageRequest(activity_id=activity_id)
+        used = (await client.activity.GetActivityUsage(request, metadata=client.metadata)).cpu_seconds
+        assert used >= 0.4
+        await client.run_batch(activity_id, [client.run("python3", "-c", KILL_KEEP_ALIVE)])
+        for _ in range(300):  # until the daemon saw the container die
+            if (await client.state(activity_id)).state == act.ACTIVITY_STATE_TERMINATED:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the container whose keep-alive was killed is not seen terminated in 15 s")
+        billed = (await client.activity.GetActivityUsage(request, metadata=client.metadata)).cpu_seconds
+        assert billed >= used, f"billed {billed} CPU seconds after using {used}"

@@ -382,7 +382,9 @@ class Activity:
         except errors.ExeUnitError:
             return
         self._usage_read_at = loop.time()
-        self._last_usage = (usage.cpu_seconds, usage.memory_bytes)
+        # CPU time only grows: a container that stopped itself (its processes killed from inside)
+        # reads as 0 from the engine, and that must not erase what it used.
+        self._last_usage = (max(usage.cpu_seconds, self._last_usage[0]), usage.memory_bytes)
 
     def counted(self, now: datetime) -> tuple[float, float, dict[str, float]]:
         """(cpu seconds, duration seconds, counters) as last read: what its agreement is billed."""
