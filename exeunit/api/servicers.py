@@ -282,10 +282,11 @@ class TransferServicer(xfer_grpc.TransferServicer):
                 async for part in parts:
                     kind = part.WhichOneof("part")
                     if kind == "chunk":
-                        if len(part.chunk) > CHUNK_SIZE:
+                        chunk = part.chunk  # each read of a bytes field copies it: read once
+                        if len(chunk) > CHUNK_SIZE:
                             raise errors.InvalidArgument(f"chunks are at most {CHUNK_SIZE} bytes")
-                        await upload.write(part.chunk)
-                        telemetry.UPLOAD_BYTES.inc(len(part.chunk))
+                        await upload.write(chunk)
+                        telemetry.UPLOAD_BYTES.inc(len(chunk))
                     elif kind == "trailer":
                         result = await upload.finish(part.trailer.sha256)
                         return xfer.UploadResponse(size=result.size, sha256=result.sha256)

@@ -143,11 +143,12 @@ class ByteCalls:
             if kind == "header":
                 announced = part.header.size
             elif kind == "chunk":
-                received += len(part.chunk)
+                chunk = part.chunk  # each read of a bytes field copies it: read once
+                received += len(chunk)
                 if hashing is not None:
                     await hashing
-                hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, part.chunk))
-                yield part.chunk
+                hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, chunk))
+                yield chunk
             elif kind == "trailer":
                 if hashing is not None:
                     await hashing
