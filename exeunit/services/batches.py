@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 
 BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # An ended activity's output stays readable this many replay graces at most while it is read
-# (5 minutes with the default 10 s): enough for 512 MiB of journal at under 2 MiB/s.
-RELEASE_GRACES_WHILE_READ = 30
+# (a minute with the default 10 s): a reader taking 9 MiB/s reads the largest journal
+# (--journal-mib-per-activity, 512 MiB) to its end. Ended activities' journals count against no
+# capacity, so this is kept short: each reader holds one such journal at most this long.
+RELEASE_GRACES_WHILE_READ = 6
 Resume = tuple[int, int]  # (agent command id, output offset) of a command a restarted daemon takes up
 
 
