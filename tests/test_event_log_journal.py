@@ -70,3 +70,22 @@ async def test_a_reader_of_a_released_log_is_told_why_its_events_are_gone(tmp_pa
     shutil.rmtree(tmp_path / "batch")
     with pytest.raises(errors.OutOfRange, match="events from 3 on are gone: the activity ended"):
         await anext(reader)
+
+
+async def test_a_released_log_gives_its_memory_back_to_the_pool_even_what_was_never_on_disk(tmp_path: Path) -> None:
+    """Events appended after the journal closed stay in memory until the log is released; then
+    the requestor's pool has them back (attacker's review: its count only grew)."""
+    from exeunit.domain.event_log import MemoryPool
+
+    pool = MemoryPool(1 << 20)
+    journal = SegmentedJournal(tmp_path / "batch")
+    log = EventLog(1 << 20, size, grace=60.0, journal=journal, memory_bytes=size(output(0)), pool=pool)
+    for _ in range(3):
+        await log.append(output)
+    journal.close()
+    for _ in range(3):
+        await log.append(output)
+    await log.close()
+    assert pool.used >= 3 * size(output(0))  # the three never written are held
+    await log.release("the activity ended")
+    assert pool.used == 0

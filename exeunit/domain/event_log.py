@@ -267,6 +267,8 @@ class EventLog(Generic[T]):
         behind the memory tail are told `reason`, readers that come later that nothing is kept."""
         async with self._cond:
             self._released = reason
+            while self._memory:  # its bytes go back to the requestor's pool, on disk or not
+                self._evict_oldest()
             self._cond.notify_all()
 
     @staticmethod
