@@ -209,8 +209,9 @@ class Market:
         free = self.free()
         if not wanted.fits_in(free):
             raise errors.ResourceExhausted(
-                f"no free capacity: demand needs {describe(wanted)}, free now {describe(free)}; "
-                "retry when other agreements end"
+                f"no free capacity: this agreement would take {describe(wanted)} (the demand's minimums, each "
+                f"raised to this provider's activity preset), free now {describe(free)}; retry when other "
+                "agreements end"
             )
         agreement = Agreement(
             agreement_id=uuid.uuid4().hex,
