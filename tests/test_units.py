@@ -79,7 +79,7 @@ class TestMarket:
         big = market.propose("r", demand(min_memory_bytes=3 * GIB, min_cpu_threads=2), True, NOW)
         assert not isinstance(big, Refusal) and big.reserved == Resources(2, 3 * GIB, 4 * GIB)
         assert market.free() == Resources(1, 0, 12 * GIB)  # both are held against the capacity
-        with pytest.raises(errors.ResourceExhausted, match="would take 1 cpu threads, 2.00 GiB memory .*activity preset"):
+        with pytest.raises(errors.ResourceExhausted, match="would take 1 cpu threads, 2.00 GiB memory, .*activity preset"):
             market.propose("r", demand(min_memory_bytes=GIB // 2), True, NOW)  # free 0 < the preset's 2 GiB
 
     def test_the_preset_flag_and_its_default(self) -> None:
