@@ -385,7 +385,10 @@ async def case_scale_100(client: docker.DockerClient, count: int, providers: int
             return elapsed()
         finally:
             for container in containers:
-                container.remove(force=True, v=True)
+                try:
+                    container.remove(force=True, v=True)
+                except docker.errors.NotFound:  # removed already (another bench run's clean-up)
+                    pass
 
     a, b = [], []
     progress = Progress("scale-100", rounds, every=0)
