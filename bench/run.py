@@ -56,7 +56,7 @@ CASES = ("exec", "start", "scale", "output", "transfer", "tunnel", "background",
 FULL = dict(rounds=25, start_rounds=9, scale=50, scale_rounds=3, output=100 * 1000 * 1000, output_rounds=8,
             transfer=256 << 20, transfer_rounds=3, tunnel=128 << 20, tunnel_rounds=8, background_rounds=3,
             memory_activities=1000, memory_rounds=3, attack_seconds=60, attack_rounds=3, span=512, span_rounds=3,
-            tasks=1000, tasks_rounds=3, task_memory=100_000, task_memory_rounds=3, scale_100=(100, 10), scale_100_rounds=3)
+            tasks=1000, tasks_rounds=3, task_memory=34_000, task_memory_rounds=3, scale_100=(100, 10), scale_100_rounds=3)
 QUICK = dict(rounds=7, start_rounds=3, scale=10, scale_rounds=2, output=20 * 1000 * 1000, output_rounds=3,
              transfer=64 << 20, transfer_rounds=2, tunnel=32 << 20, tunnel_rounds=3, background_rounds=2,
              memory_activities=100, memory_rounds=1, attack_seconds=15, attack_rounds=1, span=128, span_rounds=1,
