@@ -14,6 +14,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -133,9 +135,21 @@ def test_a_script_whose_only_provider_is_unreachable_fails() -> None:
     assert "all instances terminated" not in done.stdout
 
 
-def test_sigterm_to_an_embedded_provider_script_removes_its_containers(engine) -> None:
+IGNORED_CTRL_C = pytest.param("ignored", marks=pytest.mark.xfail(strict=True, reason=(
+    "a script started with SIGINT ignored (a background job of a non-interactive shell) does not end on "
+    "SIGTERM: the embedded provider turns SIGTERM into SIGINT, which is ignored; raising KeyboardInterrupt "
+    "instead ends it only after asyncio.run cancels every task, the provider's with them (a minute). "
+    "Cancelling the script's main task as asyncio.Runner does on Ctrl-C is the fix to make")))
+
+
+@pytest.mark.parametrize("ctrl_c", ["default", IGNORED_CTRL_C])
+def test_sigterm_to_an_embedded_provider_script_removes_its_containers(engine, ctrl_c: str) -> None:
+    """Also when the script was started with SIGINT ignored, as a non-interactive shell starts its
+    background jobs: a clean-clone run started that way timed out here, the instances printing on."""
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ctrl_c == "ignored" else None
     process = subprocess.Popen([sys.executable, "-u", str(REPO / "examples" / "hello_world.py"), "--duration", "120"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                               preexec_fn=ignore)
     assert process.stdout is not None
     provider_id, seen = "", []
     for line in process.stdout:
@@ -149,7 +163,7 @@ def test_sigterm_to_an_embedded_provider_script_removes_its_containers(engine) -
     assert engine.containers.list(filters=label)
     process.send_signal(signal.SIGTERM)
     try:  # leaving Golem is bounded by its shutdown_timeout (60 s); past that and some slack, it hangs
-        rest, _ = process.communicate(timeout=90)
+        rest, _ = process.communicate(timeout=90 if ctrl_c == "default" else 20)
     except subprocess.TimeoutExpired:
         process.kill()
         rest, _ = process.communicate()
