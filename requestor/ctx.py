@@ -10,7 +10,7 @@ import asyncio
 import codecs
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -244,3 +244,36 @@ class WorkContext:
         if len(results) != len(commands):
             raise CommandExecutionError(repr(commands[len(results)]), "the batch ended before this command finished")
         return results
+
+
+async def drive_scripts(generator: AsyncGenerator[Script, Any], ctx: WorkContext, expected: str,
+                        thrown: tuple[type[BaseException], ...]) -> None:
+    """Feeds the generator's scripts to the activity and their results back to it (a future of
+    the list of CommandExecuted, as yapapi sends), until it returns; what running a script raised
+    is thrown in at its `yield` when it is one of `thrown` (the generator may handle it), else it
+    ends the drive. `expected` says what should be yielded, for the error of a yield that is not.
+    Service handlers and task workers are both driven here."""
+    to_send: Any = None
+    to_throw: BaseException | None = None
+    while True:
+        try:
+            script = await (generator.athrow(to_throw) if to_throw else generator.asend(to_send))
+        except StopAsyncIteration:
+            return
+        to_send, to_throw = None, None
+        if script is None:
+            continue
+        if not isinstance(script, Script):
+            raise TypeError(f"{expected}, not {script!r}")
+        if not script.wait_for_results:
+            to_send = asyncio.ensure_future(ctx.execute(script))
+            to_send.add_done_callback(lambda f: f.cancelled() or f.exception())
+            continue
+        try:
+            results = await ctx.execute(script)
+        except thrown as exc:
+            to_throw = exc
+            continue
+        done: asyncio.Future[list[events.CommandExecuted]] = asyncio.get_running_loop().create_future()
+        done.set_result(results)
+        to_send = done

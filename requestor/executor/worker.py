@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from requestor import events
 from requestor.client import ActivityHandle
-from requestor.ctx import WorkContext
+from requestor.ctx import WorkContext, drive_scripts
 from requestor.errors import RequestorError, TaskTimeoutError
 from requestor.executor.queue import TaskQueue
 from requestor.executor.task import Task
@@ -184,32 +184,9 @@ class Worker:
 
 
 async def drive(generator: AsyncGenerator[Script, Any], ctx: WorkContext) -> None:
-    """Runs each script the generator yields and sends its results back (a future of the list
-    of CommandExecuted, as yapapi sends), or throws in what running it raised."""
-    to_send: Any = None
-    to_throw: BaseException | None = None
-    while True:
-        try:
-            script = await (generator.athrow(to_throw) if to_throw else generator.asend(to_send))
-        except StopAsyncIteration:
-            return
-        to_send, to_throw = None, None
-        if script is None:
-            continue
-        if not isinstance(script, Script):
-            raise TypeError(f"task workers yield Scripts from ctx.new_script(), not {script!r}")
-        if not script.wait_for_results:
-            to_send = asyncio.ensure_future(ctx.execute(script))
-            to_send.add_done_callback(lambda f: f.cancelled() or f.exception())
-            continue
-        try:
-            results = await ctx.execute(script)
-        except Exception as exc:  # the worker may handle it; if not, it fails with it
-            to_throw = exc
-            continue
-        done: asyncio.Future[list[events.CommandExecuted]] = asyncio.get_running_loop().create_future()
-        done.set_result(results)
-        to_send = done
+    """Runs each script the worker yields and sends its results back; whatever running it raised
+    is thrown in at its `yield`, as yapapi throws it (requestor.ctx.drive_scripts)."""
+    await drive_scripts(generator, ctx, "task workers yield Scripts from ctx.new_script()", (Exception,))
 
 
 async def _implicit_init(ctx: WorkContext) -> AsyncGenerator[Script, Any]:

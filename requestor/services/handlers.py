@@ -5,13 +5,12 @@ results (or its failure, thrown in) go back into the handler. The runner
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from requestor import events
 from requestor.ctx import WorkContext
+from requestor.ctx import drive_scripts as run_generator
 from requestor.errors import CommandExecutionError
 from requestor.script import Script
 from requestor.services.service import Service
@@ -32,28 +31,6 @@ def handler_of(service: Service, name: str) -> AsyncGenerator[Script, Any]:
 
 async def drive_scripts(handler: AsyncGenerator[Script, Any], ctx: WorkContext) -> None:
     """Feeds the handler's scripts to the activity and their results back to the handler, until
-    it returns (or raises: the runner reads it from this task)."""
-    to_send: Any = None
-    to_throw: BaseException | None = None
-    while True:
-        try:
-            script = await (handler.athrow(to_throw) if to_throw else handler.asend(to_send))
-        except StopAsyncIteration:
-            return
-        to_send, to_throw = None, None
-        if script is None:
-            continue
-        if not isinstance(script, Script):
-            raise TypeError(f"service handlers yield Scripts from self._ctx.new_script(), not {script!r}")
-        if not script.wait_for_results:
-            to_send = asyncio.ensure_future(ctx.execute(script))
-            to_send.add_done_callback(lambda f: f.cancelled() or f.exception())
-            continue
-        try:
-            results = await ctx.execute(script)
-        except CommandExecutionError as exc:
-            to_throw = exc
-            continue
-        done: asyncio.Future[list[events.CommandExecuted]] = asyncio.get_running_loop().create_future()
-        done.set_result(results)
-        to_send = done
+    it returns (or raises: the runner reads it from this task); a failed command is thrown in."""
+    await run_generator(handler, ctx, "service handlers yield Scripts from self._ctx.new_script()",
+                        (CommandExecutionError,))
