@@ -75,7 +75,7 @@ def scene(engine: docker.DockerClient, image: str, tmp_path: Path) -> Path:
         with tarfile.open(fileobj=io.BytesIO(b"".join(archive))) as tar:
             blend = tar.extractfile(tar.getmembers()[0]).read()
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)  # its image declares VOLUMEs: theirs go with it
     assert blend.startswith(ZSTD_MAGIC) or blend.startswith(b"BLENDER"), blend[:8]  # saved compressed
     path = tmp_path / "cubes.blend"
     path.write_bytes(blend)
@@ -157,7 +157,7 @@ def test_the_entrypoint_renders_crops_and_formats_and_refuses_bad_params(engine:
         with tarfile.open(fileobj=io.BytesIO(b"".join(archive))) as tar:
             files = {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)  # its image declares VOLUMEs: theirs go with it
     assert sorted(files) == ["left0020.png", "out0003.jpg", "top0020.png"], said
     assert read_png(files["left0020.png"])[:2] == (30, 40) and read_png(files["top0020.png"])[:2] == (60, 20)
     assert files["out0003.jpg"].startswith(b"\xff\xd8\xff"), said
