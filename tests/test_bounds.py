@@ -267,19 +267,30 @@ async def test_transfers_past_the_bounds_are_refused_naming_them(limited: Daemon
                 await release.wait()
             return asyncio.ensure_future(client.transfer.Upload(requests(), metadata=client.metadata))
 
-        async def refusal(activity_id: str) -> grpc.aio.AioRpcError:
-            for _ in range(100):  # until the daemon has given the stalled ones their slots
-                try:
-                    await client.upload(activity_id, "/golem/input/y", [], 0)  # an empty file, while a slot is free
-                except grpc.aio.AioRpcError as exc:
-                    return exc
+        async def holding(count: int) -> None:
+            """Waits until the daemon has given `count` stalled uploads their slots (its log says so):
+            a probe sent before that could take a slot first and get a stalled one refused instead."""
+            for _ in range(200):
+                started = [line for line in limited.lines[before:] if "event=upload_started" in line]
+                if sum("path=/golem/input/x" in line for line in started) >= count:
+                    return
+                if ended := [h for h in held if h.done()]:
+                    pytest.fail(f"a stalled upload ended before the bound was reached: {ended[0].exception()!r}")
                 await asyncio.sleep(0.05)
-            pytest.fail("the transfers past the bound were never refused")
+            pytest.fail(f"the daemon never started {count} stalled uploads")
 
+        async def refusal(activity_id: str) -> grpc.aio.AioRpcError:
+            with pytest.raises(grpc.aio.AioRpcError) as refused_upload:
+                await client.upload(activity_id, "/golem/input/y", [], 0)  # an empty file: only a slot would let it through
+            return refused_upload.value
+
+        before = len(limited.lines)
         held = [stalled(first), stalled(first)]
+        await holding(2)
         err = await refusal(first)
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and refused(err.details(), "--transfers-per-activity")
         held.append(stalled(second))
+        await holding(3)
         err = await refusal(second)
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and refused(err.details(), "--transfers-per-requestor")
         for call in held:
