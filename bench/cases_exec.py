@@ -211,7 +211,8 @@ async def case_remote(golem: Golem, client: docker.DockerClient, states: States,
     plaintext (the output: the same `head -c` through the same requestor, only the link differs)."""
     with SimulatedLan() as lan:
         lan.attach_here()
-        provider = ProviderDaemon(lan.add_host("p1"), "--cpu-overcommit", "40", "--price-cpu-sec", "0.000001",
+        provider = ProviderDaemon(lan.add_host("p1"), "--cpu-overcommit", "40", "--activity-preset", "none",
+                                  "--price-cpu-sec", "0.000001",
                                   "--price-duration-sec", "0.000001", "--name", "bench-remote")
         try:
             async with Golem(budget=100.0, subnet_tag="public", providers=[provider.pinned_address],

@@ -50,7 +50,7 @@ class Fleet:
             for n, home in enumerate(self.homes):
                 self.processes.append(subprocess.Popen(
                     [sys.executable, "-m", "exeunit", "serve", "--listen", "127.0.0.1:0", "--name", f"{label}-{n}",
-                     "--cpu-overcommit", "40", "--state-dir", home, "--forget-ended-after", "10",
+                     "--cpu-overcommit", "40", "--activity-preset", "none", "--state-dir", home, "--forget-ended-after", "10",
                      "--price-cpu-sec", "0.000001", "--price-duration-sec", "0.000001"],
                     stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}))
             for process in self.processes:

@@ -120,7 +120,7 @@ class Daemon:
         self.home = tempfile.mkdtemp(prefix="exeunit-bench-home-")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "exeunit", "serve", "--listen", "127.0.0.1:0", "--name", "bench-provider",
-             "--cpu-overcommit", "40", "--state-dir", self.home, "--forget-ended-after", "10",
+             "--cpu-overcommit", "40", "--activity-preset", "none", "--state-dir", self.home, "--forget-ended-after", "10",
              "--price-cpu-sec", "0.000001", "--price-duration-sec", "0.000001"],
             stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
         )

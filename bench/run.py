@@ -13,7 +13,9 @@ table; `python bench/report.py` renders the record as Markdown for docs/bench.md
 
 Only a full run of every case writes the record, bench/latest.json, with the machine and the
 commit it ran on: a `--quick` or `--only` run goes to a temporary file and refuses the record's
-path, so that a partial or small run is never taken for it. Never asserts: the machine is noisy,
+path, so that a partial or small run is never taken for it. The daemons run with `--activity-preset
+none`, as the raw side's containers have no floor either (and 50 activities of the default preset's
+2 GiB would not fit in this machine's memory). Never asserts: the machine is noisy,
 read the ratios and their spread.
 """
 
