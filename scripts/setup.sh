@@ -3,7 +3,9 @@
 #   1. the Python packages (this project, editable, with its test extra),
 #   2. a Docker engine: installs Debian's docker.io when dockerd is missing, starts dockerd (with
 #      --userns-remap=default, so container root is not host root) when none answers, and waits,
-#   3. debootstrap and the images (images/build.py; images that exist are not rebuilt).
+#   3. the local chain the payment tests run on (chain/): anvil, solc-js and OpenZeppelin's
+#      contracts from the npm registry, and the test token compiled,
+#   4. debootstrap and the images (images/build.py; images that exist are not rebuilt).
 # Safe to run again: each step skips what is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,6 +88,31 @@ if ! command -v dnsmasq >/dev/null 2>&1; then
 fi
 if [ ! -e /dev/loop-control ]; then
   echo "WARNING: this kernel offers no loop devices; exeunit serve needs --unenforced-storage here" >&2
+fi
+
+step "Local chain for the payment tests (anvil, solc, the tGLM token)"
+# npm packages only (exeunit/testing/chain.py runs them): anvil's binary comes in its platform
+# package (@foundry-rs/anvil-linux-amd64) and solc-js carries its compiler. --ignore-scripts: no
+# package runs code at install (anvil's postinstall would only fetch what its platform package has).
+if ! command -v npm >/dev/null 2>&1; then
+  echo "installing Debian's nodejs and npm..."
+  apt_install nodejs npm
+fi
+# The lock is copied into node_modules after a good install: a copy equal to the lock means done
+# (npm ci empties node_modules first, so an interrupted install leaves no copy behind).
+if cmp -s chain/package-lock.json chain/node_modules/.installed-lock.json; then
+  echo "chain/node_modules matches chain/package-lock.json"
+else
+  echo "installing chain/'s npm packages (npm ci)..."
+  (cd chain && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
+  cp chain/package-lock.json chain/node_modules/.installed-lock.json
+fi
+if [ chain/build/TestGLM.json -nt chain/TestGLM.sol ] && [ chain/build/TestGLM.json -nt chain/compile.js ] \
+   && [ chain/build/TestGLM.json -nt chain/node_modules/.installed-lock.json ]; then
+  echo "chain/build/TestGLM.json is newer than its sources"
+else
+  echo "compiling chain/TestGLM.sol..."
+  (cd chain && node compile.js >/dev/null)
 fi
 
 step "Images"
