@@ -28,6 +28,11 @@ class EmbeddedProvider:
                 "(scripts/setup.sh does), or name running providers: Golem(providers=[...]) or GOLEM_PROVIDERS"
             ) from None
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether SIGTERM cancelled the script's task (Ctrl-C being ignored): see LocalProvider."""
+        return bool(self._provider is not None and self._provider.interrupted)
+
     async def stop(self) -> None:
         if self._provider is not None:
             await self._provider.stop()

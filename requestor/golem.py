@@ -240,7 +240,10 @@ class Golem:
                         tb: TracebackType | None) -> None:
         if exc is not None and not isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
             self.emit(events.ExecutionInterrupted(exc_info=(type(exc), exc, tb)))
+        interrupted = self._embedded is not None and self._embedded.interrupted
         await self.stop()
+        if interrupted and isinstance(exc, asyncio.CancelledError):
+            raise KeyboardInterrupt  # as asyncio.run ends on Ctrl-C, which the SIGTERM stood in for
 
     # Events
 

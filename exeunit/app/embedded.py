@@ -43,6 +43,8 @@ class LocalProvider:
         self._running: RunningServer | None = None
         self._storage_dir: Path | None = None
         self._sigterm_loop: asyncio.AbstractEventLoop | None = None
+        self._script_task: asyncio.Task[object] | None = None
+        self.interrupted = False  # SIGTERM came while Ctrl-C was ignored: the script's task was cancelled
 
     async def start(self) -> str:
         try:
@@ -89,8 +91,23 @@ class LocalProvider:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, os.kill, os.getpid(), signal.SIGINT)
+        self._script_task = asyncio.current_task()
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
         self._sigterm_loop = loop
+
+    def _on_sigterm(self) -> None:
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            os.kill(os.getpid(), signal.SIGINT)  # asyncio.run's Ctrl-C: it cancels the main task, which unwinds
+            return
+        # Started with Ctrl-C ignored (a non-interactive shell's background job), asyncio.run set no
+        # handler for it, so do what that handler does: cancel the script's task, which unwinds and
+        # stops this provider; the requestor then raises KeyboardInterrupt, as asyncio.run would.
+        # (KeyboardInterrupt raised here instead would be handled only after asyncio.run cancels every
+        # task, this provider's among them, so the script's shutdown would wait for its full bound.)
+        self.interrupted = True
+        log.info("event=embedded_provider_sigterm action=cancel_script_task")
+        if self._script_task is not None and not self._script_task.done():
+            self._script_task.cancel()
 
     async def stop(self) -> None:
         if self._sigterm_loop is not None:
