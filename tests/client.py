@@ -20,6 +20,7 @@ from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1 import market_pb2_grpc as mkt_grpc
 from exeunit.v1 import network_pb2 as net
 from exeunit.v1 import network_pb2_grpc as net_grpc
+from exeunit.v1 import payment_pb2_grpc as pay_grpc
 from exeunit.v1 import transfer_pb2 as xfer
 from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
 from requestor.client.connect import CallSigner, KnownProviders, OfferRefused, ProviderAddress, connect
@@ -101,6 +102,7 @@ class ContractClient:
         self.activity = act_grpc.ActivityStub(self.channel)
         self.transfer = xfer_grpc.TransferStub(self.channel)
         self.network = net_grpc.NetworkStub(self.channel)
+        self.payment = pay_grpc.PaymentStub(self.channel)
 
     async def __aenter__(self) -> ContractClient:
         await self.connect()

@@ -14,12 +14,14 @@ from collections.abc import AsyncIterator
 import docker
 import pytest
 import pytest_asyncio
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from exeunit.domain.settings import ActivityLimits
 from exeunit.runtime.bridges import BridgePlumbing
 from exeunit.runtime.docker import DockerRuntime
 from exeunit.runtime.docker.labels import LABEL_PROVIDER
 from exeunit.v1.conventions import GIB
+from exeunit.v1.identity import node_id_of
 from exeunit.domain.resources import LinearPricing, Resources
 from exeunit.domain.settings import ProviderSettings
 from exeunit.app.assembly import assemble
@@ -90,7 +92,9 @@ class Daemons:
     ) -> RunningServer:
         runtime = DockerRuntime()
         storage = LoopStorage(Path(tempfile.mkdtemp(prefix="exeunit-test-storage-")), *runtime.container_root_owner())
-        provider = assemble(settings_for(name, **settings), limits or ActivityLimits(), storage, runtime)
+        key = ec.generate_private_key(ec.SECP256R1())  # signs its payment documents: its id is the key's
+        settings = {"provider_id": node_id_of(key.public_key()), **settings}
+        provider = assemble(settings_for(name, **settings), limits or ActivityLimits(), storage, runtime, key=key)
         running = await create_server(provider, "127.0.0.1:0", token, nonce_bounds=nonce_bounds)
         self._running.append(running)
         return running

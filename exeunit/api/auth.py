@@ -66,6 +66,8 @@ BODY_HELP = (
 # The requestor the gate proved for the call being handled: set by the gate's wrapper in the
 # call's own task, so that each call sees its own.
 _PROVEN_REQUESTOR: ContextVar[str] = ContextVar("proven_requestor", default="")
+# And the key (DER SubjectPublicKeyInfo) its proof verified with, the same way.
+_PROVEN_KEY: ContextVar[bytes] = ContextVar("proven_key", default=b"")
 
 
 class Caller:
@@ -92,6 +94,11 @@ class Caller:
         self._on_call(requestor_id)
         return requestor_id
 
+    def public_key(self) -> bytes:
+        """The proven caller's public key (DER SubjectPublicKeyInfo), whose id `identify` returns;
+        b"" for an anonymous call."""
+        return _PROVEN_KEY.get() if self._proofs is not None else b""
+
 
 class OperatorCaller(Caller):
     """On the admin socket the caller is the host's operator (the socket's file mode says who may
@@ -111,6 +118,7 @@ class Proven:
 
     requestor_id: str
     digest: str
+    key: bytes = b""  # the caller's DER SubjectPublicKeyInfo
 
 
 @functools.lru_cache(maxsize=4096)
@@ -177,7 +185,7 @@ class ProofCheck:
         requestor_id = identity.node_id_of_spki(spki)
         # kept until the proof's time is out of the window (it is now within it)
         self.nonces.record(requestor_id, nonce, int(stamp) / 1000 + identity.MAX_CLOCK_SKEW_SECONDS, now)
-        return Proven(requestor_id, digest)
+        return Proven(requestor_id, digest, spki)
 
 
 def _is_hex(text: str) -> bool:
@@ -266,6 +274,7 @@ def _proven(handler: grpc.RpcMethodHandler, proven: Proven, bound: bool) -> grpc
 
     def entered(request: Any, context: grpc.aio.ServicerContext) -> Any:
         _PROVEN_REQUESTOR.set(proven.requestor_id)
+        _PROVEN_KEY.set(proven.key)
         if handler.request_streaming:
             return checked(request, context) if check is not None else request
         return request

@@ -12,6 +12,7 @@ from exeunit.domain import commands
 from exeunit.domain.batch import RESULT_OUTPUT_BYTES, Batch, BatchEvent, BatchState, CommandResult, CommandState, EventKind
 from exeunit.domain.market import Agreement, AgreementState, Demand, ImageRef, Offer, Refusal, RefusalReason
 from exeunit.domain.networks import PrivateNetwork
+from exeunit.domain.payments import AgreedPayment, PaymentChoice, PaymentPlatform, PaymentSettings
 from exeunit.domain.reports import ActivityStatus, ActivitySummary, Usage
 from exeunit.domain.resources import LinearPricing
 from exeunit.domain.settings import ActivityLimits, ProviderSettings
@@ -101,6 +102,61 @@ def offer_to_proto(offer: Offer) -> mkt.Offer:
         agreement_idle_timeout=duration(s.agreement_idle_seconds),
         limits=limits_to_proto(offer.limits, s),
         overlay_port=offer.overlay_port,
+        payment=payment_terms_to_proto(s.payment),
+    )
+
+
+def platform_to_proto(platform: PaymentPlatform) -> mkt.PaymentPlatform:
+    return mkt.PaymentPlatform(
+        platform=platform.platform, chain_id=platform.chain_id, token_address=platform.token_address,
+        payee_address=platform.payee_address, confirmations=platform.confirmations,
+        binding_signature=platform.binding_signature,
+    )
+
+
+def payment_terms_to_proto(payment: PaymentSettings) -> mkt.PaymentTerms:
+    """The operator's payment terms as the offer states them; each platform's binding signature is
+    made when the settings are (exeunit.api.payments.bind_platform)."""
+    return mkt.PaymentTerms(
+        platforms=[platform_to_proto(p) for p in payment.platforms],
+        debit_note_interval=duration(payment.debit_note_interval_seconds),
+        min_debit_note_interval=duration(payment.min_debit_note_interval_seconds),
+        payment_timeout=duration(payment.payment_timeout_seconds),
+        min_payment_timeout=duration(payment.min_payment_timeout_seconds),
+        debit_note_accept_timeout=duration(payment.accept_timeout_seconds),
+        provider_public_key=payment.public_key,
+    )
+
+
+def payment_choice_from_proto(choice: mkt.PaymentChoice) -> PaymentChoice:
+    """A demand's payment choice; INVALID_ARGUMENT naming the field for a negative duration (whether
+    the choice is within the offer is the market's to say: REFUSAL_REASON_PAYMENT_TERMS)."""
+    return PaymentChoice(
+        platform=choice.platform,
+        payer_address=choice.payer_address,
+        debit_note_interval_seconds=seconds_from_proto(choice.debit_note_interval, "demand.payment.debit_note_interval"),
+        payment_timeout_seconds=seconds_from_proto(choice.payment_timeout, "demand.payment.payment_timeout"),
+        accept_timeout_seconds=seconds_from_proto(choice.debit_note_accept_timeout,
+                                                  "demand.payment.debit_note_accept_timeout"),
+    )
+
+
+def payment_choice_to_proto(choice: PaymentChoice) -> mkt.PaymentChoice:
+    return mkt.PaymentChoice(
+        platform=choice.platform, payer_address=choice.payer_address,
+        debit_note_interval=duration(choice.debit_note_interval_seconds),
+        payment_timeout=duration(choice.payment_timeout_seconds),
+        debit_note_accept_timeout=duration(choice.accept_timeout_seconds),
+    )
+
+
+def agreed_payment_to_proto(payment: AgreedPayment) -> mkt.AgreedPayment:
+    return mkt.AgreedPayment(
+        platform=payment.platform, chain_id=payment.chain_id, token_address=payment.token_address,
+        payee_address=payment.payee_address, payer_address=payment.payer_address,
+        confirmations=payment.confirmations, debit_note_interval=duration(payment.debit_note_interval_seconds),
+        payment_timeout=duration(payment.payment_timeout_seconds),
+        debit_note_accept_timeout=duration(payment.accept_timeout_seconds),
     )
 
 
@@ -137,6 +193,7 @@ def demand_from_proto(demand: mkt.Demand) -> Demand:
         subnet_tag=demand.subnet_tag,
         expiration=datetime_from_proto(demand.expiration, "demand.expiration"),
         runtime=demand.runtime or DOCKER_VM_RUNTIME,
+        payment=payment_choice_from_proto(demand.payment) if demand.HasField("payment") else None,
     )
 
 
@@ -150,6 +207,7 @@ def demand_to_proto(demand: Demand) -> mkt.Demand:
         subnet_tag=demand.subnet_tag,
         expiration=timestamp(demand.expiration),
         runtime=demand.runtime,
+        payment=payment_choice_to_proto(demand.payment) if demand.payment is not None else None,
     )
 
 
@@ -175,6 +233,7 @@ def agreement_to_proto(agreement: Agreement, usage: Usage | None = None) -> mkt.
         termination_reason=agreement.termination_reason,
         termination_message=agreement.termination_message,
         activity_ids=agreement.activity_ids,
+        payment=agreed_payment_to_proto(agreement.payment),
     )
     if usage is not None:
         message.usage.CopyFrom(mkt.AgreementUsage(
@@ -191,6 +250,7 @@ REFUSAL_REASONS = {
     RefusalReason.IMAGE_UNAVAILABLE: mkt.REFUSAL_REASON_IMAGE_UNAVAILABLE,
     RefusalReason.EXPIRATION_TOO_FAR: mkt.REFUSAL_REASON_EXPIRATION_TOO_FAR,
     RefusalReason.RUNTIME_MISMATCH: mkt.REFUSAL_REASON_RUNTIME_MISMATCH,
+    RefusalReason.PAYMENT_TERMS: mkt.REFUSAL_REASON_PAYMENT_TERMS,
 }
 
 

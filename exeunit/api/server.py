@@ -17,13 +17,14 @@ from grpc_reflection.v1alpha import reflection
 
 from exeunit.api.announce import Announcement
 from exeunit.api.handlers import add_service
+from exeunit.api.payment_servicer import PaymentServicer
 from exeunit.services.provider import Provider
 from exeunit.api.servicers import (
     ActivityServicer, MarketServicer, NetworkServicer, OperatorActivityServicer, TransferServicer,
 )
 from exeunit.api.auth import CallGate, Caller, ProofCheck
 from exeunit.api.nonces import NonceBounds, NonceLedger
-from exeunit.v1 import activity_pb2, market_pb2, network_pb2, transfer_pb2
+from exeunit.v1 import activity_pb2, market_pb2, network_pb2, payment_pb2, transfer_pb2
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ MARKET = market_pb2.DESCRIPTOR.services_by_name["Market"]
 ACTIVITY = activity_pb2.DESCRIPTOR.services_by_name["Activity"]
 TRANSFER = transfer_pb2.DESCRIPTOR.services_by_name["Transfer"]
 NETWORK = network_pb2.DESCRIPTOR.services_by_name["Network"]
-SERVICE_NAMES = (MARKET.full_name, ACTIVITY.full_name, TRANSFER.full_name, NETWORK.full_name)
+PAYMENT = payment_pb2.DESCRIPTOR.services_by_name["Payment"]
+SERVICE_NAMES = (MARKET.full_name, ACTIVITY.full_name, TRANSFER.full_name, NETWORK.full_name, PAYMENT.full_name)
 
 
 @dataclass
@@ -114,6 +116,7 @@ async def create_server(provider: Provider, address: str, token: str | None = No
     add_service(server, ACTIVITY, ActivityServicer(provider, caller))
     add_service(server, TRANSFER, TransferServicer(provider, caller))
     add_service(server, NETWORK, NetworkServicer(provider, caller))
+    add_service(server, PAYMENT, PaymentServicer(provider, caller))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*SERVICE_NAMES, ""):

@@ -192,7 +192,7 @@ class ActivityServicer(act_grpc.ActivityServicer):
         if first is None or first.WhichOneof("part") != "open":
             raise errors.InvalidArgument("a tunnel starts with an open message (activity_id, port)")
         activity_id = _required(first.open.activity_id, "open.activity_id")
-        async with self.provider.tunnel(requestor_id, activity_id, first.open.port) as port:
+        async with self.provider.transfers.tunnel(requestor_id, activity_id, first.open.port) as port:
             yield act.TunnelResponse(opened=act.TunnelOpened())
             upstream = asyncio.create_task(_to_port(requests, port))
             try:
@@ -274,7 +274,7 @@ class TransferServicer(xfer_grpc.TransferServicer):
 
     async def _receive(self, parts: AsyncIterator[xfer.UploadRequest], requestor_id: str,
                        header: xfer.UploadHeader) -> xfer.UploadResponse:
-        async with self.provider.upload(
+        async with self.provider.transfers.upload(
             requestor_id, _required(header.activity_id, "header.activity_id"),
             _required(header.path, "header.path"), header.size, header.mode,
         ) as upload:
@@ -301,7 +301,7 @@ class TransferServicer(xfer_grpc.TransferServicer):
     async def Download(
         self, request: xfer.DownloadRequest, context: Context, requestor_id: str
     ) -> AsyncIterator[xfer.DownloadResponse]:
-        async with self.provider.download(
+        async with self.provider.transfers.download(
             requestor_id, _required(request.activity_id, "activity_id"), _required(request.path, "path")
         ) as download:
             yield xfer.DownloadResponse(header=xfer.DownloadHeader(size=download.header.size, mode=download.header.mode))

@@ -8,19 +8,25 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import dataclasses
+
 import psutil
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from exeunit import errors
+from exeunit.api.payments import ProtoSealer, bind_platform
 from exeunit.domain.records import Store
 from exeunit.domain.resources import Resources
 from exeunit.domain.settings import ActivityLimits, ProviderSettings
 from exeunit.persistence.journals import JournalDirectory
 from exeunit.runtime.agent.executor import AgentExecutors
 from exeunit.runtime.bridges import BridgePlumbing
+from exeunit.runtime.chain import Web3ChainReader
 from exeunit.runtime.docker import DockerRuntime
 from exeunit.runtime.overlay.process import AgentOptions, AgentProcess
 from exeunit.runtime.protocols import Runtime
 from exeunit.runtime.storage import DirectoryStorage, LoopStorage
+from exeunit.v1.payments import public_key_der
 from exeunit.services.provider import Machinery, Provider
 
 log = logging.getLogger(__name__)
@@ -58,9 +64,17 @@ def activity_storage(base: Path, runtime: Runtime, allow_unenforced: bool, refus
 
 
 def assemble(settings: ProviderSettings, limits: ActivityLimits, storage: LoopStorage,
-             runtime: Runtime | None = None, store: Store | None = None, journals: Path | None = None) -> Provider:
+             runtime: Runtime | None = None, store: Store | None = None, journals: Path | None = None,
+             key: ec.EllipticCurvePrivateKey | None = None, payment_rpc_url: str = "") -> Provider:
     """A provider on this host's Docker engine (or `runtime`), keeping its records in `store` and
-    its batch journals in `journals` (a temporary directory of its own when None)."""
+    its batch journals in `journals` (a temporary directory of its own when None). `key` signs its
+    payment documents (a key of its own when None: a test's provider, whose id is not its key's);
+    `payment_rpc_url` is where it reads payments on its platform's chain."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    settings = payable(settings, key)
+    chain = None
+    if settings.payment.platforms and payment_rpc_url:
+        chain = Web3ChainReader(payment_rpc_url, settings.payment.platforms[0].chain_id)
     engine: Runtime = runtime or DockerRuntime()
     executors = AgentExecutors(storage.channel_dir, engine.executor, limits.agent_start_seconds)
     overlay: Callable[[Callable[[str, str, bytes], None]], AgentProcess] | None = None
@@ -70,8 +84,17 @@ def assemble(settings: ProviderSettings, limits: ActivityLimits, storage: LoopSt
                                settings.overlay_peer_ranges, limits.overlay_macs_per_network)
         overlay = lambda on_relay: AgentProcess(listen, options, on_relay, _overlay_status)  # noqa: E731
     machinery = Machinery(engine, executors, storage, BridgePlumbing(settings.home_id), JournalDirectory(journals),
-                          overlay)
+                          overlay, ProtoSealer(key, settings.provider_id), chain)
     return Provider(settings, machinery, limits, store)
+
+
+def payable(settings: ProviderSettings, key: ec.EllipticCurvePrivateKey) -> ProviderSettings:
+    """The settings with the key that signs payment documents stated, and each payment platform's
+    address bound to this provider by its signature (what a requestor checks in the offer)."""
+    payment = dataclasses.replace(
+        settings.payment, public_key=public_key_der(key),
+        platforms=tuple(bind_platform(key, settings.provider_id, p) for p in settings.payment.platforms))
+    return dataclasses.replace(settings, payment=payment)
 
 
 def _overlay_status(status: dict) -> None:

@@ -18,6 +18,7 @@ from exeunit.app import ps as listing
 from exeunit.app.assembly import activity_storage, assemble, measured_capacity
 from exeunit.app.metrics import MetricsServer
 from exeunit.app.options import build_parser, is_loopback
+from exeunit.domain.payments import PaymentPlatform, PaymentSettings
 from exeunit.domain.resources import LinearPricing, Resources, capped
 from exeunit.domain.settings import DEFAULT_OFFERED_IMAGES, ActivityLimits, FetchPolicy, ImagePolicy, ProviderSettings
 from exeunit.persistence import keys
@@ -85,6 +86,30 @@ def provider_settings(args: argparse.Namespace, identity: Identity, storage_dir:
         max_agreement_seconds=args.max_agreement_hours * 3600,
         agreement_idle_seconds=args.agreement_idle_seconds,
         ended_retention_seconds=args.forget_ended_after,
+        payment=payment_settings(args),
+    )
+
+
+def payment_settings(args: argparse.Namespace) -> PaymentSettings:
+    """The --payment-* flags; InvalidArgument naming what is missing for a platform."""
+    platforms: tuple[PaymentPlatform, ...] = ()
+    chain_flags = {"--payment-address": args.payment_address, "--payment-token-address": args.payment_token_address,
+                   "--payment-chain-id": args.payment_chain_id, "--payment-rpc-url": args.payment_rpc_url}
+    if args.payment_platform:
+        missing = [flag for flag, value in chain_flags.items() if not value]
+        if missing:
+            raise errors.InvalidArgument(f"--payment-platform {args.payment_platform} needs {', '.join(missing)} too")
+        platforms = (PaymentPlatform(args.payment_platform.lower(), int(args.payment_chain_id),
+                                     args.payment_token_address, args.payment_address, args.payment_confirmations),)
+    elif any(chain_flags.values()):
+        raise errors.InvalidArgument("--payment-address, --payment-token-address, --payment-chain-id and "
+                                     "--payment-rpc-url go with --payment-platform; give it, or none of them")
+    return PaymentSettings(
+        platforms=platforms, debit_note_interval_seconds=args.debit_note_interval,
+        min_debit_note_interval_seconds=min(args.min_debit_note_interval, args.debit_note_interval),
+        payment_timeout_seconds=args.payment_timeout,
+        min_payment_timeout_seconds=min(args.min_payment_timeout, args.payment_timeout),
+        accept_timeout_seconds=args.debit_note_accept_timeout,
     )
 
 
@@ -172,7 +197,8 @@ def serve(args: argparse.Namespace) -> int:
             "Run as root on a host with loop devices, or pass --unenforced-storage to run with volumes of unlimited size",
         )
         state = StateStore(home.path / STATE_FILE)
-        provider = assemble(settings, activity_limits(args), storage, runtime, state, home.path / "journals")
+        provider = assemble(settings, activity_limits(args), storage, runtime, state, home.path / "journals",
+                            keys.load_or_create(home.identity.key_file), args.payment_rpc_url)
         exporter = None
         if args.metrics_listen:
             host, _, port = args.metrics_listen.rpartition(":")

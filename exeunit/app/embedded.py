@@ -76,7 +76,8 @@ class LocalProvider:
         )
         # One Docker call, at start: who root in a container is on this host.
         storage = await asyncio.to_thread(activity_storage, self._storage_dir, runtime, True, "")
-        self._running = await create_server(assemble(settings, ActivityLimits(), storage, runtime), "127.0.0.1:0")
+        provider = assemble(settings, ActivityLimits(), storage, runtime, key=key)
+        self._running = await create_server(provider, "127.0.0.1:0")
         address = f"127.0.0.1:{self._running.port}"
         log.info("event=embedded_provider_started address=%s name=%s", address, self._name)
         self._stop_on_sigterm()

@@ -16,7 +16,7 @@ from exeunit import __version__
 from exeunit.app import logs
 from exeunit.domain.resources import Resources
 from exeunit.domain.settings import DEFAULT_ACTIVITY_PRESET, DEFAULT_OFFERED_IMAGES
-from exeunit.v1.conventions import CUSTOM_COUNTER, GIB
+from exeunit.v1.conventions import CUSTOM_COUNTER, GIB, is_chain_address
 
 DESCRIPTION = """\
 ExeUnit provider daemon: offers this host's capacity to requestors over gRPC and runs each
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     _capacity_options(serve)
     _image_options(serve)
     _pricing_options(serve)
+    _payment_options(serve)
     _agreement_options(serve)
     _storage_options(serve)
     _limit_options(serve)
@@ -189,6 +190,44 @@ def _pricing_options(serve: argparse.ArgumentParser) -> None:
                        help="price of one unit of another usage counter, e.g. golem.usage.custom.counter=0.001 "
                             "(repeatable)")
     price.add_argument("--currency", default="GLM", help="currency name shown in the offer (default: %(default)s)")
+
+
+def _payment_options(serve: argparse.ArgumentParser) -> None:
+    """How the provider is paid: where (a chain and token), and the deadlines it offers."""
+    pay = serve.add_argument_group(
+        "payment (debit notes and invoices are always issued; with a platform they are paid on its chain)")
+    pay.add_argument("--payment-platform", default="", metavar="NAME",
+                     help="the platform paid on, as Golem names them: erc20-<network>-<token>, e.g. "
+                          "erc20-polygon-glm; needs the four flags below (default: none, documents are only "
+                          "accounted)")
+    pay.add_argument("--payment-address", default="", type=chain_address, metavar="0xADDRESS",
+                     help="this provider's address on that chain, where payments go")
+    pay.add_argument("--payment-token-address", default="", type=chain_address, metavar="0xADDRESS",
+                     help="the token's ERC-20 contract on that chain")
+    pay.add_argument("--payment-chain-id", default=0, type=positive(int), metavar="N",
+                     help="the chain's id (137 Polygon, 17000 Holesky); the endpoint must serve it")
+    pay.add_argument("--payment-rpc-url", default="", metavar="URL",
+                     help="the chain's JSON-RPC endpoint, where this provider reads payments itself")
+    pay.add_argument("--payment-confirmations", default=1, type=positive(int), metavar="N",
+                     help="blocks on top of a payment's before it counts (default: %(default)s)")
+    pay.add_argument("--debit-note-interval", default=120.0, type=positive(float), metavar="SECONDS",
+                     help="a debit note this often while an agreement runs (default: %(default)s)")
+    pay.add_argument("--min-debit-note-interval", default=10.0, type=positive(float), metavar="SECONDS",
+                     help="the shortest interval a demand may ask for (default: %(default)s)")
+    pay.add_argument("--payment-timeout", default=120.0, type=positive(float), metavar="SECONDS",
+                     help="mid-agreement payments: a payable debit note is due this long after it is issued; "
+                          "offered, used when a demand asks for it (default: %(default)s)")
+    pay.add_argument("--min-payment-timeout", default=30.0, type=positive(float), metavar="SECONDS",
+                     help="the shortest payment timeout a demand may ask for (default: %(default)s)")
+    pay.add_argument("--debit-note-accept-timeout", default=240.0, type=positive(float), metavar="SECONDS",
+                     help="a debit note not accepted within this ends its agreement, DebitNotesDeadline "
+                          "(default: %(default)s)")
+
+
+def chain_address(text: str) -> str:
+    if text and not is_chain_address(text):  # "": the flag's default, none given
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address: 0x and 40 hex digits")
+    return text
 
 
 def _agreement_options(serve: argparse.ArgumentParser) -> None:

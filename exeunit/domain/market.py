@@ -17,6 +17,7 @@ from datetime import datetime
 from enum import Enum
 
 from exeunit import errors
+from exeunit.domain.payments import AgreedPayment, PaymentChoice, agree
 from exeunit.domain.resources import LinearPricing, Resources, Spent, describe
 from exeunit.domain.settings import ActivityLimits, ProviderSettings
 from exeunit.v1.conventions import DOCKER_VM_RUNTIME
@@ -66,6 +67,7 @@ class Demand:
     subnet_tag: str
     expiration: datetime
     runtime: str = DOCKER_VM_RUNTIME
+    payment: PaymentChoice | None = None  # None: no platform, and the offer's deadlines
 
     def validate(self, now: datetime) -> None:
         if self.runtime == DOCKER_VM_RUNTIME or self.image != ImageRef():  # other runtimes may need none
@@ -92,6 +94,7 @@ class RefusalReason(Enum):
     IMAGE_UNAVAILABLE = "ImageUnavailable"
     EXPIRATION_TOO_FAR = "ExpirationTooFar"
     RUNTIME_MISMATCH = "RuntimeMismatch"
+    PAYMENT_TERMS = "PaymentTerms"
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class Agreement:
     termination_message: str = ""
     activity_ids: list[str] = field(default_factory=list)  # oldest first; at most one live at a time
     spent: Spent = field(default_factory=Spent)  # what its ended activities used
+    payment: AgreedPayment = field(default_factory=AgreedPayment)
 
     @property
     def expiration(self) -> datetime:
@@ -205,6 +209,10 @@ class Market:
         if refusal:
             log.info("event=demand_refused requestor=%s reason=%s", requestor_id, refusal.reason.value)
             return refusal
+        payment = agree(demand.payment, self.settings.payment)
+        if isinstance(payment, str):
+            log.info("event=demand_refused requestor=%s reason=%s", requestor_id, RefusalReason.PAYMENT_TERMS.value)
+            return Refusal(RefusalReason.PAYMENT_TERMS, payment)
         wanted = allotment(demand, self.settings)
         free = self.free()
         if not wanted.fits_in(free):
@@ -221,6 +229,7 @@ class Market:
             pricing=self.settings.pricing,
             reserved=wanted,
             created=now,
+            payment=payment,
         )
         self._agreements[agreement.agreement_id] = agreement
         self._approved_of[requestor_id] += 1

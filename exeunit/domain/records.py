@@ -13,6 +13,7 @@ from exeunit.domain.batch import BatchJournal, Replayed
 from exeunit.domain.commands import Command
 from exeunit.domain.market import Agreement
 from exeunit.domain.networks import NetworkRecord
+from exeunit.domain.payments import PaymentStore
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,9 @@ class ActivityRecord:
     network_ip: str = ""
 
 
-class Store(Protocol):
-    """Where records are kept as they change, for the next daemon on this home."""
+class Store(PaymentStore, Protocol):
+    """Where records are kept as they change, for the next daemon on this home (payment documents
+    and credits too: see PaymentStore)."""
 
     def put_agreement(self, agreement: Agreement) -> None: ...
     def agreements(self) -> list[Agreement]: ...

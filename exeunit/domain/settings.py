@@ -7,6 +7,7 @@ import fnmatch
 import uuid
 from dataclasses import dataclass, field
 
+from exeunit.domain.payments import PaymentSettings
 from exeunit.domain.resources import LinearPricing, Resources
 from exeunit.v1.conventions import DOCKER_VM_RUNTIME, GIB
 
@@ -107,3 +108,5 @@ class ProviderSettings:
     overlay_key_file: str = ""
     # CIDRs the overlay may dial peers in, comma-separated; "": any address its rules allow.
     overlay_peer_ranges: str = ""
+    # How it is paid: platforms and addresses, debit note interval, deadlines (--payment-*).
+    payment: PaymentSettings = field(default_factory=PaymentSettings)

@@ -6,6 +6,9 @@ new record of a row, never half of one. A host crash may lose the last commits (
 which is fine: activities do not outlive a host crash anyway. Records are JSON with a version
 number (`v`), so that a newer daemon can read what an older one wrote.
 
+Payment documents (debit notes, invoices) and the transactions credited to agreements are kept
+for good: they are proof of what was owed and paid, and outlive the agreements they are of.
+
 Activity records are the daemon's handle on a container (like Nomad's task handles): container
 id, image, volumes, start time, state. Containers carry labels too (exeunit.runtime.docker.labels), but only the
 record knows what the daemon promised the requestor.
@@ -13,15 +16,21 @@ record knows what the daemon promised the requestor.
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from exeunit import errors
 from exeunit.domain.commands import Command, Deploy, Run, Start, Terminate, name_of
 from exeunit.domain.market import Agreement, AgreementState, Demand, ImageRef
+from exeunit.domain.payments import (
+    AgreedPayment, CreditedPayment, DocumentDraft, DocumentKind, DocumentState, PaymentChoice, PaymentDocument, Sealed,
+    UsageFigures,
+)
 from exeunit.v1 import private_files
 from exeunit.v1.conventions import DOCKER_VM_RUNTIME
 from exeunit.domain.resources import LinearPricing, Resources, Spent
@@ -37,6 +46,11 @@ CREATE TABLE IF NOT EXISTS batches (activity_id TEXT NOT NULL, batch_id TEXT NOT
 CREATE INDEX IF NOT EXISTS batches_of_activity ON batches (activity_id);
 CREATE TABLE IF NOT EXISTS networks (requestor_id TEXT NOT NULL, network_id TEXT NOT NULL, record TEXT NOT NULL,
                                      PRIMARY KEY (requestor_id, network_id));
+CREATE TABLE IF NOT EXISTS payment_documents (document_id TEXT PRIMARY KEY, agreement_id TEXT NOT NULL,
+                                              sequence INTEGER NOT NULL, record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS payment_documents_of_agreement ON payment_documents (agreement_id);
+CREATE TABLE IF NOT EXISTS credited_payments (transaction_hash TEXT PRIMARY KEY, agreement_id TEXT NOT NULL,
+                                              record TEXT NOT NULL);
 """
 
 
@@ -50,8 +64,8 @@ def _make_private(path: Path) -> None:
 
 
 class StateStore:
-    """The database (a `Store`, exeunit.domain.records); every call is a short transaction on the
-    caller's thread."""
+    """The database (a `Store`, exeunit.domain.records, and a `PaymentStore`,
+    exeunit.domain.payments); every call is a short transaction on the caller's thread."""
 
     def __init__(self, path: Path) -> None:
         try:
@@ -83,7 +97,8 @@ class StateStore:
 
 
     def forget_agreement(self, agreement_id: str) -> None:
-        """Drops an ended agreement with its activities' records."""
+        """Drops an ended agreement with its activities' records; its payment documents and credited
+        payments stay (they are proof of what it owed and was paid)."""
         with self._db:
             self._db.execute("DELETE FROM activities WHERE agreement_id = ?", (agreement_id,))
             self._db.execute("DELETE FROM agreements WHERE agreement_id = ?", (agreement_id,))
@@ -117,6 +132,52 @@ class StateStore:
     def networks(self) -> list[NetworkRecord]:
         rows = self._db.execute("SELECT record FROM networks").fetchall()
         return [_network_from(json.loads(record)) for (record,) in rows]
+
+    # Payments: documents as issued and as their state changes, transactions credited (kept for good)
+
+    def put_payment_document(self, document: PaymentDocument, sequence: int) -> None:
+        self._db.execute(  # an upsert keeps the row's rowid: the order documents were issued in
+            "INSERT INTO payment_documents (document_id, agreement_id, sequence, record) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (document_id) DO UPDATE SET sequence = excluded.sequence, record = excluded.record",
+            (document.document_id, document.draft.agreement_id, sequence, json.dumps(_document_record(document))),
+        )
+
+    def payment_documents(self, agreement_id: str) -> list[tuple[int, PaymentDocument]]:
+        """The agreement's documents as last put, with the sequence of their last change: its debit
+        notes by their sequence, then its invoice."""
+        rows = self._db.execute(
+            "SELECT sequence, record FROM payment_documents WHERE agreement_id = ? ORDER BY rowid", (agreement_id,)
+        ).fetchall()
+        documents = [(sequence, _document_from(json.loads(record))) for sequence, record in rows]
+        return sorted(documents, key=lambda item: (item[1].draft.kind is DocumentKind.INVOICE, item[1].draft.sequence))
+
+    def last_payment_sequence(self) -> int:
+        (last,) = self._db.execute("SELECT MAX(sequence) FROM payment_documents").fetchone()
+        return last or 0
+
+    def credit_payment(self, payment: CreditedPayment) -> bool:
+        """Atomic on the transaction hash: of two credits of one transaction, the second finds it
+        there and records nothing."""
+        try:
+            self._db.execute(
+                "INSERT INTO credited_payments (transaction_hash, agreement_id, record) VALUES (?, ?, ?)",
+                (payment.transaction_hash, payment.agreement_id, json.dumps(_credit_record(payment))),
+            )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def credited_payments(self, agreement_id: str) -> list[CreditedPayment]:
+        rows = self._db.execute(
+            "SELECT record FROM credited_payments WHERE agreement_id = ? ORDER BY rowid", (agreement_id,)
+        ).fetchall()
+        return [_credit_from(json.loads(record)) for (record,) in rows]
+
+    def credited_agreement(self, transaction_hash: str) -> str | None:
+        row = self._db.execute(
+            "SELECT agreement_id FROM credited_payments WHERE transaction_hash = ?", (transaction_hash,)
+        ).fetchone()
+        return row[0] if row else None
 
     # Batches (their events are in journals, exeunit.persistence.journals)
 
@@ -174,6 +235,7 @@ def _agreement_record(agreement: Agreement) -> dict[str, Any]:
             "subnet_tag": demand.subnet_tag,
             "expiration": _time(demand.expiration),
             "runtime": demand.runtime,
+            "payment": vars(demand.payment) if demand.payment is not None else None,
         },
         "pricing": vars(agreement.pricing),
         "reserved": vars(agreement.reserved),
@@ -183,6 +245,7 @@ def _agreement_record(agreement: Agreement) -> dict[str, Any]:
         "termination_message": agreement.termination_message,
         "activity_ids": list(agreement.activity_ids),
         "spent": {**vars(agreement.spent), "last_ended": _time(agreement.spent.last_ended)},
+        "payment": vars(agreement.payment),
     }
 
 
@@ -201,6 +264,7 @@ def _agreement_from(record: dict[str, Any]) -> Agreement:
             subnet_tag=demand["subnet_tag"],
             expiration=_parse_time(demand["expiration"]),  # type: ignore[arg-type]
             runtime=demand.get("runtime", DOCKER_VM_RUNTIME),
+            payment=PaymentChoice(**demand["payment"]) if demand.get("payment") else None,
         ),
         pricing=LinearPricing(**record["pricing"]),
         reserved=Resources(**record["reserved"]),
@@ -210,6 +274,7 @@ def _agreement_from(record: dict[str, Any]) -> Agreement:
         termination_message=record["termination_message"],
         activity_ids=list(record["activity_ids"]),
         spent=_spent_from(record.get("spent")),  # absent in records of daemons before multi-activity
+        payment=AgreedPayment(**record.get("payment") or {}),  # absent in records of daemons before payments
     )
 
 
@@ -219,6 +284,75 @@ def _spent_from(stored: dict[str, Any] | None) -> Spent:
     return Spent(cpu_seconds=stored["cpu_seconds"], duration_seconds=stored["duration_seconds"],
                  counters=dict(stored["counters"]), billed=list(stored["billed"]),
                  last_ended=_parse_time(stored["last_ended"]))
+
+
+def _bytes(value: bytes) -> str:
+    return base64.b64encode(value).decode()
+
+
+def _from_bytes(value: str) -> bytes:
+    return base64.b64decode(value)
+
+
+def _document_record(document: PaymentDocument) -> dict[str, Any]:
+    draft = document.draft
+    return {
+        "v": RECORD_VERSION,
+        "draft": {
+            "kind": draft.kind.value,
+            "document_id": draft.document_id,
+            "agreement_id": draft.agreement_id,
+            "requestor_id": draft.requestor_id,
+            "amount": str(draft.amount),
+            "usage": vars(draft.usage),
+            "issued": _time(draft.issued),
+            "payment": vars(draft.payment),
+            "activity_ids": list(draft.activity_ids),
+            "sequence": draft.sequence,
+            "previous_id": draft.previous_id,
+            "payment_due": _time(draft.payment_due),
+        },
+        "sealed": {"body": _bytes(document.sealed.body), "signature": _bytes(document.sealed.signature)},
+        "state": document.state.value,
+        "acceptance_signature": _bytes(document.acceptance_signature),
+        "rejection_reason": document.rejection_reason,
+    }
+
+
+def _document_from(record: dict[str, Any]) -> PaymentDocument:
+    draft, sealed = record["draft"], record["sealed"]
+    usage = draft["usage"]
+    return PaymentDocument(
+        draft=DocumentDraft(
+            kind=DocumentKind(draft["kind"]),
+            document_id=draft["document_id"],
+            agreement_id=draft["agreement_id"],
+            requestor_id=draft["requestor_id"],
+            amount=Decimal(draft["amount"]),
+            usage=UsageFigures(cpu_seconds=usage["cpu_seconds"], duration_seconds=usage["duration_seconds"],
+                               counters=dict(usage["counters"])),
+            issued=_parse_time(draft["issued"]),  # type: ignore[arg-type]
+            payment=AgreedPayment(**draft["payment"]),
+            activity_ids=tuple(draft["activity_ids"]),
+            sequence=draft["sequence"],
+            previous_id=draft["previous_id"],
+            payment_due=_parse_time(draft["payment_due"]),
+        ),
+        sealed=Sealed(body=_from_bytes(sealed["body"]), signature=_from_bytes(sealed["signature"])),
+        state=DocumentState(record["state"]),
+        acceptance_signature=_from_bytes(record["acceptance_signature"]),
+        rejection_reason=record["rejection_reason"],
+    )
+
+
+def _credit_record(payment: CreditedPayment) -> dict[str, Any]:
+    return {"v": RECORD_VERSION, "transaction_hash": payment.transaction_hash, "agreement_id": payment.agreement_id,
+            "amount": str(payment.amount), "block_number": payment.block_number}
+
+
+def _credit_from(record: dict[str, Any]) -> CreditedPayment:
+    return CreditedPayment(transaction_hash=record["transaction_hash"], agreement_id=record["agreement_id"],
+                           amount=Decimal(record["amount"]), block_number=record["block_number"])
 
 
 def _activity_record(record: ActivityRecord) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -23,13 +22,13 @@ from exeunit.domain.batch import Batch, BatchEvent
 from exeunit.domain.clock import utcnow
 from exeunit.domain.commands import Command, Deploy
 from exeunit.domain.market import Agreement, AgreementState, Demand, ImageRef, Market, Offer, Refusal
+from exeunit.domain.payments import ChainReader, DocumentSealer
 from exeunit.domain.networks import NetworkOverlay, NetworkPlumbing, NetworkRecord, PrivateNetwork
 from exeunit.domain.event_log import MemoryPool
 from exeunit.domain.records import Journals, Store
 from exeunit.domain.reports import ActivityStatus, ActivitySummary, Usage, agreement_usage
 from exeunit.domain.settings import TEST_COUNTERS_IMAGE, ActivityLimits, ProviderSettings
 from exeunit.domain.states import ActivityState
-from exeunit.runtime.files import Download, Upload
 from exeunit.runtime.protocols import ExecutorFactory, Runtime
 from exeunit.runtime.storage import LoopStorage
 from exeunit.services.activity import Activity, ActivityHost
@@ -39,8 +38,9 @@ from exeunit.services.images import ImageResolver
 from exeunit.services.networks import Networks
 from exeunit.services.relay import RelayHub
 from exeunit.services.pacing import Pacer
+from exeunit.services.payments import Payments
 from exeunit.services.recovery import recover
-from exeunit.services.transfers import PortConnection, Transfers
+from exeunit.services.transfers import Transfers
 from exeunit.v1.conventions import MULTI_ACTIVITY_CAPABILITY, TEST_COUNTERS_RUNTIME, VPN_CAPABILITY
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class Machinery:
     journals: Journals
     # Starts the data plane of networks that span providers, given where it sends frames to relay.
     overlay: Callable[[Callable[[str, str, bytes], None]], NetworkOverlay] | None = None
+    sealer: DocumentSealer | None = None  # signs payment documents (None: none are issued)
+    chain: ChainReader | None = None  # reads payments on the chain (None: none are credited)
 
 
 class Provider:
@@ -96,6 +98,8 @@ class Provider:
         self.housekeeping = Housekeeping(machinery.runtime, machinery.storage, machinery.journals, settings.home_id,
                                          lambda: list(self._activities.values()), self._spawn)
         self.transfers = Transfers(machinery.runtime, machinery.storage, limits, self.activity, self.pacer)
+        self.payments = (Payments(machinery.sealer, store, machinery.chain, self.agreement_usage, self.terminate)
+                         if machinery.sealer is not None else None)
 
     # Life of the daemon
 
@@ -138,6 +142,8 @@ class Provider:
             await asyncio.to_thread(self.storage.close)
             await asyncio.to_thread(self._journals.close)
         self.housekeeping.stop()
+        if self.payments is not None:
+            await self.payments.close()
         for task in list(self._tasks):
             task.cancel()
 
@@ -170,6 +176,8 @@ class Provider:
             self._persist_agreement(outcome)
             self.arm_expiry(outcome, now)
             self.arm_idle(outcome)
+            if self.payments is not None:
+                self.payments.agreement_started(outcome)
         return outcome
 
     def arm_expiry(self, agreement: Agreement, now: datetime) -> None:
@@ -244,6 +252,8 @@ class Provider:
         ))
         await self.images.release(agreement)
         await self._drop_networks_of_gone_requestor(agreement.requestor_id)
+        if self.payments is not None:
+            await self.payments.agreement_ended(agreement)  # its invoice, with what it used in all
 
     async def _drop_networks_of_gone_requestor(self, requestor_id: str) -> None:
         """A requestor's networks live as long as it has an agreement here: nothing can join
@@ -331,6 +341,8 @@ class Provider:
         for activity_id in agreement.activity_ids:
             self._activities.pop(activity_id, None)
         self.market.forget(agreement.agreement_id)
+        if self.payments is not None:
+            self.payments.forget(agreement.agreement_id)
         pool = self._pools.get(agreement.requestor_id)
         if pool is not None and pool.used == 0 and not any(
                 a.requestor_id == agreement.requestor_id for a in self.market.all()):
@@ -375,7 +387,7 @@ class Provider:
         return submitted
 
     def batch_events(self, requestor_id: str, activity_id: str, batch_id: str, from_sequence: int) -> AsyncIterator[BatchEvent]:
-        return self._counted(requestor_id, self.batch(requestor_id, activity_id, batch_id).events.read(from_sequence))
+        return self.counted(requestor_id, self.batch(requestor_id, activity_id, batch_id).events.read(from_sequence))
 
     def batch(self, requestor_id: str, activity_id: str, batch_id: str) -> Batch:
         return self.activity(requestor_id, activity_id).batch(batch_id)
@@ -384,9 +396,9 @@ class Provider:
         return self.activity(requestor_id, activity_id).status()
 
     def watch(self, requestor_id: str, activity_id: str) -> AsyncIterator[ActivityStatus]:
-        return self._counted(requestor_id, self.activity(requestor_id, activity_id).watch())
+        return self.counted(requestor_id, self.activity(requestor_id, activity_id).watch())
 
-    async def _counted(self, requestor_id: str, stream: AsyncIterator[T]) -> AsyncIterator[T]:
+    async def counted(self, requestor_id: str, stream: AsyncIterator[T]) -> AsyncIterator[T]:
         """The stream, counted against its requestor's --streams-per-requestor while it is open."""
         with self._streams.hold(requestor_id, f"requestor {requestor_id!r}"):
             async for item in stream:
@@ -431,15 +443,3 @@ class Provider:
             self._store.put_network(NetworkRecord(network.requestor_id, network.network_id, str(network.subnet),
                                                   network.gateway, network.key, network.spans,
                                                   dict(network.peers)))
-
-    # Transfers (exeunit.services.transfers)
-
-    def tunnel(self, requestor_id: str, activity_id: str, port: int) -> AbstractAsyncContextManager[PortConnection]:
-        return self.transfers.tunnel(requestor_id, activity_id, port)
-
-    def upload(self, requestor_id: str, activity_id: str, path: str, size: int,
-               mode: int) -> AbstractAsyncContextManager[Upload]:
-        return self.transfers.upload(requestor_id, activity_id, path, size, mode)
-
-    def download(self, requestor_id: str, activity_id: str, path: str) -> AbstractAsyncContextManager[Download]:
-        return self.transfers.download(requestor_id, activity_id, path)

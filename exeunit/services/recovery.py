@@ -20,6 +20,7 @@ from exeunit.services.activity import Activity
 from exeunit.services.housekeeping import Housekeeping
 from exeunit.services.images import ImageResolver
 from exeunit.services.networks import Networks
+from exeunit.services.payments import Payments
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Recovering(Protocol):
     images: ImageResolver
     storage: LoopStorage
     housekeeping: Housekeeping
+    payments: Payments | None
 
     def new_activity(self, activity_id: str, agreement: Agreement) -> Activity: ...
     def all_activities(self) -> list[Activity]: ...
@@ -84,11 +86,15 @@ async def recover(provider: Recovering, store: Store) -> None:
     for agreement in provider.market.all():
         if agreement.state is not AgreementState.APPROVED:
             provider.forget_agreement_later(agreement, retention)
+            if provider.payments is not None:  # its invoice, if the daemon stopped before issuing it
+                await provider.payments.agreement_ended(agreement)
             continue
         if agreement.expiration <= now:
             await provider.expire(agreement)
             continue
         provider.arm_expiry(agreement, now)
+        if provider.payments is not None:  # its debit notes go on, and their deadlines
+            provider.payments.agreement_started(agreement)
         if not provider.live_activities(agreement):
             provider.arm_idle(agreement)
         recovered += 1

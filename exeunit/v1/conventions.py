@@ -33,3 +33,13 @@ ACTIVITY_STATES = ("Unspecified", "New", "Deployed", "Ready", "Terminated")
 def activity_state_name(value: int) -> str:
     """Golem's name of an ActivityState enum value ("Unspecified" for any the contract lacks)."""
     return ACTIVITY_STATES[value] if 0 <= value < len(ACTIVITY_STATES) else ACTIVITY_STATES[0]
+
+# Payments (proto/exeunit/v1/payment.proto): amounts have at most this many digits after the
+# point, an ERC-20 token's base unit; a demand may ask debit notes to be accepted this fast at most.
+TOKEN_DECIMALS = 18
+MIN_ACCEPT_TIMEOUT_SECONDS = 5.0
+
+
+def is_chain_address(text: str) -> bool:
+    """An Ethereum address: 0x and 40 hex digits (compared case-insensitively)."""
+    return len(text) == 42 and text.startswith("0x") and all(c in "0123456789abcdefABCDEF" for c in text[2:])

@@ -26,6 +26,7 @@ class RefusalReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REFUSAL_REASON_IMAGE_UNAVAILABLE: _ClassVar[RefusalReason]
     REFUSAL_REASON_EXPIRATION_TOO_FAR: _ClassVar[RefusalReason]
     REFUSAL_REASON_RUNTIME_MISMATCH: _ClassVar[RefusalReason]
+    REFUSAL_REASON_PAYMENT_TERMS: _ClassVar[RefusalReason]
 AGREEMENT_STATE_UNSPECIFIED: AgreementState
 AGREEMENT_STATE_APPROVED: AgreementState
 AGREEMENT_STATE_TERMINATED: AgreementState
@@ -36,6 +37,7 @@ REFUSAL_REASON_MISSING_CAPABILITY: RefusalReason
 REFUSAL_REASON_IMAGE_UNAVAILABLE: RefusalReason
 REFUSAL_REASON_EXPIRATION_TOO_FAR: RefusalReason
 REFUSAL_REASON_RUNTIME_MISMATCH: RefusalReason
+REFUSAL_REASON_PAYMENT_TERMS: RefusalReason
 
 class LinearPricing(_message.Message):
     __slots__ = ("start_fee", "per_cpu_second", "per_duration_second", "per_unit", "currency")
@@ -59,7 +61,7 @@ class LinearPricing(_message.Message):
     def __init__(self, start_fee: _Optional[float] = ..., per_cpu_second: _Optional[float] = ..., per_duration_second: _Optional[float] = ..., per_unit: _Optional[_Mapping[str, float]] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class Offer(_message.Message):
-    __slots__ = ("provider_id", "provider_name", "subnet_tag", "runtime_name", "runtime_version", "cpu_threads", "memory_bytes", "storage_bytes", "total_cpu_threads", "total_memory_bytes", "total_storage_bytes", "pricing", "images", "accepts_image_urls", "capabilities", "max_agreement_duration", "agreement_idle_timeout", "runtimes", "limits", "overlay_port", "boot_epoch", "activity_cpu_threads", "activity_memory_bytes", "activity_storage_bytes")
+    __slots__ = ("provider_id", "provider_name", "subnet_tag", "runtime_name", "runtime_version", "cpu_threads", "memory_bytes", "storage_bytes", "total_cpu_threads", "total_memory_bytes", "total_storage_bytes", "pricing", "images", "accepts_image_urls", "capabilities", "max_agreement_duration", "agreement_idle_timeout", "runtimes", "limits", "overlay_port", "boot_epoch", "activity_cpu_threads", "activity_memory_bytes", "activity_storage_bytes", "payment")
     PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_NAME_FIELD_NUMBER: _ClassVar[int]
     SUBNET_TAG_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +86,7 @@ class Offer(_message.Message):
     ACTIVITY_CPU_THREADS_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_STORAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_FIELD_NUMBER: _ClassVar[int]
     provider_id: str
     provider_name: str
     subnet_tag: str
@@ -108,7 +111,42 @@ class Offer(_message.Message):
     activity_cpu_threads: int
     activity_memory_bytes: int
     activity_storage_bytes: int
-    def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., subnet_tag: _Optional[str] = ..., runtime_name: _Optional[str] = ..., runtime_version: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., total_cpu_threads: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., total_storage_bytes: _Optional[int] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., accepts_image_urls: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ..., max_agreement_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., agreement_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runtimes: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[OfferLimits, _Mapping]] = ..., overlay_port: _Optional[int] = ..., boot_epoch: _Optional[str] = ..., activity_cpu_threads: _Optional[int] = ..., activity_memory_bytes: _Optional[int] = ..., activity_storage_bytes: _Optional[int] = ...) -> None: ...
+    payment: PaymentTerms
+    def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., subnet_tag: _Optional[str] = ..., runtime_name: _Optional[str] = ..., runtime_version: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., total_cpu_threads: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., total_storage_bytes: _Optional[int] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., accepts_image_urls: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ..., max_agreement_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., agreement_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runtimes: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[OfferLimits, _Mapping]] = ..., overlay_port: _Optional[int] = ..., boot_epoch: _Optional[str] = ..., activity_cpu_threads: _Optional[int] = ..., activity_memory_bytes: _Optional[int] = ..., activity_storage_bytes: _Optional[int] = ..., payment: _Optional[_Union[PaymentTerms, _Mapping]] = ...) -> None: ...
+
+class PaymentTerms(_message.Message):
+    __slots__ = ("platforms", "debit_note_interval", "min_debit_note_interval", "payment_timeout", "min_payment_timeout", "debit_note_accept_timeout", "provider_public_key")
+    PLATFORMS_FIELD_NUMBER: _ClassVar[int]
+    DEBIT_NOTE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    MIN_DEBIT_NOTE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MIN_PAYMENT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    DEBIT_NOTE_ACCEPT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    platforms: _containers.RepeatedCompositeFieldContainer[PaymentPlatform]
+    debit_note_interval: _duration_pb2.Duration
+    min_debit_note_interval: _duration_pb2.Duration
+    payment_timeout: _duration_pb2.Duration
+    min_payment_timeout: _duration_pb2.Duration
+    debit_note_accept_timeout: _duration_pb2.Duration
+    provider_public_key: bytes
+    def __init__(self, platforms: _Optional[_Iterable[_Union[PaymentPlatform, _Mapping]]] = ..., debit_note_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_debit_note_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., payment_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_payment_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., debit_note_accept_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., provider_public_key: _Optional[bytes] = ...) -> None: ...
+
+class PaymentPlatform(_message.Message):
+    __slots__ = ("platform", "chain_id", "token_address", "payee_address", "confirmations", "binding_signature")
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PAYEE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATIONS_FIELD_NUMBER: _ClassVar[int]
+    BINDING_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    platform: str
+    chain_id: int
+    token_address: str
+    payee_address: str
+    confirmations: int
+    binding_signature: bytes
+    def __init__(self, platform: _Optional[str] = ..., chain_id: _Optional[int] = ..., token_address: _Optional[str] = ..., payee_address: _Optional[str] = ..., confirmations: _Optional[int] = ..., binding_signature: _Optional[bytes] = ...) -> None: ...
 
 class OfferLimits(_message.Message):
     __slots__ = ("batches_queued", "batches_kept", "batch_ids_remembered", "replay_window_bytes", "result_output_bytes", "transfers_per_activity", "transfers_per_requestor", "tunnels_per_activity", "networks_per_requestor", "tunnels_per_requestor", "streams_per_requestor", "image_fetches_per_requestor", "peers_per_network", "macs_per_network", "relay_queue_bytes", "pids_limit", "transfer_idle_timeout", "output_memory_bytes", "output_memory_per_requestor_bytes", "journal_bytes_per_activity", "image_bytes", "ended_retention", "activities_per_agreement")
@@ -171,7 +209,7 @@ class ImageRef(_message.Message):
     def __init__(self, hash: _Optional[str] = ..., tag: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
 
 class Demand(_message.Message):
-    __slots__ = ("image", "min_memory_bytes", "min_storage_bytes", "min_cpu_threads", "capabilities", "subnet_tag", "expiration", "runtime")
+    __slots__ = ("image", "min_memory_bytes", "min_storage_bytes", "min_cpu_threads", "capabilities", "subnet_tag", "expiration", "runtime", "payment")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MIN_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MIN_STORAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +218,7 @@ class Demand(_message.Message):
     SUBNET_TAG_FIELD_NUMBER: _ClassVar[int]
     EXPIRATION_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_FIELD_NUMBER: _ClassVar[int]
     image: ImageRef
     min_memory_bytes: int
     min_storage_bytes: int
@@ -188,10 +227,25 @@ class Demand(_message.Message):
     subnet_tag: str
     expiration: _timestamp_pb2.Timestamp
     runtime: str
-    def __init__(self, image: _Optional[_Union[ImageRef, _Mapping]] = ..., min_memory_bytes: _Optional[int] = ..., min_storage_bytes: _Optional[int] = ..., min_cpu_threads: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., subnet_tag: _Optional[str] = ..., expiration: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., runtime: _Optional[str] = ...) -> None: ...
+    payment: PaymentChoice
+    def __init__(self, image: _Optional[_Union[ImageRef, _Mapping]] = ..., min_memory_bytes: _Optional[int] = ..., min_storage_bytes: _Optional[int] = ..., min_cpu_threads: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., subnet_tag: _Optional[str] = ..., expiration: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., runtime: _Optional[str] = ..., payment: _Optional[_Union[PaymentChoice, _Mapping]] = ...) -> None: ...
+
+class PaymentChoice(_message.Message):
+    __slots__ = ("platform", "payer_address", "debit_note_interval", "payment_timeout", "debit_note_accept_timeout")
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    PAYER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DEBIT_NOTE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    DEBIT_NOTE_ACCEPT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    platform: str
+    payer_address: str
+    debit_note_interval: _duration_pb2.Duration
+    payment_timeout: _duration_pb2.Duration
+    debit_note_accept_timeout: _duration_pb2.Duration
+    def __init__(self, platform: _Optional[str] = ..., payer_address: _Optional[str] = ..., debit_note_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., payment_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., debit_note_accept_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Agreement(_message.Message):
-    __slots__ = ("agreement_id", "provider_id", "requestor_id", "demand", "pricing", "state", "created", "expiration", "cpu_threads", "memory_bytes", "storage_bytes", "termination_reason", "termination_message", "activity_ids", "usage")
+    __slots__ = ("agreement_id", "provider_id", "requestor_id", "demand", "pricing", "state", "created", "expiration", "cpu_threads", "memory_bytes", "storage_bytes", "termination_reason", "termination_message", "activity_ids", "usage", "payment")
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTOR_ID_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +261,7 @@ class Agreement(_message.Message):
     TERMINATION_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_IDS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_FIELD_NUMBER: _ClassVar[int]
     agreement_id: str
     provider_id: str
     requestor_id: str
@@ -222,7 +277,30 @@ class Agreement(_message.Message):
     termination_message: str
     activity_ids: _containers.RepeatedScalarFieldContainer[str]
     usage: AgreementUsage
-    def __init__(self, agreement_id: _Optional[str] = ..., provider_id: _Optional[str] = ..., requestor_id: _Optional[str] = ..., demand: _Optional[_Union[Demand, _Mapping]] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., state: _Optional[_Union[AgreementState, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expiration: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., termination_reason: _Optional[str] = ..., termination_message: _Optional[str] = ..., activity_ids: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[AgreementUsage, _Mapping]] = ...) -> None: ...
+    payment: AgreedPayment
+    def __init__(self, agreement_id: _Optional[str] = ..., provider_id: _Optional[str] = ..., requestor_id: _Optional[str] = ..., demand: _Optional[_Union[Demand, _Mapping]] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., state: _Optional[_Union[AgreementState, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expiration: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., termination_reason: _Optional[str] = ..., termination_message: _Optional[str] = ..., activity_ids: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[AgreementUsage, _Mapping]] = ..., payment: _Optional[_Union[AgreedPayment, _Mapping]] = ...) -> None: ...
+
+class AgreedPayment(_message.Message):
+    __slots__ = ("platform", "chain_id", "token_address", "payee_address", "payer_address", "confirmations", "debit_note_interval", "payment_timeout", "debit_note_accept_timeout")
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PAYEE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PAYER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATIONS_FIELD_NUMBER: _ClassVar[int]
+    DEBIT_NOTE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    DEBIT_NOTE_ACCEPT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    platform: str
+    chain_id: int
+    token_address: str
+    payee_address: str
+    payer_address: str
+    confirmations: int
+    debit_note_interval: _duration_pb2.Duration
+    payment_timeout: _duration_pb2.Duration
+    debit_note_accept_timeout: _duration_pb2.Duration
+    def __init__(self, platform: _Optional[str] = ..., chain_id: _Optional[int] = ..., token_address: _Optional[str] = ..., payee_address: _Optional[str] = ..., payer_address: _Optional[str] = ..., confirmations: _Optional[int] = ..., debit_note_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., payment_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., debit_note_accept_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class AgreementUsage(_message.Message):
     __slots__ = ("cpu_seconds", "duration", "cost", "counters", "measured")
