@@ -142,7 +142,7 @@ class _Send(Transfer):
         except ProviderRestartedError:  # refused before anything was written: read the source again
             size, chunks = await self._source()
             sha = await client.upload(activity_id, self.dst_path, size, chunks)
-        return f"uploaded {size} bytes to {self.dst_path} (sha256 {sha[:12]})"
+        return f"uploaded {size} bytes to {self.dst_path} (digest {sha[:12]})"
 
 
 class SendBytes(_Send):

@@ -273,3 +273,54 @@ async def test_a_file_that_shrinks_while_it_downloads_is_data_loss(client: Contr
             if part.WhichOneof("part") == "chunk":
                 await client.run_batch(ready, [client.run("/usr/bin/truncate", "-s", "0", "/golem/work/shrinking.bin")])
     assert err.value.code() == grpc.StatusCode.DATA_LOSS and "shrank while it was downloaded" in err.value.details()
+
+
+async def test_a_transfer_may_be_checked_with_blake3_and_never_with_less(client: ContractClient, ready: str) -> None:
+    """BLAKE3 where the offer lists it (issue 28: SHA-256 was the largest cost on each side); a
+    digest the daemon does not offer, a wrong one, or none at all is refused, never taken as checked."""
+    import blake3
+
+    from exeunit.v1 import market_pb2 as mkt
+
+    offer = (await client.market.GetOffer(mkt.GetOfferRequest(), metadata=client.metadata)).offer
+    assert "blake3" in offer.transfer_digests
+    data = os.urandom(2 * CHUNK + 777)
+    expected = blake3.blake3(data).hexdigest()
+
+    async def upload(digest: int, trailer: xfer.UploadTrailer, path: str = "/golem/work/b3.bin") -> xfer.UploadResponse:
+        async def requests():
+            yield xfer.UploadRequest(header=xfer.UploadHeader(activity_id=ready, path=path, size=len(data), digest=digest))
+            for start in range(0, len(data), CHUNK):
+                yield xfer.UploadRequest(chunk=data[start:start + CHUNK])
+            yield xfer.UploadRequest(trailer=trailer)
+        return await client.transfer.Upload(requests(), metadata=client.metadata)
+
+    response = await upload(xfer.DIGEST_ALGORITHM_BLAKE3, xfer.UploadTrailer(digest=expected))
+    assert (response.size, response.digest, response.sha256) == (len(data), expected, "")
+    refusals = {
+        "a wrong digest": (xfer.DIGEST_ALGORITHM_BLAKE3, xfer.UploadTrailer(digest="0" * 64), grpc.StatusCode.DATA_LOSS),
+        "SHA-256 sent as BLAKE3": (xfer.DIGEST_ALGORITHM_BLAKE3, xfer.UploadTrailer(digest=hashlib.sha256(data).hexdigest()),
+                                   grpc.StatusCode.DATA_LOSS),
+        "no digest": (xfer.DIGEST_ALGORITHM_BLAKE3, xfer.UploadTrailer(), grpc.StatusCode.INVALID_ARGUMENT),
+        "an algorithm not offered": (99, xfer.UploadTrailer(digest=expected), grpc.StatusCode.INVALID_ARGUMENT),
+    }
+    for case, (digest, trailer, code) in refusals.items():
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await upload(digest, trailer, "/golem/work/refused.bin")
+        assert refused.value.code() == code, (case, refused.value.details())
+    trailer = None
+    async for part in client.transfer.Download(
+        xfer.DownloadRequest(activity_id=ready, path="/golem/work/b3.bin", digest=xfer.DIGEST_ALGORITHM_BLAKE3),
+        metadata=client.metadata,
+    ):
+        if part.WhichOneof("part") == "trailer":
+            trailer = part.trailer
+    assert trailer is not None and (trailer.digest, trailer.sha256) == (expected, "")
+
+
+def test_the_requestor_checks_with_blake3_only_where_offered() -> None:
+    from requestor.client.streams import TransferDigest
+
+    assert TransferDigest(("blake3",)).name == "blake3"
+    assert TransferDigest(()).name == "sha256"
+    assert TransferDigest(("md5",)).name == "sha256"

@@ -17,6 +17,7 @@ from exeunit.domain.reports import ActivityStatus, ActivitySummary, Usage
 from exeunit.domain.resources import LinearPricing
 from exeunit.domain.settings import ActivityLimits, ProviderSettings
 from exeunit.domain.states import ActivityState
+from exeunit.runtime.files import transfer_digests
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1 import network_pb2 as net
@@ -103,6 +104,7 @@ def offer_to_proto(offer: Offer) -> mkt.Offer:
         limits=limits_to_proto(offer.limits, s),
         overlay_port=offer.overlay_port,
         payment=payment_terms_to_proto(s.payment),
+        transfer_digests=list(transfer_digests()),
     )
 
 

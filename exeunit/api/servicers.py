@@ -16,7 +16,8 @@ from exeunit.services.relay import RelayedFrame
 from exeunit.services.transfers import PortConnection
 from exeunit.api.auth import Caller, OperatorCaller
 from exeunit.api.status import anonymous_ok, streaming, unary
-from exeunit.v1.conventions import CHUNK_SIZE
+from exeunit.v1.conventions import CHUNK_SIZE, DIGEST_BLAKE3, DIGEST_SHA256
+from exeunit.runtime.files import transfer_digests
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import activity_pb2_grpc as act_grpc
 from exeunit.v1 import market_pb2 as mkt
@@ -276,7 +277,7 @@ class TransferServicer(xfer_grpc.TransferServicer):
                        header: xfer.UploadHeader) -> xfer.UploadResponse:
         async with self.provider.transfers.upload(
             requestor_id, _required(header.activity_id, "header.activity_id"),
-            _required(header.path, "header.path"), header.size, header.mode,
+            _required(header.path, "header.path"), header.size, header.mode, digest_of(header.digest),
         ) as upload:
             try:
                 async for part in parts:
@@ -288,8 +289,9 @@ class TransferServicer(xfer_grpc.TransferServicer):
                         await upload.write(chunk)
                         telemetry.UPLOAD_BYTES.inc(len(chunk))
                     elif kind == "trailer":
-                        result = await upload.finish(part.trailer.sha256)
-                        return xfer.UploadResponse(size=result.size, sha256=result.sha256)
+                        result = await upload.finish(part.trailer.digest or part.trailer.sha256)
+                        sha256 = result.digest if digest_of(header.digest) == DIGEST_SHA256 else ""
+                        return xfer.UploadResponse(size=result.size, sha256=sha256, digest=result.digest)
                     else:
                         raise errors.InvalidArgument("after the header, an upload sends only chunks and one trailer")
                 raise errors.DataLoss("the upload stream ended without a trailer; the file was emptied")
@@ -301,14 +303,30 @@ class TransferServicer(xfer_grpc.TransferServicer):
     async def Download(
         self, request: xfer.DownloadRequest, context: Context, requestor_id: str
     ) -> AsyncIterator[xfer.DownloadResponse]:
+        algorithm = digest_of(request.digest)
         async with self.provider.transfers.download(
-            requestor_id, _required(request.activity_id, "activity_id"), _required(request.path, "path")
+            requestor_id, _required(request.activity_id, "activity_id"), _required(request.path, "path"), algorithm
         ) as download:
             yield xfer.DownloadResponse(header=xfer.DownloadHeader(size=download.header.size, mode=download.header.mode))
             async for chunk in download.chunks():
                 yield xfer.DownloadResponse(chunk=chunk)
                 telemetry.DOWNLOAD_BYTES.inc(len(chunk))
-            yield xfer.DownloadResponse(trailer=xfer.DownloadTrailer(sha256=download.sha256()))
+            digest = download.digest()
+            sha256 = digest if algorithm == DIGEST_SHA256 else ""
+            yield xfer.DownloadResponse(trailer=xfer.DownloadTrailer(sha256=sha256, digest=digest))
+
+
+DIGESTS = {xfer.DIGEST_ALGORITHM_UNSPECIFIED: DIGEST_SHA256, xfer.DIGEST_ALGORITHM_SHA256: DIGEST_SHA256,
+           xfer.DIGEST_ALGORITHM_BLAKE3: DIGEST_BLAKE3}
+
+
+def digest_of(value: int) -> str:
+    """The digest a transfer asks for, by name; InvalidArgument for one this provider does not offer."""
+    name = DIGESTS.get(value)
+    if name is None or (name != DIGEST_SHA256 and name not in transfer_digests()):
+        offered = ", ".join((DIGEST_SHA256, *transfer_digests()))
+        raise errors.InvalidArgument(f"digest {value} is not one this provider checks transfers with ({offered})")
+    return name
 
 
 async def _to_port(requests: AsyncIterator[act.TunnelRequest], port: PortConnection) -> None:

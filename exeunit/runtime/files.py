@@ -21,14 +21,36 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from exeunit import errors
 from exeunit.runtime.threads import in_data_thread
 from exeunit.v1.conventions import CHUNK_SIZE  # downloads go in the chunks uploads must keep to
+from exeunit.v1.conventions import DIGEST_BLAKE3, DIGEST_SHA256
 
 MAX_PATH_BYTES = 4095  # Linux's PATH_MAX, less the terminating NUL
 MAX_NAME_BYTES = 255  # Linux's NAME_MAX
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def transfer_digests() -> tuple[str, ...]:
+    """The digests beyond SHA-256 this host can check transfers with (BLAKE3 with its package)."""
+    try:
+        import blake3  # noqa: F401
+    except ImportError:
+        return ()
+    return (DIGEST_BLAKE3,)
+
+
+def new_digest(algorithm: str) -> Any:
+    """A hash object of `algorithm` (DIGEST_SHA256 or DIGEST_BLAKE3): both hash without the GIL."""
+    if algorithm == DIGEST_BLAKE3:
+        import blake3
+
+        return blake3.blake3()
+    if algorithm != DIGEST_SHA256:
+        raise errors.InvalidArgument(f"digest {algorithm!r} is not one this provider checks transfers with")
+    return hashlib.sha256()
 
 
 @dataclass(frozen=True)
@@ -159,16 +181,17 @@ async def unpaced(size: int) -> None:
 @dataclass(frozen=True)
 class UploadResult:
     size: int
-    sha256: str
+    digest: str  # hex, in the upload's algorithm
 
 
 class Upload:
     """Streams one file into a volume while its chunks arrive; verifies size and checksum.
 
-    Feed chunks with `write`, then `finish(sha256)`. A failed upload leaves an empty file, never a
+    Feed chunks with `write`, then `finish(digest)`. A failed upload leaves an empty file, never a
     partial one."""
 
-    def __init__(self, root: Path, dest: Destination, size: int, mode: int, owner: tuple[int, int]) -> None:
+    def __init__(self, root: Path, dest: Destination, size: int, mode: int, owner: tuple[int, int],
+                 algorithm: str = DIGEST_SHA256) -> None:
         self._root = root
         self._dest = dest
         self._size = size
@@ -177,7 +200,7 @@ class Upload:
         self._fd: int | None = None
         self._writing: asyncio.Future[object] | None = None  # the hash and write of the last chunk, if running
         self._received = 0
-        self._digest = hashlib.sha256()
+        self._digest = new_digest(algorithm)
         self._cancelled: errors.ExeUnitError | None = None
         self.on_progress: Callable[[], None] = lambda: None  # called as each chunk arrives
         self.pace: Pace = unpaced
@@ -219,16 +242,19 @@ class Upload:
         except OSError as exc:
             raise _refusal(exc, self._dest.path) from None
 
-    async def finish(self, sha256: str) -> UploadResult:
+    async def finish(self, digest: str) -> UploadResult:
         if self._writing is not None:
             await self._writing
         if self._received != self._size:
             raise errors.DataLoss(f"received {self._received} bytes, the header declared {self._size}")
         actual = self._digest.hexdigest()
-        if sha256 and sha256.lower() != actual:
+        if not digest:
+            raise errors.InvalidArgument("the trailer has no digest of the file: send it (the receiver checks "
+                                         "every upload end to end); the file was emptied")
+        if digest.lower() != actual:
             raise errors.DataLoss(
                 f"checksum mismatch for {self._dest.path}: sent data hashes to {actual}, the trailer says "
-                f"{sha256}; the file was emptied"
+                f"{digest}; the file was emptied"
             )
         await self._close(keep=True)
         return UploadResult(self._received, actual)
@@ -259,18 +285,18 @@ class DownloadHeader:
 class Download:
     """One file streamed out of a volume: its header (as it was when opened), then its chunks."""
 
-    def __init__(self, fd: int, header: DownloadHeader, path: str) -> None:
+    def __init__(self, fd: int, header: DownloadHeader, path: str, digest: Any) -> None:
         self.header = header
         self._fd: int | None = fd
         self._path = path
         self._cut: errors.ExeUnitError | None = None
-        self._digest = hashlib.sha256()
+        self._digest = digest  # a new_digest(...): what the trailer states
         self._lock = threading.Lock()
         self.on_progress: Callable[[], None] = lambda: None  # called as each chunk is handed on
         self.pace: Pace = unpaced
 
-    def sha256(self) -> str:
-        """Hex sha256 of what `chunks()` has yielded."""
+    def digest(self) -> str:
+        """Hex digest (in the download's algorithm) of what `chunks()` has yielded."""
         return self._digest.hexdigest()
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -321,8 +347,9 @@ class Download:
             os.close(fd)
 
 
-async def download(root: Path, dest: Destination) -> Download:
+async def download(root: Path, dest: Destination, algorithm: str = DIGEST_SHA256) -> Download:
     """Opens the file at dest for reading: a regular file inside the volume, reached without links."""
+    digest = new_digest(algorithm)  # an unknown algorithm is refused before anything is opened
     fd = await in_data_thread(open_beneath, root, dest, os.O_RDONLY)
     info = os.fstat(fd)
-    return Download(fd, DownloadHeader(info.st_size, stat.S_IMODE(info.st_mode)), dest.path)
+    return Download(fd, DownloadHeader(info.st_size, stat.S_IMODE(info.st_mode)), dest.path, digest)

@@ -14,6 +14,7 @@ from exeunit import errors
 from exeunit.domain.settings import ActivityLimits
 from exeunit.domain.states import ActivityState
 from exeunit.runtime.files import Download, Pace, Upload, confine, download, existing_size
+from exeunit.v1.conventions import DIGEST_SHA256
 from exeunit.runtime.protocols import Runtime
 from exeunit.runtime.storage import LoopStorage, VolumeDirs
 from exeunit.runtime.threads import in_data_thread
@@ -124,7 +125,8 @@ class Transfers:
             yield
 
     @asynccontextmanager
-    async def upload(self, requestor_id: str, activity_id: str, path: str, size: int, mode: int) -> AsyncIterator[Upload]:
+    async def upload(self, requestor_id: str, activity_id: str, path: str, size: int, mode: int,
+                     algorithm: str = DIGEST_SHA256) -> AsyncIterator[Upload]:
         """An upload into the activity's container, cut short if the activity ends meanwhile or the
         client stops sending for the transfer idle time."""
         activity = self._find(requestor_id, activity_id)
@@ -146,7 +148,7 @@ class Transfers:
         idle = self._limits.transfer_idle_seconds
         with self._transfer_slot(requestor_id, activity):
             async with idle_timeout(idle, f"the upload to {dest.path}") as progress:
-                upload = Upload(volumes.host_dir(dest.volume), dest, size, mode, self._storage.owner)
+                upload = Upload(volumes.host_dir(dest.volume), dest, size, mode, self._storage.owner, algorithm)
                 upload.on_progress = progress
                 upload.pace = self._pacer.pace_for(requestor_id)
                 await upload.begin()
@@ -155,7 +157,8 @@ class Transfers:
                     yield upload
 
     @asynccontextmanager
-    async def download(self, requestor_id: str, activity_id: str, path: str) -> AsyncIterator[Download]:
+    async def download(self, requestor_id: str, activity_id: str, path: str,
+                       algorithm: str = DIGEST_SHA256) -> AsyncIterator[Download]:
         """A download out of the activity's container, cut short if the activity ends meanwhile or
         the client stops reading for the transfer idle time."""
         activity = self._find(requestor_id, activity_id)
@@ -164,7 +167,7 @@ class Transfers:
         idle = self._limits.transfer_idle_seconds
         with self._transfer_slot(requestor_id, activity):
             log.info("event=download_started %s path=%s", activity.log_ids, dest.path)
-            opened = await download(volumes.host_dir(dest.volume), dest)
+            opened = await download(volumes.host_dir(dest.volume), dest, algorithm)
             # The handler waits in gRPC's write while a client does not read, where cancelling it
             # would leave the call hanging: the watchdog marks the download cut instead, the client
             # gets the reason when it reads on, and until it leaves it holds one descriptor and a

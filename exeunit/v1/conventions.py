@@ -43,3 +43,8 @@ MIN_ACCEPT_TIMEOUT_SECONDS = 5.0
 def is_chain_address(text: str) -> bool:
     """An Ethereum address: 0x and 40 hex digits (compared case-insensitively)."""
     return len(text) == 42 and text.startswith("0x") and all(c in "0123456789abcdefABCDEF" for c in text[2:])
+
+# Digests a transfer is checked with end to end (transfer.proto's DigestAlgorithm, by name):
+# SHA-256 always; BLAKE3 where the offer's transfer_digests lists it.
+DIGEST_SHA256 = "sha256"
+DIGEST_BLAKE3 = "blake3"

@@ -61,7 +61,7 @@ class LinearPricing(_message.Message):
     def __init__(self, start_fee: _Optional[float] = ..., per_cpu_second: _Optional[float] = ..., per_duration_second: _Optional[float] = ..., per_unit: _Optional[_Mapping[str, float]] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class Offer(_message.Message):
-    __slots__ = ("provider_id", "provider_name", "subnet_tag", "runtime_name", "runtime_version", "cpu_threads", "memory_bytes", "storage_bytes", "total_cpu_threads", "total_memory_bytes", "total_storage_bytes", "pricing", "images", "accepts_image_urls", "capabilities", "max_agreement_duration", "agreement_idle_timeout", "runtimes", "limits", "overlay_port", "boot_epoch", "activity_cpu_threads", "activity_memory_bytes", "activity_storage_bytes", "payment")
+    __slots__ = ("provider_id", "provider_name", "subnet_tag", "runtime_name", "runtime_version", "cpu_threads", "memory_bytes", "storage_bytes", "total_cpu_threads", "total_memory_bytes", "total_storage_bytes", "pricing", "images", "accepts_image_urls", "capabilities", "max_agreement_duration", "agreement_idle_timeout", "runtimes", "limits", "overlay_port", "boot_epoch", "activity_cpu_threads", "activity_memory_bytes", "activity_storage_bytes", "payment", "transfer_digests")
     PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_NAME_FIELD_NUMBER: _ClassVar[int]
     SUBNET_TAG_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class Offer(_message.Message):
     ACTIVITY_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_STORAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_DIGESTS_FIELD_NUMBER: _ClassVar[int]
     provider_id: str
     provider_name: str
     subnet_tag: str
@@ -112,7 +113,8 @@ class Offer(_message.Message):
     activity_memory_bytes: int
     activity_storage_bytes: int
     payment: PaymentTerms
-    def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., subnet_tag: _Optional[str] = ..., runtime_name: _Optional[str] = ..., runtime_version: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., total_cpu_threads: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., total_storage_bytes: _Optional[int] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., accepts_image_urls: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ..., max_agreement_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., agreement_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runtimes: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[OfferLimits, _Mapping]] = ..., overlay_port: _Optional[int] = ..., boot_epoch: _Optional[str] = ..., activity_cpu_threads: _Optional[int] = ..., activity_memory_bytes: _Optional[int] = ..., activity_storage_bytes: _Optional[int] = ..., payment: _Optional[_Union[PaymentTerms, _Mapping]] = ...) -> None: ...
+    transfer_digests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., subnet_tag: _Optional[str] = ..., runtime_name: _Optional[str] = ..., runtime_version: _Optional[str] = ..., cpu_threads: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., total_cpu_threads: _Optional[int] = ..., total_memory_bytes: _Optional[int] = ..., total_storage_bytes: _Optional[int] = ..., pricing: _Optional[_Union[LinearPricing, _Mapping]] = ..., images: _Optional[_Iterable[str]] = ..., accepts_image_urls: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ..., max_agreement_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., agreement_idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., runtimes: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[OfferLimits, _Mapping]] = ..., overlay_port: _Optional[int] = ..., boot_epoch: _Optional[str] = ..., activity_cpu_threads: _Optional[int] = ..., activity_memory_bytes: _Optional[int] = ..., activity_storage_bytes: _Optional[int] = ..., payment: _Optional[_Union[PaymentTerms, _Mapping]] = ..., transfer_digests: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PaymentTerms(_message.Message):
     __slots__ = ("platforms", "debit_note_interval", "min_debit_note_interval", "payment_timeout", "min_payment_timeout", "debit_note_accept_timeout", "provider_public_key")

@@ -24,29 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65xeunit/v1/transfer.proto\x12\nexeunit.v1\"M\n\x0cUploadHeader\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0c\n\x04mode\x18\x04 \x01(\r\"\x1f\n\rUploadTrailer\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"\x82\x01\n\rUploadRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.exeunit.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12,\n\x07trailer\x18\x03 \x01(\x0b\x32\x19.exeunit.v1.UploadTrailerH\x00\x42\x06\n\x04part\".\n\x0eUploadResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"4\n\x0f\x44ownloadRequest\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\",\n\x0e\x44ownloadHeader\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0c\n\x04mode\x18\x02 \x01(\r\"!\n\x0f\x44ownloadTrailer\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"\x89\x01\n\x10\x44ownloadResponse\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.exeunit.v1.DownloadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12.\n\x07trailer\x18\x03 \x01(\x0b\x32\x1b.exeunit.v1.DownloadTrailerH\x00\x42\x06\n\x04part2\x96\x01\n\x08Transfer\x12\x41\n\x06Upload\x12\x19.exeunit.v1.UploadRequest\x1a\x1a.exeunit.v1.UploadResponse(\x01\x12G\n\x08\x44ownload\x12\x1b.exeunit.v1.DownloadRequest\x1a\x1c.exeunit.v1.DownloadResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65xeunit/v1/transfer.proto\x12\nexeunit.v1\"z\n\x0cUploadHeader\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0c\n\x04mode\x18\x04 \x01(\r\x12+\n\x06\x64igest\x18\x05 \x01(\x0e\x32\x1b.exeunit.v1.DigestAlgorithm\"/\n\rUploadTrailer\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"\x82\x01\n\rUploadRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.exeunit.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12,\n\x07trailer\x18\x03 \x01(\x0b\x32\x19.exeunit.v1.UploadTrailerH\x00\x42\x06\n\x04part\">\n\x0eUploadResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\"a\n\x0f\x44ownloadRequest\x12\x13\n\x0b\x61\x63tivity_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12+\n\x06\x64igest\x18\x03 \x01(\x0e\x32\x1b.exeunit.v1.DigestAlgorithm\",\n\x0e\x44ownloadHeader\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0c\n\x04mode\x18\x02 \x01(\r\"1\n\x0f\x44ownloadTrailer\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"\x89\x01\n\x10\x44ownloadResponse\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.exeunit.v1.DownloadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12.\n\x07trailer\x18\x03 \x01(\x0b\x32\x1b.exeunit.v1.DownloadTrailerH\x00\x42\x06\n\x04part*m\n\x0f\x44igestAlgorithm\x12 \n\x1c\x44IGEST_ALGORITHM_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44IGEST_ALGORITHM_SHA256\x10\x01\x12\x1b\n\x17\x44IGEST_ALGORITHM_BLAKE3\x10\x02\x32\x96\x01\n\x08Transfer\x12\x41\n\x06Upload\x12\x19.exeunit.v1.UploadRequest\x1a\x1a.exeunit.v1.UploadResponse(\x01\x12G\n\x08\x44ownload\x12\x1b.exeunit.v1.DownloadRequest\x1a\x1c.exeunit.v1.DownloadResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'exeunit.v1.transfer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DIGESTALGORITHM']._serialized_start=747
+  _globals['_DIGESTALGORITHM']._serialized_end=856
   _globals['_UPLOADHEADER']._serialized_start=41
-  _globals['_UPLOADHEADER']._serialized_end=118
-  _globals['_UPLOADTRAILER']._serialized_start=120
-  _globals['_UPLOADTRAILER']._serialized_end=151
-  _globals['_UPLOADREQUEST']._serialized_start=154
-  _globals['_UPLOADREQUEST']._serialized_end=284
-  _globals['_UPLOADRESPONSE']._serialized_start=286
-  _globals['_UPLOADRESPONSE']._serialized_end=332
-  _globals['_DOWNLOADREQUEST']._serialized_start=334
-  _globals['_DOWNLOADREQUEST']._serialized_end=386
-  _globals['_DOWNLOADHEADER']._serialized_start=388
-  _globals['_DOWNLOADHEADER']._serialized_end=432
-  _globals['_DOWNLOADTRAILER']._serialized_start=434
-  _globals['_DOWNLOADTRAILER']._serialized_end=467
-  _globals['_DOWNLOADRESPONSE']._serialized_start=470
-  _globals['_DOWNLOADRESPONSE']._serialized_end=607
-  _globals['_TRANSFER']._serialized_start=610
-  _globals['_TRANSFER']._serialized_end=760
+  _globals['_UPLOADHEADER']._serialized_end=163
+  _globals['_UPLOADTRAILER']._serialized_start=165
+  _globals['_UPLOADTRAILER']._serialized_end=212
+  _globals['_UPLOADREQUEST']._serialized_start=215
+  _globals['_UPLOADREQUEST']._serialized_end=345
+  _globals['_UPLOADRESPONSE']._serialized_start=347
+  _globals['_UPLOADRESPONSE']._serialized_end=409
+  _globals['_DOWNLOADREQUEST']._serialized_start=411
+  _globals['_DOWNLOADREQUEST']._serialized_end=508
+  _globals['_DOWNLOADHEADER']._serialized_start=510
+  _globals['_DOWNLOADHEADER']._serialized_end=554
+  _globals['_DOWNLOADTRAILER']._serialized_start=556
+  _globals['_DOWNLOADTRAILER']._serialized_end=605
+  _globals['_DOWNLOADRESPONSE']._serialized_start=608
+  _globals['_DOWNLOADRESPONSE']._serialized_end=745
+  _globals['_TRANSFER']._serialized_start=859
+  _globals['_TRANSFER']._serialized_end=1009
 # @@protoc_insertion_point(module_scope)

@@ -51,7 +51,7 @@ class TransferServicer:
 
     def Upload(self, request_iterator, context):
         """Client stream: one header, then the data chunks (each at most 1 MiB), then one trailer with
-        the sha256 of the whole file. The file is written as it arrives; the response carries what
+        the digest of the whole file. The file is written as it arrives; the response carries what
         the daemon wrote. A size or checksum mismatch fails with DATA_LOSS and leaves an empty file.
         A file larger than the agreement's storage fails with RESOURCE_EXHAUSTED.
         """
@@ -60,7 +60,7 @@ class TransferServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Download(self, request, context):
-        """Server stream: one header, the data chunks, then one trailer with the sha256.
+        """Server stream: one header, the data chunks, then one trailer with the digest.
         NOT_FOUND when the path does not exist, FAILED_PRECONDITION when it is not a regular file.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

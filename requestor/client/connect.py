@@ -334,6 +334,7 @@ class Connection:
     provider_id: str
     tls: bool
     boot_epoch: str = ""
+    transfer_digests: tuple[str, ...] = ()  # beyond SHA-256 (the offer's), e.g. ("blake3",)
 
 
 async def fetch_offer(channel: grpc.aio.Channel, address: ProviderAddress,
@@ -376,7 +377,8 @@ async def connect(address: ProviderAddress, options: list[tuple[str, Any]], know
             if expected is not None and provider_id != expected:
                 await channel.close()
                 raise ProviderIdentityError(f"provider {address.hostport} is {provider_id}, not {expected} as {how}")
-        return Connection(channel, provider_id, tls=False, boot_epoch=offer.boot_epoch)
+        return Connection(channel, provider_id, tls=False, boot_epoch=offer.boot_epoch,
+                          transfer_digests=tuple(offer.transfer_digests))
     provider_id = certified_id(certificate)
     check_identity(address, provider_id, known or KnownProviders())
     pem = ssl.DER_cert_to_PEM_cert(certificate).encode()
@@ -389,4 +391,5 @@ async def connect(address: ProviderAddress, options: list[tuple[str, Any]], know
     except RequestorError:
         await channel.close()
         raise
-    return Connection(channel, provider_id, tls=True, boot_epoch=offer.boot_epoch)
+    return Connection(channel, provider_id, tls=True, boot_epoch=offer.boot_epoch,
+                      transfer_digests=tuple(offer.transfer_digests))
