@@ -33,13 +33,23 @@ class BatchTimeoutError(CommandExecutionError):
 
 
 class NoPaymentAccountError(RequestorError):
-    """yapapi's error for a payment account that is not set up. Budgets here are accounted
-    locally, so it is never raised; scripts that catch it keep working."""
+    """yapapi's error: no payment account usable for `required_driver` on `required_network`.
+    The payment driver (requestor.payment_driver) raises it when the account cannot pay there:
+    the endpoint serves another chain, the token balance is below the budget, no coin for gas;
+    `reason` (and a line logged before) says which and what to do."""
 
-    def __init__(self, required_driver: str = "", required_network: str = "") -> None:
+    required_driver: str
+    required_network: str
+
+    def __init__(self, required_driver: str, required_network: str, *, reason: str = "") -> None:
         self.required_driver = required_driver
         self.required_network = required_network
-        super().__init__(f"no payment account for driver {required_driver!r} and network {required_network!r}")
+        self.reason = reason
+        super().__init__(required_driver, required_network)
+
+    def __str__(self) -> str:
+        return (f"No payment account available for driver `{self.required_driver}`"
+                f" and network `{self.required_network}`")
 
 
 class PackageException(RequestorError):
