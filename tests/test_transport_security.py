@@ -5,6 +5,7 @@ first use), requestors proven by theirs on every call, whatever they claim."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1 import market_pb2_grpc as mkt_grpc
 from exeunit.v1 import network_pb2 as net
+from exeunit.v1 import payment_pb2 as pay
 from exeunit.v1 import transfer_pb2 as xfer
 from requestor import Golem
 from requestor.services import Service, ServiceState
@@ -151,7 +153,8 @@ async def test_a_caller_with_the_token_and_another_key_gets_nothing_of_another_r
     """Every RPC of the contract, called by someone holding the private provider's token and a
     key of their own, claiming the victim's id in every way there was: nothing of the victim's
     is read, changed or ended."""
-    provider = provider_daemons(simulated_lan.add_host("p1"), token=True)
+    provider = provider_daemons(simulated_lan.add_host("p1"), "--debit-note-interval", "1",
+                                "--min-debit-note-interval", "1", token=True)
     address = provider.pinned_address
     async with ContractClient(address, "victim", token=provider.token) as victim, \
             ContractClient(address, "attacker", token=provider.token) as attacker:
@@ -162,14 +165,20 @@ async def test_a_caller_with_the_token_and_another_key_gets_nothing_of_another_r
         await victim.create_network("victims-net", "192.168.77.0/24")
         run = await victim.run_batch(activity, [victim.deploy("victims-net", "192.168.77.2"), victim.start()])
         assert run.succeeded
+        async with asyncio.timeout(10):  # the victim's first debit note, whose id the attacker then names
+            async for event in victim.payment.WatchPayments(pay.WatchPaymentsRequest(), metadata=victim.metadata):
+                if event.WhichOneof("event") == "debit_note":
+                    note = pay.DebitNote.FromString(event.debit_note.document.body)
+                    break
         ids = {"agreement_id": agreement, "activity_id": activity, "network_id": "victims-net",
-               "batch_id": run.batch_id}
+               "batch_id": run.batch_id, "document_id": note.debit_note_id}
         claim = (*attacker.metadata, ("x-requestor-id", victim.requestor_id), ("x-requestor-id", "victim"))
-        victim_bytes = [value.encode() for value in (agreement, activity, run.batch_id)]
+        victim_bytes = [value.encode() for value in (agreement, activity, run.batch_id, note.debit_note_id)]
         refusals: dict[str, str] = {}
 
         for service in (mkt.DESCRIPTOR.services_by_name["Market"], act.DESCRIPTOR.services_by_name["Activity"],
-                        net.DESCRIPTOR.services_by_name["Network"], xfer.DESCRIPTOR.services_by_name["Transfer"]):
+                        net.DESCRIPTOR.services_by_name["Network"], xfer.DESCRIPTOR.services_by_name["Transfer"],
+                        pay.DESCRIPTOR.services_by_name["Payment"]):
             for method in service.methods:
                 if method.name == "GetOffer":
                     continue
@@ -197,6 +206,10 @@ async def test_a_caller_with_the_token_and_another_key_gets_nothing_of_another_r
                         request.commands.append(act.Command(run=act.RunCommand(entry_point="/bin/true")))
                     if method.name == "TerminateAgreement":
                         request.reason = "Cancelled"
+                    if method.name in ("AcceptDebitNote", "AcceptInvoice"):  # well formed: only the owner is wrong
+                        request.amount, request.signature = "1", b"signed by the attacker"
+                    if method.name == "NotifyPayment":
+                        request.transaction_hash = "0x" + "ab" * 32
                     if method.name == "CreateNetwork":  # its own, beside the victim's: not the victim's
                         request.network_id, request.address = "attackers-net", "192.168.78.0/24"
                     if method.name == "ProposeAgreement":
@@ -207,7 +220,13 @@ async def test_a_caller_with_the_token_and_another_key_gets_nothing_of_another_r
                         result = call(iter(requests), metadata=claim, timeout=10)
                     else:
                         result = call(request, metadata=claim, timeout=10)
-                    if method.server_streaming:
+                    if method.name == "WatchPayments":  # endless: what comes in a while is the attacker's own
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(3):
+                                async for message in result:
+                                    answers.append(message.SerializeToString())
+                        result.cancel()
+                    elif method.server_streaming:
                         async for message in result:
                             answers.append(message.SerializeToString())
                     else:
@@ -220,8 +239,8 @@ async def test_a_caller_with_the_token_and_another_key_gets_nothing_of_another_r
                     continue
                 # answered: then only about the attacker's own things (a new agreement, its own network, its
                 # own empty list, a removal of a network it does not have, which is idempotent)
-                assert method.name in ("ProposeAgreement", "CreateNetwork", "ListActivities", "RemoveNetwork"), \
-                    method.name
+                assert method.name in ("ProposeAgreement", "CreateNetwork", "ListActivities", "RemoveNetwork",
+                                       "WatchPayments"), method.name
                 for value in victim_bytes:
                     assert not any(value in answer for answer in answers), f"{method.name} gave away {value!r}"
 
