@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from decimal import Decimal
 import os
 import re
 import urllib.request
@@ -299,7 +300,7 @@ async def test_json_logs_at_debug_are_the_daemons_own_events(engine: docker.Dock
 
 
 async def test_exeunit_ps_shows_the_operator_every_requestors_activities(engine: docker.DockerClient) -> None:
-    daemon = Daemon("--name", "ps-provider")
+    daemon = Daemon("--name", "ps-provider", "--debit-note-interval", "1", "--min-debit-note-interval", "1")
     try:
         async with ContractClient(f"127.0.0.1:{daemon.port}", "alice") as alice, \
                 ContractClient(f"127.0.0.1:{daemon.port}", "bob") as bob:
@@ -313,13 +314,23 @@ async def test_exeunit_ps_shows_the_operator_every_requestors_activities(engine:
                                    text=True, timeout=30)
             assert table.returncode == 0, table.stderr
             header, *rows = table.stdout.splitlines()
-            assert header.split() == ["ACTIVITY", "REQUESTOR", "STATE", "IMAGE", "AGE", "CPU-S", "MEMORY", "STORAGE", "IP"]
+            assert header.split() == ["ACTIVITY", "REQUESTOR", "STATE", "IMAGE", "AGE", "CPU-S", "MEMORY", "STORAGE", "IP",
+                                      "DUE", "ACCEPTED", "PAID", "OVERDUE"]
             assert {(r.split()[0], r.split()[1], r.split()[2]) for r in rows} == {
                 (mine[:12], alice.requestor_id[:14], "Ready"), (theirs[:12], bob.requestor_id[:14], "New")}
             as_json = subprocess.run([*EXEUNIT, "ps", "--json", "--state-dir", str(daemon.state_dir)],
                                      capture_output=True, text=True, timeout=30).stdout.splitlines()
             first = json.loads(as_json[0])
             assert first["activity_id"] == mine and first["image"] == BASE_IMAGE and first["storage_bytes"] > 0
+            for _ in range(50):  # its agreement's first debit note (every second here) states what it owes
+                as_json = subprocess.run([*EXEUNIT, "ps", "--json", "--state-dir", str(daemon.state_dir)],
+                                         capture_output=True, text=True, timeout=30).stdout.splitlines()
+                first = json.loads(as_json[0])
+                if Decimal(first["amount_due"]) > 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert Decimal(first["amount_due"]) > 0, first
+            assert (first["amount_accepted"], first["amount_paid"], first["amount_overdue"]) == ("0", "0", "0")
     finally:
         daemon.stop()
     gone = subprocess.run([*EXEUNIT, "ps", "--state-dir", str(daemon.state_dir)], capture_output=True, text=True,
@@ -327,8 +338,13 @@ async def test_exeunit_ps_shows_the_operator_every_requestors_activities(engine:
     assert gone.returncode == 1 and "is `exeunit serve` running" in gone.stderr
 
 
+def _samples(text: str) -> dict[str, float]:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
 async def test_prometheus_metrics_count_what_the_daemon_does(engine: docker.DockerClient) -> None:
-    daemon = Daemon("--metrics-listen", "127.0.0.1:0")
+    daemon = Daemon("--metrics-listen", "127.0.0.1:0", "--debit-note-interval", "1", "--min-debit-note-interval", "1")
     try:
         port = int(next(re.search(r"event=metrics_listening .*port=(\d+)", line).group(1)
                         for line in daemon.lines if "event=metrics_listening" in line))
@@ -339,12 +355,15 @@ async def test_prometheus_metrics_count_what_the_daemon_does(engine: docker.Dock
             await client.upload_bytes(activity_id, "/golem/work/x", b"y" * 1000)
             with pytest.raises(grpc.aio.AioRpcError):
                 await client.state("no-such-activity")
-            text = await asyncio.to_thread(
-                lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+            for _ in range(50):  # until a debit note stated what the agreement owes
+                text = await asyncio.to_thread(
+                    lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+                if _samples(text).get('exeunit_payment_amount{kind="due"}', 0.0) > 0:
+                    break
+                await asyncio.sleep(0.1)
     finally:
         daemon.stop()
-    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-               for line in text.splitlines() if line and not line.startswith("#")}
+    samples = _samples(text)
     assert samples['exeunit_activities{state="Ready"}'] == 1
     assert samples['exeunit_agreements{state="Approved"}'] == 1
     assert samples['exeunit_commands_total{command="run",outcome="failed"}'] == 1
@@ -352,4 +371,6 @@ async def test_prometheus_metrics_count_what_the_daemon_does(engine: docker.Dock
     assert samples['exeunit_bytes_total{direction="output"}'] == 5000
     assert samples['exeunit_bytes_total{direction="upload"}'] == 1000
     assert samples['exeunit_refused_calls_total{code="NOT_FOUND"}'] >= 1
+    assert samples['exeunit_payment_amount{kind="due"}'] > 0
+    assert samples['exeunit_payment_amount{kind="paid"}'] == samples['exeunit_agreements_overdue'] == 0
     assert "r" not in {label for key in samples for label in re.findall(r'"([^"]*)"', key)}  # no requestor ids

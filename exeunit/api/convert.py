@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -12,7 +13,7 @@ from exeunit.domain import commands
 from exeunit.domain.batch import RESULT_OUTPUT_BYTES, Batch, BatchEvent, BatchState, CommandResult, CommandState, EventKind
 from exeunit.domain.market import Agreement, AgreementState, Demand, ImageRef, Offer, Refusal, RefusalReason
 from exeunit.domain.networks import PrivateNetwork
-from exeunit.domain.payments import AgreedPayment, PaymentChoice, PaymentPlatform, PaymentSettings
+from exeunit.domain.payments import AgreedPayment, AgreementMoney, PaymentChoice, PaymentPlatform, PaymentSettings
 from exeunit.domain.reports import ActivityStatus, ActivitySummary, Usage
 from exeunit.domain.resources import LinearPricing
 from exeunit.domain.settings import ActivityLimits, ProviderSettings
@@ -22,6 +23,7 @@ from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1 import network_pb2 as net
 from exeunit.v1.conventions import DOCKER_VM_RUNTIME
+from exeunit.v1.payments import format_amount
 
 
 # The range google.protobuf.Timestamp and Duration define (0001-01-01 to 9999-12-31; +-10,000 years).
@@ -387,9 +389,12 @@ def usage_to_proto(usage: Usage) -> act.GetActivityUsageResponse:
     )
 
 
-def summary_to_proto(summary: ActivitySummary) -> act.ActivitySummary:
+def summary_to_proto(summary: ActivitySummary, money: AgreementMoney | None = None) -> act.ActivitySummary:
     status, usage = summary.status, summary.usage
+    figures = (money.due, money.invoiced, money.accepted, money.paid, money.overdue) if money else (Decimal(0),) * 5
+    due, invoiced, accepted, paid, overdue = (format_amount(value) for value in figures)
     message = act.ActivitySummary(
+        amount_due=due, amount_invoiced=invoiced, amount_accepted=accepted, amount_paid=paid, amount_overdue=overdue,
         activity_id=status.activity_id, agreement_id=status.agreement_id, requestor_id=summary.requestor_id,
         state=ACTIVITY_STATES[status.state], reason=status.reason, image=summary.image,
         created=timestamp(summary.created), cpu_seconds=usage.cpu_seconds, memory_bytes=usage.memory_bytes,

@@ -11,6 +11,7 @@ from exeunit import errors
 from exeunit.api import convert
 from exeunit.services import telemetry
 from exeunit.domain.market import Agreement
+from exeunit.domain.reports import ActivitySummary
 from exeunit.services.provider import Provider
 from exeunit.services.relay import RelayedFrame
 from exeunit.services.transfers import PortConnection
@@ -183,7 +184,7 @@ class ActivityServicer(act_grpc.ActivityServicer):
     async def ListActivities(self, request: act.ListActivitiesRequest, context: Context,
                              requestor_id: str) -> act.ListActivitiesResponse:
         activities = await self.provider.list_activities(requestor_id)
-        return act.ListActivitiesResponse(activities=[convert.summary_to_proto(a) for a in activities])
+        return act.ListActivitiesResponse(activities=_with_money(self.provider, activities))
 
     @streaming
     async def Tunnel(self, request_iterator: AsyncIterator[act.TunnelRequest], context: Context,
@@ -316,6 +317,12 @@ class TransferServicer(xfer_grpc.TransferServicer):
             yield xfer.DownloadResponse(trailer=xfer.DownloadTrailer(sha256=sha256, digest=digest))
 
 
+def _with_money(provider: Provider, activities: list[ActivitySummary]) -> list[act.ActivitySummary]:
+    """The summaries, each with its agreement's payment figures."""
+    money = {m.agreement_id: m for m in provider.payments.money()} if provider.payments is not None else {}
+    return [convert.summary_to_proto(a, money.get(a.status.agreement_id)) for a in activities]
+
+
 DIGESTS = {xfer.DIGEST_ALGORITHM_UNSPECIFIED: DIGEST_SHA256, xfer.DIGEST_ALGORITHM_SHA256: DIGEST_SHA256,
            xfer.DIGEST_ALGORITHM_BLAKE3: DIGEST_BLAKE3}
 
@@ -363,5 +370,5 @@ class OperatorActivityServicer(act_grpc.ActivityServicer):
     async def ListActivities(self, request: act.ListActivitiesRequest, context: Context,
                              requestor_id: str) -> act.ListActivitiesResponse:
         activities = await self.provider.list_activities(None)
-        return act.ListActivitiesResponse(activities=[convert.summary_to_proto(a) for a in activities])
+        return act.ListActivitiesResponse(activities=_with_money(self.provider, activities))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections import Counter as Tally
 from collections.abc import Iterator
+from decimal import Decimal
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
@@ -44,6 +45,15 @@ class ProviderState(Collector):
                                 "streams, all requestors together", value=sum(queued.values()))
         yield GaugeMetricFamily("exeunit_relay_queued_bytes_max", "Relayed bytes waiting for the fullest "
                                 "requestor's stream (bounded by --relay-queue-mib)", value=max(queued.values(), default=0))
+        money = self._provider.payments.money() if self._provider.payments is not None else []
+        amounts = GaugeMetricFamily("exeunit_payment_amount", "What the agreements the daemon knows owe, in the "
+                                    "token's units, summed: due so far, invoiced, accepted by their requestors, paid "
+                                    "on the chain, overdue (past due, unpaid)", labels=["kind"])
+        for kind in ("due", "invoiced", "accepted", "paid", "overdue"):
+            amounts.add_metric([kind], float(sum((getattr(m, kind) for m in money), Decimal(0))))
+        yield amounts
+        yield GaugeMetricFamily("exeunit_agreements_overdue", "Agreements with a payment past its due time",
+                                value=sum(m.overdue > 0 for m in money))
         yield GaugeMetricFamily("exeunit_relay_refused", "Relayed messages handed back to the overlay (no stream open, "
                                 "or the bound reached); each restarts a session", value=self._provider.relays.refused)
 

@@ -12,7 +12,8 @@ from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import activity_pb2_grpc as act_grpc
 from exeunit.v1.conventions import GIB, activity_state_name
 
-COLUMNS = ("ACTIVITY", "REQUESTOR", "STATE", "IMAGE", "AGE", "CPU-S", "MEMORY", "STORAGE", "IP")
+COLUMNS = ("ACTIVITY", "REQUESTOR", "STATE", "IMAGE", "AGE", "CPU-S", "MEMORY", "STORAGE", "IP", "DUE", "ACCEPTED",
+           "PAID", "OVERDUE")
 
 
 class Unreachable(Exception):
@@ -43,12 +44,21 @@ def _size(count: int) -> str:
     return str(count)
 
 
+def _amount(text: str) -> str:
+    """An amount as a column shows it: at most 6 digits after the point ("-" for none)."""
+    if not text or text == "0":
+        return "-"
+    whole, _, fraction = text.partition(".")
+    return f"{whole}.{fraction[:6]}" if fraction else whole
+
+
 def as_table(rows: list[act.ActivitySummary]) -> list[str]:
     now = datetime.now(timezone.utc)
     cells = [COLUMNS] + [
         (row.activity_id[:12], row.requestor_id[:14], activity_state_name(row.state) + (f" ({row.reason})" if row.reason else ""),
          row.image[:40], _age(row, now), f"{row.cpu_seconds:.1f}", _size(row.memory_bytes), _size(row.storage_bytes),
-         row.ip or "-")
+         row.ip or "-", _amount(row.amount_due), _amount(row.amount_accepted), _amount(row.amount_paid),
+         _amount(row.amount_overdue))
         for row in rows
     ]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
@@ -61,5 +71,7 @@ def as_json(rows: list[act.ActivitySummary]) -> list[str]:
         "state": activity_state_name(row.state), "reason": row.reason, "image": row.image,
         "created": row.created.ToDatetime(tzinfo=timezone.utc).isoformat(), "cpu_seconds": row.cpu_seconds,
         "memory_bytes": row.memory_bytes, "storage_bytes": row.storage_bytes, "executor": row.executor,
-        "network_id": row.network_id, "ip": row.ip,
+        "network_id": row.network_id, "ip": row.ip, "amount_due": row.amount_due or "0",
+        "amount_invoiced": row.amount_invoiced or "0", "amount_accepted": row.amount_accepted or "0",
+        "amount_paid": row.amount_paid or "0", "amount_overdue": row.amount_overdue or "0",
     }) for row in rows]

@@ -261,6 +261,34 @@ class PaymentsView:
     pending: list[str]
 
 
+@dataclass(frozen=True)
+class AgreementMoney:
+    """What an operator sees of one agreement's payment: what it owes so far (its latest
+    document), what its invoice says, what the requestor accepted, what the chain paid, and what
+    is past its due time unpaid."""
+
+    agreement_id: str
+    due: Decimal
+    invoiced: Decimal
+    accepted: Decimal
+    paid: Decimal
+    overdue: Decimal
+
+
+def money_of(agreement_id: str, documents: list[PaymentDocument], paid: Decimal, now: datetime) -> AgreementMoney:
+    """The figures of one agreement from its documents (debit notes then invoice) and its credits."""
+    notes = [d for d in documents if d.draft.kind is DocumentKind.DEBIT_NOTE]
+    invoice = next((d for d in documents if d.draft.kind is DocumentKind.INVOICE), None)
+    latest = invoice or (notes[-1] if notes else None)
+    accepted = max((d.draft.amount for d in documents
+                    if d.state in (DocumentState.ACCEPTED, DocumentState.SETTLED)), default=Decimal(0))
+    owed_by_now = max((d.draft.amount for d in documents if d.draft.payment.platform and d.draft.payment_due is not None
+                       and d.draft.payment_due <= now), default=Decimal(0))
+    return AgreementMoney(agreement_id, latest.draft.amount if latest else Decimal(0),
+                          invoice.draft.amount if invoice else Decimal(0), accepted, paid,
+                          max(owed_by_now - paid, Decimal(0)))
+
+
 class PaymentStore(Protocol):
     """Where documents and credited payments outlive the daemon (exeunit.persistence.store)."""
 

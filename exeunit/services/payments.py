@@ -24,7 +24,7 @@ from exeunit.domain.clock import utcnow
 from exeunit.domain.market import Agreement, AgreementState
 from exeunit.domain.payments import (ChainReader, CreditedPayment, DocumentDraft, DocumentKind, DocumentSealer,
                                      DocumentState, PaymentChange, PaymentDocument, PaymentStore, PaymentsView,
-                                     UsageFigures, amount_of, no_chain_error)
+                                     AgreementMoney, UsageFigures, amount_of, money_of, no_chain_error)
 from exeunit.domain.reports import Usage
 
 log = logging.getLogger(__name__)
@@ -299,6 +299,12 @@ class Payments:
                  if self._store is not None else list(account.notes))
         return PaymentsView(agreement_id, notes, account.invoice, account.accepted, account.paid,
                             list(account.credits), list(account.pending))
+
+    def money(self) -> list[AgreementMoney]:
+        """Each known agreement's figures, for the operator (exeunit ps, metrics)."""
+        now = utcnow()
+        return [money_of(agreement_id, [*account.notes, *([account.invoice] if account.invoice else [])],
+                         account.paid, now) for agreement_id, account in list(self._accounts.items())]
 
     def _owned(self, requestor_id: str, agreement_id: str) -> _Account:
         account = self._accounts.get(agreement_id)

@@ -57,7 +57,7 @@ class ListActivitiesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ActivitySummary(_message.Message):
-    __slots__ = ("activity_id", "agreement_id", "requestor_id", "state", "reason", "image", "created", "started", "cpu_seconds", "memory_bytes", "storage_bytes", "executor", "network_id", "ip")
+    __slots__ = ("activity_id", "agreement_id", "requestor_id", "state", "reason", "image", "created", "started", "cpu_seconds", "memory_bytes", "storage_bytes", "executor", "network_id", "ip", "amount_due", "amount_invoiced", "amount_accepted", "amount_paid", "amount_overdue")
     ACTIVITY_ID_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTOR_ID_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,11 @@ class ActivitySummary(_message.Message):
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
     IP_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_DUE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_INVOICED_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_PAID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_OVERDUE_FIELD_NUMBER: _ClassVar[int]
     activity_id: str
     agreement_id: str
     requestor_id: str
@@ -86,7 +91,12 @@ class ActivitySummary(_message.Message):
     executor: str
     network_id: str
     ip: str
-    def __init__(self, activity_id: _Optional[str] = ..., agreement_id: _Optional[str] = ..., requestor_id: _Optional[str] = ..., state: _Optional[_Union[ActivityState, str]] = ..., reason: _Optional[str] = ..., image: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., executor: _Optional[str] = ..., network_id: _Optional[str] = ..., ip: _Optional[str] = ...) -> None: ...
+    amount_due: str
+    amount_invoiced: str
+    amount_accepted: str
+    amount_paid: str
+    amount_overdue: str
+    def __init__(self, activity_id: _Optional[str] = ..., agreement_id: _Optional[str] = ..., requestor_id: _Optional[str] = ..., state: _Optional[_Union[ActivityState, str]] = ..., reason: _Optional[str] = ..., image: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_seconds: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., executor: _Optional[str] = ..., network_id: _Optional[str] = ..., ip: _Optional[str] = ..., amount_due: _Optional[str] = ..., amount_invoiced: _Optional[str] = ..., amount_accepted: _Optional[str] = ..., amount_paid: _Optional[str] = ..., amount_overdue: _Optional[str] = ...) -> None: ...
 
 class ListActivitiesResponse(_message.Message):
     __slots__ = ("activities",)
