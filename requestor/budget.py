@@ -76,6 +76,13 @@ class Budget:
         log.debug("event=agreement_settled agreement=%s cost=%s spent=%s", agreement_id, final, self.spent)
         return final
 
+    def settle_invoiced(self, agreement_id: str, amount: Decimal) -> Decimal:
+        """The agreement's invoice was accepted: exactly its amount is spent, whatever was read before."""
+        self._accrued.pop(agreement_id, None)
+        self.spent += amount
+        log.debug("event=agreement_invoiced agreement=%s amount=%s spent=%s", agreement_id, amount, self.spent)
+        return amount
+
     def would_pass(self, coming: Decimal) -> bool:
         """Whether spending `coming` more passes the budget."""
         return self.spent + self.accrued + coming > self.amount

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TypeVar
@@ -29,27 +29,17 @@ from requestor.errors import (
     RequestorError,
 )
 from requestor.leaving import log_given_up
-from requestor.model import AgreementInfo, DemandSpec, Offer, Pricing, Refusal
-from requestor.payload.vm import GIB, VmPackage
+from requestor.model import AgreementInfo, Offer, Refusal
+from requestor.payload.vm import VmPackage
+from requestor.payments import INVOICE_WAIT_SECONDS, Payments
+from requestor.payments_model import max_rate
 from requestor.placement import OfferBook, Spread, Unanswered, Waits
-from requestor.strategy import MarketStrategy, mismatch, score
+from requestor.proposing import Attempt, demand_for, said, worth_waiting
+from requestor.strategy import MarketStrategy, mismatch, payment_choice, score
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass
-class _Attempt:
-    """What happened with each provider while looking for one."""
-
-    reasons: dict[str, str]
-    capacity_busy: bool = False
-    strategy_refused: bool = False  # the market strategy turned an offer down (it may take it later)
-    silent: list[Unanswered] = field(default_factory=list)  # providers whose offer is not at hand
-    provider_slow: bool = False  # a provider did not answer in time while an agreement was being made
-    budget_error: BudgetExceededError | None = None
-    on_agreement: Callable[[events.Agreement], None] | None = None  # told before the activity is made
-    reuse: bool = False  # a task worker's: its agreement may hold a next activity
+RELEASE_INVOICE_WAIT = 10.0  # how long an agreement's end waits for its invoice (the rest wait at Golem's end)
 
 
 class Engine:
@@ -73,7 +63,8 @@ class Engine:
         self._leave_by: float | None = None  # loop time by which releases end, once Golem is leaving
         self.pool = AgreementsPool()  # agreements waiting for a next activity
         self._reusable: dict[str, Reusable] = {}  # by agreement id: those an activity runs on now
-        self.unpaid: set[str] = set()  # agreements whose provider was gone at their end: no invoice came
+        self.unpaid: set[str] = set()  # agreements whose invoice was not accepted (their provider gone, say)
+        self.payments = Payments(budget, emit)  # their debit notes and invoices (requestor.payments)
         self._book = OfferBook(clients)  # requestor.placement: offers read, slow providers asked again
         self._spread = Spread(lambda: [h.agreement.provider_id for h in self._live.values()])
         self._waits = Waits()
@@ -90,6 +81,9 @@ class Engine:
                                                    "Successfully finished all work") for a in self.pool.drain()))
         await self._budget_watch.close()
         await self._book.close()
+        loop = asyncio.get_running_loop()
+        wait = INVOICE_WAIT_SECONDS if self._leave_by is None else self._leave_by - loop.time()
+        self.unpaid |= await self.payments.close(wait)
         if self.unpaid:  # yapapi's warning, in its words: goth's power outage test waits for it
             log.warning("Unpaid agreements: %s", self.unpaid)
 
@@ -152,11 +146,11 @@ class Engine:
         delay = 0.5
         with self._waits.placing(job.id, workers=reuse) as waits:
             while True:
-                attempt = _Attempt(reasons={}, on_agreement=on_agreement, reuse=reuse)
+                attempt = Attempt(reasons={}, on_agreement=on_agreement, reuse=reuse)
                 handle = await self._try_providers(job, payload, avoid, attempt, only_provider, why_only, exclude)
                 if handle is not None:
                     return handle
-                if not _worth_waiting(attempt):
+                if not worth_waiting(attempt):
                     break
                 waits(attempt.reasons, attempt.silent)
                 try:
@@ -164,13 +158,13 @@ class Engine:
                 except TimeoutError:
                     pass
                 if stop.is_set():
-                    raise NoMatchingProviderError("stopped while waiting for a provider: " + _said(attempt.reasons))
+                    raise NoMatchingProviderError("stopped while waiting for a provider: " + said(attempt.reasons))
                 delay = min(delay * 2, 5.0)
         if attempt.budget_error is not None and all("budget" in r for r in attempt.reasons.values()):
             raise attempt.budget_error
-        raise NoMatchingProviderError(f"no provider can run {payload}: {_said(attempt.reasons)}")
+        raise NoMatchingProviderError(f"no provider can run {payload}: {said(attempt.reasons)}")
 
-    async def _try_providers(self, job: events.Job, payload: VmPackage, avoid: set[str], attempt: _Attempt,
+    async def _try_providers(self, job: events.Job, payload: VmPackage, avoid: set[str], attempt: Attempt,
                              only_provider: str | None, why_only: str,
                              exclude: Mapping[str, str]) -> ActivityHandle | None:
         candidates: list[tuple[bool, float, Offer]] = []
@@ -203,7 +197,7 @@ class Engine:
     def _client(self, address: str) -> ProviderClient:
         return next(c for c in self.clients if c.address == address)
 
-    async def _agree(self, job: events.Job, payload: VmPackage, offer: Offer, attempt: _Attempt) -> ActivityHandle | None:
+    async def _agree(self, job: events.Job, payload: VmPackage, offer: Offer, attempt: Attempt) -> ActivityHandle | None:
         where = f"{offer.provider_name} ({offer.address})"
         client = self._client(offer.address)
         try:
@@ -213,7 +207,13 @@ class Engine:
             attempt.budget_error = exc
             return None
         try:
-            outcome = await client.propose(_demand(payload, self.subnet_tag, job))
+            demand = replace(demand_for(payload, self.subnet_tag, job), payment=payment_choice(self.strategy, offer,
+                                                                                            job.expiration))
+        except ValueError:  # a range of the strategy's that nothing is in (yapapi's reason)
+            attempt.reasons[where] = "Could not accept provider's terms."
+            return None
+        try:
+            outcome = await client.propose(demand)
         except ProviderCallError as exc:
             if exc.code == "RESOURCE_EXHAUSTED":
                 attempt.capacity_busy = True
@@ -230,12 +230,13 @@ class Engine:
         return await self._activate(job, offer, outcome, attempt)
 
     async def _activate(self, job: events.Job, offer: Offer, agreement_info: AgreementInfo,
-                        attempt: _Attempt) -> ActivityHandle | None:
+                        attempt: Attempt) -> ActivityHandle | None:
         client = self._client(offer.address)
         agreement = events.Agreement(agreement_info.agreement_id, offer.provider_id, offer.provider_name, offer.address)
         self.budget.open(agreement.id, offer.pricing.start_fee)
         self.emit(events.AgreementCreated(job=job, agreement=agreement))
         self.emit(events.AgreementConfirmed(job=job, agreement=agreement))
+        self.payments.track(client, agreement, job, offer.pricing, agreement_info)
         if attempt.on_agreement is not None:
             attempt.on_agreement(agreement)
         try:
@@ -246,7 +247,7 @@ class Engine:
             await self._end_agreement(client, agreement, job, "ActivityCreateFailed", 0.0)
             return None
         if attempt.reuse and multi_activity(offer):
-            demand = _demand(job.payload, self.subnet_tag, job)
+            demand = demand_for(job.payload, self.subnet_tag, job)
             self._reusable[agreement.id] = Reusable(client, offer, agreement, agreement_info, demand, job)
         return self._activated(job, ActivityHandle(client, offer, agreement, events.Activity(activity_id)),
                                agreement_info.cpu_threads)
@@ -254,7 +255,7 @@ class Engine:
     def _activated(self, job: events.Job, handle: ActivityHandle, cpu_threads: int) -> ActivityHandle:
         agreement = handle.agreement
         self._live[agreement.id] = handle
-        self._budget_watch.add(agreement.id, _max_rate(handle.offer.pricing, cpu_threads))
+        self._budget_watch.add(agreement.id, max_rate(handle.offer.pricing, cpu_threads))
         self.emit(events.ActivityCreated(job=job, agreement=agreement, activity=handle.activity))
         log.debug("event=activity_ready job=%s provider=%s agreement=%s activity=%s",
                   job.id, handle.offer.provider_name, agreement.id, handle.activity.id)
@@ -267,7 +268,7 @@ class Engine:
         for late in self.pool.expiring(datetime.now(timezone.utc)):
             await self._end_agreement(late.client, late.agreement, late.job, "Success", late.spent,
                                       "Successfully finished all work")
-        demand = _demand(job.payload, self.subnet_tag, job)
+        demand = demand_for(job.payload, self.subnet_tag, job)
         while not self.budget.exhausted and (pooled := self.pool.take(demand, avoid, only_provider)) is not None:
             pooled.job, agreement = job, pooled.agreement
             log.debug("event=agreement_reused job=%s agreement=%s provider=%s", job.id, agreement.id,
@@ -314,7 +315,8 @@ class Engine:
             handle = ActivityHandle(client, offer, agreement, events.Activity(activity_id))
             self.budget.open(agreement_id, 0.0)
             self._live[agreement_id] = handle
-            self._budget_watch.add(agreement_id, _max_rate(offer.pricing, agreement_info.cpu_threads))
+            self._budget_watch.add(agreement_id, max_rate(offer.pricing, agreement_info.cpu_threads))
+            self.payments.track(client, agreement, job, offer.pricing, agreement_info)
             log.info("event=activity_resumed job=%s provider=%s agreement=%s activity=%s",
                      job.id, offer.provider_name, agreement_id, activity_id)
             return handle
@@ -325,6 +327,7 @@ class Engine:
         the agreement expires, for a later `resume_service` by this requestor's identity."""
         self._live.pop(handle.agreement.id, None)
         self._budget_watch.discard(handle.agreement.id)
+        self.payments.forget(handle.agreement.id)  # its notes are a later run's to accept
         spent = self.budget.settle(handle.agreement.id, self.budget.accrued_for(handle.agreement.id))
         log.info("event=activity_suspended agreement=%s activity=%s spent_so_far=%s", handle.agreement.id,
                  handle.activity.id, spent)
@@ -385,9 +388,11 @@ class Engine:
 
     async def _end_agreement(self, client: ProviderClient, agreement: events.Agreement, job: events.Job,
                              reason: str, cost: float | Decimal, message: str = "", usage_read: bool = True) -> None:
-        """Ends the agreement and settles its cost. When neither its final usage nor its end
-        reached the provider (it died), nothing was invoiced: the agreement stays unpaid (counted
-        against the budget at its last reading) and Golem's end names it, as yapapi's does."""
+        """Ends the agreement, then waits a while for its invoice (requestor.payments accepts it, and
+        the budget counts its amount; one still to come is waited for at Golem's end). When neither
+        its final usage nor its end reached the provider (it died), nothing is waited for: the
+        agreement stays unpaid (counted against the budget at its last reading) and Golem's end
+        names it, as yapapi's does."""
         terminated = False
         try:
             await self._ending("terminate_agreement", agreement,
@@ -397,43 +402,17 @@ class Engine:
             log.warning("event=terminate_agreement_failed agreement=%s error=%s", agreement.id, exc)
         except TimeoutError:
             pass
-        final = self.budget.settle(agreement.id, cost)
         said = {"message": message, "golem.requestor.code": reason} if message else {"message": reason}
-        self.emit(events.AgreementTerminated(job=job, agreement=agreement, reason={**said, "cost": str(final)}))
-        if terminated or usage_read:
-            self.emit(events.InvoiceAccepted(job=job, agreement=agreement, amount=final))
-        else:
+        if not (terminated or usage_read):
+            final = self.budget.settle(agreement.id, cost)
+            self.payments.forget(agreement.id)
             self.unpaid.add(agreement.id)
-
-
-def _worth_waiting(attempt: _Attempt) -> bool:
-    """Whether what stood in the way may pass: a provider only busy, or slow to answer (one heard
-    from before), or for a task worker a market strategy that may take an offer later."""
-    return (attempt.capacity_busy or attempt.provider_slow or any(s.worth_waiting for s in attempt.silent)
-            or (attempt.reuse and attempt.strategy_refused))
-
-
-def _said(reasons: dict[str, str]) -> str:
-    return "; ".join(f"{where}: {why}" for where, why in reasons.items()) or "no providers configured"
-
-
-def _max_rate(pricing: Pricing, cpu_threads: int) -> Decimal:
-    """The most an agreement can spend per second: every thread busy, and each other counter
-    growing by one unit a second (the test runtime's grows by at most that)."""
-    per_second = pricing.per_cpu_second * max(cpu_threads, 1) + pricing.per_duration_second + sum(pricing.per_unit.values())
-    return money(max(per_second, 0.0))
-
-
-def _demand(payload: VmPackage, subnet_tag: str, job: events.Job) -> DemandSpec:
-    return DemandSpec(
-        image_hash=payload.image_hash,
-        image_tag=payload.image_tag,
-        image_url=payload.image_url,
-        min_memory_bytes=int(payload.min_mem_gib * GIB),
-        min_storage_bytes=int(payload.min_storage_gib * GIB),
-        min_cpu_threads=payload.min_cpu_threads,
-        capabilities=payload.capabilities,
-        subnet_tag=subnet_tag,
-        expiration=job.expiration,
-        runtime=payload.runtime,
-    )
+            self.emit(events.AgreementTerminated(job=job, agreement=agreement, reason={**said, "cost": str(final)}))
+            return
+        self.budget.accrue(agreement.id, cost)
+        estimate = self.budget.accrued_for(agreement.id)  # the invoice's amount replaces it
+        self.emit(events.AgreementTerminated(job=job, agreement=agreement, reason={**said, "cost": str(estimate)}))
+        wait = RELEASE_INVOICE_WAIT
+        if self._leave_by is not None:
+            wait = min(wait, self._leave_by - asyncio.get_running_loop().time())
+        await self.payments.ended(agreement.id, wait)

@@ -7,7 +7,9 @@ Where yapapi carries its REST objects (agreement, activity), these carry request
     Event
         JobEvent: JobStarted, JobFinished, ProposalReceived, ProposalRejected, NoProposalsConfirmed
             AgreementEvent: AgreementCreated, AgreementConfirmed, AgreementRejected,
-                            AgreementTerminated, ActivityCreateFailed, InvoiceAccepted, WorkerStarted
+                            AgreementTerminated, ActivityCreateFailed, WorkerStarted, PaymentFailed
+                InvoiceEvent: InvoiceReceived, InvoiceAccepted
+                DebitNoteEvent: DebitNoteReceived, DebitNoteAccepted
                 ActivityEvent: ActivityCreated, WorkerFinished
                     TaskEvent: TaskStarted, TaskFinished, TaskAccepted, TaskRejected, TaskFailed
                     ServiceEvent: ServiceStateChanged, ServiceFinished
@@ -177,10 +179,48 @@ class AgreementTerminated(AgreementEvent):
 
 
 @dataclass(kw_only=True, repr=False)
-class InvoiceAccepted(AgreementEvent):
-    """The agreement's cost was settled against the budget (as an accepted invoice in yapapi)."""
+class InvoiceEvent(AgreementEvent):
+    """About the invoice a provider issued at the agreement's end (a requestor.payments_model.Invoice);
+    `amount` is its amount (settled against the budget once accepted)."""
 
-    amount: Decimal
+    invoice: Any = None
+    amount: Decimal = Decimal(0)
+
+    def __post_init__(self) -> None:
+        if self.invoice is not None and not self.amount:
+            self.amount = self.invoice.amount
+
+
+class InvoiceReceived(InvoiceEvent):
+    pass
+
+
+class InvoiceAccepted(InvoiceEvent):
+    pass
+
+
+@dataclass(kw_only=True, repr=False)
+class DebitNoteEvent(AgreementEvent):
+    """About a debit note a provider issued while the agreement runs (a
+    requestor.payments_model.DebitNote); `amount` is its total amount due."""
+
+    debit_note: Any
+
+    @property
+    def amount(self) -> Decimal:
+        return self.debit_note.total_amount_due
+
+
+class DebitNoteReceived(DebitNoteEvent):
+    pass
+
+
+class DebitNoteAccepted(DebitNoteEvent):
+    pass
+
+
+class PaymentFailed(AgreementEvent):
+    """A debit note or an invoice was not accepted; `exc_info` says why."""
 
 
 class ActivityCreateFailed(AgreementEvent):

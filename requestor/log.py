@@ -148,6 +148,10 @@ class SummaryLogger:
         elif isinstance(event, events.InvoiceAccepted):
             self._costs[event.agr_id] = event.amount
             summary_log.info("%sAccepted invoice from '%s', amount: %s", _job(event), event.provider_name, event.amount)
+        elif isinstance(event, events.PaymentFailed):
+            reason = str(event.exception) or repr(event.exception) or "unexpected error"
+            summary_log.error("Failed to accept an invoice or a debit note from '%s', reason: %s",
+                              event.provider_name, reason)
         elif isinstance(event, events.AgreementTerminated):
             # yapapi's rule: every end but the one after all work succeeded (each instance's, each
             # worker's that is not pooled); the reason is in the events' log

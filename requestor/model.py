@@ -44,6 +44,31 @@ class Activity:
 
 
 @dataclass(frozen=True)
+class PaymentTerms:
+    """An offer's payment terms (Golem's `golem.com.payment.*` and `golem.com.scheme.payu.*`), in
+    seconds; 0 where the offer says nothing."""
+
+    platforms: tuple[str, ...] = ()
+    debit_note_interval: float = 0.0
+    min_debit_note_interval: float = 0.0
+    payment_timeout: float = 0.0
+    min_payment_timeout: float = 0.0
+    debit_note_accept_timeout: float = 0.0
+
+
+@dataclass(frozen=True)
+class PaymentChoice:
+    """What a demand asks of the offer's payment terms, in seconds; 0 takes the offer's (a
+    payment timeout of 0: no mid-agreement payments). No platform: accounted, not paid on a chain."""
+
+    platform: str = ""
+    payer_address: str = ""
+    debit_note_interval: float = 0.0
+    payment_timeout: float = 0.0
+    debit_note_accept_timeout: float = 0.0
+
+
+@dataclass(frozen=True)
 class Pricing:
     start_fee: float
     per_cpu_second: float
@@ -79,6 +104,7 @@ class Offer:
     activity_cpu_threads: int = 0
     activity_memory_bytes: int = 0
     activity_storage_bytes: int = 0
+    payment: PaymentTerms | None = None  # how it is paid, and the deadlines it offers (None: not said)
 
     @property
     def issuer(self) -> str:
@@ -109,6 +135,7 @@ class DemandSpec:
     subnet_tag: str
     expiration: datetime
     runtime: str = ""
+    payment: PaymentChoice | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +154,13 @@ class AgreementInfo:
     expiration: datetime
     memory_bytes: int = 0
     storage_bytes: int = 0
+    created: datetime | None = None
+    # What its payment agreed (seconds): debit notes this often, each to be accepted within the
+    # accept timeout; a payment timeout (mid-agreement payments) only on a platform.
+    debit_note_interval: float = 0.0
+    debit_note_accept_timeout: float = 0.0
+    payment_timeout: float = 0.0
+    platform: str = ""
 
 
 # Activities

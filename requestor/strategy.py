@@ -7,20 +7,40 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
 from requestor import events
 from requestor.budget import money
-from requestor.model import Offer
+from requestor.model import Offer, PaymentChoice
 from requestor.payload.vm import GIB, TEST_COUNTERS_RUNTIME, VmPackage
 from requestor.props.com import Counter
 
 log = logging.getLogger(__name__)
 
+__all__ = [  # yapapi.strategy's names that exist here
+    "MarketStrategy", "DummyMS", "LeastExpensiveLinearPayuMS", "DecreaseScoreForUnconfirmedAgreement",
+    "WrappingMarketStrategy", "PropValueRange", "SCORE_NEUTRAL", "SCORE_REJECTED", "SCORE_TRUSTED",
+    "DEBIT_NOTE_INTERVAL_GRACE_PERIOD", "PROP_DEBIT_NOTE_INTERVAL_SEC", "PROP_PAYMENT_TIMEOUT_SEC",
+    "PROP_DEBIT_NOTE_ACCEPTANCE_TIMEOUT",
+]
+
 SCORE_NEUTRAL = 0.0
 SCORE_REJECTED = -1.0
 SCORE_TRUSTED = 100.0
+
+# The payment terms a demand negotiates, by Golem's property names (yapapi.strategy.base's).
+PROP_DEBIT_NOTE_INTERVAL_SEC = "golem.com.scheme.payu.debit-note.interval-sec?"
+PROP_PAYMENT_TIMEOUT_SEC = "golem.com.scheme.payu.payment-timeout-sec?"
+PROP_DEBIT_NOTE_ACCEPTANCE_TIMEOUT = "golem.com.payment.debit-notes.accept-timeout?"
+MID_AGREEMENT_PAYMENTS_PROPS = [PROP_DEBIT_NOTE_INTERVAL_SEC, PROP_PAYMENT_TIMEOUT_SEC]
+DEFAULT_DEBIT_NOTE_ACCEPTANCE_TIMEOUT_SEC = 30
+DEFAULT_DEBIT_NOTE_INTERVAL_SEC = 60
+DEFAULT_PAYMENT_TIMEOUT_SEC = 18000
+MIN_EXPIRATION_FOR_MID_AGREEMENT_PAYMENTS = DEFAULT_PAYMENT_TIMEOUT_SEC
+# Debit notes may come this much sooner than their interval says before there are too many.
+DEBIT_NOTE_INTERVAL_GRACE_PERIOD = 30
 # This library's earlier names for the two linear coefficients, still accepted in max_price_for.
 _SHORT_COUNTERS = {"cpu": Counter.CPU.value, "duration": Counter.TIME.value}
 
@@ -36,19 +56,43 @@ class PropValueRange:
         return (self.min is None or item >= self.min) and (self.max is None or item <= self.max)
 
     def clamp(self, item: float) -> float:
+        """The nearest value in the range; ValueError for a range with min > max."""
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"Cannot clamp to a range in which min={self.min} > max={self.max}.")
         if self.min is not None and item < self.min:
             return self.min
         if self.max is not None and item > self.max:
             return self.max
         return item
 
+    def __str__(self) -> str:
+        return f"({self.min}, {self.max})"
+
+
+DEFAULT_PROPERTY_VALUE_RANGES = {
+    PROP_DEBIT_NOTE_INTERVAL_SEC: PropValueRange(DEFAULT_DEBIT_NOTE_INTERVAL_SEC, None),
+    PROP_PAYMENT_TIMEOUT_SEC: PropValueRange(DEFAULT_PAYMENT_TIMEOUT_SEC, None),
+    PROP_DEBIT_NOTE_ACCEPTANCE_TIMEOUT: PropValueRange(DEFAULT_DEBIT_NOTE_ACCEPTANCE_TIMEOUT_SEC, None),
+}
+
 
 class MarketStrategy:
     """Scores offers; override `score_offer` (plain or async). Subclasses may also listen to
-    events through `on_event` (Golem calls it for strategies that have it)."""
+    events through `on_event` (Golem calls it for strategies that have it), and set
+    `acceptable_prop_value_range_overrides` (property name: PropValueRange) to narrow or widen the
+    payment terms they take (DEFAULT_PROPERTY_VALUE_RANGES otherwise)."""
+
+    acceptable_prop_value_range_overrides: dict[str, PropValueRange]
 
     def score_offer(self, offer: Offer) -> Any:
         return SCORE_NEUTRAL
+
+    @property
+    def acceptable_prop_value_ranges(self) -> dict[str, PropValueRange]:
+        ranges = dict(getattr(self, "acceptable_prop_value_range_overrides", {}))
+        for name, default in DEFAULT_PROPERTY_VALUE_RANGES.items():
+            ranges.setdefault(name, default)
+        return ranges
 
 
 class DummyMS(MarketStrategy):
@@ -99,6 +143,10 @@ class WrappingMarketStrategy(MarketStrategy):
     async def score_offer(self, offer: Offer) -> float:
         return float(await _resolved(self.base_strategy.score_offer(offer)))
 
+    @property
+    def acceptable_prop_value_ranges(self) -> dict[str, PropValueRange]:
+        return self.base_strategy.acceptable_prop_value_ranges
+
 
 class DecreaseScoreForUnconfirmedAgreement(WrappingMarketStrategy):
     """Multiplies by `factor` the positive scores of providers that did not confirm (here: could
@@ -132,6 +180,51 @@ async def score(strategy: MarketStrategy, offer: Offer) -> float | None:
     if value is None or float(value) < 0:
         return None
     return float(value)
+
+
+def payment_choice(strategy: MarketStrategy, offer: Offer, expiration: datetime, platform: str = "") -> PaymentChoice | None:
+    """The payment terms to ask of `offer` for an agreement until `expiration`, as yapapi's
+    `respond_to_provider_offer` negotiates them: each term the offer states is taken when in the
+    strategy's range, else the range's nearest value is asked instead; the debit note interval and
+    payment timeout (mid-agreement payments) only when the agreement lasts at least
+    MIN_EXPIRATION_FOR_MID_AGREEMENT_PAYMENTS, the offer has a payment timeout and a payment
+    `platform` is chosen (without one, no payment timeout can be asked: the offer's interval holds).
+    None for an offer that states no terms. ValueError from a range with min > max."""
+    terms = offer.payment
+    if terms is None:
+        return None
+    seconds = round((expiration - datetime.now(timezone.utc)).total_seconds())
+    trigger = seconds >= MIN_EXPIRATION_FOR_MID_AGREEMENT_PAYMENTS
+    enabled = trigger and terms.payment_timeout > 0 and bool(platform)
+    if enabled:
+        log.debug("Enabling mid-agreement payments mechanism as the expiration set to %ss (more than %ss). "
+                  "provider=%s", seconds, MIN_EXPIRATION_FOR_MID_AGREEMENT_PAYMENTS, offer.issuer)
+    elif trigger and terms.payment_timeout > 0:
+        log.debug("Not enabling mid-agreement payments, with no payment platform chosen. expiration: %s, "
+                  "provider: %s", seconds, offer.issuer)
+    elif trigger:
+        log.debug("Expiration of %ss (more than our minimum for MAP: %ss) while negotiating with a provider "
+                  "unaware of mid-agreeement-payments. provider=%s", seconds,
+                  MIN_EXPIRATION_FOR_MID_AGREEMENT_PAYMENTS, offer.issuer)
+    else:
+        log.debug("Not enabling mid-agreement payments for the planned activity. expiration: %s, provider: %s",
+                  seconds, offer.issuer)
+    offered = {PROP_DEBIT_NOTE_INTERVAL_SEC: terms.debit_note_interval, PROP_PAYMENT_TIMEOUT_SEC: terms.payment_timeout,
+               PROP_DEBIT_NOTE_ACCEPTANCE_TIMEOUT: terms.debit_note_accept_timeout}
+    chosen: dict[str, float] = {}
+    for name, accepted in strategy.acceptable_prop_value_ranges.items():
+        value = offered.get(name)
+        if not value or (name in MID_AGREEMENT_PAYMENTS_PROPS and not enabled):
+            continue
+        if value not in accepted:
+            ours = accepted.clamp(value)
+            log.debug("Negotiated property %s = %s outside of our accepted range: %s. Proposing our own value "
+                      "instead: %s", name, value, accepted, ours)
+            value = ours
+        chosen[name] = float(value)
+    return PaymentChoice(platform=platform, debit_note_interval=chosen.get(PROP_DEBIT_NOTE_INTERVAL_SEC, 0.0),
+                         payment_timeout=chosen.get(PROP_PAYMENT_TIMEOUT_SEC, 0.0),
+                         debit_note_accept_timeout=chosen.get(PROP_DEBIT_NOTE_ACCEPTANCE_TIMEOUT, 0.0))
 
 
 async def _resolved(value: Any) -> Any:

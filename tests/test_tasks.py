@@ -94,7 +94,7 @@ async def test_tasks_over_two_workers_come_back_with_yapapis_events_in_order(dae
     assert len(workers) == 2, "two workers, each on a provider of its own"
     for sequence in workers.values():
         assert sequence[:4] == ["AgreementCreated", "AgreementConfirmed", "WorkerStarted", "ActivityCreated"]
-        assert sequence[-3:] == ["WorkerFinished", "AgreementTerminated", "InvoiceAccepted"]
+        assert sequence[-4:] == ["WorkerFinished", "AgreementTerminated", "InvoiceReceived", "InvoiceAccepted"]
         tasks = [n for n in sequence if n.startswith("Task") or n in ("ScriptSent", "CommandExecuted")]
         assert tasks[:3] == ["ScriptSent", "CommandExecuted", "CommandExecuted"], "deploy and start come first"
         for n in range(3, len(tasks), 5):
@@ -135,7 +135,7 @@ async def test_a_worker_that_raises_has_its_task_rescheduled_and_its_agreement_e
     assert "exit 3" in str(failures[0].exception)
     failed_agreement = failures[0].agreement.id
     sequence = by_agreement(recorder)[failed_agreement]
-    assert sequence[-3:] == ["WorkerFinished", "AgreementTerminated", "InvoiceAccepted"]
+    assert sequence[-4:] == ["WorkerFinished", "AgreementTerminated", "InvoiceReceived", "InvoiceAccepted"]
     assert "TaskAccepted" not in sequence and "TaskFinished" not in sequence
     ended = [e for e in recorder.of(events.AgreementTerminated) if e.agreement.id == failed_agreement]
     assert ended[0].reason["golem.requestor.code"] == "Cancelled" and ended[0].reason["message"] == "Work cancelled"

@@ -11,8 +11,8 @@ from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1.conventions import activity_state_name
 from requestor.model import (
-    ActivityStatus, AgreementInfo, BatchEvent, CommandSpec, DemandSpec, DeploySpec, Offer, Pricing, Refusal,
-    StartSpec, TerminateSpec, Usage,
+    ActivityStatus, AgreementInfo, BatchEvent, CommandSpec, DemandSpec, DeploySpec, Offer, PaymentChoice,
+    PaymentTerms, Pricing, Refusal, StartSpec, TerminateSpec, Usage,
 )
 
 
@@ -20,6 +20,36 @@ def _timestamp(value: datetime) -> Timestamp:
     ts = Timestamp()
     ts.FromDatetime(value.astimezone(timezone.utc))
     return ts
+
+
+def _seconds(duration: Duration) -> float:
+    return duration.ToTimedelta().total_seconds()
+
+
+def _duration(seconds: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(int(seconds * 1e9))
+    return duration
+
+
+def payment_terms_from(terms: mkt.PaymentTerms) -> PaymentTerms:
+    return PaymentTerms(
+        platforms=tuple(p.platform for p in terms.platforms),
+        debit_note_interval=_seconds(terms.debit_note_interval),
+        min_debit_note_interval=_seconds(terms.min_debit_note_interval),
+        payment_timeout=_seconds(terms.payment_timeout),
+        min_payment_timeout=_seconds(terms.min_payment_timeout),
+        debit_note_accept_timeout=_seconds(terms.debit_note_accept_timeout),
+    )
+
+
+def payment_choice_to(choice: PaymentChoice) -> mkt.PaymentChoice:
+    return mkt.PaymentChoice(
+        platform=choice.platform, payer_address=choice.payer_address,
+        debit_note_interval=_duration(choice.debit_note_interval),
+        payment_timeout=_duration(choice.payment_timeout),
+        debit_note_accept_timeout=_duration(choice.debit_note_accept_timeout),
+    )
 
 
 def offer_from(address: str, o: mkt.Offer) -> Offer:
@@ -45,6 +75,7 @@ def offer_from(address: str, o: mkt.Offer) -> Offer:
         activity_cpu_threads=o.activity_cpu_threads,
         activity_memory_bytes=o.activity_memory_bytes,
         activity_storage_bytes=o.activity_storage_bytes,
+        payment=payment_terms_from(o.payment) if o.HasField("payment") else None,
     )
 
 
@@ -58,6 +89,7 @@ def demand_to(demand: DemandSpec) -> mkt.Demand:
         subnet_tag=demand.subnet_tag,
         expiration=_timestamp(demand.expiration),
         runtime=demand.runtime,
+        payment=payment_choice_to(demand.payment) if demand.payment is not None else None,
     )
 
 
@@ -74,6 +106,11 @@ def agreement_from(agreement: mkt.Agreement) -> AgreementInfo:
         expiration=agreement.expiration.ToDatetime(tzinfo=timezone.utc),
         memory_bytes=agreement.memory_bytes,
         storage_bytes=agreement.storage_bytes,
+        created=agreement.created.ToDatetime(tzinfo=timezone.utc) if agreement.HasField("created") else None,
+        debit_note_interval=_seconds(agreement.payment.debit_note_interval),
+        debit_note_accept_timeout=_seconds(agreement.payment.debit_note_accept_timeout),
+        payment_timeout=_seconds(agreement.payment.payment_timeout),
+        platform=agreement.payment.platform,
     )
 
 
@@ -88,9 +125,7 @@ def command_to(command: CommandSpec) -> act.Command:
     run = act.RunCommand(entry_point=command.entry_point, args=list(command.args), env=command.env,
                          workdir=command.workdir)
     if command.timeout:
-        duration = Duration()
-        duration.FromNanoseconds(int(command.timeout * 1e9))
-        run.timeout.CopyFrom(duration)
+        run.timeout.CopyFrom(_duration(command.timeout))
     return act.Command(run=run)
 
 

@@ -92,5 +92,10 @@ class RequestorIdentity:
         return ((wire.KEY_METADATA, self._spki), (wire.TIME_METADATA, str(stamp)), (wire.NONCE_METADATA, nonce),
                 (wire.EPOCH_METADATA, boot_epoch), (wire.BODY_METADATA, digest), (wire.SIGNATURE_METADATA, signature))
 
+    def sign(self, message: bytes) -> bytes:
+        """This key's ECDSA P-256 signature (SHA-256, DER) over `message`: a payment document's
+        acceptance (exeunit.v1.payments.acceptance_message)."""
+        return self._key.sign(message, wire.SIGNATURE_ALGORITHM)
+
     def __repr__(self) -> str:
         return f"RequestorIdentity({self.requestor_id}, path={self.path})"

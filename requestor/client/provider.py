@@ -27,6 +27,7 @@ from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1 import market_pb2_grpc as mkt_grpc
 from exeunit.v1 import network_pb2 as net
 from exeunit.v1 import network_pb2_grpc as net_grpc
+from exeunit.v1 import payment_pb2_grpc as pay_grpc
 from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
 from requestor import errors
 from requestor.client import convert
@@ -45,7 +46,8 @@ log = logging.getLogger(__name__)
 RECONNECT_BACKOFF_MS = (100, 1000)
 RECONNECT_SLACK = 1.5  # beyond a reconnect window: one backoff period (with jitter) to find it back
 UNAVAILABLE_PAUSE = 0.5  # between calls to a provider that answers UNAVAILABLE (shutting down, engine away)
-SERVICE_NAMES = {"market": "Market", "activity": "Activity", "transfer": "Transfer", "network": "Network"}
+SERVICE_NAMES = {"market": "Market", "activity": "Activity", "transfer": "Transfer", "network": "Network",
+                 "payment": "Payment"}
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 8 << 20), ("grpc.keepalive_time_ms", 10_000),
                    ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
                    ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1])]
@@ -86,6 +88,7 @@ class ProviderClient(ByteCalls):
                 self._activity = act_grpc.ActivityStub(self._connection.channel)
                 self._transfer = xfer_grpc.TransferStub(self._connection.channel)
                 self._network = net_grpc.NetworkStub(self._connection.channel)
+                self._payment = pay_grpc.PaymentStub(self._connection.channel)  # requestor.client.payments
             return self._connection
 
     def signed(self, service: str, method: str, head: Any) -> tuple[tuple[str, str | bytes], ...]:
@@ -133,7 +136,7 @@ class ProviderClient(ByteCalls):
             await self._connection.channel.close()
 
     async def _call(self, service: str, method: str, request: Any, timeout: float | None = None) -> Any:
-        """`method` of `service` ("market", "activity", "transfer", "network") on this provider
+        """`method` of `service` ("market", "activity", "transfer", "network", "payment") on this provider
         (once more when the daemon started again since the last call)."""
         await self.connect()
         call = getattr(getattr(self, f"_{service}"), method)

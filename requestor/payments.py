@@ -1,0 +1,276 @@
+"""Paying providers: the debit notes and invoices of this run's agreements, checked and accepted.
+
+One watcher per provider while it has agreements of this run (requestor.client.payments'
+WatchPayments stream, taken up after the last sequence it saw when it drops). Each document of a
+known agreement, when first seen as issued:
+
+- a debit note: DebitNoteReceived; it must verify (PaymentCalls.check), state no less than the
+  agreement's previous note, no more than the agreement can cost by now (`cost_bound`: the offer's
+  prices at the cpu threads granted, every thread busy and every other counter growing by one a
+  second, since the agreement was made, plus BOUND_SLACK_SECONDS) and no more than the budget
+  has left beside what ended agreements cost. Too many notes for the interval agreed (yapapi's
+  rule: `duration + DEBIT_NOTE_INTERVAL_GRACE_PERIOD < (notes - 1) * interval`, per activity the
+  note names, the duration counted from the agreement's start) ends the agreement
+  ("TooManyDebitNotes"). Otherwise it is accepted for exactly its amount: DebitNoteAccepted.
+- an invoice: InvoiceReceived; it must verify, state no less than the last accepted note and no
+  more than the bound; it is accepted: InvoiceAccepted, and the budget counts its amount once the
+  engine has ended the agreement.
+
+A document that fails a check: PaymentFailed (with why), not accepted; one above what the
+agreement can cost is also rejected with the reason (the provider ends the agreement). Any other
+failure is left unanswered, as yapapi leaves it, and the provider's accept deadline decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from requestor import events
+from requestor.budget import Budget
+from requestor.client import ProviderClient
+from requestor.client.payments import PaymentCalls
+from requestor.errors import RequestorError
+from requestor.model import AgreementInfo, Pricing
+from requestor.payments_model import DebitNote, Document, Invoice, PaymentDocumentError, PaymentUpdate, cost_bound
+from requestor.strategy import DEBIT_NOTE_INTERVAL_GRACE_PERIOD
+
+log = logging.getLogger(__name__)
+engine_log = logging.getLogger("requestor.engine")  # yapapi logs the notes' counts, the wait, on its engine's
+
+INVOICE_WAIT_SECONDS = 30.0  # yapapi's wait for invoices at the end
+RETRY_SECONDS = 1.0  # between two watches of a provider whose stream failed
+
+
+@dataclass
+class _Agreement:
+    """One agreement of this run, as its payment goes."""
+
+    client: ProviderClient
+    agreement: events.Agreement
+    job: events.Job
+    pricing: Pricing
+    cpu_threads: int
+    started: datetime
+    interval: float
+    last_note: Decimal = Decimal(0)
+    accepted: Decimal = Decimal(0)
+    notes: dict[str, int] = field(default_factory=dict)  # by activity id ("" when a note names none)
+    ended: bool = False  # by the engine: its invoice settles the budget
+    outcome: Decimal | None = None  # the invoice's amount, accepted
+    failed: bool = False  # its invoice came and was not accepted
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class _Watcher:
+    calls: PaymentCalls
+    after: int = 0  # the last sequence seen
+    seen: set[str] = field(default_factory=set)  # documents handled
+    task: asyncio.Task[None] | None = None
+
+
+class Payments:
+    """The payment side of one Golem run: its agreements' documents, checked and answered."""
+
+    def __init__(self, budget: Budget, emit: Callable[[events.Event], None]) -> None:
+        self.budget = budget
+        self.emit = emit
+        self.unpaid: set[str] = set()  # agreements ended whose invoice was not accepted
+        self._agreements: dict[str, _Agreement] = {}
+        self._watchers: dict[int, _Watcher] = {}  # by id() of the client
+
+    def track(self, client: ProviderClient, agreement: events.Agreement, job: events.Job, pricing: Pricing,
+              info: AgreementInfo) -> None:
+        """From now on the agreement's documents are answered; its provider is watched."""
+        started = info.created or datetime.now(timezone.utc)
+        self._agreements[agreement.id] = _Agreement(client, agreement, job, pricing, info.cpu_threads, started,
+                                                    info.debit_note_interval)
+        watcher = self._watchers.setdefault(id(client), _Watcher(PaymentCalls(client)))
+        if watcher.task is None or watcher.task.done():
+            watcher.task = asyncio.get_running_loop().create_task(self._watch(watcher))
+
+    def forget(self, agreement_id: str) -> None:
+        """No longer answered here (suspended: a later run takes it up), nor counted."""
+        tracked = self._agreements.pop(agreement_id, None)
+        if tracked is not None:
+            tracked.done.set()
+            self._stop_idle(tracked.client)
+
+    async def ended(self, agreement_id: str, wait: float) -> bool:
+        """The engine ended the agreement: once its invoice is handled, the budget settles it (with
+        the invoice's amount when accepted). Waits up to `wait` seconds for that; False when it is
+        still to come."""
+        tracked = self._agreements.get(agreement_id)
+        if tracked is None:  # not watched (or settled already: then nothing is left to count)
+            self.budget.settle(agreement_id, 0)
+            return True
+        tracked.ended = True
+        if tracked.outcome is not None or tracked.failed:
+            self._settle(tracked)
+            return True
+        try:
+            await asyncio.wait_for(tracked.done.wait(), max(wait, 0.0))
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, wait: float) -> set[str]:
+        """Waits up to `wait` seconds (at most INVOICE_WAIT_SECONDS) for the invoices of ended
+        agreements still to come, settles the rest at their last reading, and stops watching.
+        Returns the agreements left unpaid."""
+        pending = [t for t in self._agreements.values() if t.ended]
+        if pending:
+            engine_log.info("%d agreement(s) still unpaid, waiting for invoices...", len(pending))
+            waits = [asyncio.ensure_future(t.done.wait()) for t in pending]
+            _, late = await asyncio.wait(waits, timeout=max(min(wait, INVOICE_WAIT_SECONDS), 0.0))
+            for future in late:
+                future.cancel()
+        for tracked in [t for t in self._agreements.values() if t.ended]:
+            tracked.failed = True
+            self._settle(tracked)
+        for watcher in self._watchers.values():
+            if watcher.task is not None:
+                watcher.task.cancel()
+        await asyncio.gather(*(w.task for w in self._watchers.values() if w.task), return_exceptions=True)
+        self._watchers.clear()
+        return self.unpaid
+
+    def _settle(self, tracked: _Agreement) -> None:
+        agreement_id = tracked.agreement.id
+        if tracked.outcome is not None:
+            self.budget.settle_invoiced(agreement_id, tracked.outcome)
+        else:
+            self.budget.settle(agreement_id, 0)  # its last reading
+            self.unpaid.add(agreement_id)
+        self._agreements.pop(agreement_id, None)
+        tracked.done.set()
+        self._stop_idle(tracked.client)
+
+    def _stop_idle(self, client: ProviderClient) -> None:
+        if not any(t.client is client for t in self._agreements.values()):
+            watcher = self._watchers.get(id(client))
+            if watcher is not None and watcher.task is not None and watcher.task is not asyncio.current_task():
+                watcher.task.cancel()
+                watcher.task = None
+
+    def _watching(self, client: ProviderClient) -> bool:
+        return any(t.client is client for t in self._agreements.values())
+
+    async def _watch(self, watcher: _Watcher) -> None:
+        client = watcher.calls.client
+        while self._watching(client):
+            try:
+                async for update in watcher.calls.watch_payments(watcher.after):
+                    watcher.after = update.sequence
+                    await self._handle(watcher, update)
+                    if not self._watching(client):
+                        return
+            except RequestorError as exc:
+                log.debug("event=payments_watch_failed provider=%s after=%d error=%s", client.address, watcher.after,
+                          exc)
+            await asyncio.sleep(RETRY_SECONDS)
+
+    async def _handle(self, watcher: _Watcher, update: PaymentUpdate) -> None:
+        tracked = self._agreements.get(update.agreement_id)
+        if tracked is None or update.state != "Issued" or update.paid is not None:
+            return  # another run's, an answer of ours coming back, or a payment credited
+        key = update.document.document_id if update.document is not None else f"unreadable-{update.sequence}"
+        if key in watcher.seen:
+            return
+        watcher.seen.add(key)
+        if update.error is None and isinstance(update.document, Invoice):
+            await self._invoice(watcher.calls, tracked, update)
+        else:
+            await self._debit_note(watcher.calls, tracked, update)
+
+    def _failed(self, tracked: _Agreement, exc: BaseException) -> None:
+        self.emit(events.PaymentFailed(job=tracked.job, agreement=tracked.agreement,
+                                       exc_info=(type(exc), exc, exc.__traceback__)))
+
+    async def _debit_note(self, calls: PaymentCalls, tracked: _Agreement, update: PaymentUpdate) -> None:
+        note = update.document
+        if isinstance(note, DebitNote):
+            self.emit(events.DebitNoteReceived(job=tracked.job, agreement=tracked.agreement, debit_note=note))
+        try:
+            checked = calls.check(update)
+            assert isinstance(checked, DebitNote)
+            if self._too_many(tracked, checked):
+                await self._terminate(tracked, checked)
+                return
+            self._amount_fits(tracked, checked, tracked.last_note, "the previous debit note's")
+            remaining = self.budget.amount - self.budget.spent
+            if checked.total_amount_due > remaining:
+                raise PaymentDocumentError(f"debit note {checked.debit_note_id} states {checked.amount_text}, more "
+                                           f"than the budget has left ({remaining})")
+            await calls.accept(checked)
+        except (RequestorError, AssertionError) as exc:
+            await self._refuse(calls, tracked, note, exc)
+            return
+        tracked.last_note = checked.total_amount_due
+        tracked.accepted = max(tracked.accepted, checked.total_amount_due)
+        self.budget.accrue(tracked.agreement.id, checked.total_amount_due)
+        self.emit(events.DebitNoteAccepted(job=tracked.job, agreement=tracked.agreement, debit_note=checked))
+
+    async def _invoice(self, calls: PaymentCalls, tracked: _Agreement, update: PaymentUpdate) -> None:
+        invoice = update.document
+        assert isinstance(invoice, Invoice)
+        self.emit(events.InvoiceReceived(job=tracked.job, agreement=tracked.agreement, invoice=invoice))
+        try:
+            checked = calls.check(update)
+            self._amount_fits(tracked, checked, tracked.accepted, "the debit notes accepted")
+            await calls.accept(checked)
+        except RequestorError as exc:
+            await self._refuse(calls, tracked, invoice, exc)
+            tracked.failed = True
+        else:
+            tracked.outcome = invoice.amount
+            self.emit(events.InvoiceAccepted(job=tracked.job, agreement=tracked.agreement, invoice=invoice,
+                                             amount=invoice.amount))
+        if tracked.ended:
+            self._settle(tracked)
+
+    def _amount_fits(self, tracked: _Agreement, document: Document, least: Decimal, what: str) -> None:
+        """PaymentDocumentError unless `least` <= its amount <= what the agreement can cost by now."""
+        kind = "debit note" if isinstance(document, DebitNote) else "invoice"
+        amount = document.total_amount_due if isinstance(document, DebitNote) else document.amount
+        if amount < least:
+            raise PaymentDocumentError(f"{kind} {document.document_id} states {document.amount_text}, less than "
+                                       f"{what} ({least})")
+        seconds = (datetime.now(timezone.utc) - tracked.started).total_seconds()
+        bound = cost_bound(tracked.pricing, tracked.cpu_threads, seconds)
+        if amount > bound:
+            raise PaymentDocumentError(f"{kind} {document.document_id} states {document.amount_text}, more than the "
+                                       f"agreement can cost after {seconds:.0f}s ({bound.normalize()})", reject=True)
+
+    async def _refuse(self, calls: PaymentCalls, tracked: _Agreement, document: Document | None,
+                      exc: BaseException) -> None:
+        self._failed(tracked, exc)
+        if isinstance(exc, PaymentDocumentError) and exc.reject and document is not None:
+            try:
+                await calls.reject(document, str(exc))
+            except RequestorError as error:
+                log.warning("event=payment_reject_failed agreement=%s document=%s error=%s", tracked.agreement.id,
+                            document.document_id, error)
+
+    def _too_many(self, tracked: _Agreement, note: DebitNote) -> bool:
+        """yapapi's check of the notes' frequency, logged as its engine logs it."""
+        if tracked.interval <= 0:
+            return False
+        count = tracked.notes[note.activity_id] = tracked.notes.get(note.activity_id, 0) + 1
+        duration = (datetime.now(timezone.utc) - tracked.started).total_seconds()
+        engine_log.debug("Debit notes interval: %ss", round(tracked.interval))
+        engine_log.debug(f"Debit notes for activity {note.activity_id}: {count} notes/{duration}s")
+        return duration + DEBIT_NOTE_INTERVAL_GRACE_PERIOD < (count - 1) * tracked.interval
+
+    async def _terminate(self, tracked: _Agreement, note: DebitNote) -> None:
+        message = f"Too many debit notes received: {note.sequence} in {tracked.interval:g}s intervals"
+        self._failed(tracked, PaymentDocumentError(f"debit note {note.debit_note_id}: {message}"))
+        try:
+            await tracked.client.terminate_agreement(tracked.agreement.id, "TooManyDebitNotes", message)
+        except RequestorError as exc:
+            log.warning("event=terminate_agreement_failed agreement=%s error=%s", tracked.agreement.id, exc)
