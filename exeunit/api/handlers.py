@@ -17,6 +17,13 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from exeunit.v1.chunks import decode_chunk, serialized
+
+# The messages that carry a transfer's chunks, (de)serialized by hand (exeunit.v1.chunks): each
+# chunk copied once on the way out, not at all on the way in.
+CHUNK_REQUESTS = frozenset({"exeunit.v1.UploadRequest"})
+CHUNK_RESPONSES = frozenset({"exeunit.v1.DownloadResponse"})
+
 
 @dataclass(frozen=True)
 class MalformedRequest:
@@ -36,6 +43,12 @@ def tolerant_parser(message_class: type[Message]) -> Callable[[bytes], Message |
     return parse
 
 
+def chunk_parser(message_class: type[Message]) -> Callable[[bytes], Any]:
+    """`tolerant_parser`, but a message that is exactly one chunk is read without a copy."""
+    parse = tolerant_parser(message_class)
+    return lambda data: decode_chunk(data) or parse(data)
+
+
 # (request streaming, response streaming) -> how a handler of that shape is made
 HANDLER_KINDS = {
     (False, False): grpc.unary_unary_rpc_method_handler,
@@ -52,10 +65,12 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: A
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
         make = HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
+        chunked_in = method.input_type.full_name in CHUNK_REQUESTS
+        chunked_out = method.output_type.full_name in CHUNK_RESPONSES
         handlers[method.name] = make(
             getattr(servicer, method.name),
-            request_deserializer=tolerant_parser(request_class),
-            response_serializer=response_class.SerializeToString,
+            request_deserializer=(chunk_parser if chunked_in else tolerant_parser)(request_class),
+            response_serializer=serialized if chunked_out else response_class.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)

@@ -19,6 +19,7 @@ from exeunit.api.auth import Caller, OperatorCaller
 from exeunit.api.status import anonymous_ok, streaming, unary
 from exeunit.v1.conventions import CHUNK_SIZE, DIGEST_BLAKE3, DIGEST_SHA256
 from exeunit.runtime.files import transfer_digests
+from exeunit.v1.chunks import encode_chunk
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import activity_pb2_grpc as act_grpc
 from exeunit.v1 import market_pb2 as mkt
@@ -310,7 +311,7 @@ class TransferServicer(xfer_grpc.TransferServicer):
         ) as download:
             yield xfer.DownloadResponse(header=xfer.DownloadHeader(size=download.header.size, mode=download.header.mode))
             async for chunk in download.chunks():
-                yield xfer.DownloadResponse(chunk=chunk)
+                yield encode_chunk(chunk)  # a DownloadResponse holding the chunk, in one copy (exeunit.v1.chunks)
                 telemetry.DOWNLOAD_BYTES.inc(len(chunk))
             digest = download.digest()
             sha256 = digest if algorithm == DIGEST_SHA256 else ""

@@ -28,13 +28,12 @@ from exeunit.v1 import market_pb2_grpc as mkt_grpc
 from exeunit.v1 import network_pb2 as net
 from exeunit.v1 import network_pb2_grpc as net_grpc
 from exeunit.v1 import payment_pb2_grpc as pay_grpc
-from exeunit.v1 import transfer_pb2_grpc as xfer_grpc
 from requestor import errors
 from requestor.client import convert
 from requestor.client.connect import Connection, KnownProviders, ProviderAddress, connect, fetch_offer, serialized
 from requestor.client.status import UNREACHABLE_CODES, from_rpc_error, restarted_as
 from requestor.client.identity import RequestorIdentity
-from requestor.client.streams import ByteCalls
+from requestor.client.streams import ByteCalls, TransferCalls
 from requestor.model import (
     Activity, ActivityStatus, Agreement, AgreementInfo, BatchEvent, CommandSpec, DemandSpec, Offer, Refusal, Usage,
 )
@@ -86,7 +85,7 @@ class ProviderClient(ByteCalls):
                 self._connection = await connect(self._where, CHANNEL_OPTIONS, self._known, self._metadata)
                 self._market = mkt_grpc.MarketStub(self._connection.channel)
                 self._activity = act_grpc.ActivityStub(self._connection.channel)
-                self._transfer = xfer_grpc.TransferStub(self._connection.channel)
+                self._transfer = TransferCalls(self._connection.channel)  # chunks by hand (exeunit.v1.chunks)
                 self._network = net_grpc.NetworkStub(self._connection.channel)
                 self._payment = pay_grpc.PaymentStub(self._connection.channel)  # requestor.client.payments
             return self._connection
