@@ -188,19 +188,10 @@ class DownloadFile(Receive):
     async def perform(self, client: ProviderClient, activity_id: str) -> str:
         partial = self.dst_path.with_name(self.dst_path.name + ".partial")
         size = 0
-        writing: asyncio.Future[int] | None = None  # one chunk written in a thread while the next arrives
         try:
-            with open(partial, "wb") as out:
-                try:
-                    async for chunk in client.download(activity_id, self.src_path):
-                        size += len(chunk)
-                        if writing is not None:
-                            await writing
-                        writing = asyncio.ensure_future(asyncio.to_thread(out.write, chunk))
-                finally:
-                    if writing is not None:
-                        await asyncio.wait([writing])
-                        writing.result()
+            with open(partial, "wb") as out:  # each chunk written where it is hashed, off the loop
+                async for chunk in client.download(activity_id, self.src_path, sink=out.write):
+                    size += len(chunk)
         except BaseException:
             partial.unlink(missing_ok=True)  # a failed download leaves no file behind
             raise

@@ -25,7 +25,7 @@ from typing import Any
 
 from exeunit import errors
 from exeunit.runtime.threads import in_data_thread
-from exeunit.v1.conventions import CHUNK_SIZE  # downloads go in the chunks uploads must keep to
+from exeunit.v1.conventions import DOWNLOAD_CHUNK_SIZE
 from exeunit.v1.conventions import DIGEST_BLAKE3, DIGEST_SHA256
 
 MAX_PATH_BYTES = 4095  # Linux's PATH_MAX, less the terminating NUL
@@ -324,7 +324,7 @@ class Download:
     def _read_at(self, offset: int) -> asyncio.Future[bytes]:
         if self._cut is not None:
             raise self._cut
-        return asyncio.ensure_future(in_data_thread(self._read, offset, min(CHUNK_SIZE, self.header.size - offset)))
+        return asyncio.ensure_future(in_data_thread(self._read, offset, min(DOWNLOAD_CHUNK_SIZE, self.header.size - offset)))
 
     def _read(self, offset: int, count: int) -> bytes:
         """Reads and hashes the next chunk, off the event loop (never while `close` runs)."""

@@ -7,6 +7,9 @@ generated code, so a change here is a change of the contract.
 from __future__ import annotations
 
 CHUNK_SIZE = 1 << 20  # the largest upload chunk or tunnel message a provider takes (it refuses more)
+# The largest download chunk a provider sends: three times fewer messages than 1 MiB ones (each
+# costs both ends a turn of their loops), and under gRPC's default 4 MiB receive limit.
+DOWNLOAD_CHUNK_SIZE = 3 << 20
 GIB = 1 << 30  # Golem states memory and storage in GiB; the contract carries bytes
 
 # Runtimes an offer names (golem.runtime.name). docker-vm runs the demand's image in a container;

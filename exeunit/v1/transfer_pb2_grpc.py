@@ -60,7 +60,8 @@ class TransferServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Download(self, request, context):
-        """Server stream: one header, the data chunks, then one trailer with the digest.
+        """Server stream: one header, the data chunks (each at most 3 MiB: under gRPC's default 4 MiB
+        receive limit), then one trailer with the digest.
         NOT_FOUND when the path does not exist, FAILED_PRECONDITION when it is not a regular file.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -27,6 +27,13 @@ def _blake3() -> Any:
     except ImportError:
         return None
     return blake3.blake3
+
+
+def _absorb(digest: Any, sink: Callable[[memoryview], object] | None, chunk: memoryview) -> None:
+    """One chunk hashed and handed on, in one thread hop."""
+    digest.update(chunk)
+    if sink is not None:
+        sink(chunk)
 
 
 class TransferCalls:
@@ -175,10 +182,12 @@ class ByteCalls:
                                         f"{written or 'nothing'}, not {digest.hexdigest()} ({check.name})")
         return written
 
-    async def download(self, activity_id: str, path: str) -> AsyncIterator[bytes | memoryview]:
+    async def download(self, activity_id: str, path: str,
+                       sink: Callable[[memoryview], object] | None = None) -> AsyncIterator[bytes | memoryview]:
         """The file's chunks (each a view of the bytes received, not a copy); raises at the end
         unless exactly the announced size arrived with a matching checksum (never a silently short
-        or corrupted file)."""
+        or corrupted file). `sink` (a file's write, say) gets each chunk in the thread that hashes
+        it, while the next one arrives; its error is raised here."""
         await self.connect()
         check = TransferDigest(self._connection.transfer_digests)
         digest = check.hasher
@@ -186,30 +195,35 @@ class ByteCalls:
         announced: int | None = None
         received = 0
         request = xfer.DownloadRequest(activity_id=activity_id, path=path, digest=check.wire)
-        async for part in self._answers("transfer", "Download", request):
-            kind = part.WhichOneof("part")
-            if kind == "header":
-                announced = part.header.size
-            elif kind == "chunk":
-                chunk = part.chunk  # a view (exeunit.v1.chunks), or a copy for a message protobuf parsed
-                received += len(chunk)
-                if hashing is not None:
-                    await hashing
-                hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, chunk))
-                yield chunk
-            elif kind == "trailer":
-                if hashing is not None:
-                    await hashing
-                if received != announced:
-                    raise errors.RequestorError(
-                        f"download of {path} from {self.address} is incomplete: {received} bytes arrived, "
-                        f"{announced} were announced"
-                    )
-                if check.trailer_value(part.trailer) != digest.hexdigest():
-                    raise errors.RequestorError(
-                        f"download of {path} from {self.address} arrived corrupted (checksum mismatch)"
-                    )
-                return
+        try:
+            async for part in self._answers("transfer", "Download", request):
+                kind = part.WhichOneof("part")
+                if kind == "header":
+                    announced = part.header.size
+                elif kind == "chunk":
+                    chunk = part.chunk  # a view (exeunit.v1.chunks), or a copy for a message protobuf parsed
+                    received += len(chunk)
+                    if hashing is not None:
+                        await hashing
+                    hashing = asyncio.ensure_future(asyncio.to_thread(_absorb, digest, sink, chunk))
+                    yield chunk
+                elif kind == "trailer":
+                    if hashing is not None:
+                        await hashing
+                    if received != announced:
+                        raise errors.RequestorError(
+                            f"download of {path} from {self.address} is incomplete: {received} bytes arrived, "
+                            f"{announced} were announced"
+                        )
+                    if check.trailer_value(part.trailer) != digest.hexdigest():
+                        raise errors.RequestorError(
+                            f"download of {path} from {self.address} arrived corrupted (checksum mismatch)"
+                        )
+                    return
+        finally:  # no chunk is handed to the sink after this generator ends (its file may be closed then)
+            if hashing is not None:
+                await asyncio.wait([hashing])
+                hashing.cancelled() or hashing.exception()  # seen: what ends the download is raised instead
         raise errors.RequestorError(
             f"download of {path} from {self.address} ended after {received} bytes without its trailer"
         )
