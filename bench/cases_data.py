@@ -3,7 +3,7 @@
 The same bytes go the same way on both sides and the clock stops at the same point: a command's
 answer (output), the transfer's end with the file in place (upload, download), the last echoed
 byte read back (tunnel). What differs is said in each case: ours checks transfers end to end
-(sha256), which the engine's archive calls do not.
+(BLAKE3 or SHA-256), which the engine's archive calls do not.
 """
 
 from __future__ import annotations
@@ -58,77 +58,84 @@ async def case_output(golem: Golem, client: docker.DockerClient, states: States,
                a, b, "ratio >= 1.0", lambda r: r >= 1.0)
 
 
+class TransferPair:
+    """A file of `size` random bytes moved to and from /golem/work by a worker (ours: upload and
+    download with end-to-end digests) and by the archive calls on a raw container (`put_archive`
+    of a tar made beforehand, the file behind a 512-byte header read from disk as ours reads the
+    file; `get_archive` read to a local file). Each call returns MiB/s."""
+
+    def __init__(self, worker, client: docker.DockerClient, size: int, scratch: Path) -> None:
+        self.worker, self.client, self.size = worker, client, size
+        self.container = raw_container(client)
+        self.source, self.target, self.tar_path = scratch / "payload.bin", scratch / "back.bin", scratch / "payload.tar"
+        self.raw_back = scratch / "raw-back.tar"
+        with open(self.source, "wb") as out:
+            block = os.urandom(MIB)
+            for _ in range(size // MIB):
+                out.write(block)
+        with tarfile.open(self.tar_path, "w") as tar:
+            tar.add(self.source, arcname="payload.bin")
+
+    async def ours(self, direction: str) -> float:
+        def script(ctx):
+            made = ctx.new_script()
+            if direction == "upload":
+                made.upload_file(self.source, "/golem/work/payload.bin")
+            else:
+                made.download_file("/golem/work/payload.bin", self.target)
+            return made
+
+        elapsed = stopwatch()
+        await self.worker.submit(script)
+        return self.size / elapsed() / MIB
+
+    def _raw(self, direction: str) -> float:
+        elapsed = stopwatch()
+        if direction == "upload":
+            with open(self.tar_path, "rb") as data:
+                if not self.client.api.put_archive(self.container.id, "/golem/work", data):
+                    raise SystemExit("put_archive refused the payload")
+        else:
+            stream, _ = self.client.api.get_archive(self.container.id, "/golem/work/payload.bin", chunk_size=MIB)
+            with open(self.raw_back, "wb") as out:
+                for chunk in stream:
+                    out.write(chunk)
+        return self.size / elapsed() / MIB
+
+    async def raw(self, direction: str) -> float:
+        return await asyncio.to_thread(self._raw, direction)
+
+    def close(self) -> None:
+        self.container.remove(force=True, v=True)
+
+
 async def case_transfer(golem: Golem, client: docker.DockerClient, states: States, daemon: Daemon, size: int,
                         rounds: int, scratch: Path) -> list[Row]:
     """A file of `size` random bytes uploaded to /golem/work and downloaded back to a local file,
     against `put_archive` / `get_archive` of the same file to and from the raw container's
     /golem/work (the image's declared VOLUME on both sides; before issue 26 the raw side wrote to
-    /tmp in the container's root). The raw side sends a tar made beforehand: the file behind a
-    512-byte header, read from disk as ours reads the file. Ours also hashes every byte at both
-    ends and compares (sha256); the archive calls check nothing. The daemon's RSS growth is noted."""
+    /tmp in the container's root). Ours also checks every byte end to end with a digest (BLAKE3
+    where both ends have it, else SHA-256); the archive calls check nothing. The daemon's RSS
+    growth is noted."""
     worker = await running_worker(golem, states)
-    container = raw_container(client)
-    source = scratch / "payload.bin"
-    with open(source, "wb") as out:
-        block = os.urandom(MIB)
-        for _ in range(size // MIB):
-            out.write(block)
-    tar_path = scratch / "payload.tar"
-    with tarfile.open(tar_path, "w") as tar:
-        tar.add(source, arcname="payload.bin")
-    target = scratch / "back.bin"
+    pair = TransferPair(worker, client, size, scratch)
     growth = {"upload": 0.0, "download": 0.0}
 
-    def upload(ctx):
-        script = ctx.new_script()
-        script.upload_file(source, "/golem/work/payload.bin")
-        return script
+    def ours_in(direction: str):
+        async def measure() -> float:
+            before = daemon.reset_peak()
+            rate = await pair.ours(direction)
+            growth[direction] = max(growth[direction], (daemon.peak - before) / MIB)
+            return rate
+        return measure
 
-    def download(ctx):
-        script = ctx.new_script()
-        script.download_file("/golem/work/payload.bin", target)
-        return script
+    def raw_in(direction: str):
+        return lambda: pair.raw(direction)
 
-    async def ours_with(make, name: str) -> float:
-        before = daemon.reset_peak()
-        elapsed = stopwatch()
-        await worker.submit(make)
-        rate = size / elapsed() / MIB
-        growth[name] = max(growth[name], (daemon.peak - before) / MIB)
-        return rate
-
-    def raw_up_sync() -> float:
-        elapsed = stopwatch()
-        with open(tar_path, "rb") as data:
-            if not client.api.put_archive(container.id, "/golem/work", data):
-                raise SystemExit("put_archive refused the payload")
-        return size / elapsed() / MIB
-
-    def raw_down_sync() -> float:
-        elapsed = stopwatch()
-        stream, _ = client.api.get_archive(container.id, "/golem/work/payload.bin", chunk_size=MIB)
-        with open(scratch / "raw-back.tar", "wb") as out:
-            for chunk in stream:
-                out.write(chunk)
-        return size / elapsed() / MIB
-
-    async def ours_up() -> float:
-        return await ours_with(upload, "upload")
-
-    async def ours_down() -> float:
-        return await ours_with(download, "download")
-
-    async def raw_up() -> float:
-        return await asyncio.to_thread(raw_up_sync)
-
-    async def raw_down() -> float:
-        return await asyncio.to_thread(raw_down_sync)
-
-    await ours_up()  # warm up both paths
-    await raw_up()
-    measured = {"upload": await alternate("upload", rounds, ours_up, raw_up),
-                "download": await alternate("download", rounds, ours_down, raw_down)}
-    container.remove(force=True, v=True)
+    await ours_in("upload")()  # warm up both paths
+    await pair.raw("upload")
+    measured = {d: await alternate(d, rounds, ours_in(d), raw_in(d)) for d in ("upload", "download")}
+    pair.close()
     await worker.cluster.terminate()
     rows = []
     for name, call in (("upload", "put_archive"), ("download", "get_archive")):

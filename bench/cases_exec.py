@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import docker
@@ -19,6 +21,7 @@ import docker
 from bench.common import (IMAGE, MIB, Daemon, FirstTrue, OutputRate, Row, States, Worker, alternate, command_script,
                           first_answers, no_python_image, raw_container, raw_true, row, running_worker, say,
                           stopwatch, true_round_trip, worker_on)
+from bench.cases_data import TransferPair
 from exeunit.api.auth import ProofCheck
 from exeunit.api.nonces import NonceBounds, NonceLedger
 from exeunit.testing.hosts import SimulatedLan
@@ -205,10 +208,12 @@ async def case_scale(golem: Golem, client: docker.DockerClient, daemon: Daemon, 
 
 
 async def case_remote(golem: Golem, client: docker.DockerClient, states: States, rounds: int, size: int,
-                      output_rounds: int) -> list[Row]:
+                      output_rounds: int, transfer_size: int, transfer_rounds: int) -> list[Row]:
     """The same `/bin/true` round trip and output stream to a daemon on a simulated host, over TLS
     with per-call proofs, against raw `exec_run` (the round trip) and the loopback daemon in
-    plaintext (the output: the same `head -c` through the same requestor, only the link differs)."""
+    plaintext (the output: the same `head -c` through the same requestor, only the link differs);
+    and uploads and downloads to that daemon against the engine's archive calls here (issue 28:
+    over TLS from another host, at least 0.8x of Docker's own path)."""
     with SimulatedLan() as lan:
         lan.attach_here()
         provider = ProviderDaemon(lan.add_host("p1"), "--cpu-overcommit", "40", "--activity-preset", "none",
@@ -244,6 +249,12 @@ async def case_remote(golem: Golem, client: docker.DockerClient, states: States,
                     return await output.of(near)
 
                 tls_out, plain_out = await alternate("remote: output", output_rounds, far_output, near_output)
+                with tempfile.TemporaryDirectory(prefix="exeunit-bench-remote-") as scratch:
+                    pair = TransferPair(far, client, transfer_size, Path(scratch))
+                    await pair.ours("upload"), await pair.raw("upload")  # warm up both paths
+                    moved = {d: await alternate(f"remote: {d}", transfer_rounds, lambda d=d: pair.ours(d),
+                                                lambda d=d: pair.raw(d)) for d in ("upload", "download")}
+                    pair.close()
                 container.remove(force=True, v=True)
                 for cluster in (far.cluster, near.cluster):
                     await cluster.terminate()
@@ -257,4 +268,7 @@ async def case_remote(golem: Golem, client: docker.DockerClient, states: States,
              "tls_vs_loopback": round(statistics.median(tls) / plain_ms, 2)}),
         row("remote-output", f"output stream over TLS from another host ({size // MIB} MiB) vs the loopback "
             "daemon in plaintext", "MiB/s", tls_out, plain_out, "reported (raw = loopback plaintext)", lambda r: True),
+        *(row(f"remote-{d}", f"{d} {transfer_size // MIB} MiB over TLS from another host vs `{call}` here", "MiB/s",
+              *moved[d], "ratio >= 0.8", lambda r: r >= 0.8)
+          for d, call in (("upload", "put_archive"), ("download", "get_archive"))),
     ]

@@ -133,7 +133,8 @@ async def main(quick: bool, output: Path, only: list[str] | None = None) -> list
                 "output": lambda: case_output(golem, client, states, n["output"], n["output_rounds"]),
                 "tunnel": lambda: case_tunnel(golem, client, states, n["tunnel"], n["tunnel_rounds"]),
                 "attack": lambda: case_attack(daemon, n["attack_seconds"], n["attack_rounds"]),
-                "remote": lambda: case_remote(golem, client, states, n["rounds"], n["output"], n["output_rounds"]),
+                "remote": lambda: case_remote(golem, client, states, n["rounds"], n["output"], n["output_rounds"],
+                                              n["transfer"], n["transfer_rounds"]),
                 "span": lambda: case_span(states, n["span"], n["span_rounds"]),
                 "transfer": lambda: transfer(golem, client, states, daemon, n),
                 "tasks": lambda: case_tasks(n["tasks"], 5, n["tasks_rounds"]),  # and the workers-start row
