@@ -1,0 +1,86 @@
+"""CPU per MiB moved, by thread, on both ends of an upload or a download (issue 28's profile).
+
+    python bench/transfer_cpu.py up 6      # six 256 MiB uploads through the requestor library
+    python bench/transfer_cpu.py down 6    # six 256 MiB downloads
+
+A daemon (`exeunit serve`, as bench/run.py starts it) and a requestor in this process move a 256
+MiB file to and from a worker's /golem/work, after one warm-up transfer. Prints, for the requestor
+and the daemon, the six busiest threads' CPU milliseconds per MiB (the event loop is the process's
+thread whose id is its pid): where the time goes, which a wall-clock ratio on a 2-core machine hides.
+Not a ratio and not part of the record: a tool to see what a change to the data path buys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.common import MIB, Daemon, States, running_worker  # noqa: E402
+from requestor import Golem  # noqa: E402
+
+SIZE_MIB = 256
+
+
+def thread_cpu(process: psutil.Process) -> dict[int, float]:
+    return {t.id: t.user_time + t.system_time for t in process.threads()}
+
+
+def busiest(process: psutil.Process, before: dict[int, float], mib: int) -> list[tuple[int, float]]:
+    spent = sorted(((t.user_time + t.system_time - before.get(t.id, 0.0), t.id) for t in process.threads()),
+                   reverse=True)[:6]
+    return [(tid, round(seconds / mib * 1000, 2)) for seconds, tid in spent]
+
+
+async def main(direction: str, count: int) -> None:
+    daemon = Daemon()
+    states = States()
+    with tempfile.TemporaryDirectory(prefix="exeunit-transfer-cpu-") as scratch:
+        source, target = Path(scratch) / "payload.bin", Path(scratch) / "back.bin"
+        with open(source, "wb") as out:
+            block = os.urandom(MIB)
+            for _ in range(SIZE_MIB):
+                out.write(block)
+        try:
+            async with Golem(budget=10.0, subnet_tag="public", providers=[f"127.0.0.1:{daemon.port}"],
+                             event_consumer=states) as golem:
+                worker = await running_worker(golem, states)
+
+                def up(ctx):
+                    script = ctx.new_script()
+                    script.upload_file(source, "/golem/work/payload.bin")
+                    return script
+
+                def down(ctx):
+                    script = ctx.new_script()
+                    script.download_file("/golem/work/payload.bin", target)
+                    return script
+
+                await worker.submit(up)  # the file is there to download, and both paths are warm
+                me, provider = psutil.Process(), psutil.Process(daemon.process.pid)
+                mine, theirs = thread_cpu(me), thread_cpu(provider)
+                for _ in range(count):
+                    await worker.submit(up if direction == "up" else down)
+                moved = SIZE_MIB * count
+                print(f"{direction}: {moved} MiB; CPU ms per MiB by thread (thread id, ms)")
+                print(f"  requestor (its event loop is thread {me.pid}): {busiest(me, mine, moved)}")
+                print(f"  daemon (its event loop is thread {provider.pid}): {busiest(provider, theirs, moved)}")
+                await worker.cluster.terminate()
+        finally:
+            daemon.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("direction", choices=("up", "down"))
+    parser.add_argument("count", type=int, nargs="?", default=6, help="transfers of 256 MiB (default: 6)")
+    args = parser.parse_args()
+    asyncio.run(main(args.direction, args.count))
