@@ -324,3 +324,52 @@ def test_the_requestor_checks_with_blake3_only_where_offered() -> None:
     assert TransferDigest(("blake3",)).name == "blake3"
     assert TransferDigest(()).name == "sha256"
     assert TransferDigest(("md5",)).name == "sha256"
+
+
+@pytest.mark.slow
+async def test_ten_gib_up_and_down_keep_the_daemons_memory_flat(engine) -> None:
+    """Issue 28: a 10 GiB upload and its download through the requestor library (BLAKE3, chunks by
+    hand) while the daemon's resident memory is sampled: it may not grow with the file."""
+    import threading
+
+    import psutil
+
+    size, block = 10 << 30, bytes(CHUNK)
+    daemon = Daemon("--name", "ten-gib-provider")
+    watched = psutil.Process(daemon.process.pid)
+    samples: list[int] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            samples.append(watched.memory_info().rss)
+            sampling.wait(0.05)
+
+    try:
+        async with ContractClient(f"127.0.0.1:{daemon.port}", "requestor-1") as client:
+            activity_id = await client.new_activity("exeunit-base:latest", min_storage_bytes=12 << 30)
+            assert (await client.run_batch(activity_id, [client.deploy(), client.start()])).succeeded
+            provider = ProviderClient(client.address, client.identity)
+            try:
+                before = watched.memory_info().rss
+                thread = threading.Thread(target=sample, daemon=True)
+                thread.start()
+
+                async def zeros():
+                    for _ in range(size // CHUNK):
+                        yield block
+
+                await provider.upload(activity_id, "/golem/work/ten.bin", size, zeros())
+                received = 0
+                async for chunk in provider.download(activity_id, "/golem/work/ten.bin"):
+                    received += len(chunk)  # the library checks the digest at the end
+                sampling.set()
+                thread.join()
+            finally:
+                await provider.close()
+        assert received == size
+        grown = (max(samples) - before) >> 20
+        assert grown <= 64, f"the daemon grew by {grown} MiB moving 10 GiB each way"
+    finally:
+        sampling.set()
+        daemon.stop()
