@@ -111,6 +111,19 @@ class PaymentAccount:
         signed = self._account.sign_transaction(transaction)
         return bytes(signed.raw_transaction), "0x" + bytes(signed.hash).hex()
 
+    def sign_text(self, text: str) -> bytes:
+        """This key's EIP-191 personal-message signature over `text` (65 bytes): how a demand
+        proves to a provider that its payer address is this requestor's."""
+        from eth_account.messages import encode_defunct
+
+        return bytes(self._account.sign_message(encode_defunct(text=text)).signature)
+
+    def sign_message(self, text: str) -> bytes:
+        """An EIP-191 personal-message signature of `text` by this key (65 bytes)."""
+        from eth_account.messages import encode_defunct
+
+        return bytes(self._account.sign_message(encode_defunct(text=text)).signature)
+
     def __repr__(self) -> str:  # never the key
         return f"PaymentAccount({self.address}, path={self.path})"
 

@@ -324,16 +324,18 @@ class TestServicer:
 
     async def test_an_acceptance_passes_the_amount_as_signed_and_the_callers_key(self) -> None:
         servicer, payments = self.servicer()
-        request = pay.AcceptDocumentRequest(document_id="note-1", amount="0.50", signature=b"sig")
+        request = pay.AcceptDocumentRequest(document_id="note-1", amount="0.5", signature=b"sig")
         response = await servicer.AcceptInvoice(request, FakeContext())
         assert response.state == pay.DOCUMENT_STATE_ACCEPTED
-        assert payments.calls == [("accept", REQUESTOR_ID, "note-1", DocumentKind.INVOICE, "0.50", b"sig",
+        assert payments.calls == [("accept", REQUESTOR_ID, "note-1", DocumentKind.INVOICE, "0.5", b"sig",
                                    b"requestor-key")]
 
     @pytest.mark.parametrize(("request_fields", "message"), [
         (dict(amount="1", signature=b"s"), "document_id is required"),
         (dict(document_id="n", amount="-1", signature=b"s"), "amount: "),
         (dict(document_id="n", amount="1e3", signature=b"s"), "amount: "),
+        (dict(document_id="n", amount="0.50", signature=b"s"), "write it as the document does, '0.5'"),
+        (dict(document_id="n", amount="5\n", signature=b"s"), "amount: "),
         (dict(document_id="n", amount="1"), "signature is required"),
     ])
     async def test_a_malformed_acceptance_is_invalid(self, request_fields: dict, message: str) -> None:

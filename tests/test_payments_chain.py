@@ -14,6 +14,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1 import payment_pb2 as pay
+from exeunit.v1.conventions import payer_binding_text
 from exeunit.v1.payments import acceptance_message, parse_amount, sign
 from requestor.payment_account import PaymentAccount, PaymentNetwork
 from requestor.payment_driver import Erc20Driver
@@ -68,14 +69,28 @@ async def agreement_state(client: ContractClient, agreement_id: str) -> mkt.Agre
                                              metadata=client.metadata)).agreement
 
 
-async def test_the_provider_credits_a_payment_it_read_on_the_chain_once(chain, paid_daemon, payee, driver) -> None:
+def binding(client: ContractClient) -> str:
+    return payer_binding_text(client.requestor_id, client.provider_id, PLATFORM)
+
+
+async def test_the_provider_credits_a_payment_it_read_on_the_chain_once(chain, paid_daemon, payee, driver,
+                                                                       tmp_path: Path) -> None:
     async with ContractClient(f"127.0.0.1:{paid_daemon.port}", "chain-payer") as client:
         offer = (await client.market.GetOffer(mkt.GetOfferRequest(), metadata=client.metadata)).offer
         [platform] = offer.payment.platforms
         assert (platform.platform, platform.payee_address.lower(), platform.chain_id) == (PLATFORM, payee.lower(), 31337)
         refused = await client.propose(client.demand("exeunit-base:latest"))  # no platform chosen: refused
         assert refused.refusal.reason == mkt.REFUSAL_REASON_PAYMENT_TERMS, refused
-        choice = mkt.PaymentChoice(platform=PLATFORM, payer_address=driver.account.address)
+        unproven = mkt.PaymentChoice(platform=PLATFORM, payer_address=driver.account.address)
+        refused = await client.propose(client.demand("exeunit-base:latest", payment=unproven))
+        assert refused.refusal.reason == mkt.REFUSAL_REASON_PAYMENT_TERMS and "payer_proof" in refused.refusal.message
+        stranger = PaymentAccount.load(tmp_path / "stranger-key")  # someone else's address: its proof is not ours
+        claimed = mkt.PaymentChoice(platform=PLATFORM, payer_address=driver.account.address,
+                                    payer_proof=stranger.sign_text(binding(client)))
+        refused = await client.propose(client.demand("exeunit-base:latest", payment=claimed))
+        assert refused.refusal.reason == mkt.REFUSAL_REASON_PAYMENT_TERMS, refused
+        choice = mkt.PaymentChoice(platform=PLATFORM, payer_address=driver.account.address,
+                                   payer_proof=driver.account.sign_text(binding(client)))
         agreement_id = await client.agreement("exeunit-base:latest", payment=choice)
         record = await first_note(client, agreement_id)
         note = pay.DebitNote.FromString(record.document.body)
@@ -118,7 +133,7 @@ async def test_the_provider_credits_a_payment_it_read_on_the_chain_once(chain, p
 async def test_an_unpaid_payable_debit_note_ends_its_agreement(chain, paid_daemon, driver) -> None:
     async with ContractClient(f"127.0.0.1:{paid_daemon.port}", "chain-debtor") as client:
         choice = mkt.PaymentChoice(platform=PLATFORM, payer_address=driver.account.address,
-                                   payment_timeout=seconds(2))
+                                   payment_timeout=seconds(2), payer_proof=driver.account.sign_text(binding(client)))
         agreement_id = await client.agreement("exeunit-base:latest", payment=choice)
         agreement = await agreement_state(client, agreement_id)
         assert agreement.payment.payment_timeout.seconds == 2

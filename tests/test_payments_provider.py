@@ -104,7 +104,7 @@ async def test_an_acceptance_must_be_the_requestors_for_the_exact_amount(daemons
         assert forged.value.code() == grpc.StatusCode.INVALID_ARGUMENT, forged.value.details()
         with pytest.raises(grpc.aio.AioRpcError) as foreign:
             await accept(stranger, record, note.total_amount_due)
-        assert foreign.value.code() == grpc.StatusCode.PERMISSION_DENIED, foreign.value.details()
+        assert foreign.value.code() == grpc.StatusCode.NOT_FOUND, foreign.value.details()
         assert (await accept(client, record, note.total_amount_due)).state == pay.DOCUMENT_STATE_SETTLED
         assert (await accept(client, record, note.total_amount_due)).state == pay.DOCUMENT_STATE_SETTLED  # again: no change
 

@@ -142,6 +142,7 @@ def payment_choice_from_proto(choice: mkt.PaymentChoice) -> PaymentChoice:
         payment_timeout_seconds=seconds_from_proto(choice.payment_timeout, "demand.payment.payment_timeout"),
         accept_timeout_seconds=seconds_from_proto(choice.debit_note_accept_timeout,
                                                   "demand.payment.debit_note_accept_timeout"),
+        payer_proof=choice.payer_proof[:128],  # a 65-byte signature: a longer one is no proof anyway
     )
 
 
@@ -150,7 +151,7 @@ def payment_choice_to_proto(choice: PaymentChoice) -> mkt.PaymentChoice:
         platform=choice.platform, payer_address=choice.payer_address,
         debit_note_interval=duration(choice.debit_note_interval_seconds),
         payment_timeout=duration(choice.payment_timeout_seconds),
-        debit_note_accept_timeout=duration(choice.accept_timeout_seconds),
+        debit_note_accept_timeout=duration(choice.accept_timeout_seconds), payer_proof=choice.payer_proof,
     )
 
 

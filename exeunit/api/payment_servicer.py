@@ -33,11 +33,14 @@ def _required(value: str, name: str) -> str:
 
 
 def _amount(text: str) -> str:
-    """The amount as given (the acceptance signs these very characters), once it parses."""
+    """The amount as given (the acceptance signs these very characters), once it parses and is
+    written as the documents write amounts: the kept signature then verifies against the document."""
     try:
-        parse_amount(text)
+        canonical = format_amount(parse_amount(text))
     except ValueError as exc:
         raise errors.InvalidArgument(f"amount: {exc}") from None
+    if text != canonical:
+        raise errors.InvalidArgument(f"amount {text!r}: write it as the document does, {canonical!r}")
     return text
 
 

@@ -22,6 +22,9 @@ from exeunit import errors
 from exeunit.v1.conventions import MIN_ACCEPT_TIMEOUT_SECONDS, TOKEN_DECIMALS, is_chain_address
 
 BASE_UNIT = Decimal(1).scaleb(-TOKEN_DECIMALS)
+# The longest debit note interval or payment timeout a demand may ask (yagna's bound): no longer
+# than an agreement lives here (a day at most), so every agreement gets its notes.
+MAX_INTERVAL_SECONDS = 24 * 3600.0
 
 
 def amount_of(cost: float) -> Decimal:
@@ -67,6 +70,7 @@ class PaymentChoice:
     debit_note_interval_seconds: float = 0.0
     payment_timeout_seconds: float = 0.0  # zero: no mid-agreement payments
     accept_timeout_seconds: float = 0.0
+    payer_proof: bytes = b""  # the payer address's signature over payer_binding_text (conventions)
 
 
 @dataclass(frozen=True)
@@ -108,12 +112,16 @@ def agree(choice: PaymentChoice | None, settings: PaymentSettings) -> AgreedPaym
                 + ": choose one in demand.payment.platform, with the payer address")
     interval = choice.debit_note_interval_seconds
     if interval:
+        if interval > MAX_INTERVAL_SECONDS:
+            return f"demand.payment.debit_note_interval {interval:g}s is above {MAX_INTERVAL_SECONDS:g}s"
         if interval < settings.min_debit_note_interval_seconds:
             return (f"demand.payment.debit_note_interval {interval:g}s is below this provider's minimum "
                     f"{settings.min_debit_note_interval_seconds:g}s")
         agreed = replace(agreed, debit_note_interval_seconds=interval)
     timeout = choice.payment_timeout_seconds
     if timeout:
+        if timeout > MAX_INTERVAL_SECONDS:
+            return f"demand.payment.payment_timeout {timeout:g}s is above {MAX_INTERVAL_SECONDS:g}s"
         if not agreed.platform:
             return "mid-agreement payments (demand.payment.payment_timeout) need a payment platform"
         if timeout < settings.min_payment_timeout_seconds:
@@ -222,6 +230,7 @@ class ChainTransfer:
     amount: Decimal
     block_number: int
     confirmations: int
+    mined: datetime  # its block's time
 
 
 class ChainReader(Protocol):
@@ -230,6 +239,10 @@ class ChainReader(Protocol):
     async def transfer(self, payment: AgreedPayment, transaction_hash: str) -> ChainTransfer | None:
         """None while the transaction is not mined; errors.FailedPrecondition when it failed or
         moved none of the token from the payer to the payee."""
+        ...
+
+    def signed_by(self, address: str, text: str, signature: bytes) -> bool:
+        """Whether `signature` is `address`'s over `text` (an EIP-191 personal message)."""
         ...
 
 
@@ -296,11 +309,16 @@ class PaymentStore(Protocol):
         """Keeps the document as it is now; `sequence` orders its changes among all documents."""
         ...
 
-    def payment_documents(self, agreement_id: str) -> list[tuple[int, PaymentDocument]]:
-        """The agreement's documents, as last put, in the order they were issued."""
+    def payment_documents(self, agreement_id: str, latest: int | None = None) -> list[tuple[int, PaymentDocument]]:
+        """The agreement's documents, as last put, in the order they were issued (its `latest`
+        debit notes only, when given, and its invoice)."""
         ...
 
     def last_payment_sequence(self) -> int: ...
+
+    def number_credit(self, transaction_hash: str, sequence: int) -> None:
+        """Keeps the sequence number a credit was told under (last_payment_sequence counts it)."""
+        ...
 
     def credit_payment(self, payment: CreditedPayment) -> bool:
         """Records the credit; False, and nothing recorded, when its transaction was credited already

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS payment_documents (document_id TEXT PRIMARY KEY, agre
 CREATE INDEX IF NOT EXISTS payment_documents_of_agreement ON payment_documents (agreement_id);
 CREATE TABLE IF NOT EXISTS credited_payments (transaction_hash TEXT PRIMARY KEY, agreement_id TEXT NOT NULL,
                                               record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS payment_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
@@ -142,18 +143,25 @@ class StateStore:
             (document.document_id, document.draft.agreement_id, sequence, json.dumps(_document_record(document))),
         )
 
-    def payment_documents(self, agreement_id: str) -> list[tuple[int, PaymentDocument]]:
+    def payment_documents(self, agreement_id: str, latest: int | None = None) -> list[tuple[int, PaymentDocument]]:
         """The agreement's documents as last put, with the sequence of their last change: its debit
-        notes by their sequence, then its invoice."""
+        notes by their sequence (the `latest` ones only, when given), then its invoice."""
         rows = self._db.execute(
-            "SELECT sequence, record FROM payment_documents WHERE agreement_id = ? ORDER BY rowid", (agreement_id,)
-        ).fetchall()
+            "SELECT sequence, record FROM payment_documents WHERE agreement_id = ? ORDER BY rowid DESC LIMIT ?",
+            (agreement_id, -1 if latest is None else latest + 1),  # the invoice, when there is one, is the last row
+        ).fetchall()[::-1]
         documents = [(sequence, _document_from(json.loads(record))) for sequence, record in rows]
         return sorted(documents, key=lambda item: (item[1].draft.kind is DocumentKind.INVOICE, item[1].draft.sequence))
 
     def last_payment_sequence(self) -> int:
-        (last,) = self._db.execute("SELECT MAX(sequence) FROM payment_documents").fetchone()
-        return last or 0
+        (documents,) = self._db.execute("SELECT MAX(sequence) FROM payment_documents").fetchone()
+        (credits,) = self._db.execute("SELECT value FROM payment_counters WHERE name = 'credit'").fetchone() or (0,)
+        return max(documents or 0, credits or 0)
+
+    def number_credit(self, transaction_hash: str, sequence: int) -> None:
+        """Keeps the number a credit was told under, so that a restarted daemon never reuses it."""
+        self._db.execute("INSERT INTO payment_counters (name, value) VALUES ('credit', ?) "
+                         "ON CONFLICT (name) DO UPDATE SET value = MAX(value, excluded.value)", (sequence,))
 
     def credit_payment(self, payment: CreditedPayment) -> bool:
         """Atomic on the transaction hash: of two credits of one transaction, the second finds it
@@ -202,6 +210,10 @@ class StateStore:
         self._db.execute("DELETE FROM batches WHERE activity_id = ?", (activity_id,))
 
 
+def _choice_from(record: dict[str, Any]) -> PaymentChoice:
+    return PaymentChoice(**{**record, "payer_proof": bytes.fromhex(record.get("payer_proof", ""))})
+
+
 def _command_record(command: Command) -> dict[str, Any]:
     return {"type": name_of(command), **{key: list(v) if isinstance(v, tuple) else v for key, v in vars(command).items()}}
 
@@ -235,7 +247,8 @@ def _agreement_record(agreement: Agreement) -> dict[str, Any]:
             "subnet_tag": demand.subnet_tag,
             "expiration": _time(demand.expiration),
             "runtime": demand.runtime,
-            "payment": vars(demand.payment) if demand.payment is not None else None,
+            "payment": {**vars(demand.payment), "payer_proof": demand.payment.payer_proof.hex()}
+                       if demand.payment is not None else None,
         },
         "pricing": vars(agreement.pricing),
         "reserved": vars(agreement.reserved),
@@ -264,7 +277,7 @@ def _agreement_from(record: dict[str, Any]) -> Agreement:
             subnet_tag=demand["subnet_tag"],
             expiration=_parse_time(demand["expiration"]),  # type: ignore[arg-type]
             runtime=demand.get("runtime", DOCKER_VM_RUNTIME),
-            payment=PaymentChoice(**demand["payment"]) if demand.get("payment") else None,
+            payment=_choice_from(demand["payment"]) if demand.get("payment") else None,
         ),
         pricing=LinearPricing(**record["pricing"]),
         reserved=Resources(**record["reserved"]),

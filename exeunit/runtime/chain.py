@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from decimal import Decimal
 
 from exeunit import errors
@@ -20,6 +22,7 @@ from exeunit.v1.conventions import TOKEN_DECIMALS
 log = logging.getLogger(__name__)
 
 RPC_TIMEOUT_SECONDS = 10.0
+CHAIN_THREADS = 2  # reads of the chain wait on a pool of their own, never on the threads Docker calls use
 # keccak256("Transfer(address,address,uint256)"): the ERC-20 Transfer event's first topic
 TRANSFER_TOPIC = "ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 
@@ -39,9 +42,23 @@ class Web3ChainReader:
         self._rpc_url = rpc_url
         self._chain_id = chain_id
         self._chain_checked = False
+        self._pool = ThreadPoolExecutor(CHAIN_THREADS, thread_name_prefix="chain")
 
     async def transfer(self, payment: AgreedPayment, transaction_hash: str) -> ChainTransfer | None:
-        return await asyncio.to_thread(self._transfer, payment, transaction_hash)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._transfer, payment, transaction_hash)
+
+    def signed_by(self, address: str, text: str, signature: bytes) -> bool:
+        """Whether `signature` (65 bytes, EIP-191 personal message) over `text` recovers to `address`."""
+        from eth_account import Account
+        from eth_account.messages import encode_defunct
+
+        if len(signature) != 65:
+            return False
+        try:
+            signer = Account.recover_message(encode_defunct(text=text), signature=signature)
+        except Exception:  # noqa: BLE001 - any malformed signature is simply not the payer's
+            return False
+        return str(signer).lower() == address.lower()
 
     def _transfer(self, payment: AgreedPayment, transaction_hash: str) -> ChainTransfer | None:
         from web3.exceptions import TransactionNotFound, Web3Exception
@@ -70,7 +87,11 @@ class Web3ChainReader:
                 f"transaction {transaction_hash} moves none of token {payment.token_address} from the payer "
                 f"{payment.payer_address} to this provider's {payment.payee_address}")
         block = int(receipt["blockNumber"])
-        return ChainTransfer(Decimal(units).scaleb(-TOKEN_DECIMALS), block, max(int(latest) - block + 1, 0))
+        try:
+            mined = datetime.fromtimestamp(int(self._web3.eth.get_block(block)["timestamp"]), timezone.utc)
+        except (Web3Exception, OSError, ValueError) as exc:
+            raise errors.Unavailable(f"the chain's endpoint {self._rpc_url} did not answer: {exc}") from None
+        return ChainTransfer(Decimal(units).scaleb(-TOKEN_DECIMALS), block, max(int(latest) - block + 1, 0), mined)
 
     def _check_chain(self) -> None:
         """The endpoint must serve the chain the offer names: credits read on another are worth nothing."""

@@ -24,14 +24,14 @@ from exeunit.domain.clock import utcnow
 from exeunit.domain.market import Agreement, AgreementState
 from exeunit.domain.payments import (ChainReader, CreditedPayment, DocumentDraft, DocumentKind, DocumentSealer,
                                      DocumentState, PaymentChange, PaymentDocument, PaymentStore, PaymentsView,
-                                     AgreementMoney, UsageFigures, amount_of, money_of, no_chain_error)
+                                     AgreementMoney, PaymentChoice, UsageFigures, amount_of, money_of)
 from exeunit.domain.reports import Usage
+from exeunit.services.crediting import Crediting
 
 log = logging.getLogger(__name__)
 
 NOTES_IN_MEMORY = 32  # an agreement's latest debit notes kept in memory (all are in the store)
-PENDING_PER_AGREEMENT = 16  # transactions named and not yet credited, per agreement
-RECHECK_SECONDS = 2.0  # how often a named transaction not yet confirmed is read again
+NOTES_LISTED = 256  # GetAgreementPayments lists the latest this many debit notes (the rest stay on disk)
 CHANGES_KEPT = 1024  # changes per requestor a watcher can ask for again (GetAgreementPayments has all)
 INVOICE_DUE_SECONDS = 24 * 3600.0  # an invoice's payment due without mid-agreement payments (yagna's)
 
@@ -54,7 +54,7 @@ class _Account:
     pending: list[str] = field(default_factory=list)
     last_payable: datetime | None = None
     issuer: asyncio.Task[None] | None = None
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    timers: dict[tuple[str, str], asyncio.TimerHandle] = field(default_factory=dict)  # (note, deadline) -> timer
 
     @property
     def due(self) -> Decimal:
@@ -78,7 +78,6 @@ class Payments:
                  terminate: Callable[[Agreement, str, str], Awaitable[None]]) -> None:
         self._sealer = sealer
         self._store = store
-        self._chain = chain
         self._usage_of = usage_of
         self._terminate = terminate
         self._accounts: dict[str, _Account] = {}
@@ -87,6 +86,8 @@ class Payments:
         self._changes: dict[str, list[PaymentChange]] = {}  # no store: each requestor's, for watchers
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._crediting = Crediting(chain, store, self._credited,
+                                    lambda account: account.agreement.agreement_id in self._accounts, self._spawn)
 
     # Agreements coming and going
 
@@ -105,7 +106,7 @@ class Payments:
         """What the store has of an agreement a previous daemon on this home served."""
         if self._store is None:
             return
-        for sequence, document in self._store.payment_documents(account.agreement.agreement_id):
+        for sequence, document in self._store.payment_documents(account.agreement.agreement_id, NOTES_IN_MEMORY):
             self._remember(account, document)
             self._publish(account, PaymentChange(sequence, account.agreement.agreement_id, document=document))
         account.credits = self._store.credited_payments(account.agreement.agreement_id)
@@ -156,12 +157,13 @@ class Payments:
             requestor_id = account.agreement.requestor_id
             if not any(a.agreement.requestor_id == requestor_id for a in self._accounts.values()):
                 self._changes.pop(requestor_id, None)  # a requestor gone from here leaves nothing behind
+                self._spawn(self._notify())  # and its watchers end
 
     def _stop(self, account: _Account) -> None:
         if account.issuer is not None:
             account.issuer.cancel()
             account.issuer = None
-        for timer in account.timers:
+        for timer in account.timers.values():
             timer.cancel()
         account.timers.clear()
 
@@ -225,16 +227,28 @@ class Payments:
         restart of the daemon, a whole accept timeout from now: nobody could accept meanwhile)."""
         if note.state is not DocumentState.ISSUED and note.draft.payment_due is None:
             return
-        loop = asyncio.get_running_loop()
         now = utcnow()
         if note.state is DocumentState.ISSUED:
             delay = max((note.accept_deadline - now).total_seconds(), 0.0)
             if restarted:
                 delay = max(delay, note.draft.payment.accept_timeout_seconds)
-            account.timers.append(loop.call_later(delay, lambda: self._spawn(self._accept_deadline(account, note))))
+            self._timer(account, note, "accept", delay, self._accept_deadline)
         if note.draft.payment_due is not None:
             delay = max((note.draft.payment_due - now).total_seconds(), 0.0)
-            account.timers.append(loop.call_later(delay, lambda: self._spawn(self._payment_deadline(account, note))))
+            if restarted:  # a payment made while the daemon was down is named again by its requestor
+                delay = max(delay, note.draft.payment.payment_timeout_seconds)
+            self._timer(account, note, "payment", delay, self._payment_deadline)
+
+    def _timer(self, account: _Account, note: PaymentDocument, which: str, delay: float,
+               deadline: Callable[[_Account, PaymentDocument], Awaitable[None]]) -> None:
+        """A deadline of the note, forgotten once it fired (a fired timer must not keep the note)."""
+        key = (note.document_id, which)
+
+        def fire() -> None:
+            account.timers.pop(key, None)
+            self._spawn(deadline(account, note))
+
+        account.timers[key] = asyncio.get_running_loop().call_later(delay, fire)
 
     async def _accept_deadline(self, account: _Account, note: PaymentDocument) -> None:
         if note.state is not DocumentState.ISSUED or account.agreement.state is not AgreementState.APPROVED:
@@ -292,11 +306,15 @@ class Payments:
             async with self._changed:
                 if not any(c.sequence > seen for c in self._changes.get(requestor_id, ())):
                     await self._changed.wait()
+            if not any(a.agreement.requestor_id == requestor_id for a in self._accounts.values()):
+                return  # its agreements are forgotten here: nothing more will come
 
     def agreement_payments(self, requestor_id: str, agreement_id: str) -> PaymentsView:
         account = self._owned(requestor_id, agreement_id)
-        notes = ([d for _, d in self._store.payment_documents(agreement_id) if d.draft.kind is DocumentKind.DEBIT_NOTE]
-                 if self._store is not None else list(account.notes))
+        notes = list(account.notes)  # the latest, in memory; a longer agreement's earlier ones are on disk
+        if self._store is not None and account.notes_issued > len(notes):
+            stored = self._store.payment_documents(agreement_id, NOTES_LISTED)
+            notes = [d for _, d in stored if d.draft.kind is DocumentKind.DEBIT_NOTE]
         return PaymentsView(agreement_id, notes, account.invoice, account.accepted, account.paid,
                             list(account.credits), list(account.pending))
 
@@ -316,9 +334,9 @@ class Payments:
 
     def _document(self, requestor_id: str, document_id: str, kind: DocumentKind) -> tuple[_Account, PaymentDocument]:
         document = self._by_document.get(document_id)
-        if document is None or document.draft.kind is not kind:
-            raise errors.NotFound(f"{kind.value.replace('_', ' ')} {document_id!r} not found (unknown, or "
-                                  "superseded by a later one: accept the latest)")
+        if document is None or document.draft.kind is not kind or document.draft.requestor_id != requestor_id:
+            raise errors.NotFound(f"{kind.value.replace('_', ' ')} {document_id!r} not found (unknown, another "
+                                  "requestor's, or superseded by a later one: accept the latest)")
         return self._owned(requestor_id, document.draft.agreement_id), document
 
     # The requestor's answers
@@ -338,6 +356,9 @@ class Payments:
             raise errors.InvalidArgument("the acceptance's signature does not verify: sign the acceptance message "
                                          "(exeunit/v1/payments.py) with the agreement's requestor key")
         document.acceptance_signature = signature
+        timer = account.timers.pop((document_id, "accept"), None)
+        if timer is not None:
+            timer.cancel()
         document.state = self._settled_or(account, document, DocumentState.ACCEPTED)
         self._changed_document(account, document)
         log.info("event=payment_document_accepted agreement=%s %s=%s amount=%s", account.agreement.agreement_id,
@@ -364,68 +385,25 @@ class Payments:
                                   f"Requestor rejected the debit note: {reason}")
         return document.state
 
-    # Payments on the chain
+    # Payments on the chain (exeunit.services.crediting)
+
+    def payer_refusal(self, requestor_id: str, provider_id: str, choice: PaymentChoice | None) -> str | None:
+        return self._crediting.payer_refusal(requestor_id, provider_id, choice)
 
     async def notify_payment(self, requestor_id: str, agreement_id: str, transaction_hash: str) -> tuple[bool, Decimal]:
-        """Reads the transaction on the chain and credits it to the agreement once it has its
-        confirmations; until then it is read again in the background."""
+        """Credits the transaction once the chain says it pays this agreement (read again in the
+        background until then); returns whether it is credited, and what the agreement has been paid."""
         account = self._owned(requestor_id, agreement_id)
-        payment = account.agreement.payment
-        if not payment.platform:
-            raise errors.FailedPrecondition(f"agreement {agreement_id} has no payment platform: nothing is paid on a chain")
-        if self._chain is None:
-            raise no_chain_error(payment.platform)
-        transaction_hash = transaction_hash.lower()
-        if any(c.transaction_hash == transaction_hash for c in account.credits):
-            return True, account.paid
-        credited_to = self._store.credited_agreement(transaction_hash) if self._store is not None else None
-        if credited_to is not None:
-            raise errors.FailedPrecondition(f"transaction {transaction_hash} was credited to another agreement")
-        if await self._try_credit(account, transaction_hash):
-            return True, account.paid
-        if transaction_hash not in account.pending:
-            if len(account.pending) >= PENDING_PER_AGREEMENT:
-                raise errors.ResourceExhausted(f"agreement {agreement_id} has {PENDING_PER_AGREEMENT} transactions "
-                                               "waiting for confirmations; name more once they are credited")
-            account.pending.append(transaction_hash)
-            self._spawn(self._recheck(account, transaction_hash))
-        return False, account.paid
+        credited = await self._crediting.notify(requestor_id, account, transaction_hash.lower())
+        return credited, account.paid
 
-    async def _try_credit(self, account: _Account, transaction_hash: str) -> bool:
-        assert self._chain is not None
-        payment = account.agreement.payment
-        transfer = await self._chain.transfer(payment, transaction_hash)
-        if transfer is None or transfer.confirmations < payment.confirmations:
-            return False
-        credit = CreditedPayment(transaction_hash, account.agreement.agreement_id, transfer.amount,
-                                 transfer.block_number)
-        if self._store is not None and not self._store.credit_payment(credit):
-            raise errors.FailedPrecondition(f"transaction {transaction_hash} was credited already")
-        if any(c.transaction_hash == transaction_hash for c in account.credits):
-            return True  # credited meanwhile, by another call naming it
-        account.credits.append(credit)
-        account.paid += credit.amount
-        if transaction_hash in account.pending:
-            account.pending.remove(transaction_hash)
+    def _credited(self, account: _Account, credit: CreditedPayment) -> None:
+        """Tells watchers of a credit (its number kept with it), and settles what it paid in full."""
         self._sequence += 1
+        if self._store is not None:
+            self._store.number_credit(credit.transaction_hash, self._sequence)
         self._publish(account, PaymentChange(self._sequence, account.agreement.agreement_id, credit=credit))
-        log.info("event=payment_credited agreement=%s transaction=%s amount=%s paid=%s",
-                 account.agreement.agreement_id, transaction_hash, credit.amount, account.paid)
         for document in [*account.notes, *([account.invoice] if account.invoice else [])]:
             if document.state is DocumentState.ACCEPTED and account.paid >= document.draft.amount:
                 document.state = DocumentState.SETTLED
                 self._changed_document(account, document)
-        return True
-
-    async def _recheck(self, account: _Account, transaction_hash: str) -> None:
-        """Reads a named transaction again until it is credited, fails, or the agreement is forgotten."""
-        while transaction_hash in account.pending and account.agreement.agreement_id in self._accounts:
-            await asyncio.sleep(RECHECK_SECONDS)
-            try:
-                if await self._try_credit(account, transaction_hash):
-                    return
-            except errors.ExeUnitError as exc:
-                log.warning("event=payment_not_credited agreement=%s transaction=%s reason=%r",
-                            account.agreement.agreement_id, transaction_hash, str(exc))
-                account.pending.remove(transaction_hash)
-                return

@@ -21,7 +21,7 @@ from exeunit import errors
 from exeunit.domain.batch import Batch, BatchEvent
 from exeunit.domain.clock import utcnow
 from exeunit.domain.commands import Command, Deploy
-from exeunit.domain.market import Agreement, AgreementState, Demand, ImageRef, Market, Offer, Refusal
+from exeunit.domain.market import Agreement, AgreementState, Demand, ImageRef, Market, Offer, Refusal, RefusalReason
 from exeunit.domain.payments import ChainReader, DocumentSealer
 from exeunit.domain.networks import NetworkOverlay, NetworkPlumbing, NetworkRecord, PrivateNetwork
 from exeunit.domain.event_log import MemoryPool
@@ -171,6 +171,9 @@ class Provider:
             demand = dataclasses.replace(demand, image=ImageRef(tag=TEST_COUNTERS_IMAGE))
         demand.validate(now)
         available = await self.images.available(requestor_id, demand.image)
+        if self.payments is not None and (why := self.payments.payer_refusal(requestor_id, self.settings.provider_id,
+                                                                             demand.payment)):
+            return Refusal(RefusalReason.PAYMENT_TERMS, why)
         outcome = self.market.propose(requestor_id, demand, available, now)
         if isinstance(outcome, Agreement):
             self._persist_agreement(outcome)

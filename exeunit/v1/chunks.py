@@ -12,7 +12,7 @@ from __future__ import annotations
 
 CHUNK_FIELD = 2  # UploadRequest.chunk and DownloadResponse.chunk
 _TAG = (CHUNK_FIELD << 3) | 2  # length-delimited
-_MAX_VARINT_BYTES = 10
+_MAX_VARINT_BYTES = 5  # protobuf reads a length in at most 5 bytes; so do we
 
 
 def _varint(value: int) -> bytes:
@@ -55,7 +55,7 @@ def decode_chunk(data: bytes) -> Chunk | None:
         return None
     length, shift, offset = 0, 0, 1
     while True:
-        if offset >= len(data) or offset > _MAX_VARINT_BYTES:
+        if offset >= len(data) or offset > _MAX_VARINT_BYTES:  # past the tag and 5 bytes: protobuf's to refuse
             return None
         byte = data[offset]
         offset += 1

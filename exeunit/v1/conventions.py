@@ -51,3 +51,9 @@ def is_chain_address(text: str) -> bool:
 # SHA-256 always; BLAKE3 where the offer's transfer_digests lists it.
 DIGEST_SHA256 = "sha256"
 DIGEST_BLAKE3 = "blake3"
+
+
+def payer_binding_text(requestor_id: str, provider_id: str, platform: str) -> str:
+    """What a demand's payer address signs (EIP-191 personal message) to show it is the
+    requestor's: a provider credits only payments from an address its requestor proved it holds."""
+    return f"exeunit-payer-binding/1\nrequestor {requestor_id.lower()}\nprovider {provider_id.lower()}\nplatform {platform}"

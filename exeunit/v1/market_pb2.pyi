@@ -233,18 +233,20 @@ class Demand(_message.Message):
     def __init__(self, image: _Optional[_Union[ImageRef, _Mapping]] = ..., min_memory_bytes: _Optional[int] = ..., min_storage_bytes: _Optional[int] = ..., min_cpu_threads: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., subnet_tag: _Optional[str] = ..., expiration: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., runtime: _Optional[str] = ..., payment: _Optional[_Union[PaymentChoice, _Mapping]] = ...) -> None: ...
 
 class PaymentChoice(_message.Message):
-    __slots__ = ("platform", "payer_address", "debit_note_interval", "payment_timeout", "debit_note_accept_timeout")
+    __slots__ = ("platform", "payer_address", "debit_note_interval", "payment_timeout", "debit_note_accept_timeout", "payer_proof")
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     PAYER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DEBIT_NOTE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     DEBIT_NOTE_ACCEPT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    PAYER_PROOF_FIELD_NUMBER: _ClassVar[int]
     platform: str
     payer_address: str
     debit_note_interval: _duration_pb2.Duration
     payment_timeout: _duration_pb2.Duration
     debit_note_accept_timeout: _duration_pb2.Duration
-    def __init__(self, platform: _Optional[str] = ..., payer_address: _Optional[str] = ..., debit_note_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., payment_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., debit_note_accept_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    payer_proof: bytes
+    def __init__(self, platform: _Optional[str] = ..., payer_address: _Optional[str] = ..., debit_note_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., payment_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., debit_note_accept_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., payer_proof: _Optional[bytes] = ...) -> None: ...
 
 class Agreement(_message.Message):
     __slots__ = ("agreement_id", "provider_id", "requestor_id", "demand", "pricing", "state", "created", "expiration", "cpu_threads", "memory_bytes", "storage_bytes", "termination_reason", "termination_message", "activity_ids", "usage", "payment")

@@ -27,7 +27,7 @@ BINDING_DOMAIN = b"exeunit-payee-binding/1"
 
 BASE_UNIT = Decimal(1).scaleb(-TOKEN_DECIMALS)
 MAX_AMOUNT_CHARS = 64  # far past any supply: a bound on what a peer makes the other parse
-_AMOUNT = re.compile(r"^[0-9]{1,40}(\.[0-9]{1,18})?$")
+_AMOUNT = re.compile(r"[0-9]{1,40}(\.[0-9]{1,18})?")
 _TRANSACTION = re.compile(r"^0x[0-9a-fA-F]{64}$")
 
 
@@ -35,7 +35,7 @@ def parse_amount(text: str) -> Decimal:
     """The amount a decimal string states; ValueError for anything but plain digits with at most 18
     after the point (no sign, exponent, NaN or spaces), so that no two strings mean one amount
     differently to two parsers."""
-    if len(text) > MAX_AMOUNT_CHARS or not _AMOUNT.match(text):
+    if len(text) > MAX_AMOUNT_CHARS or not _AMOUNT.fullmatch(text):
         raise ValueError(f"{text[:MAX_AMOUNT_CHARS]!r} is not an amount: digits, and at most 18 after a point")
     try:
         return Decimal(text)
