@@ -168,21 +168,27 @@ class PublicOffer(mkt_grpc.MarketServicer):
 class LyingTransfer(xfer_grpc.TransferServicer):
     """A provider that announces more than it sends, or ends without a trailer."""
 
-    def __init__(self, trailer: bool) -> None:
-        self.trailer = trailer
+    def __init__(self, trailer: bool, announced: int = 10, chunks: int = 1) -> None:
+        self.trailer, self.announced, self.chunks = trailer, announced, chunks
 
     async def Download(self, request, context):
-        yield xfer.DownloadResponse(header=xfer.DownloadHeader(size=10))
-        yield xfer.DownloadResponse(chunk=b"12345")
+        yield xfer.DownloadResponse(header=xfer.DownloadHeader(size=self.announced))
+        for _ in range(self.chunks):
+            yield xfer.DownloadResponse(chunk=b"12345")
         if self.trailer:
             yield xfer.DownloadResponse(trailer=xfer.DownloadTrailer(sha256=hashlib.sha256(b"12345").hexdigest()))
 
 
-@pytest.mark.parametrize(("trailer", "says"), [(True, "is incomplete: 5 bytes arrived, 10 were announced"),
-                                               (False, "ended after 5 bytes without its trailer")])
-async def test_a_short_download_is_an_error_not_a_short_file(trailer: bool, says: str) -> None:
+@pytest.mark.parametrize(("lie", "says"), [
+    (LyingTransfer(True), "is incomplete: 5 bytes arrived, 10 were announced"),
+    (LyingTransfer(False), "ended after 5 bytes without its trailer"),
+    (LyingTransfer(True, announced=1, chunks=1000), "sent 5 bytes, more than the 1 bytes its header announced"),
+])
+async def test_a_short_or_long_download_is_an_error_not_a_wrong_file(lie: LyingTransfer, says: str) -> None:
+    """Short, or longer than announced (a provider may not fill the requestor's disk: refused at
+    the first byte past the announced size, not at the end)."""
     server = grpc.aio.server()
-    xfer_grpc.add_TransferServicer_to_server(LyingTransfer(trailer), server)
+    xfer_grpc.add_TransferServicer_to_server(lie, server)
     mkt_grpc.add_MarketServicer_to_server(PublicOffer(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

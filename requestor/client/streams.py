@@ -203,6 +203,10 @@ class ByteCalls:
                 elif kind == "chunk":
                     chunk = part.chunk  # a view (exeunit.v1.chunks), or a copy for a message protobuf parsed
                     received += len(chunk)
+                    if announced is None or received > announced:  # never more than said: a disk is not endless
+                        raise errors.RequestorError(
+                            f"download of {path} from {self.address} sent {received} bytes, more than the "
+                            f"{announced if announced is not None else 'no'} bytes its header announced")
                     if hashing is not None:
                         await hashing
                     hashing = asyncio.ensure_future(asyncio.to_thread(_absorb, digest, sink, chunk))
