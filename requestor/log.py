@@ -29,8 +29,10 @@ summary_log = logging.getLogger("requestor.summary")
 event_log = logging.getLogger("requestor.events")
 
 DEFAULT_FORMAT = "[%(asctime)s %(levelname)s %(name)s] %(message)s"
-# What yapapi's debug_*_api flags turn up: here, the calls to providers (requestor.client).
-API_LOGGERS = {"activity": "requestor.client", "market": "requestor.engine",
+# What yapapi's debug_*_api flags turn up: here, the calls to providers (requestor.client) and the
+# search for them (requestor.discovery); never requestor.engine, whose DEBUG lines are yapapi's
+# engine's (the debit notes' counts), in the file whatever the flags.
+API_LOGGERS = {"activity": "requestor.client", "market": "requestor.discovery",
                "payment": "requestor.budget", "net": "requestor.network"}
 
 EventConsumer = Callable[[events.Event], None]
@@ -58,11 +60,18 @@ def enable_default_logger(
     its REST calls). Library noise (grpc, docker, urllib3, the embedded provider) stays at WARNING."""
     formatter = _UtcFormatter(format_)
     root = logging.getLogger()
+    # The library's logger holds the handlers itself, as yapapi's "yapapi" logger does (scripts
+    # written for yapapi set `getLogger("yapapi").handlers[0]`, the console, to DEBUG); the root
+    # logger shares them for other libraries' lines, which the library's no longer pass through.
+    library = logging.getLogger("requestor")
+    library.propagate = False
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(formatter)
     console.setLevel(level)
+    library.addHandler(console)
     root.addHandler(console)
     root.setLevel(min(level, logging.DEBUG if log_file else level))
+    library.setLevel(root.level)
     for noisy in ("urllib3", "docker", "exeunit", "grpc", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not log_file:
@@ -70,6 +79,7 @@ def enable_default_logger(
     file_handler = logging.FileHandler(log_file, mode="w", encoding="utf-8")
     file_handler.setFormatter(formatter)
     file_handler.setLevel(logging.DEBUG)
+    library.addHandler(file_handler)
     root.addHandler(file_handler)
     for flag, kind in ((debug_activity_api, "activity"), (debug_market_api, "market"),
                        (debug_payment_api, "payment"), (debug_net_api, "net")):
