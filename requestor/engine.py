@@ -35,6 +35,7 @@ from requestor.payments import INVOICE_WAIT_SECONDS, Payments
 from requestor.payments_model import max_rate
 from requestor.placement import OfferBook, Spread, Unanswered, Waits
 from requestor.proposing import Attempt, demand_for, said, worth_waiting
+from requestor.settlement import Settlement
 from requestor.strategy import MarketStrategy, mismatch, payment_choice, score
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Engine:
         strategy: MarketStrategy,
         emit: Callable[[events.Event], None],
         unresponsive_after: float = 5.0,
+        settlement: Settlement | None = None,
     ) -> None:
         self.clients = clients
         self.subnet_tag = subnet_tag
@@ -64,7 +66,8 @@ class Engine:
         self.pool = AgreementsPool()  # agreements waiting for a next activity
         self._reusable: dict[str, Reusable] = {}  # by agreement id: those an activity runs on now
         self.unpaid: set[str] = set()  # agreements whose invoice was not accepted (their provider gone, say)
-        self.payments = Payments(budget, emit)  # their debit notes and invoices (requestor.payments)
+        self.settlement = settlement  # paying on a chain (requestor.settlement), or None: accounted only
+        self.payments = Payments(budget, emit, settlement)  # their debit notes and invoices (requestor.payments)
         self._book = OfferBook(clients)  # requestor.placement: offers read, slow providers asked again
         self._spread = Spread(lambda: [h.agreement.provider_id for h in self._live.values()])
         self._waits = Waits()
@@ -177,6 +180,8 @@ class Engine:
                 why = exclude[offer.provider_id]
             else:
                 why = mismatch(offer, payload, self.subnet_tag)
+                if why is None and self.settlement is not None:  # none of its platforms ours: yapapi's reason
+                    why = self.settlement.mismatch(offer)
             value = None if why else await score(self.strategy, offer)
             if why is None and value is None:
                 why = "rejected by the market strategy"
@@ -206,9 +211,13 @@ class Engine:
             attempt.reasons[where] = f"over budget: {exc}"
             attempt.budget_error = exc
             return None
+        platform = (self.settlement.platform_for(offer) or "") if self.settlement else ""
         try:
-            demand = replace(demand_for(payload, self.subnet_tag, job), payment=payment_choice(self.strategy, offer,
-                                                                                            job.expiration))
+            choice = payment_choice(self.strategy, offer, job.expiration, platform)
+            if choice is not None and platform:
+                assert self.settlement is not None
+                choice = self.settlement.payer(choice, client.requestor_id, offer.provider_id)
+            demand = replace(demand_for(payload, self.subnet_tag, job), payment=choice)
         except ValueError:  # a range of the strategy's that nothing is in (yapapi's reason)
             attempt.reasons[where] = "Could not accept provider's terms."
             return None

@@ -29,6 +29,7 @@ from requestor.log import log_event_repr, log_summary
 from requestor.client.identity import RequestorIdentity
 from requestor.network import Network
 from requestor.relay import Relay
+from requestor.settlement import PaymentNetwork, Settlement, payment_names
 from requestor.payload import Payload
 from requestor.payload.vm import TEST_COUNTERS_RUNTIME, VM_CAPS_VPN, VmPackage
 from requestor.props import inf
@@ -83,8 +84,9 @@ class Golem:
       not done in time is given up with a warning naming the step, provider and agreement
       (`event=shutdown_gave_up`; see requestor.leaving). An embedded provider's own stop (it
       removes its containers) comes after, and is not counted.
-    - `payment_driver`, `payment_network`, `app_key`: yapapi's; accepted and reported
-      (`golem.payment_driver`), nothing is paid on a chain here.
+    - `payment_driver`, `payment_network`: yapapi's; with a chain configured (GOLEM_PAYMENT_*, or a
+      PaymentNetwork as `payment_network`) providers are paid on it, `start()` first checking the
+      account can pay the budget (NoPaymentAccountError): see requestor.settlement. `app_key`: unused.
     """
 
     def __init__(
@@ -101,7 +103,7 @@ class Golem:
         unresponsive_after: float = 5.0,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         payment_driver: str | None = None,
-        payment_network: str | None = None,
+        payment_network: str | PaymentNetwork | None = None,
         app_key: str | None = None,
     ) -> None:
         if budget <= 0:
@@ -145,31 +147,31 @@ class Golem:
 
     @property
     def payment_driver(self) -> str:
-        """As given (payments are accounted locally here: nothing is paid on a chain)."""
-        return self._payment_driver or "none"
+        """The driver paying providers once started, else as given; "none": nothing paid on a chain."""
+        return payment_names(self._engine and self._engine.settlement, self._payment_driver, self._payment_network)[0]
 
     @property
     def payment_network(self) -> str:
-        """As given (payments are accounted locally here: nothing is paid on a chain)."""
-        return self._payment_network or "none"
+        return payment_names(self._engine and self._engine.settlement, self._payment_driver, self._payment_network)[1]
 
     async def start(self) -> None:
         if self._engine is not None:
             return
+        settlement = await Settlement.open(self._payment_driver, self._payment_network, self.budget)
         addresses = await _expanded(self._provider_addresses)
         if not addresses:
             self._embedded = EmbeddedProvider(self.subnet_tag)
             addresses = [await self._embedded.start()]
         clients = [ProviderClient(a, self.identity, self._auth_token, reconnect_for=self._unresponsive_after)
                    for a in addresses]
-        self._engine = Engine(clients, self.subnet_tag, self.budget, self.strategy, self.emit, self._unresponsive_after)
+        self._engine = Engine(clients, self.subnet_tag, self.budget, self.strategy, self.emit, self._unresponsive_after, settlement)
 
     async def stop(self, wait_for_payments: bool = True) -> None:
         """Stops every cluster (running instances go through shutdown; suspended ones stay on their
         providers), then the providers' links, within `shutdown_timeout` seconds whatever the
         providers do (what is not done by then is given up, each with a warning; see
-        requestor.leaving). `wait_for_payments` is yapapi's: payments are settled locally here, at
-        once, either way."""
+        requestor.leaving). `wait_for_payments` is yapapi's, unused: invoices are waited for (and
+        paid, on a chain) within that time."""
         log.info("Golem is shutting down...")
         plan = ShutdownPlan.starting_now(self._shutdown_timeout)
         await asyncio.gather(self._stop_instances(plan), self._stop_task_jobs(plan))

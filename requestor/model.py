@@ -66,6 +66,7 @@ class PaymentChoice:
     debit_note_interval: float = 0.0
     payment_timeout: float = 0.0
     debit_note_accept_timeout: float = 0.0
+    payer_proof: bytes = b""  # the payer address's signature showing it is the requestor's (requestor.settlement)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,13 @@ class AgreementInfo:
     debit_note_accept_timeout: float = 0.0
     payment_timeout: float = 0.0
     platform: str = ""
+    # Where it is paid (requestor.settlement): the provider's address, ours, the chain, the token,
+    # and how many blocks a payment waits for before the provider counts it.
+    payee_address: str = ""
+    payer_address: str = ""
+    chain_id: int = 0
+    token_address: str = ""
+    confirmations: int = 0
 
 
 # Activities

@@ -118,12 +118,6 @@ class PaymentAccount:
 
         return bytes(self._account.sign_message(encode_defunct(text=text)).signature)
 
-    def sign_message(self, text: str) -> bytes:
-        """An EIP-191 personal-message signature of `text` by this key (65 bytes)."""
-        from eth_account.messages import encode_defunct
-
-        return bytes(self._account.sign_message(encode_defunct(text=text)).signature)
-
     def __repr__(self) -> str:  # never the key
         return f"PaymentAccount({self.address}, path={self.path})"
 

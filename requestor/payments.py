@@ -19,6 +19,11 @@ known agreement, when first seen as issued:
 A document that fails a check: PaymentFailed (with why), not accepted; one above what the
 agreement can cost is also rejected with the reason (the provider ends the agreement). Any other
 failure is left unanswered, as yapapi leaves it, and the provider's accept deadline decides.
+
+With a Settlement (a chain configured: requestor.settlement), an accepted payable debit note and
+an accepted invoice of an agreement made on its platform are also paid, in the background; an
+ended agreement counts as paid (and Golem's end stops waiting for it) once its invoice's payment
+is credited, and stays unpaid when that payment fails or is still under way at the end.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from requestor.client.payments import PaymentCalls
 from requestor.errors import RequestorError
 from requestor.model import AgreementInfo, Pricing
 from requestor.payments_model import DebitNote, Document, Invoice, PaymentDocumentError, PaymentUpdate, cost_bound
+from requestor.settlement import Settlement
 from requestor.strategy import DEBIT_NOTE_INTERVAL_GRACE_PERIOD
 
 log = logging.getLogger(__name__)
@@ -57,13 +63,23 @@ class _Agreement:
     cpu_threads: int
     started: datetime
     interval: float
+    info: AgreementInfo | None = None  # as its provider stated it: where it is paid (requestor.settlement)
     last_note: Decimal = Decimal(0)
     accepted: Decimal = Decimal(0)
     notes: dict[str, int] = field(default_factory=dict)  # by activity id ("" when a note names none)
     ended: bool = False  # by the engine: its invoice settles the budget
     outcome: Decimal | None = None  # the invoice's amount, accepted
     failed: bool = False  # its invoice came and was not accepted
+    paying: asyncio.Task[bool] | None = None  # its invoice's payment on the chain
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def unpaid(self) -> bool:
+        """Its invoice is not accepted, or its payment failed or is still under way."""
+        if self.outcome is None:
+            return True
+        paying = self.paying
+        return paying is not None and (not paying.done() or paying.cancelled() or not paying.result())
 
 
 @dataclass
@@ -77,9 +93,11 @@ class _Watcher:
 class Payments:
     """The payment side of one Golem run: its agreements' documents, checked and answered."""
 
-    def __init__(self, budget: Budget, emit: Callable[[events.Event], None]) -> None:
+    def __init__(self, budget: Budget, emit: Callable[[events.Event], None],
+                 settlement: Settlement | None = None) -> None:
         self.budget = budget
         self.emit = emit
+        self.settlement = settlement
         self.unpaid: set[str] = set()  # agreements ended whose invoice was not accepted
         self._agreements: dict[str, _Agreement] = {}
         self._watchers: dict[int, _Watcher] = {}  # by id() of the client
@@ -89,7 +107,7 @@ class Payments:
         """From now on the agreement's documents are answered; its provider is watched."""
         started = info.created or datetime.now(timezone.utc)
         self._agreements[agreement.id] = _Agreement(client, agreement, job, pricing, info.cpu_threads, started,
-                                                    info.debit_note_interval)
+                                                    info.debit_note_interval, info)
         watcher = self._watchers.setdefault(id(client), _Watcher(PaymentCalls(client)))
         if watcher.task is None or watcher.task.done():
             watcher.task = asyncio.get_running_loop().create_task(self._watch(watcher))
@@ -110,7 +128,7 @@ class Payments:
             self.budget.settle(agreement_id, 0)
             return True
         tracked.ended = True
-        if tracked.outcome is not None or tracked.failed:
+        if (tracked.outcome is not None and not self._paying(tracked)) or tracked.failed:
             self._settle(tracked)
             return True
         try:
@@ -123,13 +141,17 @@ class Payments:
         """Waits up to `wait` seconds (at most INVOICE_WAIT_SECONDS) for the invoices of ended
         agreements still to come, settles the rest at their last reading, and stops watching.
         Returns the agreements left unpaid."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + max(min(wait, INVOICE_WAIT_SECONDS), 0.0)
         pending = [t for t in self._agreements.values() if t.ended]
         if pending:
             engine_log.info("%d agreement(s) still unpaid, waiting for invoices...", len(pending))
             waits = [asyncio.ensure_future(t.done.wait()) for t in pending]
-            _, late = await asyncio.wait(waits, timeout=max(min(wait, INVOICE_WAIT_SECONDS), 0.0))
+            _, late = await asyncio.wait(waits, timeout=max(until - loop.time(), 0.0))
             for future in late:
                 future.cancel()
+        if self.settlement is not None:  # the debit notes' payments still under way, with the time left
+            await self.settlement.close(until - loop.time())
         for tracked in [t for t in self._agreements.values() if t.ended]:
             tracked.failed = True
             self._settle(tracked)
@@ -140,12 +162,22 @@ class Payments:
         self._watchers.clear()
         return self.unpaid
 
+    def _paid_here(self, tracked: _Agreement) -> bool:
+        """The agreement is paid on the settlement's chain (not only accounted)."""
+        return self.settlement is not None and tracked.info is not None and self.settlement.pays(tracked.info)
+
+    def _paying(self, tracked: _Agreement) -> bool:
+        return tracked.paying is not None and not tracked.paying.done()
+
     def _settle(self, tracked: _Agreement) -> None:
         agreement_id = tracked.agreement.id
+        if self._agreements.get(agreement_id) is not tracked:
+            return  # settled already
         if tracked.outcome is not None:
             self.budget.settle_invoiced(agreement_id, tracked.outcome)
         else:
             self.budget.settle(agreement_id, 0)  # its last reading
+        if tracked.unpaid:
             self.unpaid.add(agreement_id)
         self._agreements.pop(agreement_id, None)
         tracked.done.set()
@@ -215,6 +247,10 @@ class Payments:
         tracked.accepted = max(tracked.accepted, checked.total_amount_due)
         self.budget.accrue(tracked.agreement.id, checked.total_amount_due)
         self.emit(events.DebitNoteAccepted(job=tracked.job, agreement=tracked.agreement, debit_note=checked))
+        if checked.payable and self._paid_here(tracked):
+            assert self.settlement is not None and tracked.info is not None
+            self.settlement.pay(calls, tracked.info, "debit-note", checked.debit_note_id, checked.total_amount_due,
+                                lambda exc: self._failed(tracked, exc))
 
     async def _invoice(self, calls: PaymentCalls, tracked: _Agreement, update: PaymentUpdate) -> None:
         invoice = update.document
@@ -231,6 +267,12 @@ class Payments:
             tracked.outcome = invoice.amount
             self.emit(events.InvoiceAccepted(job=tracked.job, agreement=tracked.agreement, invoice=invoice,
                                              amount=invoice.amount))
+            if self._paid_here(tracked):
+                assert self.settlement is not None and tracked.info is not None
+                tracked.paying = self.settlement.pay(calls, tracked.info, "invoice", invoice.invoice_id,
+                                                     invoice.amount, lambda exc: self._failed(tracked, exc))
+                tracked.paying.add_done_callback(lambda _: self._settle(tracked) if tracked.ended else None)
+                return
         if tracked.ended:
             self._settle(tracked)
 

@@ -48,7 +48,7 @@ def payment_choice_to(choice: PaymentChoice) -> mkt.PaymentChoice:
         platform=choice.platform, payer_address=choice.payer_address,
         debit_note_interval=_duration(choice.debit_note_interval),
         payment_timeout=_duration(choice.payment_timeout),
-        debit_note_accept_timeout=_duration(choice.debit_note_accept_timeout),
+        debit_note_accept_timeout=_duration(choice.debit_note_accept_timeout), payer_proof=choice.payer_proof,
     )
 
 
@@ -111,6 +111,11 @@ def agreement_from(agreement: mkt.Agreement) -> AgreementInfo:
         debit_note_accept_timeout=_seconds(agreement.payment.debit_note_accept_timeout),
         payment_timeout=_seconds(agreement.payment.payment_timeout),
         platform=agreement.payment.platform,
+        payee_address=agreement.payment.payee_address,
+        payer_address=agreement.payment.payer_address,
+        chain_id=agreement.payment.chain_id,
+        token_address=agreement.payment.token_address,
+        confirmations=agreement.payment.confirmations,
     )
 
 
