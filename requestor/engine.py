@@ -236,16 +236,16 @@ class Engine:
             attempt.reasons[where] = f"refused ({outcome.reason}): {outcome.message}"
             self.emit(events.ProposalRejected(job=job, proposal=offer, address=offer.address, reason=outcome.message))
             return None
-        return await self._activate(job, offer, outcome, attempt)
+        return await self._activate(job, offer, outcome, attempt, demand.min_cpu_threads, datetime.now(timezone.utc))
 
-    async def _activate(self, job: events.Job, offer: Offer, agreement_info: AgreementInfo,
-                        attempt: Attempt) -> ActivityHandle | None:
+    async def _activate(self, job: events.Job, offer: Offer, agreement_info: AgreementInfo, attempt: Attempt,
+                        asked_threads: int, received: datetime) -> ActivityHandle | None:
         client = self._client(offer.address)
         agreement = events.Agreement(agreement_info.agreement_id, offer.provider_id, offer.provider_name, offer.address)
         self.budget.open(agreement.id, offer.pricing.start_fee)
         self.emit(events.AgreementCreated(job=job, agreement=agreement))
         self.emit(events.AgreementConfirmed(job=job, agreement=agreement))
-        self.payments.track(client, agreement, job, offer.pricing, agreement_info)
+        self.payments.track(client, agreement, job, offer, agreement_info, asked_threads, received)
         if attempt.on_agreement is not None:
             attempt.on_agreement(agreement)
         try:
@@ -325,7 +325,7 @@ class Engine:
             self.budget.open(agreement_id, 0.0)
             self._live[agreement_id] = handle
             self._budget_watch.add(agreement_id, max_rate(offer.pricing, agreement_info.cpu_threads))
-            self.payments.track(client, agreement, job, offer.pricing, agreement_info)
+            self.payments.track(client, agreement, job, offer, agreement_info)
             log.info("event=activity_resumed job=%s provider=%s agreement=%s activity=%s",
                      job.id, offer.provider_name, agreement_id, activity_id)
             return handle

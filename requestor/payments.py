@@ -40,7 +40,7 @@ from requestor.budget import Budget
 from requestor.client import ProviderClient
 from requestor.client.payments import PaymentCalls
 from requestor.errors import RequestorError
-from requestor.model import AgreementInfo, Pricing
+from requestor.model import AgreementInfo, Offer, Pricing
 from requestor.payments_model import DebitNote, Document, Invoice, PaymentDocumentError, PaymentUpdate, cost_bound
 from requestor.settlement import Settlement
 from requestor.strategy import DEBIT_NOTE_INTERVAL_GRACE_PERIOD
@@ -102,11 +102,17 @@ class Payments:
         self._agreements: dict[str, _Agreement] = {}
         self._watchers: dict[int, _Watcher] = {}  # by id() of the client
 
-    def track(self, client: ProviderClient, agreement: events.Agreement, job: events.Job, pricing: Pricing,
-              info: AgreementInfo) -> None:
-        """From now on the agreement's documents are answered; its provider is watched."""
-        started = info.created or datetime.now(timezone.utc)
-        self._agreements[agreement.id] = _Agreement(client, agreement, job, pricing, info.cpu_threads, started,
+    def track(self, client: ProviderClient, agreement: events.Agreement, job: events.Job, offer: Offer,
+              info: AgreementInfo, asked_threads: int = 0, received: datetime | None = None) -> None:
+        """From now on the agreement's documents are answered; its provider is watched. What it can
+        cost rests on the requestor's facts, not the provider's word: the time the agreement came
+        back to us (`received`; for a resumed one, with no such time here, its stated creation, never
+        later than now), and the threads granted no more than `asked_threads` or the
+        offer's floor (`activity_cpu_threads`), whichever is higher."""
+        now = datetime.now(timezone.utc)
+        started = received or min(info.created or now, now)
+        threads = max(min(info.cpu_threads, max(asked_threads, offer.activity_cpu_threads, 1)), 1)
+        self._agreements[agreement.id] = _Agreement(client, agreement, job, offer.pricing, threads, started,
                                                     info.debit_note_interval, info)
         watcher = self._watchers.setdefault(id(client), _Watcher(PaymentCalls(client)))
         if watcher.task is None or watcher.task.done():
@@ -235,10 +241,7 @@ class Payments:
                 await self._terminate(tracked, checked)
                 return
             self._amount_fits(tracked, checked, tracked.last_note, "the previous debit note's")
-            remaining = self.budget.amount - self.budget.spent
-            if checked.total_amount_due > remaining:
-                raise PaymentDocumentError(f"debit note {checked.debit_note_id} states {checked.amount_text}, more "
-                                           f"than the budget has left ({remaining})")
+            self._budget_fits(tracked, checked)
             await calls.accept(checked)
         except (RequestorError, AssertionError) as exc:
             await self._refuse(calls, tracked, note, exc)
@@ -259,6 +262,7 @@ class Payments:
         try:
             checked = calls.check(update)
             self._amount_fits(tracked, checked, tracked.accepted, "the debit notes accepted")
+            self._budget_fits(tracked, checked)
             await calls.accept(checked)
         except RequestorError as exc:
             await self._refuse(calls, tracked, invoice, exc)
@@ -288,6 +292,14 @@ class Payments:
         if amount > bound:
             raise PaymentDocumentError(f"{kind} {document.document_id} states {document.amount_text}, more than the "
                                        f"agreement can cost after {seconds:.0f}s ({bound.normalize()})", reject=True)
+
+    def _budget_fits(self, tracked: _Agreement, document: Document) -> None:
+        """PaymentDocumentError unless its amount fits what the budget has left for the agreement."""
+        remaining = self.budget.amount - self.budget.spent
+        if document.amount > remaining:
+            kind = "debit note" if isinstance(document, DebitNote) else "invoice"
+            raise PaymentDocumentError(f"{kind} {document.document_id} states {document.amount_text}, more than the "
+                                       f"budget has left ({remaining})")
 
     async def _refuse(self, calls: PaymentCalls, tracked: _Agreement, document: Document | None,
                       exc: BaseException) -> None:
