@@ -54,6 +54,13 @@ class PaymentTerms:
     payment_timeout: float = 0.0
     min_payment_timeout: float = 0.0
     debit_note_accept_timeout: float = 0.0
+    # (platform, payee address lowercase) for each platform whose binding signature verified as the
+    # provider's (requestor.client.convert): the only address a payment on it goes to.
+    payees: tuple[tuple[str, str], ...] = ()
+
+    def payee_for(self, platform: str) -> str:
+        """The payee the provider bound to `platform` with its signature; "" when none verified."""
+        return next((payee for name, payee in self.payees if name == platform), "")
 
 
 @dataclass(frozen=True)

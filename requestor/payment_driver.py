@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -48,6 +48,7 @@ TRANSFER_TOPIC = "ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3
 TRANSFER_GAS = 65_000  # about what one token transfer takes: the least gas money an account needs
 FALLBACK_PRIORITY_FEE = 10**9  # 1 gwei, for an endpoint without eth_maxPriorityFeePerGas
 MAX_REFERENCE = 256
+REVERTED = "#reverted"  # a journal line taking back a reverted transfer: its reference + this, amount negated
 
 T = TypeVar("T")
 
@@ -268,8 +269,7 @@ class Erc20Driver:
     def _pay(self, reference: str, payee: str, amount: Decimal) -> str:
         with self.journal.lock():
             entries = [e for e in self.journal.entries() if self._ours(e)]
-            token = self._token.lower()
-            recorded = next((e for e in entries if e.token == token and e.reference == reference), None)
+            recorded = self._recorded(entries, reference)
             if recorded is not None:
                 if recorded.payee != payee.lower() or Decimal(recorded.amount) != amount:
                     raise PaymentDriverError(
@@ -277,36 +277,83 @@ class Erc20Driver:
                         f"(transaction {recorded.tx_hash}), not {amount} to {payee.lower()}")
                 self._ensure_sent(recorded)
                 return recorded.tx_hash
-            if not self._chain_checked:  # once: the endpoint, the token and its decimals do not change
-                if problem := self._chain_problem():
-                    raise PaymentDriverError(f"cannot pay on {self.network.platform}: {problem}")
-                self._chain_checked = True
-            mined = self._rpc(lambda: self._web3.eth.get_transaction_count(self._payer, "latest"), "reading the nonce")
-            for earlier in entries:  # a journaled payment a crash kept from the chain: it goes first
-                if earlier.nonce >= mined:
-                    self._ensure_sent(earlier)
-            pending = self._rpc(lambda: self._web3.eth.get_transaction_count(self._payer, "pending"),
-                                "reading the nonce")
-            nonce = max([pending, *(e.nonce + 1 for e in entries)])
-            data = "0x" + TRANSFER + _word(payee) + _word(to_base_units(amount))
-            call: Any = {"from": self._payer, "to": self._token, "data": data, "value": 0}
-            from web3.exceptions import ContractLogicError
+            return self._sign_and_send(entries, reference, payee, amount)
 
-            try:
-                estimate = self._rpc(lambda: self._web3.eth.estimate_gas(call), "estimating gas")
-            except ContractLogicError as exc:
-                raise PaymentDriverError(f"the transfer of {amount} {self.network.token_name} to {payee} would fail "
-                                         f"({exc}): does {self._payer} hold that much?") from None
-            transaction = {**call, "chainId": self.network.chain_id, "nonce": nonce,
-                           "gas": estimate * 6 // 5 + 5_000, **self._fees()}
-            del transaction["from"]
-            raw, tx_hash = self.account.sign_transaction(transaction)
-            entry = JournalEntry(reference=reference, chain_id=self.network.chain_id, token=token,
-                                 payer=self._payer.lower(), payee=payee.lower(), amount=str(amount), nonce=nonce,
-                                 tx_hash=tx_hash, raw="0x" + raw.hex(), signed_at=now_text())
-            self.journal.append(entry)
-            self._send(entry)
-            return tx_hash
+    def _recorded(self, entries: list[JournalEntry], reference: str) -> JournalEntry | None:
+        token = self._token.lower()
+        return next((e for e in entries if e.token == token and e.reference == reference), None)
+
+    def _paid(self, entries: list[JournalEntry], prefix: str, payee: str) -> Decimal:
+        """What the journal says was sent to `payee` under references starting with `prefix`,
+        reversals counted."""
+        token, payee = self._token.lower(), payee.lower()
+        return sum((Decimal(e.amount) for e in entries
+                    if e.token == token and e.payee == payee and e.reference.startswith(prefix)), Decimal(0))
+
+    def _pay_due(self, prefix: str, reference: str, payee: str, due: Decimal,
+                 least: Decimal) -> tuple[str, Decimal] | None:
+        with self.journal.lock():
+            entries = [e for e in self.journal.entries() if self._ours(e)]
+            recorded = self._recorded(entries, reference)
+            if recorded is not None:
+                if recorded.payee != payee.lower():
+                    raise PaymentDriverError(f"reference {reference!r} already paid {recorded.amount} to "
+                                             f"{recorded.payee} (transaction {recorded.tx_hash}), "
+                                             f"not to {payee.lower()}")
+                self._ensure_sent(recorded)
+                return recorded.tx_hash, Decimal(recorded.amount)
+            amount = due - self._paid(entries, prefix, payee)
+            if amount <= 0 or amount < least:
+                return None
+            return self._sign_and_send(entries, reference, payee, amount), amount
+
+    def _sign_and_send(self, entries: list[JournalEntry], reference: str, payee: str, amount: Decimal) -> str:
+        """Signs the transfer, journals it and sends it (the journal's lock held)."""
+        token = self._token.lower()
+        if not self._chain_checked:  # once: the endpoint, the token and its decimals do not change
+            if problem := self._chain_problem():
+                raise PaymentDriverError(f"cannot pay on {self.network.platform}: {problem}")
+            self._chain_checked = True
+        mined = self._rpc(lambda: self._web3.eth.get_transaction_count(self._payer, "latest"), "reading the nonce")
+        for earlier in entries:  # a journaled payment a crash kept from the chain: it goes first
+            if earlier.nonce >= mined and Decimal(earlier.amount) > 0:
+                self._ensure_sent(earlier)
+        pending = self._rpc(lambda: self._web3.eth.get_transaction_count(self._payer, "pending"),
+                            "reading the nonce")
+        nonce = max([pending, *(e.nonce + 1 for e in entries)])
+        data = "0x" + TRANSFER + _word(payee) + _word(to_base_units(amount))
+        call: Any = {"from": self._payer, "to": self._token, "data": data, "value": 0}
+        from web3.exceptions import ContractLogicError
+
+        try:
+            estimate = self._rpc(lambda: self._web3.eth.estimate_gas(call), "estimating gas")
+        except ContractLogicError as exc:
+            raise PaymentDriverError(f"the transfer of {amount} {self.network.token_name} to {payee} would fail "
+                                     f"({exc}): does {self._payer} hold that much?") from None
+        transaction = {**call, "chainId": self.network.chain_id, "nonce": nonce,
+                       "gas": estimate * 6 // 5 + 5_000, **self._fees()}
+        del transaction["from"]
+        raw, tx_hash = self.account.sign_transaction(transaction)
+        entry = JournalEntry(reference=reference, chain_id=self.network.chain_id, token=token,
+                             payer=self._payer.lower(), payee=payee.lower(), amount=str(amount), nonce=nonce,
+                             tx_hash=tx_hash, raw="0x" + raw.hex(), signed_at=now_text())
+        self.journal.append(entry)
+        self._send(entry)
+        return tx_hash
+
+    def _record_reverted(self, tx_hash: str) -> bool:
+        with self.journal.lock():
+            entries = [e for e in self.journal.entries() if self._ours(e)]
+            sent = next((e for e in entries if e.tx_hash == tx_hash.lower() and Decimal(e.amount) > 0), None)
+            if sent is None or any(e.reference == sent.reference + REVERTED for e in entries):
+                return False
+            found = self._receipt(tx_hash)
+            if found is None or found[0]["status"] == 1:
+                return False
+            self.journal.append(replace(sent, reference=sent.reference + REVERTED, amount=str(-Decimal(sent.amount)),
+                                        raw="0x", signed_at=now_text()))
+            log.warning("event=payment_reverted reference=%s tx=%s amount=%s", sent.reference, tx_hash, sent.amount)
+            return True
 
     def _receipt(self, tx_hash: str) -> tuple[Any, int] | None:
         from web3.exceptions import TransactionNotFound
@@ -343,6 +390,30 @@ class Erc20Driver:
         value = _amount(amount)
         async with self._lock:
             return await asyncio.to_thread(self._pay, reference, payee, value)
+
+    async def pay_due(self, prefix: str, reference: str, payee: str, due: Decimal,
+                      least: Decimal = Decimal(0)) -> tuple[str, Decimal] | None:
+        """Pays `payee` what `due` leaves beyond what the journal holds as sent to it under
+        references starting with `prefix` (an agreement's "AGREEMENT/"), for `reference`: its transaction's
+        hash and the amount, or None when nothing (or less than `least`) is left to pay. Read, signed
+        and journaled under the journal's lock, so concurrent payments, and another process taking
+        the agreement up, see what was sent. A transfer journaled but not sent counts (it goes to
+        the chain before any later one); a reverted one once `record_reverted` says so. A
+        `reference` journaled already is that transfer again, sent when the chain lacks it."""
+        if not isinstance(reference, str) or not reference or len(reference) > MAX_REFERENCE:
+            raise ValueError(f"reference {reference!r} must be a non-empty string of at most {MAX_REFERENCE}")
+        if not prefix or not reference.startswith(prefix):
+            raise ValueError(f"reference {reference!r} is not under {prefix!r}")
+        if not is_address(payee):
+            raise ValueError(f"payee {payee!r} is not an address (0x and 40 hex digits)")
+        async with self._lock:
+            return await asyncio.to_thread(self._pay_due, prefix, reference, payee, _amount(due), least)
+
+    async def record_reverted(self, tx_hash: str) -> bool:
+        """Journals that the journaled transfer `tx_hash` reverted on the chain (read again here):
+        it no longer counts as sent for `pay_due`. False when it did not, or was recorded before."""
+        async with self._lock:
+            return await asyncio.to_thread(self._record_reverted, tx_hash)
 
     async def wait_confirmed(self, tx_hash: str, confirmations: int | None = None,
                              timeout: float = DEFAULT_CONFIRMATION_TIMEOUT) -> PaymentReceipt:

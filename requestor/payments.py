@@ -4,24 +4,32 @@ One watcher per provider while it has agreements of this run (requestor.client.p
 WatchPayments stream, taken up after the last sequence it saw when it drops). Each document of a
 known agreement, when first seen as issued:
 
-- a debit note: DebitNoteReceived; it must verify (PaymentCalls.check), state no less than the
-  agreement's previous note, no more than the agreement can cost by now (`cost_bound`: the offer's
-  prices at the cpu threads granted, every thread busy and every other counter growing by one a
-  second, since the agreement was made, plus BOUND_SLACK_SECONDS) and no more than the budget
-  has left beside what ended agreements cost. Too many notes for the interval agreed (yapapi's
-  rule: `duration + DEBIT_NOTE_INTERVAL_GRACE_PERIOD < (notes - 1) * interval`, per activity the
-  note names, the duration counted from the agreement's start) ends the agreement
-  ("TooManyDebitNotes"). Otherwise it is accepted for exactly its amount: DebitNoteAccepted.
-- an invoice: InvoiceReceived; it must verify, state no less than the last accepted note and no
-  more than the bound; it is accepted: InvoiceAccepted, and the budget counts its amount once the
+- a debit note: DebitNoteReceived; it must verify (PaymentCalls.check), come from the agreement's
+  provider (on its watcher, its parties' provider id the agreement's; on a chain, naming the payee
+  the offer bound to the provider, as the agreement must), state no less than the agreement's
+  previous note, no more than the agreement can cost by now (`cost_bound`: the offer's prices at
+  the cpu threads granted, no more than the demand asked or the offer's floor, every thread busy
+  and every other counter growing by one a second, since the agreement came back to the requestor,
+  plus BOUND_SLACK_SECONDS) and no more than the budget has left beside the other live agreements
+  (`remaining` plus this agreement's own accrued cost). Too many notes for the interval agreed
+  (yapapi's rule: `duration + DEBIT_NOTE_INTERVAL_GRACE_PERIOD < (notes - 1) * interval`, counted
+  per agreement whatever activity a note names, the duration from the agreement's start) ends the
+  agreement ("TooManyDebitNotes"). Otherwise it is accepted for exactly its amount: DebitNoteAccepted.
+- an invoice: InvoiceReceived; it must pass the same checks but the interval, and state no less
+  than the last accepted note; it is accepted: InvoiceAccepted, and the budget counts its amount once the
   engine has ended the agreement.
 
 A document that fails a check: PaymentFailed (with why), not accepted; one above what the
 agreement can cost is also rejected with the reason (the provider ends the agreement). Any other
 failure is left unanswered, as yapapi leaves it, and the provider's accept deadline decides.
 
+A document id is handled once per agreement (ids longer than MAX_ID are refused when read), and
+forgotten with its agreement.
+
 With a Settlement (a chain configured: requestor.settlement), an accepted payable debit note and
-an accepted invoice of an agreement made on its platform are also paid, in the background; an
+an accepted invoice of an agreement made on its platform are also paid, in the background (a
+payable note only with mid-agreement payments agreed, at most once per payment timeout less
+PAYABLE_SLACK_SECONDS, for no less than MIN_NOTE_TRANSFER: a later one covers it); an
 ended agreement counts as paid (and Golem's end stops waiting for it) once its invoice's payment
 is credited, and stays unpaid when that payment fails or is still under way at the end.
 """
@@ -48,6 +56,11 @@ from requestor.strategy import DEBIT_NOTE_INTERVAL_GRACE_PERIOD
 log = logging.getLogger(__name__)
 engine_log = logging.getLogger("requestor.engine")  # yapapi logs the notes' counts, the wait, on its engine's
 
+# A payable note's transfer is made at most once per payment timeout less this slack (a provider
+# issues them a payment timeout apart; its clock and the network's delays differ from ours), and
+# not for less than MIN_NOTE_TRANSFER tokens: a provider may not spend the requestor's gas.
+PAYABLE_SLACK_SECONDS = 5.0
+MIN_NOTE_TRANSFER = Decimal("0.0001")
 INVOICE_WAIT_SECONDS = 30.0  # yapapi's wait for invoices at the end
 RETRY_SECONDS = 1.0  # between two watches of a provider whose stream failed
 
@@ -66,7 +79,10 @@ class _Agreement:
     info: AgreementInfo | None = None  # as its provider stated it: where it is paid (requestor.settlement)
     last_note: Decimal = Decimal(0)
     accepted: Decimal = Decimal(0)
-    notes: dict[str, int] = field(default_factory=dict)  # by activity id ("" when a note names none)
+    notes: int = 0  # debit notes counted for the interval rule: per agreement, whatever activity a note names
+    seen: set[str] = field(default_factory=set)  # its documents handled (ids of at most MAX_ID characters)
+    last_payment: float | None = None  # the loop's time a payable note of it was last paid
+    payee: str = ""  # the address its offer bound to the provider on its platform (PaymentTerms.payee_for)
     ended: bool = False  # by the engine: its invoice settles the budget
     outcome: Decimal | None = None  # the invoice's amount, accepted
     failed: bool = False  # its invoice came and was not accepted
@@ -86,7 +102,6 @@ class _Agreement:
 class _Watcher:
     calls: PaymentCalls
     after: int = 0  # the last sequence seen
-    seen: set[str] = field(default_factory=set)  # documents handled
     task: asyncio.Task[None] | None = None
 
 
@@ -112,8 +127,9 @@ class Payments:
         now = datetime.now(timezone.utc)
         started = received or min(info.created or now, now)
         threads = max(min(info.cpu_threads, max(asked_threads, offer.activity_cpu_threads, 1)), 1)
+        payee = offer.payment.payee_for(info.platform) if offer.payment is not None and info.platform else ""
         self._agreements[agreement.id] = _Agreement(client, agreement, job, offer.pricing, threads, started,
-                                                    info.debit_note_interval, info)
+                                                    info.debit_note_interval, info, payee=payee)
         watcher = self._watchers.setdefault(id(client), _Watcher(PaymentCalls(client)))
         if watcher.task is None or watcher.task.done():
             watcher.task = asyncio.get_running_loop().create_task(self._watch(watcher))
@@ -217,10 +233,14 @@ class Payments:
         tracked = self._agreements.get(update.agreement_id)
         if tracked is None or update.state != "Issued" or update.paid is not None:
             return  # another run's, an answer of ours coming back, or a payment credited
-        key = update.document.document_id if update.document is not None else f"unreadable-{update.sequence}"
-        if key in watcher.seen:
+        if tracked.client is not watcher.calls.client:  # another provider naming this agreement
+            log.warning("event=payment_document_foreign agreement=%s provider=%s", tracked.agreement.id,
+                        watcher.calls.client.address)
             return
-        watcher.seen.add(key)
+        if update.document is not None:  # its id is at most MAX_ID long (requestor.client.payments.parse)
+            if update.document.document_id in tracked.seen:
+                return
+            tracked.seen.add(update.document.document_id)
         if update.error is None and isinstance(update.document, Invoice):
             await self._invoice(watcher.calls, tracked, update)
         else:
@@ -235,7 +255,7 @@ class Payments:
         if isinstance(note, DebitNote):
             self.emit(events.DebitNoteReceived(job=tracked.job, agreement=tracked.agreement, debit_note=note))
         try:
-            checked = calls.check(update)
+            checked = self._check(calls, tracked, update)
             assert isinstance(checked, DebitNote)
             if self._too_many(tracked, checked):
                 await self._terminate(tracked, checked)
@@ -250,17 +270,46 @@ class Payments:
         tracked.accepted = max(tracked.accepted, checked.total_amount_due)
         self.budget.accrue(tracked.agreement.id, checked.total_amount_due)
         self.emit(events.DebitNoteAccepted(job=tracked.job, agreement=tracked.agreement, debit_note=checked))
-        if checked.payable and self._paid_here(tracked):
+        if checked.payable and self._paid_here(tracked) and self._payable_now(tracked, checked):
             assert self.settlement is not None and tracked.info is not None
             self.settlement.pay(calls, tracked.info, "debit-note", checked.debit_note_id, checked.total_amount_due,
-                                lambda exc: self._failed(tracked, exc))
+                                lambda exc: self._failed(tracked, exc), least=MIN_NOTE_TRANSFER, payee=tracked.payee)
+
+    def _payable_now(self, tracked: _Agreement, note: DebitNote) -> bool:
+        """Whether a payable note is paid: only with mid-agreement payments agreed, and at most once
+        per payment timeout (less PAYABLE_SLACK_SECONDS) as the requestor's clock counts; one
+        coming sooner is accepted, not paid (a later note's or the invoice's payment covers it)."""
+        timeout = tracked.info.payment_timeout if tracked.info is not None else 0.0
+        now = asyncio.get_running_loop().time()
+        last = tracked.last_payment
+        if timeout <= 0 or (last is not None and now - last < timeout - min(PAYABLE_SLACK_SECONDS, timeout / 2)):
+            log.warning("event=payable_note_not_paid agreement=%s note=%s payment_timeout=%s reason=%r",
+                        tracked.agreement.id, note.debit_note_id, timeout,
+                        "no mid-agreement payments agreed" if timeout <= 0 else "sooner than the payment timeout")
+            return False
+        tracked.last_payment = now
+        return True
+
+    def _check(self, calls: PaymentCalls, tracked: _Agreement, update: PaymentUpdate) -> Document:
+        """The document once it counts (PaymentCalls.check) and comes from the agreement's provider."""
+        document = calls.check(update)
+        if document.parties.provider_id.lower() != tracked.agreement.provider_id.lower():
+            raise PaymentDocumentError(f"{document.document_id} is {document.parties.provider_id}'s, not the "
+                                       f"agreement's provider {tracked.agreement.provider_id}")
+        if tracked.info is not None and tracked.info.platform:  # paid on a chain: to the address bound in the offer
+            named = {tracked.info.payee_address.lower(), document.parties.payee_address.lower()}
+            if not tracked.payee or named != {tracked.payee}:
+                raise PaymentDocumentError(f"{document.document_id} and its agreement name payee "
+                                           f"{' and '.join(sorted(named))}, not the one the offer bound to the "
+                                           f"provider ({tracked.payee or 'none verified'})")
+        return document
 
     async def _invoice(self, calls: PaymentCalls, tracked: _Agreement, update: PaymentUpdate) -> None:
         invoice = update.document
         assert isinstance(invoice, Invoice)
         self.emit(events.InvoiceReceived(job=tracked.job, agreement=tracked.agreement, invoice=invoice))
         try:
-            checked = calls.check(update)
+            checked = self._check(calls, tracked, update)
             self._amount_fits(tracked, checked, tracked.accepted, "the debit notes accepted")
             self._budget_fits(tracked, checked)
             await calls.accept(checked)
@@ -274,7 +323,8 @@ class Payments:
             if self._paid_here(tracked):
                 assert self.settlement is not None and tracked.info is not None
                 tracked.paying = self.settlement.pay(calls, tracked.info, "invoice", invoice.invoice_id,
-                                                     invoice.amount, lambda exc: self._failed(tracked, exc))
+                                                     invoice.amount, lambda exc: self._failed(tracked, exc),
+                                                     payee=tracked.payee)
                 tracked.paying.add_done_callback(lambda _: self._settle(tracked) if tracked.ended else None)
                 return
         if tracked.ended:
@@ -295,7 +345,7 @@ class Payments:
 
     def _budget_fits(self, tracked: _Agreement, document: Document) -> None:
         """PaymentDocumentError unless its amount fits what the budget has left for the agreement."""
-        remaining = self.budget.amount - self.budget.spent
+        remaining = self.budget.remaining + self.budget.accrued_for(tracked.agreement.id)
         if document.amount > remaining:
             kind = "debit note" if isinstance(document, DebitNote) else "invoice"
             raise PaymentDocumentError(f"{kind} {document.document_id} states {document.amount_text}, more than the "
@@ -315,7 +365,8 @@ class Payments:
         """yapapi's check of the notes' frequency, logged as its engine logs it."""
         if tracked.interval <= 0:
             return False
-        count = tracked.notes[note.activity_id] = tracked.notes.get(note.activity_id, 0) + 1
+        tracked.notes += 1
+        count = tracked.notes
         duration = (datetime.now(timezone.utc) - tracked.started).total_seconds()
         engine_log.debug("Debit notes interval: %ss", round(tracked.interval))
         engine_log.debug(f"Debit notes for activity {note.activity_id}: {count} notes/{duration}s")

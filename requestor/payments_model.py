@@ -20,6 +20,9 @@ from requestor.model import Pricing
 # other counter growing by one unit a second, for the time since it was made plus this slack
 # (clocks apart, the reading behind a document made a moment after it was issued).
 BOUND_SLACK_SECONDS = 5.0
+# The longest id a document may carry (its own, its agreement's, an activity's): the provider's are
+# 32 hex digits; anything longer is refused, not kept (the requestor remembers ids it handled).
+MAX_ID = 64
 
 
 class PaymentDocumentError(RequestorError):

@@ -12,9 +12,12 @@ before any agreement is proposed: NoPaymentAccountError when the account cannot 
 An offer is proposed to with the network's platform when it lists it, without one when it lists
 no platform (a provider that is not paid on a chain); one listing others is skipped ("No common
 payment platform"). Once requestor.payments has accepted a payable debit note, or an invoice,
-of an agreement paid on our platform, `pay` transfers what the document states beyond what this
-requestor paid for the agreement so far (reference f"{agreement}/debit-note/{id}" or
-f"{agreement}/invoice/{id}"), waits for the agreement's confirmations and names the transaction
+of an agreement paid on our platform, `pay` transfers what the document states beyond what the
+payment journal holds as sent for the agreement (Erc20Driver.pay_due: every reference under
+f"{agreement}/", summed under the journal's lock, whichever process sent it; a transfer signed but
+not sent yet counts, one that reverted does not once it is read as reverted; the provider's
+word on what was paid never counts), for reference f"{agreement}/debit-note/{id}" or
+f"{agreement}/invoice/{id}"; waits for the agreement's confirmations and names the transaction
 to the provider (NotifyPayment; asked again a few times while it is not credited yet). A failure
 is a PaymentFailed event, never an error of the engine's.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -36,10 +40,11 @@ from requestor.model import AgreementInfo, Offer, PaymentChoice
 from requestor.payment_account import (
     CHAIN_ID_ENV, RPC_URL_ENV, TOKEN_ADDRESS_ENV, PaymentAccount, PaymentConfigError, PaymentNetwork,
 )
-from requestor.payment_driver import Erc20Driver
+from requestor.payment_driver import Erc20Driver, PaymentRevertedError
 
 log = logging.getLogger(__name__)
 
+AGREEMENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 NOTIFY_TRIES = 5  # NotifyPayment calls while the provider has not credited the transaction yet
 NOTIFY_RETRY_SECONDS = 1.0
 
@@ -63,13 +68,11 @@ def payment_names(settlement: Settlement | None, driver: str | None,
 
 @dataclass
 class _Paid:
-    """What this requestor sent for one agreement (its transfers serialized by `lock`)."""
+    """One agreement's transfers, serialized by `lock` (what was sent is the journal's: Erc20Driver.pay_due)."""
 
-    amount: Decimal = Decimal(0)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     sending: str = ""  # the reference being paid now
     tx_hash: str = ""  # ... its transaction, once sent
-    retry: tuple[str, Decimal] | None = None  # a transfer that failed, maybe journaled: made again first
 
 
 class Settlement:
@@ -107,18 +110,21 @@ class Settlement:
         return self.network.platform
 
     def platform_for(self, offer: Offer) -> str | None:
-        """The platform to propose with: ours when the offer lists it, "" when it lists none, None
-        when it lists only others."""
+        """The platform to propose with: ours when the offer lists it with a payee the provider bound
+        to it (its signature verified: PaymentTerms.payee_for), "" when it lists none, None otherwise."""
         platforms = offer.payment.platforms if offer.payment is not None else ()
         if not platforms:
             return ""
-        return self.platform if self.platform in platforms else None
+        assert offer.payment is not None
+        return self.platform if self.platform in platforms and offer.payment.payee_for(self.platform) else None
 
     def mismatch(self, offer: Offer) -> str | None:
         """Why the offer cannot be paid by this run (yapapi's reason), or None."""
         if self.platform_for(offer) is not None:
             return None
         assert offer.payment is not None
+        if self.platform in offer.payment.platforms:
+            return f"No payee bound to {self.platform} by the provider's signature"
         return f"No common payment platform (ours: {self.platform}; offered: {', '.join(offer.payment.platforms)})"
 
     def payer(self, choice: PaymentChoice, requestor_id: str, provider_id: str) -> PaymentChoice:
@@ -136,46 +142,51 @@ class Settlement:
         return bool(info.platform) and info.platform == self.platform
 
     def pay(self, calls: PaymentCalls, info: AgreementInfo, kind: str, document_id: str, due: Decimal,
-            failed: Callable[[BaseException], None]) -> asyncio.Task[bool]:
+            failed: Callable[[BaseException], None], least: Decimal = Decimal(0),
+            payee: str = "") -> asyncio.Task[bool]:
         """Starts paying what `due` (the document's total) leaves beyond what was paid for the
-        agreement; the task's result says whether it is paid (True with nothing to pay)."""
+        agreement, when that is at least `least`, to the agreement's payee once it is `payee` (the
+        address the offer bound to the provider: requestor.client.convert); the task's result says
+        whether it is paid (True with nothing to pay)."""
         task = asyncio.get_running_loop().create_task(
-            self._pay(calls, info, f"{info.agreement_id}/{kind}/{document_id}", due, failed),
+            self._pay(calls, info, f"{info.agreement_id}/{kind}/{document_id}", due, failed, least, payee),
             name=f"pay-{info.agreement_id}-{kind}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
     async def _pay(self, calls: PaymentCalls, info: AgreementInfo, reference: str, due: Decimal,
-                   failed: Callable[[BaseException], None]) -> bool:
+                   failed: Callable[[BaseException], None], least: Decimal, payee: str) -> bool:
         paid = self._paid.setdefault(info.agreement_id, _Paid())
         async with paid.lock:
+            paid.sending, paid.tx_hash = reference, ""
             try:
-                if problem := self._agreement_problem(info):
+                if problem := self._agreement_problem(info, payee):
                     raise PaymentConfigError(f"agreement {info.agreement_id} cannot be paid here: {problem}")
-                if paid.retry is not None:  # the same reference and amount: the journal never pays it twice
-                    await self._transfer(calls, info, paid, *paid.retry)
-                if due > paid.amount:
-                    await self._transfer(calls, info, paid, reference, due - paid.amount)
+                if due <= 0:
+                    return True
+                sent = await self.driver.pay_due(f"{info.agreement_id}/", reference, info.payee_address, due, least)
+                if sent is None:  # the journal holds it all as sent already
+                    return True
+                paid.tx_hash, amount = sent
+                try:
+                    await self.driver.wait_confirmed(paid.tx_hash, info.confirmations or None)
+                except PaymentRevertedError:
+                    await self.driver.record_reverted(paid.tx_hash)  # the next document's payment makes it up
+                    raise
+                await self._notify(calls, info.agreement_id, paid.tx_hash, amount)
                 return True
             except (RequestorError, ValueError, TimeoutError) as exc:
-                log.warning("event=payment_failed reference=%s due=%s paid=%s tx=%s error=%s", paid.sending or reference,
-                            due, paid.amount, paid.tx_hash or "-", exc)
+                log.warning("event=payment_failed reference=%s due=%s tx=%s error=%s", reference, due,
+                            paid.tx_hash or "-", exc)
                 failed(exc)
                 return False
             finally:
                 paid.sending = ""
 
-    async def _transfer(self, calls: PaymentCalls, info: AgreementInfo, paid: _Paid, reference: str,
-                        amount: Decimal) -> None:
-        paid.sending, paid.tx_hash, paid.retry = reference, "", (reference, amount)
-        paid.tx_hash = await self.driver.pay(reference, info.payee_address, amount)
-        paid.amount += amount
-        paid.retry = None
-        await self.driver.wait_confirmed(paid.tx_hash, info.confirmations or None)
-        await self._notify(calls, info.agreement_id, paid.tx_hash, amount)
-
-    def _agreement_problem(self, info: AgreementInfo) -> str:
+    def _agreement_problem(self, info: AgreementInfo, payee: str) -> str:
+        if not AGREEMENT_ID.fullmatch(info.agreement_id):  # its journal references start with it and a slash
+            return f"its id {info.agreement_id[:80]!r} is not 1-64 letters, digits, '-' or '_'"
         if not self.pays(info):
             return f"its platform {info.platform!r} is not ours ({self.platform})"
         if info.chain_id and info.chain_id != self.network.chain_id:
@@ -186,6 +197,8 @@ class Settlement:
             return f"payer {info.payer_address}, not our account ({self.payer_address})"
         if not info.payee_address:
             return "the provider named no payee address"
+        if info.payee_address.lower() != payee.lower():
+            return f"its payee {info.payee_address} is not the one the offer bound to the provider ({payee or 'none'})"
         return ""
 
     async def _notify(self, calls: PaymentCalls, agreement_id: str, tx_hash: str, amount: Decimal) -> None:

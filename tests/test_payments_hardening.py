@@ -4,12 +4,10 @@ handled by requestor.payments without a daemon."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from exeunit.api.payments import ProtoSealer, debit_note_record, invoice_record
@@ -105,3 +103,146 @@ async def test_an_invoice_above_what_the_budget_has_left_is_not_accepted() -> No
     await lying.send(INVOICE, "2", "i1")
     assert lying.accepted() == [] and "more than the budget has left" in lying.failures()[0]
     assert lying.payments._agreements["agreement-1"].failed
+
+
+# M9: nothing a provider sends grows the requestor's memory, evades the notes' rule or spends its gas.
+
+class _Settling:
+    """A settlement that records what it was asked to pay."""
+
+    def __init__(self) -> None:
+        self.paid: list[tuple[str, Decimal, Decimal]] = []
+
+    def pays(self, info: AgreementInfo) -> bool:
+        return True
+
+    def pay(self, calls, info, kind, document_id, due, failed, least=Decimal(0), payee=""):
+        self.paid.append((document_id, due, least))
+
+
+async def test_long_ids_are_refused_and_handled_ids_are_kept_per_agreement_until_it_goes() -> None:
+    lying = Lying()
+    tracked = lying.agree()
+    await lying.send(NOTE, "0.001", "x" * 65)
+    await lying.send(NOTE, "0.001", "n1", activity="a" * 65)
+    assert lying.accepted() == [] and all("longer than 64" in f for f in lying.failures())
+    assert len(lying.failures()) == 2
+    await lying.send(NOTE, "0.001", "n2")
+    assert lying.accepted() == ["n2"] and tracked.seen == {"n2"}
+    lying.payments.forget("agreement-1")
+    assert "agreement-1" not in lying.payments._agreements and not hasattr(lying.watcher, "seen")
+
+
+async def test_notes_are_counted_per_agreement_whatever_activity_they_name() -> None:
+    lying = Lying()
+    lying.agree(started=datetime.now(timezone.utc) - timedelta(seconds=10), rate=1.0, interval=10.0)
+    for n in range(1, 7):  # the 6th in 10 s at a 10 s interval is too many, each naming a new activity
+        await lying.send(NOTE, "0.01", f"n{n}", activity=f"invented-{n}")
+    assert lying.client.terminated == [("agreement-1", "TooManyDebitNotes")] and len(lying.accepted()) == 5
+
+
+async def test_a_payable_note_is_paid_at_most_once_per_payment_timeout_and_not_below_the_minimum() -> None:
+    from requestor.payments import MIN_NOTE_TRANSFER
+
+    lying = Lying()
+    settling = _Settling()
+    lying.payments.settlement = settling  # type: ignore[assignment]
+    tracked = lying.agree(rate=1.0)
+    tracked.info = replace(tracked.info, payment_timeout=60.0)  # type: ignore[arg-type]
+    due = datetime.now(timezone.utc) + timedelta(seconds=60)
+    await lying.send(NOTE, "0.01", "n1", due=due)
+    await lying.send(NOTE, "0.02", "n2", due=due)  # a second payable note a moment later: accepted, not paid
+    assert lying.accepted() == ["n1", "n2"]
+    assert settling.paid == [("n1", Decimal("0.01"), MIN_NOTE_TRANSFER)] and MIN_NOTE_TRANSFER > 0
+    other = lying.agree("agreement-2", rate=1.0)  # no mid-agreement payments agreed: a payable note is not paid
+    assert other.info is not None and other.info.payment_timeout == 0
+    await lying.send(NOTE, "0.01", "m1", "agreement-2", due=due)
+    assert lying.accepted()[-1] == "m1" and len(settling.paid) == 1
+
+
+# M11: the budget left for one agreement leaves out what the others accrued.
+
+async def test_a_note_must_fit_the_budget_left_beside_every_other_live_agreement() -> None:
+    lying = Lying(budget=Decimal(1))
+    lying.agree(started=datetime.now(timezone.utc) - timedelta(days=1), rate=1.0)
+    lying.agree("agreement-2", started=datetime.now(timezone.utc) - timedelta(days=1), rate=1.0)
+    lying.budget.accrue("agreement-2", Decimal("0.5"))
+    lying.budget.accrue("agreement-1", Decimal("0.3"))
+    await lying.send(NOTE, "0.45", "n1")  # 1 - 0.5 - 0.3 left, plus this agreement's own 0.3
+    await lying.send(NOTE, "0.6", "n2")
+    assert lying.accepted() == ["n1"] and "more than the budget has left (0.50)" in lying.failures()[0]
+    await lying.send(NOTE, "0.6", "m1", "agreement-2")  # 1 - 0.45 - 0.5 + 0.5 left
+    assert lying.accepted() == ["n1"] and "(0.55)" in lying.failures()[1]
+
+
+# L3: a document counts only from its agreement's provider.
+
+async def test_another_provider_cannot_bill_an_agreement_it_is_not_party_to() -> None:
+    lying, other = Lying(), Lying()
+    tracked = lying.agree()
+    other.identity = lying.identity
+    other.client = _Client(other.provider_id, lying.identity)
+    other.calls = _Calls(other.client)  # type: ignore[arg-type]
+    intruder = _Watcher(other.calls)
+    # Its own watcher (its client, pinned to its id): the agreement is not its provider's.
+    await lying.payments._handle(intruder, other.update(NOTE, "0.001", "n1"))
+    assert other.accepted() == [] and tracked.last_note == 0 and not lying.failures()
+    # On the agreement's watcher, an unpinned client: signed by someone else than the agreement's provider.
+    lying.client.provider_id = None
+    await lying.payments._handle(lying.watcher, other.update(NOTE, "0.001", "n2"))
+    assert lying.accepted() == [] and "not the agreement's provider" in lying.failures()[0]
+
+
+# L5: the payee is the address the offer bound to the provider, in the agreement and in every document.
+
+def test_an_offer_binds_a_payee_only_with_the_providers_signature() -> None:
+    from exeunit.api.payments import bind_platform, public_key_der
+    from exeunit.domain.payments import PaymentPlatform
+    from exeunit.v1 import market_pb2 as mkt
+    from requestor.client.convert import payment_terms_from
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    provider_id = node_id_of(key.public_key())
+    token, payee = "0x" + "11" * 20, "0x" + "AB" * 20
+    signed = bind_platform(key, provider_id, PaymentPlatform("erc20-anvil-tglm", 31337, token, payee))
+    other = bind_platform(ec.generate_private_key(ec.SECP256R1()), provider_id,
+                          PaymentPlatform("erc20-holesky-tglm", 17000, token, payee))
+    moved = replace(signed, platform="erc20-polygon-glm", payee_address="0x" + "22" * 20)  # the signature of another
+    terms = mkt.PaymentTerms(provider_public_key=public_key_der(key), platforms=[
+        mkt.PaymentPlatform(platform=p.platform, chain_id=p.chain_id, token_address=p.token_address,
+                            payee_address=p.payee_address, binding_signature=p.binding_signature)
+        for p in (signed, other, moved)])
+    read = payment_terms_from(terms, provider_id)
+    assert read.payee_for("erc20-anvil-tglm") == payee.lower()
+    assert read.payee_for("erc20-holesky-tglm") == "" and read.payee_for("erc20-polygon-glm") == ""
+    assert payment_terms_from(terms, "0x" + "33" * 20).payees == ()  # the key is not that provider's
+
+
+async def test_a_document_or_agreement_naming_another_payee_than_the_offer_bound_is_not_paid() -> None:
+    from exeunit.domain.payments import AgreedPayment as Agreed
+
+    lying = Lying()
+    settling = _Settling()
+    lying.payments.settlement = settling  # type: ignore[assignment]
+    bound, other = "0x" + "ab" * 20, "0x" + "cd" * 20
+    tracked = lying.agree(rate=1.0)
+    tracked.info = replace(tracked.info, platform="erc20-anvil-tglm", payee_address=other)  # type: ignore[arg-type]
+    tracked.payee = bound
+    sealer = ProtoSealer(lying.key, lying.provider_id)
+
+    def on(payee: str, document_id: str):
+        update = lying.update(INVOICE, "0.01", document_id)
+        draft = DocumentDraft(kind=INVOICE, document_id=document_id, agreement_id="agreement-1",
+                              requestor_id=lying.identity.requestor_id, amount=Decimal("0.01"),
+                              usage=UsageFigures(1.0, 1.0, {}), issued=datetime.now(timezone.utc),
+                              payment=Agreed(platform="erc20-anvil-tglm", payee_address=payee),
+                              activity_ids=("activity-1",), sequence=1)
+        event = pay.PaymentEvent(sequence=update.sequence, agreement_id="agreement-1")
+        event.invoice.CopyFrom(invoice_record(PaymentDocument(draft, sealer.seal(draft))))
+        return lying.calls._update(event)
+
+    await lying.payments._handle(lying.watcher, on(other, "i1"))  # the agreement names another payee
+    tracked.info = replace(tracked.info, payee_address=bound)
+    await lying.payments._handle(lying.watcher, on(other, "i2"))  # the document does
+    assert lying.accepted() == [] and settling.paid == []
+    assert all("not the one the offer bound" in f for f in lying.failures()) and len(lying.failures()) == 2

@@ -5,6 +5,7 @@ the provider credits each transfer it read on the chain."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -20,7 +21,7 @@ from requestor import Golem, events
 from requestor.errors import NoPaymentAccountError
 from requestor.log import log_summary
 from requestor.budget import Budget
-from requestor.model import Offer, PaymentTerms, Pricing
+from requestor.model import AgreementInfo, Offer, PaymentTerms, Pricing
 from requestor.payment_account import PaymentAccount, PaymentConfigError, PaymentNetwork
 from requestor.payment_driver import Erc20Driver
 from requestor.payload import vm
@@ -231,12 +232,87 @@ def test_the_platform_an_offer_is_proposed_with() -> None:
     settlement = Settlement.__new__(Settlement)  # no driver: only the network matters here
     settlement.network = PaymentNetwork(NETWORK, "http://127.0.0.1:1", 31337, "0x" + "11" * 20)
 
-    def offer(*platforms: str) -> Offer:
-        return replace(OFFER, payment=PaymentTerms(platforms=platforms, payment_timeout=120.0))
+    def offer(*platforms: str, payees: tuple[tuple[str, str], ...] = ((PLATFORM, "0x" + "22" * 20),)) -> Offer:
+        return replace(OFFER, payment=PaymentTerms(platforms=platforms, payment_timeout=120.0, payees=payees))
 
     assert settlement.platform_for(offer(PLATFORM, "erc20-holesky-tglm")) == PLATFORM
+    assert settlement.platform_for(offer(PLATFORM, payees=())) is None  # its payee not bound by its signature
+    assert settlement.mismatch(offer(PLATFORM, payees=())) == f"No payee bound to {PLATFORM} by the provider's signature"
     assert settlement.platform_for(offer()) == "" and settlement.mismatch(offer()) is None  # not paid on a chain
     assert settlement.platform_for(replace(OFFER, payment=None)) == ""
     assert settlement.platform_for(offer("erc20-holesky-tglm")) is None
     assert settlement.mismatch(offer("erc20-holesky-tglm")) == (
         f"No common payment platform (ours: {PLATFORM}; offered: erc20-holesky-tglm)")
+
+
+# What was paid for an agreement is the journal's (the attacker's review H3, L8), whoever sent it.
+
+class _Notified:
+    """A provider that credits every transaction named to it (NotifyPayment), recorded."""
+
+    def __init__(self) -> None:
+        self.named: list[str] = []
+
+    async def notify_payment(self, agreement_id: str, tx_hash: str) -> tuple[bool, str]:
+        self.named.append(tx_hash)
+        return True, "0"
+
+
+def _agreement_paid_to(chain, payee: str, agreement_id: str = "agreement-1") -> AgreementInfo:
+    return AgreementInfo(agreement_id, 1, datetime.now(timezone.utc) + timedelta(hours=1), platform=PLATFORM,
+                         payee_address=payee, chain_id=31337, token_address=chain.token.address, confirmations=1)
+
+
+def _driver(chain, tmp_path: Path) -> Erc20Driver:
+    return Erc20Driver(PaymentNetwork(NETWORK, chain.url, 31337, chain.token.address),
+                       PaymentAccount.load(tmp_path / "payment-key"), poll_seconds=0.05)
+
+
+async def test_what_an_agreement_was_paid_comes_from_the_journal_not_from_memory(chain, tmp_path, monkeypatch) -> None:
+    from requestor.payment_driver import ChainUnavailableError
+
+    driver = _driver(chain, tmp_path)
+    chain.fund(driver.account.address, eth=1, glm=100)
+    payee, _ = chain.new_account()
+    info, calls, failures = _agreement_paid_to(chain, payee), _Notified(), []
+    settlement = Settlement(driver)
+
+    def down(raw: bytes) -> None:
+        raise ChainUnavailableError("down")
+
+    # A transfer journaled but not sent (the broadcast failed) counts as paid: the next note's
+    # payment sends it first, then only what is left.
+    monkeypatch.setattr(driver, "_broadcast", down)
+    assert not await settlement.pay(calls, info, "debit-note", "n1", Decimal(10), failures.append, payee=payee)  # type: ignore[arg-type]
+    monkeypatch.setattr(driver, "_broadcast", Erc20Driver._broadcast.__get__(driver))
+    assert await settlement.pay(calls, info, "debit-note", "n2", Decimal(20), failures.append, payee=payee)  # type: ignore[arg-type]
+    assert chain.glm_balance(payee) == 20 * 10**18 and len(failures) == 1
+    # Another process taking the agreement up pays nothing that was paid; two payments at once,
+    # from two processes, pay the larger due once.
+    later = Settlement(_driver(chain, tmp_path))
+    assert await later.pay(calls, info, "debit-note", "n3", Decimal(20), failures.append, payee=payee)  # type: ignore[arg-type]
+    assert chain.glm_balance(payee) == 20 * 10**18
+    both = await asyncio.gather(later.pay(calls, info, "debit-note", "n4", Decimal(25), failures.append, payee=payee),  # type: ignore[arg-type]
+                                settlement.pay(calls, info, "debit-note", "n5", Decimal(26), failures.append, payee=payee))  # type: ignore[arg-type]
+    assert all(both) and chain.glm_balance(payee) == 26 * 10**18 and len(failures) == 1
+    later.driver.close()
+    driver.close()
+
+
+async def test_a_reverted_payment_is_not_counted_as_paid(chain, tmp_path, monkeypatch) -> None:
+    driver = _driver(chain, tmp_path)
+    chain.fund(driver.account.address, eth=1, glm=100)
+    payee, _ = chain.new_account()
+    info, calls, failures = _agreement_paid_to(chain, payee), _Notified(), []
+    settlement = Settlement(driver)
+    eth = driver._web3.eth
+    monkeypatch.setattr(eth, "estimate_gas", lambda call: 20_000)  # too little gas: mined, and reverted
+    assert not await settlement.pay(calls, info, "debit-note", "n1", Decimal(10), failures.append, payee=payee)  # type: ignore[arg-type]
+    assert "reverted" in str(failures[0]) and chain.glm_balance(payee) == 0 and not calls.named
+    monkeypatch.undo()
+    assert await settlement.pay(calls, info, "debit-note", "n2", Decimal(10), failures.append, payee=payee)  # type: ignore[arg-type]
+    assert chain.glm_balance(payee) == 10 * 10**18 and len(calls.named) == 1
+    references = [e.reference for e in driver.journal.entries()]
+    assert references == ["agreement-1/debit-note/n1", "agreement-1/debit-note/n1#reverted",
+                          "agreement-1/debit-note/n2"]
+    driver.close()

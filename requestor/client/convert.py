@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import market_pb2 as mkt
 from exeunit.v1.conventions import activity_state_name
+from exeunit.v1.payments import binding_message, verify
 from requestor.model import (
     ActivityStatus, AgreementInfo, BatchEvent, CommandSpec, DemandSpec, DeploySpec, Offer, PaymentChoice,
     PaymentTerms, Pricing, Refusal, StartSpec, TerminateSpec, Usage,
@@ -32,9 +33,19 @@ def _duration(seconds: float) -> Duration:
     return duration
 
 
-def payment_terms_from(terms: mkt.PaymentTerms) -> PaymentTerms:
+def bound_payees(terms: mkt.PaymentTerms, provider_id: str) -> tuple[tuple[str, str], ...]:
+    """The platforms whose payee address the provider signed (binding_signature, under the key
+    whose id is `provider_id`), each with that address lowercase; the others left out."""
+    return tuple((p.platform, p.payee_address.lower()) for p in terms.platforms
+                 if verify(terms.provider_public_key, p.binding_signature,
+                           binding_message(provider_id, p.platform, p.chain_id, p.token_address, p.payee_address),
+                           provider_id))
+
+
+def payment_terms_from(terms: mkt.PaymentTerms, provider_id: str = "") -> PaymentTerms:
     return PaymentTerms(
         platforms=tuple(p.platform for p in terms.platforms),
+        payees=bound_payees(terms, provider_id) if provider_id else (),
         debit_note_interval=_seconds(terms.debit_note_interval),
         min_debit_note_interval=_seconds(terms.min_debit_note_interval),
         payment_timeout=_seconds(terms.payment_timeout),
@@ -75,7 +86,7 @@ def offer_from(address: str, o: mkt.Offer) -> Offer:
         activity_cpu_threads=o.activity_cpu_threads,
         activity_memory_bytes=o.activity_memory_bytes,
         activity_storage_bytes=o.activity_storage_bytes,
-        payment=payment_terms_from(o.payment) if o.HasField("payment") else None,
+        payment=payment_terms_from(o.payment, o.provider_id) if o.HasField("payment") else None,
     )
 
 

@@ -23,7 +23,7 @@ from exeunit.v1 import payment_pb2 as pay
 from exeunit.v1.payments import acceptance_message, document_message, parse_amount, verify
 from requestor.client.provider import ProviderClient
 from requestor.payments_model import (
-    AgreementPayments, DebitNote, Document, Invoice, Parties, PaymentDocumentError, PaymentUpdate,
+    MAX_ID, AgreementPayments, DebitNote, Document, Invoice, Parties, PaymentDocumentError, PaymentUpdate,
 )
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,13 @@ def parse(body: bytes, debit_note: bool) -> Document:
         message = (pay.DebitNote if debit_note else pay.Invoice).FromString(body)
     except DecodeError as exc:
         raise PaymentDocumentError(f"a {'debit note' if debit_note else 'invoice'} that does not parse: {exc}") from None
+    kind = "debit note" if debit_note else "invoice"
+    if debit_note:
+        ids = [message.agreement_id, message.debit_note_id, message.activity_id, message.previous_debit_note_id]
+    else:
+        ids = [message.agreement_id, message.invoice_id, *message.activity_ids]
+    if any(len(i) > MAX_ID for i in ids):
+        raise PaymentDocumentError(f"a {kind} with an id longer than {MAX_ID} characters")
     p = message.parties
     parties = Parties(p.provider_id, p.requestor_id, p.platform, p.payee_address, p.payer_address)
     usage = dict(cost=message.usage.cost, counters=dict(message.usage.counters))
