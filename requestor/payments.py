@@ -37,6 +37,7 @@ is credited, and stays unpaid when that payment fails or is still under way at t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,9 @@ engine_log = logging.getLogger("requestor.engine")  # yapapi logs the notes' cou
 PAYABLE_SLACK_SECONDS = 5.0
 MIN_NOTE_TRANSFER = Decimal("0.0001")
 INVOICE_WAIT_SECONDS = 30.0  # yapapi's wait for invoices at the end
+# An invoice comes as its agreement ends, often before the engine has heard the end it asked for:
+# it waits this long for the engine's AgreementTerminated, so that the events come in yapapi's order.
+END_BEFORE_INVOICE_SECONDS = 5.0
 RETRY_SECONDS = 1.0  # between two watches of a provider whose stream failed
 
 
@@ -88,6 +92,7 @@ class _Agreement:
     failed: bool = False  # its invoice came and was not accepted
     paying: asyncio.Task[bool] | None = None  # its invoice's payment on the chain
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    ended_here: asyncio.Event = field(default_factory=asyncio.Event)  # set with `ended`
 
     @property
     def unpaid(self) -> bool:
@@ -150,6 +155,7 @@ class Payments:
             self.budget.settle(agreement_id, 0)
             return True
         tracked.ended = True
+        tracked.ended_here.set()
         if (tracked.outcome is not None and not self._paying(tracked)) or tracked.failed:
             self._settle(tracked)
             return True
@@ -307,6 +313,9 @@ class Payments:
     async def _invoice(self, calls: PaymentCalls, tracked: _Agreement, update: PaymentUpdate) -> None:
         invoice = update.document
         assert isinstance(invoice, Invoice)
+        if not tracked.ended:  # AgreementTerminated first, as yapapi has it (bounded: the engine may never end it)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tracked.ended_here.wait(), END_BEFORE_INVOICE_SECONDS)
         self.emit(events.InvoiceReceived(job=tracked.job, agreement=tracked.agreement, invoice=invoice))
         try:
             checked = self._check(calls, tracked, update)
