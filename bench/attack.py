@@ -1,10 +1,11 @@
-"""Eight requestors at their worst against one daemon, and a ninth that only wants `/bin/true`.
+"""Ten requestors at their worst against one daemon, and an eleventh that only wants `/bin/true`.
 
 Each attacker has its own requestor id and activity and does one thing as hard as it can for the
 whole run: big outputs it reads (kept output), batches it queues and never reads (queues), huge
 outputs it reads one event a second (slow readers: back-pressure and journals), uploads that
 stall after their first chunk (transfers), tunnels to a port that floods data and that it never
-reads (tunnels). The victim's round trip is measured idle and then under attack; bench/run.py
+reads (tunnels), and uploads and downloads of 64 MiB one after another at full speed, checked end
+to end as the library checks them (issue 28: bulk transfers must yield like output). The victim's round trip is measured idle and then under attack; bench/run.py
 samples the daemon's resident memory throughout and prints the ratio. The attackers are one
 process of their own, at ordinary priority (not niced).
 """
@@ -142,6 +143,35 @@ async def stalled_uploads(attacker: Requestor, until: float) -> None:
         await asyncio.gather(*(one(n) for n in range(8)))
 
 
+TRANSFER_BYTES = 64 * MIB
+
+
+async def full_speed_uploads(attacker: Requestor, until: float) -> int:
+    """Returns the bytes uploaded."""
+    block = os.urandom(MIB)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(TRANSFER_BYTES // MIB):
+            yield block
+
+    n = 0
+    while time.monotonic() < until:
+        await attacker.client.upload(attacker.activity_id, f"/golem/work/up-{n % 2}", TRANSFER_BYTES, chunks())
+        n += 1
+    return n * TRANSFER_BYTES
+
+
+async def full_speed_downloads(attacker: Requestor, until: float) -> int:
+    """Returns the bytes downloaded."""
+    moved = 0
+    await attacker.run([RunSpec("/bin/sh", ("-c", f"head -c {TRANSFER_BYTES} /dev/urandom > /golem/work/down"))],
+                       "file")
+    while time.monotonic() < until:
+        async for chunk in attacker.client.download(attacker.activity_id, "/golem/work/down"):
+            moved += len(chunk)
+    return moved
+
+
 async def deaf_tunnels(attacker: Requestor, until: float) -> None:
     await attacker.run([RunSpec("/bin/sh", ("-c", f"python3 -c \"{FLOOD_SERVER}\" >/dev/null 2>&1 &"))], "flood")
     await asyncio.sleep(0.5)
@@ -156,8 +186,9 @@ async def deaf_tunnels(attacker: Requestor, until: float) -> None:
         call.cancel()
 
 
-ATTACKS: list[Callable[[Requestor, float], Coroutine[Any, Any, None]]] = [
+ATTACKS: list[Callable[[Requestor, float], Coroutine[Any, Any, int | None]]] = [
     big_outputs, big_outputs, queued_batches, queued_batches, slow_reader, slow_reader, stalled_uploads, deaf_tunnels,
+    full_speed_uploads, full_speed_downloads,
 ]
 
 
@@ -174,24 +205,29 @@ async def round_trips(victim: Requestor, until: float | None = None, count: int 
 
 
 async def attackers(address: str, seconds: float) -> None:
-    """The eight attackers, for `seconds` once they are all ready (run in a process of their own,
+    """The attackers, for `seconds` once they are all ready (run in a process of their own,
     so that the victim's measurements are the daemon's and not this process's)."""
     crowd = [Requestor(address, f"bench-attacker-{n}") for n in range(len(ATTACKS))]
     try:
         await asyncio.gather(*(a.ready() for a in crowd))
         print("ready", flush=True)
-        until = time.monotonic() + seconds
+        started = time.monotonic()
+        until = started + seconds
         results = await asyncio.gather(*(run(a, until) for run, a in zip(ATTACKS, crowd)), return_exceptions=True)
         failed = [(run.__name__, r) for run, r in zip(ATTACKS, results) if isinstance(r, BaseException)]
         if failed:
             name, error = failed[0]
             raise SystemExit(f"attacker {name} broke rather than the daemon: {error!r}")
+        took = time.monotonic() - started
+        rates = {run.__name__: r / MIB / took for run, r in zip(ATTACKS, results) if isinstance(r, int)}
+        print(" ".join(f"{name}={rate:.1f}" for name, rate in rates.items()), flush=True)  # MiB/s each
     finally:
         await asyncio.gather(*(a.close() for a in crowd), return_exceptions=True)
 
 
-async def attack(address: str, seconds: float) -> tuple[float, float, int]:
-    """(median idle round trip, median round trip under attack, round trips under attack)."""
+async def attack(address: str, seconds: float) -> tuple[float, float, int, dict[str, float]]:
+    """(median idle round trip, median round trip under attack, round trips under attack, MiB/s of
+    each full-speed transfer attacker)."""
     victim = Requestor(address, "bench-victim")
     try:
         await victim.ready()
@@ -211,7 +247,8 @@ async def attack(address: str, seconds: float) -> tuple[float, float, int]:
         busy = await round_trips(victim, until=time.monotonic() + seconds - 2)
         if await crowd.wait() != 0:
             raise RuntimeError("an attacker broke rather than the daemon (its error is above)")
-        return idle, statistics.median(busy), len(busy)
+        rates = dict(pair.split("=") for pair in (await crowd.stdout.read()).decode().split())
+        return idle, statistics.median(busy), len(busy), {name: float(rate) for name, rate in rates.items()}
     finally:
         await victim.close()
 
