@@ -299,42 +299,46 @@ class Download:
         """Hex digest (in the download's algorithm) of what `chunks()` has yielded."""
         return self._digest.hexdigest()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The file's first `header.size` bytes; raises the reason if the download was cut meanwhile.
-        The next chunk is read while the current one is sent."""
+    async def chunks(self, frame: Callable[[bytes], bytes] = bytes) -> AsyncIterator[bytes]:
+        """The file's first `header.size` bytes, each chunk passed through `frame` (the caller's wire
+        encoding, say) in the thread that read and hashed it, so that the event loop does not copy
+        it; raises the reason if the download was cut meanwhile. The next chunk is read while the
+        current one is sent."""
         offset = 0
         size = self.header.size
-        reading = self._read_at(offset) if size else None
+        reading = self._read_at(offset, frame) if size else None
         try:
             while reading is not None:
-                chunk = await reading
-                if not chunk:
+                framed, count = await reading
+                if not count:
                     raise errors.DataLoss(
                         f"{self._path} shrank while it was downloaded; its announced size did not arrive"
                     )
-                offset += len(chunk)
-                reading = self._read_at(offset) if offset < size else None
+                offset += count
+                reading = self._read_at(offset, frame) if offset < size else None
                 self.on_progress()
-                await self.pace(len(chunk))
-                yield chunk
+                await self.pace(count)
+                yield framed
         finally:
             if reading is not None and not reading.done():  # abandoned: nobody wants its outcome
                 reading.add_done_callback(lambda done: done.cancelled() or done.exception())
 
-    def _read_at(self, offset: int) -> asyncio.Future[bytes]:
+    def _read_at(self, offset: int, frame: Callable[[bytes], bytes]) -> asyncio.Future[tuple[bytes, int]]:
         if self._cut is not None:
             raise self._cut
-        return asyncio.ensure_future(in_data_thread(self._read, offset, min(DOWNLOAD_CHUNK_SIZE, self.header.size - offset)))
+        count = min(DOWNLOAD_CHUNK_SIZE, self.header.size - offset)
+        return asyncio.ensure_future(in_data_thread(self._read, offset, count, frame))
 
-    def _read(self, offset: int, count: int) -> bytes:
-        """Reads and hashes the next chunk, off the event loop (never while `close` runs)."""
+    def _read(self, offset: int, count: int, frame: Callable[[bytes], bytes]) -> tuple[bytes, int]:
+        """Reads, hashes and frames the next chunk, off the event loop (never while `close` runs);
+        returns the framed chunk and how many of the file's bytes it holds."""
         with self._lock:
             fd = self._fd
             if fd is None:
                 raise self._cut or errors.FailedPrecondition(f"the download of {self._path} was closed")
             chunk = os.pread(fd, count, offset)
             self._digest.update(chunk)
-            return chunk
+        return (frame(chunk) if chunk else b""), len(chunk)
 
     def cut(self, reason: errors.ExeUnitError) -> None:
         """Stops the download; the reader gets `reason` at its next chunk. Any thread."""
