@@ -26,6 +26,7 @@ from exeunit.persistence.home import Identity, ProviderHome, read_identity
 from exeunit.persistence.store import StateStore
 from exeunit.runtime.docker import DockerRuntime
 from exeunit.runtime.memory import limit_arenas
+from exeunit.v1.buffers import keep_transfer_buffers
 from exeunit.v1.conventions import DOCKER_VM_RUNTIME, GIB, TEST_COUNTERS_RUNTIME
 
 DEFAULT_HOMES = Path("/var/lib/exeunit")  # a provider's home is DEFAULT_HOMES/NAME unless --state-dir
@@ -159,6 +160,7 @@ def read_token(args: argparse.Namespace) -> str | None:
 
 def serve(args: argparse.Namespace) -> int:
     limit_arenas()  # before any thread of ours allocates
+    keep_transfer_buffers()
     logs.configure(args.log_level, args.log_format)
     if args.cpu_overcommit < 1:  # positive() took care of the rest
         print("exeunit: --cpu-overcommit must be at least 1", file=sys.stderr)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ import grpc
 
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import transfer_pb2 as xfer
+from exeunit.v1.buffers import keep_transfer_buffers
 from exeunit.v1.chunks import decode_chunk, encode_chunk, serialized
 from exeunit.v1.conventions import CHUNK_SIZE, DIGEST_BLAKE3, DIGEST_SHA256
 from requestor import errors
@@ -27,6 +29,16 @@ def _blake3() -> Any:
     except ImportError:
         return None
     return blake3.blake3
+
+
+KEEP_BUFFERS_ENV = "GOLEM_KEEP_TRANSFER_BUFFERS"
+
+
+def _reuse_buffers() -> None:
+    """From the first transfer on, glibc reuses this process's large buffers (exeunit.v1.buffers)
+    unless GOLEM_KEEP_TRANSFER_BUFFERS=0 says to leave the allocator as it is."""
+    if os.environ.get(KEEP_BUFFERS_ENV, "1") != "0":
+        keep_transfer_buffers()
 
 
 def _absorb(digest: Any, sink: Callable[[memoryview], object] | None, chunk: memoryview) -> None:
@@ -138,6 +150,7 @@ class ByteCalls:
     async def upload(self, activity_id: str, path: str, size: int, chunks: AsyncIterator[bytes]) -> str:
         """Streams `size` bytes to `path`; returns the digest both sides agreed on."""
         await self.connect()
+        _reuse_buffers()
         check = TransferDigest(self._connection.transfer_digests)
         digest = check.hasher
         ahead: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(UPLOAD_AHEAD)
@@ -189,6 +202,7 @@ class ByteCalls:
         or corrupted file). `sink` (a file's write, say) gets each chunk in the thread that hashes
         it, while the next one arrives; its error is raised here."""
         await self.connect()
+        _reuse_buffers()
         check = TransferDigest(self._connection.transfer_digests)
         digest = check.hasher
         hashing: asyncio.Future[None] | None = None  # one chunk hashed in a thread while the next arrives
