@@ -2,10 +2,11 @@
 
     python bench/transfer_cpu.py up 6      # six 256 MiB uploads through the requestor library
     python bench/transfer_cpu.py down 6    # six 256 MiB downloads
+    python bench/transfer_cpu.py out 6     # six commands printing 256 MiB to stdout, streamed
 
 A daemon (`exeunit serve`, as bench/run.py starts it) and a requestor in this process move a 256
 MiB file to and from a worker's /golem/work, after one warm-up transfer. Prints, for the requestor
-and the daemon, the six busiest threads' CPU milliseconds per MiB (the event loop is the process's
+and the daemon (and for output, the container's agent), the six busiest threads' CPU milliseconds per MiB (the event loop is the process's
 thread whose id is its pid): where the time goes, which a wall-clock ratio on a 2-core machine hides.
 Not a ratio and not part of the record: a tool to see what a change to the data path buys.
 """
@@ -64,15 +65,26 @@ async def main(direction: str, count: int) -> None:
                     script.download_file("/golem/work/payload.bin", target)
                     return script
 
+                def out(ctx):  # streamed to the requestor, not kept (as the bench's output case)
+                    script = ctx.new_script()
+                    script.run("/usr/bin/head", "-c", str(SIZE_MIB * MIB), "/dev/zero", output_limit=0)
+                    return script
+
                 await worker.submit(up)  # the file is there to download, and both paths are warm
                 me, provider = psutil.Process(), psutil.Process(daemon.process.pid)
+                agents = [p for p in psutil.process_iter(["cmdline"])  # the worker's container agent
+                          if any(part.endswith("/agent.py") for part in p.info["cmdline"] or ())]
                 mine, theirs = thread_cpu(me), thread_cpu(provider)
+                agent_before = {a.pid: thread_cpu(a) for a in agents}
                 for _ in range(count):
-                    await worker.submit(up if direction == "up" else down)
+                    await worker.submit({"up": up, "down": down, "out": out}[direction])
                 moved = SIZE_MIB * count
                 print(f"{direction}: {moved} MiB; CPU ms per MiB by thread (thread id, ms)")
                 print(f"  requestor (its event loop is thread {me.pid}): {busiest(me, mine, moved)}")
                 print(f"  daemon (its event loop is thread {provider.pid}): {busiest(provider, theirs, moved)}")
+                for agent in agents:
+                    if direction == "out":
+                        print(f"  agent {agent.pid}: {busiest(agent, agent_before[agent.pid], moved)}")
                 await worker.cluster.terminate()
         finally:
             daemon.stop()
@@ -80,7 +92,7 @@ async def main(direction: str, count: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("direction", choices=("up", "down"))
+    parser.add_argument("direction", choices=("up", "down", "out"))
     parser.add_argument("count", type=int, nargs="?", default=6, help="transfers of 256 MiB (default: 6)")
     args = parser.parse_args()
     asyncio.run(main(args.direction, args.count))
