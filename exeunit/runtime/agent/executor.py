@@ -112,12 +112,13 @@ class _Link:
         self.held: HeldCommand | None = None
 
     async def receive(self) -> tuple[bytes, bytes]:
-        header = await self.reader.readexactly(HEADER.size)
-        (length,) = HEADER.unpack(header)
+        """(kind, payload) of the next frame. The length and the kind byte are read together, so
+        that the payload (up to 1 MiB of output) is read as it is used, not copied out of the frame."""
+        header = await self.reader.readexactly(HEADER.size + 1)  # every frame has its kind byte
+        (length,) = HEADER.unpack_from(header)
         if not 1 <= length <= MAX_FRAME:
             raise AgentFailure(f"the agent sent a frame of {length} bytes (at most {MAX_FRAME} are allowed)")
-        frame = await self.reader.readexactly(length)
-        return frame[:1], frame[1:]
+        return header[HEADER.size:], await self.reader.readexactly(length - 1) if length > 1 else b""
 
     def send(self, kind: bytes, payload: bytes = b"") -> None:
         """Queues a frame without waiting for the agent to read it (a waiting send would be a wait
