@@ -291,7 +291,7 @@ def _limit_options(serve: argparse.ArgumentParser) -> None:
                         help="stdout/stderr kept per command for its result; the stream has all (default: %(default)s)")
     limits.add_argument("--replay-window-mib", type=positive(int), default=32, metavar="MIB",
                         help="output retained per batch, on disk, for clients that reconnect (default: %(default)s)")
-    limits.add_argument("--output-memory-kib", type=positive(int), default=1024, metavar="KIB",
+    limits.add_argument("--output-memory-kib", type=positive(int), default=4096, metavar="KIB",
                         help="output one activity holds in memory for its readers; the rest is read back from "
                              "its journal on disk (default: %(default)s)")
     limits.add_argument("--output-memory-per-requestor-mib", type=positive(int), default=16, metavar="MIB",
