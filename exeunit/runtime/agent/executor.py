@@ -110,15 +110,21 @@ class _Link:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.held: HeldCommand | None = None
+        self._header: bytes | None = None  # of the frame being read, kept if a wait is cut before its payload
 
     async def receive(self) -> tuple[bytes, bytes]:
         """(kind, payload) of the next frame. The length and the kind byte are read together, so
-        that the payload (up to 1 MiB of output) is read as it is used, not copied out of the frame."""
-        header = await self.reader.readexactly(HEADER.size + 1)  # every frame has its kind byte
-        (length,) = HEADER.unpack_from(header)
+        that the payload (up to 1 MiB of output) is read as it is used, not copied out of the frame.
+        Cancelling it (a command's timeout) loses nothing: the next call goes on where it stopped,
+        and never takes a frame's payload (the command's output) for the next header."""
+        if self._header is None:
+            self._header = await self.reader.readexactly(HEADER.size + 1)  # every frame has its kind byte
+        (length,) = HEADER.unpack_from(self._header)
         if not 1 <= length <= MAX_FRAME:
             raise AgentFailure(f"the agent sent a frame of {length} bytes (at most {MAX_FRAME} are allowed)")
-        return header[HEADER.size:], await self.reader.readexactly(length - 1) if length > 1 else b""
+        payload = await self.reader.readexactly(length - 1)
+        kind, self._header = self._header[HEADER.size:], None
+        return kind, payload
 
     def send(self, kind: bytes, payload: bytes = b"") -> None:
         """Queues a frame without waiting for the agent to read it (a waiting send would be a wait

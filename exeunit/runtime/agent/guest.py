@@ -52,7 +52,7 @@ ACK_BODY = struct.Struct(">QQB")
 HELLO_BODY = struct.Struct(">HQQ")
 CODE = struct.Struct(">i")
 MAX_FRAME = 16 << 20
-PIPE_BYTES = 1 << 20  # a command's pipes hold this much (Linux: 64 KiB), and one read takes it all
+PIPE_BYTES = 1 << 20  # a fast writer's stdout pipe holds this much (Linux: 64 KiB); one read takes it all
 SPOOL_BYTES = 8 << 20  # output not yet acknowledged; beyond it the command waits on its pipe
 PIECE_BYTES = 1 << 20  # reads of one stream are joined into spool pieces up to this size
 PIECE_COST = 128  # what a spool piece costs beyond its bytes (counted against SPOOL_BYTES)
@@ -127,6 +127,11 @@ class Command:
             os.close(fd)
             return
         self.quiet_since = time.monotonic()
+        if len(data) >= 1 << 16 and self.pipes[fd] == OUT:  # a fast writer filled a default pipe: only
+            try:  # its pipe grows (all count against one pipe allowance, fs.pipe-user-pages-soft), and
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)  # its output is 1 daemon event per MiB, not 4.4
+            except (OSError, AttributeError):  # past that allowance, or Python < 3.10: as it was
+                pass
         if self.code is None:
             self._append(self.pipes[fd], data)
 
@@ -205,11 +210,6 @@ def spawn(argv, env, workdir):
     returns (pid, stdout read end, stderr read end). Raises OSError when it cannot be started."""
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
-    for end in (out_read, err_read):  # a fast command's output: an event per MiB for the daemon, not 4.4
-        try:
-            fcntl.fcntl(end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-        except (OSError, AttributeError):  # past the user's pipe allowance, or Python < 3.10: as it was
-            pass
     actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                (os.POSIX_SPAWN_DUP2, out_write, 1), (os.POSIX_SPAWN_DUP2, err_write, 2)]
     home = os.getcwd()  # the image's WORKDIR, where the agent was started
