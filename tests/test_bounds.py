@@ -24,7 +24,7 @@ from tests.conftest import BASE_IMAGE
 from tests.daemon_process import Daemon
 
 MIB = 1 << 20
-# What the daemon may grow by, whatever one activity prints: its output memory (1 MiB by
+# What the daemon may grow by, whatever one activity prints: its output memory (4 MiB by
 # default), one running batch's results (3 MiB at most), buffers of gRPC and of the allocator.
 GROWTH_BOUND_MIB = 64
 

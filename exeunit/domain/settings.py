@@ -51,7 +51,7 @@ class ActivityLimits:
     shm_bytes: int = 64 << 20  # /dev/shm (memory); /tmp is part of the writable root
     result_output_cap: int = 1 << 20
     replay_window_bytes: int = 32 << 20  # a batch's events kept for readers that come back (on disk)
-    output_memory_bytes: int = 1 << 20  # of those, what one activity holds in memory (its running batch's tail)
+    output_memory_bytes: int = 4 << 20  # of those, what one activity holds in memory (its running batch's tail)
     output_memory_per_requestor_bytes: int = 16 << 20  # and all of one requestor's activities together
     journal_bytes_per_activity: int = 512 << 20  # an activity's batch journals on disk; oldest finished go
     batches_queued: int = 64  # batches of one activity waiting or running at once; more are refused

@@ -14,6 +14,7 @@ from exeunit import errors
 from exeunit.domain.settings import ActivityLimits
 from exeunit.domain.states import ActivityState
 from exeunit.runtime.files import Download, Pace, Upload, confine, download, existing_size
+from exeunit.runtime.memory import release_memory
 from exeunit.v1.conventions import DIGEST_SHA256
 from exeunit.runtime.protocols import Runtime
 from exeunit.runtime.storage import LoopStorage, VolumeDirs
@@ -117,12 +118,16 @@ class Transfers:
 
     @contextmanager
     def _transfer_slot(self, requestor_id: str, activity: Activity) -> Iterator[None]:
-        """Counts a transfer against its activity's and its requestor's quotas."""
-        with (
-            self._transfers_by_activity.hold(activity.activity_id, f"activity {activity.activity_id}"),
-            self._transfers_by_requestor.hold(requestor_id, f"requestor {requestor_id!r}"),
-        ):
-            yield
+        """Counts a transfer against its activity's and its requestor's quotas. At its end the memory
+        freed since is handed back (its buffers, kept free by glibc for the next chunk: exeunit.v1.buffers)."""
+        try:
+            with (
+                self._transfers_by_activity.hold(activity.activity_id, f"activity {activity.activity_id}"),
+                self._transfers_by_requestor.hold(requestor_id, f"requestor {requestor_id!r}"),
+            ):
+                yield
+        finally:
+            release_memory()  # at most once a second
 
     @asynccontextmanager
     async def upload(self, requestor_id: str, activity_id: str, path: str, size: int, mode: int,

@@ -25,13 +25,15 @@ try:
     _mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
 except (OSError, AttributeError):  # not glibc: its own allocator, left as it is
     _mallopt = None
-_kept = False
+_kept: bool | None = None  # whether it took, once tried
 
 
 def keep_transfer_buffers() -> bool:
-    """Sets glibc to reuse large buffers (once per process; any thread). Returns False where the
-    C library is not glibc."""
+    """Sets glibc to reuse large buffers (tried once per process; any thread). Returns False where
+    the C library is not glibc or refused the values (a 32-bit glibc caps the mmap threshold)."""
     global _kept
-    if not _kept and _mallopt is not None:
-        _kept = _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and _mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    if _kept is None:
+        _kept = _mallopt is not None and _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+        if _kept:  # the trim threshold only with the other: alone, glibc's own adjustment would stop
+            _kept = _mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     return _kept
