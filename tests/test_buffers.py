@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from exeunit.v1.chunks import chunk_size, encode_chunk
 
@@ -23,7 +24,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def faults(mode: str) -> int:
-    done = subprocess.run([sys.executable, "-c", CHURN, mode], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", CHURN, mode], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parent.parent)  # where `exeunit` is imported from
     return int(done.stdout)
 
 
