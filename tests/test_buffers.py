@@ -1,4 +1,4 @@
-"""Transfer buffers reused (exeunit.v1.buffers) and the chunk codec's size reading."""
+"""Transfer buffers reused (exeunit.v1.buffers)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from exeunit.v1.chunks import chunk_size, encode_chunk
 
 # Allocates three message-sized buffers (3 MiB: a chunk as read, its message, gRPC's copy) and
 # frees them, 64 times over, as a transfer does, and prints the minor page faults it took.
@@ -35,7 +34,3 @@ def test_kept_buffers_are_not_faulted_in_anew_for_each_chunk() -> None:
     assert plain > 32 * pages, f"glibc's default was expected to map each block anew: {plain} faults"
     assert kept < 8 * pages, f"with the buffers kept, 64 blocks still took {kept} page faults"
 
-
-def test_chunk_size_reads_what_encode_chunk_framed() -> None:
-    for size in (1, 127, 128, 16_383, 16_384, 3 << 20):
-        assert chunk_size(encode_chunk(bytes(size))) == size

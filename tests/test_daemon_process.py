@@ -353,6 +353,8 @@ async def test_prometheus_metrics_count_what_the_daemon_does(engine: docker.Dock
             run = await client.run_batch(activity_id, [client.sh("head -c 5000 /dev/zero; exit 3")])
             assert not run.succeeded
             await client.upload_bytes(activity_id, "/golem/work/x", b"y" * 1000)
+            _, chunks, _ = await client.download(activity_id, "/golem/work/x")
+            assert b"".join(chunks) == b"y" * 1000
             with pytest.raises(grpc.aio.AioRpcError):
                 await client.state("no-such-activity")
             for _ in range(50):  # until a debit note stated what the agreement owes
@@ -370,6 +372,7 @@ async def test_prometheus_metrics_count_what_the_daemon_does(engine: docker.Dock
     assert samples['exeunit_commands_total{command="deploy",outcome="succeeded"}'] == 1
     assert samples['exeunit_bytes_total{direction="output"}'] == 5000
     assert samples['exeunit_bytes_total{direction="upload"}'] == 1000
+    assert samples['exeunit_bytes_total{direction="download"}'] == 1000
     assert samples['exeunit_refused_calls_total{code="NOT_FOUND"}'] >= 1
     assert samples['exeunit_payment_amount{kind="due"}'] > 0
     assert samples['exeunit_payment_amount{kind="paid"}'] == samples['exeunit_agreements_overdue'] == 0

@@ -19,7 +19,7 @@ from exeunit.api.auth import Caller, OperatorCaller
 from exeunit.api.status import anonymous_ok, streaming, unary
 from exeunit.v1.conventions import CHUNK_SIZE, DIGEST_BLAKE3, DIGEST_SHA256
 from exeunit.runtime.files import transfer_digests
-from exeunit.v1.chunks import chunk_size, encode_chunk
+from exeunit.v1.chunks import decode_chunk, encode_chunk
 from exeunit.v1 import activity_pb2 as act
 from exeunit.v1 import activity_pb2_grpc as act_grpc
 from exeunit.v1 import market_pb2 as mkt
@@ -313,7 +313,7 @@ class TransferServicer(xfer_grpc.TransferServicer):
             # each a DownloadResponse holding one chunk, encoded in the thread that read it (exeunit.v1.chunks)
             async for message in download.chunks(frame=encode_chunk):
                 yield message
-                telemetry.DOWNLOAD_BYTES.inc(chunk_size(message))
+                telemetry.DOWNLOAD_BYTES.inc(decode_chunk(message).ByteSize())  # the chunk's bytes, read in place
             digest = download.digest()
             sha256 = digest if algorithm == DIGEST_SHA256 else ""
             yield xfer.DownloadResponse(trailer=xfer.DownloadTrailer(sha256=sha256, digest=digest))

@@ -32,14 +32,6 @@ def encode_chunk(data: bytes | memoryview) -> bytes:
     return b"".join((bytes((_TAG,)), _varint(len(data)), data))
 
 
-def chunk_size(message: bytes) -> int:
-    """How many bytes of chunk an encode_chunk message holds."""
-    offset = 1
-    while message[offset] & 0x80:
-        offset += 1
-    return len(message) - offset - 1
-
-
 class Chunk:
     """A chunk message read without copying: `chunk` is a view into the received bytes. Answers
     `WhichOneof("part")` as the message would."""
