@@ -2,12 +2,13 @@
 
 Each attacker has its own requestor id and activity and does one thing as hard as it can for the
 whole run: big outputs it reads (kept output), batches it queues and never reads (queues), huge
-outputs it reads one event a second (slow readers: back-pressure and journals), uploads that
-stall after their first chunk (transfers), tunnels to a port that floods data and that it never
-reads (tunnels), and uploads and downloads of 64 MiB one after another at full speed, checked end
-to end as the library checks them (issue 28: bulk transfers must yield like output). The victim's round trip is measured idle and then under attack; bench/run.py
-samples the daemon's resident memory throughout and prints the ratio. The attackers are one
-process of their own, at ordinary priority (not niced).
+outputs it reads one event a second (slow readers: back-pressure and journals), uploads that stall
+after their first chunk (transfers), tunnels to a port that floods data and that it never reads
+(tunnels), and uploads and downloads of 64 MiB one after another at full speed, checked end to end
+as the library checks them (issue 28: bulk transfers must yield like output). The victim's round
+trip is measured idle and then under attack; bench/run.py samples the daemon's resident memory
+throughout and prints the ratio. The attackers are one process of their own, at ordinary priority
+(not niced).
 """
 
 from __future__ import annotations

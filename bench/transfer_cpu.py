@@ -1,4 +1,4 @@
-"""CPU per MiB moved, by thread, on both ends of an upload or a download (issue 28's profile).
+"""CPU per MiB moved, by thread, at both ends of an upload, a download or a command's output.
 
     python bench/transfer_cpu.py up 6      # six 256 MiB uploads through the requestor library
     python bench/transfer_cpu.py down 6    # six 256 MiB downloads
@@ -6,9 +6,10 @@
 
 A daemon (`exeunit serve`, as bench/run.py starts it) and a requestor in this process move a 256
 MiB file to and from a worker's /golem/work, after one warm-up transfer. Prints, for the requestor
-and the daemon (and for output, the container's agent), the six busiest threads' CPU milliseconds per MiB (the event loop is the process's
-thread whose id is its pid): where the time goes, which a wall-clock ratio on a 2-core machine hides.
-Not a ratio and not part of the record: a tool to see what a change to the data path buys.
+and the daemon (and for output, the container's agent), the six busiest threads' CPU milliseconds
+per MiB (the event loop is the process's thread whose id is its pid): where the time goes, which a
+wall-clock ratio on a 2-core machine hides. Not a ratio and not part of the record: a tool to see
+what a change to the data path buys.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ async def main(direction: str, count: int) -> None:
                 await worker.submit(up)  # the file is there to download, and both paths are warm
                 me, provider = psutil.Process(), psutil.Process(daemon.process.pid)
                 agents = [p for p in psutil.process_iter(["cmdline"])  # the worker's container agent
-                          if any(part.endswith("/agent.py") for part in p.info["cmdline"] or ())]
+                          if any(part.endswith("/agent.py") for part in p.info["cmdline"] or ())] if direction == "out" else []
                 mine, theirs = thread_cpu(me), thread_cpu(provider)
                 agent_before = {a.pid: thread_cpu(a) for a in agents}
                 for _ in range(count):
@@ -83,8 +84,7 @@ async def main(direction: str, count: int) -> None:
                 print(f"  requestor (its event loop is thread {me.pid}): {busiest(me, mine, moved)}")
                 print(f"  daemon (its event loop is thread {provider.pid}): {busiest(provider, theirs, moved)}")
                 for agent in agents:
-                    if direction == "out":
-                        print(f"  agent {agent.pid}: {busiest(agent, agent_before[agent.pid], moved)}")
+                    print(f"  agent {agent.pid}: {busiest(agent, agent_before[agent.pid], moved)}")
                 await worker.cluster.terminate()
         finally:
             daemon.stop()
