@@ -8,7 +8,8 @@ daemon's event loop per MiB downloaded. `keep_transfer_buffers` has blocks up to
 come from the heap, and keeps up to TRIM_THRESHOLD free at the heap's top, per arena. Measured
 with `python bench/transfer_cpu.py down`: the daemon's event loop went from 0.57 to 0.28-0.35 ms
 per MiB, its whole process from 1.4 to 0.8, and the requestor's loop from 0.55-0.6 to 0.4-0.46.
-The daemon still hands back everything free when activities end (exeunit.runtime.memory).
+The daemon still hands back what is free when a transfer or an activity ends
+(exeunit.runtime.memory).
 """
 
 from __future__ import annotations
