@@ -8,7 +8,8 @@ after their first chunk (transfers), tunnels to a port that floods data and that
 as the library checks them (issue 28: bulk transfers must yield like output). The victim's round
 trip is measured idle and then under attack; bench/run.py samples the daemon's resident memory
 throughout and prints the ratio. The attackers are one process of their own, at ordinary priority
-(not niced).
+(not niced). By hand, BENCH_ATTACKS=full_speed_uploads,full_speed_downloads (names from ATTACKS)
+runs only those attackers; the record always runs all ten.
 """
 
 from __future__ import annotations
@@ -191,6 +192,8 @@ ATTACKS: list[Callable[[Requestor, float], Coroutine[Any, Any, int | None]]] = [
     big_outputs, big_outputs, queued_batches, queued_batches, slow_reader, slow_reader, stalled_uploads, deaf_tunnels,
     full_speed_uploads, full_speed_downloads,
 ]
+if only := os.environ.get("BENCH_ATTACKS"):  # by hand: BENCH_ATTACKS=full_speed_uploads,full_speed_downloads
+    ATTACKS = [next(a for a in ATTACKS if a.__name__ == name) for name in only.split(",")]
 
 
 async def round_trips(victim: Requestor, until: float | None = None, count: int = 0) -> list[float]:
