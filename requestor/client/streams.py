@@ -41,11 +41,22 @@ def _reuse_buffers() -> None:
         keep_transfer_buffers()
 
 
+ABSORB_SLICE = 256 << 10  # a downloaded chunk is hashed, then written, this much at a time
+
+
 def _absorb(digest: Any, sink: Callable[[memoryview], object] | None, chunk: memoryview) -> None:
-    """One chunk hashed and handed on, in one thread hop."""
-    digest.update(chunk)
-    if sink is not None:
-        sink(chunk)
+    """One chunk hashed and handed on, in one thread hop, a slice at a time: the sink (a file's
+    write) then copies bytes the hash has just brought into the CPU's cache. BLAKE3 and a write to
+    the page cache took a median 0.40 ms of CPU per MiB so (0.39-0.68 in nine tries), against 1.2
+    (0.37-2.6) for whole 3 MiB chunks, which the write read from L3 or memory again
+    (`python bench/absorb.py`, on this project's 2-core machine with 1 MiB of L2 per core)."""
+    if sink is None:
+        digest.update(chunk)
+        return
+    for start in range(0, len(chunk), ABSORB_SLICE):
+        piece = chunk[start:start + ABSORB_SLICE]
+        digest.update(piece)
+        sink(piece)
 
 
 class TransferCalls:
@@ -199,8 +210,9 @@ class ByteCalls:
                        sink: Callable[[memoryview], object] | None = None) -> AsyncIterator[bytes | memoryview]:
         """The file's chunks (each a view of the bytes received, not a copy); raises at the end
         unless exactly the announced size arrived with a matching checksum (never a silently short
-        or corrupted file). `sink` (a file's write, say) gets each chunk in the thread that hashes
-        it, while the next one arrives; its error is raised here."""
+        or corrupted file). `sink` (a file's write, say) gets each chunk's bytes, in order and in
+        slices, in the thread that hashes them, while the next chunk arrives; its error is raised
+        here."""
         await self.connect()
         _reuse_buffers()
         check = TransferDigest(self._connection.transfer_digests)
