@@ -8,7 +8,12 @@ A daemon (`exeunit serve`, as bench/run.py starts it) and a requestor in this pr
 MiB file to and from a worker's /golem/work, after one warm-up transfer. Prints, for the requestor
 and the daemon (and for output, the container's agent), the six busiest threads' CPU milliseconds
 per MiB (the event loop is the process's thread whose id is its pid): where the time goes, which a
-wall-clock ratio on a 2-core machine hides. Not a ratio and not part of the record: a tool to see
+wall-clock ratio on a 2-core machine hides. Before that, a line for each transfer: its rate and
+the user and system CPU of both processes per MiB. On this project's machine a round now and then
+runs at half the rate of the others, and such a round shows two to three times the usual system
+time in the process that writes the file (the requestor, for a download), nowhere else; a likely
+cause is the VM (its balloon reports freed pages to the host, which must hand them back when the
+page cache takes them again). Not a ratio and not part of the record: a tool to see
 what a change to the data path buys.
 """
 
@@ -26,10 +31,16 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import MIB, Daemon, States, running_worker  # noqa: E402
+from bench.common import MIB, Daemon, States, running_worker, stopwatch  # noqa: E402
 from requestor import Golem  # noqa: E402
 
 SIZE_MIB = 256
+
+
+def per_mib(after, before) -> str:
+    """User and system CPU between two cpu_times() of a process, in ms per MiB moved."""
+    user, system = (after.user - before.user) / SIZE_MIB * 1000, (after.system - before.system) / SIZE_MIB * 1000
+    return f"{user + system:.2f} (user {user:.2f}, system {system:.2f})"
 
 
 def thread_cpu(process: psutil.Process) -> dict[int, float]:
@@ -78,7 +89,14 @@ async def main(direction: str, count: int) -> None:
                 mine, theirs = thread_cpu(me), thread_cpu(provider)
                 agent_before = {a.pid: thread_cpu(a) for a in agents}
                 for _ in range(count):
+                    target.unlink(missing_ok=True)
+                    os.sync()  # as bench/run.py settles its transfers: no round pays for the last one's pages
+                    ours, daemons = me.cpu_times(), provider.cpu_times()
+                    elapsed = stopwatch()
                     await worker.submit({"up": up, "down": down, "out": out}[direction])
+                    took = elapsed()
+                    print(f"  {SIZE_MIB / took:6.0f} MiB/s; CPU ms per MiB: requestor {per_mib(me.cpu_times(), ours)}, "
+                          f"daemon {per_mib(provider.cpu_times(), daemons)}", flush=True)
                 moved = SIZE_MIB * count
                 print(f"{direction}: {moved} MiB; CPU ms per MiB by thread (thread id, ms)")
                 print(f"  requestor (its event loop is thread {me.pid}): {busiest(me, mine, moved)}")
