@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,25 @@ def test_kept_buffers_are_not_faulted_in_anew_for_each_chunk() -> None:
     assert plain > 32 * pages, f"glibc's default was expected to map each block anew: {plain} faults"
     assert kept < 8 * pages, f"with the buffers kept, 64 blocks still took {kept} page faults"
 
+
+
+# The requestor tunes the allocator of the process it runs in at its first transfer, unless the
+# host program said not to: whether the tuning took, as the library's transfer calls leave it.
+REQUESTOR_FIRST_TRANSFER = """
+from exeunit.v1 import buffers
+from requestor.client import streams
+streams._reuse_buffers()  # what upload() and download() call first
+print(buffers._kept)
+"""
+
+
+def requestor_tuning(environment: dict[str, str]) -> str:
+    done = subprocess.run([sys.executable, "-c", REQUESTOR_FIRST_TRANSFER], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parent.parent, env=environment)
+    return done.stdout.strip()
+
+
+def test_a_requestor_host_program_may_keep_its_allocator_as_it_is() -> None:
+    base = {k: v for k, v in os.environ.items() if k != "GOLEM_KEEP_TRANSFER_BUFFERS"}
+    assert requestor_tuning(base) == "True"  # by default, from the first transfer on
+    assert requestor_tuning({**base, "GOLEM_KEEP_TRANSFER_BUFFERS": "0"}) == "None"  # never tried
