@@ -193,7 +193,10 @@ ATTACKS: list[Callable[[Requestor, float], Coroutine[Any, Any, int | None]]] = [
     full_speed_uploads, full_speed_downloads,
 ]
 if only := os.environ.get("BENCH_ATTACKS"):  # by hand: BENCH_ATTACKS=full_speed_uploads,full_speed_downloads
-    ATTACKS = [next(a for a in ATTACKS if a.__name__ == name) for name in only.split(",")]
+    _BY_NAME = {a.__name__: a for a in ATTACKS}
+    if unknown := [name for name in only.split(",") if name not in _BY_NAME]:
+        raise SystemExit(f"BENCH_ATTACKS names no attacker {', '.join(unknown)}; choose from {', '.join(_BY_NAME)}")
+    ATTACKS = [_BY_NAME[name] for name in only.split(",")]
 
 
 async def round_trips(victim: Requestor, until: float | None = None, count: int = 0) -> list[float]:

@@ -78,8 +78,9 @@ class TransferPair:
 
     def settle(self) -> None:
         """Untimed, before either side's round: the last round's file is gone and every dirty page
-        is on disk, so that no round pays for the writeback of the one before it (a single pair of
-        256 MiB downloads varied by 30-40% without this, on both sides alike)."""
+        is on disk, so that no round pays for the writeback of the one before it. Single pairs still
+        vary, by up to a factor of two when a round's writer is handed slow pages (its system time
+        in bench/transfer_cpu.py), which is why a full run takes 12 rounds."""
         for made in (self.target, self.raw_back):
             made.unlink(missing_ok=True)
         os.sync()

@@ -10,7 +10,7 @@ and the daemon (and for output, the container's agent), the six busiest threads'
 per MiB (the event loop is the process's thread whose id is its pid): where the time goes, which a
 wall-clock ratio on a 2-core machine hides. Before that, a line for each transfer: its rate and
 the user and system CPU of both processes per MiB. On this project's machine a round now and then
-runs at half the rate of the others, and such a round shows two to three times the usual system
+runs at half the rate of the others, and such a round shows two to five times the usual system
 time in the process that writes the file (the requestor, for a download), nowhere else; a likely
 cause is the VM (its balloon reports freed pages to the host, which must hand them back when the
 page cache takes them again). Not a ratio and not part of the record: a tool to see
